@@ -1,0 +1,77 @@
+// Command stasis-agent is the init process (PID 1) of every stasis sandbox.
+// It reaps orphaned processes and serves stasisd's requests (exec, files) on
+// the sandbox's network link; see internal/agent.
+//
+// Configuration comes from the environment, which it then scrubs of every
+// STASIS_* variable: STASIS_AGENT_TOKEN (required), STASIS_DEFAULT_USER,
+// STASIS_DEFAULT_WORKDIR, STASIS_AGENT_LISTEN (default :49983).
+//
+// Build it static: CGO_ENABLED=0 go build ./cmd/stasis-agent
+package main
+
+import (
+	"context"
+	"log"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/stasis-sandbox/stasis/internal/agent"
+)
+
+func main() {
+	logger := log.New(os.Stderr, "stasis-agent: ", 0)
+	if err := run(logger); err != nil {
+		logger.Print(err)
+		if os.Getpid() == 1 {
+			// Exiting as PID 1 tears the sandbox down; that is the point,
+			// stasisd sees the failure. Give the log a moment to get out.
+			time.Sleep(100 * time.Millisecond)
+		}
+		os.Exit(1)
+	}
+}
+
+func run(logger *log.Logger) error {
+	cfg, err := agent.ConfigFromEnv()
+	if err != nil {
+		return err
+	}
+	// As PID 1 every orphan in the sandbox becomes our child: reap them all.
+	reaper := agent.NewReaper(os.Getpid() == 1)
+	defer reaper.Close()
+
+	srv, err := agent.New(cfg, reaper, logger)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return err
+	}
+	logger.Printf("pid %d listening on %s", os.Getpid(), ln.Addr())
+
+	if os.Getpid() == 1 {
+		// Go exits on SIGHUP, SIGUSR1/2 and, for stderr, SIGPIPE; init must
+		// not die of a stray signal. Notify rather than Ignore: ignored
+		// dispositions would be inherited by every command.
+		stray := make(chan os.Signal, 8)
+		signal.Notify(stray, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGPIPE)
+		go func() {
+			for range stray {
+			}
+		}()
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		sig := <-sigs
+		logger.Printf("%v: shutting down", sig)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}()
+	return srv.Serve(ln)
+}

@@ -1,0 +1,602 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/creack/pty"
+	"golang.org/x/sys/unix"
+
+	"github.com/stasis-sandbox/stasis/internal/agentproto"
+)
+
+const (
+	// outputGrace is how long, once the shell has exited, the agent keeps
+	// waiting for more output while its stdout/stderr are idle. Background
+	// jobs (`cmd &`) inherit the pipes and may hold them open forever; they
+	// keep running, but the exec finishes.
+	outputGrace = 100 * time.Millisecond
+	// startFrameTimeout bounds the wait for the client's start frame.
+	startFrameTimeout = 30 * time.Second
+	// drainTimeout bounds how long the agent waits, after the exit frame and
+	// a half-close, for the client to close its side. Closing first with
+	// unread input would make the kernel reset the connection and could
+	// destroy the exit frame in flight.
+	drainTimeout = 5 * time.Second
+	// shell runs every command as `shell -c <command>`.
+	shell = "/bin/sh"
+	// defaultPath is used when the agent's own environment has no PATH.
+	defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+)
+
+const upgradeResponse = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " +
+	agentproto.UpgradeProtocol + "\r\n\r\n"
+
+func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
+	if !allowMethods(w, r, http.MethodPost) {
+		return
+	}
+	if !headerHasToken(r.Header, "Connection", "upgrade") ||
+		!strings.EqualFold(r.Header.Get("Upgrade"), agentproto.UpgradeProtocol) {
+		w.Header().Set("Connection", "Upgrade")
+		w.Header().Set("Upgrade", agentproto.UpgradeProtocol)
+		writeError(w, http.StatusUpgradeRequired, agentproto.CodeBadRequest, "exec requires Upgrade: "+agentproto.UpgradeProtocol)
+		return
+	}
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		writeError(w, http.StatusInternalServerError, agentproto.CodeInternal, "connection cannot be upgraded")
+		return
+	}
+	conn, brw, err := hj.Hijack()
+	if err != nil {
+		s.log.Printf("exec: hijack: %v", err)
+		return
+	}
+	conn.SetDeadline(time.Time{})
+	if _, err := conn.Write([]byte(upgradeResponse)); err != nil {
+		conn.Close()
+		return
+	}
+	e := &execSession{
+		s:    s,
+		conn: conn,
+		br:   brw.Reader,
+		fr:   agentproto.NewFrameReader(brw.Reader),
+		fw:   agentproto.NewFrameWriter(conn),
+	}
+	e.run()
+}
+
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// execSession is one upgraded exec connection.
+type execSession struct {
+	s    *Server
+	conn net.Conn
+	br   io.Reader
+	fr   *agentproto.FrameReader
+	fw   *agentproto.FrameWriter
+
+	mu      sync.Mutex
+	proc    *process
+	aborted bool
+}
+
+func (e *execSession) run() {
+	defer e.conn.Close()
+	e.s.track(e, true)
+	defer e.s.track(e, false)
+
+	e.conn.SetReadDeadline(time.Now().Add(startFrameTimeout))
+	t, payload, err := e.fr.ReadFrame()
+	if err != nil {
+		return // client went away before asking for anything
+	}
+	e.conn.SetReadDeadline(time.Time{})
+
+	var req agentproto.StartRequest
+	var proc *process
+	var exit agentproto.Exit
+	switch {
+	case t != agentproto.FrameStart:
+		exit = startFailed("protocol error: first frame is %v, want start", t)
+	case json.Unmarshal(payload, &req) != nil:
+		exit = startFailed("protocol error: malformed start frame")
+	default:
+		proc, exit = e.start(req)
+	}
+	if proc == nil {
+		e.sendJSON(agentproto.FrameExit, exit)
+		e.closeOut(nil)
+		return
+	}
+
+	// "started" must be the first frame: only now may output flow.
+	e.sendJSON(agentproto.FrameStarted, agentproto.Started{Pid: proc.pid})
+	for _, o := range proc.outputs {
+		proc.outWG.Add(1)
+		go proc.pump(o)
+	}
+	go proc.writeStdin()
+	inputDone := make(chan struct{})
+	go func() {
+		defer close(inputDone)
+		proc.readInput()
+	}()
+	exit = proc.wait()
+	e.sendJSON(agentproto.FrameExit, exit)
+	e.closeOut(inputDone)
+}
+
+// closeOut half-closes the connection and waits (bounded) for the client to
+// close its side, draining whatever it still sends.
+func (e *execSession) closeOut(inputDone <-chan struct{}) {
+	if cw, ok := e.conn.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	e.conn.SetReadDeadline(time.Now().Add(drainTimeout))
+	if inputDone != nil {
+		<-inputDone // the input reader keeps reading until EOF
+		return
+	}
+	io.Copy(io.Discard, e.br)
+}
+
+func (e *execSession) sendJSON(t agentproto.FrameType, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return e.fw.WriteFrame(t, b)
+}
+
+// abort kills the session's command (server shutdown).
+func (e *execSession) abort() {
+	e.mu.Lock()
+	e.aborted = true
+	p := e.proc
+	e.mu.Unlock()
+	if p != nil {
+		p.kill(syscall.SIGKILL)
+	}
+}
+
+func startFailed(format string, args ...any) agentproto.Exit {
+	return agentproto.Exit{ExitCode: agentproto.ExitCodeStartFailed, Error: fmt.Sprintf(format, args...)}
+}
+
+// start starts req's command. On failure it returns a nil process and the
+// exit to report (ExitCodeStartFailed).
+func (e *execSession) start(req agentproto.StartRequest) (*process, agentproto.Exit) {
+	if strings.TrimSpace(req.Command) == "" {
+		return nil, startFailed("empty command")
+	}
+	if strings.IndexByte(req.Command, 0) >= 0 {
+		return nil, startFailed("command contains a NUL byte")
+	}
+	if req.TimeoutS < 0 {
+		return nil, startFailed("negative timeout")
+	}
+	userName := req.User
+	if userName == "" {
+		userName = e.s.cfg.DefaultUser
+	}
+	acct, err := lookupAccount(userName)
+	if err != nil {
+		return nil, startFailed("%v", err)
+	}
+	dir := acct.workdir(e.s.cfg.DefaultWorkdir)
+	if req.WorkingDir != "" {
+		if filepath.IsAbs(req.WorkingDir) {
+			dir = filepath.Clean(req.WorkingDir)
+		} else {
+			dir = filepath.Join(dir, req.WorkingDir)
+		}
+	}
+	if fi, err := os.Stat(dir); err != nil {
+		var errno syscall.Errno
+		if errors.As(err, &errno) {
+			return nil, startFailed("working directory %s: %v", dir, errno)
+		}
+		return nil, startFailed("working directory %s: %v", dir, err)
+	} else if !fi.IsDir() {
+		return nil, startFailed("working directory %s: not a directory", dir)
+	}
+	env, err := e.s.childEnv(acct, req.Env, req.PTY != nil)
+	if err != nil {
+		return nil, startFailed("%v", err)
+	}
+
+	p := &process{
+		e:      e,
+		stdinQ: make(chan []byte, 16),
+		exitCh: make(chan struct{}),
+	}
+	if req.TimeoutS > 0 {
+		p.timeout = time.Duration(req.TimeoutS) * time.Second
+	}
+	sys := &syscall.SysProcAttr{Credential: acct.credential()}
+	var childFiles []*os.File
+	if req.PTY != nil {
+		ptmx, tty, err := openPTY()
+		if err != nil {
+			return nil, startFailed("open pty: %v", err)
+		}
+		cols, rows := req.PTY.Cols, req.PTY.Rows
+		if cols == 0 {
+			cols = 80
+		}
+		if rows == 0 {
+			rows = 24
+		}
+		if err := setWinsize(ptmx, cols, rows); err != nil {
+			ptmx.Close()
+			tty.Close()
+			return nil, startFailed("set pty size: %v", err)
+		}
+		if sys.Credential != nil {
+			// Like login(1): the terminal belongs to its user.
+			tty.Chown(int(acct.uid), int(acct.gid))
+		}
+		p.pty = true
+		p.stdin = ptmx
+		p.outputs = []output{{ptmx, agentproto.FrameStdout}}
+		childFiles = []*os.File{tty, tty, tty}
+		// A new session with the pty as controlling terminal; its process
+		// group is the shell's pid, like Setpgid.
+		sys.Setsid = true
+		sys.Setctty = true
+		sys.Ctty = 0
+	} else {
+		stdinR, stdinW, err := os.Pipe()
+		if err != nil {
+			return nil, startFailed("pipe: %v", err)
+		}
+		stdoutR, stdoutW, err := os.Pipe()
+		if err != nil {
+			closeAll(stdinR, stdinW)
+			return nil, startFailed("pipe: %v", err)
+		}
+		stderrR, stderrW, err := os.Pipe()
+		if err != nil {
+			closeAll(stdinR, stdinW, stdoutR, stdoutW)
+			return nil, startFailed("pipe: %v", err)
+		}
+		p.stdin = stdinW
+		p.outputs = []output{{stdoutR, agentproto.FrameStdout}, {stderrR, agentproto.FrameStderr}}
+		childFiles = []*os.File{stdinR, stdoutW, stderrW}
+		sys.Setpgid = true
+	}
+	fds := make([]uintptr, len(childFiles))
+	for i, f := range childFiles {
+		fds[i] = f.Fd() // also puts the child's ends in blocking mode
+	}
+	attr := &syscall.ProcAttr{Dir: dir, Env: env, Files: fds, Sys: sys}
+	argv := []string{shell, "-c", req.Command}
+
+	// Register with the session first so that a shutdown racing with the
+	// start still kills the command.
+	e.mu.Lock()
+	if e.aborted {
+		e.mu.Unlock()
+		p.closeParentEnds()
+		closeAll(childFiles...)
+		return nil, startFailed("agent is shutting down")
+	}
+	pid, status, err := e.s.reaper.Start(func() (int, error) {
+		return syscall.ForkExec(shell, argv, attr)
+	})
+	if err == nil {
+		p.pid, p.status = pid, status
+		e.proc = p
+	}
+	e.mu.Unlock()
+	closeAll(childFiles...)
+	if err != nil {
+		p.closeParentEnds()
+		// ForkExec's errors come from the child's chdir (e.g. the user may
+		// not enter the directory) or exec.
+		return nil, startFailed("start %s as %s in %s: %v", shell, acct.name, dir, err)
+	}
+	return p, agentproto.Exit{}
+}
+
+// childEnv is the environment of a command run as a: the agent's environment,
+// HOME/USER/LOGNAME of a, TERM on a pty, then the request's variables.
+func (s *Server) childEnv(a *account, extra map[string]string, tty bool) ([]string, error) {
+	var keys []string
+	vals := make(map[string]string)
+	set := func(k, v string) {
+		if _, ok := vals[k]; !ok {
+			keys = append(keys, k)
+		}
+		vals[k] = v
+	}
+	for _, kv := range s.cfg.Env {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" || strings.HasPrefix(k, EnvPrefix) {
+			continue
+		}
+		set(k, v)
+	}
+	if _, ok := vals["PATH"]; !ok {
+		set("PATH", defaultPath)
+	}
+	if a.home != "" {
+		set("HOME", a.home)
+	}
+	set("USER", a.name)
+	set("LOGNAME", a.name)
+	if _, ok := vals["TERM"]; tty && !ok {
+		set("TERM", "xterm-256color")
+	}
+	extraKeys := make([]string, 0, len(extra))
+	for k := range extra {
+		extraKeys = append(extraKeys, k)
+	}
+	slices.Sort(extraKeys)
+	for _, k := range extraKeys {
+		v := extra[k]
+		if k == "" || strings.ContainsAny(k, "=\x00") || strings.IndexByte(v, 0) >= 0 {
+			return nil, fmt.Errorf("invalid environment variable %q", k)
+		}
+		set(k, v)
+	}
+	env := make([]string, len(keys))
+	for i, k := range keys {
+		env[i] = k + "=" + vals[k]
+	}
+	return env, nil
+}
+
+type output struct {
+	f *os.File
+	t agentproto.FrameType
+}
+
+// process is a running command of an exec session.
+type process struct {
+	e       *execSession
+	pid     int // also the process group id
+	status  <-chan syscall.WaitStatus
+	pty     bool
+	stdin   *os.File // pipe write end, or the pty master
+	outputs []output // stdout and stderr pipes, or the pty master
+	timeout time.Duration
+
+	stdinQ chan []byte   // input reader → stdin writer; nil means close stdin
+	exitCh chan struct{} // closed when the shell has been reaped
+	outWG  sync.WaitGroup
+	exited atomic.Bool // mirrors exitCh for the output pumps
+
+	mu       sync.Mutex
+	reaped   bool // under mu: no more signals to the group from us
+	timedOut bool
+}
+
+// kill signals the command's process group unless the shell has been reaped
+// already: after that, the group holds only background jobs, which must
+// survive.
+func (p *process) kill(sig syscall.Signal) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.reaped {
+		syscall.Kill(-p.pid, sig)
+	}
+}
+
+// wait waits for the shell to exit and for its output to be forwarded, and
+// returns the exit to report.
+func (p *process) wait() agentproto.Exit {
+	var timer *time.Timer
+	if p.timeout > 0 {
+		timer = time.AfterFunc(p.timeout, func() {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if !p.reaped {
+				p.timedOut = true
+				syscall.Kill(-p.pid, syscall.SIGKILL)
+			}
+		})
+	}
+	ws := <-p.status
+	p.mu.Lock()
+	p.reaped = true
+	timedOut := p.timedOut
+	p.mu.Unlock()
+	if timer != nil {
+		timer.Stop()
+	}
+	p.exited.Store(true)
+	close(p.exitCh)
+	// Output still buffered is delivered; once an output has been idle for
+	// outputGrace the pump stops (see pump).
+	for _, o := range p.outputs {
+		o.f.SetReadDeadline(time.Now().Add(outputGrace))
+	}
+	p.outWG.Wait()
+	p.closeParentEnds()
+
+	var exit agentproto.Exit
+	switch {
+	case ws.Exited():
+		exit.ExitCode = ws.ExitStatus()
+	case ws.Signaled():
+		exit.ExitCode = 128 + int(ws.Signal())
+	default:
+		exit.ExitCode = agentproto.ExitCodeStartFailed
+		exit.Error = fmt.Sprintf("unexpected wait status %#x", uint32(ws))
+	}
+	if timedOut {
+		exit.Error = fmt.Sprintf("command timed out after %s", p.timeout)
+	}
+	return exit
+}
+
+func (p *process) closeParentEnds() {
+	p.stdin.Close()
+	for _, o := range p.outputs {
+		o.f.Close()
+	}
+}
+
+// pump forwards one output as frames, as it arrives. A slow client blocks the
+// frame write, which stops the reads and so, once the pipe is full, the
+// command: back-pressure, no buffering. After the shell exits, each read may
+// wait at most outputGrace for data.
+func (p *process) pump(o output) {
+	defer p.outWG.Done()
+	buf := make([]byte, agentproto.ChunkSize)
+	for {
+		if p.exited.Load() {
+			o.f.SetReadDeadline(time.Now().Add(outputGrace))
+		}
+		n, err := o.f.Read(buf)
+		if n > 0 {
+			// On a write error the client is gone; keep draining so the
+			// command does not block until the input side notices and
+			// kills it.
+			p.e.fw.WriteFrame(o.t, buf[:n])
+		}
+		if err != nil {
+			return // EOF; EIO from a pty with no slave left; deadline
+		}
+	}
+}
+
+// readInput handles the client's frames until the connection ends. A
+// connection that ends before the shell exits kills the process group.
+func (p *process) readInput() {
+	defer close(p.stdinQ)
+	stdinClosed := false
+	for {
+		t, payload, err := p.e.fr.ReadFrame()
+		if err != nil {
+			p.kill(syscall.SIGKILL) // no-op if already reaped
+			return
+		}
+		switch t {
+		case agentproto.FrameStdin:
+			if stdinClosed || len(payload) == 0 {
+				continue
+			}
+			select {
+			case p.stdinQ <- payload:
+			case <-p.exitCh:
+			}
+		case agentproto.FrameStdinClose:
+			if stdinClosed {
+				continue
+			}
+			stdinClosed = true
+			select {
+			case p.stdinQ <- nil:
+			case <-p.exitCh:
+			}
+		case agentproto.FrameSignal:
+			if sig, err := agentproto.ParseSignal(string(payload)); err == nil {
+				p.kill(sig)
+			}
+		case agentproto.FrameResize:
+			var sz agentproto.PTYSize
+			if p.pty && json.Unmarshal(payload, &sz) == nil && sz.Cols > 0 && sz.Rows > 0 {
+				setWinsize(p.stdin, sz.Cols, sz.Rows)
+			}
+		}
+	}
+}
+
+// writeStdin copies queued input to the command. Closing stdin on a pty
+// sends ^D (end of file at the start of a line), since the terminal stays.
+func (p *process) writeStdin() {
+	done := false
+	for b := range p.stdinQ {
+		if done {
+			continue
+		}
+		switch {
+		case b == nil && p.pty:
+			p.stdin.Write([]byte{4})
+			done = true
+		case b == nil:
+			p.stdin.Close()
+			done = true
+		default:
+			if _, err := p.stdin.Write(b); err != nil {
+				done = true // EPIPE: the command closed stdin; discard the rest
+			}
+		}
+	}
+	if !p.pty {
+		p.stdin.Close()
+	}
+}
+
+// openPTY opens a pseudo-terminal. The master is returned in non-blocking
+// mode, registered with Go's poller, so that reads can have deadlines:
+// pty.Open's ioctls go through File.Fd, which leaves the master blocking, so
+// it is replaced by a non-blocking duplicate.
+func openPTY() (master, slave *os.File, err error) {
+	ptmx, tty, err := pty.Open()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer ptmx.Close()
+	fd, err := unix.FcntlInt(ptmx.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		tty.Close()
+		return nil, nil, err
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		tty.Close()
+		return nil, nil, err
+	}
+	return os.NewFile(uintptr(fd), "/dev/ptmx"), tty, nil
+}
+
+// setWinsize sets a pty's size. It does what pty.Setsize does, through
+// SyscallConn, because pty.Setsize uses File.Fd, which would switch the
+// master to blocking mode and break the read deadlines the pump relies on.
+func setWinsize(f *os.File, cols, rows uint16) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ierr error
+	err = rc.Control(func(fd uintptr) {
+		ierr = unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, &unix.Winsize{Row: rows, Col: cols})
+	})
+	if err != nil {
+		return err
+	}
+	return ierr
+}
+
+func closeAll(files ...*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
+}

@@ -1,0 +1,215 @@
+// Package agent is stasis-agent's server: it runs commands and serves files
+// inside a sandbox on behalf of stasisd, speaking the protocol in
+// internal/agentproto. It is a library so that it can be tested as an ordinary
+// process; cmd/stasis-agent wires it up as the sandbox's PID 1.
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/stasis-sandbox/stasis/internal/agentproto"
+)
+
+// Server is the agent's HTTP server.
+type Server struct {
+	cfg    Config
+	reaper *Reaper
+	log    *log.Logger
+	start  time.Time
+
+	tokenHash atomic.Pointer[[sha256.Size]byte]
+
+	mux *http.ServeMux
+
+	mu   sync.Mutex
+	srv  *http.Server
+	runs map[*execSession]struct{}
+}
+
+// New returns a Server. Commands are started through reaper, which must
+// outlive the server. logger receives errors only (nil: discard).
+func New(cfg Config, reaper *Reaper, logger *log.Logger) (*Server, error) {
+	if cfg.Token == "" {
+		return nil, errors.New("agent: empty token")
+	}
+	if reaper == nil {
+		return nil, errors.New("agent: nil reaper")
+	}
+	if cfg.DefaultWorkdir != "" && !strings.HasPrefix(cfg.DefaultWorkdir, "/") {
+		return nil, fmt.Errorf("agent: default workdir %q is not absolute", cfg.DefaultWorkdir)
+	}
+	if _, err := lookupAccount(cfg.DefaultUser); err != nil {
+		return nil, fmt.Errorf("agent: default user: %w", err)
+	}
+	if logger == nil {
+		logger = log.New(io.Discard, "", 0)
+	}
+	s := &Server{
+		cfg:    cfg,
+		reaper: reaper,
+		log:    logger,
+		start:  time.Now(),
+		mux:    http.NewServeMux(),
+		runs:   make(map[*execSession]struct{}),
+	}
+	s.setToken(cfg.Token)
+	s.mux.HandleFunc(agentproto.PathHealth, s.handleHealth)
+	s.mux.HandleFunc(agentproto.PathToken, s.handleToken)
+	s.mux.HandleFunc(agentproto.PathExec, s.handleExec)
+	s.mux.HandleFunc(agentproto.PathFiles, s.handleFiles)
+	s.mux.HandleFunc(agentproto.PathStat, s.handleStat)
+	return s, nil
+}
+
+// Handler returns the server's authenticated HTTP handler.
+func (s *Server) Handler() http.Handler {
+	return http.HandlerFunc(s.serveHTTP)
+}
+
+// Serve accepts connections on ln until Shutdown is called.
+func (s *Server) Serve(ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       10 * time.Minute,
+		ErrorLog:          s.log,
+	}
+	s.mu.Lock()
+	if s.srv != nil {
+		s.mu.Unlock()
+		return errors.New("agent: Serve called twice")
+	}
+	s.srv = srv
+	s.mu.Unlock()
+	err := srv.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting requests, kills the process groups of running
+// commands (hijacked exec streams are not tracked by http.Server) and waits for
+// in-flight plain requests until ctx is done.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	srv := s.srv
+	runs := make([]*execSession, 0, len(s.runs))
+	for r := range s.runs {
+		runs = append(runs, r)
+	}
+	s.mu.Unlock()
+	for _, r := range runs {
+		r.abort()
+	}
+	if srv == nil {
+		return nil
+	}
+	return srv.Shutdown(ctx)
+}
+
+func (s *Server) setToken(tok string) {
+	h := sha256.Sum256([]byte(tok))
+	s.tokenHash.Store(&h)
+}
+
+// authorized compares the bearer token in constant time (hashing both sides
+// first, so the comparison does not even leak the token's length).
+func (s *Server) authorized(r *http.Request) bool {
+	auth := r.Header.Get("Authorization")
+	tok, ok := strings.CutPrefix(auth, "Bearer ")
+	if !ok {
+		return false
+	}
+	got := sha256.Sum256([]byte(tok))
+	want := s.tokenHash.Load()
+	return subtle.ConstantTimeCompare(got[:], want[:]) == 1
+}
+
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	if !s.authorized(r) {
+		writeError(w, http.StatusUnauthorized, agentproto.CodeUnauthorized, "missing or invalid token")
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	if !allowMethods(w, r, http.MethodGet, http.MethodHead) {
+		return
+	}
+	writeJSON(w, http.StatusOK, agentproto.Health{
+		Pid:      os.Getpid(),
+		UptimeMs: time.Since(s.start).Milliseconds(),
+		Version:  agentproto.Version,
+	})
+}
+
+func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
+	if !allowMethods(w, r, http.MethodPost) {
+		return
+	}
+	var req agentproto.TokenRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, agentproto.CodeBadRequest, "bad token request: "+err.Error())
+		return
+	}
+	if req.Token == "" {
+		writeError(w, http.StatusBadRequest, agentproto.CodeBadRequest, "empty token")
+		return
+	}
+	s.setToken(req.Token)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) track(r *execSession, on bool) {
+	s.mu.Lock()
+	if on {
+		s.runs[r] = struct{}{}
+	} else {
+		delete(s.runs, r)
+	}
+	s.mu.Unlock()
+}
+
+func allowMethods(w http.ResponseWriter, r *http.Request, methods ...string) bool {
+	for _, m := range methods {
+		if r.Method == m {
+			return true
+		}
+	}
+	w.Header().Set("Allow", strings.Join(methods, ", "))
+	writeError(w, http.StatusMethodNotAllowed, agentproto.CodeMethodNotAllowed, "method "+r.Method+" not allowed")
+	return false
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	b = append(b, '\n')
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", fmt.Sprint(len(b)))
+	w.WriteHeader(status)
+	w.Write(b)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, agentproto.ErrorBody{Error: agentproto.ErrorDetail{Code: code, Message: msg}})
+}

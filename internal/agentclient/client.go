@@ -1,0 +1,324 @@
+// Package agentclient is stasisd's client for stasis-agent, the process
+// inside every sandbox that runs commands and serves files. It speaks the
+// protocol defined in internal/agentproto.
+package agentclient
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/stasis-sandbox/stasis/internal/agentproto"
+)
+
+// Client talks to one sandbox's agent. It is safe for concurrent use and keeps
+// connections alive between requests.
+type Client struct {
+	addr   atomic.Pointer[string]
+	token  atomic.Pointer[string]
+	dialer *net.Dialer
+	tr     *http.Transport
+	hc     *http.Client
+}
+
+// New returns a client for the agent at addr ("ip:port") using token.
+func New(addr, token string) *Client {
+	c := &Client{}
+	c.addr.Store(&addr)
+	c.token.Store(&token)
+	c.dialer = &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 15 * time.Second}
+	c.tr = &http.Transport{
+		Proxy:               nil, // the agent is never behind a proxy
+		DialContext:         c.dialer.DialContext,
+		MaxIdleConns:        32,
+		MaxIdleConnsPerHost: 16,
+		IdleConnTimeout:     60 * time.Second,
+		DisableCompression:  true,
+		ForceAttemptHTTP2:   false,
+	}
+	c.hc = &http.Client{Transport: c.tr}
+	return c
+}
+
+// SetAddr points the client at a new address (a restored sandbox may have
+// one). Idle connections are dropped even if the address is unchanged: after
+// a restore they are dead.
+func (c *Client) SetAddr(addr string) {
+	c.addr.Store(&addr)
+	c.tr.CloseIdleConnections()
+}
+
+// SetToken changes the token the client presents.
+func (c *Client) SetToken(token string) {
+	c.token.Store(&token)
+}
+
+// CloseIdleConnections closes idle keep-alive connections.
+func (c *Client) CloseIdleConnections() {
+	c.tr.CloseIdleConnections()
+}
+
+// Error is an error response from the agent.
+type Error struct {
+	Status  int    // HTTP status
+	Code    string // agentproto.Code*
+	Message string
+}
+
+func (e *Error) Error() string {
+	if e.Message == "" {
+		return fmt.Sprintf("agent: %s (HTTP %d)", e.Code, e.Status)
+	}
+	return fmt.Sprintf("agent: %s: %s (HTTP %d)", e.Code, e.Message, e.Status)
+}
+
+// Sentinel errors, matched by errors.Is against an *Error.
+var (
+	ErrNotFound     = errors.New("agent: not found")
+	ErrInvalidPath  = errors.New("agent: invalid path")
+	ErrIsDir        = errors.New("agent: is a directory")
+	ErrPermission   = errors.New("agent: permission denied")
+	ErrNoSpace      = errors.New("agent: no space left")
+	ErrUnauthorized = errors.New("agent: unauthorized")
+)
+
+// Is reports whether e is of the kind of the sentinel target.
+func (e *Error) Is(target error) bool {
+	switch target {
+	case ErrNotFound:
+		return e.Code == agentproto.CodeNotFound
+	case ErrInvalidPath:
+		return e.Code == agentproto.CodeInvalidPath
+	case ErrIsDir:
+		return e.Code == agentproto.CodeIsDirectory
+	case ErrPermission:
+		return e.Code == agentproto.CodePermissionDenied
+	case ErrNoSpace:
+		return e.Code == agentproto.CodeNoSpace
+	case ErrUnauthorized:
+		return e.Status == http.StatusUnauthorized
+	}
+	return false
+}
+
+func (c *Client) url(path string, q url.Values) string {
+	u := "http://" + *c.addr.Load() + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	return u
+}
+
+func (c *Client) newRequest(ctx context.Context, method, path string, q url.Values, body io.Reader) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.url(path, q), body)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+*c.token.Load())
+	return req, nil
+}
+
+// do sends req and turns a non-2xx response into an *Error.
+func (c *Client) do(req *http.Request) (*http.Response, error) {
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("agent %s %s: %w", req.Method, req.URL.Path, err)
+	}
+	if resp.StatusCode/100 == 2 {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	return nil, decodeError(resp)
+}
+
+func decodeError(resp *http.Response) error {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	e := &Error{Status: resp.StatusCode}
+	var body agentproto.ErrorBody
+	if json.Unmarshal(b, &body) == nil && body.Error.Code != "" {
+		e.Code, e.Message = body.Error.Code, body.Error.Message
+	} else {
+		e.Code = "http_" + fmt.Sprint(resp.StatusCode)
+		e.Message = strings.TrimSpace(string(b))
+	}
+	if e.Status == http.StatusUnauthorized && e.Code == "" {
+		e.Code = agentproto.CodeUnauthorized
+	}
+	return e
+}
+
+// discard drains (a little) and closes a response body so the connection can
+// be reused.
+func discard(resp *http.Response) {
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+}
+
+func (c *Client) getJSON(ctx context.Context, path string, q url.Values, v any) error {
+	req, err := c.newRequest(ctx, http.MethodGet, path, q, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.do(req)
+	if err != nil {
+		return err
+	}
+	defer discard(resp)
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return fmt.Errorf("agent GET %s: decode: %w", path, err)
+	}
+	return nil
+}
+
+// Health checks that the agent is up and accepts the token.
+func (c *Client) Health(ctx context.Context) error {
+	_, err := c.HealthInfo(ctx)
+	return err
+}
+
+// HealthInfo is Health returning the agent's report.
+func (c *Client) HealthInfo(ctx context.Context) (*agentproto.Health, error) {
+	var h agentproto.Health
+	if err := c.getJSON(ctx, agentproto.PathHealth, nil, &h); err != nil {
+		return nil, err
+	}
+	return &h, nil
+}
+
+// readyPollInterval is WaitReady's pause between failed health checks, and
+// readyAttemptTimeout bounds one check (a connect to an address that does not
+// answer yet could otherwise hang for the kernel's SYN timeout).
+const (
+	readyPollInterval   = 5 * time.Millisecond
+	readyAttemptTimeout = time.Second
+)
+
+// WaitReady polls Health until it succeeds or ctx is done. A wrong token ends
+// the wait at once with ErrUnauthorized.
+func (c *Client) WaitReady(ctx context.Context) error {
+	t := time.NewTimer(0)
+	defer t.Stop()
+	var last error
+	for {
+		select {
+		case <-ctx.Done():
+			if last == nil {
+				return fmt.Errorf("agent not ready: %w", ctx.Err())
+			}
+			return fmt.Errorf("agent not ready: %w (last error: %v)", ctx.Err(), last)
+		case <-t.C:
+		}
+		actx, cancel := context.WithTimeout(ctx, readyAttemptTimeout)
+		last = c.Health(actx)
+		cancel()
+		if last == nil || errors.Is(last, ErrUnauthorized) {
+			return last
+		}
+		t.Reset(readyPollInterval)
+	}
+}
+
+// RotateToken makes the agent accept newToken instead of the current token,
+// then uses it.
+func (c *Client) RotateToken(ctx context.Context, newToken string) error {
+	if newToken == "" {
+		return errors.New("agent: empty token")
+	}
+	b, err := json.Marshal(agentproto.TokenRequest{Token: newToken})
+	if err != nil {
+		return err
+	}
+	req, err := c.newRequest(ctx, http.MethodPost, agentproto.PathToken, nil, strings.NewReader(string(b)))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header["X-Idempotency-Key"] = nil // replayable: setting a token twice is harmless
+	resp, err := c.do(req)
+	if err != nil {
+		return err
+	}
+	discard(resp)
+	c.SetToken(newToken)
+	return nil
+}
+
+// FileInfo describes a file in the sandbox.
+type FileInfo = agentproto.FileInfo
+
+// Stat describes the file at path (following symlinks).
+func (c *Client) Stat(ctx context.Context, path string) (*FileInfo, error) {
+	var fi FileInfo
+	if err := c.getJSON(ctx, agentproto.PathStat, url.Values{"path": {path}}, &fi); err != nil {
+		return nil, err
+	}
+	return &fi, nil
+}
+
+// ReadFile opens the file at path for reading. It returns the body, which the
+// caller must close, and its size (-1 if the agent did not say).
+func (c *Client) ReadFile(ctx context.Context, path string) (io.ReadCloser, int64, error) {
+	req, err := c.newRequest(ctx, http.MethodGet, agentproto.PathFiles, url.Values{"path": {path}}, nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	resp, err := c.do(req)
+	if err != nil {
+		return nil, 0, err
+	}
+	return resp.Body, resp.ContentLength, nil
+}
+
+// ZipDir streams a zip archive of the directory at path; entry names start
+// with the directory's base name. The caller must close the body. An error
+// while the archive is being produced shows up as a read error.
+func (c *Client) ZipDir(ctx context.Context, path string) (io.ReadCloser, error) {
+	req, err := c.newRequest(ctx, http.MethodGet, agentproto.PathFiles, url.Values{"path": {path}, "format": {"zip"}}, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.do(req)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Body, nil
+}
+
+// WriteFile stores r's contents at path, creating parent directories. size is
+// r's length, or -1 if unknown (the body is then sent chunked).
+func (c *Client) WriteFile(ctx context.Context, path string, r io.Reader, size int64) error {
+	if r == nil {
+		r, size = http.NoBody, 0
+	}
+	body := io.NopCloser(r)
+	req, err := c.newRequest(ctx, http.MethodPost, agentproto.PathFiles, url.Values{"path": {path}}, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.ContentLength = size
+	if size == 0 {
+		req.Body = http.NoBody
+	}
+	resp, err := c.do(req)
+	if err != nil {
+		return err
+	}
+	defer discard(resp)
+	var res agentproto.WriteResult
+	if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {
+		return fmt.Errorf("agent POST %s: decode: %w", agentproto.PathFiles, err)
+	}
+	if size >= 0 && res.Size != size {
+		return fmt.Errorf("agent: wrote %d bytes of %d", res.Size, size)
+	}
+	return nil
+}

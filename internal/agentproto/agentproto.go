@@ -1,0 +1,155 @@
+// Package agentproto is the wire protocol between stasisd and stasis-agent,
+// the init process inside every sandbox. Both sides import it; nothing else
+// should.
+//
+// The agent serves HTTP/1.1. Every request carries
+// "Authorization: Bearer <token>". Plain endpoints speak JSON; errors are
+// {"error":{"code":..., "message":...}} with the codes below.
+//
+// Exec is one endpoint for buffered, streaming and interactive use: the client
+// sends POST /v1/exec with "Connection: Upgrade" and "Upgrade: stasis-exec";
+// the agent answers 101 and both sides then exchange frames (see frame.go).
+// The client's first frame is FrameStart; the agent answers FrameStarted (or
+// FrameExit if the command could not be started), then streams FrameStdout /
+// FrameStderr and ends with exactly one FrameExit, after which it half-closes
+// the connection and waits (briefly) for the client to close. The client must
+// keep its side open until FrameExit: end of input from the client means it
+// is gone, and the agent then kills the command's process group. The client
+// may send FrameStart right behind the upgrade request without waiting for
+// the 101.
+package agentproto
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Version identifies this protocol revision; the agent reports it in Health.
+const Version = 1
+
+// HTTP paths served by the agent.
+const (
+	PathHealth = "/v1/health" // GET: Health
+	PathToken  = "/v1/token"  // POST TokenRequest: replace the token (204)
+	PathExec   = "/v1/exec"   // POST + Upgrade: framed exec stream
+	PathFiles  = "/v1/files"  // GET ?path=[&format=zip], POST ?path= (body = contents)
+	PathStat   = "/v1/stat"   // GET ?path=: FileInfo
+)
+
+// UpgradeProtocol is the value of the Upgrade header for PathExec.
+const UpgradeProtocol = "stasis-exec"
+
+// Error codes carried in ErrorBody, with the HTTP status the agent uses.
+const (
+	CodeUnauthorized     = "unauthorized"      // 401
+	CodeBadRequest       = "bad_request"       // 400 (malformed request)
+	CodeInvalidPath      = "invalid_path"      // 400 (relative, "..", not a directory on the way)
+	CodeIsDirectory      = "is_directory"      // 400 (file operation on a directory)
+	CodePermissionDenied = "permission_denied" // 403
+	CodeNotFound         = "not_found"         // 404
+	CodeMethodNotAllowed = "method_not_allowed"
+	CodeNoSpace          = "no_space" // 507 (ENOSPC, EDQUOT)
+	CodeInternal         = "internal" // 500
+)
+
+// ErrorBody is the JSON body of every non-2xx response.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail is the inside of ErrorBody.
+type ErrorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Health is the body of a successful GET /v1/health.
+type Health struct {
+	Pid      int   `json:"pid"`
+	UptimeMs int64 `json:"uptime_ms"`
+	Version  int   `json:"version"`
+}
+
+// TokenRequest is the body of POST /v1/token.
+type TokenRequest struct {
+	Token string `json:"token"`
+}
+
+// FileInfo is the body of GET /v1/stat. Stat follows symlinks.
+type FileInfo struct {
+	Name  string    `json:"name"`
+	Size  int64     `json:"size"`
+	Mode  uint32    `json:"mode"` // permission bits incl. setuid/setgid/sticky, e.g. 0o644
+	IsDir bool      `json:"is_dir"`
+	Mtime time.Time `json:"mtime"`
+}
+
+// WriteResult is the body of a successful POST /v1/files.
+type WriteResult struct {
+	Path string `json:"path"`
+	Size int64  `json:"size"`
+}
+
+// StartRequest is the JSON payload of FrameStart.
+type StartRequest struct {
+	Command    string            `json:"command"`               // run as /bin/sh -c <command>
+	WorkingDir string            `json:"working_dir,omitempty"` // default: agent's default workdir
+	Env        map[string]string `json:"env,omitempty"`         // added to the child's environment
+	TimeoutS   int               `json:"timeout_s,omitempty"`   // 0: no timeout
+	User       string            `json:"user,omitempty"`        // default: agent's default user
+	PTY        *PTYSize          `json:"pty,omitempty"`         // run on a pseudo-terminal of this size
+}
+
+// PTYSize is a terminal size; also the JSON payload of FrameResize.
+type PTYSize struct {
+	Cols uint16 `json:"cols"`
+	Rows uint16 `json:"rows"`
+}
+
+// Started is the JSON payload of FrameStarted.
+type Started struct {
+	Pid int `json:"pid"`
+}
+
+// ExitCodeStartFailed is the exit code reported when the agent could not
+// start the command at all (bad working directory, unknown user, fork
+// failure, ...). Exit.Error then says why. A command the shell cannot find
+// is not a start failure: the shell runs and exits 127 as usual.
+const ExitCodeStartFailed = -1
+
+// Exit is the JSON payload of FrameExit, the last frame of an exec stream.
+//
+// ExitCode is the command's exit status; if it was killed by a signal it is
+// 128+signal number (shell convention), e.g. 137 for SIGKILL — including when
+// the agent killed it because of a timeout, in which case Error is
+// "command timed out after Ns". If it could not be started, ExitCode is
+// ExitCodeStartFailed (-1) and Error says why.
+type Exit struct {
+	ExitCode int    `json:"exit_code"`
+	Error    string `json:"error,omitempty"`
+}
+
+// ParseSignal accepts "SIGTERM", "TERM", "sigterm" or a decimal number and
+// returns the signal. The payload of FrameSignal is such a name as plain text.
+func ParseSignal(name string) (syscall.Signal, error) {
+	s := strings.TrimSpace(name)
+	if n, err := strconv.Atoi(s); err == nil {
+		if n <= 0 || n > 64 {
+			return 0, fmt.Errorf("invalid signal number %d", n)
+		}
+		return syscall.Signal(n), nil
+	}
+	up := strings.ToUpper(s)
+	if !strings.HasPrefix(up, "SIG") {
+		up = "SIG" + up
+	}
+	if sig := unix.SignalNum(up); sig != 0 {
+		return sig, nil
+	}
+	return 0, fmt.Errorf("unknown signal %q", name)
+}

@@ -1,0 +1,297 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/stasis-sandbox/stasis/internal/agentclient"
+	"github.com/stasis-sandbox/stasis/internal/sandbox"
+)
+
+// MaxBufferedOutput caps each of stdout and stderr in a buffered /exec
+// response; the rest is dropped and a marker says so. Streaming endpoints
+// are not buffered and not capped.
+const MaxBufferedOutput = 4 << 20
+
+// dataPlaneID finds which sandbox a data-plane request is for: the
+// X-Superserve-Sandbox-Id header, a boxd-{id}.{domain} host, or (for clients
+// that cannot set headers on a WebSocket) a sandbox_id query parameter.
+func dataPlaneID(r *http.Request) string {
+	if id := r.Header.Get("X-Superserve-Sandbox-Id"); id != "" {
+		return id
+	}
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	if rest, ok := strings.CutPrefix(host, "boxd-"); ok {
+		if id, _, ok := strings.Cut(rest, "."); ok {
+			return id
+		}
+	}
+	return r.URL.Query().Get("sandbox_id")
+}
+
+type agentHandler func(w http.ResponseWriter, r *http.Request, c *agentclient.Client)
+
+// withAgent authenticates the X-Access-Token header for the addressed
+// sandbox and hands the handler a client for its agent (resuming the sandbox
+// first if it is paused).
+func (s *Server) withAgent(h agentHandler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		c, ok := s.agentFor(w, r, r.Header.Get("X-Access-Token"))
+		if ok {
+			h(w, r, c)
+		}
+	}
+}
+
+func (s *Server) agentFor(w http.ResponseWriter, r *http.Request, token string) (*agentclient.Client, bool) {
+	id := dataPlaneID(r)
+	if id == "" {
+		writeError(w, http.StatusBadRequest, "invalid_request",
+			"missing sandbox id: send the X-Superserve-Sandbox-Id header")
+		return nil, false
+	}
+	c, err := s.svc.Agent(r.Context(), id, token)
+	if err != nil {
+		s.fail(w, err)
+		return nil, false
+	}
+	return c, true
+}
+
+type execRequest struct {
+	Command    string            `json:"command"`
+	WorkingDir string            `json:"working_dir"`
+	Env        map[string]string `json:"env"`
+	TimeoutS   int               `json:"timeout_s"`
+}
+
+func (e *execRequest) validate() error {
+	if strings.TrimSpace(e.Command) == "" {
+		return invalidJSON("command must not be empty")
+	}
+	if e.WorkingDir != "" {
+		if err := validatePath(e.WorkingDir); err != nil {
+			return err
+		}
+	}
+	if e.TimeoutS < 0 {
+		return invalidJSON("timeout_s must not be negative")
+	}
+	return nil
+}
+
+func (e *execRequest) agentRequest() agentclient.ExecRequest {
+	return agentclient.ExecRequest{Command: e.Command, WorkingDir: e.WorkingDir, Env: e.Env, TimeoutS: e.TimeoutS}
+}
+
+func (s *Server) exec(w http.ResponseWriter, r *http.Request, c *agentclient.Client) {
+	var req execRequest
+	if err := decodeJSON(w, r, &req, false); err != nil {
+		s.fail(w, err)
+		return
+	}
+	if err := req.validate(); err != nil {
+		s.fail(w, err)
+		return
+	}
+	stdout, stderr := &cappedBuffer{limit: MaxBufferedOutput}, &cappedBuffer{limit: MaxBufferedOutput}
+	st, err := c.Run(r.Context(), req.agentRequest(), stdout, stderr)
+	if err != nil {
+		s.failAgent(w, err)
+		return
+	}
+	resp := struct {
+		Stdout   string `json:"stdout"`
+		Stderr   string `json:"stderr"`
+		ExitCode int    `json:"exit_code"`
+		Error    string `json:"error,omitempty"`
+	}{stdout.String(), stderr.String(), st.ExitCode, st.Error}
+	if st.Error != "" {
+		// The SDK's buffered run has no error field; surface it on stderr as
+		// its streaming run does.
+		resp.Stderr += st.Error
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// execStream runs a command and streams its output as Server-Sent Events.
+func (s *Server) execStream(w http.ResponseWriter, r *http.Request, c *agentclient.Client) {
+	var req execRequest
+	if err := decodeJSON(w, r, &req, false); err != nil {
+		s.fail(w, err)
+		return
+	}
+	if err := req.validate(); err != nil {
+		s.fail(w, err)
+		return
+	}
+	p, err := c.Start(r.Context(), req.agentRequest())
+	if err != nil {
+		s.failAgent(w, err)
+		return
+	}
+	defer p.Close()
+	flusher, _ := w.(http.Flusher)
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	send := func(v any) error {
+		b, _ := json.Marshal(v)
+		if _, err := fmt.Fprintf(w, "data: %s\n\n", b); err != nil {
+			return err
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+		return nil
+	}
+	var outText, errText utf8Joiner
+	for {
+		ev, err := p.Next()
+		if err != nil {
+			send(map[string]any{"finished": true, "exit_code": -1, "error": "lost connection to the sandbox: " + err.Error()})
+			return
+		}
+		switch ev.Kind {
+		case agentclient.EventStdout:
+			if t := outText.push(ev.Data); t != "" && send(map[string]string{"stdout": t}) != nil {
+				return
+			}
+		case agentclient.EventStderr:
+			if t := errText.push(ev.Data); t != "" && send(map[string]string{"stderr": t}) != nil {
+				return
+			}
+		case agentclient.EventExit:
+			if t := outText.flush(); t != "" {
+				send(map[string]string{"stdout": t})
+			}
+			if t := errText.flush(); t != "" {
+				send(map[string]string{"stderr": t})
+			}
+			fin := map[string]any{"finished": true, "exit_code": ev.Exit.ExitCode}
+			if ev.Exit.Error != "" {
+				fin["error"] = ev.Exit.Error
+			}
+			send(fin)
+			return
+		}
+	}
+}
+
+// validatePath enforces what the SDK promises: absolute paths without "..".
+func validatePath(p string) error {
+	if !strings.HasPrefix(p, "/") {
+		return &sandbox.Error{Kind: sandbox.ErrInvalid, Code: "invalid_path", Message: fmt.Sprintf("path must be absolute: %q", p)}
+	}
+	for _, seg := range strings.Split(p, "/") {
+		if seg == ".." {
+			return &sandbox.Error{Kind: sandbox.ErrInvalid, Code: "invalid_path", Message: fmt.Sprintf("path must not contain \"..\": %q", p)}
+		}
+	}
+	if strings.IndexByte(p, 0) >= 0 {
+		return &sandbox.Error{Kind: sandbox.ErrInvalid, Code: "invalid_path", Message: "path must not contain NUL bytes"}
+	}
+	return nil
+}
+
+func (s *Server) readFile(w http.ResponseWriter, r *http.Request, c *agentclient.Client) {
+	path := r.URL.Query().Get("path")
+	if err := validatePath(path); err != nil {
+		s.fail(w, err)
+		return
+	}
+	var body io.ReadCloser
+	var size int64 = -1
+	var err error
+	switch f := r.URL.Query().Get("format"); f {
+	case "zip":
+		body, err = c.ZipDir(r.Context(), path)
+		w.Header().Set("Content-Type", "application/zip")
+	case "", "raw":
+		body, size, err = c.ReadFile(r.Context(), path)
+		w.Header().Set("Content-Type", "application/octet-stream")
+	default:
+		writeError(w, http.StatusBadRequest, "invalid_request", "unknown format "+strconv.Quote(f)+" (use zip, or omit it)")
+		return
+	}
+	if err != nil {
+		w.Header().Del("Content-Type")
+		s.failAgent(w, err)
+		return
+	}
+	defer body.Close()
+	if size >= 0 {
+		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	}
+	w.WriteHeader(http.StatusOK)
+	io.Copy(w, body)
+}
+
+func (s *Server) writeFile(w http.ResponseWriter, r *http.Request, c *agentclient.Client) {
+	path := r.URL.Query().Get("path")
+	if err := validatePath(path); err != nil {
+		s.fail(w, err)
+		return
+	}
+	if strings.HasSuffix(path, "/") {
+		s.fail(w, &sandbox.Error{Kind: sandbox.ErrInvalid, Code: "invalid_path", Message: "path names a directory; give a file path"})
+		return
+	}
+	if err := c.WriteFile(r.Context(), path, r.Body, r.ContentLength); err != nil {
+		s.failAgent(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"path": path})
+}
+
+func (s *Server) statFile(w http.ResponseWriter, r *http.Request, c *agentclient.Client) {
+	path := r.URL.Query().Get("path")
+	if err := validatePath(path); err != nil {
+		s.fail(w, err)
+		return
+	}
+	fi, err := c.Stat(r.Context(), path)
+	if err != nil {
+		s.failAgent(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, fi)
+}
+
+// failAgent maps an agent error onto the API's envelope.
+func (s *Server) failAgent(w http.ResponseWriter, err error) {
+	var ae *agentclient.Error
+	switch {
+	case errors.Is(err, agentclient.ErrNotFound):
+		writeError(w, http.StatusNotFound, "file_not_found", agentMessage(err))
+	case errors.Is(err, agentclient.ErrInvalidPath), errors.Is(err, agentclient.ErrIsDir):
+		writeError(w, http.StatusBadRequest, "invalid_path", agentMessage(err))
+	case errors.Is(err, agentclient.ErrPermission):
+		writeError(w, http.StatusForbidden, "permission_denied", agentMessage(err))
+	case errors.Is(err, agentclient.ErrNoSpace):
+		writeError(w, http.StatusInsufficientStorage, "sandbox_storage_full", agentMessage(err))
+	case errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500:
+		writeError(w, http.StatusBadRequest, ae.Code, ae.Message)
+	default:
+		s.log.Error("agent call failed", "err", err)
+		writeError(w, http.StatusBadGateway, "sandbox_unreachable", "the sandbox did not answer: "+err.Error())
+	}
+}
+
+func agentMessage(err error) string {
+	var ae *agentclient.Error
+	if errors.As(err, &ae) && ae.Message != "" {
+		return ae.Message
+	}
+	return err.Error()
+}

@@ -1,0 +1,230 @@
+package api
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/stasis-sandbox/stasis/internal/sandbox"
+	"github.com/stasis-sandbox/stasis/internal/store"
+)
+
+// sandboxJSON is a sandbox on the wire (Superserve's field names).
+type sandboxJSON struct {
+	ID                string            `json:"id"`
+	Name              string            `json:"name"`
+	Status            string            `json:"status"`
+	Template          string            `json:"template"`
+	VCPUCount         int               `json:"vcpu_count"`
+	MemoryMiB         int               `json:"memory_mib"`
+	CreatedAt         time.Time         `json:"created_at"`
+	TimeoutSeconds    *int              `json:"timeout_seconds"`
+	AutoDeleteSeconds *int              `json:"auto_delete_seconds"`
+	AutoDeleteAt      *time.Time        `json:"auto_delete_at,omitempty"`
+	Metadata          map[string]string `json:"metadata"`
+	Error             string            `json:"error,omitempty"` // why a sandbox is failed, or why its last resume failed
+	Usage             usageJSON         `json:"usage"`           // stasis extension
+	AccessToken       string            `json:"access_token,omitempty"`
+}
+
+// usageJSON is metered usage; compute is billed only while active.
+type usageJSON struct {
+	ActiveSeconds float64 `json:"active_seconds"`
+	PausedSeconds float64 `json:"paused_seconds"`
+	SnapshotBytes int64   `json:"snapshot_bytes"`
+}
+
+func toJSON(sb *store.Sandbox, token string) sandboxJSON {
+	out := sandboxJSON{
+		ID: sb.ID, Name: sb.Name, Status: sb.Status, Template: sb.Template,
+		VCPUCount: sb.VCPU, MemoryMiB: sb.MemoryMiB, CreatedAt: sb.CreatedAt,
+		TimeoutSeconds: sb.TimeoutSeconds, AutoDeleteSeconds: sb.AutoDeleteSeconds,
+		Metadata: sb.Metadata, Error: sb.Error, AccessToken: token,
+	}
+	if out.Metadata == nil {
+		out.Metadata = map[string]string{}
+	}
+	out.AutoDeleteAt = sb.DeleteAt
+	active, paused := sb.Usage(time.Now())
+	out.Usage = usageJSON{ActiveSeconds: seconds(active), PausedSeconds: seconds(paused), SnapshotBytes: sb.SnapshotBytes}
+	return out
+}
+
+type createRequest struct {
+	Name              *string           `json:"name"`
+	FromTemplate      string            `json:"from_template"`
+	FromSnapshot      string            `json:"from_snapshot"`
+	TimeoutSeconds    *int              `json:"timeout_seconds"`
+	AutoDeleteSeconds *int              `json:"auto_delete_seconds"`
+	Metadata          map[string]string `json:"metadata"`
+	EnvVars           map[string]string `json:"env_vars"`
+	VCPU              int               `json:"vcpu"`       // stasis extension
+	MemoryMiB         int               `json:"memory_mib"` // stasis extension
+	// Superserve fields stasis does not serve yet: accepted only when empty,
+	// so SDK calls that send them as null keep working.
+	Secrets json.RawMessage `json:"secrets"`
+	Network json.RawMessage `json:"network"`
+}
+
+func isEmptyJSON(raw json.RawMessage) bool {
+	s := strings.TrimSpace(string(raw))
+	return s == "" || s == "null" || s == "{}" || s == "[]"
+}
+
+func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request, teamID string) {
+	var req createRequest
+	if err := decodeJSON(w, r, &req, true); err != nil {
+		s.fail(w, err)
+		return
+	}
+	switch {
+	case req.FromSnapshot != "":
+		writeError(w, http.StatusBadRequest, "not_supported", "from_snapshot is not supported by this stasis server yet")
+		return
+	case !isEmptyJSON(req.Secrets):
+		writeError(w, http.StatusBadRequest, "not_supported", "secrets are not supported by this stasis server yet")
+		return
+	case !isEmptyJSON(req.Network):
+		writeError(w, http.StatusBadRequest, "not_supported", "network rules are not supported by this stasis server yet")
+		return
+	}
+	name := "sandbox-" + time.Now().UTC().Format("20060102-150405")
+	if req.Name != nil {
+		name = *req.Name
+	}
+	sb, tok, err := s.svc.Create(r.Context(), teamID, sandbox.CreateParams{
+		Name: name, Template: req.FromTemplate, VCPU: req.VCPU, MemoryMiB: req.MemoryMiB,
+		Metadata: req.Metadata, Env: req.EnvVars,
+		TimeoutSeconds: req.TimeoutSeconds, AutoDeleteSeconds: req.AutoDeleteSeconds,
+	})
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, toJSON(sb, tok))
+}
+
+func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request, teamID string) {
+	filter := map[string]string{}
+	for k, vs := range r.URL.Query() {
+		key, ok := strings.CutPrefix(k, "metadata.")
+		if !ok || key == "" {
+			writeError(w, http.StatusBadRequest, "invalid_request",
+				"unknown query parameter "+k+" (filter with metadata.KEY=VALUE)")
+			return
+		}
+		filter[key] = vs[0]
+	}
+	list, err := s.svc.List(r.Context(), teamID, filter)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	out := make([]sandboxJSON, 0, len(list))
+	for _, sb := range list {
+		out = append(out, toJSON(sb, ""))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request, teamID string) {
+	sb, err := s.svc.Get(r.Context(), teamID, r.PathValue("id"))
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toJSON(sb, ""))
+}
+
+func (s *Server) updateSandbox(w http.ResponseWriter, r *http.Request, teamID string) {
+	var raw map[string]json.RawMessage
+	if err := decodeJSON(w, r, &raw, false); err != nil {
+		s.fail(w, err)
+		return
+	}
+	var p sandbox.UpdateParams
+	for k, v := range raw {
+		var err error
+		switch k {
+		case "metadata":
+			err = decodeOptional(v, &p.Metadata)
+		case "timeout_seconds":
+			err = decodeOptional(v, &p.TimeoutSeconds)
+		case "auto_delete_seconds":
+			err = decodeOptional(v, &p.AutoDeleteSeconds)
+		case "network":
+			if !isEmptyJSON(v) {
+				writeError(w, http.StatusBadRequest, "not_supported", "network rules are not supported by this stasis server yet")
+				return
+			}
+		default:
+			writeError(w, http.StatusBadRequest, "invalid_request",
+				"unknown field "+k+" (updatable: metadata, timeout_seconds, auto_delete_seconds)")
+			return
+		}
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "invalid_request", "field "+k+": "+jsonErrorText(err))
+			return
+		}
+	}
+	sb, err := s.svc.Update(r.Context(), teamID, r.PathValue("id"), p)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toJSON(sb, ""))
+}
+
+func decodeOptional[T any](raw json.RawMessage, o *sandbox.Optional[T]) error {
+	o.Set = true
+	if strings.TrimSpace(string(raw)) == "null" {
+		return nil
+	}
+	var v T
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return err
+	}
+	o.Value = &v
+	return nil
+}
+
+func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request, teamID string) {
+	if err := s.svc.Delete(r.Context(), teamID, r.PathValue("id")); err != nil {
+		s.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request, teamID string) {
+	sb, err := s.svc.Pause(r.Context(), teamID, r.PathValue("id"))
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toJSON(sb, ""))
+}
+
+func (s *Server) resumeSandbox(activate bool) teamHandler {
+	return func(w http.ResponseWriter, r *http.Request, teamID string) {
+		sb, tok, err := s.svc.Resume(r.Context(), teamID, r.PathValue("id"), activate)
+		if err != nil {
+			s.fail(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, toJSON(sb, tok))
+	}
+}
+
+func seconds(d time.Duration) float64 { return float64(d.Milliseconds()) / 1000 }
+
+// teamUsage serves GET /usage: the team's metered totals.
+func (s *Server) teamUsage(w http.ResponseWriter, r *http.Request, teamID string) {
+	u, err := s.store.TeamUsage(r.Context(), teamID, time.Now())
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, usageJSON{ActiveSeconds: seconds(u.Active), PausedSeconds: seconds(u.Paused), SnapshotBytes: u.SnapshotBytes})
+}

@@ -1,0 +1,449 @@
+// Package gvisor runs sandboxes with gVisor's runsc (systrap platform, no
+// KVM needed). Each sandbox is one runsc container whose PID 1 is the agent,
+// with its own network namespace and link-local subnet from a netpool.Pool,
+// its own cgroup, and an overlay over the shared, never-written image.
+//
+// On-disk layout:
+//
+//	RootDir/                 runsc --root, shared by all sandboxes
+//	StateDir/<id>/config.json  OCI bundle (rewritten by every Create/Restore)
+//	StateDir/<id>/overlay/     the overlay's upper layer lives in an unlinked
+//	                           file here (disk, not RAM; saved by checkpoint)
+//	StateDir/<id>/console.log  the agent's stdout/stderr (and runsc's errors)
+//	DebugLogDir/<id>/          runsc debug logs, only if DebugLogDir is set
+package gvisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/stasis-sandbox/stasis/internal/netpool"
+	"github.com/stasis-sandbox/stasis/internal/runtime"
+)
+
+// DefaultPlatform is the gVisor platform used when Config.Platform is empty.
+const DefaultPlatform = "systrap"
+
+// DefaultCgroupParent is used when Config.CgroupParent is empty.
+const DefaultCgroupParent = "stasis"
+
+// Config configures a Driver.
+type Config struct {
+	// Runsc is the path of the runsc binary. It must be a static build
+	// (CGO_ENABLED=0). Empty: look up "runsc" in PATH.
+	Runsc string
+	// RootDir is runsc's --root, one directory shared by all sandboxes
+	// (runsc mounts an nsfs "null-netns" inside it; don't use a new one per
+	// sandbox). Required.
+	RootDir string
+	// StateDir holds per-sandbox bundles, overlay files and console logs.
+	// Required.
+	StateDir string
+	// Platform is runsc's --platform. Default "systrap".
+	Platform string
+	// Net builds each sandbox's network link. Required.
+	Net *netpool.Pool
+	// CgroupParent is the cgroup under which each sandbox gets a cgroup
+	// named after its ID. A relative path is relative to the cgroups of the
+	// calling process (so sandboxes stay inside stasisd's own cgroup and its
+	// limits); an absolute one is relative to the cgroup root. Default
+	// "stasis".
+	CgroupParent string
+	// MemoryOverlay keeps the sandbox's writable layer in sandbox memory
+	// instead of a file in StateDir. Both are saved by checkpoint.
+	MemoryOverlay bool
+	// DebugLogDir, if set, turns on runsc debug logging into
+	// DebugLogDir/<id>/. Destroy leaves these logs alone.
+	DebugLogDir string
+}
+
+// Driver implements runtime.Driver with runsc.
+type Driver struct {
+	cfg     Config
+	version string
+}
+
+var _ runtime.Driver = (*Driver)(nil)
+
+// New checks cfg and the runsc binary and returns a Driver.
+func New(cfg Config) (*Driver, error) {
+	if cfg.Runsc == "" {
+		p, err := exec.LookPath("runsc")
+		if err != nil {
+			return nil, fmt.Errorf("gvisor: no runsc binary configured and none in PATH: %w", err)
+		}
+		cfg.Runsc = p
+	}
+	if cfg.Platform == "" {
+		cfg.Platform = DefaultPlatform
+	}
+	if cfg.CgroupParent == "" {
+		cfg.CgroupParent = DefaultCgroupParent
+	}
+	if cfg.Net == nil {
+		return nil, errors.New("gvisor: Config.Net (network pool) is required")
+	}
+	if cfg.RootDir == "" || cfg.StateDir == "" {
+		return nil, errors.New("gvisor: Config.RootDir and Config.StateDir are required")
+	}
+	for _, p := range []*string{&cfg.Runsc, &cfg.RootDir, &cfg.StateDir, &cfg.DebugLogDir} {
+		if *p == "" {
+			continue
+		}
+		abs, err := filepath.Abs(*p)
+		if err != nil {
+			return nil, fmt.Errorf("gvisor: %w", err)
+		}
+		*p = abs
+	}
+	fi, err := os.Stat(cfg.Runsc)
+	if err != nil {
+		return nil, fmt.Errorf("gvisor: runsc binary: %w", err)
+	}
+	if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+		return nil, fmt.Errorf("gvisor: runsc binary %s is not an executable file", cfg.Runsc)
+	}
+	version, err := runscVersion(context.Background(), cfg.Runsc)
+	if err != nil {
+		return nil, fmt.Errorf("gvisor: runsc binary does not work: %w", err)
+	}
+	for _, dir := range []string{cfg.RootDir, cfg.StateDir} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("gvisor: %w", err)
+		}
+	}
+	return &Driver{cfg: cfg, version: version}, nil
+}
+
+// Version is the runsc version string (`runsc --version`).
+func (d *Driver) Version() string { return d.version }
+
+func validID(id string) bool { return netpool.ValidID(id) }
+
+func (d *Driver) sandboxDir(id string) string  { return filepath.Join(d.cfg.StateDir, id) }
+func (d *Driver) overlayDir(id string) string  { return filepath.Join(d.sandboxDir(id), "overlay") }
+func (d *Driver) consolePath(id string) string { return filepath.Join(d.sandboxDir(id), "console.log") }
+func (d *Driver) debugDir(id string) string    { return filepath.Join(d.cfg.DebugLogDir, id) }
+
+// ConsolePath is the file holding the sandbox's stdout and stderr.
+func (d *Driver) ConsolePath(id string) string { return d.consolePath(id) }
+
+// overlayFlag is runsc's --overlay2 for the sandbox: the root filesystem
+// gets an overlay whose upper layer lives in a file in the sandbox's
+// overlay dir (created and unlinked by runsc, so nothing leaks after a
+// crash) or in memory, limited to DiskMiB.
+func (d *Driver) overlayFlag(spec runtime.Spec) string {
+	medium := "dir=" + d.overlayDir(spec.ID)
+	if d.cfg.MemoryOverlay {
+		medium = "memory"
+	}
+	f := "--overlay2=root:" + medium
+	if spec.DiskMiB > 0 {
+		f += ",size=" + strconv.Itoa(spec.DiskMiB) + "m"
+	}
+	return f
+}
+
+// prepare does what Create and Restore share: make sure no container with
+// the ID runs, build a fresh network link, write the bundle. It returns the
+// link and the runsc flags for the sandbox.
+func (d *Driver) prepare(ctx context.Context, spec runtime.Spec) (*netpool.Link, []string, error) {
+	if err := checkSpec(spec); err != nil {
+		return nil, nil, err
+	}
+	st, err := d.state(ctx, spec.ID)
+	switch {
+	case err == nil && (st.Status == "running" || st.Status == "paused" || st.Status == "created"):
+		return nil, nil, fmt.Errorf("sandbox %s already exists (%s)", spec.ID, st.Status)
+	case err == nil: // stopped leftover
+		if _, err := d.run(ctx, spec.ID, "delete", "--force", spec.ID); err != nil {
+			return nil, nil, fmt.Errorf("removing stopped leftover: %w", err)
+		}
+	case !errors.Is(err, errNoContainer):
+		return nil, nil, err
+	}
+	// No container runs under this ID, so any link with its name is a leftover.
+	if err := d.cfg.Net.Teardown(ctx, spec.ID); err != nil {
+		return nil, nil, err
+	}
+	link, err := d.cfg.Net.Setup(ctx, spec.ID)
+	if err != nil {
+		return nil, nil, err
+	}
+	dir := d.sandboxDir(spec.ID)
+	if err := os.MkdirAll(d.overlayDir(spec.ID), 0o700); err != nil {
+		return link, nil, err
+	}
+	if d.cfg.DebugLogDir != "" {
+		if err := os.MkdirAll(d.debugDir(spec.ID), 0o700); err != nil {
+			return link, nil, err
+		}
+	}
+	cgroupsPath := filepath.Join(d.cfg.CgroupParent, spec.ID)
+	if err := writeBundle(dir, ociSpec(spec, link.NetnsPath, cgroupsPath)); err != nil {
+		return link, nil, fmt.Errorf("writing bundle: %w", err)
+	}
+	flags := []string{"--network=sandbox", d.overlayFlag(spec)}
+	return link, flags, nil
+}
+
+// started finishes Create and Restore: look up the sandbox process.
+func (d *Driver) started(ctx context.Context, id string, link *netpool.Link) (*runtime.Instance, error) {
+	st, err := d.state(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if st.Status != "running" {
+		return nil, fmt.Errorf("sandbox is %s after start", st.Status)
+	}
+	return &runtime.Instance{ID: id, Addr: link.SandboxAddr, Pid: st.Pid}, nil
+}
+
+// Create builds the sandbox's network link and bundle and starts it.
+func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (_ *runtime.Instance, err error) {
+	defer func() {
+		if err != nil {
+			d.cleanupFailed(spec.ID)
+			err = fmt.Errorf("gvisor: create %s: %w", spec.ID, err)
+		}
+	}()
+	link, flags, err := d.prepare(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.runWithConsole(ctx, spec.ID, flags, "run", "--detach", "--bundle="+d.sandboxDir(spec.ID), spec.ID); err != nil {
+		return nil, err
+	}
+	return d.started(ctx, spec.ID, link)
+}
+
+// Restore starts the sandbox from the checkpoint in dir on a fresh network
+// link. runsc strips the addresses of the interface it takes over; the link
+// is built anew each time, so they are there.
+func (d *Driver) Restore(ctx context.Context, spec runtime.Spec, dir string) (_ *runtime.Instance, err error) {
+	defer func() {
+		if err != nil {
+			d.cleanupFailed(spec.ID)
+			err = fmt.Errorf("gvisor: restore %s: %w", spec.ID, err)
+		}
+	}()
+	dir, err = filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(filepath.Join(dir, "checkpoint.img")); err != nil {
+		return nil, fmt.Errorf("no checkpoint in %s: %w", dir, err)
+	}
+	link, flags, err := d.prepare(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	// With no container of that ID, `runsc restore` creates it from the
+	// bundle and restores into it in one go (no separate `runsc create`).
+	if err := d.runWithConsole(ctx, spec.ID, flags, "restore", "--detach", "--bundle="+d.sandboxDir(spec.ID), "--image-path="+dir, spec.ID); err != nil {
+		return nil, err
+	}
+	return d.started(ctx, spec.ID, link)
+}
+
+// cleanupFailed undoes a failed Create or Restore, best effort, even when
+// the caller's context is done.
+func (d *Driver) cleanupFailed(id string) {
+	if !validID(id) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, _ = d.run(ctx, id, "delete", "--force", id)
+	_ = d.cfg.Net.Teardown(ctx, id)
+	_ = os.Remove(filepath.Join(d.sandboxDir(id), "config.json"))
+	_ = os.RemoveAll(d.overlayDir(id))
+}
+
+// Checkpoint saves the sandbox into dir (which must exist and be empty);
+// the sandbox stops, and its container, network link and overlay are
+// released. The console log stays until Destroy.
+func (d *Driver) Checkpoint(ctx context.Context, id, dir string) (err error) {
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("gvisor: checkpoint %s: %w", id, err)
+		}
+	}()
+	if !validID(id) {
+		return fmt.Errorf("invalid sandbox ID %q", id)
+	}
+	dir, err = filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	if len(ents) != 0 {
+		return fmt.Errorf("checkpoint dir %s is not empty", dir)
+	}
+	st, err := d.state(ctx, id)
+	if errors.Is(err, errNoContainer) {
+		return runtime.ErrNotFound
+	}
+	if err != nil {
+		return err
+	}
+	if st.Status != "running" {
+		return fmt.Errorf("sandbox is %s, not running", st.Status)
+	}
+	if _, err := d.run(ctx, id, "checkpoint", "--image-path="+dir, id); err != nil {
+		return err
+	}
+	// The sandbox exits after a checkpoint; delete the stopped container
+	// (--force in case it has not quite finished exiting) and make sure the
+	// processes are gone before the link goes.
+	if _, err := d.run(ctx, id, "delete", "--force", id); err != nil {
+		return err
+	}
+	if err := d.waitGone(ctx, id); err != nil {
+		return err
+	}
+	if err := d.cfg.Net.Teardown(ctx, id); err != nil {
+		return err
+	}
+	_ = os.Remove(filepath.Join(d.sandboxDir(id), "config.json"))
+	return os.RemoveAll(d.overlayDir(id))
+}
+
+// waitGone waits until no runsc process of sandbox id (the sandbox, its
+// gofer, a leftover runsc command) is left on the host.
+func (d *Driver) waitGone(ctx context.Context, id string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		pids := d.Processes(id)
+		if len(pids) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("runsc processes %v still alive", pids)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// Processes returns the PIDs of live host processes that belong to sandbox
+// id: every runsc process (sandbox, gofer, command) run with this driver's
+// root dir whose last argument is id. Zombies are not counted.
+func (d *Driver) Processes(id string) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	rootFlag := "--root=" + d.cfg.RootDir
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil || len(b) == 0 {
+			continue // gone, or a zombie / kernel thread
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if args[len(args)-1] != id || !slices.Contains(args, rootFlag) {
+			continue
+		}
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
+// Destroy kills the sandbox (running, paused or stopped) and removes its
+// container, network link and state dir. Unknown IDs are not an error.
+func (d *Driver) Destroy(ctx context.Context, id string) error {
+	if !validID(id) {
+		return fmt.Errorf("gvisor: destroy: invalid sandbox ID %q", id)
+	}
+	var errs []error
+	if _, err := d.run(ctx, id, "delete", "--force", id); err != nil {
+		errs = append(errs, err)
+	} else if err := d.waitGone(ctx, id); err != nil {
+		errs = append(errs, err)
+	}
+	if err := d.cfg.Net.Teardown(ctx, id); err != nil {
+		errs = append(errs, err)
+	}
+	if err := os.RemoveAll(d.sandboxDir(id)); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("gvisor: destroy %s: %w", id, err)
+	}
+	return nil
+}
+
+// List returns the sandboxes runsc runs now (frozen ones included), with
+// the addresses of their network links.
+func (d *Driver) List(ctx context.Context) ([]runtime.Instance, error) {
+	all, err := d.list(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("gvisor: list: %w", err)
+	}
+	var out []runtime.Instance
+	for _, c := range all {
+		if c.Status != "running" && c.Status != "paused" {
+			continue
+		}
+		inst := runtime.Instance{ID: c.ID, Pid: c.Pid}
+		if l, ok := d.cfg.Net.Lookup(c.ID); ok {
+			inst.Addr = l.SandboxAddr
+		}
+		out = append(out, inst)
+	}
+	return out, nil
+}
+
+// Freeze stops every process in the sandbox where it is, keeping its
+// memory (runsc pause). The agent does not answer while frozen.
+func (d *Driver) Freeze(ctx context.Context, id string) error {
+	if _, err := d.run(ctx, id, "pause", id); err != nil {
+		return fmt.Errorf("gvisor: freeze %s: %w", id, d.notFound(ctx, id, err))
+	}
+	return nil
+}
+
+// Thaw resumes a frozen sandbox (runsc resume).
+func (d *Driver) Thaw(ctx context.Context, id string) error {
+	if _, err := d.run(ctx, id, "resume", id); err != nil {
+		return fmt.Errorf("gvisor: thaw %s: %w", id, d.notFound(ctx, id, err))
+	}
+	return nil
+}
+
+// notFound turns err into runtime.ErrNotFound when runsc has no container id.
+func (d *Driver) notFound(ctx context.Context, id string, err error) error {
+	if _, serr := d.state(ctx, id); errors.Is(serr, errNoContainer) {
+		return runtime.ErrNotFound
+	}
+	return err
+}
+
+// Addr returns the sandbox address of id's network link, if it has one.
+func (d *Driver) Addr(id string) (netip.Addr, bool) {
+	l, ok := d.cfg.Net.Lookup(id)
+	if !ok {
+		return netip.Addr{}, false
+	}
+	return l.SandboxAddr, true
+}

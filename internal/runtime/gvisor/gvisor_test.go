@@ -1,0 +1,752 @@
+package gvisor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/stasis-sandbox/stasis/internal/netpool"
+	"github.com/stasis-sandbox/stasis/internal/runtime"
+)
+
+// These tests run real sandboxes with the pinned runsc. They need root. They
+// use their own netns/veth prefixes, their own 169.254.208.0/22 range, IDs
+// prefixed with the test process's PID, and a fixed runsc root dir (runsc
+// mounts an nsfs file into it, so a fresh t.TempDir could not be removed).
+
+const testRoot = "/run/stasis-gvisor-test/runsc-root"
+
+var testRange = netip.MustParsePrefix("169.254.208.0/22")
+
+// agentBin is the test agent, built once by TestMain (if running as root).
+var agentBin string
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		if os.Geteuid() == 0 {
+			dir, err := os.MkdirTemp("", "stasis-gvisor-agent-")
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			defer os.RemoveAll(dir)
+			agentBin = filepath.Join(dir, "agent")
+			cmd := exec.Command("go", "build", "-o", agentBin, "./testdata/testagent")
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "building test agent: %v\n%s", err, out)
+				return 1
+			}
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// runscBin returns the runsc to test with: $STASIS_RUNSC, or the pinned
+// build in the repository's .cache. A missing binary fails the test.
+func runscBin(t testing.TB) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (runsc, network namespaces, cgroups)")
+	}
+	p := os.Getenv("STASIS_RUNSC")
+	if p == "" {
+		abs, err := filepath.Abs("../../../.cache/runsc/bin/runsc")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p = abs
+	}
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("runsc binary not found at %s (%v): build the pinned static runsc there "+
+			"(CGO_ENABLED=0 go install gvisor.dev/gvisor/runsc@v0.0.0-20260905035102-160fafc42237) "+
+			"or point STASIS_RUNSC at one", p, err)
+	}
+	return p
+}
+
+// testEnv is one driver plus everything the test must clean up.
+type testEnv struct {
+	t      testing.TB
+	d      *Driver
+	pool   *netpool.Pool
+	rootfs string
+	prefix string // of every sandbox ID in this test
+
+	mu  sync.Mutex
+	ids map[string]bool
+}
+
+func newEnv(t testing.TB) *testEnv {
+	t.Helper()
+	bin := runscBin(t)
+	pool, err := netpool.New(netpool.Config{
+		Prefix:   fmt.Sprintf("stasis-gvtest%d", os.Getpid()),
+		IfPrefix: "sttg",
+		Range:    testRange,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := t.TempDir()
+	d, err := New(Config{Runsc: bin, RootDir: testRoot, StateDir: state, Net: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &testEnv{
+		t:      t,
+		d:      d,
+		pool:   pool,
+		rootfs: makeRootfs(t),
+		prefix: fmt.Sprintf("gvt%d-", os.Getpid()),
+		ids:    map[string]bool{},
+	}
+	t.Cleanup(func() {
+		ctx := context.Background()
+		for id := range e.ids {
+			if err := d.Destroy(ctx, id); err != nil {
+				t.Errorf("cleanup: %v", err)
+			}
+		}
+		if err := pool.Cleanup(ctx, nil); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	return e
+}
+
+// makeRootfs builds a tiny image: busybox and its applets, an empty
+// /.stasis/agent mount point, /etc/passwd.
+func makeRootfs(t testing.TB) string {
+	t.Helper()
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Fatalf("busybox (static) is needed for the test rootfs: %v", err)
+	}
+	root := filepath.Join(t.TempDir(), "rootfs")
+	for _, d := range []string{"bin", "etc", "tmp", ".stasis"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Chmod(filepath.Join(root, "tmp"), 0o1777)
+	b, err := os.ReadFile(bb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "bin/busybox"), b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"sh", "ls", "cat", "echo", "sleep", "ps", "mount", "ip", "wget", "dd", "md5sum"} {
+		if err := os.Symlink("busybox", filepath.Join(root, "bin", a)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, runtime.AgentMountPath), nil, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+func (e *testEnv) spec(name string) runtime.Spec {
+	id := e.prefix + name
+	e.mu.Lock()
+	e.ids[id] = true
+	e.mu.Unlock()
+	return runtime.Spec{
+		ID:        id,
+		Hostname:  name,
+		RootFS:    e.rootfs,
+		AgentPath: agentBin,
+		Env:       []string{"STASIS_TEST=" + name},
+		VCPU:      1,
+		MemoryMiB: 256,
+		DiskMiB:   512,
+	}
+}
+
+// agentState is what the test agent serves.
+type agentState struct {
+	Counter  int64  `json:"counter"`
+	Boot     string `json:"boot"`
+	BootFile string `json:"boot_file"`
+	File     string `json:"file"`
+	Pid      int    `json:"pid"`
+	Hostname string `json:"hostname"`
+	Env      string `json:"env"`
+}
+
+var httpc = &http.Client{Timeout: 2 * time.Second}
+
+func get(addr, path string) (string, error) {
+	resp, err := httpc.Get("http://" + addr + path)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return "", fmt.Errorf("%s: %s", resp.Status, b)
+	}
+	return string(b), err
+}
+
+// waitAgent polls the agent until it answers.
+func waitAgent(t testing.TB, inst *runtime.Instance) agentState {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		body, err := get(inst.AgentAddr(), "/")
+		if err == nil {
+			var st agentState
+			if err := json.Unmarshal([]byte(body), &st); err != nil {
+				t.Fatalf("agent answered %q: %v", body, err)
+			}
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent at %s not reachable: %v", inst.AgentAddr(), err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// cgroupFile reads a controller's file from the cgroup of process pid
+// (cgroup v1 controller hierarchy, or the unified one).
+func cgroupFile(t testing.TB, pid int, controller, v1file, v2file string) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v2path string
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		if parts[0] == "0" && parts[1] == "" {
+			v2path = parts[2]
+		}
+		for _, c := range strings.Split(parts[1], ",") {
+			if c == controller {
+				v, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", parts[1], parts[2], v1file))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return strings.TrimSpace(string(v))
+			}
+		}
+	}
+	for _, mnt := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
+		if v, err := os.ReadFile(filepath.Join(mnt, v2path, v2file)); err == nil {
+			return strings.TrimSpace(string(v))
+		}
+	}
+	t.Fatalf("no %s cgroup for pid %d in %s", controller, pid, b)
+	return ""
+}
+
+// snapshotTree records names, sizes and mtimes under dir.
+func snapshotTree(t testing.TB, dir string) map[string]string {
+	t.Helper()
+	m := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, de fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		m[p] = fmt.Sprintf("%v %d %d", fi.Mode(), fi.Size(), fi.ModTime().UnixNano())
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func (e *testEnv) assertGone(id string) {
+	t := e.t
+	t.Helper()
+	if pids := e.d.Processes(id); len(pids) != 0 {
+		t.Errorf("%s: runsc processes left: %v", id, pids)
+	}
+	nsName := fmt.Sprintf("stasis-gvtest%d-%s", os.Getpid(), id)
+	if _, err := os.Stat(filepath.Join(netpool.DefaultNetnsDir, nsName)); !os.IsNotExist(err) {
+		t.Errorf("%s: netns still there (%v)", id, err)
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range links {
+		if l.Attrs().Alias == id {
+			t.Errorf("%s: veth %s still there", id, l.Attrs().Name)
+		}
+	}
+	if _, ok := e.pool.Lookup(id); ok {
+		t.Errorf("%s: pool still holds a link", id)
+	}
+}
+
+func TestNewChecksRunsc(t *testing.T) {
+	pool, err := netpool.New(netpool.Config{Prefix: "stasis-gvtestnew", IfPrefix: "sttx", Range: testRange})
+	if err != nil {
+		t.Skipf("netpool: %v", err)
+	}
+	dir := t.TempDir()
+	cfg := Config{RootDir: filepath.Join(dir, "root"), StateDir: filepath.Join(dir, "state"), Net: pool}
+
+	cfg.Runsc = filepath.Join(dir, "missing")
+	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Errorf("missing binary: %v", err)
+	}
+	notExec := filepath.Join(dir, "notexec")
+	os.WriteFile(notExec, []byte("x"), 0o644)
+	cfg.Runsc = notExec
+	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "not an executable") {
+		t.Errorf("non-executable binary: %v", err)
+	}
+	broken := filepath.Join(dir, "broken")
+	os.WriteFile(broken, []byte("#!/bin/sh\necho 'exploded' >&2\nexit 3\n"), 0o755)
+	cfg.Runsc = broken
+	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "exploded") {
+		t.Errorf("failing --version: %v", err)
+	}
+	cfg.Runsc = runscBin(t)
+	cfg.Net = nil
+	if _, err := New(cfg); err == nil {
+		t.Error("nil Net accepted")
+	}
+	cfg.Net = pool
+	d, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(d.Version(), "stasis-") {
+		t.Logf("runsc version %q is not a stasis build", d.Version())
+	}
+}
+
+func TestCreateRejectsImageWithoutMountPoint(t *testing.T) {
+	e := newEnv(t)
+	spec := e.spec("nomp")
+	if err := os.Remove(filepath.Join(e.rootfs, runtime.AgentMountPath)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.d.Create(context.Background(), spec)
+	if err == nil || !strings.Contains(err.Error(), runtime.AgentMountPath) {
+		t.Fatalf("Create: %v", err)
+	}
+	e.assertGone(spec.ID)
+	if _, err := os.Stat(filepath.Join(e.rootfs, runtime.AgentMountPath)); !os.IsNotExist(err) {
+		t.Errorf("mount point created in the image: %v", err)
+	}
+}
+
+func TestLifecycle(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	spec := e.spec("life")
+	before := snapshotTree(t, e.rootfs)
+
+	inst, err := e.d.Create(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !testRange.Contains(inst.Addr) || inst.Pid <= 0 || inst.ID != spec.ID {
+		t.Fatalf("bad instance %+v", inst)
+	}
+	st := waitAgent(t, inst)
+	if st.Pid != 1 || st.Hostname != "life" || st.Env != "life" || st.BootFile != st.Boot {
+		t.Fatalf("agent state %+v", st)
+	}
+
+	// Limits are applied to the sandbox's host cgroup.
+	if got := cgroupFile(t, inst.Pid, "memory", "memory.limit_in_bytes", "memory.max"); got != strconv.Itoa(256<<20) {
+		t.Errorf("memory limit %s, want %d", got, 256<<20)
+	}
+	if got := cgroupFile(t, inst.Pid, "cpu", "cpu.cfs_quota_us", "cpu.max"); got != "100000" && got != "100000 100000" {
+		t.Errorf("cpu quota %q", got)
+	}
+
+	// List finds it, with its address.
+	list, err := e.d.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, i := range list {
+		if i.ID == spec.ID {
+			found = i.Addr == inst.Addr && i.Pid == inst.Pid
+		}
+	}
+	if !found {
+		t.Fatalf("List %+v lacks %+v", list, inst)
+	}
+
+	// Freeze and thaw.
+	if err := e.d.Freeze(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	c := &http.Client{Timeout: 300 * time.Millisecond}
+	if resp, err := c.Get("http://" + inst.AgentAddr() + "/"); err == nil {
+		resp.Body.Close()
+		t.Error("frozen agent answered")
+	}
+	if err := e.d.Thaw(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitAgent(t, inst)
+
+	// Something on the overlay (outside /tmp) that must survive too.
+	if _, err := get(inst.AgentAddr(), "/fill?mb=8&path=/var/big"); err != nil {
+		t.Fatal(err)
+	}
+
+	// Checkpoint: the sandbox stops, everything but the image goes.
+	pre := waitAgent(t, inst)
+	for pre.Counter < 10 { // let the counter get somewhere a restart could not
+		time.Sleep(50 * time.Millisecond)
+		pre = waitAgent(t, inst)
+	}
+	img := t.TempDir()
+	if err := e.d.Checkpoint(ctx, spec.ID, img); err != nil {
+		t.Fatal(err)
+	}
+	e.assertGone(spec.ID)
+	if _, err := os.Stat(filepath.Join(img, "checkpoint.img")); err != nil {
+		t.Fatalf("checkpoint image: %v", err)
+	}
+	if list, _ := e.d.List(ctx); containsID(list, spec.ID) {
+		t.Error("List shows checkpointed sandbox")
+	}
+	if err := e.d.Checkpoint(ctx, spec.ID, t.TempDir()); !errors.Is(err, runtime.ErrNotFound) {
+		t.Errorf("checkpoint of stopped sandbox: %v", err)
+	}
+
+	// Restore: same process, memory and files.
+	time.Sleep(200 * time.Millisecond) // the counter would move on if the agent restarted
+	inst2, err := e.d.Restore(ctx, spec, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	post := waitAgent(t, inst2)
+	t.Logf("before checkpoint: %+v at %v; after restore: %+v at %v", pre, inst.Addr, post, inst2.Addr)
+	if post.Boot != pre.Boot || post.BootFile != pre.Boot {
+		t.Errorf("agent restarted: boot %s -> %s", pre.Boot, post.Boot)
+	}
+	if post.Counter < pre.Counter {
+		t.Errorf("counter went back: %d -> %d", pre.Counter, post.Counter)
+	}
+	if n, err := strconv.Atoi(post.File); err != nil || int64(n) < pre.Counter {
+		t.Errorf("/tmp/counter after restore = %q, want >= %d", post.File, pre.Counter)
+	}
+	if body, err := get(inst2.AgentAddr(), "/stat?path=/var/big"); err != nil || body != strconv.Itoa(8<<20) {
+		t.Errorf("/var/big after restore: %q, %v", body, err)
+	}
+	if got := cgroupFile(t, inst2.Pid, "memory", "memory.limit_in_bytes", "memory.max"); got != strconv.Itoa(256<<20) {
+		t.Errorf("memory limit after restore %s", got)
+	}
+
+	// A second round trip works too (addresses re-added every time).
+	img2 := t.TempDir()
+	if err := e.d.Checkpoint(ctx, spec.ID, img2); err != nil {
+		t.Fatal(err)
+	}
+	inst3, err := e.d.Restore(ctx, spec, img2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again := waitAgent(t, inst3); again.Boot != pre.Boot || again.Counter < post.Counter {
+		t.Errorf("second restore: %+v", again)
+	}
+
+	// The image was never written.
+	after := snapshotTree(t, e.rootfs)
+	if fmt.Sprint(before) != fmt.Sprint(after) {
+		t.Errorf("image changed:\nbefore %v\nafter  %v", before, after)
+	}
+
+	// Destroy is idempotent and leaves nothing behind.
+	for i := 0; i < 2; i++ {
+		if err := e.d.Destroy(ctx, spec.ID); err != nil {
+			t.Fatalf("destroy #%d: %v", i+1, err)
+		}
+	}
+	e.assertGone(spec.ID)
+	if _, err := os.Stat(e.d.sandboxDir(spec.ID)); !os.IsNotExist(err) {
+		t.Errorf("state dir left: %v", err)
+	}
+	if _, err := e.d.state(ctx, spec.ID); !errors.Is(err, errNoContainer) {
+		t.Errorf("runsc still knows the container: %v", err)
+	}
+}
+
+func containsID(list []runtime.Instance, id string) bool {
+	for _, i := range list {
+		if i.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+func TestTwoSandboxesIsolated(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	specs := []runtime.Spec{e.spec("iso-a"), e.spec("iso-b")}
+	insts := make([]*runtime.Instance, 2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for i := range specs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			insts[i], errs[i] = e.d.Create(ctx, specs[i])
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, b := insts[0], insts[1]
+	if a.Addr == b.Addr {
+		t.Fatalf("same address %v", a.Addr)
+	}
+	if sa, sb := waitAgent(t, a), waitAgent(t, b); sa.Boot == sb.Boot || sa.Hostname != "iso-a" || sb.Hostname != "iso-b" {
+		t.Fatalf("agents %+v %+v", sa, sb)
+	}
+	for _, p := range [][2]*runtime.Instance{{a, b}, {b, a}} {
+		body, err := get(p[0].AgentAddr(), "/dial?addr="+p[1].AgentAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if body == "ok" {
+			t.Errorf("%s reached %s", p[0].ID, p[1].ID)
+		}
+		// The sandbox's own agent is reachable from inside (sanity check of /dial).
+		self := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), runtime.AgentPort).String()
+		if body, err := get(p[0].AgentAddr(), "/dial?addr="+self); err != nil || body != "ok" {
+			t.Errorf("%s cannot reach itself: %q %v", p[0].ID, body, err)
+		}
+	}
+	list, err := e.d.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !containsID(list, a.ID) || !containsID(list, b.ID) {
+		t.Errorf("List %+v", list)
+	}
+	for _, in := range insts {
+		if err := e.d.Destroy(ctx, in.ID); err != nil {
+			t.Fatal(err)
+		}
+		e.assertGone(in.ID)
+	}
+}
+
+func TestDestroyUnknownAndCheckpointed(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if err := e.d.Destroy(ctx, e.prefix+"never"); err != nil {
+		t.Fatalf("destroy unknown: %v", err)
+	}
+	spec := e.spec("ckd")
+	inst, err := e.d.Create(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitAgent(t, inst)
+	if err := e.d.Checkpoint(ctx, spec.ID, t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.d.Destroy(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	e.assertGone(spec.ID)
+	if _, err := os.Stat(e.d.sandboxDir(spec.ID)); !os.IsNotExist(err) {
+		t.Errorf("state dir left: %v", err)
+	}
+	// Frozen sandboxes can be destroyed too.
+	spec2 := e.spec("frozen")
+	inst2, err := e.d.Create(ctx, spec2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitAgent(t, inst2)
+	if err := e.d.Freeze(ctx, spec2.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.d.Destroy(ctx, spec2.ID); err != nil {
+		t.Fatal(err)
+	}
+	e.assertGone(spec2.ID)
+	if err := e.d.Freeze(ctx, spec2.ID); !errors.Is(err, runtime.ErrNotFound) {
+		t.Errorf("freeze of destroyed sandbox: %v", err)
+	}
+}
+
+// TestLatency measures the driver against raw runsc on the same bundle and
+// logs the medians (go test -v -run Latency). STASIS_BENCH_N sets the number
+// of rounds (default 5).
+func TestLatency(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short mode")
+	}
+	e := newEnv(t)
+	ctx := context.Background()
+	n := 5
+	if v, err := strconv.Atoi(os.Getenv("STASIS_BENCH_N")); err == nil && v > 0 {
+		n = v
+	}
+	type timings map[string][]time.Duration
+	drv, raw := timings{}, timings{}
+	lap := func(m timings, name string, start time.Time) { m[name] = append(m[name], time.Since(start)) }
+
+	for i := 0; i < n; i++ {
+		spec := e.spec(fmt.Sprintf("lat%d", i))
+		start := time.Now()
+		inst, err := e.d.Create(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lap(drv, "create", start)
+		waitAgent(t, inst)
+		lap(drv, "create+agent answers", start)
+		img := t.TempDir()
+		start = time.Now()
+		if err := e.d.Checkpoint(ctx, spec.ID, img); err != nil {
+			t.Fatal(err)
+		}
+		lap(drv, "checkpoint", start)
+		start = time.Now()
+		inst, err = e.d.Restore(ctx, spec, img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lap(drv, "restore", start)
+		waitAgent(t, inst)
+		lap(drv, "restore+agent answers", start)
+		start = time.Now()
+		if err := e.d.Freeze(ctx, spec.ID); err != nil {
+			t.Fatal(err)
+		}
+		lap(drv, "freeze", start)
+		start = time.Now()
+		if err := e.d.Thaw(ctx, spec.ID); err != nil {
+			t.Fatal(err)
+		}
+		lap(drv, "thaw", start)
+		start = time.Now()
+		if err := e.d.Destroy(ctx, spec.ID); err != nil {
+			t.Fatal(err)
+		}
+		lap(drv, "destroy", start)
+	}
+
+	// Raw runsc on a bundle and netns prepared beforehand.
+	runsc := func(args ...string) {
+		t.Helper()
+		cmd := exec.CommandContext(ctx, e.d.cfg.Runsc, append([]string{"--root=" + testRoot}, args...)...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("runsc %v: %v\n%s", args, err, out)
+		}
+	}
+	for i := 0; i < n; i++ {
+		spec := e.spec(fmt.Sprintf("raw%d", i))
+		link, err := e.pool.Setup(ctx, spec.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bundle := filepath.Join(t.TempDir(), "bundle")
+		ov := filepath.Join(bundle, "overlay")
+		os.MkdirAll(ov, 0o700)
+		if err := writeBundle(bundle, ociSpec(spec, link.NetnsPath, "stasis/"+spec.ID)); err != nil {
+			t.Fatal(err)
+		}
+		overlay := "--overlay2=root:dir=" + ov
+		inst := &runtime.Instance{ID: spec.ID, Addr: link.SandboxAddr}
+		start := time.Now()
+		runsc(overlay, "run", "--detach", "--bundle="+bundle, spec.ID)
+		lap(raw, "run --detach", start)
+		waitAgent(t, inst)
+		lap(raw, "run --detach+agent answers", start)
+		img := t.TempDir()
+		start = time.Now()
+		runsc("checkpoint", "--image-path="+img, spec.ID)
+		lap(raw, "checkpoint", start)
+		start = time.Now()
+		runsc("delete", "--force", spec.ID)
+		lap(raw, "delete (stopped)", start)
+		if err := e.pool.Readdress(ctx, spec.ID); err != nil {
+			t.Fatal(err)
+		}
+		start = time.Now()
+		runsc(overlay, "restore", "--detach", "--bundle="+bundle, "--image-path="+img, spec.ID)
+		lap(raw, "restore --detach", start)
+		waitAgent(t, inst)
+		lap(raw, "restore+agent answers", start)
+		start = time.Now()
+		runsc("delete", "--force", spec.ID)
+		lap(raw, "delete --force (running)", start)
+		e.mu.Lock()
+		e.ids[spec.ID+"-c"] = true
+		e.mu.Unlock()
+		if err := e.pool.Readdress(ctx, spec.ID); err != nil {
+			t.Fatal(err)
+		}
+		start = time.Now()
+		runsc(overlay, "create", "--bundle="+bundle, spec.ID+"-c")
+		lap(raw, "create", start)
+		start = time.Now()
+		runsc("start", spec.ID+"-c")
+		lap(raw, "start", start)
+		runsc("delete", "--force", spec.ID+"-c")
+		if err := e.pool.Teardown(ctx, spec.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	report := func(title string, m timings) {
+		var names []string
+		for k := range m {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		for _, k := range names {
+			ds := m[k]
+			sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+			t.Logf("%-6s %-28s median %6.1f ms  (min %6.1f, max %6.1f, n=%d)", title, k,
+				ms(ds[len(ds)/2]), ms(ds[0]), ms(ds[len(ds)-1]), len(ds))
+		}
+	}
+	report("driver", drv)
+	report("runsc", raw)
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -1,0 +1,171 @@
+package gvisor
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/stasis-sandbox/stasis/internal/runtime"
+)
+
+// DefaultCapabilities are the capabilities of the agent (PID 1) and so, by
+// default, of everything it runs: Docker's default set. They are gVisor's
+// virtual capabilities; none of them reaches the host kernel. (runsc drops
+// CAP_NET_RAW unless --net-raw is given.)
+var DefaultCapabilities = []string{
+	"CAP_AUDIT_WRITE",
+	"CAP_CHOWN",
+	"CAP_DAC_OVERRIDE",
+	"CAP_FOWNER",
+	"CAP_FSETID",
+	"CAP_KILL",
+	"CAP_MKNOD",
+	"CAP_NET_BIND_SERVICE",
+	"CAP_NET_RAW",
+	"CAP_SETFCAP",
+	"CAP_SETGID",
+	"CAP_SETPCAP",
+	"CAP_SETUID",
+	"CAP_SYS_CHROOT",
+}
+
+// defaultPath is added to the agent's environment when Spec.Env has no PATH.
+const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+const (
+	cpuPeriod = 100000 // µs
+	mib       = 1 << 20
+)
+
+// ociSpec builds the bundle's config.json for spec. Everything restore
+// validates (args, env names, cwd, user, mounts, hostname) must come out the
+// same for the same Spec, so this function must stay deterministic and
+// stable across stasis versions: sandboxes checkpointed by an older stasisd
+// are restored with the spec a newer one builds.
+func ociSpec(spec runtime.Spec, netnsPath, cgroupsPath string) *specs.Spec {
+	env := append([]string(nil), spec.Env...)
+	hasPath := false
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "PATH=") {
+			hasPath = true
+		}
+	}
+	if !hasPath {
+		env = append(env, defaultPath)
+	}
+	hostname := spec.Hostname
+	if hostname == "" {
+		hostname = spec.ID
+	}
+	caps := append([]string(nil), DefaultCapabilities...)
+
+	var res specs.LinuxResources
+	if spec.MemoryMiB > 0 {
+		limit := int64(spec.MemoryMiB) * mib
+		res.Memory = &specs.LinuxMemory{Limit: &limit}
+	}
+	if spec.VCPU > 0 {
+		quota := int64(spec.VCPU) * cpuPeriod
+		period := uint64(cpuPeriod)
+		res.CPU = &specs.LinuxCPU{Quota: &quota, Period: &period}
+	}
+
+	return &specs.Spec{
+		Version: specs.Version,
+		Process: &specs.Process{
+			User: specs.User{UID: 0, GID: 0},
+			Args: []string{runtime.AgentMountPath},
+			Env:  env,
+			Cwd:  "/",
+			Capabilities: &specs.LinuxCapabilities{
+				Bounding:  caps,
+				Effective: caps,
+				Permitted: caps,
+			},
+			Rlimits: []specs.POSIXRlimit{
+				{Type: "RLIMIT_NOFILE", Hard: 1 << 20, Soft: 1 << 20},
+			},
+		},
+		// The image is shared by many sandboxes and never written: runsc puts
+		// an overlay over it (see overlayFlag), so Readonly must be false for
+		// the sandbox to be able to write.
+		Root:     &specs.Root{Path: spec.RootFS, Readonly: false},
+		Hostname: hostname,
+		Mounts: []specs.Mount{
+			{Destination: "/proc", Type: "proc", Source: "proc"},
+			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+			{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"}},
+			{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777"}},
+			{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
+			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+			// /tmp: runsc mounts a tmpfs there itself when the image's /tmp is
+			// empty or missing (sandbox memory, saved by checkpoint).
+			{Destination: runtime.AgentMountPath, Type: "bind", Source: spec.AgentPath, Options: []string{"rbind", "ro", "nosuid", "nodev"}},
+		},
+		Linux: &specs.Linux{
+			CgroupsPath: cgroupsPath,
+			Resources:   &res,
+			Namespaces: []specs.LinuxNamespace{
+				{Type: specs.PIDNamespace},
+				{Type: specs.NetworkNamespace, Path: netnsPath},
+				{Type: specs.IPCNamespace},
+				{Type: specs.UTSNamespace},
+				{Type: specs.MountNamespace},
+			},
+		},
+	}
+}
+
+// writeBundle writes config.json into dir.
+func writeBundle(dir string, s *specs.Spec) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, "config.json.tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, "config.json"))
+}
+
+// checkSpec validates what the driver needs from a Spec before touching
+// anything.
+func checkSpec(spec runtime.Spec) error {
+	if !validID(spec.ID) {
+		return fmt.Errorf("invalid sandbox ID %q", spec.ID)
+	}
+	if !filepath.IsAbs(spec.RootFS) {
+		return fmt.Errorf("rootfs %q is not an absolute path", spec.RootFS)
+	}
+	if fi, err := os.Stat(spec.RootFS); err != nil {
+		return fmt.Errorf("rootfs: %w", err)
+	} else if !fi.IsDir() {
+		return fmt.Errorf("rootfs %s is not a directory", spec.RootFS)
+	}
+	mp := filepath.Join(spec.RootFS, runtime.AgentMountPath)
+	if fi, err := os.Lstat(mp); err != nil || !fi.Mode().IsRegular() {
+		return fmt.Errorf("image %s lacks the agent mount point %s (an empty regular file): %v", spec.RootFS, runtime.AgentMountPath, err)
+	}
+	if !filepath.IsAbs(spec.AgentPath) {
+		return fmt.Errorf("agent path %q is not absolute", spec.AgentPath)
+	}
+	if fi, err := os.Stat(spec.AgentPath); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	} else if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+		return fmt.Errorf("agent %s is not an executable file", spec.AgentPath)
+	}
+	for _, kv := range spec.Env {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return fmt.Errorf("bad environment entry %q", kv)
+		}
+	}
+	if spec.VCPU < 0 || spec.MemoryMiB < 0 || spec.DiskMiB < 0 {
+		return fmt.Errorf("negative resource limit")
+	}
+	return nil
+}

@@ -1,0 +1,69 @@
+// Package runtime defines the interface between the sandbox service and the
+// isolation engine that actually runs sandboxes. The default implementation is
+// gVisor (package runtime/gvisor); a Firecracker driver can slot in later
+// without the API layer noticing.
+package runtime
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+)
+
+// AgentPort is the TCP port stasis-agent listens on inside every sandbox.
+const AgentPort = 49983
+
+// AgentMountPath is where the agent binary (Spec.AgentPath) appears inside
+// every sandbox, read-only; it runs as PID 1. Images must contain an empty
+// regular file at this path to serve as the mount point: the engine would
+// otherwise create it in the shared image directory.
+const AgentMountPath = "/.stasis/agent"
+
+// ErrNotFound is returned when the driver has no sandbox with the given ID.
+var ErrNotFound = errors.New("runtime: sandbox not found")
+
+// Spec describes one sandbox to the driver. The same Spec must be passed to
+// Create and to every later Restore of that sandbox: the engine validates that
+// a restored sandbox has the configuration it was checkpointed with.
+type Spec struct {
+	ID        string   // sandbox ID, also used as the engine's container ID
+	Hostname  string   // hostname inside the sandbox
+	RootFS    string   // host path of the image root; shared read-only, writes go to an overlay
+	AgentPath string   // host path of the static stasis-agent binary
+	Env       []string // environment of the agent (PID 1), "KEY=VALUE"
+	VCPU      int      // CPU limit in cores (0: no limit)
+	MemoryMiB int      // memory limit (0: no limit)
+	DiskMiB   int      // writable-layer size limit (0: no limit)
+}
+
+// Instance is a running sandbox as the driver sees it.
+type Instance struct {
+	ID   string
+	Addr netip.Addr // sandbox address, reachable from the host
+	Pid  int        // engine's sandbox process on the host (0 if unknown)
+}
+
+// AgentAddr is the host:port at which the sandbox's agent is reachable.
+func (i *Instance) AgentAddr() string {
+	return netip.AddrPortFrom(i.Addr, AgentPort).String()
+}
+
+// Driver runs sandboxes. All methods are safe for concurrent use on
+// different IDs; the caller serialises operations on one ID.
+type Driver interface {
+	// Create builds the sandbox's network link and starts it; PID 1 is the agent.
+	Create(ctx context.Context, spec Spec) (*Instance, error)
+	// Checkpoint writes the sandbox's full state (memory, processes, writable
+	// filesystem) into dir, then stops it and releases its network link. dir
+	// must exist and be empty. The caller makes the files durable.
+	Checkpoint(ctx context.Context, id, dir string) error
+	// Restore starts the sandbox again from a checkpoint in dir, on a fresh
+	// network link (its address may differ from before).
+	Restore(ctx context.Context, spec Spec, dir string) (*Instance, error)
+	// Destroy stops the sandbox and frees every resource it holds. It is
+	// idempotent: destroying an unknown ID returns nil.
+	Destroy(ctx context.Context, id string) error
+	// List returns the sandboxes the engine is running now, so the service can
+	// re-adopt them after its own restart.
+	List(ctx context.Context) ([]Instance, error)
+}

@@ -1,0 +1,112 @@
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/stasis-sandbox/stasis/internal/agentclient"
+	"github.com/stasis-sandbox/stasis/internal/runtime"
+	"github.com/stasis-sandbox/stasis/internal/store"
+)
+
+// Recover reconciles the store with what the runtime is running after a
+// stasisd (re)start: running sandboxes are re-adopted without disturbing
+// them, interrupted operations are settled into a state that is true, and
+// runtime resources nobody owns are removed.
+func (s *Service) Recover(ctx context.Context) error {
+	running, err := s.cfg.Driver.List(ctx)
+	if err != nil {
+		return fmt.Errorf("recover: list runtime: %w", err)
+	}
+	byID := map[string]runtime.Instance{}
+	for _, inst := range running {
+		byID[inst.ID] = inst
+	}
+	all, err := s.cfg.Store.ListSandboxes(ctx, "", nil)
+	if err != nil {
+		return fmt.Errorf("recover: list store: %w", err)
+	}
+	known := map[string]bool{}
+	for _, sb := range all {
+		known[sb.ID] = true
+		inst, isRunning := byID[sb.ID]
+		s.recoverOne(ctx, sb, inst, isRunning)
+	}
+	for id := range byID {
+		if !known[id] {
+			s.log.Warn("destroying orphaned runtime sandbox", "sandbox", id)
+			if err := s.cfg.Driver.Destroy(ctx, id); err != nil {
+				s.log.Error("destroy orphan", "sandbox", id, "err", err)
+			}
+		}
+	}
+	s.removeOrphanSnapshots(known)
+	return nil
+}
+
+func (s *Service) recoverOne(ctx context.Context, sb *store.Sandbox, inst runtime.Instance, isRunning bool) {
+	b := s.box(sb.ID)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	defer s.removeStaleSnapshots(sb)
+	if isRunning {
+		c := agentclient.New(inst.AgentAddr(), s.agentToken(sb.ID))
+		if err := s.waitReady(ctx, c); err == nil {
+			b.agent = c
+			if sb.Status != store.StatusActive || sb.SnapshotDir != "" {
+				// An interrupted pause (checkpoint not finished) or resume
+				// (restore finished, not recorded): the sandbox runs, so it is active.
+				old := sb.SnapshotDir
+				sb.SnapshotDir, sb.SnapshotBytes = "", 0
+				s.setStatus(ctx, sb, store.StatusActive, "")
+				if old != "" {
+					os.RemoveAll(old)
+				}
+			}
+			s.log.Info("re-adopted running sandbox", "sandbox", sb.ID)
+			return
+		}
+		s.log.Error("running sandbox does not answer; stopping it", "sandbox", sb.ID)
+		s.cfg.Driver.Destroy(ctx, sb.ID)
+	}
+	switch {
+	case sb.Status == store.StatusFailed:
+	case sb.SnapshotDir != "" && dirExists(sb.SnapshotDir):
+		if sb.Status != store.StatusPaused {
+			s.setStatus(ctx, sb, store.StatusPaused, "")
+		}
+	default:
+		s.setStatus(ctx, sb, store.StatusFailed,
+			"sandbox was lost: it was not running and has no snapshot after stasisd restarted")
+	}
+}
+
+// removeStaleSnapshots deletes every checkpoint of a sandbox except the one
+// the store points at: half-written ones (never renamed into place, so never
+// trusted) and superseded ones whose removal a crash interrupted.
+func (s *Service) removeStaleSnapshots(sb *store.Sandbox) {
+	root := s.snapshotRoot(sb.ID)
+	entries, _ := os.ReadDir(root)
+	for _, e := range entries {
+		if p := filepath.Join(root, e.Name()); p != sb.SnapshotDir {
+			os.RemoveAll(p)
+		}
+	}
+}
+
+func (s *Service) removeOrphanSnapshots(known map[string]bool) {
+	entries, _ := os.ReadDir(s.cfg.SnapshotDir)
+	for _, e := range entries {
+		if !known[e.Name()] {
+			s.log.Warn("removing snapshots of unknown sandbox", "sandbox", e.Name())
+			os.RemoveAll(filepath.Join(s.cfg.SnapshotDir, e.Name()))
+		}
+	}
+}
+
+func dirExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.IsDir()
+}

@@ -1,0 +1,195 @@
+// Package sandbox is the sandbox service: the lifecycle state machine
+// (create, pause, resume, delete), data-plane access to a sandbox's agent,
+// and recovery of sandboxes after stasisd restarts. It sits between the HTTP
+// API and the runtime driver, with the store as the source of truth.
+package sandbox
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/stasis-sandbox/stasis/internal/agentclient"
+	"github.com/stasis-sandbox/stasis/internal/images"
+	"github.com/stasis-sandbox/stasis/internal/runtime"
+	"github.com/stasis-sandbox/stasis/internal/store"
+)
+
+// Config wires the service to its dependencies.
+type Config struct {
+	Store           *store.Store
+	Driver          runtime.Driver
+	Images          *images.Manager
+	SnapshotDir     string // checkpoints live in SnapshotDir/<sandbox id>/
+	AgentPath       string // host path of the static stasis-agent binary
+	NodeKey         []byte // secret from which per-sandbox agent tokens are derived
+	Logger          *slog.Logger
+	DefaultTemplate string // used when a create names no template
+	DefaultVCPU     int
+	DefaultMemMiB   int
+	ReadyTimeout    time.Duration // how long a new or restored agent has to answer
+}
+
+// Service runs the sandbox lifecycle. It is safe for concurrent use.
+type Service struct {
+	cfg Config
+	log *slog.Logger
+
+	mu    sync.Mutex
+	boxes map[string]*box
+}
+
+// box is the in-memory side of one sandbox. mu serialises lifecycle
+// operations (create, pause, resume, delete) on it.
+type box struct {
+	mu    sync.Mutex
+	agent *agentclient.Client // nil unless the sandbox is running
+}
+
+// New returns a service. Call Recover before serving requests.
+func New(cfg Config) (*Service, error) {
+	if cfg.Store == nil || cfg.Driver == nil || cfg.Images == nil {
+		return nil, errors.New("sandbox: store, driver and images are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.DefaultTemplate == "" {
+		cfg.DefaultTemplate = "stasis/base"
+	}
+	if cfg.DefaultVCPU == 0 {
+		cfg.DefaultVCPU = 1
+	}
+	if cfg.DefaultMemMiB == 0 {
+		cfg.DefaultMemMiB = 1024
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = 30 * time.Second
+	}
+	if err := os.MkdirAll(cfg.SnapshotDir, 0o700); err != nil {
+		return nil, fmt.Errorf("sandbox: snapshot dir: %w", err)
+	}
+	return &Service{cfg: cfg, log: cfg.Logger, boxes: map[string]*box{}}, nil
+}
+
+func (s *Service) box(id string) *box {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.boxes[id]
+	if !ok {
+		b = &box{}
+		s.boxes[id] = b
+	}
+	return b
+}
+
+func (s *Service) forget(id string) {
+	s.mu.Lock()
+	delete(s.boxes, id)
+	s.mu.Unlock()
+}
+
+// agentToken derives the sandbox's agent secret from the node key, so it
+// never has to be stored.
+func (s *Service) agentToken(id string) string {
+	m := hmac.New(sha256.New, s.cfg.NodeKey)
+	m.Write([]byte("stasis-agent:" + id))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// spec builds the runtime spec of a sandbox. It must be identical for a
+// create and every later restore of the same sandbox.
+func (s *Service) spec(sb *store.Sandbox, img *images.Image) runtime.Spec {
+	env := append([]string(nil), img.Env...)
+	keys := make([]string, 0, len(sb.Env))
+	for k := range sb.Env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		env = append(env, k+"="+sb.Env[k])
+	}
+	env = append(env,
+		"STASIS_AGENT_TOKEN="+s.agentToken(sb.ID),
+		"STASIS_DEFAULT_USER="+img.User,
+		"STASIS_DEFAULT_WORKDIR="+img.Workdir,
+	)
+	return runtime.Spec{
+		ID:        sb.ID,
+		Hostname:  "sandbox-" + sb.ID[:8],
+		RootFS:    img.RootFS,
+		AgentPath: s.cfg.AgentPath,
+		Env:       env,
+		VCPU:      sb.VCPU,
+		MemoryMiB: sb.MemoryMiB,
+		DiskMiB:   sb.DiskMiB,
+	}
+}
+
+// issueToken creates a new data-plane token for the sandbox's current generation.
+func (s *Service) issueToken(ctx context.Context, sb *store.Sandbox) (string, error) {
+	tok := store.NewSecret("sst_")
+	if err := s.cfg.Store.AddAccessToken(ctx, sb.ID, sb.TokenGeneration, tok); err != nil {
+		return "", err
+	}
+	return tok, nil
+}
+
+// setStatus persists a status change (and the error message that goes with
+// it), arming the timer that belongs to the new status: the timeout counts
+// active time from this (re)start, auto-delete counts continuous paused time.
+func (s *Service) setStatus(ctx context.Context, sb *store.Sandbox, status, msg string) error {
+	sb.Status, sb.Error = status, msg
+	sb.PauseAt, sb.DeleteAt = nil, nil
+	now := time.Now()
+	switch status {
+	case store.StatusActive:
+		sb.PauseAt = deadline(now, sb.TimeoutSeconds)
+	case store.StatusPaused:
+		sb.DeleteAt = deadline(now, sb.AutoDeleteSeconds)
+	}
+	return s.cfg.Store.UpdateSandbox(ctx, sb)
+}
+
+func deadline(from time.Time, seconds *int) *time.Time {
+	if seconds == nil {
+		return nil
+	}
+	t := from.Add(time.Duration(*seconds) * time.Second)
+	return &t
+}
+
+// lifecycleCtx detaches a lifecycle operation from its request: once started,
+// a create/pause/resume/delete finishes even if the client goes away, so the
+// store never records a state the runtime is not in.
+func lifecycleCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+}
+
+// Get returns a sandbox of the team.
+func (s *Service) Get(ctx context.Context, teamID, id string) (*store.Sandbox, error) {
+	sb, err := s.cfg.Store.GetSandbox(ctx, teamID, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, notFound(id)
+	}
+	return sb, err
+}
+
+// List returns the team's sandboxes whose metadata contains filter.
+func (s *Service) List(ctx context.Context, teamID string, filter map[string]string) ([]*store.Sandbox, error) {
+	return s.cfg.Store.ListSandboxes(ctx, teamID, filter)
+}
+
+// snapshotRoot is the directory holding a sandbox's checkpoints.
+func (s *Service) snapshotRoot(id string) string {
+	return filepath.Join(s.cfg.SnapshotDir, id)
+}

@@ -1,0 +1,336 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Sandbox statuses, as the API reports them.
+const (
+	StatusStarting = "starting"
+	StatusActive   = "active"
+	StatusPausing  = "pausing"
+	StatusPaused   = "paused"
+	StatusResuming = "resuming"
+	StatusFailed   = "failed"
+)
+
+// Sandbox is one sandbox's durable record.
+type Sandbox struct {
+	ID                string
+	TeamID            string
+	Name              string
+	Status            string
+	Template          string
+	VCPU              int
+	MemoryMiB         int
+	DiskMiB           int
+	Metadata          map[string]string
+	Env               map[string]string
+	TimeoutSeconds    *int
+	AutoDeleteSeconds *int
+	Error             string
+	TokenGeneration   int    // bumped on every resume; tokens of older generations are invalid
+	SnapshotDir       string // complete checkpoint while paused, else ""
+	SnapshotBytes     int64
+	CreatedAt         time.Time
+	StatusChangedAt   time.Time
+	PauseAt           *time.Time // timeout: when an active sandbox gets paused
+	DeleteAt          *time.Time // auto-delete: when a paused sandbox gets deleted
+	ActiveMs          int64      // time spent active before StatusChangedAt
+	PausedMs          int64      // time spent paused before StatusChangedAt
+}
+
+// Usage is metered time, including the current stretch up to now.
+func (sb *Sandbox) Usage(now time.Time) (active, paused time.Duration) {
+	active = time.Duration(sb.ActiveMs) * time.Millisecond
+	paused = time.Duration(sb.PausedMs) * time.Millisecond
+	switch sb.Status {
+	case StatusActive:
+		active += now.Sub(sb.StatusChangedAt)
+	case StatusPaused:
+		paused += now.Sub(sb.StatusChangedAt)
+	}
+	return active, paused
+}
+
+const sandboxColumns = `id, team_id, name, status, template, vcpu, memory_mib, disk_mib, metadata, env,
+	timeout_seconds, auto_delete_seconds, error, token_generation, snapshot_dir, snapshot_bytes,
+	created_at, status_changed_at, pause_at, delete_at, active_ms, paused_ms`
+
+type scanner interface{ Scan(...any) error }
+
+func scanSandbox(row scanner) (*Sandbox, error) {
+	var sb Sandbox
+	var meta, env, created, changed string
+	var timeout, autoDel sql.NullInt64
+	var pauseAt, deleteAt sql.NullString
+	err := row.Scan(&sb.ID, &sb.TeamID, &sb.Name, &sb.Status, &sb.Template, &sb.VCPU, &sb.MemoryMiB,
+		&sb.DiskMiB, &meta, &env, &timeout, &autoDel, &sb.Error, &sb.TokenGeneration, &sb.SnapshotDir,
+		&sb.SnapshotBytes, &created, &changed, &pauseAt, &deleteAt, &sb.ActiveMs, &sb.PausedMs)
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal([]byte(meta), &sb.Metadata); err != nil {
+		return nil, fmt.Errorf("sandbox %s metadata: %w", sb.ID, err)
+	}
+	if err := json.Unmarshal([]byte(env), &sb.Env); err != nil {
+		return nil, fmt.Errorf("sandbox %s env: %w", sb.ID, err)
+	}
+	sb.TimeoutSeconds = intPtr(timeout)
+	sb.AutoDeleteSeconds = intPtr(autoDel)
+	sb.CreatedAt = parseTime(created)
+	sb.StatusChangedAt = parseTime(changed)
+	sb.PauseAt = timePtr(pauseAt)
+	sb.DeleteAt = timePtr(deleteAt)
+	return &sb, nil
+}
+
+func timePtr(v sql.NullString) *time.Time {
+	if !v.Valid {
+		return nil
+	}
+	t := parseTime(v.String)
+	return &t
+}
+
+func nullTime(t *time.Time) sql.NullString {
+	if t == nil {
+		return sql.NullString{}
+	}
+	return sql.NullString{String: t.UTC().Format(timeFormat), Valid: true}
+}
+
+func intPtr(v sql.NullInt64) *int {
+	if !v.Valid {
+		return nil
+	}
+	n := int(v.Int64)
+	return &n
+}
+
+func nullInt(p *int) sql.NullInt64 {
+	if p == nil {
+		return sql.NullInt64{}
+	}
+	return sql.NullInt64{Int64: int64(*p), Valid: true}
+}
+
+func jsonMap(m map[string]string) string {
+	if m == nil {
+		m = map[string]string{}
+	}
+	b, _ := json.Marshal(m)
+	return string(b)
+}
+
+// InsertSandbox stores a new sandbox. CreatedAt and StatusChangedAt are set now.
+func (s *Store) InsertSandbox(ctx context.Context, sb *Sandbox) error {
+	t := time.Now().UTC()
+	sb.CreatedAt, sb.StatusChangedAt = t, t
+	_, err := s.db.ExecContext(ctx, `INSERT INTO sandboxes(`+sandboxColumns+`)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		sb.ID, sb.TeamID, sb.Name, sb.Status, sb.Template, sb.VCPU, sb.MemoryMiB, sb.DiskMiB,
+		jsonMap(sb.Metadata), jsonMap(sb.Env), nullInt(sb.TimeoutSeconds), nullInt(sb.AutoDeleteSeconds),
+		sb.Error, sb.TokenGeneration, sb.SnapshotDir, sb.SnapshotBytes,
+		t.Format(timeFormat), t.Format(timeFormat), nullTime(sb.PauseAt), nullTime(sb.DeleteAt), 0, 0)
+	if err != nil {
+		return fmt.Errorf("insert sandbox %s: %w", sb.ID, err)
+	}
+	return nil
+}
+
+// GetSandbox returns the sandbox with id owned by teamID ("" matches any team).
+func (s *Store) GetSandbox(ctx context.Context, teamID, id string) (*Sandbox, error) {
+	row := s.db.QueryRowContext(ctx, `SELECT `+sandboxColumns+` FROM sandboxes
+		WHERE id = ? AND (? = '' OR team_id = ?)`, id, teamID, teamID)
+	sb, err := scanSandbox(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get sandbox %s: %w", id, err)
+	}
+	return sb, nil
+}
+
+// ListSandboxes returns the team's sandboxes ("" = all teams), oldest first,
+// keeping only those whose metadata contains every pair in filter.
+func (s *Store) ListSandboxes(ctx context.Context, teamID string, filter map[string]string) ([]*Sandbox, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+sandboxColumns+` FROM sandboxes
+		WHERE (? = '' OR team_id = ?) ORDER BY created_at, id`, teamID, teamID)
+	if err != nil {
+		return nil, fmt.Errorf("list sandboxes: %w", err)
+	}
+	defer rows.Close()
+	var out []*Sandbox
+	for rows.Next() {
+		sb, err := scanSandbox(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list sandboxes: %w", err)
+		}
+		if matches(sb.Metadata, filter) {
+			out = append(out, sb)
+		}
+	}
+	return out, rows.Err()
+}
+
+func matches(meta, filter map[string]string) bool {
+	for k, v := range filter {
+		if got, ok := meta[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// UpdateSandbox writes every mutable field of sb. If the status changed from
+// what is stored, the time spent in the old status is metered (for the
+// sandbox and its team) and StatusChangedAt is set to now.
+func (s *Store) UpdateSandbox(ctx context.Context, sb *Sandbox) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		var old, changed string
+		var activeMs, pausedMs int64
+		err := tx.QueryRowContext(ctx, `SELECT status, status_changed_at, active_ms, paused_ms FROM sandboxes WHERE id = ?`,
+			sb.ID).Scan(&old, &changed, &activeMs, &pausedMs)
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("update sandbox %s: %w", sb.ID, err)
+		}
+		sb.ActiveMs, sb.PausedMs = activeMs, pausedMs
+		if old != sb.Status {
+			t := time.Now().UTC()
+			spent := t.Sub(parseTime(changed)).Milliseconds()
+			var col string
+			switch old {
+			case StatusActive:
+				sb.ActiveMs += spent
+				col = "active_ms"
+			case StatusPaused:
+				sb.PausedMs += spent
+				col = "paused_ms"
+			}
+			if col != "" {
+				if _, err := tx.ExecContext(ctx, `INSERT INTO team_usage(team_id, `+col+`) VALUES (?, ?)
+					ON CONFLICT(team_id) DO UPDATE SET `+col+` = `+col+` + excluded.`+col, sb.TeamID, spent); err != nil {
+					return fmt.Errorf("meter sandbox %s: %w", sb.ID, err)
+				}
+			}
+			sb.StatusChangedAt = t
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE sandboxes SET name = ?, status = ?, metadata = ?, env = ?,
+			timeout_seconds = ?, auto_delete_seconds = ?, error = ?, token_generation = ?, snapshot_dir = ?,
+			snapshot_bytes = ?, status_changed_at = ?, pause_at = ?, delete_at = ?, active_ms = ?, paused_ms = ?
+			WHERE id = ?`,
+			sb.Name, sb.Status, jsonMap(sb.Metadata), jsonMap(sb.Env), nullInt(sb.TimeoutSeconds),
+			nullInt(sb.AutoDeleteSeconds), sb.Error, sb.TokenGeneration, sb.SnapshotDir, sb.SnapshotBytes,
+			sb.StatusChangedAt.Format(timeFormat), nullTime(sb.PauseAt), nullTime(sb.DeleteAt),
+			sb.ActiveMs, sb.PausedMs, sb.ID)
+		if err != nil {
+			return fmt.Errorf("update sandbox %s: %w", sb.ID, err)
+		}
+		// Tokens of older generations can never be valid again.
+		_, err = tx.ExecContext(ctx, `DELETE FROM access_tokens WHERE sandbox_id = ? AND generation < ?`,
+			sb.ID, sb.TokenGeneration)
+		return err
+	})
+}
+
+// DueTimers returns sandboxes whose pause or delete deadline has passed.
+func (s *Store) DueTimers(ctx context.Context, now time.Time) ([]*Sandbox, error) {
+	t := now.UTC().Format(timeFormat)
+	rows, err := s.db.QueryContext(ctx, `SELECT `+sandboxColumns+` FROM sandboxes
+		WHERE (status = ? AND pause_at IS NOT NULL AND pause_at <= ?)
+		   OR (status = ? AND delete_at IS NOT NULL AND delete_at <= ?)`,
+		StatusActive, t, StatusPaused, t)
+	if err != nil {
+		return nil, fmt.Errorf("due timers: %w", err)
+	}
+	defer rows.Close()
+	var out []*Sandbox
+	for rows.Next() {
+		sb, err := scanSandbox(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, sb)
+	}
+	return out, rows.Err()
+}
+
+// TeamUsage is a team's metered totals, including its live sandboxes' current stretch.
+type TeamUsage struct {
+	Active, Paused time.Duration
+	SnapshotBytes  int64
+}
+
+// TeamUsage sums the team's usage: closed stretches from team_usage (which
+// outlives deleted sandboxes) plus the open stretch of every live sandbox.
+func (s *Store) TeamUsage(ctx context.Context, teamID string, now time.Time) (*TeamUsage, error) {
+	var u TeamUsage
+	var activeMs, pausedMs int64
+	err := s.db.QueryRowContext(ctx, `SELECT active_ms, paused_ms FROM team_usage WHERE team_id = ?`, teamID).
+		Scan(&activeMs, &pausedMs)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("team usage: %w", err)
+	}
+	u.Active = time.Duration(activeMs) * time.Millisecond
+	u.Paused = time.Duration(pausedMs) * time.Millisecond
+	list, err := s.ListSandboxes(ctx, teamID, nil)
+	if err != nil {
+		return nil, err
+	}
+	for _, sb := range list {
+		switch sb.Status {
+		case StatusActive:
+			u.Active += now.Sub(sb.StatusChangedAt)
+		case StatusPaused:
+			u.Paused += now.Sub(sb.StatusChangedAt)
+		}
+		u.SnapshotBytes += sb.SnapshotBytes
+	}
+	return &u, nil
+}
+
+// DeleteSandbox removes the sandbox and its tokens.
+func (s *Store) DeleteSandbox(ctx context.Context, id string) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM sandboxes WHERE id = ?`, id)
+	if err != nil {
+		return fmt.Errorf("delete sandbox %s: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// AddAccessToken stores the hash of a data-plane token for the sandbox's
+// given token generation.
+func (s *Store) AddAccessToken(ctx context.Context, sandboxID string, generation int, token string) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO access_tokens(hash, sandbox_id, generation, created_at)
+		VALUES (?, ?, ?, ?)`, HashSecret(token), sandboxID, generation, now())
+	if err != nil {
+		return fmt.Errorf("add access token: %w", err)
+	}
+	return nil
+}
+
+// CheckAccessToken reports whether token is valid for the sandbox: it must
+// exist and belong to the sandbox's current token generation.
+func (s *Store) CheckAccessToken(ctx context.Context, sandboxID, token string) (bool, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM access_tokens a JOIN sandboxes s ON s.id = a.sandbox_id
+		WHERE a.hash = ? AND a.sandbox_id = ? AND a.generation = s.token_generation`,
+		HashSecret(token), sandboxID).Scan(&n)
+	if err != nil {
+		return false, fmt.Errorf("check access token: %w", err)
+	}
+	return n > 0, nil
+}

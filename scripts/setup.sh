@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Prepares this machine to build, test and run stasis (called by `make setup`).
+# Idempotent: a second run checks everything and skips what is done.
+#
+#   1. Debian packages (apt-get only when one is missing)
+#   2. the pinned static runsc in .cache/runsc/bin (or validates $STASIS_RUNSC)
+#   3. bin/stasisd, then the built-in images in $IMAGES_DIR
+#
+# Environment: STASIS_RUNSC (operator-supplied runsc; else $RUNSC, else the
+# pinned build), IMAGES_DIR (default .cache/images).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+PACKAGES=(debootstrap busybox-static iptables iproute2 zip unzip ca-certificates docker-registry)
+RUNSC_MODULE="gvisor.dev/gvisor/runsc@v0.0.0-20260905035102-160fafc42237"
+RUNSC_VERSION="stasis-20260905-160fafc42237"
+DEFAULT_RUNSC="$ROOT/.cache/runsc/bin/runsc"
+RUNSC="${STASIS_RUNSC:-${RUNSC:-$DEFAULT_RUNSC}}"
+IMAGES_DIR="${IMAGES_DIR:-$ROOT/.cache/images}"
+
+step() { printf '==> %s\n' "$*"; }
+die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
+
+# A non-login root shell may lack the sbin dirs and Go's default location.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
+	export PATH="$PATH:/usr/local/go/bin"
+fi
+command -v go >/dev/null || die "Go is not installed (stasis needs Go 1.26: https://go.dev/dl/)"
+
+# --- 1. Debian packages -------------------------------------------------------
+missing=()
+for p in "${PACKAGES[@]}"; do
+	if [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" != "installed" ]; then
+		missing+=("$p")
+	fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
+	step "Debian packages: all installed, skipping"
+else
+	step "installing Debian packages: ${missing[*]}"
+	[ "$(id -u)" -eq 0 ] || die "installing packages needs root (run as root, or install: ${missing[*]})"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -q
+	apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# --- 2. runsc -----------------------------------------------------------------
+if [ "$RUNSC" != "$DEFAULT_RUNSC" ]; then
+	# Operator-supplied runsc: use it as is, only check that it runs.
+	ver="$("$RUNSC" --version 2>&1 | head -n1)" || die "runsc $RUNSC does not run: $ver"
+	step "runsc $RUNSC (operator-supplied): $ver"
+	case "$ver" in
+	*"$RUNSC_VERSION"*) ;;
+	*) echo "    note: not the pinned version $RUNSC_VERSION; stasis is tested with that one" ;;
+	esac
+elif [ -x "$RUNSC" ] && "$RUNSC" --version 2>/dev/null | grep -qF "$RUNSC_VERSION"; then
+	step "runsc $RUNSC_VERSION: already built, skipping"
+else
+	step "runsc $RUNSC_VERSION: building $RUNSC_MODULE (static; takes ~5 minutes cold)"
+	start=$SECONDS
+	mkdir -p "$(dirname "$DEFAULT_RUNSC")"
+	# Static on purpose: a cgo build cannot re-exec itself for its umounter.
+	GOFLAGS= CGO_ENABLED=0 GOBIN="$(dirname "$DEFAULT_RUNSC")" \
+		go install -ldflags "-X gvisor.dev/gvisor/runsc/version.version=$RUNSC_VERSION" "$RUNSC_MODULE"
+	"$RUNSC" --version | grep -qF "$RUNSC_VERSION" ||
+		die "built runsc does not report version $RUNSC_VERSION"
+	echo "    built in $((SECONDS - start))s"
+fi
+
+# --- 3. stasisd and the built-in images ----------------------------------------
+step "building bin/stasisd"
+mkdir -p bin
+CGO_ENABLED=0 go build -trimpath -buildvcs=false -o bin/stasisd ./cmd/stasisd
+
+step "built-in images in $IMAGES_DIR"
+bin/stasisd images build --images-dir "$IMAGES_DIR"
+
+step "setup done"

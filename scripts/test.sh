@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every test: go vet, the Go tests (real sandboxes: needs root, runsc and
+# the built-in images from `make setup`), then the SDK compatibility suite.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+export STASIS_RUNSC="${STASIS_RUNSC:-${RUNSC:-$ROOT/.cache/runsc/bin/runsc}}"
+export STASIS_IMAGES_DIR="${STASIS_IMAGES_DIR:-${IMAGES_DIR:-$ROOT/.cache/images}}"
+export STASIS_AGENT="${STASIS_AGENT:-$ROOT/bin/stasis-agent}"
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+for f in "$STASIS_RUNSC" "$STASIS_AGENT"; do
+	[ -x "$f" ] || { echo "test: $f is missing; run \`make setup build\` first" >&2; exit 1; }
+done
+
+echo "==> go vet ./..."
+go vet ./...
+
+echo "==> go test ./... (STASIS_RUNSC=$STASIS_RUNSC STASIS_IMAGES_DIR=$STASIS_IMAGES_DIR STASIS_AGENT=$STASIS_AGENT)"
+go test -count=1 -timeout 60m ./...
+
+if [ -f test/compat/package.json ]; then
+	echo "==> SDK compatibility tests (test/compat)"
+	command -v npm >/dev/null || { echo "test: npm not found (Node 20 is needed for test/compat)" >&2; exit 1; }
+	(cd test/compat && npm ci --no-audit --no-fund && npm test)
+fi
+
+echo "==> all tests passed"

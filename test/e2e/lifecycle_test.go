@@ -1,0 +1,234 @@
+package e2e
+
+import (
+	"bytes"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stasis-sandbox/stasis/internal/testenv"
+)
+
+// TestSeedScenario is the seed page end to end: create, run, write, a
+// background process that counts, pause, resume with the counter continuing,
+// token rotation, transparent resume on a data-plane call, delete.
+func TestSeedScenario(t *testing.T) {
+	srv := testenv.StartServer(t)
+	c, sb := createMinimal(t, srv, "long-job")
+
+	// The sandbox can run commands as soon as create returns.
+	if got := c.sh("echo hello from $(hostname)"); !strings.HasPrefix(got, "hello from ") {
+		t.Fatalf("echo: %q", got)
+	}
+	payload := []byte("state that must survive\x00\xff binary too\n")
+	c.writeFile("/home/user/work/notes.bin", payload)
+
+	// A background job that counts, started the way a user would.
+	c.sh(`sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done' >/dev/null 2>&1 & echo $! > /tmp/counter.pid`)
+	pid := c.sh("cat /tmp/counter.pid")
+	before := waitCount(t, c, 10)
+
+	var paused sandboxInfo
+	if err := srv.Do("POST", "/sandboxes/"+sb.ID+"/pause", nil, &paused); err != nil {
+		t.Fatalf("pause: %v", err)
+	}
+	if paused.Status != "paused" || getInfo(t, srv, sb.ID).Status != "paused" {
+		t.Fatalf("after pause: status %q / %q", paused.Status, getInfo(t, srv, sb.ID).Status)
+	}
+	// No compute: nothing of the sandbox is left running on the host.
+	if procs := hostProcessesMentioning(sb.ID); len(procs) > 0 {
+		t.Fatalf("sandbox processes still running after pause:\n%s", strings.Join(procs, "\n"))
+	}
+
+	oldToken := c.token
+	var resumed sandboxInfo
+	if err := srv.Do("POST", "/sandboxes/"+sb.ID+"/resume", nil, &resumed); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	if resumed.Status != "active" || resumed.AccessToken == "" || resumed.AccessToken == oldToken {
+		t.Fatalf("resume returned %+v; want active with a new token", resumed)
+	}
+	// The counter continues from where it was, in the same process.
+	after, _ := strconv.Atoi(c2(t, srv, sb.ID, resumed.AccessToken).sh("cat /tmp/count"))
+	if after < before {
+		t.Fatalf("counter restarted: %d before pause, %d after resume", before, after)
+	}
+	c.token = resumed.AccessToken
+	if got := c.sh("kill -0 " + pid + " && echo alive"); got != "alive" {
+		t.Fatalf("counter process %s is gone after resume", pid)
+	}
+	if later := waitCount(t, c, after+5); later <= after {
+		t.Fatalf("counter stopped after resume")
+	}
+	if got := c.readFile("/home/user/work/notes.bin"); !bytes.Equal(got, payload) {
+		t.Fatalf("file after resume = %q, want %q", got, payload)
+	}
+
+	// The old token is dead, the new one works.
+	stale := &client{t: t, srv: srv, id: sb.ID, token: oldToken}
+	if status, body := stale.raw("POST", "/exec", strings.NewReader(`{"command":"true"}`)); status != http.StatusUnauthorized {
+		t.Fatalf("old token after resume: HTTP %d %s, want 401", status, body)
+	}
+
+	// A command on a paused sandbox resumes it transparently.
+	if err := srv.Do("POST", "/sandboxes/"+sb.ID+"/pause", nil, nil); err != nil {
+		t.Fatalf("second pause: %v", err)
+	}
+	if got := c.sh("ls /tmp"); !strings.Contains(got, "count") {
+		t.Fatalf("ls /tmp on paused sandbox: %q", got)
+	}
+	if st := getInfo(t, srv, sb.ID).Status; st != "active" {
+		t.Fatalf("status after transparent resume = %q", st)
+	}
+	if got := c.sh("kill -0 " + pid + " && echo alive"); got != "alive" {
+		t.Fatalf("counter process gone after transparent resume")
+	}
+
+	// Delete removes everything; then 404 everywhere.
+	if err := srv.Do("DELETE", "/sandboxes/"+sb.ID, nil, nil); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if err := srv.Do("GET", "/sandboxes/"+sb.ID, nil, nil); statusOf(err) != http.StatusNotFound {
+		t.Fatalf("get after delete: %v, want 404", err)
+	}
+	if err := srv.Do("DELETE", "/sandboxes/"+sb.ID, nil, nil); statusOf(err) != http.StatusNotFound {
+		t.Fatalf("second delete: %v, want 404", err)
+	}
+	if status, _ := c.raw("POST", "/exec", strings.NewReader(`{"command":"true"}`)); status != http.StatusNotFound {
+		t.Fatalf("exec after delete: HTTP %d, want 404", status)
+	}
+	if procs := hostProcessesMentioning(sb.ID); len(procs) > 0 {
+		t.Fatalf("processes left after delete:\n%s", strings.Join(procs, "\n"))
+	}
+}
+
+func c2(t *testing.T, srv *testenv.Server, id, token string) *client {
+	return &client{t: t, srv: srv, id: id, token: token}
+}
+
+// waitCount polls /tmp/count until it reaches at least min.
+func waitCount(t *testing.T, c *client, min int) int {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		n, _ := strconv.Atoi(c.sh("cat /tmp/count 2>/dev/null || echo 0"))
+		if n >= min {
+			return n
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("counter stuck at %d, want >= %d", n, min)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestConcurrentResumesRestoreOnce: two resumes race; one restores, the other
+// gets 409, and the sandbox is active and working once.
+func TestConcurrentResumesRestoreOnce(t *testing.T) {
+	srv := testenv.StartServer(t)
+	c, sb := createMinimal(t, srv, "racer")
+	c.sh("echo 1 > /tmp/marker")
+	if err := srv.Do("POST", "/sandboxes/"+sb.ID+"/pause", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	results := make([]error, 2)
+	tokens := make([]string, 2)
+	for i := range results {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var out sandboxInfo
+			results[i] = srv.Do("POST", "/sandboxes/"+sb.ID+"/resume", nil, &out)
+			tokens[i] = out.AccessToken
+		}()
+	}
+	wg.Wait()
+	ok, conflict := 0, 0
+	for i, err := range results {
+		switch statusOf(err) {
+		case 0:
+			if err != nil {
+				t.Fatalf("resume %d: %v", i, err)
+			}
+			ok++
+			c.token = tokens[i]
+		case http.StatusConflict:
+			conflict++
+		default:
+			t.Fatalf("resume %d: %v", i, err)
+		}
+	}
+	if ok != 1 || conflict != 1 {
+		t.Fatalf("concurrent resumes: %d ok, %d conflict; want 1 and 1", ok, conflict)
+	}
+	if got := c.sh("cat /tmp/marker"); got != "1" {
+		t.Fatalf("marker = %q", got)
+	}
+
+	// Concurrent activates of a paused sandbox: both succeed, both tokens work.
+	if err := srv.Do("POST", "/sandboxes/"+sb.ID+"/pause", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := range results {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var out sandboxInfo
+			results[i] = srv.Do("POST", "/sandboxes/"+sb.ID+"/activate", nil, &out)
+			tokens[i] = out.AccessToken
+		}()
+	}
+	wg.Wait()
+	for i, err := range results {
+		if err != nil {
+			t.Fatalf("activate %d: %v", i, err)
+		}
+	}
+	for _, tok := range tokens {
+		if got := c2(t, srv, sb.ID, tok).sh("cat /tmp/marker"); got != "1" {
+			t.Fatalf("marker via activate token = %q", got)
+		}
+	}
+}
+
+// TestConcurrentSandboxes runs several sandboxes at once; each sees only its own files.
+func TestConcurrentSandboxes(t *testing.T) {
+	srv := testenv.StartServer(t)
+	const n = 3
+	clients := make([]*client, n)
+	var wg sync.WaitGroup
+	errs := make(chan string, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var sb sandboxInfo
+			if err := srv.Do("POST", "/sandboxes", map[string]any{"name": "p" + strconv.Itoa(i), "from_template": "stasis/minimal"}, &sb); err != nil {
+				errs <- err.Error()
+				return
+			}
+			clients[i] = &client{t: t, srv: srv, id: sb.ID, token: sb.AccessToken}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Fatalf("parallel create: %s", e)
+	}
+	for i, c := range clients {
+		c.sh("echo " + strconv.Itoa(i) + " > /tmp/who")
+	}
+	for i, c := range clients {
+		if got := c.sh("cat /tmp/who"); got != strconv.Itoa(i) {
+			t.Fatalf("sandbox %d sees /tmp/who = %q", i, got)
+		}
+	}
+	var list []sandboxInfo
+	if err := srv.Do("GET", "/sandboxes", nil, &list); err != nil || len(list) != n {
+		t.Fatalf("list: %d sandboxes, %v", len(list), err)
+	}
+}
