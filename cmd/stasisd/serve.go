@@ -19,6 +19,7 @@ import (
 
 	"github.com/stasis-sandbox/stasis/internal/api"
 	"github.com/stasis-sandbox/stasis/internal/images"
+	"github.com/stasis-sandbox/stasis/internal/metrics"
 	"github.com/stasis-sandbox/stasis/internal/netpool"
 	"github.com/stasis-sandbox/stasis/internal/runtime/gvisor"
 	"github.com/stasis-sandbox/stasis/internal/sandbox"
@@ -29,7 +30,9 @@ const defaultTeam = "default"
 
 type serveFlags struct {
 	listen, dataDir, imagesDir, runsc, agent, template, logLevel, subnet, netnsPrefix string
-	vcpu, memMiB                                                 int
+	vcpu, memMiB, maxLive                                                             int
+	warmWindow                                                                        time.Duration
+	pauseOnShutdown                                                                   bool
 }
 
 func runServe(args []string) error {
@@ -45,6 +48,9 @@ func runServe(args []string) error {
 	fs.IntVar(&f.memMiB, "default-memory-mib", 1024, "memory of a sandbox when the create names none")
 	fs.StringVar(&f.subnet, "subnet", "169.254.0.0/16", "link-local range sandbox links are allocated from")
 	fs.StringVar(&f.netnsPrefix, "netns-prefix", "stasis", "name prefix of this server's network namespaces (distinct per server on one host)")
+	fs.IntVar(&f.maxLive, "max-sandboxes-per-team", 50, "running (not paused) sandboxes a team may hold; 0 = unlimited")
+	fs.DurationVar(&f.warmWindow, "warm-pause-window", 0, "keep a paused sandbox frozen in RAM this long after its snapshot is on disk, so resuming it is instant (0: free its memory at once)")
+	fs.BoolVar(&f.pauseOnShutdown, "pause-on-shutdown", false, "on SIGTERM, pause every active sandbox (default: leave them running for the next start to re-adopt)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -80,10 +86,17 @@ func runServe(args []string) error {
 	}
 	// Drain in-flight requests; sandboxes keep running and are re-adopted
 	// by the next start.
-	log.Info("shutting down: draining requests; sandboxes keep running")
+	log.Info("shutting down: draining requests")
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	return httpSrv.Shutdown(sctx)
+	err = httpSrv.Shutdown(sctx)
+	if f.pauseOnShutdown {
+		log.Info("pausing every active sandbox before exit")
+		svc.PauseAll(context.Background())
+	} else {
+		log.Info("sandboxes keep running; the next start re-adopts them")
+	}
+	return err
 }
 
 // setup opens the store, the runtime and the service, and recovers state
@@ -136,12 +149,17 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *sandbox.Serv
 		st.Close()
 		return nil, nil, nil, err
 	}
+	reg := metrics.New()
 	svc, err := sandbox.New(sandbox.Config{
 		Store:           st,
 		Driver:          driver,
 		Images:          images.NewManager(f.imagesDir),
 		SnapshotDir:     filepath.Join(dataDir, "snapshots"),
 		AgentPath:       agent,
+		AgentDir:        filepath.Join(dataDir, "agents"),
+		MaxLivePerTeam:  f.maxLive,
+		WarmWindow:      f.warmWindow,
+		Metrics:         reg,
 		NodeKey:         nodeKey,
 		Logger:          log,
 		DefaultTemplate: f.template,
@@ -157,7 +175,7 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *sandbox.Serv
 		return nil, nil, nil, err
 	}
 	log.Info("runtime ready", "runsc", runsc, "agent", agent, "images_dir", f.imagesDir)
-	return svc, api.New(svc, st, log), func() { st.Close() }, nil
+	return svc, api.New(svc, st, reg, log), func() { st.Close() }, nil
 }
 
 // ifPrefix derives the (at most 6 character) veth name prefix from the netns prefix.

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
 	"github.com/stasis-sandbox/stasis/internal/sandbox"
@@ -103,12 +104,15 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, c *agentclient.Cli
 		s.fail(w, err)
 		return
 	}
+	start := time.Now()
 	stdout, stderr := &cappedBuffer{limit: MaxBufferedOutput}, &cappedBuffer{limit: MaxBufferedOutput}
 	st, err := c.Run(r.Context(), req.agentRequest(), stdout, stderr)
 	if err != nil {
+		s.metrics.Fail("exec", "agent")
 		s.failAgent(w, err)
 		return
 	}
+	s.metrics.Observe("exec", time.Since(start))
 	resp := struct {
 		Stdout   string `json:"stdout"`
 		Stderr   string `json:"stderr"`

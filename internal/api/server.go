@@ -5,6 +5,7 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/stasis-sandbox/stasis/internal/metrics"
 	"github.com/stasis-sandbox/stasis/internal/sandbox"
 	"github.com/stasis-sandbox/stasis/internal/store"
 )
@@ -23,22 +25,46 @@ const MaxJSONBody = 1 << 20
 
 // Server is the HTTP handler for the whole API.
 type Server struct {
-	svc   *sandbox.Service
-	store *store.Store
-	log   *slog.Logger
-	mux   *http.ServeMux
+	svc     *sandbox.Service
+	store   *store.Store
+	metrics *metrics.Registry
+	log     *slog.Logger
+	mux     *http.ServeMux
 }
 
 // New returns the API handler.
-func New(svc *sandbox.Service, st *store.Store, log *slog.Logger) *Server {
-	s := &Server{svc: svc, store: st, log: log, mux: http.NewServeMux()}
+func New(svc *sandbox.Service, st *store.Store, reg *metrics.Registry, log *slog.Logger) *Server {
+	s := &Server{svc: svc, store: st, metrics: reg, log: log, mux: http.NewServeMux()}
+	reg.Gauge(s.sandboxGauges)
 	s.routes()
 	return s
+}
+
+// sandboxGauges writes the number of sandboxes by status at scrape time.
+func (s *Server) sandboxGauges(w io.Writer) {
+	counts, err := s.store.CountByStatus(context.Background())
+	if err != nil {
+		return
+	}
+	fmt.Fprintln(w, "# HELP stasis_sandboxes Sandboxes by status.")
+	fmt.Fprintln(w, "# TYPE stasis_sandboxes gauge")
+	for _, st := range []string{store.StatusStarting, store.StatusActive, store.StatusPausing,
+		store.StatusPaused, store.StatusResuming, store.StatusFailed} {
+		fmt.Fprintf(w, "stasis_sandboxes{status=%q} %d\n", st, counts[st])
+	}
+}
+
+// serveMetrics serves Prometheus metrics. They hold counts and latencies
+// only, no identifiers, so they are served without authentication.
+func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+	s.metrics.Write(w)
 }
 
 func (s *Server) routes() {
 	m := s.mux
 	m.HandleFunc("GET /health", s.health)
+	m.HandleFunc("GET /metrics", s.serveMetrics)
 
 	// Control plane.
 	m.HandleFunc("POST /sandboxes", s.withTeam(s.createSandbox))

@@ -17,8 +17,15 @@
 // and never handed out while any interface in the root namespace still holds
 // an address inside them.
 //
+// The host end has IPv4 forwarding off (packets from a sandbox are never
+// routed on to another sandbox, whatever the host's global setting) and
+// IPv6 disabled. Nothing here stops a sandbox from reaching services that
+// listen on the host's addresses (e.g. 0.0.0.0): that needs a firewall rule
+// on input from IfPrefix* interfaces.
+//
 // One Pool per host and prefix: two pools sharing a range in different
-// processes can race for a subnet.
+// processes can race for a subnet. Call Cleanup when no Setup is in flight
+// (at startup, after re-adopting the running sandboxes).
 package netpool
 
 import (
@@ -72,9 +79,9 @@ var excluded = []netip.Prefix{
 	netip.MustParsePrefix("169.254.255.0/24"),
 }
 
-// idRE is what a sandbox ID may look like (the same rule runsc applies to
-// container IDs, and safe as a file name).
-var idRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}$`)
+// idRE is what a sandbox ID may look like: safe as a file name and as a
+// runsc container ID (runsc's state file names use "_" as a separator).
+var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9.-]{0,127}$`)
 
 // Config configures a Pool. The zero value is usable.
 type Config struct {

@@ -41,6 +41,8 @@ type Instance struct {
 	ID   string
 	Addr netip.Addr // sandbox address, reachable from the host
 	Pid  int        // engine's sandbox process on the host (0 if unknown)
+	// Frozen is true while the sandbox is stopped in memory (see Freeze).
+	Frozen bool
 }
 
 // AgentAddr is the host:port at which the sandbox's agent is reachable.
@@ -54,9 +56,14 @@ type Driver interface {
 	// Create builds the sandbox's network link and starts it; PID 1 is the agent.
 	Create(ctx context.Context, spec Spec) (*Instance, error)
 	// Checkpoint writes the sandbox's full state (memory, processes, writable
-	// filesystem) into dir, then stops it and releases its network link. dir
-	// must exist and be empty. The caller makes the files durable.
+	// filesystem) into dir and leaves the sandbox as it was (running or
+	// frozen). dir must exist and be empty. The caller makes the files
+	// durable, and stops the sandbox with Destroy once they are.
 	Checkpoint(ctx context.Context, id, dir string) error
+	// Freeze stops every process where it is, keeping memory; the sandbox
+	// uses no CPU. Thaw lets it continue.
+	Freeze(ctx context.Context, id string) error
+	Thaw(ctx context.Context, id string) error
 	// Restore starts the sandbox again from a checkpoint in dir, on a fresh
 	// network link (its address may differ from before).
 	Restore(ctx context.Context, spec Spec, dir string) (*Instance, error)

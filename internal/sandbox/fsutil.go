@@ -2,48 +2,8 @@ package sandbox
 
 import (
 	"bytes"
-	"io/fs"
 	"log/slog"
-	"os"
-	"path/filepath"
 )
-
-// syncTree fsyncs every regular file and directory under root and returns
-// the total size of the files.
-func syncTree(root string) (int64, error) {
-	var total int64
-	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if !d.IsDir() && !d.Type().IsRegular() {
-			return nil
-		}
-		f, err := os.Open(path)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if !d.IsDir() {
-			st, err := f.Stat()
-			if err != nil {
-				return err
-			}
-			total += st.Size()
-		}
-		return f.Sync()
-	})
-	return total, err
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
-}
 
 // logWriter turns a progress stream (e.g. an image build) into log lines.
 type logWriter struct {

@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
+	"github.com/stasis-sandbox/stasis/internal/failpoint"
 	"github.com/stasis-sandbox/stasis/internal/images"
+	"github.com/stasis-sandbox/stasis/internal/snapshot"
 	"github.com/stasis-sandbox/stasis/internal/store"
 )
 
@@ -32,6 +32,7 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 		Template: img.Name, VCPU: p.VCPU, MemoryMiB: p.MemoryMiB,
 		Metadata: p.Metadata, Env: p.Env,
 		TimeoutSeconds: p.TimeoutSeconds, AutoDeleteSeconds: p.AutoDeleteSeconds,
+		AgentPath: s.agentPath,
 	}
 	if sb.VCPU == 0 {
 		sb.VCPU = s.cfg.DefaultVCPU
@@ -39,9 +40,10 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 	if sb.MemoryMiB == 0 {
 		sb.MemoryMiB = s.cfg.DefaultMemMiB
 	}
-	if err := s.cfg.Store.InsertSandbox(ctx, sb); err != nil {
+	if err := s.admit(ctx, teamID, func() error { return s.cfg.Store.InsertSandbox(ctx, sb) }); err != nil {
 		return nil, "", err
 	}
+	failpoint.Hit("create.after-record")
 	b := s.box(sb.ID)
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -54,7 +56,9 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 		b.agent = agentclient.New(inst.AgentAddr(), s.agentToken(sb.ID))
 		err = s.waitReady(ctx, b.agent)
 	}
+	failpoint.Hit("create.after-start")
 	if err != nil {
+		s.metrics.Fail("create", "start")
 		s.log.Error("create failed", "sandbox", sb.ID, "err", err)
 		s.cfg.Driver.Destroy(ctx, sb.ID)
 		b.agent = nil
@@ -68,6 +72,7 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 	if err != nil {
 		return nil, "", err
 	}
+	s.metrics.Observe("create", time.Since(start))
 	s.log.Info("sandbox created", "sandbox", sb.ID, "template", sb.Template, "ms", time.Since(start).Milliseconds())
 	return sb, tok, nil
 }
@@ -119,62 +124,71 @@ func (s *Service) Pause(ctx context.Context, teamID, id string) (*store.Sandbox,
 	return sb, s.pauseLocked(ctx, b, sb)
 }
 
+// pauseLocked pauses sb with a protocol that a crash at any instant cannot
+// corrupt: freeze (the state is fixed from here on), checkpoint the frozen
+// sandbox, commit the checkpoint (fsync, checksums, rename), record it in the
+// store, and only then stop the sandbox. Until the store says paused, the
+// sandbox is still there to thaw; once it does, the snapshot is complete.
 func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) error {
 	start := time.Now()
 	if err := s.setStatus(ctx, sb, store.StatusPausing, ""); err != nil {
 		return err
 	}
-	root := s.snapshotRoot(sb.ID)
-	if err := os.MkdirAll(root, 0o700); err != nil {
-		return err
+	failpoint.Hit("pause.before-freeze")
+	if err := s.cfg.Driver.Freeze(ctx, sb.ID); err != nil {
+		return s.pauseFailed(ctx, b, sb, "freeze", err)
 	}
-	tmp, err := os.MkdirTemp(root, ".tmp-")
+	tmp, err := s.snaps.Begin(sb.ID)
 	if err != nil {
-		return err
+		return s.pauseFailed(ctx, b, sb, "snapshot_dir", err)
 	}
+	failpoint.Hit("pause.before-checkpoint")
 	if err := s.cfg.Driver.Checkpoint(ctx, sb.ID, tmp); err != nil {
 		os.RemoveAll(tmp)
-		return s.afterFailedCheckpoint(ctx, b, sb, err)
+		return s.pauseFailed(ctx, b, sb, "checkpoint", err)
 	}
-	// Durable before trusted: fsync every file and the dir, then rename into place.
-	size, err := syncTree(tmp)
-	final := filepath.Join(root, "snap-"+strconv.FormatInt(time.Now().UnixNano(), 10))
-	if err == nil {
-		err = os.Rename(tmp, final)
-	}
-	if err == nil {
-		err = syncDir(root)
-	}
+	failpoint.Hit("pause.after-checkpoint")
+	final, size, err := s.snaps.Commit(tmp)
 	if err != nil {
 		os.RemoveAll(tmp)
-		b.agent = nil
-		s.setStatus(ctx, sb, store.StatusFailed, "could not save snapshot: "+err.Error())
-		return fmt.Errorf("save snapshot of %s: %w", sb.ID, err)
+		return s.pauseFailed(ctx, b, sb, "commit", err)
 	}
-	b.agent = nil
+	failpoint.Hit("pause.after-commit")
 	old := sb.SnapshotDir
 	sb.SnapshotDir, sb.SnapshotBytes = final, size
 	if err := s.setStatus(ctx, sb, store.StatusPaused, ""); err != nil {
 		return err
 	}
+	failpoint.Hit("pause.after-record")
 	if old != "" && old != final {
 		os.RemoveAll(old)
 	}
+	b.agent = nil
+	if s.cfg.WarmWindow > 0 {
+		// Tiered pause: stay frozen in RAM (no CPU) for a while, so a quick
+		// resume is a thaw; the committed snapshot is what survives.
+		b.warmUntil = time.Now().Add(s.cfg.WarmWindow)
+	} else if err := s.cfg.Driver.Destroy(ctx, sb.ID); err != nil {
+		s.log.Error("stop after pause", "sandbox", sb.ID, "err", err)
+	}
+	s.metrics.Observe("pause", time.Since(start))
 	s.log.Info("sandbox paused", "sandbox", sb.ID, "bytes", size, "ms", time.Since(start).Milliseconds())
 	return nil
 }
 
-// afterFailedCheckpoint decides what a failed checkpoint left behind: a
-// sandbox that still answers stays active, otherwise it is failed.
-func (s *Service) afterFailedCheckpoint(ctx context.Context, b *box, sb *store.Sandbox, cause error) error {
-	s.log.Error("checkpoint failed", "sandbox", sb.ID, "err", cause)
+// pauseFailed thaws the sandbox back to active if it still answers;
+// otherwise the sandbox is failed.
+func (s *Service) pauseFailed(ctx context.Context, b *box, sb *store.Sandbox, step string, cause error) error {
+	s.metrics.Fail("pause", step)
+	s.log.Error("pause failed", "sandbox", sb.ID, "step", step, "err", cause)
+	s.cfg.Driver.Thaw(ctx, sb.ID)
 	if b.agent != nil && b.agent.Health(ctx) == nil {
 		s.setStatus(ctx, sb, store.StatusActive, "")
-		return fmt.Errorf("pause %s failed, sandbox still running: %w", sb.ID, cause)
+		return fmt.Errorf("pause %s failed at %s, sandbox still running: %w", sb.ID, step, cause)
 	}
 	s.cfg.Driver.Destroy(ctx, sb.ID)
 	b.agent = nil
-	s.setStatus(ctx, sb, store.StatusFailed, "pause failed: "+cause.Error())
+	s.setStatus(ctx, sb, store.StatusFailed, "pause failed at "+step+": "+cause.Error())
 	return fmt.Errorf("pause %s: %w", sb.ID, cause)
 }
 
@@ -208,30 +222,33 @@ func (s *Service) Resume(ctx context.Context, teamID, id string, activate bool) 
 	return sb, tok, err
 }
 
-// resumeLocked restores sb from its snapshot. rotate revokes earlier tokens.
+// resumeLocked brings a paused sb back: a thaw if it is still frozen in
+// RAM, else a restore from its verified snapshot. rotate revokes earlier
+// tokens. The snapshot is deleted only after the store records the sandbox
+// active, so a crash mid-resume leaves it paused or active, never lost.
 func (s *Service) resumeLocked(ctx context.Context, b *box, sb *store.Sandbox, rotate bool) error {
 	start := time.Now()
-	img, err := s.image(ctx, sb.Template)
-	if err != nil {
-		return err
-	}
 	snap := sb.SnapshotDir
-	if err := s.setStatus(ctx, sb, store.StatusResuming, ""); err != nil {
+	if err := s.admit(ctx, sb.TeamID, func() error { return s.setStatus(ctx, sb, store.StatusResuming, "") }); err != nil {
 		return err
 	}
-	inst, err := s.cfg.Driver.Restore(ctx, s.spec(sb, img), snap)
-	if err == nil {
-		b.agent = agentclient.New(inst.AgentAddr(), s.agentToken(sb.ID))
-		err = s.waitReady(ctx, b.agent)
-	}
+	failpoint.Hit("resume.before-restore")
+	how, err := s.bringBack(ctx, b, sb)
 	if err != nil {
-		// The snapshot is untouched: the sandbox stays paused and can be retried.
-		s.log.Error("resume failed", "sandbox", sb.ID, "err", err)
 		s.cfg.Driver.Destroy(ctx, sb.ID)
-		b.agent = nil
+		b.agent, b.warmUntil = nil, time.Time{}
+		if errors.Is(err, snapshot.ErrCorrupt) {
+			s.metrics.Fail("resume", "snapshot_corrupt")
+			s.setStatus(ctx, sb, store.StatusFailed, "cannot resume: "+err.Error())
+			return newErr(ErrConflict, "snapshot_corrupt", "sandbox %s cannot be resumed: %v", sb.ID, err)
+		}
+		// The snapshot is untouched: the sandbox stays paused and can be retried.
+		s.metrics.Fail("resume", "restore")
+		s.log.Error("resume failed", "sandbox", sb.ID, "err", err)
 		s.setStatus(ctx, sb, store.StatusPaused, "last resume failed: "+err.Error())
 		return fmt.Errorf("resume %s: %w", sb.ID, err)
 	}
+	failpoint.Hit("resume.after-restore")
 	if rotate {
 		sb.TokenGeneration++
 	}
@@ -239,10 +256,41 @@ func (s *Service) resumeLocked(ctx context.Context, b *box, sb *store.Sandbox, r
 	if err := s.setStatus(ctx, sb, store.StatusActive, ""); err != nil {
 		return err
 	}
-	// The restore is confirmed in the store; only now is the snapshot garbage.
+	failpoint.Hit("resume.after-record")
 	os.RemoveAll(snap)
-	s.log.Info("sandbox resumed", "sandbox", sb.ID, "ms", time.Since(start).Milliseconds())
+	s.metrics.Observe("resume", time.Since(start))
+	s.log.Info("sandbox resumed", "sandbox", sb.ID, "from", how, "ms", time.Since(start).Milliseconds())
 	return nil
+}
+
+// bringBack makes a paused sandbox run again and waits for its agent.
+func (s *Service) bringBack(ctx context.Context, b *box, sb *store.Sandbox) (string, error) {
+	if !b.warmUntil.IsZero() {
+		b.warmUntil = time.Time{}
+		if err := s.cfg.Driver.Thaw(ctx, sb.ID); err == nil {
+			if b.agent == nil {
+				b.agent = s.newAgentClient(ctx, sb.ID)
+			}
+			if b.agent != nil && s.waitReady(ctx, b.agent) == nil {
+				return "memory", nil
+			}
+		}
+		// Could not thaw (evicted meanwhile?): fall back to the snapshot.
+		s.cfg.Driver.Destroy(ctx, sb.ID)
+	}
+	if err := snapshot.Verify(sb.SnapshotDir); err != nil {
+		return "", err
+	}
+	img, err := s.image(ctx, sb.Template)
+	if err != nil {
+		return "", err
+	}
+	inst, err := s.cfg.Driver.Restore(ctx, s.spec(sb, img), sb.SnapshotDir)
+	if err != nil {
+		return "", err
+	}
+	b.agent = agentclient.New(inst.AgentAddr(), s.agentToken(sb.ID))
+	return "disk", s.waitReady(ctx, b.agent)
 }
 
 // Delete stops the sandbox and removes it with all its files.
@@ -261,16 +309,20 @@ func (s *Service) Delete(ctx context.Context, teamID, id string) error {
 	return s.deleteLocked(ctx, b, id)
 }
 
+// deleteLocked removes the record first: from then on the sandbox is gone
+// for every client, and whatever a crash leaves behind (runtime, snapshot
+// files) is an orphan that the next start cleans up.
 func (s *Service) deleteLocked(ctx context.Context, b *box, id string) error {
-	if err := s.cfg.Driver.Destroy(ctx, id); err != nil {
-		return fmt.Errorf("delete %s: %w", id, err)
-	}
-	b.agent = nil
-	if err := os.RemoveAll(s.snapshotRoot(id)); err != nil {
-		return fmt.Errorf("delete %s snapshots: %w", id, err)
-	}
 	if err := s.cfg.Store.DeleteSandbox(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
+	}
+	failpoint.Hit("delete.after-record")
+	b.agent, b.warmUntil = nil, time.Time{}
+	if err := s.cfg.Driver.Destroy(ctx, id); err != nil {
+		s.log.Error("delete: runtime cleanup failed; the next start retries", "sandbox", id, "err", err)
+	}
+	if err := os.RemoveAll(s.snaps.SandboxDir(id)); err != nil {
+		s.log.Error("delete: snapshot cleanup failed; the next start retries", "sandbox", id, "err", err)
 	}
 	s.forget(id)
 	s.log.Info("sandbox deleted", "sandbox", id)
@@ -343,6 +395,10 @@ func (s *Service) Agent(ctx context.Context, id, token string) (*agentclient.Cli
 		rctx, cancel := lifecycleCtx(ctx)
 		defer cancel()
 		if err := s.resumeLocked(rctx, b, sb, false); err != nil {
+			var e *Error
+			if errors.As(err, &e) {
+				return nil, e
+			}
 			return nil, newErr(ErrUnavailable, "resume_failed", "sandbox %s is paused and could not be resumed: %v", id, err)
 		}
 	default:
@@ -352,4 +408,21 @@ func (s *Service) Agent(ctx context.Context, id, token string) (*agentclient.Cli
 		return nil, newErr(ErrUnavailable, "unavailable", "sandbox %s is not reachable; retry shortly", id)
 	}
 	return b.agent, nil
+}
+
+// PauseAll pauses every active sandbox (used at shutdown when asked to).
+func (s *Service) PauseAll(ctx context.Context) {
+	list, err := s.cfg.Store.ListSandboxes(ctx, "", nil)
+	if err != nil {
+		s.log.Error("pause all", "err", err)
+		return
+	}
+	for _, sb := range list {
+		if sb.Status != store.StatusActive {
+			continue
+		}
+		if _, err := s.Pause(ctx, "", sb.ID); err != nil {
+			s.log.Error("pause at shutdown", "sandbox", sb.ID, "err", err)
+		}
+	}
 }

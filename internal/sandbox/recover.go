@@ -8,6 +8,7 @@ import (
 
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
 	"github.com/stasis-sandbox/stasis/internal/runtime"
+	"github.com/stasis-sandbox/stasis/internal/snapshot"
 	"github.com/stasis-sandbox/stasis/internal/store"
 )
 
@@ -51,19 +52,31 @@ func (s *Service) recoverOne(ctx context.Context, sb *store.Sandbox, inst runtim
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	defer s.removeStaleSnapshots(sb)
+	hasSnapshot := sb.SnapshotDir != "" && fileExists(filepath.Join(sb.SnapshotDir, snapshot.ManifestName))
+
+	if sb.Status == store.StatusPaused || sb.Status == store.StatusFailed {
+		if isRunning {
+			// A paused sandbox kept frozen in RAM, or one whose pause was
+			// recorded just before the crash: the committed snapshot is the truth.
+			s.cfg.Driver.Destroy(ctx, sb.ID)
+		}
+		if sb.Status == store.StatusPaused && !hasSnapshot {
+			s.setStatus(ctx, sb, store.StatusFailed, "snapshot is missing; the sandbox cannot be resumed")
+		}
+		return
+	}
+	// starting, active, pausing or resuming: the runtime decides.
 	if isRunning {
+		if inst.Frozen {
+			s.cfg.Driver.Thaw(ctx, sb.ID) // an interrupted pause: carry on running
+		}
 		c := agentclient.New(inst.AgentAddr(), s.agentToken(sb.ID))
 		if err := s.waitReady(ctx, c); err == nil {
 			b.agent = c
-			if sb.Status != store.StatusActive || sb.SnapshotDir != "" {
-				// An interrupted pause (checkpoint not finished) or resume
-				// (restore finished, not recorded): the sandbox runs, so it is active.
-				old := sb.SnapshotDir
-				sb.SnapshotDir, sb.SnapshotBytes = "", 0
+			old := sb.SnapshotDir
+			sb.SnapshotDir, sb.SnapshotBytes = "", 0
+			if sb.Status != store.StatusActive || old != "" {
 				s.setStatus(ctx, sb, store.StatusActive, "")
-				if old != "" {
-					os.RemoveAll(old)
-				}
 			}
 			s.log.Info("re-adopted running sandbox", "sandbox", sb.ID)
 			return
@@ -72,11 +85,11 @@ func (s *Service) recoverOne(ctx context.Context, sb *store.Sandbox, inst runtim
 		s.cfg.Driver.Destroy(ctx, sb.ID)
 	}
 	switch {
-	case sb.Status == store.StatusFailed:
-	case sb.SnapshotDir != "" && dirExists(sb.SnapshotDir):
-		if sb.Status != store.StatusPaused {
-			s.setStatus(ctx, sb, store.StatusPaused, "")
-		}
+	case hasSnapshot:
+		// An interrupted resume: the snapshot was kept until the restore was confirmed.
+		s.setStatus(ctx, sb, store.StatusPaused, "")
+	case sb.Status == store.StatusStarting:
+		s.setStatus(ctx, sb, store.StatusFailed, "creation was interrupted by a stasisd restart")
 	default:
 		s.setStatus(ctx, sb, store.StatusFailed,
 			"sandbox was lost: it was not running and has no snapshot after stasisd restarted")
@@ -87,7 +100,7 @@ func (s *Service) recoverOne(ctx context.Context, sb *store.Sandbox, inst runtim
 // the store points at: half-written ones (never renamed into place, so never
 // trusted) and superseded ones whose removal a crash interrupted.
 func (s *Service) removeStaleSnapshots(sb *store.Sandbox) {
-	root := s.snapshotRoot(sb.ID)
+	root := s.snaps.SandboxDir(sb.ID)
 	entries, _ := os.ReadDir(root)
 	for _, e := range entries {
 		if p := filepath.Join(root, e.Name()); p != sb.SnapshotDir {
@@ -97,16 +110,16 @@ func (s *Service) removeStaleSnapshots(sb *store.Sandbox) {
 }
 
 func (s *Service) removeOrphanSnapshots(known map[string]bool) {
-	entries, _ := os.ReadDir(s.cfg.SnapshotDir)
+	entries, _ := os.ReadDir(s.snaps.Root())
 	for _, e := range entries {
 		if !known[e.Name()] {
 			s.log.Warn("removing snapshots of unknown sandbox", "sandbox", e.Name())
-			os.RemoveAll(filepath.Join(s.cfg.SnapshotDir, e.Name()))
+			os.RemoveAll(s.snaps.SandboxDir(e.Name()))
 		}
 	}
 }
 
-func dirExists(p string) bool {
-	st, err := os.Stat(p)
-	return err == nil && st.IsDir()
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

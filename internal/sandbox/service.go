@@ -20,7 +20,9 @@ import (
 
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
 	"github.com/stasis-sandbox/stasis/internal/images"
+	"github.com/stasis-sandbox/stasis/internal/metrics"
 	"github.com/stasis-sandbox/stasis/internal/runtime"
+	"github.com/stasis-sandbox/stasis/internal/snapshot"
 	"github.com/stasis-sandbox/stasis/internal/store"
 )
 
@@ -31,18 +33,28 @@ type Config struct {
 	Images          *images.Manager
 	SnapshotDir     string // checkpoints live in SnapshotDir/<sandbox id>/
 	AgentPath       string // host path of the static stasis-agent binary
+	AgentDir        string // content-addressed copies of agent binaries (restore needs the same bytes)
+	MaxLivePerTeam  int    // sandboxes holding compute per team (0: unlimited)
 	NodeKey         []byte // secret from which per-sandbox agent tokens are derived
 	Logger          *slog.Logger
 	DefaultTemplate string // used when a create names no template
 	DefaultVCPU     int
 	DefaultMemMiB   int
 	ReadyTimeout    time.Duration // how long a new or restored agent has to answer
+	// WarmWindow keeps a paused sandbox frozen in RAM this long after its
+	// snapshot is durable, so resuming it is a thaw (0: stop at once).
+	WarmWindow time.Duration
+	Metrics    *metrics.Registry
 }
 
 // Service runs the sandbox lifecycle. It is safe for concurrent use.
 type Service struct {
-	cfg Config
-	log *slog.Logger
+	cfg       Config
+	agentPath string     // this run's agent, installed under AgentDir
+	admitMu   sync.Mutex // makes the per-team limit check and the state change atomic
+	log       *slog.Logger
+	snaps     *snapshot.Dir
+	metrics   *metrics.Registry
 
 	mu    sync.Mutex
 	boxes map[string]*box
@@ -51,8 +63,9 @@ type Service struct {
 // box is the in-memory side of one sandbox. mu serialises lifecycle
 // operations (create, pause, resume, delete) on it.
 type box struct {
-	mu    sync.Mutex
-	agent *agentclient.Client // nil unless the sandbox is running
+	mu        sync.Mutex
+	agent     *agentclient.Client // nil unless the sandbox is running
+	warmUntil time.Time           // paused but still frozen in RAM until then (zero: not warm)
 }
 
 // New returns a service. Call Recover before serving requests.
@@ -75,10 +88,78 @@ func New(cfg Config) (*Service, error) {
 	if cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = 30 * time.Second
 	}
-	if err := os.MkdirAll(cfg.SnapshotDir, 0o700); err != nil {
-		return nil, fmt.Errorf("sandbox: snapshot dir: %w", err)
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.New()
 	}
-	return &Service{cfg: cfg, log: cfg.Logger, boxes: map[string]*box{}}, nil
+	snaps, err := snapshot.New(cfg.SnapshotDir)
+	if err != nil {
+		return nil, err
+	}
+	agentPath, err := installAgent(cfg.AgentPath, cfg.AgentDir)
+	if err != nil {
+		return nil, err
+	}
+	return &Service{cfg: cfg, agentPath: agentPath, log: cfg.Logger, snaps: snaps, metrics: cfg.Metrics, boxes: map[string]*box{}}, nil
+}
+
+// installAgent copies the agent binary to dir/<content hash>/stasis-agent
+// (once) and returns that path. Sandboxes record the path they started
+// with, so a stasis upgrade never restores a checkpoint under other bytes.
+func installAgent(src, dir string) (string, error) {
+	if dir == "" {
+		return src, nil
+	}
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return "", fmt.Errorf("agent binary: %w", err)
+	}
+	sum := sha256.Sum256(b)
+	dst := filepath.Join(dir, hex.EncodeToString(sum[:8]), "stasis-agent")
+	if _, err := os.Stat(dst); err == nil {
+		return dst, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return "", err
+	}
+	tmp := dst + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o755); err != nil {
+		return "", err
+	}
+	return dst, os.Rename(tmp, dst)
+}
+
+// admit enforces the per-team limit on sandboxes holding compute; change
+// runs under the same lock, so concurrent requests cannot both squeeze in.
+func (s *Service) admit(ctx context.Context, teamID string, change func() error) error {
+	s.admitMu.Lock()
+	defer s.admitMu.Unlock()
+	if s.cfg.MaxLivePerTeam > 0 {
+		n, err := s.cfg.Store.CountLive(ctx, teamID)
+		if err != nil {
+			return err
+		}
+		if n >= s.cfg.MaxLivePerTeam {
+			s.metrics.Fail("admit", "too_many_sandboxes")
+			return newErr(ErrLimit, "too_many_sandboxes",
+				"your team already has %d running sandboxes (the limit); pause or delete one first", n)
+		}
+	}
+	return change()
+}
+
+// newAgentClient returns a client for a running sandbox's agent, looking up
+// its address in the runtime (nil if it is not running).
+func (s *Service) newAgentClient(ctx context.Context, id string) *agentclient.Client {
+	list, err := s.cfg.Driver.List(ctx)
+	if err != nil {
+		return nil
+	}
+	for _, inst := range list {
+		if inst.ID == id {
+			return agentclient.New(inst.AgentAddr(), s.agentToken(id))
+		}
+	}
+	return nil
 }
 
 func (s *Service) box(id string) *box {
@@ -123,11 +204,15 @@ func (s *Service) spec(sb *store.Sandbox, img *images.Image) runtime.Spec {
 		"STASIS_DEFAULT_USER="+img.User,
 		"STASIS_DEFAULT_WORKDIR="+img.Workdir,
 	)
+	agent := sb.AgentPath
+	if agent == "" {
+		agent = s.agentPath
+	}
 	return runtime.Spec{
 		ID:        sb.ID,
 		Hostname:  "sandbox-" + sb.ID[:8],
 		RootFS:    img.RootFS,
-		AgentPath: s.cfg.AgentPath,
+		AgentPath: agent,
 		Env:       env,
 		VCPU:      sb.VCPU,
 		MemoryMiB: sb.MemoryMiB,
@@ -187,9 +272,4 @@ func (s *Service) Get(ctx context.Context, teamID, id string) (*store.Sandbox, e
 // List returns the team's sandboxes whose metadata contains filter.
 func (s *Service) List(ctx context.Context, teamID string, filter map[string]string) ([]*store.Sandbox, error) {
 	return s.cfg.Store.ListSandboxes(ctx, teamID, filter)
-}
-
-// snapshotRoot is the directory holding a sandbox's checkpoints.
-func (s *Service) snapshotRoot(id string) string {
-	return filepath.Join(s.cfg.SnapshotDir, id)
 }

@@ -2,6 +2,9 @@ package sandbox
 
 import (
 	"context"
+	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/store"
@@ -33,6 +36,7 @@ func (s *Service) RunTimers(ctx context.Context) {
 		for _, sb := range due {
 			s.fireTimer(ctx, sb.ID)
 		}
+		s.evictWarm(ctx)
 	}
 }
 
@@ -57,4 +61,58 @@ func (s *Service) fireTimer(ctx context.Context, id string) {
 			s.log.Error("auto-delete failed", "sandbox", id, "err", err)
 		}
 	}
+}
+
+// evictWarm stops paused sandboxes that are still frozen in RAM once their
+// warm window is over, or all of them when the host runs low on memory.
+// Their snapshots are already durable, so this only changes how the next
+// resume happens.
+func (s *Service) evictWarm(ctx context.Context) {
+	lowMemory := memoryLow()
+	s.mu.Lock()
+	var ids []string
+	for id, b := range s.boxes {
+		if !b.warmUntil.IsZero() {
+			ids = append(ids, id)
+		}
+	}
+	s.mu.Unlock()
+	now := time.Now()
+	for _, id := range ids {
+		b := s.box(id)
+		if !b.mu.TryLock() {
+			continue // busy (e.g. being resumed); look again next tick
+		}
+		if !b.warmUntil.IsZero() && (lowMemory || now.After(b.warmUntil)) {
+			b.warmUntil = time.Time{}
+			if err := s.cfg.Driver.Destroy(ctx, id); err != nil {
+				s.log.Error("evict warm sandbox", "sandbox", id, "err", err)
+			}
+			s.log.Debug("evicted warm sandbox to disk-only", "sandbox", id, "low_memory", lowMemory)
+		}
+		b.mu.Unlock()
+	}
+}
+
+// memoryLow reports whether less than 10% of the host's memory is available.
+func memoryLow() bool {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return false
+	}
+	var total, avail int64
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		n, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "MemTotal:":
+			total = n
+		case "MemAvailable:":
+			avail = n
+		}
+	}
+	return total > 0 && avail*10 < total
 }

@@ -41,6 +41,7 @@ type Sandbox struct {
 	StatusChangedAt   time.Time
 	PauseAt           *time.Time // timeout: when an active sandbox gets paused
 	DeleteAt          *time.Time // auto-delete: when a paused sandbox gets deleted
+	AgentPath         string     // content-addressed agent binary the sandbox runs
 	ActiveMs          int64      // time spent active before StatusChangedAt
 	PausedMs          int64      // time spent paused before StatusChangedAt
 }
@@ -60,7 +61,7 @@ func (sb *Sandbox) Usage(now time.Time) (active, paused time.Duration) {
 
 const sandboxColumns = `id, team_id, name, status, template, vcpu, memory_mib, disk_mib, metadata, env,
 	timeout_seconds, auto_delete_seconds, error, token_generation, snapshot_dir, snapshot_bytes,
-	created_at, status_changed_at, pause_at, delete_at, active_ms, paused_ms`
+	created_at, status_changed_at, pause_at, delete_at, active_ms, paused_ms, agent_path`
 
 type scanner interface{ Scan(...any) error }
 
@@ -71,7 +72,7 @@ func scanSandbox(row scanner) (*Sandbox, error) {
 	var pauseAt, deleteAt sql.NullString
 	err := row.Scan(&sb.ID, &sb.TeamID, &sb.Name, &sb.Status, &sb.Template, &sb.VCPU, &sb.MemoryMiB,
 		&sb.DiskMiB, &meta, &env, &timeout, &autoDel, &sb.Error, &sb.TokenGeneration, &sb.SnapshotDir,
-		&sb.SnapshotBytes, &created, &changed, &pauseAt, &deleteAt, &sb.ActiveMs, &sb.PausedMs)
+		&sb.SnapshotBytes, &created, &changed, &pauseAt, &deleteAt, &sb.ActiveMs, &sb.PausedMs, &sb.AgentPath)
 	if err != nil {
 		return nil, err
 	}
@@ -133,11 +134,11 @@ func (s *Store) InsertSandbox(ctx context.Context, sb *Sandbox) error {
 	t := time.Now().UTC()
 	sb.CreatedAt, sb.StatusChangedAt = t, t
 	_, err := s.db.ExecContext(ctx, `INSERT INTO sandboxes(`+sandboxColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		sb.ID, sb.TeamID, sb.Name, sb.Status, sb.Template, sb.VCPU, sb.MemoryMiB, sb.DiskMiB,
 		jsonMap(sb.Metadata), jsonMap(sb.Env), nullInt(sb.TimeoutSeconds), nullInt(sb.AutoDeleteSeconds),
 		sb.Error, sb.TokenGeneration, sb.SnapshotDir, sb.SnapshotBytes,
-		t.Format(timeFormat), t.Format(timeFormat), nullTime(sb.PauseAt), nullTime(sb.DeleteAt), 0, 0)
+		t.Format(timeFormat), t.Format(timeFormat), nullTime(sb.PauseAt), nullTime(sb.DeleteAt), 0, 0, sb.AgentPath)
 	if err != nil {
 		return fmt.Errorf("insert sandbox %s: %w", sb.ID, err)
 	}
@@ -261,6 +262,37 @@ func (s *Store) DueTimers(ctx context.Context, now time.Time) ([]*Sandbox, error
 			return nil, err
 		}
 		out = append(out, sb)
+	}
+	return out, rows.Err()
+}
+
+// CountLive returns how many of the team's sandboxes hold compute (starting,
+// active, pausing or resuming).
+func (s *Store) CountLive(ctx context.Context, teamID string) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM sandboxes WHERE team_id = ? AND status IN (?, ?, ?, ?)`,
+		teamID, StatusStarting, StatusActive, StatusPausing, StatusResuming).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count live sandboxes: %w", err)
+	}
+	return n, nil
+}
+
+// CountByStatus returns the number of sandboxes in each status.
+func (s *Store) CountByStatus(ctx context.Context) (map[string]int, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT status, COUNT(*) FROM sandboxes GROUP BY status`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var st string
+		var n int
+		if err := rows.Scan(&st, &n); err != nil {
+			return nil, err
+		}
+		out[st] = n
 	}
 	return out, rows.Err()
 }

@@ -97,6 +97,8 @@ var migrations = []string{
 		active_ms      INTEGER NOT NULL DEFAULT 0,
 		paused_ms      INTEGER NOT NULL DEFAULT 0
 	);`,
+	// 3: the agent binary a sandbox was started with (restore needs the same bytes)
+	`ALTER TABLE sandboxes ADD COLUMN agent_path TEXT NOT NULL DEFAULT '';`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

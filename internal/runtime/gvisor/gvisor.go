@@ -70,6 +70,7 @@ type Config struct {
 type Driver struct {
 	cfg     Config
 	version string
+	hashes  hashCache
 }
 
 var _ runtime.Driver = (*Driver)(nil)
@@ -132,6 +133,7 @@ func validID(id string) bool { return netpool.ValidID(id) }
 func (d *Driver) sandboxDir(id string) string  { return filepath.Join(d.cfg.StateDir, id) }
 func (d *Driver) overlayDir(id string) string  { return filepath.Join(d.sandboxDir(id), "overlay") }
 func (d *Driver) consolePath(id string) string { return filepath.Join(d.sandboxDir(id), "console.log") }
+func (d *Driver) pidPath(id string) string     { return filepath.Join(d.sandboxDir(id), "pid") }
 func (d *Driver) debugDir(id string) string    { return filepath.Join(d.cfg.DebugLogDir, id) }
 
 // ConsolePath is the file holding the sandbox's stdout and stderr.
@@ -153,24 +155,37 @@ func (d *Driver) overlayFlag(spec runtime.Spec) string {
 	return f
 }
 
-// prepare does what Create and Restore share: make sure no container with
-// the ID runs, build a fresh network link, write the bundle. It returns the
-// link and the runsc flags for the sandbox.
-func (d *Driver) prepare(ctx context.Context, spec runtime.Spec) (*netpool.Link, []string, error) {
+// claim checks spec and makes sure no container with its ID is live; a
+// stopped leftover is removed. Only after claim succeeded may a failed
+// Create or Restore clean up after itself: before, the ID may belong to a
+// running sandbox.
+func (d *Driver) claim(ctx context.Context, spec runtime.Spec) error {
 	if err := checkSpec(spec); err != nil {
-		return nil, nil, err
+		return err
+	}
+	if !d.known(spec.ID) { // a stat; `runsc state` only if there is something
+		return nil
 	}
 	st, err := d.state(ctx, spec.ID)
 	switch {
-	case err == nil && (st.Status == "running" || st.Status == "paused" || st.Status == "created"):
-		return nil, nil, fmt.Errorf("sandbox %s already exists (%s)", spec.ID, st.Status)
-	case err == nil: // stopped leftover
+	case errors.Is(err, errNoContainer):
+		return nil
+	case err != nil:
+		return err
+	case st.Status == "stopped":
 		if _, err := d.run(ctx, spec.ID, "delete", "--force", spec.ID); err != nil {
-			return nil, nil, fmt.Errorf("removing stopped leftover: %w", err)
+			return fmt.Errorf("removing stopped leftover: %w", err)
 		}
-	case !errors.Is(err, errNoContainer):
-		return nil, nil, err
+		return nil
+	default:
+		return fmt.Errorf("sandbox %s already exists (%s)", spec.ID, st.Status)
 	}
+}
+
+// prepare does what Create and Restore share after claim: build a fresh
+// network link, write the bundle. It returns the link and the runsc flags
+// for the sandbox.
+func (d *Driver) prepare(ctx context.Context, spec runtime.Spec) (*netpool.Link, []string, error) {
 	// No container runs under this ID, so any link with its name is a leftover.
 	if err := d.cfg.Net.Teardown(ctx, spec.ID); err != nil {
 		return nil, nil, err
@@ -192,24 +207,38 @@ func (d *Driver) prepare(ctx context.Context, spec runtime.Spec) (*netpool.Link,
 	if err := writeBundle(dir, ociSpec(spec, link.NetnsPath, cgroupsPath)); err != nil {
 		return link, nil, fmt.Errorf("writing bundle: %w", err)
 	}
+	_ = os.Remove(d.pidPath(spec.ID))
 	flags := []string{"--network=sandbox", d.overlayFlag(spec)}
 	return link, flags, nil
 }
 
-// started finishes Create and Restore: look up the sandbox process.
-func (d *Driver) started(ctx context.Context, id string, link *netpool.Link) (*runtime.Instance, error) {
-	st, err := d.state(ctx, id)
+// started finishes Create and Restore: the sandbox process's PID is in the
+// pid file runsc wrote.
+func (d *Driver) started(id string, link *netpool.Link) (*runtime.Instance, error) {
+	b, err := os.ReadFile(d.pidPath(id))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("reading pid file: %w", err)
 	}
-	if st.Status != "running" {
-		return nil, fmt.Errorf("sandbox is %s after start", st.Status)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return nil, fmt.Errorf("bad pid file: %w", err)
 	}
-	return &runtime.Instance{ID: id, Addr: link.SandboxAddr, Pid: st.Pid}, nil
+	return &runtime.Instance{ID: id, Addr: link.SandboxAddr, Pid: pid}, nil
+}
+
+// known reports whether runsc has state for container id under the root
+// dir. (runsc names the state file "<container>_sandbox:<sandbox>.state";
+// for a sandbox's root container both IDs are the same.)
+func (d *Driver) known(id string) bool {
+	_, err := os.Stat(filepath.Join(d.cfg.RootDir, id+"_sandbox:"+id+".state"))
+	return err == nil
 }
 
 // Create builds the sandbox's network link and bundle and starts it.
 func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (_ *runtime.Instance, err error) {
+	if err := d.claim(ctx, spec); err != nil {
+		return nil, fmt.Errorf("gvisor: create %s: %w", spec.ID, err)
+	}
 	defer func() {
 		if err != nil {
 			d.cleanupFailed(spec.ID)
@@ -220,39 +249,54 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (_ *runtime.Inst
 	if err != nil {
 		return nil, err
 	}
-	if err := d.runWithConsole(ctx, spec.ID, flags, "run", "--detach", "--bundle="+d.sandboxDir(spec.ID), spec.ID); err != nil {
+	if err := d.runWithConsole(ctx, spec.ID, flags, "run", "--detach", "--pid-file="+d.pidPath(spec.ID), "--bundle="+d.sandboxDir(spec.ID), spec.ID); err != nil {
 		return nil, err
 	}
-	return d.started(ctx, spec.ID, link)
+	return d.started(spec.ID, link)
 }
 
 // Restore starts the sandbox from the checkpoint in dir on a fresh network
 // link. runsc strips the addresses of the interface it takes over; the link
 // is built anew each time, so they are there.
 func (d *Driver) Restore(ctx context.Context, spec runtime.Spec, dir string) (_ *runtime.Instance, err error) {
+	if dir, err = d.claimRestore(ctx, spec, dir); err != nil {
+		return nil, fmt.Errorf("gvisor: restore %s: %w", spec.ID, err)
+	}
 	defer func() {
 		if err != nil {
 			d.cleanupFailed(spec.ID)
 			err = fmt.Errorf("gvisor: restore %s: %w", spec.ID, err)
 		}
 	}()
-	dir, err = filepath.Abs(dir)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := os.Stat(filepath.Join(dir, "checkpoint.img")); err != nil {
-		return nil, fmt.Errorf("no checkpoint in %s: %w", dir, err)
-	}
 	link, flags, err := d.prepare(ctx, spec)
 	if err != nil {
 		return nil, err
 	}
 	// With no container of that ID, `runsc restore` creates it from the
 	// bundle and restores into it in one go (no separate `runsc create`).
-	if err := d.runWithConsole(ctx, spec.ID, flags, "restore", "--detach", "--bundle="+d.sandboxDir(spec.ID), "--image-path="+dir, spec.ID); err != nil {
+	if err := d.runWithConsole(ctx, spec.ID, flags, "restore", "--detach", "--pid-file="+d.pidPath(spec.ID), "--bundle="+d.sandboxDir(spec.ID), "--image-path="+dir, spec.ID); err != nil {
 		return nil, err
 	}
-	return d.started(ctx, spec.ID, link)
+	return d.started(spec.ID, link)
+}
+
+// claimRestore checks the checkpoint in dir and claims spec.ID; it returns
+// dir made absolute.
+func (d *Driver) claimRestore(ctx context.Context, spec runtime.Spec, dir string) (string, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(filepath.Join(dir, "checkpoint.img")); err != nil {
+		return "", fmt.Errorf("no checkpoint in %s: %w", dir, err)
+	}
+	if err := d.claim(ctx, spec); err != nil {
+		return "", err
+	}
+	if err := d.checkAgent(dir, spec.AgentPath); err != nil {
+		return "", err
+	}
+	return dir, nil
 }
 
 // cleanupFailed undoes a failed Create or Restore, best effort, even when
@@ -266,12 +310,15 @@ func (d *Driver) cleanupFailed(id string) {
 	_, _ = d.run(ctx, id, "delete", "--force", id)
 	_ = d.cfg.Net.Teardown(ctx, id)
 	_ = os.Remove(filepath.Join(d.sandboxDir(id), "config.json"))
+	_ = os.Remove(d.pidPath(id))
 	_ = os.RemoveAll(d.overlayDir(id))
 }
 
-// Checkpoint saves the sandbox into dir (which must exist and be empty);
-// the sandbox stops, and its container, network link and overlay are
-// released. The console log stays until Destroy.
+// Checkpoint saves the sandbox into dir (which must exist and be empty) and
+// leaves it as it was: a frozen sandbox stays frozen, a running one keeps
+// running. Callers that want a consistent cut freeze first, so the image is
+// exactly the state that a later Thaw continues; stopping the sandbox is a
+// separate Destroy once the image is safe.
 func (d *Driver) Checkpoint(ctx context.Context, id, dir string) (err error) {
 	defer func() {
 		if err != nil {
@@ -292,33 +339,21 @@ func (d *Driver) Checkpoint(ctx context.Context, id, dir string) (err error) {
 	if len(ents) != 0 {
 		return fmt.Errorf("checkpoint dir %s is not empty", dir)
 	}
-	st, err := d.state(ctx, id)
-	if errors.Is(err, errNoContainer) {
+	if !d.known(id) {
 		return runtime.ErrNotFound
 	}
-	if err != nil {
-		return err
+	// Without a bundle (state dir lost) the checkpoint still works; it just
+	// cannot vouch for the agent binary at restore.
+	agent, agentErr := d.bundleAgent(id)
+	if _, err := d.run(ctx, id, "checkpoint", "--leave-running", "--image-path="+dir, id); err != nil {
+		return d.notFound(ctx, id, err)
 	}
-	if st.Status != "running" {
-		return fmt.Errorf("sandbox is %s, not running", st.Status)
+	if agentErr == nil {
+		if err := writeMeta(dir, agent); err != nil {
+			return err
+		}
 	}
-	if _, err := d.run(ctx, id, "checkpoint", "--image-path="+dir, id); err != nil {
-		return err
-	}
-	// The sandbox exits after a checkpoint; delete the stopped container
-	// (--force in case it has not quite finished exiting) and make sure the
-	// processes are gone before the link goes.
-	if _, err := d.run(ctx, id, "delete", "--force", id); err != nil {
-		return err
-	}
-	if err := d.waitGone(ctx, id); err != nil {
-		return err
-	}
-	if err := d.cfg.Net.Teardown(ctx, id); err != nil {
-		return err
-	}
-	_ = os.Remove(filepath.Join(d.sandboxDir(id), "config.json"))
-	return os.RemoveAll(d.overlayDir(id))
+	return nil
 }
 
 // waitGone waits until no runsc process of sandbox id (the sandbox, its
@@ -405,7 +440,7 @@ func (d *Driver) List(ctx context.Context) ([]runtime.Instance, error) {
 		if c.Status != "running" && c.Status != "paused" {
 			continue
 		}
-		inst := runtime.Instance{ID: c.ID, Pid: c.Pid}
+		inst := runtime.Instance{ID: c.ID, Pid: c.Pid, Frozen: c.Status == "paused"}
 		if l, ok := d.cfg.Net.Lookup(c.ID); ok {
 			inst.Addr = l.SandboxAddr
 		}

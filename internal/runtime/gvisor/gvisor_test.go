@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -393,6 +394,13 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("cpu quota %q", got)
 	}
 
+	// A second Create or a Restore with the same ID fails and leaves the
+	// running sandbox alone.
+	if _, err := e.d.Create(ctx, spec); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Errorf("second Create: %v", err)
+	}
+	waitAgent(t, inst)
+
 	// List finds it, with its address.
 	list, err := e.d.List(ctx)
 	if err != nil {
@@ -437,6 +445,9 @@ func TestLifecycle(t *testing.T) {
 	if err := e.d.Checkpoint(ctx, spec.ID, img); err != nil {
 		t.Fatal(err)
 	}
+	if err := e.d.Destroy(ctx, spec.ID); err != nil { // Checkpoint leaves it running
+		t.Fatal(err)
+	}
 	e.assertGone(spec.ID)
 	if _, err := os.Stat(filepath.Join(img, "checkpoint.img")); err != nil {
 		t.Fatalf("checkpoint image: %v", err)
@@ -471,10 +482,17 @@ func TestLifecycle(t *testing.T) {
 	if got := cgroupFile(t, inst2.Pid, "memory", "memory.limit_in_bytes", "memory.max"); got != strconv.Itoa(256<<20) {
 		t.Errorf("memory limit after restore %s", got)
 	}
+	if _, err := e.d.Restore(ctx, spec, img); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Errorf("Restore over a running sandbox: %v", err)
+	}
+	waitAgent(t, inst2)
 
 	// A second round trip works too (addresses re-added every time).
 	img2 := t.TempDir()
 	if err := e.d.Checkpoint(ctx, spec.ID, img2); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.d.Destroy(ctx, spec.ID); err != nil { // Checkpoint leaves it running
 		t.Fatal(err)
 	}
 	inst3, err := e.d.Restore(ctx, spec, img2)
@@ -556,6 +574,21 @@ func TestTwoSandboxesIsolated(t *testing.T) {
 			t.Errorf("%s cannot reach itself: %q %v", p[0].ID, body, err)
 		}
 	}
+	// Informational: a host service listening on all addresses is reachable
+	// through the host end of the link (netpool installs no firewall).
+	if ln, err := net.Listen("tcp", ":0"); err == nil {
+		go func() {
+			if c, err := ln.Accept(); err == nil {
+				c.Close()
+			}
+		}()
+		l, _ := e.pool.Lookup(a.ID)
+		port := ln.Addr().(*net.TCPAddr).Port
+		body, _ := get(a.AgentAddr(), "/dial?addr="+netip.AddrPortFrom(l.HostAddr, uint16(port)).String())
+		t.Logf("sandbox -> host service on 0.0.0.0 via %v: %s", l.HostAddr, body)
+		ln.Close()
+	}
+
 	list, err := e.d.List(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -563,11 +596,117 @@ func TestTwoSandboxesIsolated(t *testing.T) {
 	if !containsID(list, a.ID) || !containsID(list, b.ID) {
 		t.Errorf("List %+v", list)
 	}
+
+	// A new driver and pool (stasisd restarted) re-adopt both, addresses
+	// included, and don't hand their subnets out again.
+	pool2, err := netpool.New(netpool.Config{
+		Prefix:   fmt.Sprintf("stasis-gvtest%d", os.Getpid()),
+		IfPrefix: "sttg",
+		Range:    testRange,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2, err := New(Config{Runsc: e.d.cfg.Runsc, RootDir: testRoot, StateDir: e.d.cfg.StateDir, Net: pool2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	list2, err := d2.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range insts {
+		found := false
+		for _, l := range list2 {
+			if l.ID == in.ID {
+				found = l.Addr == in.Addr && l.Pid == in.Pid
+			}
+		}
+		if !found {
+			t.Errorf("restarted driver lists %+v, lacks %+v", list2, in)
+		}
+	}
+	l3, err := pool2.Setup(ctx, e.prefix+"third")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l3.Subnet.Contains(a.Addr) || l3.Subnet.Contains(b.Addr) {
+		t.Errorf("restarted pool reused a live subnet: %v", l3.Subnet)
+	}
+	if err := pool2.Teardown(ctx, l3.ID); err != nil {
+		t.Fatal(err)
+	}
+
 	for _, in := range insts {
 		if err := e.d.Destroy(ctx, in.ID); err != nil {
 			t.Fatal(err)
 		}
 		e.assertGone(in.ID)
+	}
+}
+
+// Restore refuses a different agent binary, and its errors carry runsc's
+// own message; a failed restore leaves nothing behind.
+func TestRestoreErrors(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	spec := e.spec("rerr")
+	inst, err := e.d.Create(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pre := waitAgent(t, inst)
+	img := t.TempDir()
+	if err := e.d.Checkpoint(ctx, spec.ID, img); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.d.Destroy(ctx, spec.ID); err != nil { // Checkpoint leaves it running
+		t.Fatal(err)
+	}
+
+	// Another agent binary: a copy with one byte more.
+	b, err := os.ReadFile(agentBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(t.TempDir(), "agent")
+	if err := os.WriteFile(other, append(b, 0), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bad := spec
+	bad.AgentPath = other
+	if _, err := e.d.Restore(ctx, bad, img); err == nil || !strings.Contains(err.Error(), "not the binary") {
+		t.Fatalf("restore with another agent: %v", err)
+	}
+	e.assertGone(spec.ID)
+
+	// A corrupt image: the error quotes runsc.
+	corrupt := t.TempDir()
+	for _, f := range []string{"checkpoint.img", "pages.img", "pages_meta.img"} {
+		os.WriteFile(filepath.Join(corrupt, f), []byte("garbage"), 0o644)
+	}
+	_, err = e.d.Restore(ctx, spec, corrupt)
+	if err == nil || !strings.Contains(err.Error(), "runsc restore") || !strings.Contains(err.Error(), ": ") {
+		t.Fatalf("restore of a corrupt image: %v", err)
+	}
+	t.Logf("corrupt image: %v", err)
+	e.assertGone(spec.ID)
+
+	// The real thing still works, with the image and the (same) agent
+	// binary at other paths.
+	same := filepath.Join(t.TempDir(), "agent")
+	if err := os.WriteFile(same, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	moved := spec
+	moved.RootFS = makeRootfs(t)
+	moved.AgentPath = same
+	inst, err = e.d.Restore(ctx, moved, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if post := waitAgent(t, inst); post.Boot != pre.Boot {
+		t.Errorf("agent restarted")
 	}
 }
 
@@ -593,13 +732,31 @@ func TestDestroyUnknownAndCheckpointed(t *testing.T) {
 	if _, err := os.Stat(e.d.sandboxDir(spec.ID)); !os.IsNotExist(err) {
 		t.Errorf("state dir left: %v", err)
 	}
-	// Frozen sandboxes can be destroyed too.
+	// Frozen sandboxes can be checkpointed (they come back running) and
+	// destroyed.
 	spec2 := e.spec("frozen")
 	inst2, err := e.d.Create(ctx, spec2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitAgent(t, inst2)
+	pre := waitAgent(t, inst2)
+	if err := e.d.Freeze(ctx, spec2.ID); err != nil {
+		t.Fatal(err)
+	}
+	img := t.TempDir()
+	if err := e.d.Checkpoint(ctx, spec2.ID, img); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.d.Destroy(ctx, spec2.ID); err != nil { // Checkpoint leaves it running
+		t.Fatal(err)
+	}
+	e.assertGone(spec2.ID)
+	if inst2, err = e.d.Restore(ctx, spec2, img); err != nil {
+		t.Fatal(err)
+	}
+	if post := waitAgent(t, inst2); post.Boot != pre.Boot {
+		t.Error("agent restarted")
+	}
 	if err := e.d.Freeze(ctx, spec2.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -644,6 +801,9 @@ func TestLatency(t *testing.T) {
 		if err := e.d.Checkpoint(ctx, spec.ID, img); err != nil {
 			t.Fatal(err)
 		}
+		if err := e.d.Destroy(ctx, spec.ID); err != nil { // Checkpoint leaves it running
+			t.Fatal(err)
+		}
 		lap(drv, "checkpoint", start)
 		start = time.Now()
 		inst, err = e.d.Restore(ctx, spec, img)
@@ -671,11 +831,21 @@ func TestLatency(t *testing.T) {
 	}
 
 	// Raw runsc on a bundle and netns prepared beforehand.
+	// Output goes to a file: sandboxes inherit runsc's stdio, and would hold
+	// a pipe open forever.
+	outPath := filepath.Join(t.TempDir(), "runsc.out")
 	runsc := func(args ...string) {
 		t.Helper()
+		out, err := os.Create(outPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer out.Close()
 		cmd := exec.CommandContext(ctx, e.d.cfg.Runsc, append([]string{"--root=" + testRoot}, args...)...)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("runsc %v: %v\n%s", args, err, out)
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Run(); err != nil {
+			b, _ := os.ReadFile(outPath)
+			t.Fatalf("runsc %v: %v\n%s", args, err, b)
 		}
 	}
 	for i := 0; i < n; i++ {
@@ -750,3 +920,53 @@ func TestLatency(t *testing.T) {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// DiskMiB limits the writable layer (outside /tmp, which is runsc's tmpfs).
+func TestDiskLimit(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	spec := e.spec("disk")
+	spec.DiskMiB = 16
+	inst, err := e.d.Create(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitAgent(t, inst)
+	if _, err := get(inst.AgentAddr(), "/fill?mb=8&path=/var/small"); err != nil {
+		t.Fatalf("8 MiB into a 16 MiB layer: %v", err)
+	}
+	if _, err := get(inst.AgentAddr(), "/fill?mb=32&path=/var/big"); err == nil || !strings.Contains(err.Error(), "no space") {
+		t.Fatalf("32 MiB into a 16 MiB layer: %v", err)
+	}
+}
+
+// With DebugLogDir set, runsc writes debug logs there, and Destroy keeps them.
+func TestDebugLogs(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	logs := t.TempDir()
+	d, err := New(Config{Runsc: e.d.cfg.Runsc, RootDir: testRoot, StateDir: t.TempDir(), Net: e.pool, DebugLogDir: logs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := e.spec("debug")
+	inst, err := d.Create(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitAgent(t, inst)
+	if err := d.Destroy(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir(filepath.Join(logs, spec.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, en := range ents {
+		names = append(names, en.Name())
+	}
+	if !strings.Contains(strings.Join(names, " "), "boot") {
+		t.Errorf("debug logs: %v", names)
+	}
+}

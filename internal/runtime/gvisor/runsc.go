@@ -49,8 +49,16 @@ func tail(b []byte, n int) string {
 	if len(out) > n {
 		out = out[len(out)-n:]
 	}
-	return strings.Join(out, " | ")
+	s := strings.Join(out, " | ")
+	if len(s) > maxTail {
+		s = "..." + s[len(s)-maxTail:]
+	}
+	return s
 }
+
+// maxTail bounds the runsc output quoted in an error (restore's spec
+// mismatch messages run to kilobytes).
+const maxTail = 4096
 
 // globalFlags come before the subcommand on every invocation.
 func (d *Driver) globalFlags(id string) []string {

@@ -1,0 +1,172 @@
+// Package snapshot keeps sandbox checkpoints in a local directory with the
+// discipline that makes them trustworthy across crashes: a checkpoint is
+// written into a temporary directory, every file is fsynced and checksummed
+// into a manifest, and only then is the directory renamed into place. A
+// directory without a valid manifest is never restored from.
+package snapshot
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ManifestName is the file listing a snapshot's files and checksums.
+const ManifestName = "stasis-manifest.json"
+
+// ErrCorrupt means a snapshot is missing, incomplete or fails its checksums.
+var ErrCorrupt = errors.New("snapshot is corrupt or incomplete")
+
+// Dir stores snapshots under root/<sandbox id>/.
+type Dir struct{ root string }
+
+// New returns a snapshot directory rooted at root, creating it.
+func New(root string) (*Dir, error) {
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return nil, fmt.Errorf("snapshot dir: %w", err)
+	}
+	return &Dir{root: root}, nil
+}
+
+// Root is the directory holding every sandbox's snapshots.
+func (d *Dir) Root() string { return d.root }
+
+// SandboxDir holds one sandbox's snapshots.
+func (d *Dir) SandboxDir(id string) string { return filepath.Join(d.root, id) }
+
+// Begin returns an empty temporary directory to checkpoint sandbox id into.
+func (d *Dir) Begin(id string) (string, error) {
+	if err := os.MkdirAll(d.SandboxDir(id), 0o700); err != nil {
+		return "", err
+	}
+	return os.MkdirTemp(d.SandboxDir(id), ".tmp-")
+}
+
+type manifest struct {
+	Created time.Time        `json:"created"`
+	Files   map[string]entry `json:"files"`
+}
+
+type entry struct {
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// Commit makes the checkpoint in tmp durable and trusted: it checksums and
+// fsyncs every file, writes the manifest, renames tmp into place and fsyncs
+// the parent. It returns the final path and the snapshot's size in bytes.
+func (d *Dir) Commit(tmp string) (string, int64, error) {
+	m := manifest{Created: time.Now().UTC(), Files: map[string]entry{}}
+	var total int64
+	err := filepath.WalkDir(tmp, func(path string, de fs.DirEntry, err error) error {
+		if err != nil || !de.Type().IsRegular() {
+			return err
+		}
+		sum, size, err := hashAndSync(path)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(tmp, path)
+		m.Files[rel] = entry{Size: size, SHA256: sum}
+		total += size
+		return nil
+	})
+	if err != nil {
+		return "", 0, fmt.Errorf("commit snapshot: %w", err)
+	}
+	b, _ := json.MarshalIndent(m, "", " ")
+	if err := writeSync(filepath.Join(tmp, ManifestName), b); err != nil {
+		return "", 0, fmt.Errorf("commit snapshot: %w", err)
+	}
+	if err := syncDir(tmp); err != nil {
+		return "", 0, err
+	}
+	final := filepath.Join(filepath.Dir(tmp), "snap-"+strconv.FormatInt(time.Now().UnixNano(), 10))
+	if err := os.Rename(tmp, final); err != nil {
+		return "", 0, fmt.Errorf("commit snapshot: %w", err)
+	}
+	return final, total, syncDir(filepath.Dir(final))
+}
+
+// Verify checks that dir is a committed snapshot whose files all match the
+// manifest. Any mismatch is reported as ErrCorrupt with the reason.
+func Verify(dir string) error {
+	b, err := os.ReadFile(filepath.Join(dir, ManifestName))
+	if err != nil {
+		return fmt.Errorf("%w: %s: no manifest (%v)", ErrCorrupt, dir, err)
+	}
+	var m manifest
+	if err := json.Unmarshal(b, &m); err != nil || len(m.Files) == 0 {
+		return fmt.Errorf("%w: %s: unreadable manifest", ErrCorrupt, dir)
+	}
+	for rel, want := range m.Files {
+		f, err := os.Open(filepath.Join(dir, rel))
+		if err != nil {
+			return fmt.Errorf("%w: %s: %v", ErrCorrupt, rel, err)
+		}
+		h := sha256.New()
+		n, err := io.Copy(h, f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("%w: %s: %v", ErrCorrupt, rel, err)
+		}
+		if n != want.Size || hex.EncodeToString(h.Sum(nil)) != want.SHA256 {
+			return fmt.Errorf("%w: %s: checksum mismatch", ErrCorrupt, rel)
+		}
+	}
+	return nil
+}
+
+// IsTemp reports whether a directory name is an uncommitted checkpoint.
+func IsTemp(name string) bool { return strings.HasPrefix(name, ".tmp-") }
+
+func hashAndSync(path string) (string, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, err
+	}
+	if err := f.Sync(); err != nil {
+		return "", 0, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+func writeSync(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}

@@ -1,0 +1,77 @@
+package snapshot
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func commitSample(t *testing.T) (*Dir, string) {
+	t.Helper()
+	d, err := New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp, err := d.Begin("sb1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(tmp, "checkpoint.img"), []byte(strings.Repeat("memory", 1000)), 0o600)
+	os.MkdirAll(filepath.Join(tmp, "sub"), 0o700)
+	os.WriteFile(filepath.Join(tmp, "sub", "pages.img"), []byte("pages"), 0o600)
+	final, size, err := d.Commit(tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if size != 6005 {
+		t.Fatalf("size = %d", size)
+	}
+	if _, err := os.Stat(tmp); !os.IsNotExist(err) {
+		t.Fatal("temp dir still exists after commit")
+	}
+	return d, final
+}
+
+func TestCommitThenVerify(t *testing.T) {
+	_, final := commitSample(t)
+	if err := Verify(final); err != nil {
+		t.Fatalf("fresh snapshot fails verification: %v", err)
+	}
+}
+
+func TestVerifyDetectsDamage(t *testing.T) {
+	for name, damage := range map[string]func(dir string){
+		"flipped byte": func(dir string) {
+			p := filepath.Join(dir, "checkpoint.img")
+			b, _ := os.ReadFile(p)
+			b[100] ^= 1
+			os.WriteFile(p, b, 0o600)
+		},
+		"truncated":    func(dir string) { os.Truncate(filepath.Join(dir, "sub", "pages.img"), 2) },
+		"missing file": func(dir string) { os.Remove(filepath.Join(dir, "checkpoint.img")) },
+		"no manifest":  func(dir string) { os.Remove(filepath.Join(dir, ManifestName)) },
+		"missing dir":  func(dir string) { os.RemoveAll(dir) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, final := commitSample(t)
+			damage(final)
+			if err := Verify(final); !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("Verify = %v, want ErrCorrupt", err)
+			}
+		})
+	}
+}
+
+func TestUncommittedIsNotTrusted(t *testing.T) {
+	d, _ := commitSample(t)
+	tmp, _ := d.Begin("sb1")
+	os.WriteFile(filepath.Join(tmp, "checkpoint.img"), []byte("half"), 0o600)
+	if !IsTemp(filepath.Base(tmp)) {
+		t.Fatalf("%s not recognised as temporary", tmp)
+	}
+	if err := Verify(tmp); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("uncommitted checkpoint verified: %v", err)
+	}
+}
