@@ -26,6 +26,10 @@ import (
 type Server struct {
 	URL    string
 	APIKey string
+	// Env and Args are added to stasisd's environment and serve flags at
+	// every (re)start; change them before Restart to restart differently.
+	Env  []string
+	Args []string
 
 	t       testing.TB
 	dataDir string
@@ -99,7 +103,7 @@ func RequireRoot(t testing.TB) {
 
 // StartServer starts stasisd on a free loopback port with a fresh data dir,
 // and stops it (deleting every sandbox it holds) when the test ends.
-func StartServer(t testing.TB) *Server {
+func StartServer(t testing.TB, opts ...Option) *Server {
 	t.Helper()
 	RequireRoot(t)
 	bins := Binaries(t)
@@ -119,6 +123,9 @@ func StartServer(t testing.TB) *Server {
 		prefix:  fmt.Sprintf("stt%d", n),
 	}
 	s.URL = "http://" + s.listen
+	for _, o := range opts {
+		o(s)
+	}
 	s.start(bins)
 	t.Cleanup(s.Close)
 	return s
@@ -138,8 +145,9 @@ func (s *Server) start(bins string) {
 	} else {
 		args = append(args, "--runsc", filepath.Join(RepoRoot(), ".cache", "runsc", "bin", "runsc"))
 	}
+	args = append(args, s.Args...)
 	s.cmd = exec.Command(filepath.Join(bins, "stasisd"), args...)
-	s.cmd.Env = append(os.Environ(), "STASIS_API_KEY="+s.APIKey)
+	s.cmd.Env = append(append(os.Environ(), "STASIS_API_KEY="+s.APIKey), s.Env...)
 	s.logs = &lockedBuffer{}
 	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -166,6 +174,35 @@ func (s *Server) start(bins string) {
 	s.t.Fatalf("stasisd did not become healthy:\n%s", s.logs.String())
 }
 
+// Option configures a server before its first start.
+type Option func(*Server)
+
+// WithEnv adds KEY=VALUE pairs to stasisd's environment.
+func WithEnv(kv ...string) Option { return func(s *Server) { s.Env = append(s.Env, kv...) } }
+
+// WithArgs adds flags to `stasisd serve`.
+func WithArgs(args ...string) Option { return func(s *Server) { s.Args = append(s.Args, args...) } }
+
+// Exited reports whether stasisd has exited (e.g. at a failpoint).
+func (s *Server) Exited() bool {
+	select {
+	case <-s.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// WaitExit waits until stasisd exits.
+func (s *Server) WaitExit(d time.Duration) bool {
+	select {
+	case <-s.exited:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
 // Logs returns everything stasisd printed so far.
 func (s *Server) Logs() string { return s.logs.String() }
 
@@ -186,6 +223,12 @@ func (s *Server) Restart() {
 
 // Close deletes every sandbox the server holds and stops it.
 func (s *Server) Close() {
+	if s.Exited() {
+		// Crashed (or killed by the test): start it once more, without
+		// failpoints, so it can delete the sandboxes it left running.
+		s.Env = nil
+		s.start(Binaries(s.t))
+	}
 	select {
 	case <-s.exited:
 	default:
