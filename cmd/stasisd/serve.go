@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/api"
+	"github.com/stasis-sandbox/stasis/internal/firewall"
 	"github.com/stasis-sandbox/stasis/internal/images"
 	"github.com/stasis-sandbox/stasis/internal/metrics"
 	"github.com/stasis-sandbox/stasis/internal/netpool"
@@ -109,6 +110,13 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *sandbox.Serv
 	if f.imagesDir == "" {
 		f.imagesDir = filepath.Join(dataDir, "images")
 	}
+	// runsc refuses a rootfs reached through a symlink; resolve it once here.
+	if err := os.MkdirAll(f.imagesDir, 0o755); err != nil {
+		return nil, nil, nil, fmt.Errorf("images dir: %w", err)
+	}
+	if f.imagesDir, err = filepath.EvalSymlinks(f.imagesDir); err != nil {
+		return nil, nil, nil, fmt.Errorf("images dir: %w", err)
+	}
 	runsc, err := findRunsc(f.runsc)
 	if err != nil {
 		return nil, nil, nil, err
@@ -138,6 +146,10 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *sandbox.Serv
 	if err != nil {
 		st.Close()
 		return nil, nil, nil, err
+	}
+	if err := firewall.New(ifPrefix(f.netnsPrefix)).Install(ctx); err != nil {
+		st.Close()
+		return nil, nil, nil, fmt.Errorf("sandbox firewall: %w", err)
 	}
 	driver, err := gvisor.New(gvisor.Config{
 		Runsc:    runsc,

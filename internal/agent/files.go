@@ -160,7 +160,8 @@ func (s *Server) readFile(w http.ResponseWriter, r *http.Request, p, format stri
 		writeAPIError(w, fsError(err, p, false))
 		return
 	}
-	if format == "zip" {
+	// Superserve's downloadDir streams a regular file back as-is, not zipped.
+	if format == "zip" && fi.IsDir() {
 		s.writeZip(w, p, fi)
 		return
 	}

@@ -281,7 +281,9 @@ func (s *Server) failAgent(w http.ResponseWriter, err error) {
 	case errors.Is(err, agentclient.ErrInvalidPath), errors.Is(err, agentclient.ErrIsDir):
 		writeError(w, http.StatusBadRequest, "invalid_path", agentMessage(err))
 	case errors.Is(err, agentclient.ErrPermission):
-		writeError(w, http.StatusForbidden, "permission_denied", agentMessage(err))
+		// 400, not 403: the SDK treats 401/403 as a stale token and would
+		// re-activate and retry pointlessly.
+		writeError(w, http.StatusBadRequest, "permission_denied", agentMessage(err))
 	case errors.Is(err, agentclient.ErrNoSpace):
 		writeError(w, http.StatusInsufficientStorage, "sandbox_storage_full", agentMessage(err))
 	case errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500:

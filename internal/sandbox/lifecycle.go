@@ -210,8 +210,18 @@ func (s *Service) Resume(ctx context.Context, teamID, id string, activate bool) 
 	case sb.Status == store.StatusActive && activate:
 		tok, err := s.issueToken(ctx, sb)
 		return sb, tok, err
+	case sb.Status == store.StatusActive:
+		// Resuming an active sandbox succeeds without restoring anything, as
+		// the seed's connect()-then-resume() requires; like every resume it
+		// rotates the access token.
+		sb.TokenGeneration++
+		if err := s.cfg.Store.UpdateSandbox(ctx, sb); err != nil {
+			return nil, "", err
+		}
+		tok, err := s.issueToken(ctx, sb)
+		return sb, tok, err
 	case sb.Status != store.StatusPaused:
-		return nil, "", newErr(ErrConflict, "invalid_state", "sandbox %s is %s; only a paused sandbox can be resumed", id, sb.Status)
+		return nil, "", newErr(ErrConflict, "invalid_state", "sandbox %s is %s; only a paused or active sandbox can be resumed", id, sb.Status)
 	}
 	ctx, cancel := lifecycleCtx(ctx)
 	defer cancel()

@@ -50,7 +50,6 @@ func TestBadInput(t *testing.T) {
 		{"wrong API key", "GET", "/sandboxes", "", "ss_live_wrong", false, "", 401, "invalid API key"},
 		{"unknown id", "GET", "/sandboxes/00000000-0000-4000-8000-000000000000", "", "", false, "", 404, "not found"},
 		{"unknown id pause", "POST", "/sandboxes/nope/pause", "", "", false, "", 404, "not found"},
-		{"resume active", "POST", "/sandboxes/" + sb.ID + "/resume", "", "", false, "", 409, "only a paused sandbox"},
 		{"patch unknown field", "PATCH", "/sandboxes/" + sb.ID, `{"status": "paused"}`, "", false, "", 400, "unknown field status"},
 		{"patch negative timeout", "PATCH", "/sandboxes/" + sb.ID, `{"timeout_seconds": -5}`, "", false, "", 400, "timeout_seconds"},
 		{"relative file path", "GET", "/files?path=" + url.QueryEscape("tmp/keep"), "", "", true, c.token, 400, "absolute"},
@@ -113,5 +112,17 @@ func TestBadInput(t *testing.T) {
 	}
 	if got := c.sh("cat /etc/passwd | grep -c root"); got == "0" {
 		t.Fatal("passwd clobbered")
+	}
+
+	// Pausing a paused sandbox is a conflict and leaves it paused.
+	if err := srv.Do("POST", "/sandboxes/"+sb.ID+"/pause", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	err := srv.Do("POST", "/sandboxes/"+sb.ID+"/pause", nil, nil)
+	if statusOf(err) != http.StatusConflict || !strings.Contains(err.Error(), "only an active sandbox") {
+		t.Fatalf("pause of a paused sandbox: %v, want 409", err)
+	}
+	if st := getInfo(t, srv, sb.ID).Status; st != "paused" {
+		t.Fatalf("status after conflicting pause = %q", st)
 	}
 }

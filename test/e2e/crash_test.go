@@ -18,10 +18,10 @@ import (
 func TestCrashAtEveryStep(t *testing.T) {
 	type outcome int
 	const (
-		wantActive  outcome = iota // running, same processes
-		wantPaused                 // paused; resuming gives the same processes
-		wantGone                   // 404, nothing left behind
-		wantFailed                 // visible as failed with a reason
+		wantActive outcome = iota // running, same processes
+		wantPaused                // paused; resuming gives the same processes
+		wantGone                  // 404, nothing left behind
+		wantFailed                // visible as failed with a reason
 	)
 	cases := []struct {
 		fp   string

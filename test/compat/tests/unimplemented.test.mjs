@@ -1,0 +1,105 @@
+// SDK features stasis does not serve yet. Each one is a test that is skipped
+// with the reason, so the suite's output lists it instead of leaving it out;
+// docs/COMPATIBILITY.md carries the same list. When stasis implements one,
+// replace its skip with a real test.
+
+import { describe, test } from "node:test"
+import assert from "node:assert/strict"
+import { ValidationError, previewUrl, MIN_PREVIEW_PORT, MAX_PREVIEW_PORT } from "@superserve/sdk"
+import { SLOW, createMinimal, rejectsWith } from "../lib/helpers.mjs"
+
+const TEMPLATES = "stasis does not implement templates yet (custom templates, builds and build logs; the built-in stasis/base and stasis/minimal are used by name with fromTemplate)"
+const SECRETS = "stasis does not implement secrets yet (credential injection into outbound requests)"
+const NETWORK_LOG = "stasis does not implement the network log yet"
+const NETWORK_RULES = "stasis does not implement network egress rules yet (network.allowOut / denyOut are refused with 400 not_supported)"
+const PREVIEW = "stasis does not serve preview URLs yet (no edge proxy for https://{port}-{id}.{host})"
+const PROVIDERS = "stasis does not implement secret provider shortcuts yet"
+const SNAPSHOTS = "stasis does not implement creating a sandbox from a snapshot yet (fromSnapshot is refused with 400 not_supported)"
+
+function unimplemented(name, reason) {
+  test(name, (t) => {
+    t.skip(reason)
+  })
+}
+
+describe("Template (not implemented)", () => {
+  unimplemented("Template.create", TEMPLATES)
+  unimplemented("Template.connect", TEMPLATES)
+  unimplemented("Template.list", TEMPLATES)
+  unimplemented("Template.deleteById", TEMPLATES)
+  unimplemented("template.getInfo", TEMPLATES)
+  unimplemented("template.delete", TEMPLATES)
+  unimplemented("template.rebuild", TEMPLATES)
+  unimplemented("template.listBuilds", TEMPLATES)
+  unimplemented("template.getBuild", TEMPLATES)
+  unimplemented("template.cancelBuild", TEMPLATES)
+  unimplemented("template.streamBuildLogs", TEMPLATES)
+  unimplemented("template.waitUntilReady", TEMPLATES)
+})
+
+describe("Secret (not implemented)", () => {
+  unimplemented("Secret.create", SECRETS)
+  unimplemented("Secret.get", SECRETS)
+  unimplemented("Secret.list", SECRETS)
+  unimplemented("Secret.deleteByName", SECRETS)
+  unimplemented("secret.getInfo", SECRETS)
+  unimplemented("secret.rotate", SECRETS)
+  unimplemented("secret.delete", SECRETS)
+  unimplemented("secret.getAudit", SECRETS)
+  unimplemented("secret.getSandboxes", SECRETS)
+  unimplemented("sandbox.attachSecret", SECRETS)
+  unimplemented("sandbox.detachSecret", SECRETS)
+  unimplemented("Sandbox.create({ secrets })", SECRETS)
+})
+
+describe("Provider (not implemented)", () => {
+  unimplemented("Provider.list", PROVIDERS)
+})
+
+describe("Network (not implemented)", () => {
+  unimplemented("sandbox.getNetworkLog", NETWORK_LOG)
+  unimplemented("Sandbox.create({ network }) / update({ network })", NETWORK_RULES)
+})
+
+describe("Snapshots (not implemented)", () => {
+  unimplemented("Sandbox.create({ fromSnapshot })", SNAPSHOTS)
+})
+
+describe("Preview URLs", () => {
+  test("sandbox.getPreviewUrl builds the URL string (pure string construction, no request)", SLOW, async (t) => {
+    const sandbox = await createMinimal(t)
+    assert.equal(sandbox.getPreviewUrl(8000), `https://8000-${sandbox.id}.sandbox.superserve.ai`)
+    assert.equal(previewUrl(sandbox.id, "sandbox.superserve.ai", MAX_PREVIEW_PORT), `https://${MAX_PREVIEW_PORT}-${sandbox.id}.sandbox.superserve.ai`)
+    await rejectsWith(async () => sandbox.getPreviewUrl(MIN_PREVIEW_PORT - 1), ValidationError, "a privileged port")
+    await rejectsWith(async () => sandbox.getPreviewUrl(80.5), ValidationError, "a fractional port")
+  })
+  unimplemented("the preview URL reaches a server listening in the sandbox", PREVIEW)
+})
+
+// A guard for SDK upgrades: the methods this suite and docs/COMPATIBILITY.md
+// account for are exactly the ones the pinned SDK has.
+test("the pinned SDK's public surface is the one this suite covers", async () => {
+  const sdk = await import("@superserve/sdk")
+  const methods = (cls) => ({
+    static: Object.getOwnPropertyNames(cls).filter((n) => typeof cls[n] === "function").sort(),
+    instance: Object.getOwnPropertyNames(cls.prototype).filter((n) => n !== "constructor" && !n.startsWith("_")).sort(),
+  })
+  assert.deepEqual(Object.keys(sdk).sort(), [
+    "AuthenticationError", "BuildError", "ConflictError", "MAX_PREVIEW_PORT", "MIN_PREVIEW_PORT", "NotFoundError",
+    "Provider", "RateLimitError", "Sandbox", "SandboxError", "Secret", "ServerError", "Template", "TimeoutError",
+    "ValidationError", "previewUrl", "resolveConfig",
+  ])
+  assert.deepEqual(methods(sdk.Sandbox), {
+    static: ["buildUpdateBody", "connect", "create", "killById", "list", "updateById"],
+    instance: ["attachSecret", "detachSecret", "getInfo", "getNetworkLog", "getPreviewUrl", "kill", "pause", "resume", "update"],
+  })
+  assert.deepEqual(methods(sdk.Template), {
+    static: ["connect", "create", "deleteById", "list"],
+    instance: ["cancelBuild", "delete", "getBuild", "getInfo", "listBuilds", "rebuild", "streamBuildLogs", "waitUntilReady"],
+  })
+  assert.deepEqual(methods(sdk.Secret), {
+    static: ["create", "deleteByName", "get", "list"],
+    instance: ["delete", "getAudit", "getInfo", "getSandboxes", "rotate"],
+  })
+  assert.deepEqual(methods(sdk.Provider), { static: ["list"], instance: [] })
+})
