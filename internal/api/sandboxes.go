@@ -228,3 +228,35 @@ func (s *Server) teamUsage(w http.ResponseWriter, r *http.Request, teamID string
 	}
 	writeJSON(w, http.StatusOK, usageJSON{ActiveSeconds: seconds(u.Active), PausedSeconds: seconds(u.Paused), SnapshotBytes: u.SnapshotBytes})
 }
+
+// forkSandbox serves POST /sandboxes/{id}/fork {count} (a stasis extension):
+// new sandboxes that continue from the paused sandbox's snapshot.
+func (s *Server) forkSandbox(w http.ResponseWriter, r *http.Request, teamID string) {
+	var req struct {
+		Count *int `json:"count"`
+	}
+	if err := decodeJSON(w, r, &req, true); err != nil {
+		s.fail(w, err)
+		return
+	}
+	count := 1
+	if req.Count != nil {
+		count = *req.Count
+	}
+	created, err := s.svc.Fork(r.Context(), teamID, r.PathValue("id"), count)
+	if err != nil && len(created) == 0 {
+		s.fail(w, err)
+		return
+	}
+	out := struct {
+		Sandboxes []sandboxJSON `json:"sandboxes"`
+		Error     string        `json:"error,omitempty"` // set when only some forks could be made
+	}{Sandboxes: []sandboxJSON{}}
+	for _, c := range created {
+		out.Sandboxes = append(out.Sandboxes, toJSON(c.Sandbox, c.Token))
+	}
+	if err != nil {
+		out.Error = err.Error()
+	}
+	writeJSON(w, http.StatusCreated, out)
+}

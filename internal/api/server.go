@@ -75,6 +75,7 @@ func (s *Server) routes() {
 	m.HandleFunc("POST /sandboxes/{id}/pause", s.withTeam(s.pauseSandbox))
 	m.HandleFunc("POST /sandboxes/{id}/resume", s.withTeam(s.resumeSandbox(false)))
 	m.HandleFunc("POST /sandboxes/{id}/activate", s.withTeam(s.resumeSandbox(true)))
+	m.HandleFunc("POST /sandboxes/{id}/fork", s.withTeam(s.forkSandbox))
 	m.HandleFunc("GET /usage", s.withTeam(s.teamUsage))
 
 	// Data plane, routed by X-Superserve-Sandbox-Id or host boxd-{id}.*.

@@ -1,0 +1,289 @@
+// Command stasis is the command-line client for stasisd: create, list,
+// pause, resume and delete sandboxes, run commands in them, open shells and
+// copy files. Run `stasis help` for usage.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	stasis "github.com/stasis-sandbox/stasis"
+	"golang.org/x/term"
+)
+
+func main() {
+	a := &app{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr}
+	os.Exit(a.run(os.Args[1:]))
+}
+
+// app holds the process's streams and the connection flags.
+type app struct {
+	stdin          *os.File
+	stdout, stderr *os.File
+
+	url, apiKey string
+}
+
+type command struct {
+	name    string
+	usage   string // arguments, after the command name
+	summary string
+	// flags registers the command's own flags; run gets the positional
+	// arguments.
+	flags func(fs *flag.FlagSet) func(ctx context.Context, args []string) int
+	// minArgs/maxArgs bound the positional arguments (maxArgs < 0: any).
+	minArgs, maxArgs int
+	// ownSignals: the command handles SIGINT/SIGTERM itself.
+	ownSignals bool
+}
+
+func (a *app) commands() []*command {
+	return []*command{
+		a.createCmd(), a.lsCmd(), a.infoCmd(), a.execCmd(), a.shellCmd(),
+		a.pauseCmd(), a.resumeCmd(), a.killCmd(), a.cpCmd(), a.versionCmd(),
+	}
+}
+
+const globalUsage = `stasis — command-line client for stasis sandboxes
+
+Usage:
+  stasis [--url URL] [--api-key KEY] <command> [flags] [arguments]
+
+Commands:
+%s
+  help [command]   show help for a command
+
+Connection: --url and --api-key (accepted before or after the command),
+else $STASIS_URL and $STASIS_API_KEY, else ~/.config/stasis/credentials
+(written by 'make run'). The URL defaults to %s.
+
+Every command accepts -h. Most accept --json for machine-readable output.
+`
+
+func (a *app) usage(w io.Writer) {
+	var b strings.Builder
+	for _, c := range a.commands() {
+		first, _, _ := strings.Cut(c.summary, "\n")
+		fmt.Fprintf(&b, "  %-16s %s\n", c.name, strings.TrimSuffix(first, "."))
+	}
+	fmt.Fprintf(w, globalUsage, strings.TrimRight(b.String(), "\n"), stasis.DefaultURL)
+}
+
+func (a *app) run(args []string) int {
+	global := flag.NewFlagSet("stasis", flag.ContinueOnError)
+	global.SetOutput(a.stderr)
+	a.connFlags(global)
+	global.Usage = func() { a.usage(a.stderr) }
+	if err := global.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	args = global.Args()
+	if len(args) == 0 {
+		a.usage(a.stderr)
+		return 2
+	}
+	name, args := args[0], args[1:]
+	if name == "help" {
+		if len(args) == 0 {
+			a.usage(a.stdout)
+			return 0
+		}
+		name, args = args[0], []string{"-h"}
+	}
+	var cmd *command
+	for _, c := range a.commands() {
+		if c.name == name {
+			cmd = c
+		}
+	}
+	if cmd == nil {
+		fmt.Fprintf(a.stderr, "stasis: unknown command %q (see 'stasis help')\n", name)
+		return 2
+	}
+	fs := flag.NewFlagSet("stasis "+cmd.name, flag.ContinueOnError)
+	fs.SetOutput(a.stderr)
+	a.connFlags(fs)
+	runFn := cmd.flags(fs)
+	fs.Usage = func() {
+		fmt.Fprintf(a.stderr, "Usage: stasis %s %s\n\n%s\n", cmd.name, cmd.usage, cmd.summary)
+		var hasFlags bool
+		fs.VisitAll(func(*flag.Flag) { hasFlags = true })
+		if hasFlags {
+			fmt.Fprintln(a.stderr, "\nFlags:")
+			fs.PrintDefaults()
+		}
+	}
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if len(pos) < cmd.minArgs || (cmd.maxArgs >= 0 && len(pos) > cmd.maxArgs) {
+		fmt.Fprintf(a.stderr, "Usage: stasis %s %s\n(see 'stasis %s -h')\n", cmd.name, cmd.usage, cmd.name)
+		return 2
+	}
+	ctx := context.Background()
+	if !cmd.ownSignals {
+		var stop context.CancelFunc
+		ctx, stop = signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+		defer stop()
+	}
+	return runFn(ctx, pos)
+}
+
+func (a *app) connFlags(fs *flag.FlagSet) {
+	fs.StringVar(&a.url, "url", a.url, "stasisd URL (default $STASIS_URL, credentials file, "+stasis.DefaultURL+")")
+	fs.StringVar(&a.apiKey, "api-key", a.apiKey, "API key (default $STASIS_API_KEY, then the credentials file)")
+}
+
+// parseInterspersed parses flags that may appear between positional
+// arguments. Everything after a "--" is positional.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if len(args) > 0 && args[0] == "--" {
+			return append(pos, args[1:]...), nil
+		}
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}
+
+// client builds an SDK client from the flags, environment and
+// credentials file.
+func (a *app) client() (*stasis.Client, error) {
+	var opts []stasis.Option
+	if a.url != "" {
+		opts = append(opts, stasis.WithBaseURL(a.url))
+	}
+	if a.apiKey != "" {
+		opts = append(opts, stasis.WithAPIKey(a.apiKey))
+	}
+	return stasis.NewClient(opts...)
+}
+
+// fail prints err and returns exit status 1. id, when set, names the
+// sandbox the failing call was about.
+func (a *app) fail(err error, id string) int {
+	fmt.Fprintf(a.stderr, "stasis: %s\n", a.describe(err, id))
+	return 1
+}
+
+func (a *app) describe(err error, id string) string {
+	msg := strings.TrimPrefix(err.Error(), "stasis: ")
+	var apiErr *stasis.APIError
+	switch {
+	case id != "" && errors.Is(err, stasis.ErrNotFound):
+		return fmt.Sprintf("sandbox %s not found", id)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		u := a.url
+		if c, cerr := a.client(); cerr == nil {
+			u = c.BaseURL()
+		}
+		return fmt.Sprintf("cannot reach stasisd at %s: connection refused (is it running? start it with 'make run', or point --url / STASIS_URL at it)", u)
+	case errors.As(err, &apiErr) && errors.Is(err, stasis.ErrAuth):
+		return fmt.Sprintf("authentication failed: %s (check --api-key, STASIS_API_KEY or ~/.config/stasis/credentials)", apiErr.Message)
+	case errors.As(err, &apiErr) && errors.Is(err, stasis.ErrConflict) && id != "":
+		return fmt.Sprintf("sandbox %s: %s", id, apiErr.Message)
+	case errors.As(err, &apiErr) && apiErr.StatusCode == 507:
+		return "server storage is full: " + apiErr.Message
+	case errors.Is(err, context.Canceled):
+		return "interrupted"
+	}
+	return msg
+}
+
+func (a *app) printJSON(v any) int {
+	enc := json.NewEncoder(a.stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		fmt.Fprintf(a.stderr, "stasis: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func (a *app) isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
+
+// ---------------------------------------------------------------------------
+// Flag value types
+
+// kvFlag collects repeated key=value flags.
+type kvFlag map[string]string
+
+func (f kvFlag) String() string {
+	keys := make([]string, 0, len(f))
+	for k := range f {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for i, k := range keys {
+		keys[i] = k + "=" + f[k]
+	}
+	return strings.Join(keys, ",")
+}
+
+func (f kvFlag) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("want key=value, got %q", s)
+	}
+	f[k] = v
+	return nil
+}
+
+// durationFlag accepts Go durations ("90s", "10m", "1h30m") or plain
+// seconds ("90").
+type durationFlag struct{ d time.Duration }
+
+func (f *durationFlag) String() string {
+	if f == nil || f.d == 0 {
+		return ""
+	}
+	return f.d.String()
+}
+
+func (f *durationFlag) Set(s string) error {
+	if n, err := strconv.Atoi(s); err == nil {
+		if n < 0 {
+			return errors.New("must not be negative")
+		}
+		f.d = time.Duration(n) * time.Second
+		return nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("want a duration like 90s, 10m or 2h, or seconds")
+	}
+	if d < 0 {
+		return errors.New("must not be negative")
+	}
+	f.d = d
+	return nil
+}

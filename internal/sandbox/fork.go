@@ -1,0 +1,126 @@
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/stasis-sandbox/stasis/internal/agentclient"
+	"github.com/stasis-sandbox/stasis/internal/snapshot"
+	"github.com/stasis-sandbox/stasis/internal/store"
+)
+
+// MaxForks bounds one fork request.
+const MaxForks = 100
+
+// Created is a new sandbox with its first access token.
+type Created struct {
+	Sandbox *store.Sandbox
+	Token   string
+}
+
+// origin is a committed snapshot that new sandboxes can start from: a
+// paused sandbox's, a saved snapshot, or a template's.
+type origin struct {
+	dir        string // committed snapshot
+	agentToken string // the agent secret inside the snapshot's memory
+	like       *store.Sandbox
+}
+
+// Fork creates count independent sandboxes from a paused sandbox's snapshot.
+// Each continues the same process state with its own ID, network link,
+// tokens and writable filesystem; from then on they diverge.
+func (s *Service) Fork(ctx context.Context, teamID, id string, count int) ([]Created, error) {
+	if count < 1 || count > MaxForks {
+		return nil, invalid("count must be between 1 and %d", MaxForks)
+	}
+	if _, err := s.Get(ctx, teamID, id); err != nil {
+		return nil, err
+	}
+	b := s.box(id)
+	b.mu.Lock()
+	defer b.mu.Unlock() // the source's snapshot must not go away meanwhile
+	src, err := s.Get(ctx, teamID, id)
+	if err != nil {
+		return nil, err
+	}
+	if src.Status != store.StatusPaused {
+		return nil, newErr(ErrConflict, "invalid_state", "sandbox %s is %s; pause it first, forks start from its snapshot", id, src.Status)
+	}
+	if err := snapshot.Verify(src.SnapshotDir); err != nil {
+		return nil, newErr(ErrConflict, "snapshot_corrupt", "cannot fork %s: %v", id, err)
+	}
+	o := origin{dir: src.SnapshotDir, agentToken: s.agentToken(src.ID), like: src}
+	var out []Created
+	for i := range count {
+		name := src.Name + "-fork-" + strconv.Itoa(i+1)
+		c, err := s.createFrom(ctx, teamID, name, o)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// createFrom starts a new sandbox by restoring origin's snapshot under a new
+// ID, then gives the restored agent the new sandbox's secret and hostname.
+func (s *Service) createFrom(ctx context.Context, teamID, name string, o origin) (Created, error) {
+	ctx, cancel := lifecycleCtx(ctx)
+	defer cancel()
+	start := time.Now()
+	img, err := s.image(ctx, o.like.Template)
+	if err != nil {
+		return Created{}, err
+	}
+	sb := &store.Sandbox{
+		ID: store.NewID(), TeamID: teamID, Name: name, Status: store.StatusStarting,
+		Template: o.like.Template, VCPU: o.like.VCPU, MemoryMiB: o.like.MemoryMiB, DiskMiB: o.like.DiskMiB,
+		Metadata: copyMap(o.like.Metadata), Env: copyMap(o.like.Env), AgentPath: o.like.AgentPath,
+		TimeoutSeconds: o.like.TimeoutSeconds, AutoDeleteSeconds: o.like.AutoDeleteSeconds,
+	}
+	if err := s.admit(ctx, teamID, func() error { return s.cfg.Store.InsertSandbox(ctx, sb) }); err != nil {
+		return Created{}, err
+	}
+	b := s.box(sb.ID)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	spec := s.spec(sb, img)
+	inst, err := s.cfg.Driver.Restore(ctx, spec, o.dir)
+	if err == nil {
+		// The restored agent still holds the origin's secret: hand it ours.
+		// (The kernel hostname stays the origin's: gVisor refuses
+		// sethostname without CAP_SYS_ADMIN, which sandboxes don't get.)
+		c := agentclient.New(inst.AgentAddr(), o.agentToken)
+		if err = s.waitReady(ctx, c); err == nil {
+			err = c.RotateToken(ctx, s.agentToken(sb.ID))
+		}
+		b.agent = c
+	}
+	if err != nil {
+		s.metrics.Fail("create", "restore")
+		s.cfg.Driver.Destroy(ctx, sb.ID)
+		b.agent = nil
+		s.setStatus(ctx, sb, store.StatusFailed, "could not start from snapshot: "+err.Error())
+		return Created{}, fmt.Errorf("start %s from snapshot: %w", sb.ID, err)
+	}
+	if err := s.setStatus(ctx, sb, store.StatusActive, ""); err != nil {
+		return Created{}, err
+	}
+	tok, err := s.issueToken(ctx, sb)
+	if err != nil {
+		return Created{}, err
+	}
+	s.metrics.Observe("create_from_snapshot", time.Since(start))
+	s.log.Info("sandbox created from snapshot", "sandbox", sb.ID, "origin", o.like.ID, "ms", time.Since(start).Milliseconds())
+	return Created{Sandbox: sb, Token: tok}, nil
+}
+
+func copyMap(m map[string]string) map[string]string {
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}

@@ -1,0 +1,91 @@
+package e2e
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/stasis-sandbox/stasis/internal/testenv"
+)
+
+// TestForkContinuesThenDiverges: three forks of a paused sandbox continue
+// its process state (same counter process, same files), each with its own
+// identity, and then diverge from each other and from the original.
+func TestForkContinuesThenDiverges(t *testing.T) {
+	srv := testenv.StartServer(t)
+	c, sb := createMinimal(t, srv, "origin")
+	c.writeFile("/home/user/shared.txt", []byte("from the origin"))
+	c.sh(`sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done' >/dev/null 2>&1 & echo $! > /tmp/counter.pid`)
+	before := waitCount(t, c, 10)
+	if err := srv.Do("POST", "/sandboxes/"+sb.ID+"/pause", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	var out struct {
+		Sandboxes []sandboxInfo `json:"sandboxes"`
+		Error     string        `json:"error"`
+	}
+	if err := srv.Do("POST", "/sandboxes/"+sb.ID+"/fork", map[string]any{"count": 3}, &out); err != nil {
+		t.Fatalf("fork: %v", err)
+	}
+	if len(out.Sandboxes) != 3 || out.Error != "" {
+		t.Fatalf("fork returned %d sandboxes, error %q", len(out.Sandboxes), out.Error)
+	}
+	pid := ""
+	addrs := map[string]bool{}
+	forks := make([]*client, 3)
+	for i, f := range out.Sandboxes {
+		if f.ID == sb.ID || f.Status != "active" || f.AccessToken == "" {
+			t.Fatalf("fork %d: %+v", i, f)
+		}
+		fc := &client{t: t, srv: srv, id: f.ID, token: f.AccessToken}
+		forks[i] = fc
+		// Same process state: the counter process is there and continues.
+		p := fc.sh("cat /tmp/counter.pid")
+		if pid == "" {
+			pid = p
+		}
+		if p != pid || fc.sh("kill -0 "+p+" && echo alive") != "alive" {
+			t.Fatalf("fork %d: counter process %s not running", i, p)
+		}
+		n, _ := strconv.Atoi(fc.sh("cat /tmp/count"))
+		if n < before {
+			t.Fatalf("fork %d: counter restarted (%d < %d)", i, n, before)
+		}
+		if got := string(fc.readFile("/home/user/shared.txt")); got != "from the origin" {
+			t.Fatalf("fork %d: file %q", i, got)
+		}
+		addrs[fc.sh("ip -4 addr show eth0 | grep -o 'inet [0-9.]*'")] = true
+	}
+	if len(addrs) != 3 {
+		t.Fatalf("forks share network addresses: %v", addrs)
+	}
+	// Diverge: each writes its own file; nobody else sees it.
+	for i, fc := range forks {
+		fc.writeFile("/home/user/mine.txt", []byte("fork "+strconv.Itoa(i)))
+	}
+	for i, fc := range forks {
+		if got := string(fc.readFile("/home/user/mine.txt")); got != "fork "+strconv.Itoa(i) {
+			t.Fatalf("fork %d sees %q", i, got)
+		}
+	}
+	// The original, resumed, has none of the forks' writes.
+	var resumed sandboxInfo
+	if err := srv.Do("POST", "/sandboxes/"+sb.ID+"/resume", nil, &resumed); err != nil {
+		t.Fatal(err)
+	}
+	c.token = resumed.AccessToken
+	if got := c.exec("cat /home/user/mine.txt"); got.ExitCode == 0 {
+		t.Fatalf("original sees a fork's write: %q", got.Stdout)
+	}
+	// Tokens are per sandbox.
+	if status, _ := c2(t, srv, out.Sandboxes[0].ID, out.Sandboxes[1].AccessToken).raw("POST", "/exec", strings.NewReader(`{"command":"true"}`)); status != 401 {
+		t.Fatalf("fork 1's token works on fork 0: HTTP %d", status)
+	}
+	// Forking an active sandbox is a conflict.
+	if err := srv.Do("POST", "/sandboxes/"+sb.ID+"/fork", map[string]any{"count": 1}, nil); statusOf(err) != 409 {
+		t.Fatalf("fork of active sandbox: %v, want 409", err)
+	}
+	if err := srv.Do("POST", "/sandboxes/"+sb.ID+"/fork", map[string]any{"count": 101}, nil); statusOf(err) != 400 {
+		t.Fatalf("fork count 101: %v, want 400", err)
+	}
+}
