@@ -22,6 +22,7 @@ import (
 	"github.com/stasis-sandbox/stasis/internal/images"
 	"github.com/stasis-sandbox/stasis/internal/metrics"
 	"github.com/stasis-sandbox/stasis/internal/netpool"
+	"github.com/stasis-sandbox/stasis/internal/oci"
 	"github.com/stasis-sandbox/stasis/internal/runtime/gvisor"
 	"github.com/stasis-sandbox/stasis/internal/sandbox"
 	"github.com/stasis-sandbox/stasis/internal/store"
@@ -172,6 +173,7 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *sandbox.Serv
 		MaxLivePerTeam:  f.maxLive,
 		WarmWindow:      f.warmWindow,
 		Metrics:         reg,
+		OCI:             oci.NewPuller(filepath.Join(dataDir, "oci")),
 		NodeKey:         nodeKey,
 		Logger:          log,
 		DefaultTemplate: f.template,

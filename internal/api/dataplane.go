@@ -13,6 +13,7 @@ import (
 
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
 	"github.com/stasis-sandbox/stasis/internal/sandbox"
+	"github.com/stasis-sandbox/stasis/internal/store"
 )
 
 // MaxBufferedOutput caps each of stdout and stderr in a buffered /exec
@@ -39,7 +40,7 @@ func dataPlaneID(r *http.Request) string {
 	return r.URL.Query().Get("sandbox_id")
 }
 
-type agentHandler func(w http.ResponseWriter, r *http.Request, c *agentclient.Client)
+type agentHandler func(w http.ResponseWriter, r *http.Request, t *sandbox.Target)
 
 // withAgent authenticates the X-Access-Token header for the addressed
 // sandbox and hands the handler a client for its agent (resuming the sandbox
@@ -53,7 +54,7 @@ func (s *Server) withAgent(h agentHandler) http.HandlerFunc {
 	}
 }
 
-func (s *Server) agentFor(w http.ResponseWriter, r *http.Request, token string) (*agentclient.Client, bool) {
+func (s *Server) agentFor(w http.ResponseWriter, r *http.Request, token string) (*sandbox.Target, bool) {
 	id := dataPlaneID(r)
 	if id == "" {
 		writeError(w, http.StatusBadRequest, "invalid_request",
@@ -90,11 +91,27 @@ func (e *execRequest) validate() error {
 	return nil
 }
 
-func (e *execRequest) agentRequest() agentclient.ExecRequest {
-	return agentclient.ExecRequest{Command: e.Command, WorkingDir: e.WorkingDir, Env: e.Env, TimeoutS: e.TimeoutS}
+// agentRequest is the request for the agent, with the sandbox's defaults
+// (from its template) filled in where the client said nothing.
+func (e *execRequest) agentRequest(d store.ExecDefaults) agentclient.ExecRequest {
+	ar := agentclient.ExecRequest{Command: e.Command, WorkingDir: e.WorkingDir, TimeoutS: e.TimeoutS, User: d.User}
+	if ar.WorkingDir == "" {
+		ar.WorkingDir = d.Workdir
+	}
+	if len(d.Env) > 0 || len(e.Env) > 0 {
+		ar.Env = make(map[string]string, len(d.Env)+len(e.Env))
+		for k, v := range d.Env {
+			ar.Env[k] = v
+		}
+		for k, v := range e.Env {
+			ar.Env[k] = v
+		}
+	}
+	return ar
 }
 
-func (s *Server) exec(w http.ResponseWriter, r *http.Request, c *agentclient.Client) {
+func (s *Server) exec(w http.ResponseWriter, r *http.Request, t *sandbox.Target) {
+	c := t.Agent
 	var req execRequest
 	if err := decodeJSON(w, r, &req, false); err != nil {
 		s.fail(w, err)
@@ -106,7 +123,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, c *agentclient.Cli
 	}
 	start := time.Now()
 	stdout, stderr := &cappedBuffer{limit: MaxBufferedOutput}, &cappedBuffer{limit: MaxBufferedOutput}
-	st, err := c.Run(r.Context(), req.agentRequest(), stdout, stderr)
+	st, err := c.Run(r.Context(), req.agentRequest(t.Defaults), stdout, stderr)
 	if err != nil {
 		s.metrics.Fail("exec", "agent")
 		s.failAgent(w, err)
@@ -128,7 +145,8 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, c *agentclient.Cli
 }
 
 // execStream runs a command and streams its output as Server-Sent Events.
-func (s *Server) execStream(w http.ResponseWriter, r *http.Request, c *agentclient.Client) {
+func (s *Server) execStream(w http.ResponseWriter, r *http.Request, t *sandbox.Target) {
+	c := t.Agent
 	var req execRequest
 	if err := decodeJSON(w, r, &req, false); err != nil {
 		s.fail(w, err)
@@ -138,7 +156,7 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request, c *agentclie
 		s.fail(w, err)
 		return
 	}
-	p, err := c.Start(r.Context(), req.agentRequest())
+	p, err := c.Start(r.Context(), req.agentRequest(t.Defaults))
 	if err != nil {
 		s.failAgent(w, err)
 		return
@@ -208,7 +226,8 @@ func validatePath(p string) error {
 	return nil
 }
 
-func (s *Server) readFile(w http.ResponseWriter, r *http.Request, c *agentclient.Client) {
+func (s *Server) readFile(w http.ResponseWriter, r *http.Request, t *sandbox.Target) {
+	c := t.Agent
 	path := r.URL.Query().Get("path")
 	if err := validatePath(path); err != nil {
 		s.fail(w, err)
@@ -241,7 +260,8 @@ func (s *Server) readFile(w http.ResponseWriter, r *http.Request, c *agentclient
 	io.Copy(w, body)
 }
 
-func (s *Server) writeFile(w http.ResponseWriter, r *http.Request, c *agentclient.Client) {
+func (s *Server) writeFile(w http.ResponseWriter, r *http.Request, t *sandbox.Target) {
+	c := t.Agent
 	path := r.URL.Query().Get("path")
 	if err := validatePath(path); err != nil {
 		s.fail(w, err)
@@ -258,7 +278,8 @@ func (s *Server) writeFile(w http.ResponseWriter, r *http.Request, c *agentclien
 	writeJSON(w, http.StatusOK, map[string]string{"path": path})
 }
 
-func (s *Server) statFile(w http.ResponseWriter, r *http.Request, c *agentclient.Client) {
+func (s *Server) statFile(w http.ResponseWriter, r *http.Request, t *sandbox.Target) {
+	c := t.Agent
 	path := r.URL.Query().Get("path")
 	if err := validatePath(path); err != nil {
 		s.fail(w, err)

@@ -77,6 +77,15 @@ func (s *Server) routes() {
 	m.HandleFunc("POST /sandboxes/{id}/activate", s.withTeam(s.resumeSandbox(true)))
 	m.HandleFunc("POST /sandboxes/{id}/fork", s.withTeam(s.forkSandbox))
 	m.HandleFunc("GET /usage", s.withTeam(s.teamUsage))
+	m.HandleFunc("POST /templates", s.withTeam(s.createTemplate))
+	m.HandleFunc("GET /templates", s.withTeam(s.listTemplates))
+	m.HandleFunc("GET /templates/{id}", s.withTeam(s.getTemplate))
+	m.HandleFunc("DELETE /templates/{id}", s.withTeam(s.deleteTemplate))
+	m.HandleFunc("POST /templates/{id}/builds", s.withTeam(s.rebuildTemplate))
+	m.HandleFunc("GET /templates/{id}/builds", s.withTeam(s.listBuilds))
+	m.HandleFunc("GET /templates/{id}/builds/{build}", s.withTeam(s.getBuild))
+	m.HandleFunc("DELETE /templates/{id}/builds/{build}", s.withTeam(s.cancelBuild))
+	m.HandleFunc("GET /templates/{id}/builds/{build}/logs", s.withTeam(s.buildLogs))
 
 	// Data plane, routed by X-Superserve-Sandbox-Id or host boxd-{id}.*.
 	m.HandleFunc("POST /exec", s.withAgent(s.exec))

@@ -56,10 +56,11 @@ func wsToken(r *http.Request) string {
 // execConnect serves GET /exec/connect: authentication happens before the
 // upgrade so a bad token is a plain 401 the SDK can react to.
 func (s *Server) execConnect(w http.ResponseWriter, r *http.Request) {
-	c, ok := s.agentFor(w, r, wsToken(r))
+	t, ok := s.agentFor(w, r, wsToken(r))
 	if !ok {
 		return
 	}
+	c := t.Agent
 	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
 		Subprotocols: []string{execSubprotocol},
 		// Auth is the token, not cookies, so cross-origin use is harmless.
@@ -97,7 +98,7 @@ func (s *Server) execConnect(w http.ResponseWriter, r *http.Request) {
 		finish(-1, err.Error())
 		return
 	}
-	ar := req.agentRequest()
+	ar := req.agentRequest(t.Defaults)
 	if start.PTY != nil {
 		ar.PTY = &agentclient.PTYSize{Cols: start.PTY.Cols, Rows: start.PTY.Rows}
 	}

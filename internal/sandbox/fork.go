@@ -21,11 +21,10 @@ type Created struct {
 }
 
 // origin is a committed snapshot that new sandboxes can start from: a
-// paused sandbox's, a saved snapshot, or a template's.
+// paused sandbox's, or a template's.
 type origin struct {
 	dir        string // committed snapshot
 	agentToken string // the agent secret inside the snapshot's memory
-	like       *store.Sandbox
 }
 
 // Fork creates count independent sandboxes from a paused sandbox's snapshot.
@@ -51,11 +50,10 @@ func (s *Service) Fork(ctx context.Context, teamID, id string, count int) ([]Cre
 	if err := snapshot.Verify(src.SnapshotDir); err != nil {
 		return nil, newErr(ErrConflict, "snapshot_corrupt", "cannot fork %s: %v", id, err)
 	}
-	o := origin{dir: src.SnapshotDir, agentToken: s.agentToken(src.ID), like: src}
+	o := origin{dir: src.SnapshotDir, agentToken: s.agentToken(src.ID)}
 	var out []Created
 	for i := range count {
-		name := src.Name + "-fork-" + strconv.Itoa(i+1)
-		c, err := s.createFrom(ctx, teamID, name, o)
+		c, err := s.createFrom(ctx, like(src, src.Name+"-fork-"+strconv.Itoa(i+1)), o)
 		if err != nil {
 			return out, err
 		}
@@ -64,23 +62,28 @@ func (s *Service) Fork(ctx context.Context, teamID, id string, count int) ([]Cre
 	return out, nil
 }
 
-// createFrom starts a new sandbox by restoring origin's snapshot under a new
-// ID, then gives the restored agent the new sandbox's secret and hostname.
-func (s *Service) createFrom(ctx context.Context, teamID, name string, o origin) (Created, error) {
+// like returns a new sandbox record configured as src.
+func like(src *store.Sandbox, name string) *store.Sandbox {
+	return &store.Sandbox{
+		ID: store.NewID(), TeamID: src.TeamID, Name: name, Status: store.StatusStarting,
+		Template: src.Template, VCPU: src.VCPU, MemoryMiB: src.MemoryMiB, DiskMiB: src.DiskMiB,
+		Metadata: copyMap(src.Metadata), Env: copyMap(src.Env), AgentPath: src.AgentPath,
+		BaseImage: src.BaseImage, Defaults: src.Defaults,
+		TimeoutSeconds: src.TimeoutSeconds, AutoDeleteSeconds: src.AutoDeleteSeconds,
+	}
+}
+
+// createFrom starts the new sandbox sb by restoring origin's snapshot under
+// sb's ID, then gives the restored agent sb's own secret.
+func (s *Service) createFrom(ctx context.Context, sb *store.Sandbox, o origin) (Created, error) {
 	ctx, cancel := lifecycleCtx(ctx)
 	defer cancel()
 	start := time.Now()
-	img, err := s.image(ctx, o.like.Template)
+	img, err := s.image(ctx, baseOf(sb))
 	if err != nil {
 		return Created{}, err
 	}
-	sb := &store.Sandbox{
-		ID: store.NewID(), TeamID: teamID, Name: name, Status: store.StatusStarting,
-		Template: o.like.Template, VCPU: o.like.VCPU, MemoryMiB: o.like.MemoryMiB, DiskMiB: o.like.DiskMiB,
-		Metadata: copyMap(o.like.Metadata), Env: copyMap(o.like.Env), AgentPath: o.like.AgentPath,
-		TimeoutSeconds: o.like.TimeoutSeconds, AutoDeleteSeconds: o.like.AutoDeleteSeconds,
-	}
-	if err := s.admit(ctx, teamID, func() error { return s.cfg.Store.InsertSandbox(ctx, sb) }); err != nil {
+	if err := s.admit(ctx, sb.TeamID, func() error { return s.cfg.Store.InsertSandbox(ctx, sb) }); err != nil {
 		return Created{}, err
 	}
 	b := s.box(sb.ID)
@@ -113,7 +116,7 @@ func (s *Service) createFrom(ctx context.Context, teamID, name string, o origin)
 		return Created{}, err
 	}
 	s.metrics.Observe("create_from_snapshot", time.Since(start))
-	s.log.Info("sandbox created from snapshot", "sandbox", sb.ID, "origin", o.like.ID, "ms", time.Since(start).Milliseconds())
+	s.log.Info("sandbox created from snapshot", "sandbox", sb.ID, "snapshot", o.dir, "ms", time.Since(start).Milliseconds())
 	return Created{Sandbox: sb, Token: tok}, nil
 }
 
@@ -123,4 +126,25 @@ func copyMap(m map[string]string) map[string]string {
 		out[k] = v
 	}
 	return out
+}
+
+// createFromTemplate starts a sandbox from a template's snapshot: the
+// template's start_cmd processes are already running in it.
+func (s *Service) createFromTemplate(ctx context.Context, teamID string, p CreateParams, t *store.Template) (*store.Sandbox, string, error) {
+	if t.SnapshotDir == "" {
+		return nil, "", newErr(ErrConflict, "template_not_ready", "template %s is %s; wait for its build to be ready", t.Name, t.Status)
+	}
+	d := t.Defaults
+	d.Env = copyMap(d.Env)
+	for k, v := range p.Env { // env_vars of the create apply to every command
+		d.Env[k] = v
+	}
+	sb := &store.Sandbox{
+		ID: store.NewID(), TeamID: teamID, Name: p.Name, Status: store.StatusStarting,
+		Template: t.Name, BaseImage: t.BaseImage, VCPU: t.VCPU, MemoryMiB: t.MemoryMiB, DiskMiB: t.DiskMiB,
+		Metadata: p.Metadata, AgentPath: t.AgentPath, Defaults: d,
+		TimeoutSeconds: p.TimeoutSeconds, AutoDeleteSeconds: p.AutoDeleteSeconds,
+	}
+	c, err := s.createFrom(ctx, sb, origin{dir: t.SnapshotDir, agentToken: s.agentToken(t.OriginID)})
+	return c.Sandbox, c.Token, err
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
@@ -22,6 +23,9 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 	}
 	if err := p.validate(); err != nil {
 		return nil, "", err
+	}
+	if t, err := s.cfg.Store.GetTemplate(ctx, teamID, p.Template); err == nil {
+		return s.createFromTemplate(ctx, teamID, p, t)
 	}
 	img, err := s.image(ctx, p.Template)
 	if err != nil {
@@ -80,6 +84,16 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 // image resolves a template name to a built image, building a built-in one
 // on first use.
 func (s *Service) image(ctx context.Context, name string) (*images.Image, error) {
+	if ref, ok := strings.CutPrefix(name, "oci:"); ok {
+		if s.cfg.OCI == nil {
+			return nil, errors.New("pulling OCI images is not enabled on this server")
+		}
+		oi, err := s.cfg.OCI.Pull(ctx, ref, &logWriter{log: s.log, template: name})
+		if err != nil {
+			return nil, err
+		}
+		return &images.Image{Name: name, RootFS: oi.RootFS, User: oi.User, Workdir: oi.Workdir, Env: oi.Env}, nil
+	}
 	img, err := s.cfg.Images.Get(name)
 	if errors.Is(err, images.ErrUnknown) {
 		return nil, newErr(ErrNotFound, "template_not_found", "template %q not found (built-in templates: %v)", name, images.Builtins())
@@ -291,7 +305,7 @@ func (s *Service) bringBack(ctx context.Context, b *box, sb *store.Sandbox) (str
 	if err := snapshot.Verify(sb.SnapshotDir); err != nil {
 		return "", err
 	}
-	img, err := s.image(ctx, sb.Template)
+	img, err := s.image(ctx, baseOf(sb))
 	if err != nil {
 		return "", err
 	}
@@ -375,10 +389,17 @@ func (s *Service) Update(ctx context.Context, teamID, id string, p UpdateParams)
 	return sb, nil
 }
 
-// Agent authenticates a data-plane token and returns a client for the
-// sandbox's agent, resuming a paused sandbox first (transparently: the
-// caller's token stays valid).
-func (s *Service) Agent(ctx context.Context, id, token string) (*agentclient.Client, error) {
+// Target is what a data-plane request talks to: the sandbox's agent and the
+// defaults its commands get.
+type Target struct {
+	Agent    *agentclient.Client
+	Defaults store.ExecDefaults
+}
+
+// Agent authenticates a data-plane token and returns the sandbox's agent,
+// resuming a paused sandbox first (transparently: the caller's token stays
+// valid).
+func (s *Service) Agent(ctx context.Context, id, token string) (*Target, error) {
 	if token == "" {
 		return nil, newErr(ErrUnauthorized, "unauthorized", "missing access token (X-Access-Token header)")
 	}
@@ -417,7 +438,7 @@ func (s *Service) Agent(ctx context.Context, id, token string) (*agentclient.Cli
 	if b.agent == nil {
 		return nil, newErr(ErrUnavailable, "unavailable", "sandbox %s is not reachable; retry shortly", id)
 	}
-	return b.agent, nil
+	return &Target{Agent: b.agent, Defaults: sb.Defaults}, nil
 }
 
 // PauseAll pauses every active sandbox (used at shutdown when asked to).

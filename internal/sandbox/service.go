@@ -21,6 +21,7 @@ import (
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
 	"github.com/stasis-sandbox/stasis/internal/images"
 	"github.com/stasis-sandbox/stasis/internal/metrics"
+	"github.com/stasis-sandbox/stasis/internal/oci"
 	"github.com/stasis-sandbox/stasis/internal/runtime"
 	"github.com/stasis-sandbox/stasis/internal/snapshot"
 	"github.com/stasis-sandbox/stasis/internal/store"
@@ -43,8 +44,10 @@ type Config struct {
 	ReadyTimeout    time.Duration // how long a new or restored agent has to answer
 	// WarmWindow keeps a paused sandbox frozen in RAM this long after its
 	// snapshot is durable, so resuming it is a thaw (0: stop at once).
-	WarmWindow time.Duration
-	Metrics    *metrics.Registry
+	WarmWindow  time.Duration
+	Metrics     *metrics.Registry
+	OCI         *oci.Puller // pulls OCI images for templates (nil: built-in images only)
+	TemplateDir string      // template snapshots live in TemplateDir/<template id>/
 }
 
 // Service runs the sandbox lifecycle. It is safe for concurrent use.
@@ -58,6 +61,10 @@ type Service struct {
 
 	mu    sync.Mutex
 	boxes map[string]*box
+
+	tsnaps *snapshot.Dir
+	logsMu sync.Mutex
+	logs   map[string]*buildLog // by build ID, for builds run by this process
 }
 
 // box is the in-memory side of one sandbox. mu serialises lifecycle
@@ -99,7 +106,15 @@ func New(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, agentPath: agentPath, log: cfg.Logger, snaps: snaps, metrics: cfg.Metrics, boxes: map[string]*box{}}, nil
+	if cfg.TemplateDir == "" {
+		cfg.TemplateDir = filepath.Join(filepath.Dir(cfg.SnapshotDir), "templates")
+	}
+	tsnaps, err := snapshot.New(cfg.TemplateDir)
+	if err != nil {
+		return nil, err
+	}
+	return &Service{cfg: cfg, agentPath: agentPath, log: cfg.Logger, snaps: snaps, tsnaps: tsnaps,
+		metrics: cfg.Metrics, boxes: map[string]*box{}, logs: map[string]*buildLog{}}, nil
 }
 
 // installAgent copies the agent binary to dir/<content hash>/stasis-agent
@@ -272,4 +287,12 @@ func (s *Service) Get(ctx context.Context, teamID, id string) (*store.Sandbox, e
 // List returns the team's sandboxes whose metadata contains filter.
 func (s *Service) List(ctx context.Context, teamID string, filter map[string]string) ([]*store.Sandbox, error) {
 	return s.cfg.Store.ListSandboxes(ctx, teamID, filter)
+}
+
+// baseOf names what sb's root filesystem comes from.
+func baseOf(sb *store.Sandbox) string {
+	if sb.BaseImage != "" {
+		return sb.BaseImage
+	}
+	return sb.Template
 }

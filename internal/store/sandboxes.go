@@ -42,8 +42,23 @@ type Sandbox struct {
 	PauseAt           *time.Time // timeout: when an active sandbox gets paused
 	DeleteAt          *time.Time // auto-delete: when a paused sandbox gets deleted
 	AgentPath         string     // content-addressed agent binary the sandbox runs
-	ActiveMs          int64      // time spent active before StatusChangedAt
-	PausedMs          int64      // time spent paused before StatusChangedAt
+	BaseImage         string     // what the root filesystem comes from, if not Template (e.g. oci:REF@DIGEST)
+	Defaults          ExecDefaults
+	ActiveMs          int64 // time spent active before StatusChangedAt
+	PausedMs          int64 // time spent paused before StatusChangedAt
+}
+
+// ExecDefaults apply to every command run in a sandbox unless the request
+// says otherwise; sandboxes started from a template inherit its build's.
+type ExecDefaults struct {
+	Env     map[string]string `json:"env,omitempty"`
+	Workdir string            `json:"workdir,omitempty"`
+	User    string            `json:"user,omitempty"`
+}
+
+func (d ExecDefaults) json() string {
+	b, _ := json.Marshal(d)
+	return string(b)
 }
 
 // Usage is metered time, including the current stretch up to now.
@@ -61,7 +76,7 @@ func (sb *Sandbox) Usage(now time.Time) (active, paused time.Duration) {
 
 const sandboxColumns = `id, team_id, name, status, template, vcpu, memory_mib, disk_mib, metadata, env,
 	timeout_seconds, auto_delete_seconds, error, token_generation, snapshot_dir, snapshot_bytes,
-	created_at, status_changed_at, pause_at, delete_at, active_ms, paused_ms, agent_path`
+	created_at, status_changed_at, pause_at, delete_at, active_ms, paused_ms, agent_path, base_image, exec_defaults`
 
 type scanner interface{ Scan(...any) error }
 
@@ -70,9 +85,10 @@ func scanSandbox(row scanner) (*Sandbox, error) {
 	var meta, env, created, changed string
 	var timeout, autoDel sql.NullInt64
 	var pauseAt, deleteAt sql.NullString
+	var defaults string
 	err := row.Scan(&sb.ID, &sb.TeamID, &sb.Name, &sb.Status, &sb.Template, &sb.VCPU, &sb.MemoryMiB,
 		&sb.DiskMiB, &meta, &env, &timeout, &autoDel, &sb.Error, &sb.TokenGeneration, &sb.SnapshotDir,
-		&sb.SnapshotBytes, &created, &changed, &pauseAt, &deleteAt, &sb.ActiveMs, &sb.PausedMs, &sb.AgentPath)
+		&sb.SnapshotBytes, &created, &changed, &pauseAt, &deleteAt, &sb.ActiveMs, &sb.PausedMs, &sb.AgentPath, &sb.BaseImage, &defaults)
 	if err != nil {
 		return nil, err
 	}
@@ -86,6 +102,7 @@ func scanSandbox(row scanner) (*Sandbox, error) {
 	sb.AutoDeleteSeconds = intPtr(autoDel)
 	sb.CreatedAt = parseTime(created)
 	sb.StatusChangedAt = parseTime(changed)
+	json.Unmarshal([]byte(defaults), &sb.Defaults)
 	sb.PauseAt = timePtr(pauseAt)
 	sb.DeleteAt = timePtr(deleteAt)
 	return &sb, nil
@@ -134,11 +151,11 @@ func (s *Store) InsertSandbox(ctx context.Context, sb *Sandbox) error {
 	t := time.Now().UTC()
 	sb.CreatedAt, sb.StatusChangedAt = t, t
 	_, err := s.db.ExecContext(ctx, `INSERT INTO sandboxes(`+sandboxColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		sb.ID, sb.TeamID, sb.Name, sb.Status, sb.Template, sb.VCPU, sb.MemoryMiB, sb.DiskMiB,
 		jsonMap(sb.Metadata), jsonMap(sb.Env), nullInt(sb.TimeoutSeconds), nullInt(sb.AutoDeleteSeconds),
 		sb.Error, sb.TokenGeneration, sb.SnapshotDir, sb.SnapshotBytes,
-		t.Format(timeFormat), t.Format(timeFormat), nullTime(sb.PauseAt), nullTime(sb.DeleteAt), 0, 0, sb.AgentPath)
+		t.Format(timeFormat), t.Format(timeFormat), nullTime(sb.PauseAt), nullTime(sb.DeleteAt), 0, 0, sb.AgentPath, sb.BaseImage, sb.Defaults.json())
 	if err != nil {
 		return fmt.Errorf("insert sandbox %s: %w", sb.ID, err)
 	}

@@ -99,6 +99,44 @@ var migrations = []string{
 	);`,
 	// 3: the agent binary a sandbox was started with (restore needs the same bytes)
 	`ALTER TABLE sandboxes ADD COLUMN agent_path TEXT NOT NULL DEFAULT '';`,
+	// 4: templates built from images, and what a sandbox's filesystem comes from
+	`ALTER TABLE sandboxes ADD COLUMN base_image TEXT NOT NULL DEFAULT '';
+	CREATE TABLE templates (
+		id              TEXT PRIMARY KEY,
+		team_id         TEXT NOT NULL REFERENCES teams(id),
+		name            TEXT NOT NULL,
+		vcpu            INTEGER NOT NULL,
+		memory_mib      INTEGER NOT NULL,
+		disk_mib        INTEGER NOT NULL,
+		spec            TEXT NOT NULL,
+		spec_hash       TEXT NOT NULL,
+		status          TEXT NOT NULL,
+		error           TEXT NOT NULL DEFAULT '',
+		latest_build_id TEXT NOT NULL DEFAULT '',
+		base_image      TEXT NOT NULL DEFAULT '',
+		snapshot_dir    TEXT NOT NULL DEFAULT '',
+		snapshot_bytes  INTEGER NOT NULL DEFAULT 0,
+		origin_id       TEXT NOT NULL DEFAULT '',
+		agent_path      TEXT NOT NULL DEFAULT '',
+		created_at      TEXT NOT NULL,
+		built_at        TEXT
+	);
+	CREATE UNIQUE INDEX templates_team_name ON templates(team_id, name);
+	CREATE TABLE template_builds (
+		id           TEXT PRIMARY KEY,
+		template_id  TEXT NOT NULL REFERENCES templates(id) ON DELETE CASCADE,
+		status       TEXT NOT NULL,
+		spec_hash    TEXT NOT NULL,
+		error        TEXT NOT NULL DEFAULT '',
+		log          TEXT NOT NULL DEFAULT '',
+		created_at   TEXT NOT NULL,
+		started_at   TEXT,
+		finalized_at TEXT
+	);
+	CREATE INDEX template_builds_template ON template_builds(template_id, created_at);`,
+	// 5: exec defaults a sandbox inherits from its template (env, working dir, user)
+	`ALTER TABLE sandboxes ADD COLUMN exec_defaults TEXT NOT NULL DEFAULT '{}';
+	ALTER TABLE templates ADD COLUMN exec_defaults TEXT NOT NULL DEFAULT '{}';`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

@@ -1,0 +1,516 @@
+package sandbox
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/stasis-sandbox/stasis/internal/agentclient"
+	"github.com/stasis-sandbox/stasis/internal/failpoint"
+	"github.com/stasis-sandbox/stasis/internal/images"
+	"github.com/stasis-sandbox/stasis/internal/store"
+)
+
+// buildTeam owns the short-lived sandboxes templates are built in, so they
+// never show up in a user's list.
+const buildTeam = "_builds"
+
+// ReadyTimeout bounds how long a template's ready_cmd may take to succeed.
+const ReadyTimeout = 120 * time.Second
+
+// BuildSpec is how a template is made (Superserve's build_spec).
+type BuildSpec struct {
+	From     string `json:"from"`
+	Steps    []Step `json:"steps,omitempty"`
+	StartCmd string `json:"start_cmd,omitempty"`
+	ReadyCmd string `json:"ready_cmd,omitempty"`
+}
+
+// Step is one build step; exactly one field is set.
+type Step struct {
+	Run     *string   `json:"run,omitempty"`
+	Env     *EnvStep  `json:"env,omitempty"`
+	Workdir *string   `json:"workdir,omitempty"`
+	User    *UserStep `json:"user,omitempty"`
+}
+
+// EnvStep sets an environment variable for later steps and for sandboxes.
+type EnvStep struct {
+	Key   string `json:"key"`
+	Value string `json:"value"`
+}
+
+// UserStep switches (creating if needed) the user later steps and commands run as.
+type UserStep struct {
+	Name string `json:"name"`
+	Sudo bool   `json:"sudo,omitempty"`
+}
+
+// TemplateParams is a template create request.
+type TemplateParams struct {
+	Name                     string
+	VCPU, MemoryMiB, DiskMiB int
+	Spec                     BuildSpec
+}
+
+func (p *TemplateParams) validate() error {
+	if err := validateName(p.Name); err != nil {
+		return err
+	}
+	if strings.HasPrefix(p.Name, "stasis/") {
+		return invalid("template names starting with stasis/ are reserved for built-in templates")
+	}
+	if strings.TrimSpace(p.Spec.From) == "" {
+		return invalid("build_spec.from is required: an OCI image reference or a built-in template (%v)", images.Builtins())
+	}
+	if p.VCPU < 0 || p.VCPU > MaxVCPU {
+		return invalid("vcpu must be between 1 and %d", MaxVCPU)
+	}
+	if p.MemoryMiB != 0 && (p.MemoryMiB < 64 || p.MemoryMiB > MaxMemoryMiB) {
+		return invalid("memory_mib must be between 64 and %d", MaxMemoryMiB)
+	}
+	for i, st := range p.Spec.Steps {
+		n := 0
+		if st.Run != nil {
+			n++
+		}
+		if st.Env != nil {
+			n++
+			if !envKeyRE.MatchString(st.Env.Key) {
+				return invalid("step %d: env key %q is not a valid name", i+1, st.Env.Key)
+			}
+		}
+		if st.Workdir != nil {
+			n++
+			if !strings.HasPrefix(*st.Workdir, "/") {
+				return invalid("step %d: workdir must be an absolute path", i+1)
+			}
+		}
+		if st.User != nil {
+			n++
+			if st.User.Name == "" || strings.ContainsAny(st.User.Name, " :/'\"") {
+				return invalid("step %d: user name %q is not valid", i+1, st.User.Name)
+			}
+		}
+		if n != 1 {
+			return invalid("step %d must have exactly one of run, env, workdir, user", i+1)
+		}
+	}
+	return nil
+}
+
+// specHash identifies what a build would produce, so an unchanged rebuild is a no-op.
+func (p *TemplateParams) specHash() (string, string) {
+	spec, _ := json.Marshal(p.Spec)
+	h := sha256.Sum256(fmt.Appendf(nil, "%s|%d|%d|%d", spec, p.VCPU, p.MemoryMiB, p.DiskMiB))
+	return string(spec), hex.EncodeToString(h[:])
+}
+
+// CreateTemplate stores a template and starts its first build.
+func (s *Service) CreateTemplate(ctx context.Context, teamID string, p TemplateParams) (*store.Template, *store.Build, error) {
+	if err := p.validate(); err != nil {
+		return nil, nil, err
+	}
+	if p.VCPU == 0 {
+		p.VCPU = s.cfg.DefaultVCPU
+	}
+	if p.MemoryMiB == 0 {
+		p.MemoryMiB = s.cfg.DefaultMemMiB
+	}
+	spec, hash := p.specHash()
+	t := &store.Template{ID: store.NewID(), TeamID: teamID, Name: p.Name, VCPU: p.VCPU, MemoryMiB: p.MemoryMiB,
+		DiskMiB: p.DiskMiB, Spec: spec, SpecHash: hash, Status: store.BuildPending}
+	if err := s.cfg.Store.InsertTemplate(ctx, t); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			return nil, nil, newErr(ErrConflict, "template_exists", "a template named %q already exists; rebuild it with POST /templates/%s/builds", p.Name, p.Name)
+		}
+		return nil, nil, err
+	}
+	b, err := s.startBuild(ctx, t)
+	return t, b, err
+}
+
+// GetTemplate finds a team's template by ID or name.
+func (s *Service) GetTemplate(ctx context.Context, teamID, idOrName string) (*store.Template, error) {
+	t, err := s.cfg.Store.GetTemplate(ctx, teamID, idOrName)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, newErr(ErrNotFound, "not_found", "template %s not found", idOrName)
+	}
+	return t, err
+}
+
+// ListTemplates lists the team's templates whose names start with prefix.
+func (s *Service) ListTemplates(ctx context.Context, teamID, prefix string) ([]*store.Template, error) {
+	return s.cfg.Store.ListTemplates(ctx, teamID, prefix)
+}
+
+// Rebuild starts a new build of a template, unless its spec is unchanged and
+// a build of it is ready or in progress: then that build is returned.
+func (s *Service) Rebuild(ctx context.Context, teamID, idOrName string) (*store.Build, error) {
+	t, err := s.GetTemplate(ctx, teamID, idOrName)
+	if err != nil {
+		return nil, err
+	}
+	if t.LatestBuildID != "" {
+		if b, err := s.cfg.Store.GetBuild(ctx, t.ID, t.LatestBuildID); err == nil && b.SpecHash == t.SpecHash {
+			switch b.Status {
+			case store.BuildReady, store.BuildPending, store.BuildBuilding, store.BuildSnapshotting:
+				return b, nil
+			}
+		}
+	}
+	return s.startBuild(ctx, t)
+}
+
+// Builds lists a template's builds, newest first.
+func (s *Service) Builds(ctx context.Context, teamID, idOrName string, limit int) ([]*store.Build, error) {
+	t, err := s.GetTemplate(ctx, teamID, idOrName)
+	if err != nil {
+		return nil, err
+	}
+	return s.cfg.Store.ListBuilds(ctx, t.ID, limit)
+}
+
+// Build returns one build of a template.
+func (s *Service) Build(ctx context.Context, teamID, idOrName, buildID string) (*store.Template, *store.Build, error) {
+	t, err := s.GetTemplate(ctx, teamID, idOrName)
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := s.cfg.Store.GetBuild(ctx, t.ID, buildID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil, newErr(ErrNotFound, "not_found", "build %s of template %s not found", buildID, t.Name)
+	}
+	return t, b, err
+}
+
+// CancelBuild stops a build in progress; a finished build is left alone.
+func (s *Service) CancelBuild(ctx context.Context, teamID, idOrName, buildID string) error {
+	_, b, err := s.Build(ctx, teamID, idOrName, buildID)
+	if err != nil {
+		return err
+	}
+	if cancel := s.buildLog(b.ID).cancelFunc(); cancel != nil {
+		cancel()
+	}
+	return nil
+}
+
+// DeleteTemplate cancels its builds and removes it with its snapshot.
+// Sandboxes already started from it keep running.
+func (s *Service) DeleteTemplate(ctx context.Context, teamID, idOrName string) error {
+	t, err := s.GetTemplate(ctx, teamID, idOrName)
+	if err != nil {
+		return err
+	}
+	builds, _ := s.cfg.Store.ListBuilds(ctx, t.ID, 0)
+	for _, b := range builds {
+		if cancel := s.buildLog(b.ID).cancelFunc(); cancel != nil {
+			cancel()
+		}
+	}
+	if err := s.cfg.Store.DeleteTemplate(ctx, t.ID); err != nil {
+		return err
+	}
+	os.RemoveAll(s.tsnaps.SandboxDir(t.ID))
+	return nil
+}
+
+func (s *Service) startBuild(ctx context.Context, t *store.Template) (*store.Build, error) {
+	b := &store.Build{ID: store.NewID(), TemplateID: t.ID, Status: store.BuildPending, SpecHash: t.SpecHash}
+	if err := s.cfg.Store.InsertBuild(ctx, b); err != nil {
+		return nil, err
+	}
+	t.LatestBuildID = b.ID
+	if t.SnapshotDir == "" {
+		t.Status = store.BuildPending
+	}
+	if err := s.cfg.Store.UpdateTemplate(ctx, t); err != nil {
+		return nil, err
+	}
+	bctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	log := s.buildLog(b.ID)
+	log.setCancel(cancel)
+	go func() {
+		defer cancel()
+		s.runBuild(bctx, t.ID, b.ID, log)
+	}()
+	return b, nil
+}
+
+// buildError is a build failure with Superserve's stable code prefix.
+type buildError struct{ code, msg string }
+
+func (e *buildError) Error() string { return e.code + ": " + e.msg }
+
+func failBuild(code, format string, args ...any) error {
+	return &buildError{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// runBuild builds a template: boot its image in a build sandbox, run the
+// steps, launch start_cmd, wait for ready_cmd, and snapshot the running
+// sandbox. Sandboxes created from the template restore that snapshot.
+func (s *Service) runBuild(ctx context.Context, templateID, buildID string, log *buildLog) {
+	t, err := s.cfg.Store.GetTemplate(ctx, "", templateID)
+	if err != nil {
+		return
+	}
+	b, err := s.cfg.Store.GetBuild(ctx, templateID, buildID)
+	if err != nil {
+		return
+	}
+	now := time.Now().UTC()
+	b.Status, b.StartedAt = store.BuildBuilding, &now
+	s.cfg.Store.UpdateBuild(ctx, b)
+	if t.SnapshotDir == "" {
+		t.Status = store.BuildBuilding
+		s.cfg.Store.UpdateTemplate(ctx, t)
+	}
+	log.system("build %s of template %s started", buildID, t.Name)
+
+	var spec BuildSpec
+	json.Unmarshal([]byte(t.Spec), &spec)
+	result, err := s.build(ctx, t, b, spec, log)
+
+	// Re-read: the template may have been deleted meanwhile.
+	final := context.WithoutCancel(ctx)
+	t2, terr := s.cfg.Store.GetTemplate(final, "", templateID)
+	end := time.Now().UTC()
+	b.FinalizedAt = &end
+	switch {
+	case err == nil && terr == nil:
+		old := t2.SnapshotDir
+		t2.Status, t2.Error = store.BuildReady, ""
+		t2.SnapshotDir, t2.SnapshotBytes = result.dir, result.bytes
+		t2.OriginID, t2.AgentPath, t2.BaseImage, t2.Defaults = result.originID, result.agentPath, result.base, result.defaults
+		t2.BuiltAt = &end
+		s.cfg.Store.UpdateTemplate(final, t2)
+		if old != "" && old != result.dir {
+			os.RemoveAll(old)
+		}
+		b.Status = store.BuildReady
+		log.system("template %s is ready (%d MB snapshot)", t.Name, result.bytes>>20)
+	case err == nil:
+		os.RemoveAll(result.dir) // template deleted during the build
+		b.Status = store.BuildCancelled
+	case ctx.Err() != nil:
+		b.Status, b.Error = store.BuildCancelled, "build was cancelled"
+		log.system("build cancelled")
+	default:
+		var be *buildError
+		if !errors.As(err, &be) {
+			be = &buildError{code: "build_failed", msg: err.Error()}
+		}
+		b.Status, b.Error = store.BuildFailed, be.Error()
+		log.stream("stderr", be.Error()+"\n")
+		if terr == nil {
+			t2.Error = be.Error()
+			if t2.SnapshotDir == "" {
+				t2.Status = store.BuildFailed
+			}
+			s.cfg.Store.UpdateTemplate(final, t2)
+		}
+	}
+	b.Log = log.text()
+	s.cfg.Store.UpdateBuild(final, b)
+	log.finish(b.Status)
+	s.metrics.Observe("template_build", end.Sub(now))
+}
+
+type buildResult struct {
+	dir, originID, agentPath, base string
+	bytes                          int64
+	defaults                       store.ExecDefaults
+}
+
+func (s *Service) build(ctx context.Context, t *store.Template, b *store.Build, spec BuildSpec, log *buildLog) (*buildResult, error) {
+	// 1. The image.
+	base, img, err := s.resolveFrom(ctx, spec.From, log)
+	if err != nil {
+		return nil, failBuild("image_pull_failed", "%v", err)
+	}
+	// 2. A build sandbox booted from it (owned by the hidden build team).
+	if err := s.cfg.Store.EnsureTeam(ctx, buildTeam, "template builds"); err != nil {
+		return nil, err
+	}
+	sb := &store.Sandbox{
+		ID: store.NewID(), TeamID: buildTeam, Name: "build-" + t.Name, Status: store.StatusStarting,
+		Template: t.Name, BaseImage: base, VCPU: t.VCPU, MemoryMiB: t.MemoryMiB, DiskMiB: t.DiskMiB,
+		AgentPath: s.agentPath,
+	}
+	if err := s.cfg.Store.InsertSandbox(ctx, sb); err != nil {
+		return nil, err
+	}
+	bx := s.box(sb.ID)
+	bx.mu.Lock()
+	defer func() {
+		cctx := context.WithoutCancel(ctx)
+		s.deleteLocked(cctx, bx, sb.ID)
+		bx.mu.Unlock()
+	}()
+	log.system("booting build sandbox from %s", spec.From)
+	inst, err := s.cfg.Driver.Create(ctx, s.spec(sb, img))
+	if err != nil {
+		return nil, failBuild("build_failed", "could not boot the image: %v", err)
+	}
+	agent := agentclient.New(inst.AgentAddr(), s.agentToken(sb.ID))
+	if err := s.waitReady(ctx, agent); err != nil {
+		return nil, failBuild("build_failed", "could not boot the image: %v", err)
+	}
+	bx.agent = agent
+
+	// 3. The steps.
+	d := store.ExecDefaults{Env: map[string]string{}, Workdir: img.Workdir, User: img.User}
+	run := func(cmd, user string) (agentclient.ExitStatus, error) {
+		return agent.Run(ctx, agentclient.ExecRequest{Command: cmd, WorkingDir: d.Workdir, Env: d.Env, User: user, TimeoutS: 3600},
+			log.writer("stdout"), log.writer("stderr"))
+	}
+	for i, st := range spec.Steps {
+		switch {
+		case st.Run != nil:
+			log.system("step %d/%d: run %s", i+1, len(spec.Steps), *st.Run)
+			res, err := run(*st.Run, d.User)
+			if err != nil {
+				return nil, err
+			}
+			if res.ExitCode != 0 {
+				return nil, failBuild("step_failed", "step %d (%s) exited with code %d %s", i+1, *st.Run, res.ExitCode, res.Error)
+			}
+		case st.Env != nil:
+			log.system("step %d/%d: env %s", i+1, len(spec.Steps), st.Env.Key)
+			d.Env[st.Env.Key] = st.Env.Value
+		case st.Workdir != nil:
+			log.system("step %d/%d: workdir %s", i+1, len(spec.Steps), *st.Workdir)
+			if res, err := run("mkdir -p '"+*st.Workdir+"'", "root"); err != nil || res.ExitCode != 0 {
+				return nil, failBuild("step_failed", "step %d: cannot create workdir %s", i+1, *st.Workdir)
+			}
+			d.Workdir = *st.Workdir
+		case st.User != nil:
+			log.system("step %d/%d: user %s", i+1, len(spec.Steps), st.User.Name)
+			n := st.User.Name
+			add := "id -u " + n + " >/dev/null 2>&1 || useradd -m -s /bin/sh " + n + " 2>/dev/null || adduser -D " + n
+			if res, err := run(add, "root"); err != nil || res.ExitCode != 0 {
+				return nil, failBuild("step_failed", "step %d: cannot create user %s", i+1, n)
+			}
+			d.User = n
+		}
+		failpoint.Hit("build.after-step")
+	}
+	// 4. The start command, left running, and the readiness check.
+	if spec.StartCmd != "" {
+		log.system("start_cmd: %s", spec.StartCmd)
+		cmd := "sh -c '" + strings.ReplaceAll(spec.StartCmd, "'", `'\''`) + "' >/tmp/.stasis-start.log 2>&1 </dev/null & echo $!"
+		var out strings.Builder
+		res, err := agent.Run(ctx, agentclient.ExecRequest{Command: cmd, WorkingDir: d.Workdir, Env: d.Env, User: d.User}, &out, log.writer("stderr"))
+		if err != nil || res.ExitCode != 0 {
+			return nil, failBuild("start_cmd_failed", "could not launch start_cmd: %v %s", err, res.Error)
+		}
+		pid := strings.TrimSpace(out.String())
+		if spec.ReadyCmd == "" {
+			spec.ReadyCmd = "kill -0 " + pid
+		}
+		if err := s.waitTemplateReady(ctx, agent, spec.ReadyCmd, pid, d, log); err != nil {
+			return nil, err
+		}
+	} else if spec.ReadyCmd != "" {
+		if err := s.waitTemplateReady(ctx, agent, spec.ReadyCmd, "", d, log); err != nil {
+			return nil, err
+		}
+	}
+	// 5. The snapshot of the running sandbox.
+	b.Status = store.BuildSnapshotting
+	s.cfg.Store.UpdateBuild(ctx, b)
+	log.system("snapshotting")
+	if err := s.cfg.Driver.Freeze(ctx, sb.ID); err != nil {
+		return nil, failBuild("snapshot_failed", "%v", err)
+	}
+	tmp, err := s.tsnaps.Begin(t.ID)
+	if err != nil {
+		return nil, failBuild("snapshot_failed", "%v", err)
+	}
+	if err := s.cfg.Driver.Checkpoint(ctx, sb.ID, tmp); err != nil {
+		os.RemoveAll(tmp)
+		return nil, failBuild("snapshot_failed", "%v", err)
+	}
+	dir, size, err := s.tsnaps.Commit(tmp)
+	if err != nil {
+		os.RemoveAll(tmp)
+		return nil, failBuild("snapshot_failed", "%v", err)
+	}
+	return &buildResult{dir: dir, bytes: size, originID: sb.ID, agentPath: sb.AgentPath, base: base, defaults: d}, nil
+}
+
+// waitTemplateReady polls ready_cmd until it succeeds, failing early when
+// the start command (pid) has died.
+func (s *Service) waitTemplateReady(ctx context.Context, agent *agentclient.Client, readyCmd, pid string, d store.ExecDefaults, log *buildLog) error {
+	log.system("waiting for ready_cmd: %s", readyCmd)
+	deadline := time.Now().Add(ReadyTimeout)
+	var last strings.Builder
+	for {
+		last.Reset()
+		res, err := agent.Run(ctx, agentclient.ExecRequest{Command: readyCmd, WorkingDir: d.Workdir, Env: d.Env, User: d.User, TimeoutS: 30}, &last, &last)
+		if err != nil {
+			return err
+		}
+		if res.ExitCode == 0 {
+			log.system("ready")
+			return nil
+		}
+		if pid != "" {
+			if r, err := agent.Run(ctx, agentclient.ExecRequest{Command: "kill -0 " + pid}, io.Discard, io.Discard); err == nil && r.ExitCode != 0 {
+				var out strings.Builder
+				agent.Run(ctx, agentclient.ExecRequest{Command: "tail -c 2000 /tmp/.stasis-start.log"}, &out, &out)
+				log.stream("stderr", out.String())
+				return failBuild("start_cmd_failed", "start_cmd exited before ready_cmd succeeded: %s", strings.TrimSpace(out.String()))
+			}
+		}
+		if time.Now().After(deadline) {
+			return failBuild("ready_cmd_failed", "ready_cmd did not succeed within %s; last output: %s", ReadyTimeout, strings.TrimSpace(last.String()))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// resolveFrom turns a build's `from` into a resolvable base reference and its image.
+func (s *Service) resolveFrom(ctx context.Context, from string, log *buildLog) (string, *images.Image, error) {
+	for _, b := range images.Builtins() {
+		if from == b {
+			img, err := s.cfg.Images.Ensure(ctx, from, log.writer("system"))
+			return from, img, err
+		}
+	}
+	if s.cfg.OCI == nil {
+		return "", nil, errors.New("pulling OCI images is not enabled on this server")
+	}
+	oi, err := s.cfg.OCI.Pull(ctx, from, log.writer("system"))
+	if err != nil {
+		return "", nil, err
+	}
+	// Pin the digest, so later restores find exactly this root filesystem.
+	base := "oci:" + repository(from) + "@" + oi.Digest
+	img, err := s.image(ctx, base)
+	return base, img, err
+}
+
+// repository strips the tag and digest from an image reference.
+func repository(ref string) string {
+	if i := strings.Index(ref, "@"); i >= 0 {
+		ref = ref[:i]
+	}
+	slash := strings.LastIndex(ref, "/")
+	if i := strings.LastIndex(ref, ":"); i > slash {
+		ref = ref[:i]
+	}
+	return ref
+}

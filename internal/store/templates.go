@@ -1,0 +1,211 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Template and build statuses (Superserve's).
+const (
+	BuildPending      = "pending"
+	BuildBuilding     = "building"
+	BuildSnapshotting = "snapshotting"
+	BuildReady        = "ready"
+	BuildFailed       = "failed"
+	BuildCancelled    = "cancelled"
+)
+
+// Template is a user-defined environment: an image plus build steps, booted
+// and snapshotted so sandboxes start from it already running.
+type Template struct {
+	ID, TeamID, Name string
+	VCPU, MemoryMiB  int
+	DiskMiB          int
+	Spec             string // the build spec as JSON
+	SpecHash         string
+	Status, Error    string
+	LatestBuildID    string
+	BaseImage        string // resolvable root filesystem (builtin name or oci:REF@DIGEST)
+	SnapshotDir      string // committed snapshot of the booted template
+	SnapshotBytes    int64
+	OriginID         string // ID of the build sandbox the snapshot was taken of
+	AgentPath        string
+	Defaults         ExecDefaults // what the build's steps set: env, working dir, user
+	CreatedAt        time.Time
+	BuiltAt          *time.Time
+}
+
+// Build is one build of a template.
+type Build struct {
+	ID, TemplateID   string
+	Status, SpecHash string
+	Error, Log       string
+	CreatedAt        time.Time
+	StartedAt        *time.Time
+	FinalizedAt      *time.Time
+}
+
+const templateColumns = `id, team_id, name, vcpu, memory_mib, disk_mib, spec, spec_hash, status, error,
+	latest_build_id, base_image, snapshot_dir, snapshot_bytes, origin_id, agent_path, created_at, built_at, exec_defaults`
+
+func scanTemplate(row scanner) (*Template, error) {
+	var t Template
+	var created string
+	var built sql.NullString
+	var defaults string
+	err := row.Scan(&t.ID, &t.TeamID, &t.Name, &t.VCPU, &t.MemoryMiB, &t.DiskMiB, &t.Spec, &t.SpecHash,
+		&t.Status, &t.Error, &t.LatestBuildID, &t.BaseImage, &t.SnapshotDir, &t.SnapshotBytes,
+		&t.OriginID, &t.AgentPath, &created, &built, &defaults)
+	if err != nil {
+		return nil, err
+	}
+	json.Unmarshal([]byte(defaults), &t.Defaults)
+	t.CreatedAt = parseTime(created)
+	t.BuiltAt = timePtr(built)
+	return &t, nil
+}
+
+// InsertTemplate stores a new template; a name already used by the team is ErrConflict.
+func (s *Store) InsertTemplate(ctx context.Context, t *Template) error {
+	t.CreatedAt = time.Now().UTC()
+	_, err := s.db.ExecContext(ctx, `INSERT INTO templates(`+templateColumns+`)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		t.ID, t.TeamID, t.Name, t.VCPU, t.MemoryMiB, t.DiskMiB, t.Spec, t.SpecHash, t.Status, t.Error,
+		t.LatestBuildID, t.BaseImage, t.SnapshotDir, t.SnapshotBytes, t.OriginID, t.AgentPath,
+		t.CreatedAt.Format(timeFormat), nullTime(t.BuiltAt), t.Defaults.json())
+	if err != nil && strings.Contains(err.Error(), "UNIQUE") {
+		return ErrConflict
+	}
+	if err != nil {
+		return fmt.Errorf("insert template: %w", err)
+	}
+	return nil
+}
+
+// ErrConflict is returned when a unique name is taken.
+var ErrConflict = errors.New("store: already exists")
+
+// UpdateTemplate writes every mutable field of t.
+func (s *Store) UpdateTemplate(ctx context.Context, t *Template) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE templates SET vcpu = ?, memory_mib = ?, disk_mib = ?, spec = ?,
+		spec_hash = ?, status = ?, error = ?, latest_build_id = ?, base_image = ?, snapshot_dir = ?,
+		snapshot_bytes = ?, origin_id = ?, agent_path = ?, built_at = ?, exec_defaults = ? WHERE id = ?`,
+		t.VCPU, t.MemoryMiB, t.DiskMiB, t.Spec, t.SpecHash, t.Status, t.Error, t.LatestBuildID, t.BaseImage,
+		t.SnapshotDir, t.SnapshotBytes, t.OriginID, t.AgentPath, nullTime(t.BuiltAt),
+		t.Defaults.json(), t.ID)
+	if err != nil {
+		return fmt.Errorf("update template %s: %w", t.ID, err)
+	}
+	return nil
+}
+
+// GetTemplate finds a team's template by ID or name ("" team matches any).
+func (s *Store) GetTemplate(ctx context.Context, teamID, idOrName string) (*Template, error) {
+	row := s.db.QueryRowContext(ctx, `SELECT `+templateColumns+` FROM templates
+		WHERE (id = ? OR name = ?) AND (? = '' OR team_id = ?) ORDER BY id = ? DESC LIMIT 1`,
+		idOrName, idOrName, teamID, teamID, idOrName)
+	t, err := scanTemplate(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	return t, err
+}
+
+// ListTemplates returns the team's templates whose name starts with prefix.
+func (s *Store) ListTemplates(ctx context.Context, teamID, prefix string) ([]*Template, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+templateColumns+` FROM templates
+		WHERE team_id = ? AND substr(name, 1, ?) = ? ORDER BY created_at`, teamID, len(prefix), prefix)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []*Template
+	for rows.Next() {
+		t, err := scanTemplate(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
+// DeleteTemplate removes a template and its builds.
+func (s *Store) DeleteTemplate(ctx context.Context, id string) error {
+	_, err := s.db.ExecContext(ctx, `DELETE FROM templates WHERE id = ?`, id)
+	return err
+}
+
+const buildColumns = `id, template_id, status, spec_hash, error, log, created_at, started_at, finalized_at`
+
+func scanBuild(row scanner) (*Build, error) {
+	var b Build
+	var created string
+	var started, finalized sql.NullString
+	if err := row.Scan(&b.ID, &b.TemplateID, &b.Status, &b.SpecHash, &b.Error, &b.Log, &created, &started, &finalized); err != nil {
+		return nil, err
+	}
+	b.CreatedAt = parseTime(created)
+	b.StartedAt = timePtr(started)
+	b.FinalizedAt = timePtr(finalized)
+	return &b, nil
+}
+
+// InsertBuild stores a new build.
+func (s *Store) InsertBuild(ctx context.Context, b *Build) error {
+	b.CreatedAt = time.Now().UTC()
+	_, err := s.db.ExecContext(ctx, `INSERT INTO template_builds(`+buildColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		b.ID, b.TemplateID, b.Status, b.SpecHash, b.Error, b.Log, b.CreatedAt.Format(timeFormat),
+		nullTime(b.StartedAt), nullTime(b.FinalizedAt))
+	if err != nil {
+		return fmt.Errorf("insert build: %w", err)
+	}
+	return nil
+}
+
+// UpdateBuild writes a build's status, error, log and times.
+func (s *Store) UpdateBuild(ctx context.Context, b *Build) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE template_builds SET status = ?, error = ?, log = ?, started_at = ?,
+		finalized_at = ? WHERE id = ?`, b.Status, b.Error, b.Log, nullTime(b.StartedAt), nullTime(b.FinalizedAt), b.ID)
+	if err != nil {
+		return fmt.Errorf("update build %s: %w", b.ID, err)
+	}
+	return nil
+}
+
+// GetBuild returns one build of a template.
+func (s *Store) GetBuild(ctx context.Context, templateID, buildID string) (*Build, error) {
+	b, err := scanBuild(s.db.QueryRowContext(ctx, `SELECT `+buildColumns+` FROM template_builds
+		WHERE id = ? AND template_id = ?`, buildID, templateID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	return b, err
+}
+
+// ListBuilds returns a template's builds, newest first (limit <= 0: all).
+func (s *Store) ListBuilds(ctx context.Context, templateID string, limit int) ([]*Build, error) {
+	if limit <= 0 {
+		limit = -1
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT `+buildColumns+` FROM template_builds
+		WHERE template_id = ? ORDER BY created_at DESC LIMIT ?`, templateID, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []*Build
+	for rows.Next() {
+		b, err := scanBuild(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, rows.Err()
+}
