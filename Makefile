@@ -17,7 +17,7 @@ export DATA_DIR LISTEN IMAGES_DIR RUNSC
 # setup and build both write bin/stasisd: never run targets in parallel.
 .NOTPARALLEL:
 
-.PHONY: all setup build test run bench fmt vet clean
+.PHONY: all setup build test run bench bench-quick fmt vet clean
 
 all: build
 
@@ -35,9 +35,16 @@ test: setup build
 run: setup build
 	scripts/run.sh
 
+# bench: about 10 minutes against a real stasisd and raw runsc; rewrites
+# docs/BENCHMARKS.md and docs/benchmarks.json. bench-quick only checks that
+# the harness works (under 2 minutes) and writes to a temp dir.
+BENCH_FLAGS = -runsc $(RUNSC) -images-dir $(IMAGES_DIR) -stasisd $(CURDIR)/bin/stasisd -agent $(CURDIR)/bin/stasis-agent
+
 bench: setup build
-	STASIS_RUNSC=$(RUNSC) STASIS_IMAGES_DIR=$(IMAGES_DIR) STASIS_AGENT=$(CURDIR)/bin/stasis-agent \
-		$(GO) run ./cmd/stasis-bench
+	$(GO) run ./cmd/stasis-bench $(BENCH_FLAGS) -out docs
+
+bench-quick: setup build
+	$(GO) run ./cmd/stasis-bench $(BENCH_FLAGS) -quick
 
 fmt:
 	gofmt -s -w cmd internal $(wildcard test/*.go)

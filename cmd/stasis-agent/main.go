@@ -4,7 +4,11 @@
 //
 // Configuration comes from the environment, which it then scrubs of every
 // STASIS_* variable: STASIS_AGENT_TOKEN (required), STASIS_DEFAULT_USER,
-// STASIS_DEFAULT_WORKDIR, STASIS_AGENT_LISTEN (default :49983).
+// STASIS_DEFAULT_WORKDIR, STASIS_AGENT_LISTEN (default :49983),
+// STASIS_MEMORY_LIMIT_MIB (the sandbox's memory budget, for the watchdog).
+//
+// As PID 1 it also runs the sandbox's watchdog: an OOM killer that keeps the
+// sandbox within its memory budget and a task limiter against fork bombs.
 //
 // Build it static: CGO_ENABLED=0 go build ./cmd/stasis-agent
 package main
@@ -43,9 +47,23 @@ func run(logger *log.Logger) error {
 	reaper := agent.NewReaper(os.Getpid() == 1)
 	defer reaper.Close()
 
+	// As init, the agent is the sandbox's OOM killer and task limiter
+	// (gVisor has neither); see agent.WatchdogConfig.
+	watchdog := os.Getpid() == 1
+	if watchdog {
+		cfg.MaxProcs = agent.DefaultMaxProcs
+	}
 	srv, err := agent.New(cfg, reaper, logger)
 	if err != nil {
 		return err
+	}
+	if watchdog {
+		wctx, stop := context.WithCancel(context.Background())
+		defer stop()
+		go srv.RunWatchdog(wctx, agent.WatchdogConfig{
+			MemoryLimit: uint64(cfg.MemoryLimitMiB) << 20,
+			MaxTasks:    agent.DefaultMaxTasks,
+		})
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 )
 
@@ -15,6 +16,12 @@ const (
 	EnvDefaultUser    = "STASIS_DEFAULT_USER"
 	EnvDefaultWorkdir = "STASIS_DEFAULT_WORKDIR"
 	EnvListen         = "STASIS_AGENT_LISTEN"
+	// EnvMemoryLimit is the sandbox's memory budget in MiB (the memory_mib
+	// it was created with). The watchdog keeps the sandbox's memory use
+	// within it; the host cgroup allows some headroom above it for gVisor's
+	// own overhead, so the watchdog acts before the host's OOM killer would
+	// kill the whole sandbox.
+	EnvMemoryLimit = "STASIS_MEMORY_LIMIT_MIB"
 )
 
 // DefaultListen is the agent's listen address unless STASIS_AGENT_LISTEN says
@@ -36,6 +43,15 @@ type Config struct {
 	// Env is the environment ("K=V") every child starts from; HOME, USER and
 	// LOGNAME of the target user and the request's env are added to it.
 	Env []string
+	// MemoryLimitMiB is the sandbox's memory budget (STASIS_MEMORY_LIMIT_MIB)
+	// for the watchdog; 0: the MemTotal of /proc/meminfo less a reserve.
+	MemoryLimitMiB int
+	// MaxProcs, if positive, is the RLIMIT_NPROC (soft and hard) of every
+	// command: a fork bomb's forks fail with EAGAIN once the command's user
+	// has that many tasks. The agent itself stays unlimited, so it can
+	// always create the threads it needs. gVisor enforces it even for root,
+	// which lacks CAP_SYS_RESOURCE and CAP_SYS_ADMIN in a sandbox.
+	MaxProcs int
 }
 
 // ConfigFromEnv builds a Config from the process environment, then removes
@@ -48,6 +64,7 @@ func ConfigFromEnv() (Config, error) {
 		DefaultWorkdir: os.Getenv(EnvDefaultWorkdir),
 		Listen:         os.Getenv(EnvListen),
 	}
+	memLimit := os.Getenv(EnvMemoryLimit)
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
 		if strings.HasPrefix(k, EnvPrefix) {
@@ -60,6 +77,13 @@ func ConfigFromEnv() (Config, error) {
 	}
 	if cfg.Token == "" {
 		return cfg, errors.New(EnvToken + " is not set")
+	}
+	if memLimit != "" {
+		n, err := strconv.Atoi(memLimit)
+		if err != nil || n < 0 {
+			return cfg, fmt.Errorf("%s must be a number of MiB, got %q", EnvMemoryLimit, memLimit)
+		}
+		cfg.MemoryLimitMiB = n
 	}
 	if cfg.DefaultWorkdir != "" && !strings.HasPrefix(cfg.DefaultWorkdir, "/") {
 		return cfg, fmt.Errorf("%s must be absolute, got %q", EnvDefaultWorkdir, cfg.DefaultWorkdir)

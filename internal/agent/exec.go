@@ -306,7 +306,7 @@ func (e *execSession) start(req agentproto.StartRequest) (*process, agentproto.E
 		return nil, startFailed("agent is shutting down")
 	}
 	pid, status, err := e.s.reaper.Start(func() (int, error) {
-		return syscall.ForkExec(shell, argv, attr)
+		return e.s.forkExec(argv, attr)
 	})
 	if err == nil {
 		p.pid, p.status = pid, status
@@ -321,6 +321,62 @@ func (e *execSession) start(req agentproto.StartRequest) (*process, agentproto.E
 		return nil, startFailed("start %s as %s in %s: %v", shell, acct.name, dir, err)
 	}
 	return p, agentproto.Exit{}
+}
+
+// agentTaskReserve is how far above Config.MaxProcs the agent's own soft
+// RLIMIT_NPROC is set while it forks a command of another user; see
+// forkExec.
+const agentTaskReserve = 256
+
+// forkExec starts the shell with an RLIMIT_NPROC of Config.MaxProcs, if set.
+// It is called with the reaper's lock held, so forks never overlap.
+//
+// Go cannot run code between fork and exec, so:
+//   - A command of the agent's own user gets its limit (soft and hard) with
+//     prlimit right after the exec, before the shell has parsed its command
+//     line. (The agent stays unlimited: gVisor checks the creating task's
+//     limit against its user's task count, so a fork bomb holding root's
+//     count at the limit cannot make the agent's own thread creation fail,
+//     which the Go runtime treats as fatal.)
+//   - For another user prlimit is not allowed (no CAP_SYS_RESOURCE), so the
+//     agent lowers its own soft limit around the fork and the child inherits
+//     it, hard limit unlimited: a command can raise it again, which no fork
+//     bomb does by accident. The soft limit is MaxProcs+agentTaskReserve, so
+//     that root's count, at most MaxProcs plus the agent's few threads,
+//     cannot make the agent fail to create a thread meanwhile.
+//
+// The watchdog's task limit backs both up.
+func (s *Server) forkExec(argv []string, attr *syscall.ProcAttr) (int, error) {
+	n := uint64(s.cfg.MaxProcs)
+	if n == 0 {
+		return syscall.ForkExec(argv[0], argv, attr)
+	}
+	cred := attr.Sys.Credential
+	if cred == nil || cred.Uid == uint32(os.Getuid()) {
+		pid, err := syscall.ForkExec(argv[0], argv, attr)
+		if err == nil {
+			lim := unix.Rlimit{Cur: n, Max: n}
+			if perr := unix.Prlimit(pid, unix.RLIMIT_NPROC, &lim, nil); perr != nil {
+				s.log.Printf("exec: limiting the tasks of pid %d: %v", pid, perr)
+			}
+		}
+		return pid, err
+	}
+	var old unix.Rlimit
+	if err := unix.Prlimit(0, unix.RLIMIT_NPROC, nil, &old); err != nil {
+		s.log.Printf("exec: reading RLIMIT_NPROC: %v", err)
+		return syscall.ForkExec(argv[0], argv, attr)
+	}
+	tmp := unix.Rlimit{Cur: min(n+agentTaskReserve, old.Max), Max: old.Max}
+	if err := unix.Prlimit(0, unix.RLIMIT_NPROC, &tmp, nil); err != nil {
+		s.log.Printf("exec: lowering RLIMIT_NPROC: %v", err)
+		return syscall.ForkExec(argv[0], argv, attr)
+	}
+	pid, err := syscall.ForkExec(argv[0], argv, attr)
+	if rerr := unix.Prlimit(0, unix.RLIMIT_NPROC, &old, nil); rerr != nil {
+		s.log.Printf("exec: restoring RLIMIT_NPROC: %v", rerr)
+	}
+	return pid, err
 }
 
 // childEnv is the environment of a command run as a: the agent's environment,
@@ -391,9 +447,26 @@ type process struct {
 	outWG  sync.WaitGroup
 	exited atomic.Bool // mirrors exitCh for the output pumps
 
-	mu       sync.Mutex
-	reaped   bool // under mu: no more signals to the group from us
-	timedOut bool
+	mu         sync.Mutex
+	reaped     bool // under mu: no more signals to the group from us
+	timedOut   bool
+	killReason string // under mu: why the watchdog killed the group
+}
+
+// killFor kills the command's process group with SIGKILL on the watchdog's
+// behalf, recording why for the exit frame. It reports false if the shell
+// has been reaped already (the group then holds only background jobs).
+func (p *process) killFor(reason string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.reaped {
+		return false
+	}
+	if p.killReason == "" {
+		p.killReason = reason
+	}
+	syscall.Kill(-p.pid, syscall.SIGKILL)
+	return true
 }
 
 // kill signals the command's process group unless the shell has been reaped
@@ -425,6 +498,7 @@ func (p *process) wait() agentproto.Exit {
 	p.mu.Lock()
 	p.reaped = true
 	timedOut := p.timedOut
+	killReason := p.killReason
 	p.mu.Unlock()
 	if timer != nil {
 		timer.Stop()
@@ -449,7 +523,10 @@ func (p *process) wait() agentproto.Exit {
 		exit.ExitCode = agentproto.ExitCodeStartFailed
 		exit.Error = fmt.Sprintf("unexpected wait status %#x", uint32(ws))
 	}
-	if timedOut {
+	switch {
+	case killReason != "" && ws.Signaled():
+		exit.Error = killReason
+	case timedOut:
 		exit.Error = fmt.Sprintf("command timed out after %s", p.timeout)
 	}
 	return exit

@@ -125,7 +125,7 @@ func buildLogText(t *testing.T, srv *testenv.Server, tpl, build string) (string,
 		}
 		var ev struct {
 			Stream, Text, Status string
-			Finished         bool
+			Finished             bool
 		}
 		if err := json.Unmarshal([]byte(line), &ev); err != nil {
 			t.Fatalf("bad log event %q", line)

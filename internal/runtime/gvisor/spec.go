@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -41,6 +42,29 @@ const (
 	mib       = 1 << 20
 )
 
+// memoryLimitEnv tells the agent the sandbox's memory budget
+// (agent.EnvMemoryLimit).
+const memoryLimitEnv = "STASIS_MEMORY_LIMIT_MIB"
+
+// hostMemoryLimit is the host cgroup memory limit of a sandbox whose budget
+// is memMiB: the budget plus headroom for the sentry's and gofer's own
+// memory and for what the guest allocates between two samples of the
+// agent's watchdog.
+//
+// gVisor has no OOM killer: a sandbox that reaches its host cgroup limit is
+// SIGKILLed whole by the host kernel, agent and all. So the budget is
+// enforced inside the sandbox by the agent (it kills the largest process,
+// as Linux would), and the host limit only catches what the agent could not
+// stop. gVisor reports the host limit as MemTotal; the agent is told the
+// budget in its environment.
+func hostMemoryLimit(memMiB int) int64 {
+	headroom := max(memMiB/4, minMemoryHeadroomMiB)
+	return int64(memMiB+headroom) * mib
+}
+
+// minMemoryHeadroomMiB is the least headroom of hostMemoryLimit.
+const minMemoryHeadroomMiB = 64
+
 // ociSpec builds the bundle's config.json for spec. Everything restore
 // validates (args, env names, cwd, user, mounts, hostname) must come out the
 // same for the same Spec, so this function must stay deterministic and
@@ -57,6 +81,13 @@ func ociSpec(spec runtime.Spec, netnsPath, cgroupsPath string) *specs.Spec {
 	if !hasPath {
 		env = append(env, defaultPath)
 	}
+	if spec.MemoryMiB > 0 {
+		// The agent's watchdog keeps the sandbox within this budget; the
+		// host cgroup gets headroom above it (hostMemoryLimit). Restore
+		// does not validate the environment, so older checkpoints without
+		// it still restore.
+		env = append(env, memoryLimitEnv+"="+strconv.Itoa(spec.MemoryMiB))
+	}
 	hostname := spec.Hostname
 	if hostname == "" {
 		hostname = spec.ID
@@ -65,7 +96,7 @@ func ociSpec(spec runtime.Spec, netnsPath, cgroupsPath string) *specs.Spec {
 
 	var res specs.LinuxResources
 	if spec.MemoryMiB > 0 {
-		limit := int64(spec.MemoryMiB) * mib
+		limit := hostMemoryLimit(spec.MemoryMiB)
 		res.Memory = &specs.LinuxMemory{Limit: &limit}
 	}
 	if spec.VCPU > 0 {
