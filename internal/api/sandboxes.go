@@ -79,8 +79,8 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request, teamID st
 		return
 	}
 	switch {
-	case req.FromSnapshot != "":
-		writeError(w, http.StatusBadRequest, "not_supported", "from_snapshot is not supported by this stasis server yet")
+	case req.FromSnapshot != "" && req.FromTemplate != "":
+		writeError(w, http.StatusBadRequest, "invalid_request", "give from_template or from_snapshot, not both")
 		return
 	case !isEmptyJSON(req.Secrets):
 		writeError(w, http.StatusBadRequest, "not_supported", "secrets are not supported by this stasis server yet")
@@ -94,7 +94,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request, teamID st
 		name = *req.Name
 	}
 	sb, tok, err := s.svc.Create(r.Context(), teamID, sandbox.CreateParams{
-		Name: name, Template: req.FromTemplate, VCPU: req.VCPU, MemoryMiB: req.MemoryMiB,
+		Name: name, Template: req.FromTemplate, Snapshot: req.FromSnapshot, VCPU: req.VCPU, MemoryMiB: req.MemoryMiB,
 		Metadata: req.Metadata, Env: req.EnvVars,
 		TimeoutSeconds: req.TimeoutSeconds, AutoDeleteSeconds: req.AutoDeleteSeconds,
 	})
@@ -259,4 +259,54 @@ func (s *Server) forkSandbox(w http.ResponseWriter, r *http.Request, teamID stri
 		out.Error = err.Error()
 	}
 	writeJSON(w, http.StatusCreated, out)
+}
+
+// snapshotJSON is a saved snapshot on the wire (a stasis extension).
+type snapshotJSON struct {
+	ID        string    `json:"id"`
+	SandboxID string    `json:"sandbox_id"`
+	Name      string    `json:"name"`
+	SizeBytes int64     `json:"size_bytes"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+func savedToJSON(s *store.SavedSnapshot) snapshotJSON {
+	return snapshotJSON{ID: s.ID, SandboxID: s.SandboxID, Name: s.Name, SizeBytes: s.SizeBytes, CreatedAt: s.CreatedAt}
+}
+
+func (s *Server) saveSnapshot(w http.ResponseWriter, r *http.Request, teamID string) {
+	var req struct {
+		Name string `json:"name"`
+	}
+	if err := decodeJSON(w, r, &req, true); err != nil {
+		s.fail(w, err)
+		return
+	}
+	snap, err := s.svc.SaveSnapshot(r.Context(), teamID, r.PathValue("id"), req.Name)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, savedToJSON(snap))
+}
+
+func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request, teamID string) {
+	list, err := s.svc.SavedSnapshots(r.Context(), teamID)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	out := make([]snapshotJSON, 0, len(list))
+	for _, snap := range list {
+		out = append(out, savedToJSON(snap))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request, teamID string) {
+	if err := s.svc.DeleteSavedSnapshot(r.Context(), teamID, r.PathValue("id")); err != nil {
+		s.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }

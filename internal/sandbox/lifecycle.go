@@ -24,6 +24,9 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 	if err := p.validate(); err != nil {
 		return nil, "", err
 	}
+	if p.Snapshot != "" {
+		return s.createFromSaved(ctx, teamID, p)
+	}
 	if t, err := s.cfg.Store.GetTemplate(ctx, teamID, p.Template); err == nil {
 		return s.createFromTemplate(ctx, teamID, p, t)
 	}

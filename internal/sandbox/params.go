@@ -23,6 +23,7 @@ const (
 type CreateParams struct {
 	Name              string
 	Template          string // "" = default template
+	Snapshot          string // start from this saved snapshot instead of a template
 	VCPU              int    // 0 = default
 	MemoryMiB         int    // 0 = default
 	Metadata          map[string]string

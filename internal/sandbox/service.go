@@ -62,7 +62,8 @@ type Service struct {
 	mu    sync.Mutex
 	boxes map[string]*box
 
-	tsnaps *snapshot.Dir
+	tsnaps *snapshot.Dir // template snapshots
+	saved  *snapshot.Dir // saved snapshots
 	logsMu sync.Mutex
 	logs   map[string]*buildLog // by build ID, for builds run by this process
 }
@@ -113,7 +114,11 @@ func New(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, agentPath: agentPath, log: cfg.Logger, snaps: snaps, tsnaps: tsnaps,
+	saved, err := snapshot.New(filepath.Join(filepath.Dir(cfg.SnapshotDir), "saved"))
+	if err != nil {
+		return nil, err
+	}
+	return &Service{cfg: cfg, agentPath: agentPath, log: cfg.Logger, snaps: snaps, tsnaps: tsnaps, saved: saved,
 		metrics: cfg.Metrics, boxes: map[string]*box{}, logs: map[string]*buildLog{}}, nil
 }
 

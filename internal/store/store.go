@@ -137,6 +137,18 @@ var migrations = []string{
 	// 5: exec defaults a sandbox inherits from its template (env, working dir, user)
 	`ALTER TABLE sandboxes ADD COLUMN exec_defaults TEXT NOT NULL DEFAULT '{}';
 	ALTER TABLE templates ADD COLUMN exec_defaults TEXT NOT NULL DEFAULT '{}';`,
+	// 6: saved snapshots, which new sandboxes can start from
+	`CREATE TABLE snapshots (
+		id         TEXT PRIMARY KEY,
+		team_id    TEXT NOT NULL REFERENCES teams(id),
+		sandbox_id TEXT NOT NULL,
+		name       TEXT NOT NULL,
+		dir        TEXT NOT NULL,
+		size_bytes INTEGER NOT NULL,
+		source     TEXT NOT NULL,
+		created_at TEXT NOT NULL
+	);
+	CREATE INDEX snapshots_team ON snapshots(team_id, created_at);`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

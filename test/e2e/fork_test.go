@@ -89,3 +89,67 @@ func TestForkContinuesThenDiverges(t *testing.T) {
 		t.Fatalf("fork count 101: %v, want 400", err)
 	}
 }
+
+// TestSavedSnapshots: a snapshot saved from an active sandbox (which keeps
+// running) and one from a paused sandbox both start new sandboxes with the
+// saved process state; deleting a snapshot makes it unusable.
+func TestSavedSnapshots(t *testing.T) {
+	srv := testenv.StartServer(t)
+	c, sb := createMinimal(t, srv, "source")
+	c.writeFile("/home/user/v.txt", []byte("v1"))
+	c.sh(`sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done' >/dev/null 2>&1 & echo $! > /tmp/counter.pid`)
+	waitCount(t, c, 5)
+
+	var snap struct {
+		ID        string `json:"id"`
+		SandboxID string `json:"sandbox_id"`
+		SizeBytes int64  `json:"size_bytes"`
+	}
+	if err := srv.Do("POST", "/sandboxes/"+sb.ID+"/snapshots", map[string]any{"name": "v1"}, &snap); err != nil {
+		t.Fatalf("save snapshot of active sandbox: %v", err)
+	}
+	if snap.SandboxID != sb.ID || snap.SizeBytes == 0 {
+		t.Fatalf("snapshot = %+v", snap)
+	}
+	// The source keeps running and changes on.
+	after := waitCount(t, c, 0)
+	waitCount(t, c, after+3)
+	c.writeFile("/home/user/v.txt", []byte("v2"))
+
+	n, _ := create(t, srv, map[string]any{"name": "restored", "from_snapshot": snap.ID})
+	if got := string(n.readFile("/home/user/v.txt")); got != "v1" {
+		t.Fatalf("sandbox from snapshot sees %q, want the saved v1", got)
+	}
+	if pid := n.sh("cat /tmp/counter.pid"); n.sh("kill -0 "+pid+" && echo alive") != "alive" {
+		t.Fatal("counter process not running in the sandbox started from the snapshot")
+	}
+
+	// From a paused sandbox too.
+	if err := srv.Do("POST", "/sandboxes/"+sb.ID+"/pause", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	var snap2 struct{ ID string }
+	if err := srv.Do("POST", "/sandboxes/"+sb.ID+"/snapshots", nil, &snap2); err != nil {
+		t.Fatalf("save snapshot of paused sandbox: %v", err)
+	}
+	n2, _ := create(t, srv, map[string]any{"name": "restored2", "from_snapshot": snap2.ID})
+	if got := string(n2.readFile("/home/user/v.txt")); got != "v2" {
+		t.Fatalf("sandbox from the paused snapshot sees %q, want v2", got)
+	}
+	// The paused source still resumes (its own snapshot was linked, not moved).
+	var resumed sandboxInfo
+	if err := srv.Do("POST", "/sandboxes/"+sb.ID+"/resume", nil, &resumed); err != nil {
+		t.Fatalf("resume source: %v", err)
+	}
+
+	var list []struct{ ID string }
+	if err := srv.Do("GET", "/snapshots", nil, &list); err != nil || len(list) != 2 {
+		t.Fatalf("list snapshots: %v %v", list, err)
+	}
+	if err := srv.Do("DELETE", "/snapshots/"+snap.ID, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Do("POST", "/sandboxes", map[string]any{"name": "x", "from_snapshot": snap.ID}, nil); statusOf(err) != 404 {
+		t.Fatalf("create from deleted snapshot: %v, want 404", err)
+	}
+}
