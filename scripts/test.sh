@@ -9,6 +9,8 @@ cd "$ROOT"
 export STASIS_RUNSC="${STASIS_RUNSC:-${RUNSC:-$ROOT/.cache/runsc/bin/runsc}}"
 export STASIS_IMAGES_DIR="${STASIS_IMAGES_DIR:-${IMAGES_DIR:-$ROOT/.cache/images}}"
 export STASIS_AGENT="${STASIS_AGENT:-$ROOT/bin/stasis-agent}"
+# End-to-end tests use the binaries `make build` just made.
+export STASIS_BIN_DIR="${STASIS_BIN_DIR:-$ROOT/bin}"
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 for f in "$STASIS_RUNSC" "$STASIS_AGENT"; do
@@ -20,6 +22,13 @@ go vet ./...
 
 echo "==> go test ./... (STASIS_RUNSC=$STASIS_RUNSC STASIS_IMAGES_DIR=$STASIS_IMAGES_DIR STASIS_AGENT=$STASIS_AGENT)"
 go test -count=1 -timeout 60m ./...
+
+echo "==> fuzzing request decoding and path handling briefly"
+for target in "FuzzDecodeRequests ./internal/api" "FuzzValidatePath ./internal/api" \
+	"FuzzUTF8Joiner ./internal/api" "FuzzCleanPath ./internal/agent"; do
+	set -- $target
+	go test -run '^$' -fuzz "^$1\$" -fuzztime 10s "$2"
+done
 
 if [ -f test/compat/package.json ]; then
 	echo "==> SDK compatibility tests (test/compat)"

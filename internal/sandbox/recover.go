@@ -31,6 +31,11 @@ func (s *Service) Recover(ctx context.Context) error {
 	}
 	known := map[string]bool{}
 	for _, sb := range all {
+		if sb.TeamID == buildTeam {
+			// A template build interrupted by the restart: its sandbox is
+			// useless now (the build is marked failed below).
+			continue
+		}
 		known[sb.ID] = true
 		inst, isRunning := byID[sb.ID]
 		s.recoverOne(ctx, sb, inst, isRunning)
@@ -44,7 +49,15 @@ func (s *Service) Recover(ctx context.Context) error {
 		}
 	}
 	s.removeOrphanSnapshots(known)
-	return nil
+	for _, sb := range all {
+		if sb.TeamID == buildTeam {
+			b := s.box(sb.ID)
+			b.mu.Lock()
+			s.deleteLocked(ctx, b, sb.ID)
+			b.mu.Unlock()
+		}
+	}
+	return s.cfg.Store.FailUnfinishedBuilds(ctx, "build_failed: interrupted by a stasisd restart; rebuild it")
 }
 
 func (s *Service) recoverOne(ctx context.Context, sb *store.Sandbox, inst runtime.Instance, isRunning bool) {

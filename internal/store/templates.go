@@ -209,3 +209,19 @@ func (s *Store) ListBuilds(ctx context.Context, templateID string, limit int) ([
 	}
 	return out, rows.Err()
 }
+
+// FailUnfinishedBuilds marks every build still pending, building or
+// snapshotting as failed with msg (their process is gone after a restart),
+// and templates with no usable snapshot as failed too.
+func (s *Store) FailUnfinishedBuilds(ctx context.Context, msg string) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		now := time.Now().UTC().Format(timeFormat)
+		if _, err := tx.ExecContext(ctx, `UPDATE template_builds SET status = ?, error = ?, finalized_at = ?
+			WHERE status IN (?, ?, ?)`, BuildFailed, msg, now, BuildPending, BuildBuilding, BuildSnapshotting); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `UPDATE templates SET status = ?, error = ?
+			WHERE status IN (?, ?, ?) AND snapshot_dir = ''`, BuildFailed, msg, BuildPending, BuildBuilding, BuildSnapshotting)
+		return err
+	})
+}

@@ -37,6 +37,7 @@ type Server struct {
 	subnet  string
 	prefix  string
 	cmd     *exec.Cmd
+	slot    *os.File // flock held on this server's network slot
 	logs    *lockedBuffer
 	exited  chan struct{}
 }
@@ -112,9 +113,11 @@ func StartServer(t testing.TB, opts ...Option) *Server {
 		t.Fatal(err)
 	}
 	// Each server gets its own /22 of link-local space and its own netns
-	// name prefix, so servers in parallel test binaries never collide.
-	n := (os.Getpid()*7 + int(serverSeq.Add(1))) % 60
+	// name prefix, so servers in parallel test binaries never collide: a
+	// slot is held by an flock for the server's lifetime.
+	n, slot := lockSlot(t)
 	s := &Server{
+		slot:    slot,
 		t:       t,
 		dataDir: dataDir,
 		listen:  freeAddr(t),
@@ -252,6 +255,31 @@ func (s *Server) Close() {
 	// runsc leaves an nsfs mount in its root dir; unmount before removing.
 	exec.Command("umount", "-R", "-l", filepath.Join(s.dataDir, "runsc")).Run()
 	os.RemoveAll(s.dataDir)
+	s.slot.Close() // releases the flock
+}
+
+// slots is how many servers may run at once on one host (one /22 each).
+const slots = 60
+
+// lockSlot takes a free network slot, trying them from a random start.
+func lockSlot(t testing.TB) (int, *os.File) {
+	t.Helper()
+	dir := filepath.Join(os.TempDir(), "stasis-testenv-slots")
+	os.MkdirAll(dir, 0o755)
+	start := int(serverSeq.Add(1)) + os.Getpid()
+	for i := range slots {
+		n := (start + i) % slots
+		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("%d.lock", n)), os.O_CREATE|os.O_RDWR, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
+			return n, f
+		}
+		f.Close()
+	}
+	t.Fatal("testenv: no free network slot (too many stasisd test servers at once)")
+	return 0, nil
 }
 
 // Do sends a control-plane request with the server's API key and decodes a
