@@ -188,6 +188,17 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *sandbox.Serv
 		st.Close()
 		return nil, nil, nil, err
 	}
+	// Network links of sandboxes that no longer run (a crash mid-create or
+	// mid-delete) are orphans.
+	if running, err := driver.List(ctx); err == nil {
+		live := map[string]bool{}
+		for _, inst := range running {
+			live[inst.ID] = true
+		}
+		if err := pool.Cleanup(ctx, func(id string) bool { return live[id] }); err != nil {
+			log.Warn("cleaning orphaned network links", "err", err)
+		}
+	}
 	log.Info("runtime ready", "runsc", runsc, "agent", agent, "images_dir", f.imagesDir)
 	return svc, api.New(svc, st, reg, log), func() { st.Close() }, nil
 }
