@@ -312,6 +312,7 @@ func (d *Driver) cleanupFailed(id string) {
 	_ = os.Remove(filepath.Join(d.sandboxDir(id), "config.json"))
 	_ = os.Remove(d.pidPath(id))
 	_ = os.RemoveAll(d.overlayDir(id))
+	d.removeCgroups(id)
 }
 
 // Checkpoint saves the sandbox into dir (which must exist and be empty) and
@@ -422,6 +423,7 @@ func (d *Driver) Destroy(ctx context.Context, id string) error {
 	if err := os.RemoveAll(d.sandboxDir(id)); err != nil {
 		errs = append(errs, err)
 	}
+	d.removeCgroups(id)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("gvisor: destroy %s: %w", id, err)
 	}
