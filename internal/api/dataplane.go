@@ -91,6 +91,21 @@ func (e *execRequest) validate() error {
 	return nil
 }
 
+// decodeExec reads and validates an exec request body, answering the
+// client itself when it is bad.
+func (s *Server) decodeExec(w http.ResponseWriter, r *http.Request) (*execRequest, bool) {
+	var req execRequest
+	if err := decodeJSON(w, r, &req, false); err != nil {
+		s.fail(w, err)
+		return nil, false
+	}
+	if err := req.validate(); err != nil {
+		s.fail(w, err)
+		return nil, false
+	}
+	return &req, true
+}
+
 // agentRequest is the request for the agent, with the sandbox's defaults
 // (from its template) filled in where the client said nothing.
 func (e *execRequest) agentRequest(d store.ExecDefaults) agentclient.ExecRequest {
@@ -112,13 +127,8 @@ func (e *execRequest) agentRequest(d store.ExecDefaults) agentclient.ExecRequest
 
 func (s *Server) exec(w http.ResponseWriter, r *http.Request, t *sandbox.Target) {
 	c := t.Agent
-	var req execRequest
-	if err := decodeJSON(w, r, &req, false); err != nil {
-		s.fail(w, err)
-		return
-	}
-	if err := req.validate(); err != nil {
-		s.fail(w, err)
+	req, ok := s.decodeExec(w, r)
+	if !ok {
 		return
 	}
 	start := time.Now()
@@ -147,13 +157,8 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, t *sandbox.Target)
 // execStream runs a command and streams its output as Server-Sent Events.
 func (s *Server) execStream(w http.ResponseWriter, r *http.Request, t *sandbox.Target) {
 	c := t.Agent
-	var req execRequest
-	if err := decodeJSON(w, r, &req, false); err != nil {
-		s.fail(w, err)
-		return
-	}
-	if err := req.validate(); err != nil {
-		s.fail(w, err)
+	req, ok := s.decodeExec(w, r)
+	if !ok {
 		return
 	}
 	p, err := c.Start(r.Context(), req.agentRequest(t.Defaults))

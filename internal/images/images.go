@@ -32,6 +32,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/stasis-sandbox/stasis/internal/fsutil"
 )
 
 // ErrUnknown is returned for an image name that is not a built-in image.
@@ -179,7 +181,7 @@ func (m *Manager) Ensure(ctx context.Context, name string, progress io.Writer) (
 	if err := os.MkdirAll(m.dir, 0o755); err != nil {
 		return nil, fmt.Errorf("images: %w", err)
 	}
-	unlock, err := lockFile(ctx, filepath.Join(m.dir, "."+slug(r.name)+".lock"), func() {
+	unlock, err := fsutil.LockFile(ctx, filepath.Join(m.dir, "."+slug(r.name)+".lock"), func() {
 		fmt.Fprintf(progress, "[%s] waiting for another build of this image to finish...\n", r.name)
 	})
 	if err != nil {
@@ -276,7 +278,7 @@ func (m *Manager) build(ctx context.Context, r *recipe, progress io.Writer) erro
 		return err
 	}
 	ok = true
-	syncDir(m.dir)
+	fsutil.SyncDir(m.dir)
 	fmt.Fprintf(progress, "[%s] built in %s\n", r.name, time.Since(start).Round(time.Millisecond))
 	return nil
 }
@@ -308,43 +310,6 @@ func writeAgentMountPoint(rootfs string) error {
 		return err
 	}
 	return os.Chmod(p, 0o755)
-}
-
-func syncDir(dir string) {
-	if f, err := os.Open(dir); err == nil {
-		f.Sync()
-		f.Close()
-	}
-}
-
-// lockFile takes an exclusive flock on path, waiting (while ctx allows) if
-// another holder has it; waiting is called once if it has to wait.
-func lockFile(ctx context.Context, path string, waiting func()) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	announced := false
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil // closing releases the lock
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
-			f.Close()
-			return nil, err
-		}
-		if !announced {
-			announced = true
-			waiting()
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }
 
 // prefixWriter writes each line it is given to w, prefixed. Carriage returns

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stasis-sandbox/stasis/internal/fsutil"
 )
 
 // syncBuffer is a bytes.Buffer safe for concurrent writers.
@@ -318,7 +320,7 @@ func TestStaleRecipeRebuilds(t *testing.T) {
 
 func TestEnsureWaitHonoursContext(t *testing.T) {
 	dir := t.TempDir()
-	unlock, err := lockFile(context.Background(), filepath.Join(dir, ".stasis-minimal.lock"), func() {})
+	unlock, err := fsutil.LockFile(context.Background(), filepath.Join(dir, ".stasis-minimal.lock"), func() {})
 	if err != nil {
 		t.Fatal(err)
 	}

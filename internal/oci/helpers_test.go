@@ -3,15 +3,12 @@ package oci
 import (
 	"archive/tar"
 	"bytes"
-	"fmt"
+	"github.com/stasis-sandbox/stasis/internal/testenv"
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -164,100 +161,16 @@ func push(t testing.TB, ref string, img v1.Image) string {
 	return d.String()
 }
 
-// dockerRegistry is a real registry (Debian's docker-registry, i.e.
-// github.com/docker/distribution) serving plain HTTP on loopback.
+// dockerRegistry is a real registry (Debian's docker-registry) serving
+// plain HTTP on loopback, started by testenv.
 type dockerRegistry struct {
 	host string // 127.0.0.1:port
-	cmd  *exec.Cmd
-	out  *syncBuffer
-	once sync.Once
+	stop func()
 }
 
 func startDockerRegistry(t *testing.T) *dockerRegistry {
-	t.Helper()
-	bin, err := exec.LookPath("docker-registry")
-	if err != nil {
-		t.Fatalf("docker-registry not found (%v): run `make setup`, which installs the docker-registry package", err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	host := l.Addr().String()
-	l.Close()
-	tmp := t.TempDir()
-	cfg := fmt.Sprintf(`version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: %s
-  delete:
-    enabled: true
-http:
-  addr: %s
-`, filepath.Join(tmp, "data"), host)
-	cfgFile := filepath.Join(tmp, "config.yml")
-	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	r := &dockerRegistry{host: host, out: &syncBuffer{}}
-	r.cmd = exec.Command(bin, "serve", cfgFile)
-	r.cmd.Stdout, r.cmd.Stderr = r.out, r.out
-	if err := r.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { r.cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		r.stop()
-		<-exited
-		if t.Failed() {
-			t.Logf("docker-registry output:\n%s", r.out.String())
-		}
-	})
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		resp, err := http.Get("http://" + host + "/v2/")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return r
-			}
-		}
-		select {
-		case <-exited:
-			t.Fatalf("docker-registry exited: %v\n%s", r.cmd.ProcessState, r.out.String())
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("docker-registry not ready on %s: %v\n%s", host, err, r.out.String())
-		}
-	}
-}
-
-// stop kills the registry (our own child, by its pid).
-func (r *dockerRegistry) stop() {
-	r.once.Do(func() { r.cmd.Process.Kill() })
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	host, stop := testenv.StartRegistry(t)
+	return &dockerRegistry{host: host, stop: stop}
 }
 
 // testRegistry is an in-process registry (go-containerregistry's

@@ -46,6 +46,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/stasis-sandbox/stasis/internal/fsutil"
 )
 
 // AgentMountPoint is the path inside every image at which the runtime
@@ -238,7 +240,7 @@ func (p *Puller) Pull(ctx context.Context, ref string, progress io.Writer) (*Ima
 		return nil, fail(&localError{err})
 	}
 	key := slug(digest)
-	unlock, err := lockFile(ctx, filepath.Join(p.dir, "."+key+".lock"), func() {
+	unlock, err := fsutil.LockFile(ctx, filepath.Join(p.dir, "."+key+".lock"), func() {
 		fmt.Fprintf(progress, "waiting for another pull of %s (%s) to finish...\n", ref, digest)
 	})
 	if err != nil {
@@ -556,7 +558,7 @@ func (p *Puller) unpack(ctx context.Context, ref, digest string, img v1.Image, p
 		return &localError{err}
 	}
 	ok = true
-	syncDir(p.dir)
+	fsutil.SyncDir(p.dir)
 	fmt.Fprintf(progress, "pulled %s (%s, %d layers, %s) in %s\n", ref, digest, len(layers), humanSize(total),
 		time.Since(start).Round(time.Millisecond))
 	return nil
@@ -656,41 +658,4 @@ func humanSize(n int64) string {
 		return fmt.Sprintf("%.1f MB", float64(n)/1e6)
 	}
 	return fmt.Sprintf("%.2f GB", float64(n)/1e9)
-}
-
-func syncDir(dir string) {
-	if f, err := os.Open(dir); err == nil {
-		f.Sync()
-		f.Close()
-	}
-}
-
-// lockFile takes an exclusive flock on path, waiting (while ctx allows) if
-// another holder has it; waiting is called once if it has to wait.
-func lockFile(ctx context.Context, path string, waiting func()) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	announced := false
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil // closing releases the lock
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
-			f.Close()
-			return nil, err
-		}
-		if !announced {
-			announced = true
-			waiting()
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }

@@ -18,6 +18,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/stasis-sandbox/stasis/internal/fsutil"
 )
 
 // ManifestName is the file listing a snapshot's files and checksums.
@@ -87,14 +89,14 @@ func (d *Dir) Commit(tmp string) (string, int64, error) {
 	if err := writeSync(filepath.Join(tmp, ManifestName), b); err != nil {
 		return "", 0, fmt.Errorf("commit snapshot: %w", err)
 	}
-	if err := syncDir(tmp); err != nil {
+	if err := fsutil.SyncDir(tmp); err != nil {
 		return "", 0, err
 	}
 	final := filepath.Join(filepath.Dir(tmp), "snap-"+strconv.FormatInt(time.Now().UnixNano(), 10))
 	if err := os.Rename(tmp, final); err != nil {
 		return "", 0, fmt.Errorf("commit snapshot: %w", err)
 	}
-	return final, total, syncDir(filepath.Dir(final))
+	return final, total, fsutil.SyncDir(filepath.Dir(final))
 }
 
 // Verify checks that dir is a committed snapshot whose files all match the
@@ -160,13 +162,4 @@ func writeSync(path string, b []byte) error {
 		return err
 	}
 	return f.Close()
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }

@@ -6,20 +6,22 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 )
 
 // StartRegistry runs a real OCI registry (Debian's docker-registry, i.e.
 // github.com/docker/distribution) on a free loopback port for the test's
-// lifetime and returns its host:port. Plain HTTP; loopback only.
-func StartRegistry(t testing.TB) string {
+// lifetime and returns its host:port and a function that stops it early
+// (to test what happens when a registry goes away). Plain HTTP; loopback only.
+func StartRegistry(t testing.TB) (host string, stop func()) {
 	t.Helper()
 	bin, err := exec.LookPath("docker-registry")
 	if err != nil {
 		t.Fatalf("docker-registry not found (%v): run `make setup`, which installs the docker-registry package", err)
 	}
-	host := freeAddr(t)
+	host = freeAddr(t)
 	tmp := t.TempDir()
 	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n"+
 		"storage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n",
@@ -36,8 +38,10 @@ func StartRegistry(t testing.TB) string {
 	}
 	exited := make(chan struct{})
 	go func() { cmd.Wait(); close(exited) }()
+	var once sync.Once
+	stop = func() { once.Do(func() { cmd.Process.Kill() }) } // our own child, by its pid
 	t.Cleanup(func() {
-		cmd.Process.Kill() // our own child, by its pid
+		stop()
 		<-exited
 		if t.Failed() {
 			t.Logf("docker-registry output:\n%s", out.String())
@@ -49,7 +53,7 @@ func StartRegistry(t testing.TB) string {
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return host
+				return host, stop
 			}
 		}
 		select {

@@ -142,7 +142,7 @@ func buildLogText(t *testing.T, srv *testenv.Server, tpl, build string) (string,
 // server as start_cmd becomes a template; a sandbox created from it answers
 // HTTP at once, without starting the server again.
 func TestTemplateFromImage(t *testing.T) {
-	host := testenv.StartRegistry(t)
+	host, _ := testenv.StartRegistry(t)
 	ref := pushBusyboxImage(t, host)
 	srv := testenv.StartServer(t)
 
