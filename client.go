@@ -452,12 +452,15 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 
 // CreateOptions describes a new sandbox.
 type CreateOptions struct {
-	// Name is a human-readable name (not unique).
+	// Name is a human-readable name (not unique). Empty lets the server
+	// pick one.
 	Name string
-	// Template names the template to boot from, e.g. "stasis/minimal".
-	// Empty uses the server's default.
+	// Template names the template to boot from: a built-in such as
+	// "stasis/minimal" or a user template's name or id (see
+	// Client.CreateTemplate). Empty uses the server's default.
 	Template string
-	// Snapshot boots from a snapshot id instead of a template.
+	// Snapshot boots from a saved snapshot's id (see Sandbox.SaveSnapshot)
+	// instead of a template.
 	Snapshot string
 	// Timeout pauses the sandbox automatically after this much inactivity
 	// (rounded up to whole seconds). Zero uses the server's default.
@@ -481,7 +484,10 @@ func seconds(d time.Duration) int {
 
 // Create boots a sandbox and returns it once it is active.
 func (c *Client) Create(ctx context.Context, opts CreateOptions) (*Sandbox, error) {
-	body := map[string]any{"name": opts.Name}
+	body := map[string]any{}
+	if opts.Name != "" { // the server names unnamed sandboxes
+		body["name"] = opts.Name
+	}
 	if opts.Template != "" {
 		body["from_template"] = opts.Template
 	}

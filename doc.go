@@ -29,6 +29,29 @@
 // callbacks. Commands.Spawn starts a Session over a WebSocket: write its
 // Stdin, Signal it, Resize its PTY, Wait for it, Close it.
 //
+// # Templates
+//
+// Client.CreateTemplate builds a template from a TemplateSpec: a base (an
+// OCI image or a built-in such as "stasis/minimal"), build steps (RunStep,
+// EnvStep, WorkdirStep, UserStep), and optionally a StartCmd whose
+// processes keep running and a ReadyCmd that says they are up. The build
+// runs on the server; Template.WaitUntilReady waits for it (streaming its
+// log through WaitOptions.OnLog if asked) and returns a *BuildError with
+// the failure's code ("step_failed", "image_pull_failed", ...) if it
+// fails. Template.FollowLogs streams a build's log. Sandboxes name the
+// template in CreateOptions.Template and start from its snapshot, with
+// StartCmd already running. Client.GetTemplate, Client.ListTemplates,
+// Client.DeleteTemplate, Template.Rebuild, Template.Builds, Template.Build
+// and Template.CancelBuild manage templates and their builds.
+//
+// # Forks and snapshots
+//
+// Sandbox.Fork (or Client.ForkByID) turns a paused sandbox into up to 100
+// new ones that continue from its state and then diverge.
+// Sandbox.SaveSnapshot saves a sandbox's state under an id that
+// CreateOptions.Snapshot boots from; Client.ListSnapshots and
+// Client.DeleteSnapshot manage them.
+//
 // # Access tokens, retries and errors
 //
 // Data-plane calls carry a per-sandbox access token that rotates on every
@@ -39,7 +62,8 @@
 // 504 and on network errors; POST and PATCH are never retried.
 //
 // Errors match the sentinels ErrNotFound, ErrConflict, ErrValidation,
-// ErrAuth, ErrRateLimit, ErrTimeout, ErrServer and ErrOutputTooLarge with
+// ErrAuth, ErrRateLimit, ErrTimeout, ErrServer, ErrOutputTooLarge and
+// ErrBuildFailed with
 // errors.Is; server answers are *APIError values, reachable with errors.As.
 //
 // All calls take a context.Context first.

@@ -34,6 +34,9 @@ var (
 	// ErrOutputTooLarge: a buffered response exceeded the configured cap
 	// (see WithMaxOutputBytes and RunOptions.MaxOutputBytes).
 	ErrOutputTooLarge = errors.New("stasis: output too large")
+	// ErrBuildFailed: a template build failed or was cancelled; the error
+	// is a *BuildError with the failure's code.
+	ErrBuildFailed = errors.New("stasis: template build failed")
 )
 
 // APIError is an error answer from stasisd: an HTTP status with the

@@ -1,6 +1,7 @@
 // Command stasis is the command-line client for stasisd: create, list,
-// pause, resume and delete sandboxes, run commands in them, open shells and
-// copy files. Run `stasis help` for usage.
+// pause, resume, fork and delete sandboxes, run commands in them, open
+// shells, copy files, build templates and save snapshots. Run `stasis help`
+// for usage.
 package main
 
 import (
@@ -46,12 +47,25 @@ type command struct {
 	minArgs, maxArgs int
 	// ownSignals: the command handles SIGINT/SIGTERM itself.
 	ownSignals bool
+	// subs makes the command a group ("stasis template create"): the next
+	// argument names one of them, and flags and run are unused.
+	subs []*command
+}
+
+func findCommand(list []*command, name string) *command {
+	for _, c := range list {
+		if c.name == name {
+			return c
+		}
+	}
+	return nil
 }
 
 func (a *app) commands() []*command {
 	return []*command{
 		a.createCmd(), a.lsCmd(), a.infoCmd(), a.execCmd(), a.shellCmd(),
-		a.pauseCmd(), a.resumeCmd(), a.killCmd(), a.cpCmd(), a.versionCmd(),
+		a.pauseCmd(), a.resumeCmd(), a.killCmd(), a.cpCmd(), a.forkCmd(),
+		a.templateCmd(), a.snapshotCmd(), a.versionCmd(),
 	}
 }
 
@@ -76,8 +90,22 @@ func (a *app) usage(w io.Writer) {
 	for _, c := range a.commands() {
 		first, _, _ := strings.Cut(c.summary, "\n")
 		fmt.Fprintf(&b, "  %-16s %s\n", c.name, strings.TrimSuffix(first, "."))
+		for _, sub := range c.subs {
+			first, _, _ := strings.Cut(sub.summary, "\n")
+			fmt.Fprintf(&b, "    %-14s %s\n", sub.name, strings.TrimSuffix(first, "."))
+		}
 	}
 	fmt.Fprintf(w, globalUsage, strings.TrimRight(b.String(), "\n"), stasis.DefaultURL)
+}
+
+// groupUsage lists a command group's subcommands.
+func (a *app) groupUsage(w io.Writer, full string, g *command) {
+	fmt.Fprintf(w, "Usage: stasis %s <command> [flags] [arguments]\n\n%s\n\nCommands:\n", full, g.summary)
+	for _, sub := range g.subs {
+		first, _, _ := strings.Cut(sub.summary, "\n")
+		fmt.Fprintf(w, "  %-10s %s\n", sub.name, strings.TrimSuffix(first, "."))
+	}
+	fmt.Fprintf(w, "\nRun 'stasis %s <command> -h' for a command's flags.\n", full)
 }
 
 func (a *app) run(args []string) int {
@@ -102,24 +130,42 @@ func (a *app) run(args []string) int {
 			a.usage(a.stdout)
 			return 0
 		}
-		name, args = args[0], []string{"-h"}
+		// "help template create" is "template create -h".
+		name, args = args[0], append(args[1:len(args):len(args)], "-h")
 	}
-	var cmd *command
-	for _, c := range a.commands() {
-		if c.name == name {
-			cmd = c
-		}
-	}
+	cmd := findCommand(a.commands(), name)
 	if cmd == nil {
 		fmt.Fprintf(a.stderr, "stasis: unknown command %q (see 'stasis help')\n", name)
 		return 2
 	}
-	fs := flag.NewFlagSet("stasis "+cmd.name, flag.ContinueOnError)
+	full := cmd.name
+	for cmd.subs != nil {
+		if len(args) > 1 && args[0] == "help" {
+			args = []string{args[1], "-h"}
+		}
+		if len(args) == 0 {
+			a.groupUsage(a.stderr, full, cmd)
+			return 2
+		}
+		switch args[0] {
+		case "-h", "-help", "--help", "help":
+			a.groupUsage(a.stdout, full, cmd)
+			return 0
+		}
+		sub := findCommand(cmd.subs, args[0])
+		if sub == nil {
+			fmt.Fprintf(a.stderr, "stasis: unknown command %q (see 'stasis help %s')\n", full+" "+args[0], full)
+			return 2
+		}
+		full += " " + sub.name
+		cmd, args = sub, args[1:]
+	}
+	fs := flag.NewFlagSet("stasis "+full, flag.ContinueOnError)
 	fs.SetOutput(a.stderr)
 	a.connFlags(fs)
 	runFn := cmd.flags(fs)
 	fs.Usage = func() {
-		fmt.Fprintf(a.stderr, "Usage: stasis %s %s\n\n%s\n", cmd.name, cmd.usage, cmd.summary)
+		fmt.Fprintf(a.stderr, "Usage: stasis %s %s\n\n%s\n", full, cmd.usage, cmd.summary)
 		var hasFlags bool
 		fs.VisitAll(func(*flag.Flag) { hasFlags = true })
 		if hasFlags {
@@ -135,7 +181,7 @@ func (a *app) run(args []string) int {
 		return 2
 	}
 	if len(pos) < cmd.minArgs || (cmd.maxArgs >= 0 && len(pos) > cmd.maxArgs) {
-		fmt.Fprintf(a.stderr, "Usage: stasis %s %s\n(see 'stasis %s -h')\n", cmd.name, cmd.usage, cmd.name)
+		fmt.Fprintf(a.stderr, "Usage: stasis %s %s\n(see 'stasis %s -h')\n", full, cmd.usage, full)
 		return 2
 	}
 	ctx := context.Background()

@@ -302,7 +302,10 @@ func (s *Service) runBuild(ctx context.Context, templateID, buildID string, log 
 		b.Status = store.BuildCancelled
 	case ctx.Err() != nil:
 		b.Status, b.Error = store.BuildCancelled, "build was cancelled"
-		log.system("build cancelled")
+		if terr == nil && t2.SnapshotDir == "" {
+			t2.Status, t2.Error = store.BuildCancelled, b.Error
+			s.cfg.Store.UpdateTemplate(final, t2)
+		}
 	default:
 		var be *buildError
 		if !errors.As(err, &be) {
@@ -381,7 +384,7 @@ func (s *Service) build(ctx context.Context, t *store.Template, b *store.Build, 
 				return nil, err
 			}
 			if res.ExitCode != 0 {
-				return nil, failBuild("step_failed", "step %d (%s) exited with code %d %s", i+1, *st.Run, res.ExitCode, res.Error)
+				return nil, failBuild("step_failed", "%s", strings.TrimSpace(fmt.Sprintf("step %d (%s) exited with code %d %s", i+1, *st.Run, res.ExitCode, res.Error)))
 			}
 		case st.Env != nil:
 			log.system("step %d/%d: env %s", i+1, len(spec.Steps), st.Env.Key)
