@@ -262,7 +262,7 @@ func (s *Server) readFile(w http.ResponseWriter, r *http.Request, t *sandbox.Tar
 		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
 	}
 	w.WriteHeader(http.StatusOK)
-	io.Copy(w, body)
+	io.CopyBuffer(w, body, make([]byte, 256<<10))
 }
 
 func (s *Server) writeFile(w http.ResponseWriter, r *http.Request, t *sandbox.Target) {

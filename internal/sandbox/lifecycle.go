@@ -160,7 +160,10 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 		return s.pauseFailed(ctx, b, sb, "snapshot_dir", err)
 	}
 	failpoint.Hit("pause.before-checkpoint")
-	if err := s.cfg.Driver.Checkpoint(ctx, sb.ID, tmp); err != nil {
+	stopWriteback := snapshot.StartWriteback(tmp)
+	err = s.cfg.Driver.Checkpoint(ctx, sb.ID, tmp)
+	stopWriteback()
+	if err != nil {
 		os.RemoveAll(tmp)
 		return s.pauseFailed(ctx, b, sb, "checkpoint", err)
 	}
@@ -284,7 +287,9 @@ func (s *Service) resumeLocked(ctx context.Context, b *box, sb *store.Sandbox, r
 		return err
 	}
 	failpoint.Hit("resume.after-record")
-	os.RemoveAll(snap)
+	// The snapshot is garbage now; deleting a large one takes a while, and
+	// the next start removes it anyway if we crash first.
+	go os.RemoveAll(snap)
 	s.metrics.Observe("resume", time.Since(start))
 	s.log.Info("sandbox resumed", "sandbox", sb.ID, "from", how, "ms", time.Since(start).Milliseconds())
 	return nil
