@@ -183,13 +183,16 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 	if old != "" && old != final {
 		os.RemoveAll(old)
 	}
-	b.agent = nil
 	if s.cfg.WarmWindow > 0 {
 		// Tiered pause: stay frozen in RAM (no CPU) for a while, so a quick
-		// resume is a thaw; the committed snapshot is what survives.
+		// resume is a thaw (the agent client stays for it); the committed
+		// snapshot is what survives.
 		b.warmUntil = time.Now().Add(s.cfg.WarmWindow)
-	} else if err := s.cfg.Driver.Destroy(ctx, sb.ID); err != nil {
-		s.log.Error("stop after pause", "sandbox", sb.ID, "err", err)
+	} else {
+		b.agent = nil
+		if err := s.cfg.Driver.Destroy(ctx, sb.ID); err != nil {
+			s.log.Error("stop after pause", "sandbox", sb.ID, "err", err)
+		}
 	}
 	s.metrics.Observe("pause", time.Since(start))
 	s.log.Info("sandbox paused", "sandbox", sb.ID, "bytes", size, "ms", time.Since(start).Milliseconds())

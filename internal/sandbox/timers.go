@@ -84,7 +84,7 @@ func (s *Service) evictWarm(ctx context.Context) {
 			continue // busy (e.g. being resumed); look again next tick
 		}
 		if !b.warmUntil.IsZero() && (lowMemory || now.After(b.warmUntil)) {
-			b.warmUntil = time.Time{}
+			b.warmUntil, b.agent = time.Time{}, nil
 			if err := s.cfg.Driver.Destroy(ctx, id); err != nil {
 				s.log.Error("evict warm sandbox", "sandbox", id, "err", err)
 			}

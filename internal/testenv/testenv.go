@@ -252,8 +252,13 @@ func (s *Server) Close() {
 	if s.t.Failed() {
 		s.t.Logf("stasisd logs:\n%s", s.logs.String())
 	}
-	// runsc leaves an nsfs mount in its root dir; unmount before removing.
-	exec.Command("umount", "-R", "-l", filepath.Join(s.dataDir, "runsc")).Run()
+	// runsc leaves an nsfs mount (null-netns) in its root dir; unmount it
+	// before removing the data dir.
+	for range 8 { // runsc may have stacked several mounts there
+		if exec.Command("umount", "-l", filepath.Join(s.dataDir, "runsc", "null-netns")).Run() != nil {
+			break
+		}
+	}
 	os.RemoveAll(s.dataDir)
 	s.slot.Close() // releases the flock
 }

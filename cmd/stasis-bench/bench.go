@@ -1,0 +1,1197 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/stasis-sandbox/stasis/internal/images"
+)
+
+const (
+	tmplMinimal = "stasis/minimal"
+	tmplBase    = "stasis/base"
+	mib         = 1 << 20
+)
+
+// sleepInit is the baseline's trivial init: it just stays alive.
+var sleepInit = []string{"/bin/sleep", "2147483647"}
+
+// holdScript allocates and touches argv[1] MiB (one non-zero byte per page,
+// so checkpoint cannot skip the pages as zero), writes its PID to
+// /tmp/ready and sleeps. It is the memory footprint of the pause/resume
+// measurements, for stasis (started by the agent) and for the baseline (as
+// init).
+const holdScript = `import os, sys, time
+n = int(sys.argv[1]) << 20
+b = bytearray(n)
+for i in range(0, n, 4096):
+    b[i] = 1
+with open("/tmp/ready.tmp", "w") as f:
+    f.write(str(os.getpid()))
+os.rename("/tmp/ready.tmp", "/tmp/ready")
+while True:
+    time.sleep(3600)
+`
+
+// aliveCmd succeeds only if the memory holder is still running.
+const aliveCmd = `kill -0 "$(cat /tmp/ready)"`
+
+// bench is one run in progress.
+type bench struct {
+	cfg   *Config
+	srv   *server
+	warm  *server // nil when stasisd has no warm tier
+	raw   *rawEnv
+	rep   *Report
+	imgs  *images.Manager
+	seq   atomic.Int64
+	pause map[int]*pauseResults // by size in MiB
+}
+
+// Run runs every measurement and returns the report. A phase that fails is
+// recorded in the report's problems and the run goes on; the returned error
+// lists the problems.
+func Run(ctx context.Context, cfg *Config) (*Report, error) {
+	start := time.Now()
+	b := &bench{cfg: cfg, imgs: images.NewManager(cfg.ImagesDir)}
+	b.rep = &Report{
+		SchemaVersion: 1,
+		Date:          start.UTC().Format(time.RFC3339),
+		Mode:          map[bool]string{true: "quick", false: "full"}[cfg.Quick],
+		Command:       strings.Join(append([]string{"stasis-bench"}, os.Args[1:]...), " "),
+		Machine:       machineInfo(),
+		Versions:      versions(ctx, cfg),
+		Phases:        map[string]float64{},
+	}
+	b.rep.Machine.BusyStart = round(hostCPUPercent(ctx, time.Second))
+	b.logf("stasis-bench %s mode: %d CPUs, %d MiB, runsc %s", b.rep.Mode, b.rep.Machine.NProc, b.rep.Machine.MemTotalMiB, b.rep.Versions.Runsc)
+	// Two runs with the same network prefixes would tear down each other's
+	// links (stasisd and the baseline remove orphans with their prefix at
+	// start): one at a time per prefix.
+	unlock, err := lockPrefix(ctx, cfg, b.logf)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	for _, t := range []string{tmplMinimal, tmplBase} {
+		if _, err := b.imgs.Get(t); err != nil {
+			return nil, fmt.Errorf("image %s is not built (run make setup): %w", t, err)
+		}
+	}
+	// The warm tier (paused sandboxes kept frozen in RAM for a while, with
+	// their snapshot on disk) is a server option: the main stasisd has it
+	// off, a second one has it on.
+	hasWarm := serverHasFlag(cfg.Stasisd, "warm-pause-window")
+	var coldFlags []string
+	if hasWarm {
+		coldFlags = []string{"--warm-pause-window", "0"}
+	}
+	srv, err := startServer(ctx, cfg, cfg.Subnet, cfg.NetnsPrefix, coldFlags...)
+	if err != nil {
+		return nil, err
+	}
+	b.srv = srv
+	defer srv.stop()
+	if hasWarm {
+		warm, err := startServer(ctx, cfg, cfg.WarmSubnet, cfg.WarmPrefix, "--warm-pause-window", "1h")
+		if err != nil {
+			return nil, fmt.Errorf("warm-tier server: %w", err)
+		}
+		b.warm = warm
+		defer warm.stop()
+	} else {
+		b.logf("stasisd has no --warm-pause-window: no warm-tier figures")
+	}
+	raw, err := newRawEnv(cfg)
+	if err != nil {
+		return nil, err
+	}
+	b.raw = raw
+	defer raw.close()
+
+	phases := []struct {
+		name string
+		fn   func(context.Context) error
+	}{
+		{"create", b.benchCreate},
+		{"exec", b.benchExec},
+		{"files", b.benchFiles},
+		{"pause-resume", b.benchPause},
+		{"density", b.benchDensity},
+	}
+	for _, p := range phases {
+		if ctx.Err() != nil {
+			b.problem("interrupted before %s", p.name)
+			break
+		}
+		t0 := time.Now()
+		b.logf("== %s", p.name)
+		if err := p.fn(ctx); err != nil {
+			b.problem("%s: %v", p.name, err)
+			b.logf("%s failed: %v", p.name, err)
+		}
+		b.rep.Phases[p.name] = roundSecs(time.Since(t0))
+	}
+	b.rep.GoBenchmarks = findGoBenchmarks(cfg.RepoRoot)
+	b.rep.DurationSeconds = roundSecs(time.Since(start))
+	b.rep.Machine.LoadEnd = loadavg()
+	b.logf("done in %s", time.Since(start).Round(time.Second))
+	if len(b.rep.Problems) > 0 {
+		return b.rep, fmt.Errorf("%d problem(s): %s", len(b.rep.Problems), strings.Join(b.rep.Problems, "; "))
+	}
+	return b.rep, nil
+}
+
+// lockPrefix takes an flock named after the run's netns prefix, waiting
+// while another run holds it.
+func lockPrefix(ctx context.Context, cfg *Config, logf func(string, ...any)) (func(), error) {
+	path := filepath.Join(os.TempDir(), "stasis-bench-"+cfg.NetnsPrefix+".lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	for i := 0; ; i++ {
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
+			return func() { f.Close() }, nil
+		}
+		if i == 0 {
+			logf("another stasis-bench run holds %s; waiting", path)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func roundSecs(d time.Duration) float64 {
+	return float64(d.Round(100*time.Millisecond)) / float64(time.Second)
+}
+
+func (b *bench) logf(format string, args ...any) {
+	fmt.Fprintf(b.cfg.Log, "%s %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}
+
+func (b *bench) problem(format string, args ...any) {
+	b.rep.Problems = append(b.rep.Problems, fmt.Sprintf(format, args...))
+}
+
+func (b *bench) add(r Row) {
+	if r.Status == "" {
+		r.Status = "ok"
+	}
+	if r.Ratio == nil {
+		r.Ratio = ratio(r.Stasis, r.Raw)
+	}
+	b.rep.Rows = append(b.rep.Rows, r)
+	var s, rw string
+	if r.Stasis != nil {
+		s = fmt.Sprintf("stasis %.1f/%.1f %s", r.Stasis.Median, r.Stasis.P95, r.Stasis.Unit)
+	}
+	if r.Raw != nil {
+		rw = fmt.Sprintf("raw %.1f/%.1f %s", r.Raw.Median, r.Raw.P95, r.Raw.Unit)
+	}
+	ratio := ""
+	if r.Ratio != nil {
+		ratio = fmt.Sprintf("x%.2f", *r.Ratio)
+	}
+	b.logf("  %-52s %-28s %-28s %s %s", r.Name, s, rw, ratio, r.Status)
+}
+
+func (b *bench) name(prefix string) string {
+	return fmt.Sprintf("bench-%s-%d", prefix, b.seq.Add(1))
+}
+
+func (b *bench) rootfs(template string) string {
+	img, err := b.imgs.Get(template)
+	if err != nil {
+		return ""
+	}
+	return img.RootFS
+}
+
+// timed runs f and returns how long it took.
+func timed(f func() error) (time.Duration, error) {
+	t0 := time.Now()
+	err := f()
+	return time.Since(t0), err
+}
+
+func opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, 5*time.Minute)
+}
+
+// ---- create ----
+
+func (b *bench) benchCreate(ctx context.Context) error {
+	for _, tmpl := range []string{tmplMinimal, tmplBase} {
+		var sCreate, sDelete, rCreate, rDelete, rNet durations
+		for i := 0; i < b.cfg.CreateReps; i++ {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			var bx *box
+			d, err := timed(func() (err error) {
+				bx, err = b.srv.create(ctx, b.name("create"), tmpl, 0)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			sCreate.add(d)
+			d, err = timed(func() error { return bx.delete(ctx) })
+			if err != nil {
+				return err
+			}
+			sDelete.add(d)
+
+			var rb *rawBox
+			d, err = timed(func() (err error) {
+				rb, err = b.raw.prepare(ctx, b.rootfs(tmpl), sleepInit, 1024, 1)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			rNet.add(d)
+			d, err = timed(func() error { return rb.start(ctx) })
+			if err != nil {
+				rb.destroy(ctx)
+				return err
+			}
+			rCreate.add(d)
+			d, err = timed(func() error { return rb.destroy(ctx) })
+			if err != nil {
+				return err
+			}
+			rDelete.add(d)
+		}
+		b.add(Row{Group: "create", Name: "create (cold) from " + tmpl,
+			Stasis: sCreate.stat(), StasisOp: "POST /sandboxes until 201 (agent answering)",
+			Raw: rCreate.stat(), RawOp: "runsc run --detach (sleep as init)",
+			Extra: map[string]any{"raw_link_and_bundle_ms": rNet.stat()},
+			Note:  "raw excludes building the netns/veth and bundle (extra.raw_link_and_bundle_ms); stasis includes them"})
+		b.add(Row{Group: "create", Name: "delete (active) " + tmpl,
+			Stasis: sDelete.stat(), StasisOp: "DELETE /sandboxes/{id}",
+			Raw: rDelete.stat(), RawOp: "runsc delete --force + wait for exit + link teardown"})
+	}
+	return b.benchCreateFromTemplate(ctx)
+}
+
+type templateJSON struct {
+	ID        string `json:"id"`
+	Name      string `json:"name"`
+	Status    string `json:"status"`
+	Error     string `json:"error_message"`
+	SizeBytes int64  `json:"size_bytes"`
+}
+
+// benchCreateFromTemplate builds a template from stasis/minimal (booted and
+// snapshotted by stasis) and creates sandboxes from it; the baseline
+// restores a checkpoint of an idle container into new containers.
+func (b *bench) benchCreateFromTemplate(ctx context.Context) error {
+	const rowName = "create from a template snapshot (stasis/minimal)"
+	var t templateJSON
+	err := b.srv.do(ctx, "POST", "/templates", map[string]string{"name": b.name("tmpl"), "from": tmplMinimal}, &t)
+	if isAPIStatus(err, 404) || isAPIStatus(err, 405) {
+		b.add(Row{Group: "create", Name: rowName, Status: "not_available",
+			Note: "this stasisd has no templates (POST /templates answers " + err.Error() + ")"})
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("create template: %w", err)
+	}
+	defer b.srv.do(context.WithoutCancel(ctx), "DELETE", "/templates/"+t.ID, nil, nil)
+	t0 := time.Now()
+	err = waitFor(ctx, 5*time.Minute, func() error {
+		if err := b.srv.do(ctx, "GET", "/templates/"+t.ID, nil, &t); err != nil {
+			return err
+		}
+		switch t.Status {
+		case "ready":
+			return nil
+		case "failed", "cancelled":
+			return fmt.Errorf("template build %s: %s", t.Status, t.Error)
+		}
+		return fmt.Errorf("template is %s", t.Status)
+	})
+	if err != nil {
+		return err
+	}
+	buildTime := time.Since(t0)
+
+	// Baseline image: an idle container (sleep as init) checkpointed once.
+	img := filepath.Join(b.raw.dir, "template-image")
+	src, err := b.raw.prepare(ctx, b.rootfs(tmplMinimal), sleepInit, 1024, 1)
+	if err != nil {
+		return err
+	}
+	if err := src.start(ctx); err != nil {
+		src.destroy(ctx)
+		return err
+	}
+	if err := src.checkpoint(ctx, img); err != nil {
+		src.destroy(ctx)
+		return err
+	}
+	if err := syncTree(img); err != nil {
+		return err
+	}
+	if err := src.destroy(ctx); err != nil {
+		return err
+	}
+	defer os.RemoveAll(img)
+
+	var sCreate, rRestore durations
+	for i := 0; i < b.cfg.CreateReps; i++ {
+		var bx *box
+		d, err := timed(func() (err error) { bx, err = b.srv.create(ctx, b.name("fromtmpl"), t.Name, 0); return err })
+		if err != nil {
+			return err
+		}
+		sCreate.add(d)
+		if err := bx.delete(ctx); err != nil {
+			return err
+		}
+		rb, err := b.raw.prepare(ctx, b.rootfs(tmplMinimal), sleepInit, 1024, 1)
+		if err != nil {
+			return err
+		}
+		d, err = timed(func() error { return rb.restore(ctx, img) })
+		if err != nil {
+			rb.destroy(ctx)
+			return fmt.Errorf("raw restore of template image: %w", err)
+		}
+		rRestore.add(d)
+		if err := rb.destroy(ctx); err != nil {
+			return err
+		}
+	}
+	b.add(Row{Group: "create", Name: rowName,
+		Stasis: sCreate.stat(), StasisOp: "POST /sandboxes {from_template} until 201 (restored, agent answering)",
+		Raw: rRestore.stat(), RawOp: "runsc restore --detach of an idle container's checkpoint into a new container",
+		Extra: map[string]any{"template_build_s": roundSecs(buildTime), "template_snapshot_mib": round(float64(t.SizeBytes) / mib)}})
+	return nil
+}
+
+// ---- exec ----
+
+func (b *bench) benchExec(ctx context.Context) error {
+	bx, err := b.srv.create(ctx, b.name("exec"), tmplMinimal, 0)
+	if err != nil {
+		return err
+	}
+	defer bx.delete(context.WithoutCancel(ctx))
+	rb, err := b.raw.prepare(ctx, b.rootfs(tmplMinimal), sleepInit, 1024, 1)
+	if err != nil {
+		return err
+	}
+	defer rb.destroy(context.WithoutCancel(ctx))
+	if err := rb.start(ctx); err != nil {
+		return err
+	}
+	// Warm up both paths (page cache, connection pool).
+	for i := 0; i < 3; i++ {
+		if _, err := bx.exec(ctx, "true"); err != nil {
+			return err
+		}
+		if err := rb.exec(ctx, nil, nil, "/bin/true"); err != nil {
+			return err
+		}
+	}
+	var sTrue, rTrue durations
+	for i := 0; i < b.cfg.ExecReps; i++ {
+		d, err := timed(func() error { _, err := bx.exec(ctx, "true"); return err })
+		if err != nil {
+			return err
+		}
+		sTrue.add(d)
+		d, err = timed(func() error { return rb.exec(ctx, nil, nil, "/bin/true") })
+		if err != nil {
+			return err
+		}
+		rTrue.add(d)
+	}
+	b.add(Row{Group: "exec", Name: "exec `true`",
+		Stasis: sTrue.stat(), StasisOp: "POST /exec {command:\"true\"} (agent runs /bin/sh -c)",
+		Raw: rTrue.stat(), RawOp: "runsc exec ID /bin/true"})
+
+	const oneMB = 1 << 20
+	cmd := fmt.Sprintf("yes | head -c %d", oneMB)
+	var sOut, rOut durations
+	for i := 0; i < b.cfg.Exec1MBReps; i++ {
+		var res *execResult
+		d, err := timed(func() (err error) { res, err = bx.exec(ctx, cmd); return err })
+		if err != nil {
+			return err
+		}
+		if len(res.Stdout) != oneMB {
+			return fmt.Errorf("exec 1 MB: got %d bytes of stdout", len(res.Stdout))
+		}
+		sOut.add(d)
+		var buf bytes.Buffer
+		d, err = timed(func() error { return rb.exec(ctx, nil, &buf, "/bin/sh", "-c", cmd) })
+		if err != nil {
+			return err
+		}
+		if buf.Len() != oneMB {
+			return fmt.Errorf("raw exec 1 MB: got %d bytes of stdout", buf.Len())
+		}
+		rOut.add(d)
+	}
+	b.add(Row{Group: "exec", Name: "exec printing 1 MB",
+		Stasis: sOut.stat(), StasisOp: "POST /exec `" + cmd + "`, JSON response",
+		Raw: rOut.stat(), RawOp: "runsc exec ID sh -c '" + cmd + "', stdout to a pipe"})
+	return nil
+}
+
+// ---- files ----
+
+func (b *bench) benchFiles(ctx context.Context) error {
+	bx, err := b.srv.create(ctx, b.name("files"), tmplMinimal, 0)
+	if err != nil {
+		return err
+	}
+	defer bx.delete(context.WithoutCancel(ctx))
+	rb, err := b.raw.prepare(ctx, b.rootfs(tmplMinimal), sleepInit, 1024, 1)
+	if err != nil {
+		return err
+	}
+	defer rb.destroy(context.WithoutCancel(ctx))
+	if err := rb.start(ctx); err != nil {
+		return err
+	}
+	for si, size := range b.cfg.FileSizes {
+		data := make([]byte, size)
+		rand.Read(data)
+		path := fmt.Sprintf("/home/user/bench-%d.bin", size)
+		var sW, sR, rW, rR durations
+		for i := 0; i < b.cfg.FileReps[si]; i++ {
+			d, err := timed(func() error { return bx.writeFile(ctx, path, data) })
+			if err != nil {
+				return err
+			}
+			sW.add(d)
+			var n int64
+			d, err = timed(func() (err error) { n, err = bx.readFile(ctx, path); return err })
+			if err != nil {
+				return err
+			}
+			if n != size {
+				return fmt.Errorf("read %s: got %d bytes, want %d", path, n, size)
+			}
+			sR.add(d)
+
+			d, err = timed(func() error {
+				return rb.exec(ctx, bytes.NewReader(data), nil, "/bin/sh", "-c", "cat > "+path)
+			})
+			if err != nil {
+				return err
+			}
+			rW.add(d)
+			var cw countWriter
+			d, err = timed(func() error { return rb.exec(ctx, nil, &cw, "/bin/cat", path) })
+			if err != nil {
+				return err
+			}
+			if int64(cw) != size {
+				return fmt.Errorf("raw read %s: got %d bytes, want %d", path, cw, size)
+			}
+			rR.add(d)
+		}
+		label := sizeLabel(size)
+		sws, srs := sW.stat(), sR.stat()
+		b.add(Row{Group: "files", Name: "file write " + label,
+			Stasis: sws, StasisOp: "POST /files?path=/home/user/...",
+			Raw: rW.stat(), RawOp: "runsc exec ID sh -c 'cat > file' < data",
+			Extra: map[string]any{"stasis_mb_per_s": throughput(size, sws)}})
+		b.add(Row{Group: "files", Name: "file read " + label,
+			Stasis: srs, StasisOp: "GET /files?path=/home/user/...",
+			Raw: rR.stat(), RawOp: "runsc exec ID cat file > pipe",
+			Extra: map[string]any{"stasis_mb_per_s": throughput(size, srs)}})
+	}
+	return nil
+}
+
+type countWriter int64
+
+func (c *countWriter) Write(p []byte) (int, error) { *c += countWriter(len(p)); return len(p), nil }
+
+func throughput(size int64, s *Stat) float64 {
+	if s == nil || s.Median == 0 {
+		return 0
+	}
+	return round(float64(size) / mib / (s.Median / 1000))
+}
+
+func sizeLabel(n int64) string {
+	switch {
+	case n >= mib && n%mib == 0:
+		return fmt.Sprintf("%d MB", n/mib)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%d KB", n>>10)
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// ---- pause / resume ----
+
+// memFor is the memory limit of a sandbox holding sizeMiB: the default 1 GiB,
+// or enough above the footprint for python and the sentry.
+func memFor(sizeMiB int) int {
+	if sizeMiB <= 512 {
+		return 1024
+	}
+	return sizeMiB + 1024
+}
+
+func (b *bench) benchPause(ctx context.Context) error {
+	var errs []error
+	for i, size := range b.cfg.PauseSizesMiB {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := b.pauseSize(ctx, size, b.cfg.PauseReps[i]); err != nil {
+			errs = append(errs, fmt.Errorf("%d MiB: %w", size, err))
+		}
+		b.pairPauseRows(size)
+	}
+	return errors.Join(errs...)
+}
+
+// pauseResults holds one size's measurements.
+type pauseResults struct {
+	sPause, sResume, sFirst, sAuto         durations
+	rPause, rCkpt, rSync, rRestore, rFirst durations
+	rFreeze, rThaw                         durations
+	sImage, rImage                         []float64 // MiB
+	sActiveMem, rActiveMem                 SandboxMem
+	wPause, wResume, wFirst, wAuto         durations // stasis, warm tier
+	rwPause, rwResume, rwFirst             durations // runsc, same work
+	wImage                                 []float64
+}
+
+func (b *bench) pauseRes(size int) *pauseResults {
+	if b.pause == nil {
+		b.pause = map[int]*pauseResults{}
+	}
+	if b.pause[size] == nil {
+		b.pause[size] = &pauseResults{}
+	}
+	return b.pause[size]
+}
+
+func waitFor(ctx context.Context, timeout time.Duration, f func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out after %s: %w", timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// pauseSize measures pause/resume of a sandbox holding size MiB, stasis and
+// the baseline alternating. Before every timed pause the host's dirty pages
+// are written back (untimed), so one sample's writeback does not land in the
+// next one.
+func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
+	pr := b.pauseRes(size)
+	bg := context.WithoutCancel(ctx)
+
+	// stasis: python started by the agent in a stasis/base sandbox.
+	bx, err := b.srv.create(ctx, b.name(fmt.Sprintf("pause%d", size)), tmplBase, memFor(size))
+	if err != nil {
+		return err
+	}
+	defer bx.delete(bg)
+	if err := bx.writeFile(ctx, "/tmp/hold.py", []byte(holdScript)); err != nil {
+		return err
+	}
+	if _, err := bx.exec(ctx, fmt.Sprintf("python3 /tmp/hold.py %d >/dev/null 2>&1 &", size)); err != nil {
+		return err
+	}
+	if err := waitFor(ctx, 2*time.Minute, func() error { _, err := bx.exec(ctx, aliveCmd); return err }); err != nil {
+		return fmt.Errorf("stasis: memory holder did not start: %w", err)
+	}
+	if pid, err := b.srv.sandboxPid(bx.ID); err == nil {
+		pr.sActiveMem, _ = sandboxMem(pid)
+	}
+
+	// baseline: the same python as init of a runsc container on the same rootfs.
+	rb, err := b.raw.prepare(ctx, b.rootfs(tmplBase), []string{"/usr/bin/python3", "-c", holdScript, strconv.Itoa(size)}, memFor(size), 1)
+	if err != nil {
+		return err
+	}
+	defer rb.destroy(bg)
+	if err := rb.start(ctx); err != nil {
+		return err
+	}
+	alive := func() error { return rb.exec(ctx, nil, nil, "/bin/sh", "-c", aliveCmd) }
+	if err := waitFor(ctx, 2*time.Minute, alive); err != nil {
+		return fmt.Errorf("raw: memory holder did not start: %w", err)
+	}
+	if pid, err := rb.sandboxPid(); err == nil {
+		pr.rActiveMem, _ = sandboxMem(pid)
+	}
+
+	// warm tier: a sandbox on the second server.
+	var wb *box
+	if b.warm != nil {
+		wb, err = b.warm.create(ctx, b.name(fmt.Sprintf("warm%d", size)), tmplBase, memFor(size))
+		if err != nil {
+			return err
+		}
+		defer wb.delete(bg)
+		if err := wb.writeFile(ctx, "/tmp/hold.py", []byte(holdScript)); err != nil {
+			return err
+		}
+		if _, err := wb.exec(ctx, fmt.Sprintf("python3 /tmp/hold.py %d >/dev/null 2>&1 &", size)); err != nil {
+			return err
+		}
+		if err := waitFor(ctx, 2*time.Minute, func() error { _, err := wb.exec(ctx, aliveCmd); return err }); err != nil {
+			return fmt.Errorf("warm: memory holder did not start: %w", err)
+		}
+	}
+
+	for i := 0; i < reps; i++ {
+		if wb != nil {
+			if err := b.warmRep(ctx, pr, wb, rb, alive, i); err != nil {
+				return err
+			}
+		}
+		// stasis: pause, resume, first command.
+		syscall.Sync()
+		d, err := timed(func() error { return bx.pause(ctx) })
+		if err != nil {
+			return err
+		}
+		pr.sPause.add(d)
+		sb, err := bx.get(ctx)
+		if err != nil {
+			return err
+		}
+		pr.sImage = append(pr.sImage, float64(sb.Usage.SnapshotBytes)/mib)
+		t0 := time.Now()
+		if err := bx.resume(ctx); err != nil {
+			return err
+		}
+		pr.sResume.add(time.Since(t0))
+		if _, err := bx.exec(ctx, aliveCmd); err != nil {
+			return fmt.Errorf("stasis after resume: %w", err)
+		}
+		pr.sFirst.add(time.Since(t0))
+
+		// baseline: checkpoint, fsync the image (stasis makes it durable
+		// too), delete the stopped container; restore; first command.
+		img := filepath.Join(b.raw.dir, fmt.Sprintf("img-%s-%d", rb.ID, i))
+		syscall.Sync()
+		dc, err := timed(func() error { return rb.checkpoint(ctx, img) })
+		if err != nil {
+			return err
+		}
+		ds, err := timed(func() error { return syncTree(img) })
+		if err != nil {
+			return err
+		}
+		dd, err := timed(func() error { return rb.deleteStopped(ctx) })
+		if err != nil {
+			return err
+		}
+		pr.rCkpt.add(dc)
+		pr.rSync.add(ds)
+		pr.rPause.add(dc + ds + dd)
+		pr.rImage = append(pr.rImage, float64(dirSize(img))/mib)
+		if err := rb.readdress(ctx); err != nil {
+			return err
+		}
+		t0 = time.Now()
+		if err := rb.restore(ctx, img); err != nil {
+			return err
+		}
+		pr.rRestore.add(time.Since(t0))
+		if err := alive(); err != nil {
+			return fmt.Errorf("raw after restore: %w", err)
+		}
+		pr.rFirst.add(time.Since(t0))
+		os.RemoveAll(img)
+	}
+
+	// A data-plane call on a paused sandbox resumes it transparently.
+	for i := 0; i < reps; i++ {
+		syscall.Sync()
+		if err := bx.pause(ctx); err != nil {
+			return err
+		}
+		d, err := timed(func() error { _, err := bx.exec(ctx, aliveCmd); return err })
+		if err != nil {
+			return fmt.Errorf("exec on paused sandbox: %w", err)
+		}
+		pr.sAuto.add(d)
+		if wb != nil {
+			syscall.Sync()
+			if err := wb.pause(ctx); err != nil {
+				return err
+			}
+			d, err := timed(func() error { _, err := wb.exec(ctx, aliveCmd); return err })
+			if err != nil {
+				return fmt.Errorf("exec on warm paused sandbox: %w", err)
+			}
+			pr.wAuto.add(d)
+		}
+	}
+
+	// Freeze in RAM (runsc pause/resume): the tier stasis does not have yet.
+	for i := 0; i < reps*2; i++ {
+		d, err := timed(func() error { return rb.freeze(ctx) })
+		if err != nil {
+			return err
+		}
+		pr.rFreeze.add(d)
+		d, err = timed(func() error { return rb.thaw(ctx) })
+		if err != nil {
+			return err
+		}
+		pr.rThaw.add(d)
+	}
+	if err := alive(); err != nil {
+		return fmt.Errorf("raw after freeze/thaw: %w", err)
+	}
+	return nil
+}
+
+// warmRep is one warm-tier sample: stasis pause/resume on the warm server,
+// then the same work with runsc: freeze, checkpoint --leave-running, fsync
+// the image; thaw.
+func (b *bench) warmRep(ctx context.Context, pr *pauseResults, wb *box, rb *rawBox, alive func() error, i int) error {
+	syscall.Sync()
+	d, err := timed(func() error { return wb.pause(ctx) })
+	if err != nil {
+		return fmt.Errorf("warm: %w", err)
+	}
+	pr.wPause.add(d)
+	if sb, err := wb.get(ctx); err == nil {
+		pr.wImage = append(pr.wImage, float64(sb.Usage.SnapshotBytes)/mib)
+	}
+	t0 := time.Now()
+	if err := wb.resume(ctx); err != nil {
+		return fmt.Errorf("warm: %w", err)
+	}
+	pr.wResume.add(time.Since(t0))
+	if _, err := wb.exec(ctx, aliveCmd); err != nil {
+		return fmt.Errorf("warm, after resume: %w", err)
+	}
+	pr.wFirst.add(time.Since(t0))
+
+	img := filepath.Join(b.raw.dir, fmt.Sprintf("warm-%s-%d", rb.ID, i))
+	defer os.RemoveAll(img)
+	syscall.Sync()
+	d, err = timed(func() error {
+		if err := rb.freeze(ctx); err != nil {
+			return err
+		}
+		if err := rb.checkpointLeaveRunning(ctx, img); err != nil {
+			return err
+		}
+		return syncTree(img)
+	})
+	if err != nil {
+		return fmt.Errorf("raw warm: %w", err)
+	}
+	pr.rwPause.add(d)
+	t0 = time.Now()
+	if err := rb.thaw(ctx); err != nil {
+		return fmt.Errorf("raw warm: %w", err)
+	}
+	pr.rwResume.add(time.Since(t0))
+	if err := alive(); err != nil {
+		return fmt.Errorf("raw warm, after thaw: %w", err)
+	}
+	pr.rwFirst.add(time.Since(t0))
+	return nil
+}
+
+// syncTree fsyncs every file under dir, and dir.
+func syncTree(dir string) error {
+	return filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() && !d.IsDir() {
+			return nil
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return f.Sync()
+	})
+}
+
+func (b *bench) pairPauseRows(size int) {
+	pr := b.pauseRes(size)
+	label := fmt.Sprintf("%d MB touched", size)
+	if size >= 1024 && size%1024 == 0 {
+		label = fmt.Sprintf("%d GB touched", size/1024)
+	}
+	memExtra := map[string]any{
+		"stasis_active_pss_mib":    round(pr.sActiveMem.PssMiB),
+		"stasis_active_cgroup_mib": round(pr.sActiveMem.CgroupMiB),
+		"raw_active_pss_mib":       round(pr.rActiveMem.PssMiB),
+		"raw_active_cgroup_mib":    round(pr.rActiveMem.CgroupMiB),
+	}
+	b.add(Row{Group: "pause", Name: "pause (checkpoint to disk), " + label,
+		Stasis: pr.sPause.stat(), StasisOp: "POST /sandboxes/{id}/pause",
+		Raw: pr.rPause.stat(), RawOp: "runsc checkpoint + fsync of the image files + runsc delete --force",
+		Extra: mergeExtra(memExtra, map[string]any{"raw_checkpoint_only_ms": pr.rCkpt.stat(), "raw_fsync_only_ms": pr.rSync.stat()}),
+		Note:  "host dirty pages are written back (untimed) before every pause, stasis and runsc alike"})
+	b.add(Row{Group: "pause", Name: "checkpoint image size, " + label,
+		Stasis: summarize("MiB", pr.sImage), StasisOp: "usage.snapshot_bytes",
+		Raw: summarize("MiB", pr.rImage), RawOp: "size of --image-path dir"})
+	b.add(Row{Group: "pause", Name: "resume (restore from disk), " + label,
+		Stasis: pr.sResume.stat(), StasisOp: "POST /sandboxes/{id}/resume until 200 (agent answering)",
+		Raw: pr.rRestore.stat(), RawOp: "runsc restore --detach"})
+	b.add(Row{Group: "pause", Name: "resume → first command OK, " + label,
+		Stasis: pr.sFirst.stat(), StasisOp: "resume + POST /exec",
+		Raw: pr.rFirst.stat(), RawOp: "runsc restore --detach + runsc exec"})
+	b.add(Row{Group: "pause", Name: "exec on paused sandbox (transparent resume), " + label,
+		Stasis: pr.sAuto.stat(), StasisOp: "POST /exec on a paused sandbox",
+		Raw: pr.rFirst.stat(), RawOp: "runsc restore --detach + runsc exec"})
+	if len(pr.wPause) > 0 {
+		b.add(Row{Group: "warm", Name: "warm pause (snapshot on disk, kept frozen in RAM), " + label,
+			Stasis: pr.wPause.stat(), StasisOp: "POST /sandboxes/{id}/pause on a stasisd with --warm-pause-window",
+			Raw: pr.rwPause.stat(), RawOp: "runsc pause + runsc checkpoint --leave-running + fsync of the image"})
+		b.add(Row{Group: "warm", Name: "warm resume (thaw), " + label,
+			Stasis: pr.wResume.stat(), StasisOp: "POST /sandboxes/{id}/resume within the warm window",
+			Raw: pr.rwResume.stat(), RawOp: "runsc resume"})
+		b.add(Row{Group: "warm", Name: "warm resume → first command OK, " + label,
+			Stasis: pr.wFirst.stat(), StasisOp: "resume + POST /exec",
+			Raw: pr.rwFirst.stat(), RawOp: "runsc resume + runsc exec"})
+		b.add(Row{Group: "warm", Name: "exec on warm-paused sandbox (transparent resume), " + label,
+			Stasis: pr.wAuto.stat(), StasisOp: "POST /exec on a warm-paused sandbox",
+			Raw: pr.rwFirst.stat(), RawOp: "runsc resume + runsc exec"})
+	}
+	b.add(Row{Group: "warm", Name: "freeze only (runsc pause), " + label, Status: "stasis_not_available",
+		Raw: pr.rFreeze.stat(), RawOp: "runsc pause",
+		Note: "stasis always writes the snapshot when it pauses; a freeze without a snapshot is not offered"})
+	b.add(Row{Group: "warm", Name: "thaw only (runsc resume), " + label, Status: "stasis_not_available",
+		Raw: pr.rThaw.stat(), RawOp: "runsc resume"})
+}
+
+func mergeExtra(ms ...map[string]any) map[string]any {
+	out := map[string]any{}
+	for _, m := range ms {
+		for k, v := range m {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// ---- density ----
+
+func (b *bench) benchDensity(ctx context.Context) error {
+	d := &Density{ActiveBound: b.cfg.MaxActive, PausedBound: b.cfg.MaxPaused, TimeBudgetSeconds: b.cfg.DensityBudget.Seconds()}
+	b.rep.Density = d
+	var errs []error
+
+	// Baseline: idle raw containers with a trivial init.
+	var rawPss, rawCg []float64
+	var rawBoxes []*rawBox
+	for i := 0; i < b.cfg.RawIdle; i++ {
+		rb, err := b.raw.prepare(ctx, b.rootfs(tmplMinimal), sleepInit, 1024, 1)
+		if err != nil {
+			errs = append(errs, err)
+			break
+		}
+		rawBoxes = append(rawBoxes, rb)
+		if err := rb.start(ctx); err != nil {
+			errs = append(errs, err)
+			break
+		}
+	}
+	sleepCtx(ctx, b.cfg.Settle)
+	var rawPids []int
+	for _, rb := range rawBoxes {
+		if pid, err := rb.sandboxPid(); err == nil {
+			rawPids = append(rawPids, pid)
+			if m, err := sandboxMem(pid); err == nil {
+				rawPss = append(rawPss, m.PssMiB)
+				rawCg = append(rawCg, m.CgroupMiB)
+			}
+		}
+	}
+	rawCPU := idleCPU(ctx, rawPids, b.cfg.Settle)
+	for _, rb := range rawBoxes {
+		rb.destroy(context.WithoutCancel(ctx))
+	}
+
+	memAvail0 := meminfo()["MemAvailable"]
+	d.IdleCPUPercentBefore = round(hostCPUPercent(ctx, b.cfg.Settle))
+
+	// Active: create idle sandboxes one after the other up to the bound.
+	var boxes []*box
+	var createD durations
+	activeStart := time.Now()
+	for len(boxes) < b.cfg.MaxActive && ctx.Err() == nil {
+		if time.Since(activeStart) > b.cfg.DensityBudget {
+			d.ActiveStoppedByTime = true
+			break
+		}
+		var bx *box
+		dt, err := timed(func() (err error) { bx, err = b.srv.create(ctx, b.name("density"), tmplMinimal, 0); return err })
+		if err != nil {
+			d.ActiveFailure = err.Error()
+			break
+		}
+		createD.add(dt)
+		boxes = append(boxes, bx)
+	}
+	defer func() {
+		// Whatever is left (active or paused) goes; timed below when it can be.
+		for _, bx := range boxes {
+			bx.delete(context.WithoutCancel(ctx))
+		}
+	}()
+	d.ActiveHeld = len(boxes)
+	d.ActiveSeconds = roundSecs(time.Since(activeStart))
+	d.ActiveReachedBound = d.ActiveFailure == "" && !d.ActiveStoppedByTime && len(boxes) == b.cfg.MaxActive
+	if n := len(createD); n > 0 {
+		k := min(5, n)
+		d.CreateFirstMs = createD[:k].stat()
+		d.CreateLastMs = createD[n-k:].stat()
+	}
+	sleepCtx(ctx, b.cfg.Settle)
+	var pss, cg []float64
+	var pids []int
+	for _, bx := range boxes {
+		pid, err := b.srv.sandboxPid(bx.ID)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		pids = append(pids, pid)
+		m, err := sandboxMem(pid)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		pss = append(pss, m.PssMiB)
+		cg = append(cg, m.CgroupMiB)
+	}
+	memAvail1 := meminfo()["MemAvailable"]
+	if len(boxes) > 0 {
+		d.MemAvailableDropPerActiveMiB = round(float64(memAvail0-memAvail1) / mib / float64(len(boxes)))
+	}
+	d.IdleCPUPercentActive = round(hostCPUPercent(ctx, b.cfg.Settle))
+	stasisCPU := idleCPU(ctx, pids, b.cfg.Settle)
+	d.StasisdRSSMiB = round(processRSS(b.srv.cmd.Process.Pid))
+	b.add(Row{Group: "density", Name: "host memory per idle active sandbox (PSS)",
+		Stasis: summarize("MiB", pss), StasisOp: fmt.Sprintf("sum of PSS over the sandbox cgroup's processes (sentry, gofer, systrap stubs), %d idle stasis/minimal sandboxes", len(pss)),
+		Note: "for large footprints this sum counts application memory about twice (see the *_active_pss_mib and *_active_cgroup_mib figures of the pause rows); the cgroup row below does not",
+		Raw:  summarize("MiB", rawPss), RawOp: fmt.Sprintf("same, %d idle runsc containers (sleep as init)", len(rawPss))})
+	b.add(Row{Group: "density", Name: "memory cgroup usage per idle active sandbox",
+		Stasis: summarize("MiB", cg), StasisOp: "memory cgroup usage (includes page cache charged to it)",
+		Raw: summarize("MiB", rawCg), RawOp: "same"})
+	b.add(Row{Group: "density", Name: "CPU per idle active sandbox (% of one core)",
+		Stasis: summarize("%", stasisCPU), StasisOp: fmt.Sprintf("cpuacct of the sandbox cgroup over %s", b.cfg.Settle),
+		Raw: summarize("%", rawCPU), RawOp: "same"})
+
+	// Health of the crowd: a command in (up to 10 of) them, and a list call.
+	var execD durations
+	step := max(1, len(boxes)/10)
+	for i := 0; i < len(boxes); i += step {
+		bx := boxes[i]
+		dt, err := timed(func() error { _, err := bx.exec(ctx, "true"); return err })
+		if err != nil {
+			errs = append(errs, fmt.Errorf("exec with %d active: %w", len(boxes), err))
+			break
+		}
+		execD.add(dt)
+	}
+	b.add(Row{Group: "density", Name: fmt.Sprintf("exec `true` with %d active sandboxes", len(boxes)),
+		Stasis: execD.stat(), StasisOp: "POST /exec, once in each of up to 10 of them"})
+	listRow := func(n int) {
+		var ld durations
+		for i := 0; i < 5; i++ {
+			dt, err := timed(func() error { var l []sandboxJSON; return b.srv.do(ctx, "GET", "/sandboxes", nil, &l) })
+			if err != nil {
+				errs = append(errs, err)
+				return
+			}
+			ld.add(dt)
+		}
+		b.add(Row{Group: "density", Name: fmt.Sprintf("GET /sandboxes with %d sandboxes", n),
+			Stasis: ld.stat(), StasisOp: "list"})
+	}
+	listRow(len(boxes))
+
+	// Paused: pause the active ones, then create+pause more up to the bound.
+	var pauseD durations
+	var pausedBoxes []*box
+	var snap []float64
+	var mu sync.Mutex
+	pauseOne := func(bx *box) error {
+		dt, err := timed(func() error { return bx.pause(ctx) })
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		pauseD.add(dt)
+		pausedBoxes = append(pausedBoxes, bx)
+		mu.Unlock()
+		return nil
+	}
+	pausedStart := time.Now()
+	paused := 0
+	for _, bx := range boxes {
+		if paused >= b.cfg.MaxPaused {
+			break
+		}
+		if time.Since(pausedStart) > b.cfg.DensityBudget {
+			d.PausedStoppedByTime = true
+			break
+		}
+		if err := pauseOne(bx); err != nil {
+			d.PausedFailure = err.Error()
+			break
+		}
+		paused++
+	}
+	memAvail2 := meminfo()["MemAvailable"]
+	d.MemAvailableRecoveredMiB = round(float64(memAvail2-memAvail1) / mib)
+	if d.PausedFailure == "" && !d.PausedStoppedByTime {
+		// Two workers: create then pause, until the bound or a failure.
+		var next atomic.Int64
+		next.Store(int64(paused))
+		var failed atomic.Value
+		var wg sync.WaitGroup
+		var stoppedByTime atomic.Bool
+		for w := 0; w < 2; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for ctx.Err() == nil && failed.Load() == nil {
+					if time.Since(pausedStart) > b.cfg.DensityBudget {
+						stoppedByTime.Store(true)
+						return
+					}
+					if next.Add(1) > int64(b.cfg.MaxPaused) {
+						return
+					}
+					bx, err := b.srv.create(ctx, b.name("paused"), tmplMinimal, 0)
+					if err == nil {
+						mu.Lock()
+						boxes = append(boxes, bx)
+						mu.Unlock()
+						err = pauseOne(bx)
+					}
+					if err != nil {
+						failed.CompareAndSwap(nil, err.Error())
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		d.PausedStoppedByTime = d.PausedStoppedByTime || stoppedByTime.Load()
+		if f, ok := failed.Load().(string); ok {
+			d.PausedFailure = f
+		}
+	}
+	var list []sandboxJSON
+	if err := b.srv.do(ctx, "GET", "/sandboxes", nil, &list); err != nil {
+		errs = append(errs, err)
+	}
+	for _, sb := range list {
+		if sb.Status == "paused" {
+			d.PausedHeld++
+			snap = append(snap, float64(sb.Usage.SnapshotBytes)/mib)
+		}
+	}
+	d.PausedReachedBound = d.PausedFailure == "" && !d.PausedStoppedByTime && d.PausedHeld >= b.cfg.MaxPaused
+	d.SnapshotDiskMiB = round(float64(dirSize(filepath.Join(b.srv.dataDir, "snapshots"))) / mib)
+	b.add(Row{Group: "density", Name: "pause an idle stasis/minimal sandbox",
+		Stasis: pauseD.stat(), StasisOp: "POST /sandboxes/{id}/pause, up to " + strconv.Itoa(b.cfg.MaxPaused) + " paused"})
+	b.add(Row{Group: "density", Name: "disk per paused idle sandbox",
+		Stasis: summarize("MiB", snap), StasisOp: "usage.snapshot_bytes"})
+	listRow(len(list))
+
+	// The crowd still works: resume the first and the last and run a command.
+	d.PausedSeconds = roundSecs(time.Since(pausedStart))
+	if len(pausedBoxes) > 0 {
+		var resD durations
+		for _, bx := range []*box{pausedBoxes[0], pausedBoxes[len(pausedBoxes)-1]} {
+			dt, err := timed(func() error {
+				if err := bx.resume(ctx); err != nil {
+					return err
+				}
+				_, err := bx.exec(ctx, "true")
+				return err
+			})
+			if err != nil {
+				errs = append(errs, fmt.Errorf("resume among %d paused: %w", d.PausedHeld, err))
+				continue
+			}
+			resD.add(dt)
+		}
+		b.add(Row{Group: "density", Name: fmt.Sprintf("resume + exec among %d paused", d.PausedHeld),
+			Stasis: resD.stat(), StasisOp: "POST resume + POST /exec"})
+	}
+
+	// Delete them all (4 at a time) and time it.
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 4)
+	var delErr atomic.Value
+	for _, bx := range boxes {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := bx.delete(context.WithoutCancel(ctx)); err != nil && !isAPIStatus(err, 404) {
+				delErr.CompareAndSwap(nil, err.Error())
+			}
+		}()
+	}
+	wg.Wait()
+	d.DeleteAllSeconds = roundSecs(time.Since(t0))
+	d.DeleteAllCount = len(boxes)
+	if e, ok := delErr.Load().(string); ok {
+		errs = append(errs, errors.New("delete: "+e))
+	}
+	boxes = nil
+	slices.Sort(snap)
+	return errors.Join(errs...)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}

@@ -1,0 +1,439 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+)
+
+// Report is everything one run measured; benchmarks.json is its JSON.
+type Report struct {
+	SchemaVersion   int                `json:"schema_version"`
+	Date            string             `json:"date"`
+	Mode            string             `json:"mode"` // "full" or "quick"
+	Command         string             `json:"command"`
+	DurationSeconds float64            `json:"duration_seconds"`
+	Phases          map[string]float64 `json:"phase_seconds"`
+	Machine         Machine            `json:"machine"`
+	Versions        Versions           `json:"versions"`
+	Rows            []Row              `json:"results"`
+	Density         *Density           `json:"density,omitempty"`
+	GoBenchmarks    []GoBenchmark      `json:"go_benchmarks"`
+	Problems        []string           `json:"problems,omitempty"`
+}
+
+// Row is one measurement: stasis and the same work done by raw runsc.
+type Row struct {
+	Group    string         `json:"group"`
+	Name     string         `json:"name"`
+	Status   string         `json:"status"` // ok, not_available, stasis_not_available
+	Stasis   *Stat          `json:"stasis,omitempty"`
+	StasisOp string         `json:"stasis_op,omitempty"`
+	Raw      *Stat          `json:"raw_runsc,omitempty"`
+	RawOp    string         `json:"raw_runsc_op,omitempty"`
+	Ratio    *float64       `json:"ratio,omitempty"` // stasis median / raw median
+	Note     string         `json:"note,omitempty"`
+	Extra    map[string]any `json:"extra,omitempty"`
+}
+
+// Density is how many idle sandboxes the machine holds.
+type Density struct {
+	ActiveBound                  int     `json:"active_bound"`
+	ActiveHeld                   int     `json:"active_held"`
+	ActiveReachedBound           bool    `json:"active_reached_bound"` // held is a lower bound ("≥")
+	ActiveFailure                string  `json:"active_failure,omitempty"`
+	ActiveStoppedByTime          bool    `json:"active_stopped_by_time_budget,omitempty"`
+	ActiveSeconds                float64 `json:"active_fill_seconds"`
+	PausedBound                  int     `json:"paused_bound"`
+	PausedHeld                   int     `json:"paused_held"`
+	PausedReachedBound           bool    `json:"paused_reached_bound"`
+	PausedFailure                string  `json:"paused_failure,omitempty"`
+	PausedStoppedByTime          bool    `json:"paused_stopped_by_time_budget,omitempty"`
+	PausedSeconds                float64 `json:"paused_fill_seconds"`
+	TimeBudgetSeconds            float64 `json:"time_budget_seconds"`
+	CreateFirstMs                *Stat   `json:"create_first5_ms,omitempty"`
+	CreateLastMs                 *Stat   `json:"create_last5_ms,omitempty"`
+	MemAvailableDropPerActiveMiB float64 `json:"mem_available_drop_per_active_mib"`
+	MemAvailableRecoveredMiB     float64 `json:"mem_available_recovered_by_pausing_mib"`
+	IdleCPUPercentBefore         float64 `json:"host_cpu_percent_before"`
+	IdleCPUPercentActive         float64 `json:"host_cpu_percent_with_active_idle"`
+	StasisdRSSMiB                float64 `json:"stasisd_rss_mib"`
+	SnapshotDiskMiB              float64 `json:"snapshot_dir_mib"`
+	DeleteAllSeconds             float64 `json:"delete_all_seconds"`
+	DeleteAllCount               int     `json:"delete_all_count"`
+}
+
+// GoBenchmark is an in-process Go benchmark found in the tree.
+type GoBenchmark struct {
+	Package string `json:"package"`
+	Name    string `json:"name"`
+	Doc     string `json:"doc,omitempty"`
+}
+
+var benchFuncRE = regexp.MustCompile(`^func (Benchmark\w*)\(\w+ \*testing\.B\)`)
+
+// findGoBenchmarks lists every `func BenchmarkX(b *testing.B)` in the tree.
+func findGoBenchmarks(root string) []GoBenchmark {
+	var out []GoBenchmark
+	filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if d.IsDir() {
+			n := d.Name()
+			if path != root && (strings.HasPrefix(n, ".") || n == "node_modules" || n == "bin" || n == "data" || n == "testdata") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return nil
+		}
+		defer f.Close()
+		rel, _ := filepath.Rel(root, filepath.Dir(path))
+		var doc []string
+		sc := bufio.NewScanner(f)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			if c, ok := strings.CutPrefix(line, "// "); ok {
+				doc = append(doc, c)
+				continue
+			}
+			if m := benchFuncRE.FindStringSubmatch(line); m != nil {
+				out = append(out, GoBenchmark{Package: "./" + filepath.ToSlash(rel), Name: m[1], Doc: strings.Join(doc, " ")})
+			}
+			doc = nil
+		}
+		return nil
+	})
+	slices.SortFunc(out, func(a, b GoBenchmark) int {
+		return strings.Compare(a.Package+" "+a.Name, b.Package+" "+b.Name)
+	})
+	return out
+}
+
+// writeReport writes BENCHMARKS.md and benchmarks.json into dir.
+func writeReport(dir string, r *Report) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	js, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "benchmarks.json"), append(js, '\n'), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "BENCHMARKS.md"), []byte(markdown(r)), 0o644)
+}
+
+func num(v float64) string {
+	switch {
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1f", v)
+	default:
+		return fmt.Sprintf("%.2f", v)
+	}
+}
+
+func cell(s *Stat, pick func(*Stat) float64) string {
+	if s == nil {
+		return "—"
+	}
+	u := s.Unit
+	if u == "ms" {
+		u = " ms"
+	} else {
+		u = " " + u
+	}
+	return num(pick(s)) + u
+}
+
+func median(s *Stat) float64 { return s.Median }
+func p95(s *Stat) float64    { return s.P95 }
+
+func markdown(r *Report) string {
+	var b strings.Builder
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	w("# stasis benchmarks\n\n")
+	w("<!-- Generated by cmd/stasis-bench (`make bench`); do not edit by hand. -->\n\n")
+	if r.Mode == "quick" {
+		w("> **Quick mode**: tiny sizes and 2-3 repetitions; this only shows that the harness works. The timings mean nothing.\n\n")
+	}
+	w("Measured on %s in %s mode; the run took %.0f s. Every stasis figure sits next to the same work done by raw `runsc` ", r.Date, r.Mode, r.DurationSeconds)
+	w("in the same run, and the ratio is stasis median ÷ runsc median (1.00 = no overhead). ")
+	w("Medians and p95 (linear interpolation) over n repetitions; stasis and runsc repetitions alternate. Raw samples are in [benchmarks.json](benchmarks.json).\n\n")
+
+	w("## Machine and versions\n\n")
+	w("| | |\n| --- | --- |\n")
+	m, v := r.Machine, r.Versions
+	w("| CPU | %s, %d cores (nproc) |\n", m.CPUModel, m.NProc)
+	w("| memory | %d MiB |\n", m.MemTotalMiB)
+	w("| kernel | %s |\n", m.Kernel)
+	w("| OS | %s |\n", m.OS)
+	w("| /dev/kvm | %s |\n", m.KVM)
+	w("| gVisor platform | %s |\n", v.Platform)
+	w("| load average | %s at start (host CPU busy %s %% of one core just before), %s at the end |\n", m.LoadStart, num(m.BusyStart), m.LoadEnd)
+	w("| Go | %s |\n", v.Go)
+	w("| runsc | %s |\n", v.Runsc)
+	commit := v.GitCommit
+	if commit == "" {
+		commit = "(not a git checkout)"
+	} else if v.GitDirty {
+		commit += " (with uncommitted changes)"
+	}
+	w("| stasis commit | %s |\n", commit)
+	w("| date | %s |\n\n", r.Date)
+
+	if hostWasBusy(m) {
+		w("> **Note:** the host was busy with other work during this run (see the load average), so figures are noisier and slower than on an idle machine; the stasis/runsc ratios, measured alternately in the same run, are the more reliable numbers.\n\n")
+	}
+	w("## What the baseline is\n\n")
+	w("The raw runsc baseline uses the same runsc binary, `--platform=systrap`, `--network=sandbox` in its own netns/veth, ")
+	w("`--overlay2=root:dir=…` (disk-backed upper layer), and a bundle equivalent to the one the gVisor driver writes ")
+	w("(same mounts including the read-only agent bind mount, namespaces, capabilities, rlimits, 1 vCPU quota and memory limit), ")
+	w("but its init is a trivial process (`sleep`, or the python memory holder for pause/resume) instead of stasis-agent, ")
+	w("and nothing sits in between: no HTTP, store, tokens or agent. Building the baseline's netns and bundle is not timed; ")
+	w("stasis's figures include everything a client waits for.\n\n")
+
+	groups := []struct{ id, title, intro string }{
+		{"create", "Create and delete", "Cold create boots a new sandbox from the image directory; a stasis create returns once the agent answers. \"From a template snapshot\" builds a template from stasis/minimal first (stasis boots and snapshots it; not timed) and then creates sandboxes that restore that snapshot; the baseline restores a checkpoint of an idle container into new containers."},
+		{"exec", "Exec round trip", "On one idle sandbox (stasis/minimal) after three warm-up runs. stasis: HTTP on loopback to stasisd, then stasisd to the agent over the sandbox's veth."},
+		{"files", "Files", "Random data into the overlay (disk-backed upper layer) at /home/user."},
+		{"pause", "Pause and resume (cold: memory freed)", "A stasis/base sandbox in which python3 allocates and touches N MB (one non-zero byte per 4 KiB page, so checkpoint cannot skip pages) and sleeps. stasis pause = freeze, checkpoint to disk, fsync and commit, then stop the sandbox and free everything; resume = restore and wait for the agent. Host dirty pages are written back (untimed) before every pause."},
+		{"warm", "Pause and resume (warm tier: frozen in RAM)", "The same kind of sandbox on a second stasisd started with `--warm-pause-window 1h`: pause still writes and commits the snapshot, but the sandbox stays frozen in RAM, so a resume within the window is a thaw. The last two rows per size are a bare `runsc pause`/`resume` with no snapshot, which stasis does not offer."},
+		{"density", "Density", ""},
+	}
+	for _, g := range groups {
+		var rows []Row
+		for _, row := range r.Rows {
+			if row.Group == g.id {
+				rows = append(rows, row)
+			}
+		}
+		if len(rows) == 0 && g.id != "density" {
+			continue
+		}
+		w("## %s\n\n", g.title)
+		if g.id == "density" {
+			writeDensity(&b, r.Density)
+		}
+		if g.intro != "" {
+			w("%s\n\n", g.intro)
+		}
+		if len(rows) == 0 {
+			continue
+		}
+		w("| measurement | stasis median | stasis p95 | runsc median | runsc p95 | ratio | n |\n")
+		w("| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+		for _, row := range rows {
+			ratio := "—"
+			if row.Ratio != nil {
+				ratio = fmt.Sprintf("%.2f×", *row.Ratio)
+			}
+			sm, sp := cell(row.Stasis, median), cell(row.Stasis, p95)
+			switch row.Status {
+			case "not_available":
+				sm, sp = "not yet available", ""
+			case "stasis_not_available":
+				sm, sp = "no such tier", ""
+			}
+			n := 0
+			if row.Stasis != nil {
+				n = row.Stasis.N
+			} else if row.Raw != nil {
+				n = row.Raw.N
+			}
+			ns := "—"
+			if n > 0 {
+				ns = fmt.Sprint(n)
+			}
+			w("| %s | %s | %s | %s | %s | %s | %s |\n", row.Name, sm, sp, cell(row.Raw, median), cell(row.Raw, p95), ratio, ns)
+		}
+		w("\n")
+		var notes []string
+		for _, row := range rows {
+			var parts []string
+			if row.StasisOp != "" {
+				parts = append(parts, "stasis: "+row.StasisOp)
+			}
+			if row.RawOp != "" {
+				parts = append(parts, "runsc: "+row.RawOp)
+			}
+			if row.Note != "" {
+				parts = append(parts, row.Note)
+			}
+			if x := extraText(row.Extra); x != "" {
+				parts = append(parts, x)
+			}
+			if len(parts) > 0 {
+				notes = append(notes, fmt.Sprintf("- *%s*: %s.", row.Name, strings.Join(parts, "; ")))
+			}
+		}
+		if len(notes) > 0 {
+			w("<details><summary>what exactly was timed</summary>\n\n%s\n\n</details>\n\n", strings.Join(notes, "\n"))
+		}
+	}
+
+	// Where stasis adds the most over runsc.
+	var ranked []Row
+	for _, row := range r.Rows {
+		if row.Ratio != nil && row.Stasis != nil && row.Stasis.Unit == "ms" {
+			ranked = append(ranked, row)
+		}
+	}
+	slices.SortFunc(ranked, func(a, b Row) int {
+		da, db := a.Stasis.Median-a.Raw.Median, b.Stasis.Median-b.Raw.Median
+		switch {
+		case da > db:
+			return -1
+		case da < db:
+			return 1
+		}
+		return 0
+	})
+	if len(ranked) > 0 {
+		w("## Where stasis adds the most time over runsc\n\n")
+		w("By absolute difference of medians (stasis − runsc):\n\n")
+		for i, row := range ranked {
+			if i == 6 {
+				break
+			}
+			w("%d. %s: +%s ms (%.2f×)\n", i+1, row.Name, num(row.Stasis.Median-row.Raw.Median), *row.Ratio)
+		}
+		w("\n")
+	}
+
+	w("## In-process Go benchmarks\n\n")
+	w("These need no sandbox and show regressions in hot paths; run them with `go test -run '^$' -bench . PACKAGE`.\n\n")
+	if len(r.GoBenchmarks) == 0 {
+		w("None in the tree yet.\n\n")
+	} else {
+		w("| package | benchmark | what it measures |\n| --- | --- | --- |\n")
+		for _, gb := range r.GoBenchmarks {
+			w("| `%s` | `%s` | %s |\n", gb.Package, gb.Name, strings.ReplaceAll(gb.Doc, "|", "\\|"))
+		}
+		w("\n")
+	}
+
+	if len(r.Problems) > 0 {
+		w("## Problems during this run\n\n")
+		for _, p := range r.Problems {
+			w("- %s\n", strings.ReplaceAll(p, "\n", " "))
+		}
+		w("\n")
+	}
+
+	w("## Reproduce\n\n")
+	w("```sh\nmake bench         # full run (about 10 minutes), rewrites docs/BENCHMARKS.md and docs/benchmarks.json\n")
+	w("make bench-quick   # harness check in under 2 minutes; writes to a temp dir\n```\n\n")
+	w("Both need root and `make setup` (runsc and the images). Phase durations of this run: ")
+	var ph []string
+	for _, k := range []string{"create", "exec", "files", "pause-resume", "density"} {
+		if v, ok := r.Phases[k]; ok {
+			ph = append(ph, fmt.Sprintf("%s %.0f s", k, v))
+		}
+	}
+	w("%s.\n", strings.Join(ph, ", "))
+	return b.String()
+}
+
+// hostWasBusy: other work competed with the run (CPU busy before it, or a
+// 1-minute load average above the core count at its start or end).
+func hostWasBusy(m Machine) bool {
+	load1 := func(s string) float64 {
+		var v float64
+		fmt.Sscan(s, &v)
+		return v
+	}
+	n := float64(max(1, m.NProc))
+	return m.BusyStart > 25*n || load1(m.LoadStart) > n || load1(m.LoadEnd) > n
+}
+
+// renderFromJSON rewrites BENCHMARKS.md (and normalises benchmarks.json)
+// in the directory of a benchmarks.json, without measuring again: for
+// changes to the report's layout.
+func renderFromJSON(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var r Report
+	if err := json.Unmarshal(data, &r); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if f := strings.Fields(r.Command); len(f) > 0 && strings.Contains(f[0], "/") {
+		r.Command = strings.Join(append([]string{"stasis-bench"}, f[1:]...), " ")
+	}
+	return writeReport(filepath.Dir(path), &r)
+}
+
+func writeDensity(b *strings.Builder, d *Density) {
+	if d == nil {
+		return
+	}
+	w := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	bound := func(held int, reached, byTime bool, failure string, secs float64) string {
+		switch {
+		case reached:
+			return fmt.Sprintf("**≥ %d** (the harness's bound; nothing failed; took %.0f s)", held, secs)
+		case failure != "":
+			return fmt.Sprintf("**%d**, then: %s", held, strings.ReplaceAll(failure, "\n", " "))
+		case byTime:
+			return fmt.Sprintf("**≥ %d** (the harness stopped at its %.0f s time budget, nothing failed: filling up is slow)", held, d.TimeBudgetSeconds)
+		}
+		return fmt.Sprintf("**%d**", held)
+	}
+	w("Idle stasis/minimal sandboxes created one after the other, then paused, then more created and paused.\n\n")
+	w("- Idle **active** sandboxes held at once: %s.\n", bound(d.ActiveHeld, d.ActiveReachedBound, d.ActiveStoppedByTime, d.ActiveFailure, d.ActiveSeconds))
+	w("- **Paused** sandboxes held at once: %s.\n", bound(d.PausedHeld, d.PausedReachedBound, d.PausedStoppedByTime, d.PausedFailure, d.PausedSeconds))
+	if d.CreateFirstMs != nil && d.CreateLastMs != nil {
+		w("- Create latency, first 5 vs last 5 of the active ones: median %s ms vs %s ms.\n", num(d.CreateFirstMs.Median), num(d.CreateLastMs.Median))
+	}
+	w("- Host MemAvailable dropped by %s MiB per idle active sandbox; pausing them gave back %s MiB in all (host-wide figures: other work on the host shows up in them).\n", num(d.MemAvailableDropPerActiveMiB), num(d.MemAvailableRecoveredMiB))
+	w("- Host CPU (percent of one core) before creating: %s %%; with %d idle active sandboxes: %s %%.\n", num(d.IdleCPUPercentBefore), d.ActiveHeld, num(d.IdleCPUPercentActive))
+	w("- stasisd RSS with %d active sandboxes: %s MiB. Snapshot dir with %d paused: %s MiB.\n", d.ActiveHeld, num(d.StasisdRSSMiB), d.PausedHeld, num(d.SnapshotDiskMiB))
+	w("- Deleting all %d took %.1f s (4 at a time).\n\n", d.DeleteAllCount, d.DeleteAllSeconds)
+}
+
+func extraText(x map[string]any) string {
+	if len(x) == 0 {
+		return ""
+	}
+	keys := make([]string, 0, len(x))
+	for k := range x {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var parts []string
+	for _, k := range keys {
+		switch v := x[k].(type) {
+		case *Stat:
+			if v != nil {
+				parts = append(parts, fmt.Sprintf("%s median %s (p95 %s)", k, num(v.Median), num(v.P95)))
+			}
+		case map[string]any: // a *Stat read back from benchmarks.json
+			md, _ := v["median"].(float64)
+			pp, _ := v["p95"].(float64)
+			parts = append(parts, fmt.Sprintf("%s median %s (p95 %s)", k, num(md), num(pp)))
+		case float64:
+			parts = append(parts, fmt.Sprintf("%s %s", k, num(v)))
+		default:
+			parts = append(parts, fmt.Sprintf("%s %v", k, v))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
