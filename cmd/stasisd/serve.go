@@ -115,6 +115,9 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *sandbox.Serv
 	if err := os.MkdirAll(f.imagesDir, 0o755); err != nil {
 		return nil, nil, nil, fmt.Errorf("images dir: %w", err)
 	}
+	if f.imagesDir, err = filepath.Abs(f.imagesDir); err != nil {
+		return nil, nil, nil, fmt.Errorf("images dir: %w", err)
+	}
 	if f.imagesDir, err = filepath.EvalSymlinks(f.imagesDir); err != nil {
 		return nil, nil, nil, fmt.Errorf("images dir: %w", err)
 	}

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -161,7 +162,18 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request, t *sandbox.T
 	if !ok {
 		return
 	}
-	p, err := c.Start(r.Context(), req.agentRequest(t.Defaults))
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	stopped := make(chan struct{})
+	go func() {
+		select {
+		case <-t.Done: // paused or deleted: end the stream instead of hanging
+			close(stopped)
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	p, err := c.Start(ctx, req.agentRequest(t.Defaults))
 	if err != nil {
 		s.failAgent(w, err)
 		return
@@ -186,7 +198,13 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request, t *sandbox.T
 	for {
 		ev, err := p.Next()
 		if err != nil {
-			send(map[string]any{"finished": true, "exit_code": -1, "error": "lost connection to the sandbox: " + err.Error()})
+			msg := "lost connection to the sandbox: " + err.Error()
+			select {
+			case <-stopped:
+				msg = "the sandbox was paused or deleted while the command ran"
+			default:
+			}
+			send(map[string]any{"finished": true, "exit_code": -1, "error": msg})
 			return
 		}
 		switch ev.Kind {

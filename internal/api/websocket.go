@@ -71,8 +71,22 @@ func (s *Server) execConnect(w http.ResponseWriter, r *http.Request) {
 	}
 	ws.SetReadLimit(maxWSMessage)
 	defer ws.CloseNow()
+	// ctx is the socket's life; pctx the process's, which also ends when the
+	// sandbox is paused or deleted (cancelling a read closes a coder/websocket
+	// connection, so the socket must not share that context).
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
+	pctx, pcancel := context.WithCancel(ctx)
+	defer pcancel()
+	stopped := make(chan struct{})
+	go func() {
+		select {
+		case <-t.Done:
+			close(stopped)
+			pcancel()
+		case <-ctx.Done():
+		}
+	}()
 
 	finish := func(code int, msg string) {
 		fin := map[string]any{"finished": true, "exit_code": code}
@@ -104,7 +118,7 @@ func (s *Server) execConnect(w http.ResponseWriter, r *http.Request) {
 	}
 	// The process lives as long as the socket: closing it cancels ctx,
 	// which drops the agent connection and kills the process group.
-	p, err := c.Start(ctx, ar)
+	p, err := c.Start(pctx, ar)
 	if err != nil {
 		finish(-1, "could not start command: "+err.Error())
 		return
@@ -144,8 +158,13 @@ func (s *Server) execConnect(w http.ResponseWriter, r *http.Request) {
 	for {
 		ev, err := p.Next()
 		if err != nil {
-			if !errors.Is(ctx.Err(), context.Canceled) {
-				finish(-1, "lost connection to the sandbox: "+err.Error())
+			select {
+			case <-stopped:
+				finish(-1, "the sandbox was paused or deleted; this session ended (its background processes keep their state)")
+			default:
+				if !errors.Is(ctx.Err(), context.Canceled) {
+					finish(-1, "lost connection to the sandbox: "+err.Error())
+				}
 			}
 			return
 		}

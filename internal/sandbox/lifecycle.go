@@ -180,6 +180,7 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 		return err
 	}
 	failpoint.Hit("pause.after-record")
+	b.endSessions()
 	if old != "" && old != final {
 		os.RemoveAll(old)
 	}
@@ -352,6 +353,7 @@ func (s *Service) deleteLocked(ctx context.Context, b *box, id string) error {
 		return err
 	}
 	failpoint.Hit("delete.after-record")
+	b.endSessions()
 	b.agent, b.warmUntil = nil, time.Time{}
 	if err := s.cfg.Driver.Destroy(ctx, id); err != nil {
 		s.log.Error("delete: runtime cleanup failed; the next start retries", "sandbox", id, "err", err)
@@ -405,6 +407,9 @@ func (s *Service) Update(ctx context.Context, teamID, id string, p UpdateParams)
 type Target struct {
 	Agent    *agentclient.Client
 	Defaults store.ExecDefaults
+	// Done is closed when the sandbox is paused or deleted; long-running
+	// sessions end then rather than hang on a dead connection.
+	Done <-chan struct{}
 }
 
 // Agent authenticates a data-plane token and returns the sandbox's agent,
@@ -449,7 +454,7 @@ func (s *Service) Agent(ctx context.Context, id, token string) (*Target, error) 
 	if b.agent == nil {
 		return nil, newErr(ErrUnavailable, "unavailable", "sandbox %s is not reachable; retry shortly", id)
 	}
-	return &Target{Agent: b.agent, Defaults: sb.Defaults}, nil
+	return &Target{Agent: b.agent, Defaults: sb.Defaults, Done: b.sessionsDone()}, nil
 }
 
 // PauseAll pauses every active sandbox (used at shutdown when asked to).

@@ -74,6 +74,24 @@ type box struct {
 	mu        sync.Mutex
 	agent     *agentclient.Client // nil unless the sandbox is running
 	warmUntil time.Time           // paused but still frozen in RAM until then (zero: not warm)
+	sessions  chan struct{}       // closed when the sandbox stops: streaming sessions end
+}
+
+// sessionsDone is closed when the sandbox's current run ends (pause, delete).
+func (b *box) sessionsDone() <-chan struct{} {
+	if b.sessions == nil {
+		b.sessions = make(chan struct{})
+	}
+	return b.sessions
+}
+
+// endSessions tells every streaming session of the current run to finish:
+// their connections to a paused or deleted sandbox would otherwise hang.
+func (b *box) endSessions() {
+	if b.sessions != nil {
+		close(b.sessions)
+		b.sessions = nil
+	}
 }
 
 // New returns a service. Call Recover before serving requests.
