@@ -5,7 +5,8 @@
 // Configuration comes from the environment, which it then scrubs of every
 // STASIS_* variable: STASIS_AGENT_TOKEN (required), STASIS_DEFAULT_USER,
 // STASIS_DEFAULT_WORKDIR, STASIS_AGENT_LISTEN (default :49983),
-// STASIS_MEMORY_LIMIT_MIB (the sandbox's memory budget, for the watchdog).
+// STASIS_MEMORY_LIMIT_MIB and STASIS_VCPU (the sandbox's limits, for the
+// watchdog).
 //
 // As PID 1 it also runs the sandbox's watchdog: an OOM killer that keeps the
 // sandbox within its memory budget and a task limiter against fork bombs.
@@ -19,6 +20,8 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -50,8 +53,18 @@ func run(logger *log.Logger) error {
 	// As init, the agent is the sandbox's OOM killer and task limiter
 	// (gVisor has neither); see agent.WatchdogConfig.
 	watchdog := os.Getpid() == 1
+	var tasks int
 	if watchdog {
-		cfg.MaxProcs = agent.DefaultMaxProcs
+		budget := cfg.MemoryLimitMiB
+		if budget == 0 {
+			budget = memTotalMiB()
+		}
+		tasks = agent.TaskLimit(budget)
+		// Commands' RLIMIT_NPROC is a little higher than the number of
+		// processes at which the watchdog kills a bomb: root's count
+		// includes the agent's threads, and a bomb stopped by the rlimit
+		// short of the watchdog's limit would spin there for ever.
+		cfg.MaxProcs = tasks + tasks/4
 	}
 	srv, err := agent.New(cfg, reaper, logger)
 	if err != nil {
@@ -61,8 +74,10 @@ func run(logger *log.Logger) error {
 		wctx, stop := context.WithCancel(context.Background())
 		defer stop()
 		go srv.RunWatchdog(wctx, agent.WatchdogConfig{
-			MemoryLimit: uint64(cfg.MemoryLimitMiB) << 20,
-			MaxTasks:    agent.DefaultMaxTasks,
+			MemoryLimit:  uint64(cfg.MemoryLimitMiB) << 20,
+			ProcessCost:  agent.DefaultProcessCost,
+			MaxProcesses: tasks,
+			GrowthRate:   uint64(cfg.VCPU) * agent.DefaultGrowthRatePerCPU, // 0: per CPU shown
 		})
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -92,4 +107,19 @@ func run(logger *log.Logger) error {
 		srv.Shutdown(ctx)
 	}()
 	return srv.Serve(ln)
+}
+
+// memTotalMiB is MemTotal from /proc/meminfo (0 if unknown).
+func memTotalMiB() int {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			return kb >> 10
+		}
+	}
+	return 0
 }

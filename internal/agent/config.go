@@ -22,6 +22,9 @@ const (
 	// own overhead, so the watchdog acts before the host's OOM killer would
 	// kill the whole sandbox.
 	EnvMemoryLimit = "STASIS_MEMORY_LIMIT_MIB"
+	// EnvVCPU is the sandbox's CPU limit in cores (gVisor shows at least
+	// two CPUs whatever the limit); the watchdog's pace depends on it.
+	EnvVCPU = "STASIS_VCPU"
 )
 
 // DefaultListen is the agent's listen address unless STASIS_AGENT_LISTEN says
@@ -44,13 +47,17 @@ type Config struct {
 	// LOGNAME of the target user and the request's env are added to it.
 	Env []string
 	// MemoryLimitMiB is the sandbox's memory budget (STASIS_MEMORY_LIMIT_MIB)
-	// for the watchdog; 0: the MemTotal of /proc/meminfo less a reserve.
+	// for cmd/stasis-agent's watchdog; 0: none given.
 	MemoryLimitMiB int
-	// MaxProcs, if positive, is the RLIMIT_NPROC (soft and hard) of every
-	// command: a fork bomb's forks fail with EAGAIN once the command's user
-	// has that many tasks. The agent itself stays unlimited, so it can
-	// always create the threads it needs. gVisor enforces it even for root,
-	// which lacks CAP_SYS_RESOURCE and CAP_SYS_ADMIN in a sandbox.
+	// VCPU is the sandbox's CPU limit in cores (STASIS_VCPU); 0: none given.
+	VCPU int
+	// MaxProcs, if positive, is the RLIMIT_NPROC of every command: a fork
+	// bomb's forks fail with EAGAIN once the command's user has that many
+	// tasks (threads included). gVisor enforces it even for root, which
+	// lacks CAP_SYS_RESOURCE and CAP_SYS_ADMIN in a sandbox. The agent
+	// itself stays unlimited, so it can always create the threads it needs.
+	// Commands of the agent's own user get it as soft and hard limit, those
+	// of other users a little more, as soft limit only (see forkExec).
 	MaxProcs int
 }
 
@@ -64,7 +71,7 @@ func ConfigFromEnv() (Config, error) {
 		DefaultWorkdir: os.Getenv(EnvDefaultWorkdir),
 		Listen:         os.Getenv(EnvListen),
 	}
-	memLimit := os.Getenv(EnvMemoryLimit)
+	memLimit, vcpu := os.Getenv(EnvMemoryLimit), os.Getenv(EnvVCPU)
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
 		if strings.HasPrefix(k, EnvPrefix) {
@@ -84,6 +91,13 @@ func ConfigFromEnv() (Config, error) {
 			return cfg, fmt.Errorf("%s must be a number of MiB, got %q", EnvMemoryLimit, memLimit)
 		}
 		cfg.MemoryLimitMiB = n
+	}
+	if vcpu != "" {
+		n, err := strconv.Atoi(vcpu)
+		if err != nil || n < 0 {
+			return cfg, fmt.Errorf("%s must be a number of cores, got %q", EnvVCPU, vcpu)
+		}
+		cfg.VCPU = n
 	}
 	if cfg.DefaultWorkdir != "" && !strings.HasPrefix(cfg.DefaultWorkdir, "/") {
 		return cfg, fmt.Errorf("%s must be absolute, got %q", EnvDefaultWorkdir, cfg.DefaultWorkdir)

@@ -313,6 +313,9 @@ func (e *execSession) start(req agentproto.StartRequest) (*process, agentproto.E
 		e.proc = p
 	}
 	e.mu.Unlock()
+	if err == nil {
+		e.s.kickWatchdog()
+	}
 	closeAll(childFiles...)
 	if err != nil {
 		p.closeParentEnds()
@@ -324,43 +327,36 @@ func (e *execSession) start(req agentproto.StartRequest) (*process, agentproto.E
 }
 
 // agentTaskReserve is how far above Config.MaxProcs the agent's own soft
-// RLIMIT_NPROC is set while it forks a command of another user; see
-// forkExec.
-const agentTaskReserve = 256
+// RLIMIT_NPROC is set while it forks a command; see forkExec.
+const agentTaskReserve = 64
 
 // forkExec starts the shell with an RLIMIT_NPROC of Config.MaxProcs, if set.
 // It is called with the reaper's lock held, so forks never overlap.
 //
-// Go cannot run code between fork and exec, so:
-//   - A command of the agent's own user gets its limit (soft and hard) with
-//     prlimit right after the exec, before the shell has parsed its command
-//     line. (The agent stays unlimited: gVisor checks the creating task's
-//     limit against its user's task count, so a fork bomb holding root's
-//     count at the limit cannot make the agent's own thread creation fail,
-//     which the Go runtime treats as fatal.)
-//   - For another user prlimit is not allowed (no CAP_SYS_RESOURCE), so the
-//     agent lowers its own soft limit around the fork and the child inherits
-//     it, hard limit unlimited: a command can raise it again, which no fork
-//     bomb does by accident. The soft limit is MaxProcs+agentTaskReserve, so
-//     that root's count, at most MaxProcs plus the agent's few threads,
-//     cannot make the agent fail to create a thread meanwhile.
+// The agent itself must stay unlimited: gVisor checks the creating task's
+// limit against its user's task count, and a fork bomb holding root's count
+// at the limit must not make the agent's own thread creation fail, which the
+// Go runtime treats as fatal. Go cannot run code between fork and exec, so:
+//   - The agent lowers its own soft limit around the fork, and the child
+//     inherits it, with no window for a child to start unlimited. That soft
+//     limit is MaxProcs+agentTaskReserve, so that root's count, at most
+//     MaxProcs plus the agent's threads (a dozen or two), cannot make the
+//     agent fail to create a thread meanwhile. (Only a root command that
+//     forked before its prlimit below could take root's count that high;
+//     the watchdog kills such a bomb before, at MaxProcs processes, and
+//     the Go runtime rarely creates a thread once it has idle ones.)
+//   - A command of the agent's own user then gets exactly MaxProcs, soft and
+//     hard, with prlimit. (Its first processes may have forked already with
+//     the inherited limit: measured on a busy host, the shell can run a
+//     command before prlimit lands.) For another user prlimit is not allowed
+//     (no CAP_SYS_RESOURCE): its hard limit stays unlimited, so a command
+//     can raise its soft limit again, which no fork bomb does by accident.
 //
-// The watchdog's task limit backs both up.
+// The watchdog's process limit backs all this up.
 func (s *Server) forkExec(argv []string, attr *syscall.ProcAttr) (int, error) {
 	n := uint64(s.cfg.MaxProcs)
 	if n == 0 {
 		return syscall.ForkExec(argv[0], argv, attr)
-	}
-	cred := attr.Sys.Credential
-	if cred == nil || cred.Uid == uint32(os.Getuid()) {
-		pid, err := syscall.ForkExec(argv[0], argv, attr)
-		if err == nil {
-			lim := unix.Rlimit{Cur: n, Max: n}
-			if perr := unix.Prlimit(pid, unix.RLIMIT_NPROC, &lim, nil); perr != nil {
-				s.log.Printf("exec: limiting the tasks of pid %d: %v", pid, perr)
-			}
-		}
-		return pid, err
 	}
 	var old unix.Rlimit
 	if err := unix.Prlimit(0, unix.RLIMIT_NPROC, nil, &old); err != nil {
@@ -375,6 +371,17 @@ func (s *Server) forkExec(argv []string, attr *syscall.ProcAttr) (int, error) {
 	pid, err := syscall.ForkExec(argv[0], argv, attr)
 	if rerr := unix.Prlimit(0, unix.RLIMIT_NPROC, &old, nil); rerr != nil {
 		s.log.Printf("exec: restoring RLIMIT_NPROC: %v", rerr)
+	}
+	if errors.Is(err, syscall.EAGAIN) {
+		// Root is over the limit (a bomb the watchdog has not killed yet):
+		// the agent may still start commands.
+		pid, err = syscall.ForkExec(argv[0], argv, attr)
+	}
+	if cred := attr.Sys.Credential; err == nil && (cred == nil || cred.Uid == uint32(os.Getuid())) {
+		lim := unix.Rlimit{Cur: n, Max: n}
+		if perr := unix.Prlimit(pid, unix.RLIMIT_NPROC, &lim, nil); perr != nil {
+			s.log.Printf("exec: limiting the tasks of pid %d: %v", pid, perr)
+		}
 	}
 	return pid, err
 }

@@ -38,6 +38,8 @@ type Server struct {
 	mu   sync.Mutex
 	srv  *http.Server
 	runs map[*execSession]struct{}
+
+	watchdogKick chan struct{} // see kickWatchdog
 }
 
 // New returns a Server. Commands are started through reaper, which must
@@ -65,6 +67,8 @@ func New(cfg Config, reaper *Reaper, logger *log.Logger) (*Server, error) {
 		start:  time.Now(),
 		mux:    http.NewServeMux(),
 		runs:   make(map[*execSession]struct{}),
+
+		watchdogKick: make(chan struct{}, 1),
 	}
 	s.setToken(cfg.Token)
 	s.mux.HandleFunc(agentproto.PathHealth, s.handleHealth)

@@ -46,24 +46,50 @@ const (
 // (agent.EnvMemoryLimit).
 const memoryLimitEnv = "STASIS_MEMORY_LIMIT_MIB"
 
+// vcpuEnv tells the agent the sandbox's CPU limit (agent.EnvVCPU): how fast
+// memory can grow, which paces its watchdog. (gVisor shows the sandbox at
+// least two CPUs.)
+const vcpuEnv = "STASIS_VCPU"
+
 // hostMemoryLimit is the host cgroup memory limit of a sandbox whose budget
-// is memMiB: the budget plus headroom for the sentry's and gofer's own
-// memory and for what the guest allocates between two samples of the
-// agent's watchdog.
+// is memMiB: the budget plus headroom.
 //
 // gVisor has no OOM killer: a sandbox that reaches its host cgroup limit is
 // SIGKILLed whole by the host kernel, agent and all. So the budget is
-// enforced inside the sandbox by the agent (it kills the largest process,
-// as Linux would), and the host limit only catches what the agent could not
-// stop. gVisor reports the host limit as MemTotal; the agent is told the
-// budget in its environment.
+// enforced inside the sandbox by the agent's watchdog (it kills the biggest
+// process, as Linux would), and the host limit only catches what the agent
+// could not stop in time. The headroom covers gVisor's own memory (10-30
+// MiB, plus an eighth of the budget for the sentry's bookkeeping) and what
+// the guest allocates between crossing the budget and dying: memory grows by
+// up to ~1 GB/s per vCPU, and on a loaded host the watchdog's kill can take
+// 100 ms or more (with 128 MiB of headroom a Python hog, measured, sometimes
+// won that race). A single system call that commits more than the headroom
+// at once (a read(2) of a huge file into one buffer) still takes the whole
+// sandbox down: the kill lands only when the call returns.
+//
+// gVisor reports the host limit as MemTotal; the agent is told the budget
+// in its environment.
 func hostMemoryLimit(memMiB int) int64 {
-	headroom := max(memMiB/4, minMemoryHeadroomMiB)
-	return int64(memMiB+headroom) * mib
+	return int64(memMiB+memMiB/8+memoryHeadroomMiB) * mib
 }
 
-// minMemoryHeadroomMiB is the least headroom of hostMemoryLimit.
-const minMemoryHeadroomMiB = 64
+// memoryHeadroomMiB is the fixed part of hostMemoryLimit's headroom.
+const memoryHeadroomMiB = 256
+
+// hostPidsLimit is the host cgroup's task limit for a sandbox with memMiB of
+// memory (0: unlimited memory). It protects the host's PID space (32768 PIDs
+// on a default kernel, shared by everything) should the agent's own limits
+// fail; reaching it kills the sandbox (the sentry cannot create the host
+// threads it needs), so it sits well above them: the agent kills a fork bomb
+// at agent.TaskLimit(memMiB) = memMiB processes within [256, 4096] (commands'
+// RLIMIT_NPROC is a quarter more), and each guest process takes about two
+// host tasks (systrap stub), each thread far less.
+func hostPidsLimit(memMiB int) int64 {
+	if memMiB <= 0 {
+		memMiB = 4096
+	}
+	return int64(4*min(max(memMiB, 256), 4096) + 512)
+}
 
 // ociSpec builds the bundle's config.json for spec. Everything restore
 // validates (args, env names, cwd, user, mounts, hostname) must come out the
@@ -81,12 +107,15 @@ func ociSpec(spec runtime.Spec, netnsPath, cgroupsPath string) *specs.Spec {
 	if !hasPath {
 		env = append(env, defaultPath)
 	}
+	// The agent's watchdog keeps the sandbox within its memory budget; the
+	// host cgroup gets headroom above it (hostMemoryLimit). Restore does not
+	// validate the environment, so checkpoints taken without these still
+	// restore.
 	if spec.MemoryMiB > 0 {
-		// The agent's watchdog keeps the sandbox within this budget; the
-		// host cgroup gets headroom above it (hostMemoryLimit). Restore
-		// does not validate the environment, so older checkpoints without
-		// it still restore.
 		env = append(env, memoryLimitEnv+"="+strconv.Itoa(spec.MemoryMiB))
+	}
+	if spec.VCPU > 0 {
+		env = append(env, vcpuEnv+"="+strconv.Itoa(spec.VCPU))
 	}
 	hostname := spec.Hostname
 	if hostname == "" {
@@ -99,6 +128,8 @@ func ociSpec(spec runtime.Spec, netnsPath, cgroupsPath string) *specs.Spec {
 		limit := hostMemoryLimit(spec.MemoryMiB)
 		res.Memory = &specs.LinuxMemory{Limit: &limit}
 	}
+	pids := hostPidsLimit(spec.MemoryMiB)
+	res.Pids = &specs.LinuxPids{Limit: &pids}
 	if spec.VCPU > 0 {
 		quota := int64(spec.VCPU) * cpuPeriod
 		period := uint64(cpuPeriod)
