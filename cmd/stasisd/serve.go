@@ -32,7 +32,7 @@ const defaultTeam = "default"
 
 type serveFlags struct {
 	listen, dataDir, imagesDir, runsc, agent, template, logLevel, subnet, netnsPrefix string
-	vcpu, memMiB, maxLive                                                             int
+	vcpu, memMiB, diskMiB, maxLive                                                    int
 	warmWindow                                                                        time.Duration
 	pauseOnShutdown                                                                   bool
 }
@@ -50,6 +50,7 @@ func runServe(args []string) error {
 	fs.IntVar(&f.memMiB, "default-memory-mib", 1024, "memory of a sandbox when the create names none")
 	fs.StringVar(&f.subnet, "subnet", "169.254.0.0/16", "link-local range sandbox links are allocated from")
 	fs.StringVar(&f.netnsPrefix, "netns-prefix", "stasis", "name prefix of this server's network namespaces (distinct per server on one host)")
+	fs.IntVar(&f.diskMiB, "default-disk-mib", 10240, "writable-layer quota of a sandbox when the create names none (0: unlimited)")
 	fs.IntVar(&f.maxLive, "max-sandboxes-per-team", 50, "running (not paused) sandboxes a team may hold; 0 = unlimited")
 	fs.DurationVar(&f.warmWindow, "warm-pause-window", 0, "keep a paused sandbox frozen in RAM this long after its snapshot is on disk, so resuming it is instant (0: free its memory at once)")
 	fs.BoolVar(&f.pauseOnShutdown, "pause-on-shutdown", false, "on SIGTERM, pause every active sandbox (default: leave them running for the next start to re-adopt)")
@@ -182,6 +183,7 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *sandbox.Serv
 		DefaultTemplate: f.template,
 		DefaultVCPU:     f.vcpu,
 		DefaultMemMiB:   f.memMiB,
+		DefaultDiskMiB:  f.diskMiB,
 	})
 	if err != nil {
 		st.Close()

@@ -61,6 +61,7 @@ type createRequest struct {
 	EnvVars           map[string]string `json:"env_vars"`
 	VCPU              int               `json:"vcpu"`       // stasis extension
 	MemoryMiB         int               `json:"memory_mib"` // stasis extension
+	DiskMiB           int               `json:"disk_mib"`   // stasis extension: writable-layer quota
 	// Superserve fields stasis does not serve yet: accepted only when empty,
 	// so SDK calls that send them as null keep working.
 	Secrets json.RawMessage `json:"secrets"`
@@ -94,7 +95,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request, teamID st
 		name = *req.Name
 	}
 	sb, tok, err := s.svc.Create(r.Context(), teamID, sandbox.CreateParams{
-		Name: name, Template: req.FromTemplate, Snapshot: req.FromSnapshot, VCPU: req.VCPU, MemoryMiB: req.MemoryMiB,
+		Name: name, Template: req.FromTemplate, Snapshot: req.FromSnapshot, VCPU: req.VCPU, MemoryMiB: req.MemoryMiB, DiskMiB: req.DiskMiB,
 		Metadata: req.Metadata, Env: req.EnvVars,
 		TimeoutSeconds: req.TimeoutSeconds, AutoDeleteSeconds: req.AutoDeleteSeconds,
 	})

@@ -47,6 +47,10 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 	if sb.MemoryMiB == 0 {
 		sb.MemoryMiB = s.cfg.DefaultMemMiB
 	}
+	sb.DiskMiB = p.DiskMiB
+	if sb.DiskMiB == 0 {
+		sb.DiskMiB = s.cfg.DefaultDiskMiB
+	}
 	if err := s.admit(ctx, teamID, func() error { return s.cfg.Store.InsertSandbox(ctx, sb) }); err != nil {
 		return nil, "", err
 	}

@@ -16,6 +16,7 @@ const (
 	MaxEnvValue      = 8192
 	MaxVCPU          = 8
 	MaxMemoryMiB     = 16384
+	MaxDiskMiB       = 1 << 20
 	MaxTimeout       = 30 * 24 * 3600
 )
 
@@ -26,6 +27,7 @@ type CreateParams struct {
 	Snapshot          string // start from this saved snapshot instead of a template
 	VCPU              int    // 0 = default
 	MemoryMiB         int    // 0 = default
+	DiskMiB           int    // writable-layer quota (0 = default)
 	Metadata          map[string]string
 	Env               map[string]string
 	TimeoutSeconds    *int
@@ -121,6 +123,9 @@ func (p *CreateParams) validate() error {
 	}
 	if p.MemoryMiB != 0 && (p.MemoryMiB < 64 || p.MemoryMiB > MaxMemoryMiB) {
 		return invalid("memory_mib must be between 64 and %d", MaxMemoryMiB)
+	}
+	if p.DiskMiB != 0 && (p.DiskMiB < 16 || p.DiskMiB > MaxDiskMiB) {
+		return invalid("disk_mib must be between 16 and %d", MaxDiskMiB)
 	}
 	if err := ValidateMetadata(p.Metadata); err != nil {
 		return err

@@ -41,6 +41,7 @@ type Config struct {
 	DefaultTemplate string // used when a create names no template
 	DefaultVCPU     int
 	DefaultMemMiB   int
+	DefaultDiskMiB  int           // writable-layer quota of a sandbox (0: unlimited)
 	ReadyTimeout    time.Duration // how long a new or restored agent has to answer
 	// WarmWindow keeps a paused sandbox frozen in RAM this long after its
 	// snapshot is durable, so resuming it is a thaw (0: stop at once).
