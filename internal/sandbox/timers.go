@@ -22,11 +22,16 @@ const TimerInterval = 250 * time.Millisecond
 func (s *Service) RunTimers(ctx context.Context) {
 	t := time.NewTicker(TimerInterval)
 	defer t.Stop()
+	lastCheck := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if time.Since(lastCheck) > deadCheckInterval {
+			lastCheck = time.Now()
+			s.markDead(ctx)
 		}
 		due, err := s.cfg.Store.DueTimers(ctx, time.Now())
 		if err != nil {
@@ -115,4 +120,58 @@ func memoryLow() bool {
 		}
 	}
 	return total > 0 && avail*10 < total
+}
+
+// deadCheckInterval is how often active sandboxes are checked for having
+// died underneath stasis (e.g. killed by the host's OOM killer).
+const deadCheckInterval = 2 * time.Second
+
+// markDead marks active sandboxes whose runtime is gone as failed, so the
+// API tells the truth instead of answering "active" for a dead sandbox.
+func (s *Service) markDead(ctx context.Context) {
+	running, err := s.cfg.Driver.List(ctx)
+	if err != nil {
+		return
+	}
+	live := map[string]bool{}
+	for _, inst := range running {
+		live[inst.ID] = true
+	}
+	all, err := s.cfg.Store.ListSandboxes(ctx, "", nil)
+	if err != nil {
+		return
+	}
+	for _, sb := range all {
+		if sb.Status != store.StatusActive || live[sb.ID] {
+			continue
+		}
+		b := s.box(sb.ID)
+		if !b.mu.TryLock() {
+			continue // an operation is in flight; look again next time
+		}
+		cur, err := s.cfg.Store.GetSandbox(ctx, "", sb.ID)
+		if err == nil && cur.Status == store.StatusActive && !s.runtimeHas(ctx, sb.ID) {
+			s.log.Error("sandbox died underneath stasis", "sandbox", sb.ID)
+			s.metrics.Fail("sandbox", "died")
+			b.endSessions()
+			b.agent = nil
+			s.cfg.Driver.Destroy(ctx, sb.ID)
+			s.setStatus(ctx, cur, store.StatusFailed,
+				"the sandbox stopped unexpectedly (for example killed by the host's out-of-memory killer); its state is lost")
+		}
+		b.mu.Unlock()
+	}
+}
+
+func (s *Service) runtimeHas(ctx context.Context, id string) bool {
+	list, err := s.cfg.Driver.List(ctx)
+	if err != nil {
+		return true // cannot tell: assume alive
+	}
+	for _, inst := range list {
+		if inst.ID == id {
+			return true
+		}
+	}
+	return false
 }

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -130,4 +132,23 @@ func TestTeamLimitAndDiskQuota(t *testing.T) {
 		t.Fatal(err)
 	}
 	create(t, srv, map[string]any{"name": "three", "from_template": "stasis/minimal"})
+}
+
+// TestDeadSandboxIsFailed: a sandbox killed underneath stasis (as the host's
+// OOM killer would) is reported failed with a reason, not active.
+func TestDeadSandboxIsFailed(t *testing.T) {
+	srv := testenv.StartServer(t)
+	_, sb := createMinimal(t, srv, "victim")
+	procs := hostProcessesMentioning(sb.ID)
+	if len(procs) == 0 {
+		t.Fatal("no host processes found for the sandbox")
+	}
+	for _, p := range procs {
+		pid, _ := strconv.Atoi(strings.SplitN(p, ":", 2)[0])
+		syscall.Kill(pid, syscall.SIGKILL) // processes of a sandbox this test created
+	}
+	waitStatus(t, srv, sb.ID, "failed")
+	if info := getInfo(t, srv, sb.ID); !strings.Contains(info.Error, "stopped unexpectedly") {
+		t.Fatalf("error = %q", info.Error)
+	}
 }
