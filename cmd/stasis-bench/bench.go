@@ -388,22 +388,37 @@ func (b *bench) benchCreateFromTemplate(ctx context.Context) error {
 	return nil
 }
 
+// idlePair starts an idle stasis/minimal sandbox and the equivalent raw
+// runsc container, for measurements that compare the two side by side.
+func (b *bench) idlePair(ctx context.Context, name string) (*box, *rawBox, func(), error) {
+	bx, err := b.srv.create(ctx, b.name(name), tmplMinimal, 0)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	rb, err := b.raw.prepare(ctx, b.rootfs(tmplMinimal), sleepInit, 1024, 1)
+	if err == nil {
+		if err = rb.start(ctx); err != nil {
+			rb.destroy(context.WithoutCancel(ctx))
+		}
+	}
+	if err != nil {
+		bx.delete(context.WithoutCancel(ctx))
+		return nil, nil, nil, err
+	}
+	return bx, rb, func() {
+		rb.destroy(context.WithoutCancel(ctx))
+		bx.delete(context.WithoutCancel(ctx))
+	}, nil
+}
+
 // ---- exec ----
 
 func (b *bench) benchExec(ctx context.Context) error {
-	bx, err := b.srv.create(ctx, b.name("exec"), tmplMinimal, 0)
+	bx, rb, done, err := b.idlePair(ctx, "exec")
 	if err != nil {
 		return err
 	}
-	defer bx.delete(context.WithoutCancel(ctx))
-	rb, err := b.raw.prepare(ctx, b.rootfs(tmplMinimal), sleepInit, 1024, 1)
-	if err != nil {
-		return err
-	}
-	defer rb.destroy(context.WithoutCancel(ctx))
-	if err := rb.start(ctx); err != nil {
-		return err
-	}
+	defer done()
 	// Warm up both paths (page cache, connection pool).
 	for i := 0; i < 3; i++ {
 		if _, err := bx.exec(ctx, "true"); err != nil {
@@ -462,19 +477,11 @@ func (b *bench) benchExec(ctx context.Context) error {
 // ---- files ----
 
 func (b *bench) benchFiles(ctx context.Context) error {
-	bx, err := b.srv.create(ctx, b.name("files"), tmplMinimal, 0)
+	bx, rb, done, err := b.idlePair(ctx, "files")
 	if err != nil {
 		return err
 	}
-	defer bx.delete(context.WithoutCancel(ctx))
-	rb, err := b.raw.prepare(ctx, b.rootfs(tmplMinimal), sleepInit, 1024, 1)
-	if err != nil {
-		return err
-	}
-	defer rb.destroy(context.WithoutCancel(ctx))
-	if err := rb.start(ctx); err != nil {
-		return err
-	}
+	defer done()
 	for si, size := range b.cfg.FileSizes {
 		data := make([]byte, size)
 		rand.Read(data)

@@ -189,16 +189,24 @@ func (s *Service) admit(ctx context.Context, teamID string, change func() error)
 // newAgentClient returns a client for a running sandbox's agent, looking up
 // its address in the runtime (nil if it is not running).
 func (s *Service) newAgentClient(ctx context.Context, id string) *agentclient.Client {
+	if inst, ok, _ := s.running(ctx, id); ok {
+		return agentclient.New(inst.AgentAddr(), s.agentToken(id))
+	}
+	return nil
+}
+
+// running looks a sandbox up in the runtime's list of running ones.
+func (s *Service) running(ctx context.Context, id string) (runtime.Instance, bool, error) {
 	list, err := s.cfg.Driver.List(ctx)
 	if err != nil {
-		return nil
+		return runtime.Instance{}, false, err
 	}
 	for _, inst := range list {
 		if inst.ID == id {
-			return agentclient.New(inst.AgentAddr(), s.agentToken(id))
+			return inst, true, nil
 		}
 	}
-	return nil
+	return runtime.Instance{}, false, nil
 }
 
 func (s *Service) box(id string) *box {

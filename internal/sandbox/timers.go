@@ -164,14 +164,6 @@ func (s *Service) markDead(ctx context.Context) {
 }
 
 func (s *Service) runtimeHas(ctx context.Context, id string) bool {
-	list, err := s.cfg.Driver.List(ctx)
-	if err != nil {
-		return true // cannot tell: assume alive
-	}
-	for _, inst := range list {
-		if inst.ID == id {
-			return true
-		}
-	}
-	return false
+	_, ok, err := s.running(ctx, id)
+	return ok || err != nil // cannot tell: assume alive
 }
