@@ -23,6 +23,15 @@ IMAGES_DIR="${IMAGES_DIR:-$ROOT/.cache/images}"
 step() { printf '==> %s\n' "$*"; }
 die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
 
+# runsc_is_pinned BINARY: does it run and report the pinned version? The output
+# is captured first: piping into `grep -q` lets grep exit at the first line, and
+# runsc's second write then dies of SIGPIPE, which pipefail reports as failure.
+runsc_is_pinned() {
+	local out
+	out="$("$1" --version 2>&1)" || return 1
+	[[ "$out" == *"$RUNSC_VERSION"* ]]
+}
+
 # A non-login root shell may lack the sbin dirs and Go's default location.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
@@ -50,13 +59,14 @@ fi
 # --- 2. runsc -----------------------------------------------------------------
 if [ "$RUNSC" != "$DEFAULT_RUNSC" ]; then
 	# Operator-supplied runsc: use it as is, only check that it runs.
-	ver="$("$RUNSC" --version 2>&1 | head -n1)" || die "runsc $RUNSC does not run: $ver"
+	ver="$("$RUNSC" --version 2>&1)" || die "runsc $RUNSC does not run: $ver"
+	ver="${ver%%$'\n'*}"
 	step "runsc $RUNSC (operator-supplied): $ver"
 	case "$ver" in
 	*"$RUNSC_VERSION"*) ;;
 	*) echo "    note: not the pinned version $RUNSC_VERSION; stasis is tested with that one" ;;
 	esac
-elif [ -x "$RUNSC" ] && "$RUNSC" --version 2>/dev/null | grep -qF "$RUNSC_VERSION"; then
+elif [ -x "$RUNSC" ] && runsc_is_pinned "$RUNSC"; then
 	step "runsc $RUNSC_VERSION: already built, skipping"
 else
 	step "runsc $RUNSC_VERSION: building $RUNSC_MODULE (static; takes ~5 minutes cold)"
@@ -65,7 +75,7 @@ else
 	# Static on purpose: a cgo build cannot re-exec itself for its umounter.
 	GOFLAGS= CGO_ENABLED=0 GOBIN="$(dirname "$DEFAULT_RUNSC")" \
 		go install -ldflags "-X gvisor.dev/gvisor/runsc/version.version=$RUNSC_VERSION" "$RUNSC_MODULE"
-	"$RUNSC" --version | grep -qF "$RUNSC_VERSION" ||
+	runsc_is_pinned "$RUNSC" ||
 		die "built runsc does not report version $RUNSC_VERSION"
 	echo "    built in $((SECONDS - start))s"
 fi
