@@ -59,6 +59,9 @@ type Config struct {
 	// Commands of the agent's own user get it as soft and hard limit, those
 	// of other users a little more, as soft limit only (see forkExec).
 	MaxProcs int
+	// NoSpareShell turns off the spare shell that is started ahead of the
+	// next command (see spare.go).
+	NoSpareShell bool
 }
 
 // ConfigFromEnv builds a Config from the process environment, then removes

@@ -147,6 +147,7 @@ func (e *execSession) run() {
 	}()
 	exit = proc.wait()
 	e.sendJSON(agentproto.FrameExit, exit)
+	go e.s.refillSpare() // for the next command; after this one, not competing with it
 	e.closeOut(inputDone)
 }
 
@@ -237,6 +238,11 @@ func (e *execSession) start(req agentproto.StartRequest) (*process, agentproto.E
 	if req.TimeoutS > 0 {
 		p.timeout = time.Duration(req.TimeoutS) * time.Second
 	}
+	if req.PTY == nil {
+		if sp, script := e.matchingSpare(req, acct, dir); sp != nil {
+			return e.startOnSpare(p, sp, script)
+		}
+	}
 	sys := &syscall.SysProcAttr{Credential: acct.credential()}
 	var childFiles []*os.File
 	if req.PTY != nil {
@@ -270,30 +276,16 @@ func (e *execSession) start(req agentproto.StartRequest) (*process, agentproto.E
 		sys.Setctty = true
 		sys.Ctty = 0
 	} else {
-		stdinR, stdinW, err := os.Pipe()
+		stdio, err := newStdioPipes(false)
 		if err != nil {
-			return nil, startFailed("pipe: %v", err)
+			return nil, startFailed("%v", err)
 		}
-		stdoutR, stdoutW, err := os.Pipe()
-		if err != nil {
-			closeAll(stdinR, stdinW)
-			return nil, startFailed("pipe: %v", err)
-		}
-		stderrR, stderrW, err := os.Pipe()
-		if err != nil {
-			closeAll(stdinR, stdinW, stdoutR, stdoutW)
-			return nil, startFailed("pipe: %v", err)
-		}
-		p.stdin = stdinW
-		p.outputs = []output{{stdoutR, agentproto.FrameStdout}, {stderrR, agentproto.FrameStderr}}
-		childFiles = []*os.File{stdinR, stdoutW, stderrW}
+		p.stdin = stdio.stdin
+		p.outputs = stdio.outputs()
+		childFiles = stdio.child
 		sys.Setpgid = true
 	}
-	fds := make([]uintptr, len(childFiles))
-	for i, f := range childFiles {
-		fds[i] = f.Fd() // also puts the child's ends in blocking mode
-	}
-	attr := &syscall.ProcAttr{Dir: dir, Env: env, Files: fds, Sys: sys}
+	attr := &syscall.ProcAttr{Dir: dir, Env: env, Files: childFds(childFiles), Sys: sys}
 	argv := []string{shell, "-c", req.Command}
 
 	// Register with the session first so that a shutdown racing with the
@@ -677,6 +669,70 @@ func setWinsize(f *os.File, cols, rows uint16) error {
 		return err
 	}
 	return ierr
+}
+
+// stdioPipes are the pipes of a shell without a pty: the parent's ends, and
+// the child's (its fds 0, 1, 2, and 3 for a spare's script).
+type stdioPipes struct {
+	stdin  *os.File // write end
+	stdout *os.File // read end
+	stderr *os.File // read end
+	script *os.File // write end; nil unless asked for
+	child  []*os.File
+}
+
+func newStdioPipes(script bool) (*stdioPipes, error) {
+	n := 3
+	if script {
+		n = 4
+	}
+	var parent, child []*os.File
+	for i := range n {
+		r, w, err := os.Pipe()
+		if err != nil {
+			closeAll(parent...)
+			closeAll(child...)
+			return nil, fmt.Errorf("pipe: %w", err)
+		}
+		if i == 0 || i == 3 { // the child reads
+			parent, child = append(parent, w), append(child, r)
+		} else {
+			parent, child = append(parent, r), append(child, w)
+		}
+	}
+	p := &stdioPipes{stdin: parent[0], stdout: parent[1], stderr: parent[2], child: child}
+	if script {
+		p.script = parent[3]
+	}
+	return p, nil
+}
+
+func (p *stdioPipes) outputs() []output {
+	return []output{{p.stdout, agentproto.FrameStdout}, {p.stderr, agentproto.FrameStderr}}
+}
+
+func (p *stdioPipes) closeChildEnds() { closeAll(p.child...) }
+
+func (p *stdioPipes) closeParentEnds() {
+	closeAll(p.stdin, p.stdout, p.stderr)
+	if p.script != nil {
+		p.script.Close()
+	}
+}
+
+// attr is how to start the child with these pipes as its fds.
+func (p *stdioPipes) attr(dir string, env []string, sys *syscall.SysProcAttr) *syscall.ProcAttr {
+	return &syscall.ProcAttr{Dir: dir, Env: env, Files: childFds(p.child), Sys: sys}
+}
+
+// childFds are the descriptors of a child's files; File.Fd also puts them in
+// blocking mode, as a child expects.
+func childFds(files []*os.File) []uintptr {
+	fds := make([]uintptr, len(files))
+	for i, f := range files {
+		fds[i] = f.Fd()
+	}
+	return fds
 }
 
 func closeAll(files ...*os.File) {

@@ -40,6 +40,12 @@ type Server struct {
 	runs map[*execSession]struct{}
 
 	watchdogKick chan struct{} // see kickWatchdog
+
+	// The spare shell (spare.go).
+	spareMu      sync.Mutex
+	spare        *spareShell   // ready for the next command; nil if none
+	spareFilling chan struct{} // non-nil while one is started; closed after
+	spareClosed  bool          // shut down: start no more
 }
 
 // New returns a Server. Commands are started through reaper, which must
@@ -120,6 +126,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, r := range runs {
 		r.abort()
 	}
+	s.closeSpare()
 	if srv == nil {
 		return nil
 	}

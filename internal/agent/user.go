@@ -6,7 +6,10 @@ import (
 	"os/user"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // account is a resolved sandbox user.
@@ -18,13 +21,62 @@ type account struct {
 	home   string
 }
 
+// The account database, as os/user reads it with CGO_ENABLED=0.
+var accountFiles = []string{"/etc/passwd", "/etc/group"}
+
+// accounts caches lookups: reading and parsing both files costs over a
+// millisecond in gVisor, more than the rest of starting a command on a spare
+// shell. An entry holds while neither file has changed (a stat each).
+var accounts struct {
+	sync.Mutex
+	sig     string
+	entries map[string]*account
+}
+
+// accountFilesSig identifies the current version of the account files.
+func accountFilesSig() string {
+	var b strings.Builder
+	for _, f := range accountFiles {
+		var st unix.Stat_t
+		if err := unix.Stat(f, &st); err != nil {
+			b.WriteString("-;")
+			continue
+		}
+		fmt.Fprintf(&b, "%d:%d:%d:%d.%d;", st.Dev, st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec)
+	}
+	return b.String()
+}
+
 // lookupAccount resolves name (a user name or numeric uid; empty means root)
-// from the sandbox's /etc/passwd. Built with CGO_ENABLED=0, os/user reads the
-// files directly.
+// from the sandbox's /etc/passwd. The result must not be modified.
 func lookupAccount(name string) (*account, error) {
 	if name == "" {
 		name = "root"
 	}
+	sig := accountFilesSig()
+	accounts.Lock()
+	if accounts.sig != sig {
+		accounts.sig, accounts.entries = sig, map[string]*account{}
+	}
+	a, ok := accounts.entries[name]
+	accounts.Unlock()
+	if ok {
+		return a, nil
+	}
+	a, err := readAccount(name)
+	if err != nil {
+		return nil, err
+	}
+	accounts.Lock()
+	if accounts.sig == sig {
+		accounts.entries[name] = a
+	}
+	accounts.Unlock()
+	return a, nil
+}
+
+// readAccount looks name up in the account files.
+func readAccount(name string) (*account, error) {
 	u, err := user.Lookup(name)
 	if err != nil {
 		if _, numErr := strconv.ParseUint(name, 10, 32); numErr == nil {
