@@ -181,6 +181,10 @@ type sandboxJSON struct {
 	Usage       struct {
 		SnapshotBytes int64 `json:"snapshot_bytes"`
 	} `json:"usage"`
+	Pause *struct {
+		Durable  bool `json:"durable"`
+		InMemory bool `json:"in_memory"`
+	} `json:"pause"`
 }
 
 // apiError is a non-2xx answer.
@@ -276,6 +280,38 @@ func (b *box) pause(ctx context.Context) error {
 		return fmt.Errorf("pause %s: status %q after pause (error %q)", b.ID, sb.Status, sb.Error)
 	}
 	return nil
+}
+
+// waitPaused polls the paused sandbox until cond holds of its pause state.
+func (b *box) waitPaused(ctx context.Context, what string, cond func(durable, inMemory bool) bool) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		sb, err := b.get(ctx)
+		if err != nil {
+			return err
+		}
+		if sb.Status != "paused" || sb.Pause == nil {
+			return fmt.Errorf("%s: waiting until %s: status %q", b.ID, what, sb.Status)
+		}
+		if cond(sb.Pause.Durable, sb.Pause.InMemory) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: not %s after 2 minutes", b.ID, what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// waitDurable waits until the paused sandbox's snapshot is sealed on disk.
+func (b *box) waitDurable(ctx context.Context) error {
+	return b.waitPaused(ctx, "durable", func(durable, _ bool) bool { return durable })
+}
+
+// waitDiskOnly waits until the paused sandbox is on disk only (no longer
+// frozen in RAM), so that the next resume restores from disk.
+func (b *box) waitDiskOnly(ctx context.Context) error {
+	return b.waitPaused(ctx, "on disk only", func(durable, inMemory bool) bool { return durable && !inMemory })
 }
 
 func (b *box) resume(ctx context.Context) error {

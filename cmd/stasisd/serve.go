@@ -99,6 +99,7 @@ func runServe(args []string) error {
 	} else {
 		log.Info("sandboxes keep running; the next start re-adopts them")
 	}
+	svc.WaitSealed() // paused sandboxes' snapshots on disk before we go
 	return err
 }
 

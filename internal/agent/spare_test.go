@@ -135,7 +135,7 @@ func TestSpareShellNotUsedWhenItWouldDiffer(t *testing.T) {
 	dir := t.TempDir()
 	for _, req := range []agentclient.ExecRequest{
 		{Command: "tr '\\0' '\\n' </proc/$$/environ | grep '^A-B='", Env: map[string]string{"A-B": "dash"}}, // not a shell name
-		{Command: "echo $IFS | od -c | head -1", Env: map[string]string{"IFS": ":"}},                 // managed by the shell
+		{Command: "echo $IFS | od -c | head -1", Env: map[string]string{"IFS": ":"}},                        // managed by the shell
 		{Command: "pwd", WorkingDir: dir},
 		{Command: "echo " + strings.Repeat("x", 40<<10) + " | wc -c"}, // too long to hand over
 		{Command: "tty || true", PTY: &agentclient.PTYSize{Cols: 80, Rows: 24}},

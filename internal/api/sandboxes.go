@@ -25,7 +25,17 @@ type sandboxJSON struct {
 	Metadata          map[string]string `json:"metadata"`
 	Error             string            `json:"error,omitempty"` // why a sandbox is failed, or why its last resume failed
 	Usage             usageJSON         `json:"usage"`           // stasis extension
+	Pause             *pauseJSON        `json:"pause,omitempty"` // stasis extension: where a paused sandbox is
 	AccessToken       string            `json:"access_token,omitempty"`
+}
+
+// pauseJSON says where a paused sandbox is. Durable: its snapshot is sealed
+// on disk and survives a restart or a host crash (usually well within a
+// second of the pause). InMemory: it is also still frozen in RAM, so resuming
+// it is a thaw (the tiered pause).
+type pauseJSON struct {
+	Durable  bool `json:"durable"`
+	InMemory bool `json:"in_memory"`
 }
 
 // usageJSON is metered usage; compute is billed only while active.
@@ -35,7 +45,7 @@ type usageJSON struct {
 	SnapshotBytes int64   `json:"snapshot_bytes"`
 }
 
-func toJSON(sb *store.Sandbox, token string) sandboxJSON {
+func (s *Server) toJSON(sb *store.Sandbox, token string) sandboxJSON {
 	out := sandboxJSON{
 		ID: sb.ID, Name: sb.Name, Status: sb.Status, Template: sb.Template,
 		VCPUCount: sb.VCPU, MemoryMiB: sb.MemoryMiB, CreatedAt: sb.CreatedAt,
@@ -48,6 +58,10 @@ func toJSON(sb *store.Sandbox, token string) sandboxJSON {
 	out.AutoDeleteAt = sb.DeleteAt
 	active, paused := sb.Usage(time.Now())
 	out.Usage = usageJSON{ActiveSeconds: seconds(active), PausedSeconds: seconds(paused), SnapshotBytes: sb.SnapshotBytes}
+	if sb.Status == store.StatusPaused {
+		durable, inMemory := s.svc.PauseState(sb)
+		out.Pause = &pauseJSON{Durable: durable, InMemory: inMemory}
+	}
 	return out
 }
 
@@ -103,7 +117,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request, teamID st
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, toJSON(sb, tok))
+	writeJSON(w, http.StatusCreated, s.toJSON(sb, tok))
 }
 
 func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request, teamID string) {
@@ -124,7 +138,7 @@ func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request, teamID st
 	}
 	out := make([]sandboxJSON, 0, len(list))
 	for _, sb := range list {
-		out = append(out, toJSON(sb, ""))
+		out = append(out, s.toJSON(sb, ""))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -135,7 +149,7 @@ func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request, teamID strin
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, toJSON(sb, ""))
+	writeJSON(w, http.StatusOK, s.toJSON(sb, ""))
 }
 
 func (s *Server) updateSandbox(w http.ResponseWriter, r *http.Request, teamID string) {
@@ -174,7 +188,7 @@ func (s *Server) updateSandbox(w http.ResponseWriter, r *http.Request, teamID st
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, toJSON(sb, ""))
+	writeJSON(w, http.StatusOK, s.toJSON(sb, ""))
 }
 
 func decodeOptional[T any](raw json.RawMessage, o *sandbox.Optional[T]) error {
@@ -204,7 +218,7 @@ func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request, teamID str
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, toJSON(sb, ""))
+	writeJSON(w, http.StatusOK, s.toJSON(sb, ""))
 }
 
 func (s *Server) resumeSandbox(activate bool) teamHandler {
@@ -214,7 +228,7 @@ func (s *Server) resumeSandbox(activate bool) teamHandler {
 			s.fail(w, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, toJSON(sb, tok))
+		writeJSON(w, http.StatusOK, s.toJSON(sb, tok))
 	}
 }
 
@@ -254,7 +268,7 @@ func (s *Server) forkSandbox(w http.ResponseWriter, r *http.Request, teamID stri
 		Error     string        `json:"error,omitempty"` // set when only some forks could be made
 	}{Sandboxes: []sandboxJSON{}}
 	for _, c := range created {
-		out.Sandboxes = append(out.Sandboxes, toJSON(c.Sandbox, c.Token))
+		out.Sandboxes = append(out.Sandboxes, s.toJSON(c.Sandbox, c.Token))
 	}
 	if err != nil {
 		out.Error = err.Error()

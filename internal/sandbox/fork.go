@@ -47,6 +47,7 @@ func (s *Service) Fork(ctx context.Context, teamID, id string, count int) ([]Cre
 	if src.Status != store.StatusPaused {
 		return nil, newErr(ErrConflict, "invalid_state", "sandbox %s is %s; pause it first, forks start from its snapshot", id, src.Status)
 	}
+	b.awaitSeal()
 	if err := snapshot.Verify(src.SnapshotDir); err != nil {
 		return nil, newErr(ErrConflict, "snapshot_corrupt", "cannot fork %s: %v", id, err)
 	}

@@ -147,9 +147,12 @@ func (s *Service) Pause(ctx context.Context, teamID, id string) (*store.Sandbox,
 
 // pauseLocked pauses sb with a protocol that a crash at any instant cannot
 // corrupt: freeze (the state is fixed from here on), checkpoint the frozen
-// sandbox, commit the checkpoint (fsync, checksums, rename), record it in the
-// store, and only then stop the sandbox. Until the store says paused, the
-// sandbox is still there to thaw; once it does, the snapshot is complete.
+// sandbox, record it paused, and seal the checkpoint (checksums, fsync) in
+// the background while the sandbox stays frozen in RAM. Until the store says
+// paused, the sandbox is still there to thaw; from then on the checkpoint is
+// complete, and until it is sealed the frozen sandbox proves it intact (see
+// Recover). This is the tiered pause: the caller does not wait for the
+// disk, and a resume meanwhile (or within WarmWindow) is a thaw.
 func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) error {
 	start := time.Now()
 	if err := s.setStatus(ctx, sb, store.StatusPausing, ""); err != nil {
@@ -159,50 +162,105 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 	if err := s.cfg.Driver.Freeze(ctx, sb.ID); err != nil {
 		return s.pauseFailed(ctx, b, sb, "freeze", err)
 	}
-	tmp, err := s.snaps.Begin(sb.ID)
+	dir, err := s.snaps.BeginInPlace(sb.ID)
 	if err != nil {
 		return s.pauseFailed(ctx, b, sb, "snapshot_dir", err)
 	}
 	failpoint.Hit("pause.before-checkpoint")
-	stopWriteback := snapshot.StartWriteback(tmp)
-	err = s.cfg.Driver.Checkpoint(ctx, sb.ID, tmp)
+	stopWriteback := snapshot.StartWriteback(dir)
+	err = s.cfg.Driver.Checkpoint(ctx, sb.ID, dir)
 	stopWriteback()
 	if err != nil {
-		os.RemoveAll(tmp)
+		os.RemoveAll(dir)
 		return s.pauseFailed(ctx, b, sb, "checkpoint", err)
 	}
 	failpoint.Hit("pause.after-checkpoint")
-	final, size, err := s.snaps.Commit(tmp)
-	if err != nil {
-		os.RemoveAll(tmp)
-		return s.pauseFailed(ctx, b, sb, "commit", err)
-	}
-	failpoint.Hit("pause.after-commit")
 	old := sb.SnapshotDir
-	sb.SnapshotDir, sb.SnapshotBytes = final, size
+	sb.SnapshotDir, sb.SnapshotBytes = dir, snapshot.Size(dir)
 	if err := s.setStatus(ctx, sb, store.StatusPaused, ""); err != nil {
 		return err
 	}
 	failpoint.Hit("pause.after-record")
 	b.endSessions()
-	if old != "" && old != final {
+	if old != "" && old != dir {
 		os.RemoveAll(old)
 	}
-	if s.cfg.WarmWindow > 0 {
-		// Tiered pause: stay frozen in RAM (no CPU) for a while, so a quick
-		// resume is a thaw (the agent client stays for it); the committed
-		// snapshot is what survives.
-		b.warmUntil = time.Now().Add(s.cfg.WarmWindow)
-	} else {
-		b.agent = nil
-		if err := s.cfg.Driver.Destroy(ctx, sb.ID); err != nil {
-			s.log.Error("stop after pause", "sandbox", sb.ID, "err", err)
-		}
-	}
+	b.setWarm(time.Now().Add(s.cfg.WarmWindow))
+	sl := &sealing{dir: dir, done: make(chan struct{})}
+	b.sealing = sl
+	s.sealers.Add(1)
+	go s.seal(sb.ID, b, sl)
 	s.metrics.Observe("pause", time.Since(start))
-	s.log.Info("sandbox paused", "sandbox", sb.ID, "bytes", size, "ms", time.Since(start).Milliseconds())
+	s.log.Info("sandbox paused", "sandbox", sb.ID, "bytes", sb.SnapshotBytes, "ms", time.Since(start).Milliseconds())
 	return nil
 }
+
+// sealing is a paused sandbox's checkpoint being sealed in the background.
+type sealing struct {
+	dir  string
+	done chan struct{} // closed when Seal has returned
+	err  error         // Seal's result, set before done is closed
+}
+
+// seal seals a paused sandbox's checkpoint, then lets the frozen sandbox go
+// (unless the warm window keeps it). If the sandbox was resumed or deleted
+// meanwhile, the checkpoint is nobody's and is removed.
+func (s *Service) seal(id string, b *box, sl *sealing) {
+	defer s.sealers.Done()
+	start := time.Now()
+	_, sl.err = snapshot.Seal(sl.dir)
+	close(sl.done)
+	failpoint.Hit("pause.after-seal")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.sealing != sl {
+		os.RemoveAll(sl.dir)
+		return
+	}
+	b.sealing = nil
+	sb, err := s.Get(ctx, "", id)
+	if err != nil || sb.Status != store.StatusPaused || sb.SnapshotDir != sl.dir {
+		return
+	}
+	if sl.err != nil {
+		// The snapshot may not survive a host crash; the sandbox is still
+		// in RAM, so it carries on running rather than stay paused on it.
+		s.metrics.Fail("pause", "seal")
+		s.log.Error("pause: sealing the snapshot failed", "sandbox", id, "err", sl.err)
+		sb.SnapshotDir, sb.SnapshotBytes = "", 0
+		b.setWarm(time.Time{})
+		if s.cfg.Driver.Thaw(ctx, id) == nil && b.agent != nil && b.agent.Health(ctx) == nil {
+			s.setStatus(ctx, sb, store.StatusActive, "pause failed: the snapshot could not be written: "+sl.err.Error())
+		} else {
+			s.cfg.Driver.Destroy(ctx, id)
+			b.agent = nil
+			s.setStatus(ctx, sb, store.StatusFailed, "pause failed: the snapshot could not be written: "+sl.err.Error())
+		}
+		os.RemoveAll(sl.dir)
+		return
+	}
+	s.metrics.Observe("pause_seal", time.Since(start))
+	if s.cfg.WarmWindow <= 0 {
+		b.agent = nil
+		if err := s.cfg.Driver.Destroy(ctx, id); err != nil {
+			s.log.Error("stop after pause", "sandbox", id, "err", err)
+		}
+		b.setWarm(time.Time{})
+	}
+}
+
+// awaitSeal waits until the checkpoint of b's pause, if one is being sealed,
+// is sealed (or failed to be). Called with b.mu held.
+func (b *box) awaitSeal() {
+	if b.sealing != nil {
+		<-b.sealing.done
+	}
+}
+
+// WaitSealed waits for every checkpoint being sealed (graceful shutdown).
+func (s *Service) WaitSealed() { s.sealers.Wait() }
 
 // pauseFailed thaws the sandbox back to active if it still answers;
 // otherwise the sandbox is failed.
@@ -274,7 +332,8 @@ func (s *Service) resumeLocked(ctx context.Context, b *box, sb *store.Sandbox, r
 	how, err := s.bringBack(ctx, b, sb)
 	if err != nil {
 		s.cfg.Driver.Destroy(ctx, sb.ID)
-		b.agent, b.warmUntil = nil, time.Time{}
+		b.agent = nil
+		b.setWarm(time.Time{})
 		if errors.Is(err, snapshot.ErrCorrupt) {
 			s.metrics.Fail("resume", "snapshot_corrupt")
 			s.setStatus(ctx, sb, store.StatusFailed, "cannot resume: "+err.Error())
@@ -296,8 +355,13 @@ func (s *Service) resumeLocked(ctx context.Context, b *box, sb *store.Sandbox, r
 	}
 	failpoint.Hit("resume.after-record")
 	// The snapshot is garbage now; deleting a large one takes a while, and
-	// the next start removes it anyway if we crash first.
-	go os.RemoveAll(snap)
+	// the next start removes it anyway if we crash first. One still being
+	// sealed is removed by its sealer.
+	if b.sealing != nil {
+		b.sealing = nil
+	} else {
+		go os.RemoveAll(snap)
+	}
 	s.metrics.Observe("resume", time.Since(start))
 	s.log.Info("sandbox resumed", "sandbox", sb.ID, "from", how, "ms", time.Since(start).Milliseconds())
 	return nil
@@ -306,7 +370,7 @@ func (s *Service) resumeLocked(ctx context.Context, b *box, sb *store.Sandbox, r
 // bringBack makes a paused sandbox run again and waits for its agent.
 func (s *Service) bringBack(ctx context.Context, b *box, sb *store.Sandbox) (string, error) {
 	if !b.warmUntil.IsZero() {
-		b.warmUntil = time.Time{}
+		b.setWarm(time.Time{})
 		if err := s.cfg.Driver.Thaw(ctx, sb.ID); err == nil {
 			if b.agent == nil {
 				b.agent = s.newAgentClient(ctx, sb.ID)
@@ -318,6 +382,7 @@ func (s *Service) bringBack(ctx context.Context, b *box, sb *store.Sandbox) (str
 		// Could not thaw (evicted meanwhile?): fall back to the snapshot.
 		s.cfg.Driver.Destroy(ctx, sb.ID)
 	}
+	b.awaitSeal()
 	if err := snapshot.Verify(sb.SnapshotDir); err != nil {
 		return "", err
 	}
@@ -358,7 +423,8 @@ func (s *Service) deleteLocked(ctx context.Context, b *box, id string) error {
 	}
 	failpoint.Hit("delete.after-record")
 	b.endSessions()
-	b.agent, b.warmUntil = nil, time.Time{}
+	b.agent, b.sealing = nil, nil
+	b.setWarm(time.Time{})
 	if err := s.cfg.Driver.Destroy(ctx, id); err != nil {
 		s.log.Error("delete: runtime cleanup failed; the next start retries", "sandbox", id, "err", err)
 	}

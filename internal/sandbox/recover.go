@@ -66,6 +66,19 @@ func (s *Service) recoverOne(ctx context.Context, sb *store.Sandbox, inst runtim
 	defer b.mu.Unlock()
 	defer s.removeStaleSnapshots(sb)
 	hasSnapshot := sb.SnapshotDir != "" && fileExists(filepath.Join(sb.SnapshotDir, snapshot.ManifestName))
+	if sb.Status == store.StatusPaused && !hasSnapshot && sb.SnapshotDir != "" && isRunning {
+		// stasisd stopped while sealing this pause's checkpoint. The
+		// checkpoint was complete before the pause was recorded, and the
+		// sandbox still running proves this is the same boot, so the files
+		// are intact (at worst in the page cache): seal them now. Had the
+		// host gone down instead, they could be torn, and are not trusted.
+		if _, err := snapshot.Seal(sb.SnapshotDir); err != nil {
+			s.log.Error("sealing an interrupted pause's snapshot", "sandbox", sb.ID, "err", err)
+		} else {
+			hasSnapshot = true
+			s.log.Info("sealed the snapshot of a pause interrupted by the restart", "sandbox", sb.ID)
+		}
+	}
 
 	if sb.Status == store.StatusPaused || sb.Status == store.StatusFailed {
 		if isRunning {
@@ -74,7 +87,7 @@ func (s *Service) recoverOne(ctx context.Context, sb *store.Sandbox, inst runtim
 			s.cfg.Driver.Destroy(ctx, sb.ID)
 		}
 		if sb.Status == store.StatusPaused && !hasSnapshot {
-			s.setStatus(ctx, sb, store.StatusFailed, "snapshot is missing; the sandbox cannot be resumed")
+			s.setStatus(ctx, sb, store.StatusFailed, "snapshot is missing or was not yet on disk when the host went down; the sandbox cannot be resumed")
 		}
 		return
 	}

@@ -46,7 +46,10 @@ func (s *Service) SaveSnapshot(ctx context.Context, teamID, id, name string) (*s
 			}
 		}
 	case store.StatusPaused:
-		err = linkTree(sb.SnapshotDir, tmp)
+		b.awaitSeal()
+		if err = snapshot.Verify(sb.SnapshotDir); err == nil {
+			err = linkTree(sb.SnapshotDir, tmp)
+		}
 	default:
 		err = newErr(ErrConflict, "invalid_state", "sandbox %s is %s; only an active or paused sandbox can be snapshotted", id, sb.Status)
 	}

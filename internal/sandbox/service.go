@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
@@ -63,8 +64,10 @@ type Service struct {
 	mu    sync.Mutex
 	boxes map[string]*box
 
-	tsnaps *snapshot.Dir // template snapshots
-	saved  *snapshot.Dir // saved snapshots
+	tsnaps  *snapshot.Dir  // template snapshots
+	saved   *snapshot.Dir  // saved snapshots
+	sealers sync.WaitGroup // seal goroutines
+
 	logsMu sync.Mutex
 	logs   map[string]*buildLog // by build ID, for builds run by this process
 }
@@ -74,7 +77,9 @@ type Service struct {
 type box struct {
 	mu        sync.Mutex
 	agent     *agentclient.Client // nil unless the sandbox is running
-	warmUntil time.Time           // paused but still frozen in RAM until then (zero: not warm)
+	warmUntil time.Time           // paused but still frozen in RAM until then (zero: not warm); set with setWarm
+	inRAM     atomic.Bool         // !warmUntil.IsZero(), readable without mu
+	sealing   *sealing            // the paused sandbox's checkpoint being sealed, if any
 	sessions  chan struct{}       // closed when the sandbox stops: streaming sessions end
 }
 
@@ -218,6 +223,27 @@ func (s *Service) box(id string) *box {
 		s.boxes[id] = b
 	}
 	return b
+}
+
+// setWarm records that the paused sandbox stays frozen in RAM until t (zero:
+// it is not, or no longer, in RAM).
+func (b *box) setWarm(t time.Time) {
+	b.warmUntil = t
+	b.inRAM.Store(!t.IsZero())
+}
+
+// PauseState tells where a paused sandbox is: durable means its snapshot is
+// sealed on disk (it survives a restart or a host crash), inMemory that it is
+// also still frozen in RAM (a resume is a thaw).
+func (s *Service) PauseState(sb *store.Sandbox) (durable, inMemory bool) {
+	if sb.Status != store.StatusPaused {
+		return false, false
+	}
+	durable = sb.SnapshotDir != "" && fileExists(filepath.Join(sb.SnapshotDir, snapshot.ManifestName))
+	s.mu.Lock()
+	b := s.boxes[sb.ID]
+	s.mu.Unlock()
+	return durable, b != nil && b.inRAM.Load()
 }
 
 func (s *Service) forget(id string) {

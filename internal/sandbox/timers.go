@@ -88,8 +88,11 @@ func (s *Service) evictWarm(ctx context.Context) {
 		if !b.mu.TryLock() {
 			continue // busy (e.g. being resumed); look again next tick
 		}
-		if !b.warmUntil.IsZero() && (lowMemory || now.After(b.warmUntil)) {
-			b.warmUntil, b.agent = time.Time{}, nil
+		// While its checkpoint is sealed, the frozen sandbox is what proves
+		// the checkpoint intact after a crash (see Recover): it stays.
+		if !b.warmUntil.IsZero() && b.sealing == nil && (lowMemory || now.After(b.warmUntil)) {
+			b.setWarm(time.Time{})
+			b.agent = nil
 			if err := s.cfg.Driver.Destroy(ctx, id); err != nil {
 				s.log.Error("evict warm sandbox", "sandbox", id, "err", err)
 			}

@@ -1,8 +1,9 @@
 // Package snapshot keeps sandbox checkpoints in a local directory with the
-// discipline that makes them trustworthy across crashes: a checkpoint is
-// written into a temporary directory, every file is fsynced and checksummed
-// into a manifest, and only then is the directory renamed into place. A
-// directory without a valid manifest is never restored from.
+// discipline that makes them trustworthy across crashes: every file of a
+// checkpoint is fsynced and checksummed into a manifest, written last, and a
+// directory without a valid manifest is never restored from. A checkpoint is
+// either written into a temporary directory renamed into place once sealed
+// (Begin, Commit), or sealed where it is (BeginInPlace, Seal).
 package snapshot
 
 import (
@@ -49,12 +50,24 @@ func (d *Dir) Root() string { return d.root }
 // SandboxDir holds one sandbox's snapshots.
 func (d *Dir) SandboxDir(id string) string { return filepath.Join(d.root, id) }
 
-// Begin returns an empty temporary directory to checkpoint sandbox id into.
+// Begin returns an empty temporary directory to checkpoint sandbox id into,
+// for Commit.
 func (d *Dir) Begin(id string) (string, error) {
 	if err := os.MkdirAll(d.SandboxDir(id), 0o700); err != nil {
 		return "", err
 	}
 	return os.MkdirTemp(d.SandboxDir(id), ".tmp-")
+}
+
+// BeginInPlace returns an empty directory under its final name to
+// checkpoint sandbox id into, for Seal: its path can be recorded before the
+// checkpoint is durable, since without a manifest it is never trusted.
+func (d *Dir) BeginInPlace(id string) (string, error) {
+	if err := os.MkdirAll(d.SandboxDir(id), 0o700); err != nil {
+		return "", err
+	}
+	dir := filepath.Join(d.SandboxDir(id), "snap-"+strconv.FormatInt(time.Now().UnixNano(), 10))
+	return dir, os.Mkdir(dir, 0o700)
 }
 
 type manifest struct {
@@ -71,34 +84,12 @@ type entry struct {
 	CRC32C string `json:"crc32c"`
 }
 
-// Commit makes the checkpoint in tmp durable and trusted: it checksums and
-// fsyncs every file, writes the manifest, renames tmp into place and fsyncs
-// the parent. It returns the final path and the snapshot's size in bytes.
+// Commit makes the checkpoint in tmp durable and trusted (Seal), then
+// renames it into place and fsyncs the parent. It returns the final path and
+// the snapshot's size in bytes.
 func (d *Dir) Commit(tmp string) (string, int64, error) {
-	m := manifest{Created: time.Now().UTC(), Files: map[string]entry{}}
-	startWriteback(tmp) // the disk writes while we checksum
-	var total int64
-	err := filepath.WalkDir(tmp, func(path string, de fs.DirEntry, err error) error {
-		if err != nil || !de.Type().IsRegular() {
-			return err
-		}
-		sum, size, err := hashAndSync(path)
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(tmp, path)
-		m.Files[rel] = entry{Size: size, CRC32C: sum}
-		total += size
-		return nil
-	})
+	total, err := Seal(tmp)
 	if err != nil {
-		return "", 0, fmt.Errorf("commit snapshot: %w", err)
-	}
-	b, _ := json.MarshalIndent(m, "", " ")
-	if err := writeSync(filepath.Join(tmp, ManifestName), b); err != nil {
-		return "", 0, fmt.Errorf("commit snapshot: %w", err)
-	}
-	if err := fsutil.SyncDir(tmp); err != nil {
 		return "", 0, err
 	}
 	final := filepath.Join(filepath.Dir(tmp), "snap-"+strconv.FormatInt(time.Now().UnixNano(), 10))
@@ -106,6 +97,43 @@ func (d *Dir) Commit(tmp string) (string, int64, error) {
 		return "", 0, fmt.Errorf("commit snapshot: %w", err)
 	}
 	return final, total, fsutil.SyncDir(filepath.Dir(final))
+}
+
+// Seal makes the checkpoint in dir durable and trusted where it is: it
+// checksums and fsyncs every file, then writes the manifest (last, so that
+// a crash leaves none) and fsyncs the directory and its parent. It returns
+// the snapshot's size in bytes.
+func Seal(dir string) (int64, error) {
+	m := manifest{Created: time.Now().UTC(), Files: map[string]entry{}}
+	startWriteback(dir) // the disk writes while we checksum
+	var total int64
+	err := filepath.WalkDir(dir, func(path string, de fs.DirEntry, err error) error {
+		if err != nil || !de.Type().IsRegular() {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, path)
+		if rel == ManifestName {
+			return nil
+		}
+		sum, size, err := hashAndSync(path)
+		if err != nil {
+			return err
+		}
+		m.Files[rel] = entry{Size: size, CRC32C: sum}
+		total += size
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("commit snapshot: %w", err)
+	}
+	b, _ := json.MarshalIndent(m, "", " ")
+	if err := writeSync(filepath.Join(dir, ManifestName), b); err != nil {
+		return 0, fmt.Errorf("commit snapshot: %w", err)
+	}
+	if err := fsutil.SyncDir(dir); err != nil {
+		return 0, err
+	}
+	return total, fsutil.SyncDir(filepath.Dir(dir))
 }
 
 // Verify checks that dir is a committed snapshot whose files all match the
@@ -135,6 +163,20 @@ func Verify(dir string) error {
 		}
 	}
 	return nil
+}
+
+// Size is the total size of the files in dir.
+func Size(dir string) int64 {
+	var total int64
+	filepath.WalkDir(dir, func(path string, de fs.DirEntry, err error) error {
+		if err == nil && de.Type().IsRegular() {
+			if fi, err := de.Info(); err == nil {
+				total += fi.Size()
+			}
+		}
+		return nil
+	})
+	return total
 }
 
 // IsTemp reports whether a directory name is an uncommitted checkpoint.

@@ -4,6 +4,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,18 +28,21 @@ func TestCrashAtEveryStep(t *testing.T) {
 		fp   string
 		op   string // the operation that hits the failpoint
 		want outcome
+		// after: the failpoint is hit after the operation has returned
+		// (the background sealing of a pause's snapshot).
+		after bool
 	}{
-		{"create.after-record", "create", wantFailed},
-		{"create.after-start", "create", wantActive},
-		{"pause.before-freeze", "pause", wantActive},
-		{"pause.before-checkpoint", "pause", wantActive},
-		{"pause.after-checkpoint", "pause", wantActive},
-		{"pause.after-commit", "pause", wantActive},
-		{"pause.after-record", "pause", wantPaused},
-		{"resume.before-restore", "resume", wantPaused},
-		{"resume.after-restore", "resume", wantActive},
-		{"resume.after-record", "resume", wantActive},
-		{"delete.after-record", "delete", wantGone},
+		{"create.after-record", "create", wantFailed, false},
+		{"create.after-start", "create", wantActive, false},
+		{"pause.before-freeze", "pause", wantActive, false},
+		{"pause.before-checkpoint", "pause", wantActive, false},
+		{"pause.after-checkpoint", "pause", wantActive, false},
+		{"pause.after-record", "pause", wantPaused, false}, // before sealing: the restart seals it
+		{"pause.after-seal", "pause", wantPaused, true},
+		{"resume.before-restore", "resume", wantPaused, false},
+		{"resume.after-restore", "resume", wantActive, false},
+		{"resume.after-record", "resume", wantActive, false},
+		{"delete.after-record", "delete", wantGone, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.fp, func(t *testing.T) {
@@ -76,7 +80,11 @@ func TestCrashAtEveryStep(t *testing.T) {
 				if tc.op == "delete" {
 					method, path = "DELETE", "/sandboxes/"+id
 				}
-				if err := srv.Do(method, path, nil, nil); err == nil {
+				err := srv.Do(method, path, nil, nil)
+				switch {
+				case tc.after && err != nil:
+					t.Fatalf("%s: %v", tc.op, err)
+				case !tc.after && err == nil:
 					t.Fatalf("%s succeeded although the server should have crashed", tc.op)
 				}
 			}
@@ -147,5 +155,40 @@ func TestCrashAtEveryStep(t *testing.T) {
 				waitCount(t, c2, now+3) // and it keeps counting
 			}
 		})
+	}
+}
+
+// TestPauseNotSealedWhenHostWentDown: a pause is recorded before its
+// snapshot is sealed, while the sandbox stays frozen in RAM. If stasisd
+// stops then and the frozen sandbox is gone too when it starts again (as
+// after a reboot), the snapshot may be torn: it is not trusted, and the
+// sandbox is reported failed with the reason rather than resumed from it.
+func TestPauseNotSealedWhenHostWentDown(t *testing.T) {
+	srv := testenv.StartServer(t)
+	c, _ := createMinimal(t, srv, "reboot")
+	srv.Kill()
+	srv.Env = []string{failpoint.Env + "=pause.after-record"}
+	srv.Restart()
+	if err := srv.Do("POST", "/sandboxes/"+c.id+"/pause", nil, nil); err == nil {
+		t.Fatal("pause succeeded although the server should have crashed")
+	}
+	if !srv.WaitExit(30 * time.Second) {
+		t.Fatal("stasisd did not crash")
+	}
+	// The "reboot": the frozen sandbox's host processes die with the host.
+	for _, p := range hostProcessesMentioning(c.id) {
+		if pid, _, ok := strings.Cut(p, ":"); ok && strings.Contains(p, "runsc") {
+			n, _ := strconv.Atoi(pid)
+			syscall.Kill(n, syscall.SIGKILL)
+		}
+	}
+	srv.Env = nil
+	srv.Restart()
+	info := getInfo(t, srv, c.id)
+	if info.Status != "failed" || !strings.Contains(info.Error, "not yet on disk") {
+		t.Fatalf("status %q error %q, want failed: snapshot not yet on disk", info.Status, info.Error)
+	}
+	if err := srv.Do("POST", "/sandboxes/"+c.id+"/resume", nil, nil); err == nil {
+		t.Fatal("resumed from a snapshot that was never sealed")
 	}
 }

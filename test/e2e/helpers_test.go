@@ -24,6 +24,10 @@ type sandboxInfo struct {
 	AccessToken string            `json:"access_token"`
 	Metadata    map[string]string `json:"metadata"`
 	Error       string            `json:"error"`
+	Pause       *struct {
+		Durable  bool `json:"durable"`
+		InMemory bool `json:"in_memory"`
+	} `json:"pause"`
 }
 
 type execResult struct {

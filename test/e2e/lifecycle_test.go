@@ -38,7 +38,9 @@ func TestSeedScenario(t *testing.T) {
 	if paused.Status != "paused" || getInfo(t, srv, sb.ID).Status != "paused" {
 		t.Fatalf("after pause: status %q / %q", paused.Status, getInfo(t, srv, sb.ID).Status)
 	}
-	// No compute: nothing of the sandbox is left running on the host.
+	// No compute: the sandbox stays frozen only while its snapshot is sealed
+	// on disk (the tiered pause); then nothing of it is left on the host.
+	waitPauseState(t, srv, sb.ID, true, false)
 	if procs := hostProcessesMentioning(sb.ID); len(procs) > 0 {
 		t.Fatalf("sandbox processes still running after pause:\n%s", strings.Join(procs, "\n"))
 	}

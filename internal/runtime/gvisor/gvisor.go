@@ -14,6 +14,7 @@
 package gvisor
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -439,7 +440,7 @@ func (d *Driver) List(ctx context.Context) ([]runtime.Instance, error) {
 	}
 	var out []runtime.Instance
 	for _, c := range all {
-		if c.Status != "running" && c.Status != "paused" {
+		if c.Status != "running" && c.Status != "paused" || !sandboxAlive(c.Pid, c.ID) {
 			continue
 		}
 		inst := runtime.Instance{ID: c.ID, Pid: c.Pid, Frozen: c.Status == "paused"}
@@ -449,6 +450,21 @@ func (d *Driver) List(ctx context.Context) ([]runtime.Instance, error) {
 		out = append(out, inst)
 	}
 	return out, nil
+}
+
+// sandboxAlive reports whether pid is still the live runsc-sandbox process
+// of container id. runsc trusts its state file for a paused container, which
+// outlives the process after a reboot, or a kill (a zombie, or a reused pid).
+func sandboxAlive(pid int, id string) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	if i := bytes.LastIndexByte(stat, ')'); i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z' || stat[i+2] == 'X' {
+		return false
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return err == nil && bytes.Contains(cmdline, []byte(id))
 }
 
 // Freeze stops every process in the sandbox where it is, keeping its

@@ -1,0 +1,80 @@
+package e2e
+
+import (
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stasis-sandbox/stasis/internal/testenv"
+)
+
+// The tiered pause: a pause answers once the sandbox is checkpointed and
+// frozen; its snapshot is sealed on disk in the background, after which the
+// sandbox leaves RAM (or, with a warm window, stays frozen there so that a
+// resume is a thaw). Either way the processes continue where they stopped.
+func TestTieredPause(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		args      []string
+		stayInRAM bool
+	}{
+		{name: "default", stayInRAM: false},
+		{name: "warm-window", args: []string{"--warm-pause-window", "1h"}, stayInRAM: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := testenv.StartServer(t, testenv.WithArgs(tc.args...))
+			c, _ := createMinimal(t, srv, "tiered")
+			c.sh(`sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done' >/dev/null 2>&1 &`)
+			before := waitCount(t, c, 3)
+			t0 := time.Now()
+			var paused sandboxInfo
+			if err := srv.Do("POST", "/sandboxes/"+c.id+"/pause", nil, &paused); err != nil {
+				t.Fatal(err)
+			}
+			// The counter ticks every 0.1 s until the freeze, and not after.
+			maxCount := before + int(time.Since(t0)/(100*time.Millisecond)) + 2
+			if paused.Status != "paused" || paused.Pause == nil {
+				t.Fatalf("after pause: %+v", paused)
+			}
+			// Sealed soon; then out of RAM unless the window keeps it.
+			waitPauseState(t, srv, c.id, true, tc.stayInRAM)
+			if procs := hostProcessesMentioning(c.id); tc.stayInRAM != (len(procs) > 0) {
+				t.Fatalf("in_memory=%v but host processes: %q", tc.stayInRAM, procs)
+			}
+			time.Sleep(time.Second) // frozen: the counter must not move
+
+			var resumed sandboxInfo
+			if err := srv.Do("POST", "/sandboxes/"+c.id+"/resume", nil, &resumed); err != nil {
+				t.Fatal(err)
+			}
+			if resumed.Status != "active" || resumed.Pause != nil {
+				t.Fatalf("after resume: %+v", resumed)
+			}
+			c.token = resumed.AccessToken
+			now, _ := strconv.Atoi(c.sh("cat /tmp/count"))
+			if now < before || now > maxCount {
+				t.Fatalf("counter at %d after the pause, %d..%d expected: it went back or ran while paused", now, before, maxCount)
+			}
+			waitCount(t, c, now+2)
+		})
+	}
+}
+
+// waitPauseState waits until the paused sandbox's pause state is as given.
+func waitPauseState(t *testing.T, srv *testenv.Server, id string, durable, inMemory bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		info := getInfo(t, srv, id)
+		if info.Status != "paused" || info.Pause == nil {
+			t.Fatalf("waiting for the pause to settle: %+v", info)
+		}
+		if info.Pause.Durable == durable && info.Pause.InMemory == inMemory {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pause state stuck at %+v", *info.Pause)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
