@@ -714,12 +714,25 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 		}
 	}
 
+	// When each side last came back from a checkpoint (see PauseSettle).
+	bxRestored, rbRestored := time.Now(), time.Now()
+	settle := func() {
+		wait := b.cfg.PauseSettle - time.Since(bxRestored)
+		if w := b.cfg.PauseSettle - time.Since(rbRestored); w > wait {
+			wait = w
+		}
+		if wait > 0 {
+			time.Sleep(wait)
+		}
+	}
 	for i := 0; i < reps; i++ {
 		if wb != nil {
 			if err := b.warmRep(ctx, pr, wb, rb, alive, i); err != nil {
 				return err
 			}
+			rbRestored = time.Now() // checkpoint --leave-running restores
 		}
+		settle()
 		// stasis: pause, until durable, resume from disk, first command.
 		syscall.Sync()
 		t0 := time.Now()
@@ -748,6 +761,7 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 			return fmt.Errorf("stasis after resume: %w", err)
 		}
 		pr.sFirst.add(time.Since(t0))
+		bxRestored = time.Now()
 
 		// baseline: checkpoint, fsync the image (stasis makes it durable
 		// too), delete the stopped container; restore; first command.
@@ -782,6 +796,7 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 			return fmt.Errorf("raw after restore: %w", err)
 		}
 		pr.rFirst.add(time.Since(t0))
+		rbRestored = time.Now()
 		os.RemoveAll(img)
 	}
 

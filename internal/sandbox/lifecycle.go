@@ -125,7 +125,8 @@ func (s *Service) waitReady(ctx context.Context, c *agentclient.Client) error {
 }
 
 // Pause checkpoints a running sandbox to disk and stops it. It returns once
-// the checkpoint is durable and the sandbox holds no CPU or memory.
+// the sandbox is checkpointed and frozen (it uses no CPU); the snapshot is
+// sealed and the sandbox's memory freed right after (see pauseLocked).
 func (s *Service) Pause(ctx context.Context, teamID, id string) (*store.Sandbox, error) {
 	if _, err := s.Get(ctx, teamID, id); err != nil {
 		return nil, err
@@ -167,10 +168,9 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 		return s.pauseFailed(ctx, b, sb, "snapshot_dir", err)
 	}
 	failpoint.Hit("pause.before-checkpoint")
-	stopWriteback := snapshot.StartWriteback(dir)
-	err = s.cfg.Driver.Checkpoint(ctx, sb.ID, dir)
-	stopWriteback()
-	if err != nil {
+	// No writeback while checkpointing: the disk would compete with the
+	// checkpoint, which the caller waits for; Seal starts it right after.
+	if err := s.cfg.Driver.Checkpoint(ctx, sb.ID, dir); err != nil {
 		os.RemoveAll(dir)
 		return s.pauseFailed(ctx, b, sb, "checkpoint", err)
 	}

@@ -215,32 +215,6 @@ func writeSync(path string, b []byte) error {
 	return f.Close()
 }
 
-// StartWriteback starts pushing the files being written into dir to disk
-// while the checkpoint is still running, so the fsync in Commit finds little
-// left to write: the disk works in parallel with the checkpoint instead of
-// after it. Call the returned function when the checkpoint is done.
-func StartWriteback(dir string) (stop func()) {
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		t := time.NewTicker(50 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				startWriteback(dir)
-			}
-		}
-	}()
-	return func() {
-		close(done)
-		<-finished
-	}
-}
-
 // startWriteback asks the kernel to begin writing every file in dir to disk
 // without waiting for it (sync_file_range SYNC_FILE_RANGE_WRITE).
 func startWriteback(dir string) {

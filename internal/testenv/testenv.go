@@ -218,6 +218,12 @@ func (s *Server) Kill() {
 	<-s.exited
 }
 
+// Stop asks stasisd to shut down (SIGTERM) and waits for it to exit.
+func (s *Server) Stop() {
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	<-s.exited
+}
+
 // Restart starts stasisd again on the same address and data dir.
 func (s *Server) Restart() {
 	s.t.Helper()

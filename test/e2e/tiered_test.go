@@ -78,3 +78,49 @@ func waitPauseState(t *testing.T, srv *testenv.Server, id string, durable, inMem
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestShutdown: on SIGTERM stasisd drains and exits, leaving sandboxes
+// running for the next start to re-adopt; with --pause-on-shutdown it pauses
+// them first, with their snapshots sealed before it exits.
+func TestShutdown(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		args       []string
+		wantStatus string
+	}{
+		{name: "leave-running", wantStatus: "active"},
+		{name: "pause-on-shutdown", args: []string{"--pause-on-shutdown"}, wantStatus: "paused"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := testenv.StartServer(t, testenv.WithArgs(tc.args...))
+			c, _ := createMinimal(t, srv, "shutdown")
+			c.sh(`sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done' >/dev/null 2>&1 & echo $! > /tmp/counter.pid`)
+			pid := c.sh("cat /tmp/counter.pid")
+			before := waitCount(t, c, 3)
+
+			srv.Stop()
+			if tc.wantStatus == "paused" {
+				if procs := hostProcessesMentioning(c.id); len(procs) > 0 {
+					t.Fatalf("sandbox still on the host after a pausing shutdown:\n%q", procs)
+				}
+			}
+			srv.Restart()
+			info := getInfo(t, srv, c.id)
+			if info.Status != tc.wantStatus {
+				t.Fatalf("after restart: status %q (error %q), want %s", info.Status, info.Error, tc.wantStatus)
+			}
+			if tc.wantStatus == "paused" && (info.Pause == nil || !info.Pause.Durable) {
+				t.Fatalf("paused at shutdown but not durable: %+v", info.Pause)
+			}
+			var act sandboxInfo
+			if err := srv.Do("POST", "/sandboxes/"+c.id+"/activate", nil, &act); err != nil {
+				t.Fatal(err)
+			}
+			c.token = act.AccessToken
+			if got := c.sh("kill -0 " + pid + " && echo alive"); got != "alive" {
+				t.Fatalf("counter process gone after the restart: %q", got)
+			}
+			waitCount(t, c, before+3)
+		})
+	}
+}
