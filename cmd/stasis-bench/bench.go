@@ -132,6 +132,9 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 		{"density", b.benchDensity},
 	}
 	for _, p := range phases {
+		if cfg.Phases != "" && !slices.Contains(strings.Split(cfg.Phases, ","), p.name) {
+			continue
+		}
 		if ctx.Err() != nil {
 			b.problem("interrupted before %s", p.name)
 			break
@@ -695,9 +698,26 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 		pr.rActiveMem, _ = sandboxMem(pid)
 	}
 
-	// warm tier: a sandbox on the second server.
+	// warm tier: a sandbox on the second server, and its own baseline
+	// container: a checkpoint --leave-running changes how fast the next
+	// checkpoint of the same sandbox is, so the cold baseline must not see
+	// the warm tier's.
 	var wb *box
+	var rbw *rawBox
+	var aliveW func() error
 	if b.warm != nil {
+		rbw, err = b.raw.prepare(ctx, b.rootfs(tmplBase), []string{"/usr/bin/python3", "-c", holdScript, strconv.Itoa(size)}, memFor(size), 1)
+		if err != nil {
+			return err
+		}
+		defer rbw.destroy(bg)
+		if err := rbw.start(ctx); err != nil {
+			return err
+		}
+		aliveW = func() error { return rbw.exec(ctx, nil, nil, "/bin/sh", "-c", aliveCmd) }
+		if err := waitFor(ctx, 2*time.Minute, aliveW); err != nil {
+			return fmt.Errorf("raw warm: memory holder did not start: %w", err)
+		}
 		wb, err = b.warm.create(ctx, b.name(fmt.Sprintf("warm%d", size)), tmplBase, memFor(size))
 		if err != nil {
 			return err
@@ -727,10 +747,9 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 	}
 	for i := 0; i < reps; i++ {
 		if wb != nil {
-			if err := b.warmRep(ctx, pr, wb, rb, alive, i); err != nil {
+			if err := b.warmRep(ctx, pr, wb, rbw, aliveW, i); err != nil {
 				return err
 			}
-			rbRestored = time.Now() // checkpoint --leave-running restores
 		}
 		settle()
 		// stasis: pause, until durable, resume from disk, first command.

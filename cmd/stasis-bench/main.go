@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -29,7 +30,10 @@ import (
 // Config is one run's configuration.
 type Config struct {
 	Quick  bool
-	OutDir string // where BENCHMARKS.md and benchmarks.json go
+	Phases string // comma-separated phases to run; empty: all
+
+	pauseSizes []int  // -pause-sizes
+	OutDir     string // where BENCHMARKS.md and benchmarks.json go
 
 	RepoRoot  string
 	Stasisd   string
@@ -91,6 +95,14 @@ func (c *Config) defaults() error {
 		c.setQuick()
 	} else {
 		c.setFull()
+	}
+	if len(c.pauseSizes) > 0 {
+		c.PauseSizesMiB = c.pauseSizes
+		reps := c.PauseReps[len(c.PauseReps)-1]
+		c.PauseReps = make([]int, len(c.pauseSizes))
+		for i := range c.PauseReps {
+			c.PauseReps[i] = reps
+		}
 	}
 	for _, p := range []*string{&c.Stasisd, &c.Agent, &c.Runsc, &c.ImagesDir, &c.TempDir} {
 		if *p == "" {
@@ -217,6 +229,8 @@ func main() {
 	flag.StringVar(&cfg.WarmPrefix, "warm-netns-prefix", "", "netns prefix for the warm-tier stasisd")
 	flag.StringVar(&cfg.RawSubnet, "raw-subnet", "", "link-local range for the raw runsc baseline (default 169.254.247.0/24; quick 169.254.251.0/24)")
 	flag.StringVar(&cfg.RawPrefix, "raw-netns-prefix", "", "netns prefix for the raw runsc baseline")
+	flag.StringVar(&cfg.Phases, "phases", "", "only these phases, comma-separated (create, exec, files, pause-resume, density), for development; writes to a temp dir unless -out is given")
+	pauseSizes := flag.String("pause-sizes", "", "pause/resume sizes in MB, comma-separated (default 10,200,1024), for development")
 	render := flag.String("render", "", "only rewrite BENCHMARKS.md from this benchmarks.json (no measuring)")
 	flag.Parse()
 	if *render != "" {
@@ -227,6 +241,16 @@ func main() {
 		return
 	}
 
+	if *pauseSizes != "" {
+		for _, f := range strings.Split(*pauseSizes, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n <= 0 {
+				fmt.Fprintln(os.Stderr, "stasis-bench: bad -pause-sizes:", *pauseSizes)
+				os.Exit(2)
+			}
+			cfg.pauseSizes = append(cfg.pauseSizes, n)
+		}
+	}
 	if err := mainErr(&cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "stasis-bench:", err)
 		os.Exit(1)
@@ -248,7 +272,7 @@ func mainErr(cfg *Config) error {
 	defer stop()
 
 	if cfg.OutDir == "" {
-		if cfg.Quick {
+		if cfg.Quick || cfg.Phases != "" || len(cfg.pauseSizes) > 0 {
 			d, err := os.MkdirTemp("", "stasis-bench-out-")
 			if err != nil {
 				return err
