@@ -25,7 +25,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/stasis-sandbox/stasis/internal/netpool"
 	"github.com/stasis-sandbox/stasis/internal/runtime"
@@ -347,7 +350,11 @@ func (d *Driver) Checkpoint(ctx context.Context, id, dir string) (err error) {
 	// Without a bundle (state dir lost) the checkpoint still works; it just
 	// cannot vouch for the agent binary at restore.
 	agent, agentErr := d.bundleAgent(id)
-	if _, err := d.run(ctx, id, "checkpoint", "--leave-running", "--image-path="+dir, id); err != nil {
+	args := []string{"checkpoint", "--leave-running", "--image-path=" + dir, id}
+	if directIO(filepath.Dir(dir)) {
+		args = append(args[:2], append([]string{"--direct"}, args[2:]...)...)
+	}
+	if _, err := d.run(ctx, id, args...); err != nil {
 		return d.notFound(ctx, id, err)
 	}
 	if agentErr == nil {
@@ -451,6 +458,35 @@ func (d *Driver) List(ctx context.Context) ([]runtime.Instance, error) {
 	}
 	return out, nil
 }
+
+// directIO reports whether dir's filesystem takes O_DIRECT writes (ext4 and
+// xfs do, tmpfs does not), remembered per filesystem. Checkpoints written
+// there use runsc's --direct: written through the page cache, runsc's many
+// writes of the pages file each make the kernel zero a whole large folio
+// first (perf: 59 % of the checkpoint in zero_user_segments), which took a
+// 1 GB checkpoint from 0.65 s to 3.4-5.7 s here once the sandbox's memory
+// was fragmented. The snapshot's seal reads the file back, which puts it in
+// the page cache for the next restore.
+func directIO(dir string) bool {
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return false
+	}
+	if v, ok := directIOByDev.Load(st.Dev); ok {
+		return v.(bool)
+	}
+	probe := filepath.Join(dir, fmt.Sprintf(".direct-probe-%d", os.Getpid()))
+	fd, err := unix.Open(probe, unix.O_CREAT|unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0o600)
+	ok := err == nil
+	if ok {
+		unix.Close(fd)
+	}
+	os.Remove(probe)
+	directIOByDev.Store(st.Dev, ok)
+	return ok
+}
+
+var directIOByDev sync.Map // filesystem device → bool
 
 // sandboxAlive reports whether pid is still the live runsc-sandbox process
 // of container id. runsc trusts its state file for a paused container, which
