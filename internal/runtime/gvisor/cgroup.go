@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -44,4 +46,36 @@ func (d *Driver) removeCgroups(id string) {
 			}
 		}
 	}
+}
+
+// cgroupMemoryBytes is the memory usage of the memory cgroup of process pid
+// (cgroup v1 memory.usage_in_bytes, or v2 memory.current).
+func cgroupMemoryBytes(pid int) (int64, bool) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cgroup"))
+	if err != nil {
+		return 0, false
+	}
+	var candidates []string
+	for _, line := range strings.Split(string(b), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		switch {
+		case slices.Contains(strings.Split(parts[1], ","), "memory"):
+			candidates = append(candidates, filepath.Join("/sys/fs/cgroup/memory", parts[2], "memory.usage_in_bytes"))
+		case parts[0] == "0" && parts[1] == "":
+			candidates = append(candidates,
+				filepath.Join("/sys/fs/cgroup", parts[2], "memory.current"),
+				filepath.Join("/sys/fs/cgroup/unified", parts[2], "memory.current"))
+		}
+	}
+	for _, c := range candidates {
+		if v, err := os.ReadFile(c); err == nil {
+			if n, err := strconv.ParseInt(strings.TrimSpace(string(v)), 10, 64); err == nil {
+				return n, true
+			}
+		}
+	}
+	return 0, false
 }

@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/stasis-sandbox/stasis/internal/netpool"
 	"github.com/stasis-sandbox/stasis/internal/runtime"
@@ -977,49 +976,43 @@ func TestDebugLogs(t *testing.T) {
 	}
 }
 
-// Checkpoints use O_DIRECT where the filesystem takes it (TestLifecycle);
-// where it does not, they are written through the page cache, and restore
-// alike. The test marks a tmpfs of its own as such a filesystem (tmpfs takes
-// O_DIRECT since Linux 6.6).
-func TestCheckpointWithoutDirectIO(t *testing.T) {
-	tmpfs := t.TempDir()
-	if err := unix.Mount("tmpfs", tmpfs, "tmpfs", 0, "size=512m"); err != nil {
-		t.Fatalf("mounting a tmpfs: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(tmpfs, unix.MNT_DETACH) })
-	var st unix.Stat_t
-	if err := unix.Stat(tmpfs, &st); err != nil {
-		t.Fatal(err)
-	}
-	directIOByDev.Store(st.Dev, false)
-	t.Cleanup(func() { directIOByDev.Delete(st.Dev) })
-
-	e := newEnv(t)
-	ctx := context.Background()
-	spec := e.spec("tmpfsimg")
-	inst, err := e.d.Create(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pre := waitAgent(t, inst)
-	img := filepath.Join(tmpfs, "img")
-	if err := os.Mkdir(img, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.d.Checkpoint(ctx, spec.ID, img); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.d.Destroy(ctx, spec.ID); err != nil {
-		t.Fatal(err)
-	}
-	inst2, err := e.d.Restore(ctx, spec, img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if post := waitAgent(t, inst2); post.Boot != pre.Boot || post.Counter < pre.Counter {
-		t.Fatalf("after restore from tmpfs: %+v, before %+v", post, pre)
-	}
-	if err := e.d.Destroy(ctx, spec.ID); err != nil {
-		t.Fatal(err)
+// Checkpoints of sandboxes using much memory are written with O_DIRECT, of
+// others through the page cache; both restore the same processes.
+func TestCheckpointDirectAndBuffered(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		directMiB int
+	}{{"direct", 1}, {"buffered", -1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.d.cfg.DirectCheckpointMiB = tc.directMiB
+			ctx := context.Background()
+			spec := e.spec("ckpt" + tc.name)
+			inst, err := e.d.Create(ctx, spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pre := waitAgent(t, inst)
+			if n, ok := cgroupMemoryBytes(inst.Pid); !ok || n <= 0 {
+				t.Fatalf("memory cgroup usage of the sandbox: %d, %v", n, ok)
+			}
+			if got, want := e.d.largeMemory(spec.ID), tc.directMiB > 0; got != want {
+				t.Fatalf("largeMemory = %v, want %v", got, want)
+			}
+			img := t.TempDir()
+			if err := e.d.Checkpoint(ctx, spec.ID, img); err != nil {
+				t.Fatal(err)
+			}
+			if err := e.d.Destroy(ctx, spec.ID); err != nil {
+				t.Fatal(err)
+			}
+			inst2, err := e.d.Restore(ctx, spec, img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if post := waitAgent(t, inst2); post.Boot != pre.Boot || post.Counter < pre.Counter {
+				t.Fatalf("after restore: %+v, before %+v", post, pre)
+			}
+		})
 	}
 }
