@@ -42,7 +42,11 @@ func main() {
 	go func() {
 		for range time.Tick(50 * time.Millisecond) {
 			n := counter.Add(1)
-			_ = os.WriteFile("/tmp/counter", []byte(strconv.FormatInt(n, 10)), 0o644)
+			// Replaced whole (write, then rename), so that a reader never
+			// sees it truncated and empty.
+			if os.WriteFile("/tmp/counter.new", []byte(strconv.FormatInt(n, 10)), 0o644) == nil {
+				_ = os.Rename("/tmp/counter.new", "/tmp/counter")
+			}
 		}
 	}()
 
