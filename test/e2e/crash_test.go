@@ -148,7 +148,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 				if got := c2.sh("kill -0 " + pid + " && echo alive"); got != "alive" {
 					t.Fatalf("counter process %s gone after crash", pid)
 				}
-				now, _ := strconv.Atoi(c2.sh("cat /tmp/count"))
+				now := readCount(t, c2)
 				if now < before {
 					t.Fatalf("counter went back from %d to %d", before, now)
 				}

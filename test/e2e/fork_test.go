@@ -47,7 +47,7 @@ func TestForkContinuesThenDiverges(t *testing.T) {
 		if p != pid || fc.sh("kill -0 "+p+" && echo alive") != "alive" {
 			t.Fatalf("fork %d: counter process %s not running", i, p)
 		}
-		n, _ := strconv.Atoi(fc.sh("cat /tmp/count"))
+		n := readCount(t, fc)
 		if n < before {
 			t.Fatalf("fork %d: counter restarted (%d < %d)", i, n, before)
 		}

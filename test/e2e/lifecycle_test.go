@@ -54,7 +54,7 @@ func TestSeedScenario(t *testing.T) {
 		t.Fatalf("resume returned %+v; want active with a new token", resumed)
 	}
 	// The counter continues from where it was, in the same process.
-	after, _ := strconv.Atoi(c2(t, srv, sb.ID, resumed.AccessToken).sh("cat /tmp/count"))
+	after := readCount(t, c2(t, srv, sb.ID, resumed.AccessToken))
 	if after < before {
 		t.Fatalf("counter restarted: %d before pause, %d after resume", before, after)
 	}
@@ -112,6 +112,21 @@ func c2(t *testing.T, srv *testenv.Server, id, token string) *client {
 }
 
 // waitCount polls /tmp/count until it reaches at least min.
+// readCount reads the test counter. The loop writing it truncates the file
+// before writing the number, so a read can land in between and find it
+// empty: that is retried, not taken for 0.
+func readCount(t *testing.T, c *client) int {
+	t.Helper()
+	for range 50 {
+		if n, err := strconv.Atoi(c.sh("cat /tmp/count")); err == nil {
+			return n
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("/tmp/count stays empty or unreadable")
+	return 0
+}
+
 func waitCount(t *testing.T, c *client, min int) int {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)

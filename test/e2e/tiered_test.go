@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"strconv"
 	"testing"
 	"time"
 
@@ -51,7 +50,7 @@ func TestTieredPause(t *testing.T) {
 				t.Fatalf("after resume: %+v", resumed)
 			}
 			c.token = resumed.AccessToken
-			now, _ := strconv.Atoi(c.sh("cat /tmp/count"))
+			now := readCount(t, c)
 			if now < before || now > maxCount {
 				t.Fatalf("counter at %d after the pause, %d..%d expected: it went back or ran while paused", now, before, maxCount)
 			}
