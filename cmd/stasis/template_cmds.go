@@ -205,13 +205,9 @@ func (a *app) templateRebuildCmd() *command {
 		flags: func(fs *flag.FlagSet) func(context.Context, []string) int {
 			bf := addBuildFlags(fs)
 			return func(ctx context.Context, args []string) int {
-				c, err := a.client()
-				if err != nil {
-					return a.fail(err, "")
-				}
-				tpl, err := c.GetTemplate(ctx, args[0])
-				if err != nil {
-					return a.failTemplate(err, args[0])
+				tpl, code := a.getTemplate(ctx, args[0])
+				if tpl == nil {
+					return code
 				}
 				b, err := tpl.Rebuild(ctx)
 				if err != nil {
@@ -286,16 +282,13 @@ func (a *app) templateInfoCmd() *command {
 			nBuilds := fs.Int("builds", 5, "how many recent builds to show")
 			jsonOut := fs.Bool("json", false, "print JSON")
 			return func(ctx context.Context, args []string) int {
-				c, err := a.client()
-				if err != nil {
-					return a.fail(err, "")
-				}
-				tpl, err := c.GetTemplate(ctx, args[0])
-				if err != nil {
-					return a.failTemplate(err, args[0])
+				tpl, code := a.getTemplate(ctx, args[0])
+				if tpl == nil {
+					return code
 				}
 				var builds []stasis.Build
 				if *nBuilds > 0 {
+					var err error
 					if builds, err = tpl.Builds(ctx, *nBuilds); err != nil {
 						return a.failTemplate(err, args[0])
 					}
@@ -374,16 +367,26 @@ func (a *app) templateRmCmd() *command {
 	}
 }
 
+// getTemplate fetches template name, or reports why it cannot and returns
+// the exit code.
+func (a *app) getTemplate(ctx context.Context, name string) (*stasis.Template, int) {
+	c, err := a.client()
+	if err != nil {
+		return nil, a.fail(err, "")
+	}
+	tpl, err := c.GetTemplate(ctx, name)
+	if err != nil {
+		return nil, a.failTemplate(err, name)
+	}
+	return tpl, 0
+}
+
 // templateBuild resolves NAME [BUILD] to a template and a build id (the
 // latest build when none is given).
 func (a *app) templateBuild(ctx context.Context, args []string) (*stasis.Template, string, int) {
-	c, err := a.client()
-	if err != nil {
-		return nil, "", a.fail(err, "")
-	}
-	tpl, err := c.GetTemplate(ctx, args[0])
-	if err != nil {
-		return nil, "", a.failTemplate(err, args[0])
+	tpl, code := a.getTemplate(ctx, args[0])
+	if tpl == nil {
+		return nil, "", code
 	}
 	if len(args) > 1 {
 		return tpl, args[1], 0

@@ -285,7 +285,7 @@ func (e *execSession) start(req agentproto.StartRequest) (*process, agentproto.E
 		childFiles = stdio.child
 		sys.Setpgid = true
 	}
-	attr := &syscall.ProcAttr{Dir: dir, Env: env, Files: childFds(childFiles), Sys: sys}
+	attr := procAttr(dir, env, childFiles, sys)
 	argv := []string{shell, "-c", req.Command}
 
 	// Register with the session first so that a shutdown racing with the
@@ -720,19 +720,14 @@ func (p *stdioPipes) closeParentEnds() {
 	}
 }
 
-// attr is how to start the child with these pipes as its fds.
-func (p *stdioPipes) attr(dir string, env []string, sys *syscall.SysProcAttr) *syscall.ProcAttr {
-	return &syscall.ProcAttr{Dir: dir, Env: env, Files: childFds(p.child), Sys: sys}
-}
-
-// childFds are the descriptors of a child's files; File.Fd also puts them in
-// blocking mode, as a child expects.
-func childFds(files []*os.File) []uintptr {
+// procAttr is how to start a child in dir with env and files as its fds 0,
+// 1, ...; File.Fd also puts them in blocking mode, as a child expects.
+func procAttr(dir string, env []string, files []*os.File, sys *syscall.SysProcAttr) *syscall.ProcAttr {
 	fds := make([]uintptr, len(files))
 	for i, f := range files {
 		fds[i] = f.Fd()
 	}
-	return fds
+	return &syscall.ProcAttr{Dir: dir, Env: env, Files: fds, Sys: sys}
 }
 
 func closeAll(files ...*os.File) {

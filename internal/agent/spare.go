@@ -151,7 +151,7 @@ func (s *Server) startSpare() (*spareShell, error) {
 		}
 	}
 	pid, status, err := s.reaper.Start(func() (int, error) {
-		return s.forkExec([]string{shell, "-c", spareArg}, stdio.attr(dir, env, sys))
+		return s.forkExec([]string{shell, "-c", spareArg}, procAttr(dir, env, stdio.child, sys))
 	})
 	stdio.closeChildEnds()
 	if err != nil {

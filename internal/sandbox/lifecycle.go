@@ -231,13 +231,13 @@ func (s *Service) seal(id string, b *box, sl *sealing) {
 		s.log.Error("pause: sealing the snapshot failed", "sandbox", id, "err", sl.err)
 		sb.SnapshotDir, sb.SnapshotBytes = "", 0
 		b.setWarm(time.Time{})
-		if s.cfg.Driver.Thaw(ctx, id) == nil && b.agent != nil && b.agent.Health(ctx) == nil {
-			s.setStatus(ctx, sb, store.StatusActive, "pause failed: the snapshot could not be written: "+sl.err.Error())
-		} else {
+		status := store.StatusActive
+		if s.cfg.Driver.Thaw(ctx, id) != nil || b.agent == nil || b.agent.Health(ctx) != nil {
+			status = store.StatusFailed
 			s.cfg.Driver.Destroy(ctx, id)
 			b.agent = nil
-			s.setStatus(ctx, sb, store.StatusFailed, "pause failed: the snapshot could not be written: "+sl.err.Error())
 		}
+		s.setStatus(ctx, sb, status, "pause failed: the snapshot could not be written: "+sl.err.Error())
 		os.RemoveAll(sl.dir)
 		return
 	}

@@ -52,7 +52,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 			prepare := func() {
 				c, _ = createMinimal(t, srv, "crash")
 				c.writeFile("/home/user/keep.txt", []byte("precious"))
-				c.sh(`sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done' >/dev/null 2>&1 & echo $! > /tmp/counter.pid`)
+				startCounter(c)
 				before = waitCount(t, c, 5)
 			}
 			if tc.op != "create" {

@@ -15,7 +15,7 @@ func TestForkContinuesThenDiverges(t *testing.T) {
 	srv := testenv.StartServer(t)
 	c, sb := createMinimal(t, srv, "origin")
 	c.writeFile("/home/user/shared.txt", []byte("from the origin"))
-	c.sh(`sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done' >/dev/null 2>&1 & echo $! > /tmp/counter.pid`)
+	startCounter(c)
 	before := waitCount(t, c, 10)
 	if err := srv.Do("POST", "/sandboxes/"+sb.ID+"/pause", nil, nil); err != nil {
 		t.Fatal(err)
@@ -97,7 +97,7 @@ func TestSavedSnapshots(t *testing.T) {
 	srv := testenv.StartServer(t)
 	c, sb := createMinimal(t, srv, "source")
 	c.writeFile("/home/user/v.txt", []byte("v1"))
-	c.sh(`sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done' >/dev/null 2>&1 & echo $! > /tmp/counter.pid`)
+	startCounter(c)
 	waitCount(t, c, 5)
 
 	var snap struct {

@@ -27,8 +27,7 @@ func TestSeedScenario(t *testing.T) {
 	c.writeFile("/home/user/work/notes.bin", payload)
 
 	// A background job that counts, started the way a user would.
-	c.sh(`sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done' >/dev/null 2>&1 & echo $! > /tmp/counter.pid`)
-	pid := c.sh("cat /tmp/counter.pid")
+	pid := startCounter(c)
 	before := waitCount(t, c, 10)
 
 	var paused sandboxInfo
@@ -112,6 +111,14 @@ func c2(t *testing.T, srv *testenv.Server, id, token string) *client {
 }
 
 // waitCount polls /tmp/count until it reaches at least min.
+// startCounter starts the test counter: a background loop, started the way
+// a user would, that writes 1, 2, 3... to /tmp/count every 0.1 s. It
+// returns the loop's pid (also in /tmp/counter.pid).
+func startCounter(c *client) string {
+	c.sh(`sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done' >/dev/null 2>&1 & echo $! > /tmp/counter.pid`)
+	return c.sh("cat /tmp/counter.pid")
+}
+
 // readCount reads the test counter. The loop writing it truncates the file
 // before writing the number, so a read can land in between and find it
 // empty: that is retried, not taken for 0.

@@ -23,7 +23,7 @@ func TestTieredPause(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := testenv.StartServer(t, testenv.WithArgs(tc.args...))
 			c, _ := createMinimal(t, srv, "tiered")
-			c.sh(`sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done' >/dev/null 2>&1 &`)
+			startCounter(c)
 			before := waitCount(t, c, 3)
 			t0 := time.Now()
 			var paused sandboxInfo
@@ -93,8 +93,7 @@ func TestShutdown(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := testenv.StartServer(t, testenv.WithArgs(tc.args...))
 			c, _ := createMinimal(t, srv, "shutdown")
-			c.sh(`sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done' >/dev/null 2>&1 & echo $! > /tmp/counter.pid`)
-			pid := c.sh("cat /tmp/counter.pid")
+			pid := startCounter(c)
 			before := waitCount(t, c, 3)
 
 			srv.Stop()

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 )
@@ -14,35 +13,12 @@ import (
 // `delete`; without this, every sandbox ever run would leave a directory.
 func (d *Driver) removeCgroups(id string) {
 	rel := filepath.Join(d.cfg.CgroupParent, id)
-	f, err := os.Open("/proc/self/cgroup")
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// "hierarchy-ID:controller-list:path"
-		parts := strings.SplitN(sc.Text(), ":", 3)
-		if len(parts) != 3 {
-			continue
-		}
-		own := parts[2]
-		var mounts []string
-		switch {
-		case parts[1] == "":
-			mounts = []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"}
-		case strings.HasPrefix(parts[1], "name="):
-			mounts = []string{"/sys/fs/cgroup/" + strings.TrimPrefix(parts[1], "name=")}
-		default:
-			for _, c := range strings.Split(parts[1], ",") {
-				mounts = append(mounts, "/sys/fs/cgroup/"+c)
-			}
-		}
-		for _, m := range mounts {
+	for _, h := range cgroupHierarchies("self") {
+		for _, m := range h.mounts {
 			if filepath.IsAbs(rel) {
 				os.Remove(filepath.Join(m, rel))
 			} else {
-				os.Remove(filepath.Join(m, own, rel))
+				os.Remove(filepath.Join(m, h.path, rel))
 			}
 		}
 	}
@@ -51,31 +27,60 @@ func (d *Driver) removeCgroups(id string) {
 // cgroupMemoryBytes is the memory usage of the memory cgroup of process pid
 // (cgroup v1 memory.usage_in_bytes, or v2 memory.current).
 func cgroupMemoryBytes(pid int) (int64, bool) {
-	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cgroup"))
-	if err != nil {
-		return 0, false
-	}
-	var candidates []string
-	for _, line := range strings.Split(string(b), "\n") {
-		parts := strings.SplitN(line, ":", 3)
-		if len(parts) != 3 {
-			continue
-		}
-		switch {
-		case slices.Contains(strings.Split(parts[1], ","), "memory"):
-			candidates = append(candidates, filepath.Join("/sys/fs/cgroup/memory", parts[2], "memory.usage_in_bytes"))
-		case parts[0] == "0" && parts[1] == "":
-			candidates = append(candidates,
-				filepath.Join("/sys/fs/cgroup", parts[2], "memory.current"),
-				filepath.Join("/sys/fs/cgroup/unified", parts[2], "memory.current"))
-		}
-	}
-	for _, c := range candidates {
-		if v, err := os.ReadFile(c); err == nil {
-			if n, err := strconv.ParseInt(strings.TrimSpace(string(v)), 10, 64); err == nil {
-				return n, true
+	for _, h := range cgroupHierarchies(strconv.Itoa(pid)) {
+		for _, m := range h.mounts {
+			file := "memory.current"
+			if filepath.Base(m) == "memory" {
+				file = "memory.usage_in_bytes"
+			} else if !h.v2 {
+				continue
+			}
+			if v, err := os.ReadFile(filepath.Join(m, h.path, file)); err == nil {
+				if n, err := strconv.ParseInt(strings.TrimSpace(string(v)), 10, 64); err == nil {
+					return n, true
+				}
 			}
 		}
 	}
 	return 0, false
+}
+
+// cgroupHierarchy is one line of /proc/PID/cgroup: the directories where its
+// hierarchy may be mounted, and the process's cgroup path in it.
+type cgroupHierarchy struct {
+	mounts []string
+	path   string
+	v2     bool
+}
+
+// cgroupHierarchies parses /proc/<proc>/cgroup (proc: a PID or "self").
+func cgroupHierarchies(proc string) []cgroupHierarchy {
+	f, err := os.Open(filepath.Join("/proc", proc, "cgroup"))
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []cgroupHierarchy
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// "hierarchy-ID:controller-list:path"
+		parts := strings.SplitN(sc.Text(), ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		h := cgroupHierarchy{path: parts[2]}
+		switch {
+		case parts[1] == "":
+			h.v2 = true
+			h.mounts = []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"}
+		case strings.HasPrefix(parts[1], "name="):
+			h.mounts = []string{"/sys/fs/cgroup/" + strings.TrimPrefix(parts[1], "name=")}
+		default:
+			for _, c := range strings.Split(parts[1], ",") {
+				h.mounts = append(h.mounts, "/sys/fs/cgroup/"+c)
+			}
+		}
+		out = append(out, h)
+	}
+	return out
 }

@@ -222,15 +222,24 @@ func (d *Driver) prepare(ctx context.Context, spec runtime.Spec) (*netpool.Link,
 // started finishes Create and Restore: the sandbox process's PID is in the
 // pid file runsc wrote.
 func (d *Driver) started(id string, link *netpool.Link) (*runtime.Instance, error) {
+	pid, err := d.readPid(id)
+	if err != nil {
+		return nil, err
+	}
+	return &runtime.Instance{ID: id, Addr: link.SandboxAddr, Pid: pid}, nil
+}
+
+// readPid returns the sandbox process's PID from the pid file runsc wrote.
+func (d *Driver) readPid(id string) (int, error) {
 	b, err := os.ReadFile(d.pidPath(id))
 	if err != nil {
-		return nil, fmt.Errorf("reading pid file: %w", err)
+		return 0, fmt.Errorf("reading pid file: %w", err)
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil {
-		return nil, fmt.Errorf("bad pid file: %w", err)
+		return 0, fmt.Errorf("bad pid file: %w", err)
 	}
-	return &runtime.Instance{ID: id, Addr: link.SandboxAddr, Pid: pid}, nil
+	return pid, nil
 }
 
 // known reports whether runsc has state for container id under the root
@@ -353,11 +362,11 @@ func (d *Driver) Checkpoint(ctx context.Context, id, dir string) (err error) {
 	// Without a bundle (state dir lost) the checkpoint still works; it just
 	// cannot vouch for the agent binary at restore.
 	agent, agentErr := d.bundleAgent(id)
-	args := []string{"checkpoint", "--leave-running", "--image-path=" + dir, id}
+	args := []string{"checkpoint", "--leave-running"}
 	if d.largeMemory(id) && directIO(filepath.Dir(dir)) {
-		args = append(args[:2], append([]string{"--direct"}, args[2:]...)...)
+		args = append(args, "--direct")
 	}
-	if _, err := d.run(ctx, id, args...); err != nil {
+	if _, err := d.run(ctx, id, append(args, "--image-path="+dir, id)...); err != nil {
 		return d.notFound(ctx, id, err)
 	}
 	if agentErr == nil {
@@ -484,11 +493,7 @@ func (d *Driver) largeMemory(id string) bool {
 	case limit == 0:
 		limit = defaultDirectCheckpointMiB
 	}
-	b, err := os.ReadFile(d.pidPath(id))
-	if err != nil {
-		return false
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	pid, err := d.readPid(id)
 	if err != nil {
 		return false
 	}
