@@ -215,6 +215,7 @@ func (d *Driver) prepare(ctx context.Context, spec runtime.Spec) (*netpool.Link,
 		return link, nil, fmt.Errorf("writing bundle: %w", err)
 	}
 	_ = os.Remove(d.pidPath(spec.ID))
+	_ = os.Remove(d.frozenMarker(spec.ID)) // a new sandbox runs
 	flags := []string{"--network=sandbox", d.overlayFlag(spec)}
 	return link, flags, nil
 }
@@ -362,11 +363,8 @@ func (d *Driver) Checkpoint(ctx context.Context, id, dir string) (err error) {
 	// Without a bundle (state dir lost) the checkpoint still works; it just
 	// cannot vouch for the agent binary at restore.
 	agent, agentErr := d.bundleAgent(id)
-	args := []string{"checkpoint", "--leave-running"}
-	if d.largeMemory(id) && directIO(filepath.Dir(dir)) {
-		args = append(args, "--direct")
-	}
-	if _, err := d.run(ctx, id, append(args, "--image-path="+dir, id)...); err != nil {
+	direct := d.largeMemory(id) && directIO(filepath.Dir(dir))
+	if err := d.checkpointTo(ctx, id, dir, direct); err != nil {
 		return d.notFound(ctx, id, err)
 	}
 	if agentErr == nil {
@@ -462,7 +460,7 @@ func (d *Driver) List(ctx context.Context) ([]runtime.Instance, error) {
 		if c.Status != "running" && c.Status != "paused" || !sandboxAlive(c.Pid, c.ID) {
 			continue
 		}
-		inst := runtime.Instance{ID: c.ID, Pid: c.Pid, Frozen: c.Status == "paused"}
+		inst := runtime.Instance{ID: c.ID, Pid: c.Pid, Frozen: d.isFrozen(c.ID)}
 		if l, ok := d.cfg.Net.Lookup(c.ID); ok {
 			inst.Addr = l.SandboxAddr
 		}
@@ -537,23 +535,6 @@ func sandboxAlive(pid int, id string) bool {
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	return err == nil && bytes.Contains(cmdline, []byte(id))
-}
-
-// Freeze stops every process in the sandbox where it is, keeping its
-// memory (runsc pause). The agent does not answer while frozen.
-func (d *Driver) Freeze(ctx context.Context, id string) error {
-	if _, err := d.run(ctx, id, "pause", id); err != nil {
-		return fmt.Errorf("gvisor: freeze %s: %w", id, d.notFound(ctx, id, err))
-	}
-	return nil
-}
-
-// Thaw resumes a frozen sandbox (runsc resume).
-func (d *Driver) Thaw(ctx context.Context, id string) error {
-	if _, err := d.run(ctx, id, "resume", id); err != nil {
-		return fmt.Errorf("gvisor: thaw %s: %w", id, d.notFound(ctx, id, err))
-	}
-	return nil
 }
 
 // notFound turns err into runtime.ErrNotFound when runsc has no container id.
