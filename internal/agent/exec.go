@@ -147,7 +147,7 @@ func (e *execSession) run() {
 	}()
 	exit = proc.wait()
 	e.sendJSON(agentproto.FrameExit, exit)
-	go e.s.refillSpare() // for the next command; after this one, not competing with it
+	go e.s.refillAfterCommand() // for the next command; after this one, not competing with it
 	e.closeOut(inputDone)
 }
 

@@ -46,6 +46,7 @@ type Server struct {
 	spare        *spareShell   // ready for the next command; nil if none
 	spareFilling chan struct{} // non-nil while one is started; closed after
 	spareClosed  bool          // shut down: start no more
+	spareHeld    bool          // dropped for a checkpoint: none until the next command
 }
 
 // New returns a Server. Commands are started through reaper, which must
@@ -82,6 +83,7 @@ func New(cfg Config, reaper *Reaper, logger *log.Logger) (*Server, error) {
 	s.mux.HandleFunc(agentproto.PathExec, s.handleExec)
 	s.mux.HandleFunc(agentproto.PathFiles, s.handleFiles)
 	s.mux.HandleFunc(agentproto.PathStat, s.handleStat)
+	s.mux.HandleFunc(agentproto.PathQuiesce, s.handleQuiesce)
 	return s, nil
 }
 
@@ -168,6 +170,16 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 		UptimeMs: time.Since(s.start).Milliseconds(),
 		Version:  agentproto.Version,
 	})
+}
+
+// handleQuiesce readies the sandbox for a checkpoint: what the agent can
+// rebuild later (its spare shell) goes, so the snapshot carries less.
+func (s *Server) handleQuiesce(w http.ResponseWriter, r *http.Request) {
+	if !allowMethods(w, r, http.MethodPost) {
+		return
+	}
+	s.dropSpare()
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {

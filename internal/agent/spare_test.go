@@ -174,6 +174,39 @@ func TestSpareShellKilled(t *testing.T) {
 	}
 }
 
+// Before a checkpoint the agent drops its spare (a process less to save and
+// restore) and starts none until the next command, which still runs.
+func TestQuiesceDropsSpareUntilNextCommand(t *testing.T) {
+	c, _ := startAgent(t, agent.Config{})
+	run(t, c, agentclient.ExecRequest{Command: "true"})
+	spare := waitSpare(t)
+	if err := c.Quiesce(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	// Gone (reaped) by the time the call returns, not just signalled.
+	if st, _ := procState(spare); st != "" {
+		t.Fatalf("spare %d still there after quiesce (state %s)", spare, st)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if pids := spareShells(); len(pids) != 0 {
+		t.Fatalf("a spare %v was started again before any command", pids)
+	}
+	pid, out, _, st := runPid(t, c, agentclient.ExecRequest{Command: "echo after quiesce"}, "")
+	if out != "after quiesce\n" || st.ExitCode != 0 || pid == spare {
+		t.Fatalf("after quiesce: pid %d %q %+v", pid, out, st)
+	}
+	waitSpare(t)
+	// Quiescing twice, or with no spare, is fine.
+	for i := 0; i < 2; i++ {
+		if err := c.Quiesce(testCtx(t)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if pids := spareShells(); len(pids) != 0 {
+		t.Fatalf("spares %v after quiesce", pids)
+	}
+}
+
 // Shutdown kills the spare shell: the agent leaves no process behind.
 func TestSpareShellEndsWithServer(t *testing.T) {
 	srv, err := agent.New(agent.Config{Token: testToken}, reaper, log.New(testWriter{t}, "agent: ", 0))

@@ -255,6 +255,22 @@ func (c *Client) RotateToken(ctx context.Context, newToken string) error {
 	return nil
 }
 
+// Quiesce tells the agent a checkpoint is next, so it drops what it can
+// rebuild later (agentproto.PathQuiesce).
+func (c *Client) Quiesce(ctx context.Context) error {
+	req, err := c.newRequest(ctx, http.MethodPost, agentproto.PathQuiesce, nil, nil)
+	if err != nil {
+		return err
+	}
+	req.Header["X-Idempotency-Key"] = nil // replayable
+	resp, err := c.do(req)
+	if err != nil {
+		return err
+	}
+	discard(resp)
+	return nil
+}
+
 // FileInfo describes a file in the sandbox.
 type FileInfo = agentproto.FileInfo
 

@@ -39,6 +39,9 @@ const (
 	PathExec   = "/v1/exec"   // POST + Upgrade: framed exec stream
 	PathFiles  = "/v1/files"  // GET ?path=[&format=zip], POST ?path= (body = contents)
 	PathStat   = "/v1/stat"   // GET ?path=: FileInfo
+	// PathQuiesce (POST, 204) is sent before a checkpoint: the agent drops
+	// what it can rebuild (its spare shell) until the next command.
+	PathQuiesce = "/v1/quiesce"
 )
 
 // UpgradeProtocol is the value of the Upgrade header for PathExec.

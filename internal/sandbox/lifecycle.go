@@ -160,7 +160,7 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 		return err
 	}
 	failpoint.Hit("pause.before-freeze")
-	if err := s.cfg.Driver.Freeze(ctx, sb.ID); err != nil {
+	if err := s.freezeForCheckpoint(ctx, b.agent, sb.ID); err != nil {
 		return s.pauseFailed(ctx, b, sb, "freeze", err)
 	}
 	dir, err := s.snaps.BeginInPlace(sb.ID)
@@ -193,6 +193,24 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 	s.metrics.Observe("pause", time.Since(start))
 	s.log.Info("sandbox paused", "sandbox", sb.ID, "bytes", sb.SnapshotBytes, "ms", time.Since(start).Milliseconds())
 	return nil
+}
+
+// quiesceTimeout bounds the agent's tidying before a checkpoint; it is
+// an optimisation, not worth holding a pause up for.
+const quiesceTimeout = 2 * time.Second
+
+// freezeForCheckpoint freezes sandbox id for a checkpoint, after its agent
+// (if it has one) dropped what it can rebuild: each process is a host
+// process to recreate and state to load at every restore of the snapshot.
+func (s *Service) freezeForCheckpoint(ctx context.Context, agent *agentclient.Client, id string) error {
+	if agent != nil {
+		qctx, cancel := context.WithTimeout(ctx, quiesceTimeout)
+		if err := agent.Quiesce(qctx); err != nil {
+			s.log.Warn("agent could not tidy up before the checkpoint", "sandbox", id, "err", err)
+		}
+		cancel()
+	}
+	return s.cfg.Driver.Freeze(ctx, id)
 }
 
 // sealing is a paused sandbox's checkpoint being sealed in the background.
