@@ -153,7 +153,24 @@ func (d *Driver) Freeze(ctx context.Context, id string) error {
 		}
 		return fmt.Errorf("gvisor: freeze %s: %w", id, err)
 	}
+	d.frozenAt.Store(id, time.Now())
 	return nil
+}
+
+// freezeSettle is how long after a freeze a checkpoint waits. Measured
+// here: a checkpoint sent within a millisecond or two of the freeze often
+// took 0.6-1 s for a 200 MB sandbox instead of 0.1-0.15 s (runsc's own
+// commands never hit it: starting the runsc process takes longer than this);
+// 3 ms was enough in every run.
+const freezeSettle = 5 * time.Millisecond
+
+// settleAfterFreeze waits out freezeSettle if sandbox id was frozen just now.
+func (d *Driver) settleAfterFreeze(id string) {
+	if v, ok := d.frozenAt.Load(id); ok {
+		if wait := freezeSettle - time.Since(v.(time.Time)); wait > 0 {
+			time.Sleep(wait)
+		}
+	}
 }
 
 // Thaw lets a frozen sandbox continue. Thawing a running one does nothing.
@@ -170,6 +187,7 @@ func (d *Driver) Thaw(ctx context.Context, id string) error {
 	if err := os.Remove(d.frozenMarker(id)); err != nil {
 		return fmt.Errorf("gvisor: thaw %s: %w", id, err)
 	}
+	d.frozenAt.Delete(id)
 	if err := d.control(ctx, id, methodResume, nil); err != nil {
 		// Not thawed after all: put the marker back.
 		os.WriteFile(d.frozenMarker(id), nil, 0o600)
@@ -200,6 +218,7 @@ func (d *Driver) checkpointTo(ctx context.Context, id, dir string, direct bool) 
 		}
 		files = append(files, f)
 	}
+	d.settleAfterFreeze(id)
 	opts := saveOpts{Metadata: map[string]string{"compression": "none"}, HavePagesFile: true, Resume: true}
 	return d.control(ctx, id, methodCheckpoint, opts, files...)
 }

@@ -78,6 +78,8 @@ type Driver struct {
 	cfg     Config
 	version string
 	hashes  hashCache
+	// frozenAt: when each sandbox was last frozen (see settleAfterFreeze).
+	frozenAt sync.Map
 }
 
 var _ runtime.Driver = (*Driver)(nil)
@@ -442,6 +444,7 @@ func (d *Driver) Destroy(ctx context.Context, id string) error {
 		errs = append(errs, err)
 	}
 	d.removeCgroups(id)
+	d.frozenAt.Delete(id)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("gvisor: destroy %s: %w", id, err)
 	}
