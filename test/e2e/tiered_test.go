@@ -1,6 +1,9 @@
 package e2e
 
 import (
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -120,5 +123,47 @@ func TestShutdown(t *testing.T) {
 			}
 			waitCount(t, c, before+3)
 		})
+	}
+}
+
+// A snapshot whose pages changed on disk after the pause is refused at
+// resume (its checksums are checked while runsc restores it): the sandbox is
+// failed with the reason, and nothing of the restore is left running.
+func TestResumeRefusesCorruptSnapshot(t *testing.T) {
+	srv := testenv.StartServer(t)
+	c, _ := createMinimal(t, srv, "corrupt")
+	startCounter(c)
+	waitCount(t, c, 2)
+	if err := srv.Do("POST", "/sandboxes/"+c.id+"/pause", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitPauseState(t, srv, c.id, true, false)
+	pages, err := filepath.Glob(filepath.Join(srv.DataDir(), "snapshots", c.id, "*", "pages.img"))
+	if err != nil || len(pages) != 1 {
+		t.Fatalf("pages file: %v %v", pages, err)
+	}
+	f, err := os.OpenFile(pages[0], os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, _ := f.Stat()
+	b := make([]byte, 1)
+	off := fi.Size() / 2
+	f.ReadAt(b, off)
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	err = srv.Do("POST", "/sandboxes/"+c.id+"/resume", nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "snapshot_corrupt") {
+		t.Fatalf("resume of a corrupt snapshot: %v, want snapshot_corrupt", err)
+	}
+	if info := getInfo(t, srv, c.id); info.Status != "failed" || !strings.Contains(info.Error, "checksum mismatch") {
+		t.Fatalf("after the refused resume: status %q error %q", info.Status, info.Error)
+	}
+	if procs := hostProcessesMentioning(c.id); len(procs) > 0 {
+		t.Fatalf("host processes of the refused restore: %q", procs)
 	}
 }
