@@ -6,6 +6,8 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,7 +18,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/stasis-sandbox/stasis/internal/agentclient"
 	"github.com/stasis-sandbox/stasis/internal/images"
+	"github.com/stasis-sandbox/stasis/internal/runtime"
 )
 
 const (
@@ -47,6 +51,38 @@ while True:
 
 // aliveCmd succeeds only if the memory holder is still running.
 const aliveCmd = `kill -0 "$(cat /tmp/ready)"`
+
+// rawAgentToken is the agent secret of the baseline's agent containers.
+const rawAgentToken = "stasis-bench-raw"
+
+// rawAgentEnv configures the agent as init of a baseline container as the
+// gVisor driver does for a stasis/base sandbox of memMiB.
+func rawAgentEnv(memMiB int) []string {
+	return []string{"STASIS_AGENT_TOKEN=" + rawAgentToken, "STASIS_DEFAULT_USER=user", "STASIS_DEFAULT_WORKDIR=/home/user",
+		"STASIS_MEMORY_LIMIT_MIB=" + strconv.Itoa(memMiB), "STASIS_VCPU=1"}
+}
+
+// startHolderViaAgent starts the memory holder in baseline container rb
+// through its agent, as stasis does: hold.py written, then started in the
+// background by a shell of the default user.
+func startHolderViaAgent(ctx context.Context, rb *rawBox, size int) error {
+	c := agentclient.New(netip.AddrPortFrom(rb.addr, runtime.AgentPort).String(), rawAgentToken)
+	defer c.CloseIdleConnections()
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := c.WaitReady(wctx); err != nil {
+		return err
+	}
+	if err := c.WriteFile(ctx, "/tmp/hold.py", strings.NewReader(holdScript), int64(len(holdScript))); err != nil {
+		return err
+	}
+	var stderr bytes.Buffer
+	st, err := c.Run(ctx, agentclient.ExecRequest{Command: fmt.Sprintf("python3 /tmp/hold.py %d >/dev/null 2>&1 &", size)}, io.Discard, &stderr)
+	if err == nil && st.ExitCode != 0 {
+		err = fmt.Errorf("starting the holder: exit %d: %s", st.ExitCode, stderr.String())
+	}
+	return err
+}
 
 // bench is one run in progress.
 type bench struct {
@@ -624,6 +660,10 @@ type pauseResults struct {
 	wPause, wResume, wFirst, wAuto           durations // stasis, warm tier
 	rwPause, rwSync, rwResume, rwFirst       durations // runsc, same work
 	wImage                                   []float64
+	// runsc on the same sandbox: the agent as init, the holder started
+	// through it.
+	aCkptDel, aRestore, aFirst durations
+	aImage                     []float64
 }
 
 func (b *bench) pauseRes(size int) *pauseResults {
@@ -734,12 +774,34 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 		}
 	}
 
+	// baseline 2, the same sandbox: what the stasis sandbox runs (the
+	// agent as init, the holder started through it), checkpointed and
+	// restored by runsc directly. The difference to baseline 1 is the cost
+	// of the agent; the difference to stasis is what stasis adds around it.
+	ra, err := b.raw.prepare(ctx, b.rootfs(tmplBase), []string{runtime.AgentMountPath}, memFor(size), 1, rawAgentEnv(memFor(size))...)
+	if err != nil {
+		return err
+	}
+	defer ra.destroy(bg)
+	if err := ra.start(ctx); err != nil {
+		return err
+	}
+	if err := startHolderViaAgent(ctx, ra, size); err != nil {
+		return fmt.Errorf("raw, same sandbox: %w", err)
+	}
+	aliveA := func() error { return ra.exec(ctx, nil, nil, "/bin/sh", "-c", aliveCmd) }
+	if err := waitFor(ctx, 2*time.Minute, aliveA); err != nil {
+		return fmt.Errorf("raw, same sandbox: memory holder did not start: %w", err)
+	}
+
 	// When each side last came back from a checkpoint (see PauseSettle).
-	bxRestored, rbRestored := time.Now(), time.Now()
+	bxRestored, rbRestored, raRestored := time.Now(), time.Now(), time.Now()
 	settle := func() {
-		wait := b.cfg.PauseSettle - time.Since(bxRestored)
-		if w := b.cfg.PauseSettle - time.Since(rbRestored); w > wait {
-			wait = w
+		var wait time.Duration
+		for _, t := range []time.Time{bxRestored, rbRestored, raRestored} {
+			if w := b.cfg.PauseSettle - time.Since(t); w > wait {
+				wait = w
+			}
 		}
 		if wait > 0 {
 			time.Sleep(wait)
@@ -816,6 +878,34 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 		}
 		pr.rFirst.add(time.Since(t0))
 		rbRestored = time.Now()
+		os.RemoveAll(img)
+
+		// baseline 2, the same sandbox: checkpoint, delete; restore; first command.
+		img = filepath.Join(b.raw.dir, fmt.Sprintf("img-%s-%d", ra.ID, i))
+		syscall.Sync()
+		dc, err = timed(func() error { return ra.checkpoint(ctx, img) })
+		if err != nil {
+			return err
+		}
+		dd, err = timed(func() error { return ra.deleteStopped(ctx) })
+		if err != nil {
+			return err
+		}
+		pr.aCkptDel.add(dc + dd)
+		pr.aImage = append(pr.aImage, float64(dirSize(img))/mib)
+		if err := ra.readdress(ctx); err != nil {
+			return err
+		}
+		t0 = time.Now()
+		if err := ra.restore(ctx, img); err != nil {
+			return err
+		}
+		pr.aRestore.add(time.Since(t0))
+		if err := aliveA(); err != nil {
+			return fmt.Errorf("raw, same sandbox, after restore: %w", err)
+		}
+		pr.aFirst.add(time.Since(t0))
+		raRestored = time.Now()
 		os.RemoveAll(img)
 	}
 
@@ -974,6 +1064,19 @@ func (b *bench) pairPauseRows(size int) {
 	b.add(Row{Group: "pause", Name: "exec on paused sandbox (transparent resume), " + label,
 		Stasis: pr.sAuto.stat(), StasisOp: "POST /exec on a paused sandbox",
 		Raw: pr.rFirst.stat(), RawOp: "runsc restore --detach + runsc exec"})
+	sameOp := "a runsc container running what the stasis sandbox runs: stasis-agent as init, the holder started through it"
+	b.add(Row{Group: "pause", Name: "pause, against runsc on the same sandbox, " + label,
+		Stasis: pr.sPause.stat(), StasisOp: "POST /sandboxes/{id}/pause",
+		Raw: pr.aCkptDel.stat(), RawOp: "runsc checkpoint + runsc delete --force of " + sameOp})
+	b.add(Row{Group: "pause", Name: "checkpoint image size, against runsc on the same sandbox, " + label,
+		Stasis: summarize("MiB", pr.sImage), StasisOp: "usage.snapshot_bytes",
+		Raw: summarize("MiB", pr.aImage), RawOp: "size of --image-path dir"})
+	b.add(Row{Group: "pause", Name: "resume (restore from disk), against runsc on the same sandbox, " + label,
+		Stasis: pr.sResume.stat(), StasisOp: "POST /sandboxes/{id}/resume until 200 (agent answering), once on disk only",
+		Raw: pr.aRestore.stat(), RawOp: "runsc restore --detach of " + sameOp})
+	b.add(Row{Group: "pause", Name: "resume → first command OK, against runsc on the same sandbox, " + label,
+		Stasis: pr.sFirst.stat(), StasisOp: "resume + POST /exec",
+		Raw: pr.aFirst.stat(), RawOp: "runsc restore --detach + runsc exec"})
 	if len(pr.wPause) > 0 {
 		b.add(Row{Group: "warm", Name: "warm pause (checkpointed, kept frozen in RAM), " + label,
 			Stasis: pr.wPause.stat(), StasisOp: "POST /sandboxes/{id}/pause on a stasisd with --warm-pause-window",

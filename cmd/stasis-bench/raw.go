@@ -108,6 +108,7 @@ type rawBox struct {
 	env    *rawEnv
 	ID     string
 	bundle string
+	addr   netip.Addr // the sandbox end of its network link
 }
 
 // rawCapabilities is the driver's DefaultCapabilities.
@@ -118,15 +119,15 @@ var rawCapabilities = []string{
 }
 
 // prepare builds the network link and bundle of a new container whose init
-// is args; nothing runs yet.
-func (e *rawEnv) prepare(ctx context.Context, rootfs string, args []string, memMiB, vcpu int) (*rawBox, error) {
+// is args, with env added to its environment; nothing runs yet.
+func (e *rawEnv) prepare(ctx context.Context, rootfs string, args []string, memMiB, vcpu int, env ...string) (*rawBox, error) {
 	e.seq++
 	id := fmt.Sprintf("raw-%d-%s", e.seq, randomHex(4))
 	link, err := e.pool.Setup(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	b := &rawBox{env: e, ID: id, bundle: filepath.Join(e.dir, id)}
+	b := &rawBox{env: e, ID: id, bundle: filepath.Join(e.dir, id), addr: link.SandboxAddr}
 	if err := os.MkdirAll(filepath.Join(b.bundle, "overlay"), 0o700); err != nil {
 		return nil, err
 	}
@@ -139,7 +140,7 @@ func (e *rawEnv) prepare(ctx context.Context, rootfs string, args []string, memM
 		Process: &specs.Process{
 			User: specs.User{UID: 0, GID: 0},
 			Args: args,
-			Env:  []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+			Env:  append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, env...),
 			Cwd:  "/",
 			Capabilities: &specs.LinuxCapabilities{
 				Bounding: caps, Effective: caps, Permitted: caps,
