@@ -1,5 +1,6 @@
 // Package gvisor runs sandboxes with gVisor's runsc (systrap platform, no
-// KVM needed). Each sandbox is one runsc container whose PID 1 is the agent,
+// KVM needed); freeze, thaw and checkpoint talk to a running sandbox's
+// control socket directly. Each sandbox is one runsc container whose PID 1 is the agent,
 // with its own network namespace and link-local subnet from a netpool.Pool,
 // its own cgroup, and an overlay over the shared, never-written image.
 //
@@ -10,6 +11,7 @@
 //	StateDir/<id>/overlay/     the overlay's upper layer lives in an unlinked
 //	                           file here (disk, not RAM; saved by checkpoint)
 //	StateDir/<id>/console.log  the agent's stdout/stderr (and runsc's errors)
+//	StateDir/<id>/frozen       present while the sandbox is frozen (control.go)
 //	DebugLogDir/<id>/          runsc debug logs, only if DebugLogDir is set
 package gvisor
 
