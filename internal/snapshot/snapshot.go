@@ -105,7 +105,6 @@ func (d *Dir) Commit(tmp string) (string, int64, error) {
 // the snapshot's size in bytes.
 func Seal(dir string) (int64, error) {
 	m := manifest{Created: time.Now().UTC(), Files: map[string]entry{}}
-	startWriteback(dir) // the disk writes while we checksum
 	var total int64
 	err := filepath.WalkDir(dir, func(path string, de fs.DirEntry, err error) error {
 		if err != nil || !de.Type().IsRegular() {
@@ -193,10 +192,30 @@ func hashAndSync(path string) (string, int64, error) {
 	if err != nil {
 		return "", 0, err
 	}
-	if err := f.Sync(); err != nil {
+	if err := syncInChunks(f, n); err != nil {
 		return "", 0, err
 	}
 	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// syncChunk is how much of a file syncInChunks writes back at a time.
+const syncChunk = 8 << 20
+
+// syncInChunks makes f's n bytes durable a chunk at a time, then fsyncs it.
+// One fsync (or writeback started for the whole file) would make every
+// other fsync on the filesystem wait for all of it: ext4 commits newly
+// written data before the journal, so the store's commits stalled behind a
+// sealing snapshot (90 ms at 200 MB, seconds at 1 GB). In chunks, a commit
+// waits for one chunk at most.
+func syncInChunks(f *os.File, n int64) error {
+	fd := int(f.Fd())
+	for off := int64(0); off < n; off += syncChunk {
+		flags := unix.SYNC_FILE_RANGE_WAIT_BEFORE | unix.SYNC_FILE_RANGE_WRITE | unix.SYNC_FILE_RANGE_WAIT_AFTER
+		if err := unix.SyncFileRange(fd, off, syncChunk, flags); err != nil {
+			return f.Sync() // not supported here: the whole file at once
+		}
+	}
+	return f.Sync()
 }
 
 func writeSync(path string, b []byte) error {
@@ -213,19 +232,4 @@ func writeSync(path string, b []byte) error {
 		return err
 	}
 	return f.Close()
-}
-
-// startWriteback asks the kernel to begin writing every file in dir to disk
-// without waiting for it (sync_file_range SYNC_FILE_RANGE_WRITE).
-func startWriteback(dir string) {
-	filepath.WalkDir(dir, func(path string, de fs.DirEntry, err error) error {
-		if err != nil || !de.Type().IsRegular() {
-			return nil
-		}
-		if f, err := os.Open(path); err == nil {
-			unix.SyncFileRange(int(f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
-			f.Close()
-		}
-		return nil
-	})
 }
