@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -16,16 +15,20 @@ import (
 	"github.com/stasis-sandbox/stasis/internal/runtime"
 )
 
-// The sandbox's control socket speaks gVisor's urpc: one JSON call, with any
-// file descriptors attached to its first bytes, answered by one JSON result
-// on a stream socket. Pause, resume and checkpoint go straight to it: through
-// the runsc binary each costs a process start and runsc's own bookkeeping,
-// 10-15 ms, which was a fifth of a small sandbox's pause. What runsc would
-// record of a freeze, the driver records itself (frozenMarker).
+// The sandbox's control socket speaks gVisor's urpc: one JSON call (file
+// descriptors, where a call takes some, ride along with it), answered by one
+// JSON result on a stream socket. Freeze and thaw go straight to it: through the runsc
+// binary each costs a process start and runsc's own bookkeeping, 10-15 ms,
+// which was a fifth of a small sandbox's pause and most of a thaw. What
+// runsc would record of a freeze, the driver records itself (frozenMarker).
+//
+// Checkpoints stay with the runsc binary. Sent over the socket right after
+// the freeze, a 200 MB checkpoint now and then took 0.6-1 s instead of 0.15
+// s in make bench (a few milliseconds' pause in between made it rarer, not
+// rare enough); through runsc it never did.
 const (
-	methodPause      = "containerManager.Pause"
-	methodResume     = "containerManager.Resume"
-	methodCheckpoint = "containerManager.Checkpoint"
+	methodPause  = "containerManager.Pause"
+	methodResume = "containerManager.Resume"
 )
 
 // controlCall is urpc's request; controlResult its answer.
@@ -39,25 +42,14 @@ type controlResult struct {
 	Err     string `json:"err"`
 }
 
-// saveOpts is the argument of methodCheckpoint (gVisor's control.SaveOpts);
-// the state, pages-metadata and pages files travel as descriptors.
-type saveOpts struct {
-	Metadata      map[string]string `json:"metadata"`
-	HavePagesFile bool              `json:"have_pages_file"`
-	// Resume lets the kernel carry on after the save: a frozen sandbox
-	// stays frozen (the freeze is counted apart), a running one keeps going.
-	Resume bool `json:"Resume"`
-}
-
 // controlSocket is where runsc creates sandbox id's control socket: the
 // first directory it tries, its root dir.
 func (d *Driver) controlSocket(id string) string {
 	return filepath.Join(d.cfg.RootDir, "runsc-"+id+".sock")
 }
 
-// control makes one call on sandbox id's control socket, passing files.
-// A sandbox that is not there is runtime.ErrNotFound (via notFound).
-func (d *Driver) control(ctx context.Context, id, method string, arg any, files ...*os.File) error {
+// control makes one call, without arguments, on sandbox id's control socket.
+func (d *Driver) control(ctx context.Context, id, method string) error {
 	path := d.controlSocket(id)
 	if len(path) >= len(unix.RawSockaddrUnix{}.Path) {
 		// Too long for sockaddr_un: go through an O_PATH descriptor.
@@ -69,36 +61,23 @@ func (d *Driver) control(ctx context.Context, id, method string, arg any, files 
 		path = fmt.Sprintf("/proc/self/fd/%d", fd)
 	}
 	var dialer net.Dialer
-	c, err := dialer.DialContext(ctx, "unix", path)
+	conn, err := dialer.DialContext(ctx, "unix", path)
 	if err != nil {
 		return fmt.Errorf("control socket: %w", err)
 	}
-	conn := c.(*net.UnixConn)
 	defer conn.Close()
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
-	// Closing the connection ends a call the context gave up on.
+	// A call the context gave up on ends with the connection's deadline.
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
-	req, err := json.Marshal(controlCall{Method: method, Arg: arg})
+	req, err := json.Marshal(controlCall{Method: method})
 	if err != nil {
 		return err
 	}
-	var oob []byte
-	if len(files) > 0 {
-		fds := make([]int, len(files))
-		for i, f := range files {
-			fds[i] = int(f.Fd())
-		}
-		oob = unix.UnixRights(fds...)
-	}
-	n, _, err := conn.WriteMsgUnix(req, oob, nil)
-	if err == nil && n < len(req) {
-		_, err = conn.Write(req[n:])
-	}
-	if err != nil {
+	if _, err := conn.Write(req); err != nil {
 		return fmt.Errorf("%s: %w", method, ctxErr(ctx, err))
 	}
 	var res controlResult
@@ -143,34 +122,17 @@ func (d *Driver) Freeze(ctx context.Context, id string) error {
 	if d.isFrozen(id) {
 		return nil
 	}
-	if err := d.control(ctx, id, methodPause, nil); err != nil {
+	if err := d.control(ctx, id, methodPause); err != nil {
 		return fmt.Errorf("gvisor: freeze %s: %w", id, d.notFound(ctx, id, err))
 	}
 	if err := os.WriteFile(d.frozenMarker(id), nil, 0o600); err != nil {
 		// Undo rather than leave a freeze nobody knows of.
-		if terr := d.control(context.WithoutCancel(ctx), id, methodResume, nil); terr != nil {
+		if terr := d.control(context.WithoutCancel(ctx), id, methodResume); terr != nil {
 			err = errors.Join(err, terr)
 		}
 		return fmt.Errorf("gvisor: freeze %s: %w", id, err)
 	}
-	d.frozenAt.Store(id, time.Now())
 	return nil
-}
-
-// freezeSettle is how long after a freeze a checkpoint waits. Measured
-// here: a checkpoint sent within a millisecond or two of the freeze often
-// took 0.6-1 s for a 200 MB sandbox instead of 0.1-0.15 s (runsc's own
-// commands never hit it: starting the runsc process takes longer than this);
-// 3 ms was enough in every run.
-const freezeSettle = 5 * time.Millisecond
-
-// settleAfterFreeze waits out freezeSettle if sandbox id was frozen just now.
-func (d *Driver) settleAfterFreeze(id string) {
-	if v, ok := d.frozenAt.Load(id); ok {
-		if wait := freezeSettle - time.Since(v.(time.Time)); wait > 0 {
-			time.Sleep(wait)
-		}
-	}
 }
 
 // Thaw lets a frozen sandbox continue. Thawing a running one does nothing.
@@ -187,38 +149,10 @@ func (d *Driver) Thaw(ctx context.Context, id string) error {
 	if err := os.Remove(d.frozenMarker(id)); err != nil {
 		return fmt.Errorf("gvisor: thaw %s: %w", id, err)
 	}
-	d.frozenAt.Delete(id)
-	if err := d.control(ctx, id, methodResume, nil); err != nil {
+	if err := d.control(ctx, id, methodResume); err != nil {
 		// Not thawed after all: put the marker back.
 		os.WriteFile(d.frozenMarker(id), nil, 0o600)
 		return fmt.Errorf("gvisor: thaw %s: %w", id, d.notFound(ctx, id, err))
 	}
 	return nil
-}
-
-// checkpointTo saves sandbox id into dir (existing, empty) through the
-// control socket, as `runsc checkpoint --leave-running` would: the state
-// file, the pages metadata and the pages (O_DIRECT when direct).
-func (d *Driver) checkpointTo(ctx context.Context, id, dir string, direct bool) error {
-	names := []string{"checkpoint.img", "pages_meta.img", "pages.img"}
-	files := make([]*os.File, 0, len(names))
-	defer func() {
-		for _, f := range files {
-			f.Close()
-		}
-	}()
-	for i, name := range names {
-		flags := os.O_CREATE | os.O_EXCL | os.O_RDWR
-		if direct && i == 2 {
-			flags |= syscall.O_DIRECT // runsc writes the pages page-aligned
-		}
-		f, err := os.OpenFile(filepath.Join(dir, name), flags, 0o644)
-		if err != nil {
-			return err
-		}
-		files = append(files, f)
-	}
-	d.settleAfterFreeze(id)
-	opts := saveOpts{Metadata: map[string]string{"compression": "none"}, HavePagesFile: true, Resume: true}
-	return d.control(ctx, id, methodCheckpoint, opts, files...)
 }

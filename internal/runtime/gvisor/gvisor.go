@@ -1,6 +1,6 @@
 // Package gvisor runs sandboxes with gVisor's runsc (systrap platform, no
-// KVM needed); freeze, thaw and checkpoint talk to a running sandbox's
-// control socket directly. Each sandbox is one runsc container whose PID 1 is the agent,
+// KVM needed); freeze and thaw talk to a running sandbox's control socket
+// directly. Each sandbox is one runsc container whose PID 1 is the agent,
 // with its own network namespace and link-local subnet from a netpool.Pool,
 // its own cgroup, and an overlay over the shared, never-written image.
 //
@@ -80,8 +80,6 @@ type Driver struct {
 	cfg     Config
 	version string
 	hashes  hashCache
-	// frozenAt: when each sandbox was last frozen (see settleAfterFreeze).
-	frozenAt sync.Map
 }
 
 var _ runtime.Driver = (*Driver)(nil)
@@ -368,7 +366,11 @@ func (d *Driver) Checkpoint(ctx context.Context, id, dir string) (err error) {
 	// cannot vouch for the agent binary at restore.
 	agent, agentErr := d.bundleAgent(id)
 	direct := d.largeMemory(id) && directIO(filepath.Dir(dir))
-	if err := d.checkpointTo(ctx, id, dir, direct); err != nil {
+	args := []string{"checkpoint", "--leave-running"}
+	if direct {
+		args = append(args, "--direct")
+	}
+	if _, err := d.run(ctx, id, append(args, "--image-path="+dir, id)...); err != nil {
 		return d.notFound(ctx, id, err)
 	}
 	if agentErr == nil {
@@ -446,7 +448,6 @@ func (d *Driver) Destroy(ctx context.Context, id string) error {
 		errs = append(errs, err)
 	}
 	d.removeCgroups(id)
-	d.frozenAt.Delete(id)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("gvisor: destroy %s: %w", id, err)
 	}
