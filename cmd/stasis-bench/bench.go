@@ -846,67 +846,29 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 
 		// baseline: checkpoint, fsync the image (stasis makes it durable
 		// too), delete the stopped container; restore; first command.
-		img := filepath.Join(b.raw.dir, fmt.Sprintf("img-%s-%d", rb.ID, i))
-		syscall.Sync()
-		dc, err := timed(func() error { return rb.checkpoint(ctx, img) })
+		rt, err := b.rawCycle(ctx, rb, alive, i, true)
 		if err != nil {
-			return err
+			return fmt.Errorf("raw: %w", err)
 		}
-		ds, err := timed(func() error { return syncTree(img) })
-		if err != nil {
-			return err
-		}
-		dd, err := timed(func() error { return rb.deleteStopped(ctx) })
-		if err != nil {
-			return err
-		}
-		pr.rCkpt.add(dc)
-		pr.rSync.add(ds)
-		pr.rPause.add(dc + ds + dd)
-		pr.rCkptDel.add(dc + dd)
-		pr.rImage = append(pr.rImage, float64(dirSize(img))/mib)
-		if err := rb.readdress(ctx); err != nil {
-			return err
-		}
-		t0 = time.Now()
-		if err := rb.restore(ctx, img); err != nil {
-			return err
-		}
-		pr.rRestore.add(time.Since(t0))
-		if err := alive(); err != nil {
-			return fmt.Errorf("raw after restore: %w", err)
-		}
-		pr.rFirst.add(time.Since(t0))
+		pr.rCkpt.add(rt.ckpt)
+		pr.rSync.add(rt.sync)
+		pr.rPause.add(rt.ckpt + rt.sync + rt.del)
+		pr.rCkptDel.add(rt.ckpt + rt.del)
+		pr.rImage = append(pr.rImage, rt.imageMiB)
+		pr.rRestore.add(rt.restore)
+		pr.rFirst.add(rt.first)
 		rbRestored = time.Now()
-		os.RemoveAll(img)
 
 		// baseline 2, the same sandbox: checkpoint, delete; restore; first command.
-		img = filepath.Join(b.raw.dir, fmt.Sprintf("img-%s-%d", ra.ID, i))
-		syscall.Sync()
-		dc, err = timed(func() error { return ra.checkpoint(ctx, img) })
+		at, err := b.rawCycle(ctx, ra, aliveA, i, false)
 		if err != nil {
-			return err
+			return fmt.Errorf("raw, same sandbox: %w", err)
 		}
-		dd, err = timed(func() error { return ra.deleteStopped(ctx) })
-		if err != nil {
-			return err
-		}
-		pr.aCkptDel.add(dc + dd)
-		pr.aImage = append(pr.aImage, float64(dirSize(img))/mib)
-		if err := ra.readdress(ctx); err != nil {
-			return err
-		}
-		t0 = time.Now()
-		if err := ra.restore(ctx, img); err != nil {
-			return err
-		}
-		pr.aRestore.add(time.Since(t0))
-		if err := aliveA(); err != nil {
-			return fmt.Errorf("raw, same sandbox, after restore: %w", err)
-		}
-		pr.aFirst.add(time.Since(t0))
+		pr.aCkptDel.add(at.ckpt + at.del)
+		pr.aImage = append(pr.aImage, at.imageMiB)
+		pr.aRestore.add(at.restore)
+		pr.aFirst.add(at.first)
 		raRestored = time.Now()
-		os.RemoveAll(img)
 	}
 
 	// A data-plane call on a paused sandbox resumes it transparently.
@@ -953,6 +915,48 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 		return fmt.Errorf("raw after freeze/thaw: %w", err)
 	}
 	return nil
+}
+
+// rawCycleTimes is one cold pause/resume of a baseline container.
+type rawCycleTimes struct {
+	ckpt, sync, del, restore, first time.Duration
+	imageMiB                        float64
+}
+
+// rawCycle checkpoints baseline container rb to a fresh image (fsynced if
+// fsync), deletes it, restores it and runs alive, timing each step as the
+// stasis side is timed. Host dirty pages are written back first (untimed).
+func (b *bench) rawCycle(ctx context.Context, rb *rawBox, alive func() error, i int, fsync bool) (rawCycleTimes, error) {
+	var t rawCycleTimes
+	img := filepath.Join(b.raw.dir, fmt.Sprintf("img-%s-%d", rb.ID, i))
+	defer os.RemoveAll(img)
+	syscall.Sync()
+	var err error
+	if t.ckpt, err = timed(func() error { return rb.checkpoint(ctx, img) }); err != nil {
+		return t, err
+	}
+	if fsync {
+		if t.sync, err = timed(func() error { return syncTree(img) }); err != nil {
+			return t, err
+		}
+	}
+	if t.del, err = timed(func() error { return rb.deleteStopped(ctx) }); err != nil {
+		return t, err
+	}
+	t.imageMiB = float64(dirSize(img)) / mib
+	if err := rb.readdress(ctx); err != nil {
+		return t, err
+	}
+	t0 := time.Now()
+	if err := rb.restore(ctx, img); err != nil {
+		return t, err
+	}
+	t.restore = time.Since(t0)
+	if err := alive(); err != nil {
+		return t, fmt.Errorf("after restore: %w", err)
+	}
+	t.first = time.Since(t0)
+	return t, nil
 }
 
 // warmRep is one warm-tier sample: stasis pause/resume on the warm server,

@@ -47,16 +47,7 @@ func startAgent(t testing.TB, cfg agent.Config) (*agentclient.Client, string) {
 	if cfg.Env == nil {
 		cfg.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "AGENT_VAR=from-agent"}
 	}
-	srv, err := agent.New(cfg, reaper, log.New(testWriter{t}, "agent: ", 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
+	srv, addr, done := serveAgent(t, cfg)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -65,9 +56,26 @@ func startAgent(t testing.TB, cfg agent.Config) (*agentclient.Client, string) {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	c := agentclient.New(ln.Addr().String(), cfg.Token)
+	c := agentclient.New(addr, cfg.Token)
 	t.Cleanup(c.CloseIdleConnections)
-	return c, ln.Addr().String()
+	return c, addr
+}
+
+// serveAgent starts a real agent server with cfg on a random loopback port;
+// done yields Serve's result once the server is shut down.
+func serveAgent(t testing.TB, cfg agent.Config) (srv *agent.Server, addr string, done <-chan error) {
+	t.Helper()
+	srv, err := agent.New(cfg, reaper, log.New(testWriter{t}, "agent: ", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	return srv, ln.Addr().String(), served
 }
 
 type testWriter struct{ t testing.TB }

@@ -3,8 +3,6 @@ package agent_test
 import (
 	"bytes"
 	"context"
-	"log"
-	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -209,17 +207,8 @@ func TestQuiesceDropsSpareUntilNextCommand(t *testing.T) {
 
 // Shutdown kills the spare shell: the agent leaves no process behind.
 func TestSpareShellEndsWithServer(t *testing.T) {
-	srv, err := agent.New(agent.Config{Token: testToken}, reaper, log.New(testWriter{t}, "agent: ", 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	c := agentclient.New(ln.Addr().String(), testToken)
+	srv, addr, done := serveAgent(t, agent.Config{Token: testToken})
+	c := agentclient.New(addr, testToken)
 	defer c.CloseIdleConnections()
 	run(t, c, agentclient.ExecRequest{Command: "true"})
 	spare := waitSpare(t)

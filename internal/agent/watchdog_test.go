@@ -3,8 +3,6 @@ package agent_test
 import (
 	"context"
 	"fmt"
-	"log"
-	"net"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -88,16 +86,7 @@ func startWatched(t *testing.T, cfg agent.Config, wcfg agent.WatchdogConfig) *ag
 	t.Helper()
 	cfg.Token = testToken
 	cfg.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
-	srv, err := agent.New(cfg, reaper, log.New(testWriter{t}, "agent: ", 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
+	srv, addr, done := serveAgent(t, cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	stopped := make(chan struct{})
 	go func() {
@@ -114,7 +103,7 @@ func startWatched(t *testing.T, cfg agent.Config, wcfg agent.WatchdogConfig) *ag
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	c := agentclient.New(ln.Addr().String(), testToken)
+	c := agentclient.New(addr, testToken)
 	t.Cleanup(c.CloseIdleConnections)
 	return c
 }

@@ -15,12 +15,12 @@ import (
 	"github.com/stasis-sandbox/stasis/internal/runtime"
 )
 
-// The sandbox's control socket speaks gVisor's urpc: one JSON call (file
-// descriptors, where a call takes some, ride along with it), answered by one
-// JSON result on a stream socket. Freeze and thaw go straight to it: through the runsc
-// binary each costs a process start and runsc's own bookkeeping, 10-15 ms,
-// which was a fifth of a small sandbox's pause and most of a thaw. What
-// runsc would record of a freeze, the driver records itself (frozenMarker).
+// The sandbox's control socket speaks gVisor's urpc: one JSON call answered
+// by one JSON result on a stream socket. Freeze and thaw go straight to it:
+// through the runsc binary each costs a process start and runsc's own
+// bookkeeping, 10-15 ms, which was a fifth of a small sandbox's pause and
+// most of a thaw. What runsc would record of a freeze, the driver records
+// itself (frozenMarker).
 //
 // Checkpoints stay with the runsc binary. Sent over the socket right after
 // the freeze, a 200 MB checkpoint now and then took 0.6-1 s instead of 0.15

@@ -365,9 +365,8 @@ func (d *Driver) Checkpoint(ctx context.Context, id, dir string) (err error) {
 	// Without a bundle (state dir lost) the checkpoint still works; it just
 	// cannot vouch for the agent binary at restore.
 	agent, agentErr := d.bundleAgent(id)
-	direct := d.largeMemory(id) && directIO(filepath.Dir(dir))
 	args := []string{"checkpoint", "--leave-running"}
-	if direct {
+	if d.largeMemory(id) && directIO(filepath.Dir(dir)) {
 		args = append(args, "--direct")
 	}
 	if _, err := d.run(ctx, id, append(args, "--image-path="+dir, id)...); err != nil {
