@@ -1060,7 +1060,7 @@ func (b *bench) pairPauseRows(size int) {
 		Stasis: summarize("MiB", pr.sImage), StasisOp: "usage.snapshot_bytes",
 		Raw: summarize("MiB", pr.rImage), RawOp: "size of --image-path dir"})
 	b.add(Row{Group: "pause", Name: "resume (restore from disk), " + label,
-		Stasis: pr.sResume.stat(), StasisOp: "POST /sandboxes/{id}/resume until 200 (agent answering), once on disk only",
+		Stasis: pr.sResume.stat(), StasisOp: "POST /sandboxes/{id}/resume until 200 (agent accepting connections), once on disk only",
 		Raw: pr.rRestore.stat(), RawOp: "runsc restore --detach"})
 	b.add(Row{Group: "pause", Name: "resume → first command OK, " + label,
 		Stasis: pr.sFirst.stat(), StasisOp: "resume + POST /exec",
@@ -1076,7 +1076,7 @@ func (b *bench) pairPauseRows(size int) {
 		Stasis: summarize("MiB", pr.sImage), StasisOp: "usage.snapshot_bytes",
 		Raw: summarize("MiB", pr.aImage), RawOp: "size of --image-path dir"})
 	b.add(Row{Group: "pause", Name: "resume (restore from disk), against runsc on the same sandbox, " + label,
-		Stasis: pr.sResume.stat(), StasisOp: "POST /sandboxes/{id}/resume until 200 (agent answering), once on disk only",
+		Stasis: pr.sResume.stat(), StasisOp: "POST /sandboxes/{id}/resume until 200 (agent accepting connections), once on disk only",
 		Raw: pr.aRestore.stat(), RawOp: "runsc restore --detach of " + sameOp})
 	b.add(Row{Group: "pause", Name: "resume → first command OK, against runsc on the same sandbox, " + label,
 		Stasis: pr.sFirst.stat(), StasisOp: "resume + POST /exec",

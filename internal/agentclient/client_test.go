@@ -263,6 +263,31 @@ func TestWaitReady(t *testing.T) {
 	}
 }
 
+func TestWaitListening(t *testing.T) {
+	// A listener that never answers HTTP is enough: WaitListening only
+	// needs the agent's socket to accept.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if err := agentclient.New(ln.Addr().String(), token).WaitListening(testCtx(t)); err != nil {
+		t.Fatalf("WaitListening on a listening socket: %v", err)
+	}
+
+	// Nothing listening: it keeps trying until the context ends, and says
+	// what the last attempt saw.
+	ln2, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := ln2.Addr().String()
+	ln2.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	err = agentclient.New(dead, token).WaitListening(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("WaitListening on dead address: %v", err)
+	}
+}
+
 func TestSetAddrAndToken(t *testing.T) {
 	dirA, dirB := t.TempDir(), t.TempDir()
 	c, _ := startAgent(t, agent.Config{DefaultWorkdir: dirA})

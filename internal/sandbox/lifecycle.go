@@ -117,9 +117,22 @@ func (s *Service) image(ctx context.Context, name string) (*images.Image, error)
 }
 
 func (s *Service) waitReady(ctx context.Context, c *agentclient.Client) error {
+	return s.awaitAgent(ctx, c.WaitReady)
+}
+
+// waitListening is waitReady for a sandbox restored from its own snapshot:
+// its agent was ready when it was checkpointed, so its listening socket
+// being back is enough (see agentclient.WaitListening). Resume then need not
+// wait for the restored agent's first run, 7-15 ms at 10 MB; the first
+// request does.
+func (s *Service) waitListening(ctx context.Context, c *agentclient.Client) error {
+	return s.awaitAgent(ctx, c.WaitListening)
+}
+
+func (s *Service) awaitAgent(ctx context.Context, wait func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ReadyTimeout)
 	defer cancel()
-	if err := c.WaitReady(ctx); err != nil {
+	if err := wait(ctx); err != nil {
 		return fmt.Errorf("agent did not become ready: %w", err)
 	}
 	return nil
@@ -386,7 +399,8 @@ func (s *Service) resumeLocked(ctx context.Context, b *box, sb *store.Sandbox, r
 	return nil
 }
 
-// bringBack makes a paused sandbox run again and waits for its agent.
+// bringBack makes a paused sandbox run again and waits for its agent: to
+// answer after a thaw, to accept connections after a restore.
 func (s *Service) bringBack(ctx context.Context, b *box, sb *store.Sandbox) (string, error) {
 	if !b.warmUntil.IsZero() {
 		b.setWarm(time.Time{})
@@ -407,7 +421,7 @@ func (s *Service) bringBack(ctx context.Context, b *box, sb *store.Sandbox) (str
 		return "", err
 	}
 	b.agent = agentclient.New(inst.AgentAddr(), s.agentToken(sb.ID))
-	return "disk", s.waitReady(ctx, b.agent)
+	return "disk", s.waitListening(ctx, b.agent)
 }
 
 // restoreVerified restores sb from its snapshot while checking the
