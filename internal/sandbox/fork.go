@@ -96,8 +96,10 @@ func (s *Service) createFrom(ctx context.Context, sb *store.Sandbox, o origin) (
 		// The restored agent still holds the origin's secret: hand it ours.
 		// (The kernel hostname stays the origin's: gVisor refuses
 		// sethostname without CAP_SYS_ADMIN, which sandboxes don't get.)
+		// Its agent answered when the snapshot was taken, so waiting for
+		// its socket is enough before the rotation, its first request.
 		c := agentclient.New(inst.AgentAddr(), o.agentToken)
-		if err = s.waitReady(ctx, c); err == nil {
+		if err = s.waitListening(ctx, c); err == nil {
 			err = c.RotateToken(ctx, s.agentToken(sb.ID))
 		}
 		b.agent = c
