@@ -385,3 +385,18 @@ func BenchmarkHealth(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkExecOutput1MB measures an exec whose command prints 1 MiB: the
+// output's trip through the pipe, the agent's frames and the client.
+func BenchmarkExecOutput1MB(b *testing.B) {
+	c, _ := startAgent(b, agent.Config{})
+	ctx := context.Background()
+	var out bytes.Buffer
+	for b.Loop() {
+		out.Reset()
+		st, err := c.Run(ctx, agentclient.ExecRequest{Command: "head -c 1048576 /dev/zero"}, &out, nil)
+		if err != nil || st.ExitCode != 0 || out.Len() != 1<<20 {
+			b.Fatalf("%+v %v: %d bytes", st, err, out.Len())
+		}
+	}
+}
