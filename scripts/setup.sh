@@ -23,6 +23,30 @@ IMAGES_DIR="${IMAGES_DIR:-$ROOT/.cache/images}"
 step() { printf '==> %s\n' "$*"; }
 die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
 
+# with_heartbeat LABEL CMD...: runs CMD, printing "LABEL: still running,
+# 2m30s elapsed" every 30 s so that a long, quiet build does not look hung.
+with_heartbeat() {
+	local label="$1" start rc=0 hb
+	shift
+	start=$(date +%s)
+	(
+		nap=""
+		trap '[ -z "$nap" ] || kill "$nap" 2>/dev/null; exit 0' TERM
+		while :; do
+			sleep 30 &
+			nap=$!
+			wait "$nap"
+			e=$(($(date +%s) - start))
+			printf '    %s: still running, %dm%02ds elapsed\n' "$label" $((e / 60)) $((e % 60))
+		done
+	) &
+	hb=$!
+	"$@" || rc=$?
+	kill "$hb" 2>/dev/null || true
+	wait "$hb" 2>/dev/null || true
+	return "$rc"
+}
+
 # runsc_is_pinned BINARY: does it run and report the pinned version? The output
 # is captured first: piping into `grep -q` lets grep exit at the first line, and
 # runsc's second write then dies of SIGPIPE, which pipefail reports as failure.
@@ -69,11 +93,12 @@ if [ "$RUNSC" != "$DEFAULT_RUNSC" ]; then
 elif [ -x "$RUNSC" ] && runsc_is_pinned "$RUNSC"; then
 	step "runsc $RUNSC_VERSION: already built, skipping"
 else
-	step "runsc $RUNSC_VERSION: building $RUNSC_MODULE (static; takes ~5 minutes cold)"
+	step "runsc $RUNSC_VERSION: building $RUNSC_MODULE (static; a cold build takes about 10-12 minutes on 2 cores)"
 	start=$SECONDS
 	mkdir -p "$(dirname "$DEFAULT_RUNSC")"
 	# Static on purpose: a cgo build cannot re-exec itself for its umounter.
 	GOFLAGS= CGO_ENABLED=0 GOBIN="$(dirname "$DEFAULT_RUNSC")" \
+		with_heartbeat "runsc build" \
 		go install -ldflags "-X gvisor.dev/gvisor/runsc/version.version=$RUNSC_VERSION" "$RUNSC_MODULE"
 	runsc_is_pinned "$RUNSC" ||
 		die "built runsc does not report version $RUNSC_VERSION"

@@ -29,12 +29,23 @@ func buildBase(ctx context.Context, rootfs string, progress io.Writer) (config, 
 		return config{}, fmt.Errorf("debootstrap not found (install it with `apt-get install debootstrap`, or run `make setup`): %w", err)
 	}
 	mirror := debianMirror()
-	fmt.Fprintf(progress, "debootstrap %s from %s (takes a minute or more)\n", debianSuite, mirror)
+	// debootstrap prints ~600 lines, one per package and step: they go to a
+	// log file next to the image (it outlives a failed build), and progress
+	// gets one line per stage. rootfs is DIR/.tmp-stasis-base-*/rootfs.
+	logPath := filepath.Join(filepath.Dir(filepath.Dir(rootfs)), "stasis-base-debootstrap.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return config{}, fmt.Errorf("debootstrap log: %w", err)
+	}
+	defer logFile.Close()
+	fmt.Fprintf(progress, "debootstrap %s from %s (takes a minute or more; full log: %s)\n", debianSuite, mirror, logPath)
 
 	cmd := exec.CommandContext(ctx, debootstrap,
 		"--variant=minbase", "--include="+basePackages, debianSuite, rootfs, mirror)
 	cmd.Env = buildEnv()
-	out := &tailWriter{w: progress, max: 30}
+	stages := &stageWriter{w: progress, start: time.Now()}
+	tail := &tailWriter{w: stages, max: 30}
+	out := io.MultiWriter(logFile, tail)
 	cmd.Stdout, cmd.Stderr = out, out // the same writer: one copying goroutine
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		// A private mount namespace: the /proc and /sys that debootstrap
@@ -46,17 +57,18 @@ func buildBase(ctx context.Context, rootfs string, progress io.Writer) (config, 
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 10 * time.Second
 	err = cmd.Run()
-	out.flush()
+	tail.flush()
 	if err != nil {
 		if ctx.Err() != nil {
 			return config{}, ctx.Err()
 		}
-		msg := out.tail()
+		msg := tail.tail()
 		if log, rerr := os.ReadFile(filepath.Join(rootfs, "debootstrap/debootstrap.log")); rerr == nil {
 			msg = lastLines(string(log), 15)
 		}
-		return config{}, fmt.Errorf("debootstrap failed: %w\n%s", err, msg)
+		return config{}, fmt.Errorf("debootstrap failed: %w (full log: %s); its last lines:\n%s", err, logPath, msg)
 	}
+	stages.done()
 
 	fmt.Fprintf(progress, "adding user account \"user\" (uid 1000)\n")
 	if err := chrootRun(ctx, rootfs, "/usr/sbin/useradd",
@@ -263,6 +275,56 @@ func parseSourcesList(text string) string {
 
 func isHTTP(uri string) bool {
 	return strings.HasPrefix(uri, "http://") || strings.HasPrefix(uri, "https://")
+}
+
+// debootstrapStages folds the verbs of debootstrap's "I: " lines into the
+// stages a user cares about. Verbs not listed count toward the current
+// stage.
+var debootstrapStages = map[string]string{
+	"Retrieving": "downloading packages", "Validating": "downloading packages",
+	"Checking": "downloading packages", "Resolving": "downloading packages", "Found": "downloading packages",
+	"Chosen": "extracting packages", "Extracting": "extracting packages",
+	"Installing": "installing packages", "Unpacking": "installing packages", "Configuring": "installing packages",
+}
+
+// stageWriter turns debootstrap's output, given a line per Write, into a
+// line per stage, a heartbeat while a stage lasts, and warnings and errors
+// as they are.
+type stageWriter struct {
+	w         io.Writer
+	start     time.Time
+	stage     string
+	n         int // lines in this stage
+	lastShown time.Time
+}
+
+// stageHeartbeat is how often a long stage says it is still going.
+const stageHeartbeat = 30 * time.Second
+
+func (s *stageWriter) Write(b []byte) (int, error) {
+	line := strings.TrimSpace(string(b))
+	msg, ok := strings.CutPrefix(line, "I: ")
+	if !ok { // W:, E: and anything unexpected
+		fmt.Fprintln(s.w, line)
+		return len(b), nil
+	}
+	verb, _, _ := strings.Cut(msg, " ")
+	stage := debootstrapStages[verb]
+	now := time.Now()
+	switch {
+	case stage != "" && stage != s.stage:
+		s.stage, s.n, s.lastShown = stage, 0, now
+		fmt.Fprintf(s.w, "debootstrap: %s\n", stage)
+	case s.stage != "" && now.Sub(s.lastShown) >= stageHeartbeat:
+		s.lastShown = now
+		fmt.Fprintf(s.w, "debootstrap: %s (%d steps so far, %s elapsed)\n", s.stage, s.n, now.Sub(s.start).Round(time.Second))
+	}
+	s.n++
+	return len(b), nil
+}
+
+func (s *stageWriter) done() {
+	fmt.Fprintf(s.w, "debootstrap: done in %s\n", time.Since(s.start).Round(time.Second))
 }
 
 // tailWriter is a prefixWriter's sibling for command output: it passes

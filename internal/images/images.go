@@ -8,6 +8,7 @@
 //	DIR/stasis-minimal-r1/rootfs/      the root filesystem
 //	DIR/.stasis-minimal.lock           flock held while building
 //	DIR/.tmp-stasis-minimal-*          a build in progress (or a crashed one)
+//	DIR/stasis-base-debootstrap.log    the last stasis/base build's debootstrap output
 //
 // A build happens in a temporary directory next to its final location and is
 // renamed into place only once complete, so a crashed build is never used; its

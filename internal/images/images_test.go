@@ -443,3 +443,53 @@ func TestBase(t *testing.T) {
 		t.Errorf("%d .deb files left in the apt cache", len(debs))
 	}
 }
+
+// TestBaseFoldsDebootstrapOutput runs the stasis/base recipe with a stand-in
+// debootstrap (the real one needs a Debian mirror) that prints what the real
+// one prints, ~600 lines, and fails: progress shows a few stage lines, the
+// whole output is in the log file, and the error names the file and shows
+// the tail.
+func TestBaseFoldsDebootstrapOutput(t *testing.T) {
+	bin := t.TempDir()
+	script := `#!/bin/sh
+echo "I: Retrieving InRelease"
+echo "I: Checking Release signature"
+echo "I: Retrieving Packages"
+echo "I: Resolving dependencies of required packages..."
+i=0; while [ $i -lt 150 ]; do echo "I: Retrieving pkg$i 1.0"; echo "I: Validating pkg$i 1.0"; i=$((i+1)); done
+echo "W: a warning the user should see"
+i=0; while [ $i -lt 100 ]; do echo "I: Extracting pkg$i..."; i=$((i+1)); done
+echo "I: Installing core packages..."
+i=0; while [ $i -lt 100 ]; do echo "I: Unpacking pkg$i..."; echo "I: Configuring pkg$i..."; i=$((i+1)); done
+echo "E: last-line-of-the-failure" >&2
+exit 1
+`
+	if err := os.WriteFile(filepath.Join(bin, "debootstrap"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+	dir := t.TempDir()
+	var progress syncBuffer
+	_, err := NewManager(dir).Ensure(context.Background(), "stasis/base", &progress)
+	logPath := filepath.Join(dir, "stasis-base-debootstrap.log")
+	if err == nil || !strings.Contains(err.Error(), "full log: "+logPath) || !strings.Contains(err.Error(), "E: last-line-of-the-failure") {
+		t.Fatalf("error %v", err)
+	}
+	out := progress.String()
+	for _, want := range []string{"full log: " + logPath, "debootstrap: downloading packages\n", "W: a warning the user should see\n",
+		"debootstrap: extracting packages\n", "debootstrap: installing packages\n", "E: last-line-of-the-failure\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("progress lacks %q:\n%s", want, out)
+		}
+	}
+	if n := strings.Count(out, "\n"); n > 12 {
+		t.Errorf("progress has %d lines, want a few:\n%s", n, out)
+	}
+	log, rerr := os.ReadFile(logPath)
+	if rerr != nil {
+		t.Fatal(rerr)
+	}
+	if n := strings.Count(string(log), "\n"); n != 4+300+1+100+1+200+1 || !strings.Contains(string(log), "I: Validating pkg149 1.0\n") {
+		t.Errorf("log has %d lines:\n%.300s", n, log)
+	}
+}
