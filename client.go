@@ -462,7 +462,8 @@ type CreateOptions struct {
 	// Snapshot boots from a saved snapshot's id (see Sandbox.SaveSnapshot)
 	// instead of a template.
 	Snapshot string
-	// Timeout pauses the sandbox automatically after this much inactivity
+	// Timeout pauses the sandbox automatically after this much active time,
+	// counted from creation and again from every resume, busy or not
 	// (rounded up to whole seconds). Zero uses the server's default.
 	Timeout time.Duration
 	// AutoDelete deletes the sandbox this long after it was paused (rounded
@@ -579,9 +580,10 @@ func (c *Client) KillByID(ctx context.Context, id string) error {
 type UpdateOptions struct {
 	// Metadata replaces the sandbox's metadata when non-nil.
 	Metadata map[string]string
-	// Timeout sets the inactivity timeout (rounded up to whole seconds).
+	// Timeout sets the timeout: the active time after which the sandbox is
+	// paused (rounded up to whole seconds).
 	Timeout time.Duration
-	// ClearTimeout removes the inactivity timeout.
+	// ClearTimeout removes the timeout.
 	ClearTimeout bool
 	// AutoDelete sets the delete-after-pause window; on a paused sandbox
 	// it counts from now.

@@ -57,7 +57,7 @@ func ExampleClient_Create() {
 	sb, err := client.Create(ctx, stasis.CreateOptions{
 		Name:       "data-job",
 		Template:   "stasis/minimal",
-		Timeout:    10 * time.Minute, // pause after 10 minutes of inactivity
+		Timeout:    10 * time.Minute, // pause after 10 minutes of active time
 		AutoDelete: 24 * time.Hour,   // delete a day after pausing
 		Metadata:   map[string]string{"team": "research"},
 		EnvVars:    map[string]string{"MODE": "batch"},

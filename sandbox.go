@@ -34,8 +34,8 @@ type SandboxInfo struct {
 	VCPUCount int
 	MemoryMiB int
 	CreatedAt time.Time
-	// Timeout is the inactivity timeout after which the sandbox is paused;
-	// zero when none is set.
+	// Timeout is the active time after which the sandbox is paused
+	// (counted again from every resume); zero when none is set.
 	Timeout time.Duration
 	// AutoDelete is how long after pausing the sandbox is deleted; zero
 	// when none is set.

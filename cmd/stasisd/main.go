@@ -4,6 +4,8 @@
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
 	"os"
 )
@@ -40,7 +42,10 @@ func main() {
 		fmt.Fprintf(os.Stderr, "stasisd: unknown command %q\n\n%s", os.Args[1], usage)
 		os.Exit(2)
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		// -h/--help: the flag set has printed the help; asking is no error.
+	case err != nil:
 		fmt.Fprintln(os.Stderr, "stasisd:", err)
 		os.Exit(1)
 	}

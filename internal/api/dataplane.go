@@ -201,7 +201,7 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request, t *sandbox.T
 			msg := "lost connection to the sandbox: " + err.Error()
 			select {
 			case <-stopped:
-				msg = "the sandbox was paused or deleted while the command ran"
+				msg = t.EndReason() + " while the command ran"
 			default:
 			}
 			send(map[string]any{"finished": true, "exit_code": -1, "error": msg})

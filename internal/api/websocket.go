@@ -160,7 +160,7 @@ func (s *Server) execConnect(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			select {
 			case <-stopped:
-				finish(-1, "the sandbox was paused or deleted; this session ended (its background processes keep their state)")
+				finish(-1, t.EndReason()+"; this session ended")
 			default:
 				if !errors.Is(ctx.Err(), context.Canceled) {
 					finish(-1, "lost connection to the sandbox: "+err.Error())

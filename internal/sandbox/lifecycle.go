@@ -170,6 +170,12 @@ func (s *Service) Pause(ctx context.Context, teamID, id string) (*store.Sandbox,
 // disk, and a resume meanwhile (or within WarmWindow) is a thaw.
 func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) error {
 	start := time.Now()
+	why := "the sandbox was paused"
+	if sb.PauseAt != nil && !sb.PauseAt.After(start) && sb.TimeoutSeconds != nil {
+		// Due: this is the timeout's pause (see fireTimer).
+		why = fmt.Sprintf("the sandbox reached its timeout (%s of active time) and was paused",
+			time.Duration(*sb.TimeoutSeconds)*time.Second)
+	}
 	if err := s.setStatus(ctx, sb, store.StatusPausing, ""); err != nil {
 		return err
 	}
@@ -195,7 +201,7 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 		return err
 	}
 	failpoint.Hit("pause.after-record")
-	b.endSessions()
+	b.endSessions(why)
 	if old != "" && old != dir {
 		os.RemoveAll(old)
 	}
@@ -481,7 +487,7 @@ func (s *Service) deleteLocked(ctx context.Context, b *box, id string) error {
 		return err
 	}
 	failpoint.Hit("delete.after-record")
-	b.endSessions()
+	b.endSessions("the sandbox was deleted")
 	b.agent, b.sealing = nil, nil
 	b.setWarm(time.Time{})
 	if err := s.cfg.Driver.Destroy(ctx, id); err != nil {
@@ -539,6 +545,10 @@ type Target struct {
 	// Done is closed when the sandbox is paused or deleted; long-running
 	// sessions end then rather than hang on a dead connection.
 	Done <-chan struct{}
+	// EndReason says, once Done is closed, what ended the sandbox's run
+	// (e.g. "the sandbox reached its timeout (10m0s of active time) and
+	// was paused").
+	EndReason func() string
 }
 
 // Agent authenticates a data-plane token and returns the sandbox's agent,
@@ -583,7 +593,8 @@ func (s *Service) Agent(ctx context.Context, id, token string) (*Target, error) 
 	if b.agent == nil {
 		return nil, newErr(ErrUnavailable, "unavailable", "sandbox %s is not reachable; retry shortly", id)
 	}
-	return &Target{Agent: b.agent, Defaults: sb.Defaults, Done: b.sessionsDone()}, nil
+	end := b.sessionsDone()
+	return &Target{Agent: b.agent, Defaults: sb.Defaults, Done: end.done, EndReason: end.reason}, nil
 }
 
 // PauseAll pauses every active sandbox (used at shutdown when asked to).

@@ -80,22 +80,34 @@ type box struct {
 	warmUntil time.Time           // paused but still frozen in RAM until then (zero: not warm); set with setWarm
 	inRAM     atomic.Bool         // !warmUntil.IsZero(), readable without mu
 	sealing   *sealing            // the paused sandbox's checkpoint being sealed, if any
-	sessions  chan struct{}       // closed when the sandbox stops: streaming sessions end
+	sessions  *runEnd             // ends when the sandbox stops: streaming sessions end
 }
 
-// sessionsDone is closed when the sandbox's current run ends (pause, delete).
-func (b *box) sessionsDone() <-chan struct{} {
+// runEnd is the end of a sandbox's current run (pause, delete), which its
+// streaming sessions wait for.
+type runEnd struct {
+	done chan struct{}
+	why  string // what ended the run; written before done is closed
+}
+
+// reason says what ended the run, once done is closed.
+func (e *runEnd) reason() string { return e.why }
+
+// sessionsDone returns the end of the sandbox's current run.
+func (b *box) sessionsDone() *runEnd {
 	if b.sessions == nil {
-		b.sessions = make(chan struct{})
+		b.sessions = &runEnd{done: make(chan struct{})}
 	}
 	return b.sessions
 }
 
-// endSessions tells every streaming session of the current run to finish:
-// their connections to a paused or deleted sandbox would otherwise hang.
-func (b *box) endSessions() {
+// endSessions tells every streaming session of the current run to finish,
+// and why (a sentence such as "the sandbox was paused"): their connections
+// to a paused or deleted sandbox would otherwise hang.
+func (b *box) endSessions(why string) {
 	if b.sessions != nil {
-		close(b.sessions)
+		b.sessions.why = why
+		close(b.sessions.done)
 		b.sessions = nil
 	}
 }

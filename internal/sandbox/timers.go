@@ -156,7 +156,7 @@ func (s *Service) markDead(ctx context.Context) {
 		if err == nil && cur.Status == store.StatusActive && !s.runtimeHas(ctx, sb.ID) {
 			s.log.Error("sandbox died underneath stasis", "sandbox", sb.ID)
 			s.metrics.Fail("sandbox", "died")
-			b.endSessions()
+			b.endSessions("the sandbox stopped unexpectedly")
 			b.agent = nil
 			s.cfg.Driver.Destroy(ctx, sb.ID)
 			s.setStatus(ctx, cur, store.StatusFailed,
