@@ -27,6 +27,8 @@ func (a *app) cpCmd() *command {
 			"One side is ID:/absolute/path, the other a local path (write ./a:b for a local name with a colon):\n" +
 			"  stasis cp ./dir ID:/home/user/dir     upload a tree\n" +
 			"  stasis cp ID:/path/file ./local       download a file\n" +
+			"  stasis cp ID:/path/file -             write a file to standard output (a directory: its zip archive)\n" +
+			"  stasis cp - ID:/path/file             write standard input to a file\n" +
 			"Like cp -r: copying into an existing directory puts SRC inside it.",
 		minArgs: 2, maxArgs: 2,
 		flags: func(fs *flag.FlagSet) func(context.Context, []string) int {
@@ -48,16 +50,21 @@ func (a *app) cpCmd() *command {
 						return 2
 					}
 				}
-				c, err := a.client()
-				if err != nil {
-					return a.fail(err, "")
+				stdio := src.path == "-" || dst.path == "-"
+				if stdio && *jsonOut {
+					fmt.Fprintln(a.stderr, "stasis: cp: --json does not go with - (standard input or output)")
+					return 2
 				}
-				id := src.id + dst.id
+				c, id, status := a.resolveOne(ctx, src.id+dst.id)
+				if status != 0 {
+					return status
+				}
 				sb, err := c.Connect(ctx, id)
 				if err != nil {
 					return a.fail(err, id)
 				}
-				p := newProgress(a.stderr, *progress || a.isTerminal(a.stderr))
+				// A meter would garble data going to the terminal.
+				p := newProgress(a.stderr, *progress || (a.isTerminal(a.stderr) && !stdio))
 				var sum *cpSummary
 				if src.remote() {
 					sum, err = a.download(ctx, sb, src.path, dst.path, p)
@@ -113,6 +120,9 @@ type localFile struct {
 }
 
 func (a *app) upload(ctx context.Context, sb *stasis.Sandbox, src, dst string, p *progress) (*cpSummary, error) {
+	if src == "-" {
+		return a.uploadStdin(ctx, sb, dst, p)
+	}
 	st, err := os.Stat(src)
 	if err != nil {
 		return nil, err
@@ -246,6 +256,26 @@ feed:
 	return sum, nil
 }
 
+// uploadStdin writes standard input to the file dst in the sandbox.
+func (a *app) uploadStdin(ctx context.Context, sb *stasis.Sandbox, dst string, p *progress) (*cpSummary, error) {
+	isDir := strings.HasSuffix(dst, "/")
+	dst = path.Clean(dst)
+	if fi, err := sb.Files.Stat(ctx, dst); err == nil && fi.IsDir {
+		isDir = true
+	}
+	if isDir {
+		return nil, fmt.Errorf("cp: %s:%s is a directory; standard input needs a file name, e.g. %s:%s", sb.ID, dst, sb.ID, path.Join(dst, "stdin"))
+	}
+	p.files = 1
+	p.start("↑")
+	// Seekable when stdin is a redirected file, so a retried upload can rewind.
+	if err := sb.Files.WriteFrom(ctx, dst, &countingReadSeeker{f: a.stdin, p: p}); err != nil {
+		return nil, fmt.Errorf("uploading standard input to %s: %w", dst, err)
+	}
+	p.fileDone()
+	return &cpSummary{Direction: "upload", Source: "-", Target: sb.ID + ":" + dst, Files: 1, Bytes: p.done.Load()}, nil
+}
+
 func uploadFile(ctx context.Context, sb *stasis.Sandbox, f localFile, target string, p *progress) error {
 	fh, err := os.Open(f.path)
 	if err != nil {
@@ -337,6 +367,17 @@ func (a *app) download(ctx context.Context, sb *stasis.Sandbox, src, dst string,
 			isDir = true
 		}
 	}
+	if isDir && dst == "-" {
+		if a.isTerminal(a.stdout) {
+			return nil, fmt.Errorf("cp: %s:%s is a directory: its zip archive is not written to a terminal (redirect standard output, or give a local directory)", sb.ID, src)
+		}
+		p.start("↓")
+		n, err := sb.Files.DownloadDirTo(ctx, src, &countingWriter{w: a.stdout, p: p})
+		if err != nil {
+			return nil, err
+		}
+		return &cpSummary{Direction: "download", Source: sb.ID + ":" + src, Target: "-", Bytes: n}, nil
+	}
 	if isDir {
 		return a.downloadDir(ctx, sb, src, dst, p)
 	}
@@ -349,6 +390,19 @@ func (a *app) download(ctx context.Context, sb *stasis.Sandbox, src, dst string,
 		}
 	}
 	defer body.Close()
+	if size >= 0 {
+		p.total = size
+	}
+	p.files = 1
+	if dst == "-" {
+		p.start("↓")
+		n, err := io.Copy(a.stdout, &countingReader{r: body, p: p})
+		if err != nil {
+			return nil, fmt.Errorf("cp: %s:%s to standard output: %w", sb.ID, src, err)
+		}
+		p.fileDone()
+		return &cpSummary{Direction: "download", Source: sb.ID + ":" + src, Target: "-", Files: 1, Bytes: n}, nil
+	}
 	target := dst
 	if st, err := os.Stat(dst); (err == nil && st.IsDir()) || strings.HasSuffix(dst, string(os.PathSeparator)) {
 		target = filepath.Join(dst, path.Base(src))
@@ -356,10 +410,6 @@ func (a *app) download(ctx context.Context, sb *stasis.Sandbox, src, dst string,
 	if perm == 0 {
 		perm = 0o644
 	}
-	if size >= 0 {
-		p.total = size
-	}
-	p.files = 1
 	p.start("↓")
 	n, err := writeFileAtomic(target, &countingReader{r: body, p: p}, perm)
 	if err != nil {

@@ -186,11 +186,13 @@ func TestCLIHelpAndConfig(t *testing.T) {
 		t.Fatalf("help: %+v", r)
 	}
 	for _, cmd := range []string{"create", "ls", "info", "exec", "shell", "pause", "resume", "kill", "cp"} {
-		r := c.run(cmd, "-h")
-		if r.code != 0 || !strings.Contains(r.stderr, "Usage: stasis "+cmd) {
-			t.Errorf("%s -h: %+v", cmd, r)
+		for _, h := range []string{"-h", "--help"} {
+			r := c.run(cmd, h)
+			if r.code != 0 || !strings.HasPrefix(r.stdout, "Usage: stasis "+cmd) || r.stderr != "" {
+				t.Errorf("%s %s: %+v", cmd, h, r)
+			}
 		}
-		if r := c.run("help", cmd); r.code != 0 || !strings.Contains(r.stderr, "Usage: stasis "+cmd) {
+		if r := c.run("help", cmd); r.code != 0 || !strings.HasPrefix(r.stdout, "Usage: stasis "+cmd) {
 			t.Errorf("help %s: %+v", cmd, r)
 		}
 	}
@@ -262,6 +264,13 @@ func TestCLIE2E(t *testing.T) {
 		if out := c.ok("exec", id, "--", `echo "$GREETING"`); out != "hi there\n" {
 			t.Errorf("env from create: %q", out)
 		}
+		// A unique prefix of the id names the sandbox, as in docker.
+		if out := c.ok("info", id[:8], "--json"); !strings.Contains(out, `"id": "`+id+`"`) {
+			t.Errorf("info by prefix: %s", out)
+		}
+		if out := c.ok("exec", id[:8], "--", "echo by-prefix"); out != "by-prefix\n" {
+			t.Errorf("exec by prefix: %q", out)
+		}
 
 		table := c.ok("ls")
 		if !strings.HasPrefix(table, "ID ") || !strings.Contains(table, "STATUS") || !strings.Contains(table, id) || !strings.Contains(table, "cli-life") {
@@ -289,17 +298,28 @@ func TestCLIE2E(t *testing.T) {
 		}
 
 		// Several ids at once; a bad one fails the command but not the others.
-		r := c.run("pause", id, id2, "no-such-sandbox")
-		if r.code != 1 || strings.Count(r.stdout, "paused") != 2 || !strings.Contains(r.stderr, "sandbox no-such-sandbox not found") {
+		r := c.run("pause", id, id2[:8], "no-such-sandbox")
+		if r.code != 1 || strings.Count(r.stdout, "paused") != 2 || !strings.Contains(r.stdout, id2+" paused") ||
+			r.stderr != "stasis: sandbox no-such-sandbox not found\n" {
 			t.Errorf("pause several: %+v", r)
 		}
+		// The server's message names the sandbox; the CLI does not repeat it.
+		r = c.run("pause", id)
+		if r.code != 1 || r.stderr != "stasis: sandbox "+id+" is paused; only an active sandbox can be paused\n" {
+			t.Errorf("pause a paused sandbox: %+v", r)
+		}
 
-		// kill takes several ids, and an already-gone one is fine.
+		// kill takes several ids; an unknown or already deleted one is an
+		// error, not a success.
 		out := c.ok("kill", id, id2)
 		if !strings.Contains(out, id+" killed") || !strings.Contains(out, id2+" killed") {
 			t.Errorf("kill: %q", out)
 		}
-		c.ok("kill", id)
+		for _, gone := range []string{id, "nonexistent"} {
+			if r := c.run("kill", gone); r.code != 1 || r.stdout != "" || r.stderr != "stasis: sandbox "+gone+" not found\n" {
+				t.Errorf("kill %s: %+v", gone, r)
+			}
+		}
 		r = c.run("info", id)
 		if r.code != 1 || !strings.Contains(r.stderr, "sandbox "+id+" not found") {
 			t.Errorf("info after kill: %+v", r)
@@ -438,6 +458,98 @@ func TestCLIE2E(t *testing.T) {
 		// Without a terminal, shell refuses politely.
 		if r := c.run("shell", id); r.code != 2 || !strings.Contains(r.stderr, "terminal") {
 			t.Fatalf("shell without a terminal: %+v", r)
+		}
+	})
+
+	// A command cut off by the sandbox's timeout says so, on both exec
+	// paths: a session (stdin not a terminal) and /exec/stream (a terminal).
+	t.Run("Timeout", func(t *testing.T) {
+		t.Parallel()
+		id := c.create("cli-timeout", "--timeout", "5")
+		const want = "stasis: the sandbox reached its timeout (5s of active time) and was paused"
+		r := c.run("exec", id, "--", "sleep 600")
+		if r.code != 255 || !strings.HasPrefix(r.stderr, want) {
+			t.Errorf("piped: %+v", r)
+		}
+		// The exec resumes the paused sandbox, which re-arms the timeout.
+		ctx, cancel := context.WithTimeout(context.Background(), e2eTimeout)
+		defer cancel()
+		ptmx, tty, err := pty.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ptmx.Close()
+		defer tty.Close()
+		cmd := exec.CommandContext(ctx, c.bin, "exec", id, "--", "sleep 600")
+		cmd.Env = c.env
+		var errOut bytes.Buffer
+		cmd.Stdin, cmd.Stderr = tty, &errOut
+		var ee *exec.ExitError
+		if err := cmd.Run(); !errors.As(err, &ee) || ee.ExitCode() != 255 || !strings.HasPrefix(errOut.String(), want) {
+			t.Errorf("terminal: %v, stderr %q", err, errOut.String())
+		}
+	})
+
+	// shell ID -- COMMAND runs the command in a terminal, like docker exec -it.
+	t.Run("ShellCommand", func(t *testing.T) {
+		t.Parallel()
+		ctx, cancel := context.WithTimeout(context.Background(), e2eTimeout)
+		defer cancel()
+		id := c.create("cli-shellcmd")
+		ptmx, tty, err := pty.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ptmx.Close()
+		defer tty.Close()
+		cmd := exec.CommandContext(ctx, c.bin, "shell", id[:8], "--", "sh", "-c", "tty; echo $((6*7)); exit 5")
+		cmd.Env = c.env
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		out := newSyncBuffer()
+		go io.Copy(out, ptmx)
+		out.waitFor(t, ctx, "42")
+		var ee *exec.ExitError
+		if err := cmd.Wait(); !errors.As(err, &ee) || ee.ExitCode() != 5 {
+			t.Fatalf("exit: %v, output %q", err, out.String())
+		}
+		if !strings.Contains(out.String(), "/dev/pts/") {
+			t.Errorf("the command had no terminal: %q", out.String())
+		}
+		if r := c.run("shell", id, "--shell", "sh", "--", "true"); r.code != 2 || !strings.Contains(r.stderr, "not both") {
+			t.Errorf("--shell and a command: %+v", r)
+		}
+	})
+
+	// cp with - copies to standard output and from standard input.
+	t.Run("CpStdio", func(t *testing.T) {
+		t.Parallel()
+		id := c.create("cli-cpstdio")
+		data := make([]byte, 200<<10+7)
+		rand.Read(data)
+		if r := c.runIn(bytes.NewReader(data), "cp", "-", id[:8]+":/tmp/in.bin"); r.code != 0 || r.stdout != "" {
+			t.Fatalf("cp - ID:/file: %+v", r)
+		}
+		if out := c.ok("exec", id, "--", "wc -c < /tmp/in.bin"); strings.TrimSpace(out) != strconv.Itoa(len(data)) {
+			t.Errorf("uploaded %s bytes", out)
+		}
+		r := c.run("cp", id+":/tmp/in.bin", "-")
+		if r.code != 0 || r.stdout != string(data) {
+			t.Errorf("cp ID:/file -: exit %d, %d bytes, stderr %q", r.code, len(r.stdout), r.stderr)
+		}
+		if _, err := os.Stat("-"); err == nil {
+			os.Remove("-")
+			t.Error("cp wrote a file named -")
+		}
+		// A directory comes out as its zip archive.
+		if r := c.run("cp", id+":/tmp", "-"); r.code != 0 || !strings.HasPrefix(r.stdout, "PK\x03\x04") {
+			t.Errorf("cp ID:/dir -: exit %d, stderr %q", r.code, r.stderr)
+		}
+		if r := c.runIn(strings.NewReader("x"), "cp", "-", id+":/tmp"); r.code != 1 || !strings.Contains(r.stderr, "needs a file name") {
+			t.Errorf("cp - ID:/dir: %+v", r)
 		}
 	})
 

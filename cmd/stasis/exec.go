@@ -47,17 +47,17 @@ func (a *app) execCmd() *command {
 			"When stdin is not a terminal it is piped to the command.",
 		minArgs: 2, maxArgs: -1, ownSignals: true,
 		flags: func(fs *flag.FlagSet) func(context.Context, []string) int {
-			cwd := fs.String("cwd", "", "working directory in the sandbox")
+			cwd := fs.String("cwd", "", "working `DIR` in the sandbox")
 			env := kvFlag{}
 			fs.Var(env, "env", "environment variable key=value (repeatable)")
 			var timeout durationFlag
 			fs.Var(&timeout, "timeout", "kill the command after this long (e.g. 30s, 5m)")
 			jsonOut := fs.Bool("json", false, "buffer the output and print {stdout, stderr, exit_code} as JSON")
 			return func(ctx context.Context, args []string) int {
-				id, cmdline := args[0], commandLine(args[1:])
-				c, err := a.client()
-				if err != nil {
-					return a.fail(err, "")
+				cmdline := commandLine(args[1:])
+				c, id, status := a.resolveOne(ctx, args[0])
+				if status != 0 {
+					return status
 				}
 				sigs := make(chan os.Signal, 4)
 				signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
@@ -181,17 +181,28 @@ const defaultShell = `if command -v bash >/dev/null 2>&1; then exec bash -l; els
 
 func (a *app) shellCmd() *command {
 	return &command{
-		name:    "shell",
-		usage:   "ID [--shell COMMAND] [--cwd DIR] [--env k=v]...",
-		summary: "open an interactive terminal in a sandbox (Ctrl-D or 'exit' to leave)",
-		minArgs: 1, maxArgs: 1, ownSignals: true,
+		name:  "shell",
+		usage: "ID [--cwd DIR] [--env k=v]... [-- COMMAND [ARG...]]",
+		summary: "open an interactive terminal in a sandbox (Ctrl-D or 'exit' to leave)\n\n" +
+			"With a COMMAND, runs it in the terminal instead of the login shell (like\n" +
+			"'docker exec -it'): 'stasis shell ID -- top', 'stasis shell ID -- python3'.\n" +
+			"One COMMAND argument is a shell command line; several are quoted as words.",
+		minArgs: 1, maxArgs: -1, ownSignals: true,
 		flags: func(fs *flag.FlagSet) func(context.Context, []string) int {
-			shell := fs.String("shell", "", "command to run instead of the login shell (default: bash -l, else /bin/sh -l)")
-			cwd := fs.String("cwd", "", "working directory in the sandbox")
+			shell := fs.String("shell", "", "`COMMAND` line to run instead of the login shell (default: bash -l, else /bin/sh -l)")
+			cwd := fs.String("cwd", "", "working `DIR` in the sandbox")
 			env := kvFlag{}
 			fs.Var(env, "env", "environment variable key=value (repeatable)")
 			return func(ctx context.Context, args []string) int {
-				return a.shell(ctx, args[0], *shell, *cwd, env)
+				cmdline := *shell
+				if len(args) > 1 {
+					if cmdline != "" {
+						fmt.Fprintln(a.stderr, "stasis: shell: give either --shell or a COMMAND after --, not both")
+						return 2
+					}
+					cmdline = commandLine(args[1:])
+				}
+				return a.shell(ctx, args[0], cmdline, *cwd, env)
 			}
 		},
 	}
@@ -203,9 +214,9 @@ func (a *app) shell(ctx context.Context, id, shell, cwd string, env kvFlag) int 
 		fmt.Fprintln(a.stderr, "stasis: shell needs a terminal on stdin; use 'stasis exec ID -- COMMAND' for scripts")
 		return 2
 	}
-	c, err := a.client()
-	if err != nil {
-		return a.fail(err, "")
+	c, id, status := a.resolveOne(ctx, id)
+	if status != 0 {
+		return status
 	}
 	if shell == "" {
 		shell = defaultShell

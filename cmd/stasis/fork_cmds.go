@@ -24,14 +24,13 @@ func (a *app) forkCmd() *command {
 			pause := fs.Bool("pause", false, "pause the sandbox first if it is active")
 			jsonOut := fs.Bool("json", false, "print the new sandboxes as JSON")
 			return func(ctx context.Context, args []string) int {
-				id := args[0]
 				if *n < 1 || *n > stasis.MaxForks {
 					fmt.Fprintf(a.stderr, "stasis: -n must be between 1 and %d\n", stasis.MaxForks)
 					return 2
 				}
-				c, err := a.client()
-				if err != nil {
-					return a.fail(err, "")
+				c, id, status := a.resolveOne(ctx, args[0])
+				if status != 0 {
+					return status
 				}
 				if *pause {
 					in, err := c.Get(ctx, id)
@@ -45,7 +44,6 @@ func (a *app) forkCmd() *command {
 					}
 				}
 				forks, err := c.ForkByID(ctx, id, *n)
-				status := 0
 				var fe *stasis.ForkError
 				switch {
 				case errors.As(err, &fe):
@@ -109,13 +107,13 @@ func (a *app) snapshotSaveCmd() *command {
 			name := fs.String("name", "", "snapshot name")
 			jsonOut := fs.Bool("json", false, "print JSON")
 			return func(ctx context.Context, args []string) int {
-				c, err := a.client()
-				if err != nil {
-					return a.fail(err, "")
+				c, id, status := a.resolveOne(ctx, args[0])
+				if status != 0 {
+					return status
 				}
-				snap, err := c.SaveSnapshotByID(ctx, args[0], *name)
+				snap, err := c.SaveSnapshotByID(ctx, id, *name)
 				if err != nil {
-					return a.fail(err, args[0])
+					return a.fail(err, id)
 				}
 				if *jsonOut {
 					return a.printJSON(snap)
@@ -172,7 +170,7 @@ func (a *app) snapshotRmCmd() *command {
 		flags: func(fs *flag.FlagSet) func(context.Context, []string) int {
 			jsonOut := fs.Bool("json", false, "print JSON")
 			return func(ctx context.Context, ids []string) int {
-				return a.forEach(ctx, ids, *jsonOut, func(ctx context.Context, c *stasis.Client, id string) (any, string, error) {
+				return a.forEach(ctx, ids, false, *jsonOut, func(ctx context.Context, c *stasis.Client, id string) (any, string, error) {
 					if err := c.DeleteSnapshot(ctx, id); err != nil {
 						return nil, "", err
 					}

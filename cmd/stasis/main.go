@@ -82,7 +82,8 @@ Connection: --url and --api-key (accepted before or after the command),
 else $STASIS_URL and $STASIS_API_KEY, else ~/.config/stasis/credentials
 (written by 'make run'). The URL defaults to %s.
 
-Every command accepts -h. Most accept --json for machine-readable output.
+Every command accepts --help. Most accept --json for machine-readable output.
+A sandbox ID may be shortened to any prefix that names one sandbox.
 `
 
 func (a *app) usage(w io.Writer) {
@@ -112,11 +113,13 @@ func (a *app) run(args []string) int {
 	global := flag.NewFlagSet("stasis", flag.ContinueOnError)
 	global.SetOutput(a.stderr)
 	a.connFlags(global)
-	global.Usage = func() { a.usage(a.stderr) }
+	global.Usage = func() {} // help and errors are printed below
 	if err := global.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			a.usage(a.stdout)
 			return 0
 		}
+		fmt.Fprintln(a.stderr, "(see 'stasis help')")
 		return 2
 	}
 	args = global.Args()
@@ -164,24 +167,18 @@ func (a *app) run(args []string) int {
 	fs.SetOutput(a.stderr)
 	a.connFlags(fs)
 	runFn := cmd.flags(fs)
-	fs.Usage = func() {
-		fmt.Fprintf(a.stderr, "Usage: stasis %s %s\n\n%s\n", full, cmd.usage, cmd.summary)
-		var hasFlags bool
-		fs.VisitAll(func(*flag.Flag) { hasFlags = true })
-		if hasFlags {
-			fmt.Fprintln(a.stderr, "\nFlags:")
-			fs.PrintDefaults()
-		}
-	}
+	fs.Usage = func() {} // help and errors are printed below
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			commandHelp(a.stdout, full, cmd, fs)
 			return 0
 		}
+		fmt.Fprintf(a.stderr, "Usage: stasis %s %s\n(see 'stasis %s --help')\n", full, cmd.usage, full)
 		return 2
 	}
 	if len(pos) < cmd.minArgs || (cmd.maxArgs >= 0 && len(pos) > cmd.maxArgs) {
-		fmt.Fprintf(a.stderr, "Usage: stasis %s %s\n(see 'stasis %s -h')\n", full, cmd.usage, full)
+		fmt.Fprintf(a.stderr, "Usage: stasis %s %s\n(see 'stasis %s --help')\n", full, cmd.usage, full)
 		return 2
 	}
 	ctx := context.Background()
@@ -193,9 +190,88 @@ func (a *app) run(args []string) int {
 	return runFn(ctx, pos)
 }
 
+// connFlagNames are the connection flags every command accepts; command
+// help lists them apart from the command's own.
+var connFlagNames = map[string]bool{"url": true, "api-key": true}
+
 func (a *app) connFlags(fs *flag.FlagSet) {
-	fs.StringVar(&a.url, "url", a.url, "stasisd URL (default $STASIS_URL, credentials file, "+stasis.DefaultURL+")")
-	fs.StringVar(&a.apiKey, "api-key", a.apiKey, "API key (default $STASIS_API_KEY, then the credentials file)")
+	fs.StringVar(&a.url, "url", a.url, "`URL` of stasisd (default $STASIS_URL, credentials file, "+stasis.DefaultURL+")")
+	fs.StringVar(&a.apiKey, "api-key", a.apiKey, "the API `KEY` to authenticate with (default $STASIS_API_KEY, then the credentials file)")
+}
+
+// commandHelp writes a command's help: usage line, summary and flags, each
+// flag spelled as the usage line spells it (--name NAME, -n N).
+func commandHelp(w io.Writer, full string, cmd *command, fs *flag.FlagSet) {
+	fmt.Fprintf(w, "Usage: stasis %s %s\n\n%s\n", full, cmd.usage, cmd.summary)
+	var own, conn [][2]string
+	fs.VisitAll(func(f *flag.Flag) {
+		if connFlagNames[f.Name] {
+			conn = append(conn, flagRow(f, false))
+		} else {
+			own = append(own, flagRow(f, true))
+		}
+	})
+	for _, sec := range []struct {
+		title string
+		rows  [][2]string
+	}{{"Flags", own}, {"Connection flags (also accepted before the command)", conn}} {
+		if len(sec.rows) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "\n%s:\n", sec.title)
+		width := 0
+		for _, r := range sec.rows {
+			if n := len(r[0]); n > width && n <= 24 {
+				width = n
+			}
+		}
+		for _, r := range sec.rows {
+			if len(r[0]) > width {
+				fmt.Fprintf(w, "  %s\n  %*s  %s\n", r[0], width, "", r[1])
+			} else {
+				fmt.Fprintf(w, "  %-*s  %s\n", width, r[0], r[1])
+			}
+		}
+	}
+}
+
+// flagRow renders one flag as ("--name NAME", "description (default x)").
+// The value's name comes from `backquotes` in the description, else from
+// the flag's type.
+func flagRow(f *flag.Flag, showDefault bool) [2]string {
+	dash := "--"
+	if len(f.Name) == 1 {
+		dash = "-"
+	}
+	left := dash + f.Name
+	valueName, desc := flag.UnquoteUsage(f)
+	if bf, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && bf.IsBoolFlag() {
+		valueName = ""
+	} else if !strings.Contains(f.Usage, "`") {
+		switch f.Value.(type) {
+		case kvFlag:
+			valueName = "k=v"
+		case *durationFlag:
+			valueName = "D"
+		default:
+			if valueName == "string" {
+				valueName = strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+			} else {
+				valueName = "N"
+			}
+		}
+	}
+	if valueName != "" {
+		left += " " + valueName
+	}
+	switch f.DefValue {
+	case "", "0", "false":
+	default:
+		if showDefault {
+			desc += " (default " + f.DefValue + ")"
+		}
+	}
+	return [2]string{left, desc}
 }
 
 // parseInterspersed parses flags that may appear between positional
@@ -256,6 +332,9 @@ func (a *app) describe(err error, id string) string {
 	case errors.As(err, &apiErr) && errors.Is(err, stasis.ErrAuth):
 		return fmt.Sprintf("authentication failed: %s (check --api-key, STASIS_API_KEY or ~/.config/stasis/credentials)", apiErr.Message)
 	case errors.As(err, &apiErr) && errors.Is(err, stasis.ErrConflict) && id != "":
+		if strings.Contains(apiErr.Message, id) { // the server named it already
+			return apiErr.Message
+		}
 		return fmt.Sprintf("sandbox %s: %s", id, apiErr.Message)
 	case errors.As(err, &apiErr) && apiErr.StatusCode == 507:
 		return "server storage is full: " + apiErr.Message

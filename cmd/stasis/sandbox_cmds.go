@@ -16,7 +16,7 @@ import (
 func (a *app) createCmd() *command {
 	return &command{
 		name:    "create",
-		usage:   "[--name NAME] [--template T] [--timeout D] [--auto-delete D] [--metadata k=v]... [--env k=v]...",
+		usage:   "[--name NAME] [--template TEMPLATE | --snapshot SNAPSHOT] [--timeout D] [--auto-delete D] [--metadata k=v]... [--env k=v]... [--json]",
 		summary: "create a sandbox and print its id",
 		maxArgs: 0,
 		flags: func(fs *flag.FlagSet) func(context.Context, []string) int {
@@ -24,7 +24,7 @@ func (a *app) createCmd() *command {
 			template := fs.String("template", "", "template to boot from, e.g. stasis/minimal (default: the server's)")
 			snapshot := fs.String("snapshot", "", "snapshot id to boot from instead of a template")
 			var timeout, autoDelete durationFlag
-			fs.Var(&timeout, "timeout", "pause after this much inactivity (e.g. 10m, or seconds)")
+			fs.Var(&timeout, "timeout", "pause after this much active time, counted from creation and from every resume, whether or not it is busy (e.g. 10m, or seconds)")
 			fs.Var(&autoDelete, "auto-delete", "delete this long after being paused (e.g. 24h, or seconds)")
 			metadata, env := kvFlag{}, kvFlag{}
 			fs.Var(metadata, "metadata", "metadata key=value (repeatable)")
@@ -132,13 +132,13 @@ func (a *app) infoCmd() *command {
 		flags: func(fs *flag.FlagSet) func(context.Context, []string) int {
 			jsonOut := fs.Bool("json", false, "print JSON")
 			return func(ctx context.Context, args []string) int {
-				c, err := a.client()
-				if err != nil {
-					return a.fail(err, "")
+				c, id, status := a.resolveOne(ctx, args[0])
+				if status != 0 {
+					return status
 				}
-				in, err := c.Get(ctx, args[0])
+				in, err := c.Get(ctx, id)
 				if err != nil {
-					return a.fail(err, args[0])
+					return a.fail(err, id)
 				}
 				if *jsonOut {
 					return a.printJSON(in)
@@ -174,12 +174,15 @@ func durOrNone(d time.Duration) string {
 }
 
 // forEach runs fn for every id concurrently, printing a line per success
-// and an error per failure, and returns 1 if anything failed.
-func (a *app) forEach(ctx context.Context, ids []string, jsonOut bool, fn func(ctx context.Context, c *stasis.Client, id string) (any, string, error)) int {
+// and an error per failure, and returns 1 if anything failed. With
+// sandboxes, each id is first resolved to a full sandbox id (see
+// idResolver); errors still name the id as the user typed it.
+func (a *app) forEach(ctx context.Context, ids []string, sandboxes, jsonOut bool, fn func(ctx context.Context, c *stasis.Client, id string) (any, string, error)) int {
 	c, err := a.client()
 	if err != nil {
 		return a.fail(err, "")
 	}
+	r := newIDResolver(c)
 	type outcome struct {
 		v    any
 		line string
@@ -191,6 +194,14 @@ func (a *app) forEach(ctx context.Context, ids []string, jsonOut bool, fn func(c
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if sandboxes {
+				full, err := r.resolve(ctx, id)
+				if err != nil {
+					out[i] = outcome{err: err}
+					return
+				}
+				id = full
+			}
 			v, line, err := fn(ctx, c, id)
 			out[i] = outcome{v, line, err}
 		}()
@@ -230,7 +241,7 @@ func (a *app) pauseCmd() *command {
 		flags: func(fs *flag.FlagSet) func(context.Context, []string) int {
 			jsonOut := fs.Bool("json", false, "print JSON")
 			return func(ctx context.Context, ids []string) int {
-				return a.forEach(ctx, ids, *jsonOut, func(ctx context.Context, c *stasis.Client, id string) (any, string, error) {
+				return a.forEach(ctx, ids, true, *jsonOut, func(ctx context.Context, c *stasis.Client, id string) (any, string, error) {
 					in, err := c.PauseByID(ctx, id)
 					if err != nil {
 						return nil, "", err
@@ -251,7 +262,7 @@ func (a *app) resumeCmd() *command {
 		flags: func(fs *flag.FlagSet) func(context.Context, []string) int {
 			jsonOut := fs.Bool("json", false, "print JSON")
 			return func(ctx context.Context, ids []string) int {
-				return a.forEach(ctx, ids, *jsonOut, func(ctx context.Context, c *stasis.Client, id string) (any, string, error) {
+				return a.forEach(ctx, ids, true, *jsonOut, func(ctx context.Context, c *stasis.Client, id string) (any, string, error) {
 					sb, err := c.ResumeByID(ctx, id)
 					if err != nil {
 						return nil, "", err
@@ -268,12 +279,12 @@ func (a *app) killCmd() *command {
 	return &command{
 		name:    "kill",
 		usage:   "ID... [--json]",
-		summary: "delete sandboxes (already-deleted ones are fine)",
+		summary: "delete sandboxes",
 		minArgs: 1, maxArgs: -1,
 		flags: func(fs *flag.FlagSet) func(context.Context, []string) int {
 			jsonOut := fs.Bool("json", false, "print JSON")
 			return func(ctx context.Context, ids []string) int {
-				return a.forEach(ctx, ids, *jsonOut, func(ctx context.Context, c *stasis.Client, id string) (any, string, error) {
+				return a.forEach(ctx, ids, true, *jsonOut, func(ctx context.Context, c *stasis.Client, id string) (any, string, error) {
 					if err := c.KillByID(ctx, id); err != nil {
 						return nil, "", err
 					}

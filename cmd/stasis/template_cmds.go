@@ -136,7 +136,7 @@ func (a *app) templateCreateCmd() *command {
 			"FILE - reads standard input.\n\n" + templateFileHelp,
 		maxArgs: 0,
 		flags: func(fs *flag.FlagSet) func(context.Context, []string) int {
-			file := fs.String("f", "", "template file (YAML or JSON; - for stdin)")
+			file := fs.String("f", "", "template `FILE` (YAML or JSON; - for stdin)")
 			name := fs.String("name", "", "template name (overrides the file's)")
 			bf := addBuildFlags(fs)
 			return func(ctx context.Context, _ []string) int {
@@ -234,7 +234,7 @@ func (a *app) templateRebuildCmd() *command {
 func (a *app) templateLsCmd() *command {
 	return &command{
 		name:    "ls",
-		usage:   "[--prefix P] [--json]",
+		usage:   "[--prefix PREFIX] [--json]",
 		summary: "list templates",
 		maxArgs: 0,
 		flags: func(fs *flag.FlagSet) func(context.Context, []string) int {
@@ -356,7 +356,7 @@ func (a *app) templateRmCmd() *command {
 		flags: func(fs *flag.FlagSet) func(context.Context, []string) int {
 			jsonOut := fs.Bool("json", false, "print JSON")
 			return func(ctx context.Context, names []string) int {
-				return a.forEach(ctx, names, *jsonOut, func(ctx context.Context, c *stasis.Client, name string) (any, string, error) {
+				return a.forEach(ctx, names, false, *jsonOut, func(ctx context.Context, c *stasis.Client, name string) (any, string, error) {
 					if err := c.DeleteTemplate(ctx, name); err != nil {
 						return nil, "", err
 					}

@@ -63,7 +63,9 @@ ready_cmd: wget -q -O - http://127.0.0.1:8080/
 
 func TestParseTemplateFileErrors(t *testing.T) {
 	cases := map[string]string{
-		"name: x\nfrom: stasis/minimal\nstartcmd: y\n":                 "startcmd",
+		"name: x\nfrom: stasis/minimal\nstartcmd: y\n":                 `line 3: unknown field "startcmd"; valid fields are: name, from, vcpu, memory_mib, disk_mib, steps, start_cmd, ready_cmd`,
+		"name: x\nform: stasis/minimal\n":                              `line 2: unknown field "form"; valid fields are: name, from,`,
+		"- name: x\n":                                                  "a template file is a mapping of fields (name, from,",
 		"name: x\nsteps: [{run: a}]\n":                                 "\"from\" is required",
 		"name: x\nfrom: a\nsteps:\n  - run: a\n    workdir: /b\n":      "line 4: a step must have exactly one",
 		"name: x\nfrom: a\nsteps:\n  - workdir: rel\n":                 "absolute path",
@@ -88,6 +90,9 @@ func TestParseTemplateFileErrors(t *testing.T) {
 		_, err := parseTemplateFile(strings.NewReader(in))
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: got %v, want an error with %q", in, err, want)
+		}
+		if err != nil && strings.Contains(err.Error(), "main.") {
+			t.Errorf("%q: error names a Go type: %v", in, err)
 		}
 	}
 }
@@ -169,6 +174,14 @@ func (f *fakeServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			ev("stderr", f.failWith+"\n")
 		}
 		ev("system", "build "+final+"\n", "finished", true, "status", final)
+	case r.Method == "GET" && r.URL.Path == "/sandboxes":
+		var list []any
+		for _, id := range []string{"sb-1", "sb-active", "abc-1", "abc-2"} {
+			list = append(list, map[string]any{"id": id, "status": "active", "created_at": "2026-11-29T10:00:00Z"})
+		}
+		reply(200, list)
+	case r.Method == "GET" && strings.HasPrefix(r.URL.Path, "/sandboxes/"):
+		reply(200, map[string]any{"id": strings.TrimPrefix(r.URL.Path, "/sandboxes/"), "status": "active", "created_at": "2026-11-29T10:00:00Z"})
 	case r.Method == "POST" && r.URL.Path == "/sandboxes/sb-1/fork":
 		var body struct{ Count int }
 		json.NewDecoder(r.Body).Decode(&body)
@@ -298,14 +311,72 @@ func TestHelpForGroups(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "stasis template <command>") || !strings.Contains(out, "rebuild") {
 		t.Fatalf("help template: %d %s", code, out)
 	}
-	code, _, errOut := runApp(t, "", "help", "template", "create")
-	if code != 0 || !strings.Contains(errOut, "Usage: stasis template create -f FILE") || !strings.Contains(errOut, "start_cmd:") {
-		t.Fatalf("help template create: %d %s", code, errOut)
+	code, out, _ = runApp(t, "", "help", "template", "create")
+	if code != 0 || !strings.Contains(out, "Usage: stasis template create -f FILE") || !strings.Contains(out, "start_cmd:") ||
+		!strings.Contains(out, "\n  -f FILE ") || !strings.Contains(out, "\n  --name NAME ") {
+		t.Fatalf("help template create: %d %s", code, out)
 	}
 	if code, _, errOut := runApp(t, "", "template", "nope"); code != 2 || !strings.Contains(errOut, `unknown command "template nope"`) {
 		t.Fatalf("unknown sub: %d %s", code, errOut)
 	}
 	if code, _, _ := runApp(t, "", "template"); code != 2 {
 		t.Fatalf("bare group: %d", code)
+	}
+}
+
+// TestIDPrefixes: a sandbox may be named by a unique prefix of its id; an
+// ambiguous prefix lists the candidates, an unknown one is not found.
+func TestIDPrefixes(t *testing.T) {
+	t.Setenv("HOME", t.TempDir())
+	srv := httptest.NewServer(&fakeServer{})
+	defer srv.Close()
+	run := func(args ...string) (int, string, string) {
+		return runApp(t, "", append([]string{"--url", srv.URL, "--api-key", "k"}, args...)...)
+	}
+	if code, out, errOut := run("info", "--json", "sb-a"); code != 0 || !strings.Contains(out, `"id": "sb-active"`) {
+		t.Fatalf("unique prefix: %d %s %s", code, out, errOut)
+	}
+	if code, out, errOut := run("fork", "sb-1"); code != 0 || out != "fork-0\n" {
+		t.Fatalf("full id that is also a prefix of nothing else: %d %s %s", code, out, errOut)
+	}
+	code, _, errOut := run("info", "abc")
+	if code != 1 || !strings.Contains(errOut, `sandbox id prefix "abc" is ambiguous: it matches abc-1, abc-2`) {
+		t.Fatalf("ambiguous: %d %s", code, errOut)
+	}
+	if code, _, errOut := run("info", "zzz"); code != 1 || errOut != "stasis: sandbox zzz not found\n" {
+		t.Fatalf("unknown: %d %q", code, errOut)
+	}
+	// Commands taking several ids resolve each and report each failure.
+	code, _, errOut = run("kill", "zzz", "abc")
+	if code != 1 || !strings.Contains(errOut, "sandbox zzz not found") || !strings.Contains(errOut, "ambiguous") {
+		t.Fatalf("kill: %d %s", code, errOut)
+	}
+}
+
+// TestHelpSpelling: --help goes to stdout and exits 0, and the flag list
+// spells flags as the usage line does.
+func TestHelpSpelling(t *testing.T) {
+	code, out, errOut := runApp(t, "", "create", "--help")
+	if code != 0 || errOut != "" {
+		t.Fatalf("create --help: %d, stderr %q", code, errOut)
+	}
+	for _, want := range []string{"Usage: stasis create [--name NAME]", "\n  --name NAME ", "\n  --timeout D ", "active time",
+		"\n  --metadata k=v ", "\n  --json ", "Connection flags", "\n  --api-key KEY "} {
+		if !strings.Contains(out, want) {
+			t.Errorf("create --help lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "\n  -name") || strings.Contains(out, "inactivity") {
+		t.Errorf("create --help:\n%s", out)
+	}
+	if code, out, _ := runApp(t, "", "fork", "-h"); code != 0 || !strings.Contains(out, "\n  -n N ") || !strings.Contains(out, "(default 1)") {
+		t.Errorf("fork -h: %d\n%s", code, out)
+	}
+	if code, out, errOut := runApp(t, "", "--help"); code != 0 || !strings.Contains(out, "Commands:") || errOut != "" {
+		t.Errorf("stasis --help: %d %q %q", code, out, errOut)
+	}
+	// A wrong flag is an error: stderr, exit 2.
+	if code, out, errOut := runApp(t, "", "create", "--nope"); code != 2 || out != "" || !strings.Contains(errOut, "Usage: stasis create") {
+		t.Errorf("create --nope: %d %q %q", code, out, errOut)
 	}
 }

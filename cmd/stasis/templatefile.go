@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
+	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -59,8 +61,15 @@ func parseTemplateFile(r io.Reader) (stasis.TemplateSpec, error) {
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		return stasis.TemplateSpec{}, errors.New(yamlErrText.Replace(strings.TrimPrefix(err.Error(), "yaml: ")))
+	}
+	if err := checkFields(&doc, templateFileFields()); err != nil {
+		return stasis.TemplateSpec{}, err
+	}
 	var f templateFile
-	if err := dec.Decode(&f); err != nil {
+	if err := doc.Decode(&f); err != nil {
 		return stasis.TemplateSpec{}, errors.New(yamlErrText.Replace(strings.TrimPrefix(err.Error(), "yaml: ")))
 	}
 	spec := stasis.TemplateSpec{
@@ -78,6 +87,37 @@ func parseTemplateFile(r io.Reader) (stasis.TemplateSpec, error) {
 		return spec, errors.New("vcpu, memory_mib and disk_mib must not be negative")
 	}
 	return spec, nil
+}
+
+// templateFileFields lists the keys a template file may have, in the
+// order templateFile declares them.
+func templateFileFields() []string {
+	t := reflect.TypeFor[templateFile]()
+	names := make([]string, 0, t.NumField())
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		names = append(names, name)
+	}
+	return names
+}
+
+// checkFields refuses a top-level key that is not one of valid, naming the
+// valid ones (the decoder's own message names Go types instead).
+func checkFields(doc *yaml.Node, valid []string) error {
+	n := doc
+	if n.Kind == yaml.DocumentNode && len(n.Content) == 1 {
+		n = n.Content[0]
+	}
+	if n.Kind != yaml.MappingNode {
+		return nodeErr(n, "a template file is a mapping of fields (%s)", strings.Join(valid, ", "))
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		key := n.Content[i]
+		if !slices.Contains(valid, key.Value) {
+			return nodeErr(key, "unknown field %q; valid fields are: %s", key.Value, strings.Join(valid, ", "))
+		}
+	}
+	return nil
 }
 
 func nodeErr(n *yaml.Node, format string, args ...any) error {
