@@ -92,8 +92,8 @@ finish() {
 	local rc=$? # the test runner's status, or why we stopped early
 	trap - EXIT INT TERM
 	if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-		echo "==> deleting leftover sandboxes"
-		node lib/cleanup.mjs || { echo "compat: some sandboxes could not be deleted (see above)" >&2; rc=1; }
+		echo "==> deleting leftover templates and sandboxes"
+		node lib/cleanup.mjs || { echo "compat: some templates or sandboxes could not be deleted (see above)" >&2; rc=1; }
 		echo "==> stopping stasisd (pid $SERVER_PID)"
 		kill -TERM "$SERVER_PID" 2>/dev/null || true
 		for _ in $(seq 1 300); do
