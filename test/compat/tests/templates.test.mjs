@@ -28,15 +28,14 @@ async function createTemplate(t, options) {
   return template
 }
 
-describe("Template: a stasis/minimal template built with every kind of step", () => {
+describe("Template: a stasis/minimal template built with run, env and workdir steps", () => {
   const prefix = `tpl-${RUN_ID}-`
   const name = `${prefix}app`
   const steps = [
     { run: "echo built-by-compat; mkdir -p /opt/app && echo v1 > /opt/app/version" },
     { env: { key: "APP_STAGE", value: "compat" } },
     { workdir: "/opt/app" },
-    { user: { name: "app" } },
-    { run: "id -un > /home/app/built-as" },
+    { run: 'echo "$APP_STAGE in $(pwd)" > built-in' },
   ]
   // Left running by the build; its state is in the template's snapshot.
   const startCmd = "while true; do date +%s > /tmp/heartbeat; sleep 1; done"
@@ -130,11 +129,11 @@ describe("Template: a stasis/minimal template built with every kind of step", ()
     assert.equal(again.at(-1).status, "ready")
   })
 
-  test("Sandbox.create({ fromTemplate }) starts where the build left off: files, env, workdir, user, start_cmd running", SLOW, async (t) => {
+  test("Sandbox.create({ fromTemplate }) starts where the build left off: files, env, workdir, start_cmd running", SLOW, async (t) => {
     for (const fromTemplate of [template, name]) {
       const sandbox = await createMinimal(t, { fromTemplate })
-      const r = await sandbox.commands.run('cat version; echo "$APP_STAGE"; pwd; id -un; cat /home/app/built-as')
-      assert.equal(r.stdout, "v1\ncompat\n/opt/app\napp\napp\n", r.stderr)
+      const r = await sandbox.commands.run('cat version built-in; echo "$APP_STAGE"; pwd')
+      assert.equal(r.stdout, "v1\ncompat in /opt/app\ncompat\n/opt/app\n", r.stderr)
       // The start command was snapshotted running, and runs on.
       const first = await readCounter(sandbox, "/tmp/heartbeat")
       assert.ok(first > 0, `heartbeat ${first}`)
@@ -169,6 +168,18 @@ describe("Template: a stasis/minimal template built with every kind of step", ()
     await Template.deleteById(name)
     await Template.deleteById(template.id)
   })
+})
+
+test("Template: a user step (stasis/base): later steps and the sandbox's commands run as that user", SLOW, async (t) => {
+  const template = await createTemplate(t, {
+    name: uniqueName("tpl-user"),
+    from: "stasis/base",
+    steps: [{ user: { name: "app" } }, { run: "id -un > /tmp/built-as; touch ~/made-by-build" }],
+  })
+  await template.waitUntilReady({ pollIntervalMs: 200 })
+  const sandbox = await createMinimal(t, { fromTemplate: template })
+  const r = await sandbox.commands.run("id -un; cat /tmp/built-as; stat -c %U ~/made-by-build")
+  assert.equal(r.stdout, "app\napp\napp\n", r.stderr)
 })
 
 describe("Template: failed, cancelled and refused builds", () => {
@@ -237,6 +248,11 @@ describe("Template: failed, cancelled and refused builds", () => {
     assert.ok(cancelled.finalizedAt instanceof Date)
     const err = await rejectsWith(() => template.waitUntilReady({ pollIntervalMs: 200 }), ConflictError, "waiting for a cancelled build")
     assert.equal(err.code, "cancelled")
+    // A template whose only build was cancelled has nothing to start from:
+    // it is failed (the SDKs know no other template status), saying why.
+    const info = await template.getInfo()
+    assert.equal(info.status, "failed")
+    assert.match(info.errorMessage, /^cancelled: /)
     await template.cancelBuild(first) // a finished build: a no-op
 
     // The latest build was cancelled, so a rebuild really builds again.
