@@ -303,7 +303,9 @@ func (s *Service) runBuild(ctx context.Context, templateID, buildID string, log 
 	case ctx.Err() != nil:
 		b.Status, b.Error = store.BuildCancelled, "build was cancelled"
 		if terr == nil && t2.SnapshotDir == "" {
-			t2.Status, t2.Error = store.BuildCancelled, b.Error
+			// Nothing to start from: failed, the only other final template
+			// status the SDKs know, with their code for a cancelled build.
+			t2.Status, t2.Error = store.BuildFailed, "cancelled: "+b.Error
 			s.cfg.Store.UpdateTemplate(final, t2)
 		}
 	default:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the SDK compatibility suite (`npm test`): starts a fresh stasisd on a
 # free loopback port with its own data dir and a random API key, runs the
-# tests with Superserve's SDK pointed at it, deletes whatever sandboxes are
-# left, stops the server, and exits with the test runner's status.
+# tests with Superserve's SDK pointed at it, checks docs/COMPATIBILITY.md
+# against what the tests did (check/), deletes whatever sandboxes are left,
+# stops the server, and exits non-zero if a test or the check failed.
 #
 # It builds nothing: bin/stasisd and bin/stasis-agent come from `make build`
 # (`make test` builds them first), runsc and the images from `make setup`.
@@ -12,7 +13,7 @@
 #   STASIS_RUNSC        runsc binary      (default ../../.cache/runsc/bin/runsc)
 #   STASIS_AGENT        stasis-agent      (default ../../bin/stasis-agent)
 #   STASIS_COMPAT_TRACE=1                 print every SDK request and its status
-#   STASIS_COMPAT_KEEP=1                  keep the data dir and server log
+#   STASIS_COMPAT_KEEP=1                  keep the data dir, server log and test results
 # Arguments, if any, replace the default test files (tests/*.test.mjs), e.g.
 #   npm test -- tests/seed.test.mjs
 #   npm test -- --test-name-pattern=spawn tests/*.test.mjs
@@ -27,7 +28,6 @@ AGENT="${STASIS_AGENT:-$ROOT/bin/stasis-agent}"
 IMAGES_DIR="${STASIS_IMAGES_DIR:-$ROOT/.cache/images}"
 RUNSC="${STASIS_RUNSC:-$ROOT/.cache/runsc/bin/runsc}"
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
-NETNS_PREFIX=stc # this server's network namespaces: stc-<sandbox id>
 
 die() { printf 'compat: %s\n' "$*" >&2; exit 1; }
 
@@ -37,6 +37,7 @@ die() { printf 'compat: %s\n' "$*" >&2; exit 1; }
 [ -d "$IMAGES_DIR" ] || die "images dir $IMAGES_DIR is missing: run \`make setup\` first, or set STASIS_IMAGES_DIR"
 [ -d node_modules/@superserve/sdk ] && [ -d node_modules/ws ] ||
 	die "node_modules is missing: run \`npm ci\` in test/compat first"
+command -v flock >/dev/null || die "flock (util-linux) is missing: it guards this server's network slot"
 [ "$(id -u)" -eq 0 ] || die "stasisd runs gVisor sandboxes and needs root"
 node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' ||
 	die "Node $(node --version) is too old: the suite needs Node 20 or later"
@@ -49,8 +50,33 @@ export STASIS_API_KEY="stasis_compat_$(od -An -N24 -tx1 /dev/urandom | tr -d ' \
 export SUPERSERVE_API_KEY="$STASIS_API_KEY"
 export SUPERSERVE_BASE_URL="$STASIS_URL"
 
+# This server's network slot: its own /22 of link-local space and its own
+# netns name prefix, so it never collides with another stasisd on the host
+# (another run of this suite, `make run`, the Go tests). The slots and their
+# flocks are internal/testenv's (lockSlot): the same directory, the same
+# subnet per slot. The lock is held on fd 9 until this script and every
+# process it started have exited.
+SLOTS=60
+SLOT_DIR="${TMPDIR:-/tmp}/stasis-testenv-slots"
+mkdir -p "$SLOT_DIR"
+SLOT=""
+start=$(($$ % SLOTS))
+for i in $(seq 0 $((SLOTS - 1))); do
+	n=$(((start + i) % SLOTS))
+	exec 9>>"$SLOT_DIR/$n.lock"
+	if flock -n 9; then
+		SLOT=$n
+		break
+	fi
+	exec 9>&-
+done
+[ -n "$SLOT" ] || die "no free network slot in $SLOT_DIR (too many stasisd test servers at once)"
+SUBNET="169.254.$((4 + SLOT * 4)).0/22"
+NETNS_PREFIX="stc$SLOT" # this server's network namespaces: stc<slot>-<sandbox id>
+
 DATA="$(mktemp -d "${TMPDIR:-/tmp}/stasis-compat.XXXXXX")"
 LOG="$DATA.log"
+RESULTS="$DATA.results" # what every test did (lib/results-reporter.mjs)
 SERVER_PID=""
 
 # Unmounts whatever the runtime may have left mounted under the data dir, so
@@ -66,8 +92,8 @@ finish() {
 	local rc=$? # the test runner's status, or why we stopped early
 	trap - EXIT INT TERM
 	if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-		echo "==> deleting leftover sandboxes"
-		node lib/cleanup.mjs || { echo "compat: some sandboxes could not be deleted (see above)" >&2; rc=1; }
+		echo "==> deleting leftover templates and sandboxes"
+		node lib/cleanup.mjs || { echo "compat: some templates or sandboxes could not be deleted (see above)" >&2; rc=1; }
 		echo "==> stopping stasisd (pid $SERVER_PID)"
 		kill -TERM "$SERVER_PID" 2>/dev/null || true
 		for _ in $(seq 1 300); do
@@ -100,10 +126,11 @@ finish() {
 		tail -n 60 "$LOG" || true
 	fi
 	if [ "${STASIS_COMPAT_KEEP:-}" = 1 ]; then
-		echo "==> kept $DATA and $LOG"
+		echo "==> kept $DATA, $LOG and $RESULTS"
 	else
 		unmount_under "$DATA"
 		rm -rf --one-file-system "$DATA" 2>/dev/null || echo "compat: could not remove all of $DATA" >&2
+		rm -f "$RESULTS"
 		[ "$rc" -ne 0 ] || rm -f "$LOG"
 	fi
 	exit "$rc"
@@ -111,14 +138,14 @@ finish() {
 trap finish EXIT
 trap 'exit 130' INT TERM
 
-echo "==> starting stasisd on $STASIS_URL (data dir $DATA, log $LOG)"
+echo "==> starting stasisd on $STASIS_URL (data dir $DATA, log $LOG, subnet $SUBNET, netns prefix $NETNS_PREFIX)"
 "$STASISD" serve \
 	--listen "127.0.0.1:$PORT" \
 	--data-dir "$DATA" \
 	--images-dir "$IMAGES_DIR" \
 	--runsc "$RUNSC" \
 	--agent "$AGENT" \
-	--subnet 169.254.200.0/22 \
+	--subnet "$SUBNET" \
 	--netns-prefix "$NETNS_PREFIX" \
 	>"$LOG" 2>&1 &
 SERVER_PID=$!
@@ -142,5 +169,17 @@ echo "==> running the @superserve/sdk compatibility suite"
 args=("$@")
 [ ${#args[@]} -gt 0 ] || args=(tests/*.test.mjs)
 status=0
-node --import ./preload.mjs --test --test-reporter=spec "${args[@]}" || status=$?
+node --import ./preload.mjs --test \
+	--test-reporter=spec --test-reporter-destination=stdout \
+	--test-reporter=./lib/results-reporter.mjs --test-reporter-destination="$RESULTS" \
+	"${args[@]}" || status=$?
+
+# docs/COMPATIBILITY.md is checked against what a full run did; a subset
+# (arguments given) cannot tell a missing test from one left out.
+if [ $# -eq 0 ]; then
+	echo "==> checking docs/COMPATIBILITY.md against the suite's results"
+	STASIS_COMPAT_RESULTS="$RESULTS" node --test --test-reporter=spec check/*.test.mjs || status=1
+else
+	echo "==> a subset ran: docs/COMPATIBILITY.md is checked only on a full run (\`npm test\` without arguments)"
+fi
 exit "$status"

@@ -75,6 +75,36 @@ export async function eventually(fn, { timeoutMs = 10_000, intervalMs = 100, wha
   }
 }
 
+/**
+ * Reads a number a background loop keeps rewriting. The loop truncates the
+ * file before writing: a read can land in between and find it empty, which
+ * is retried rather than taken for 0.
+ */
+export async function readCounter(sandbox, path) {
+  for (let i = 0; i < 50; i++) {
+    const text = (await sandbox.files.readText(path)).trim()
+    if (text !== "") return Number(text)
+    await sleep(10)
+  }
+  throw new Error(`${path} stays empty`)
+}
+
+/**
+ * A control-plane call the SDK has no method for (stasis extensions such as
+ * POST /sandboxes/{id}/snapshots), with the suite's API key. Returns the
+ * decoded JSON answer; throws on a non-2xx status.
+ */
+export async function controlPlane(method, path, body) {
+  const res = await fetch(STASIS_URL + path, {
+    method,
+    headers: { "X-API-Key": API_KEY, ...(body !== undefined ? { "Content-Type": "application/json" } : {}) },
+    body: body !== undefined ? JSON.stringify(body) : undefined,
+  })
+  const text = await res.text()
+  if (!res.ok) throw new Error(`${method} ${path} answered ${res.status}: ${text}`)
+  return text ? JSON.parse(text) : undefined
+}
+
 // --- zip ----------------------------------------------------------------------
 
 /**

@@ -11,7 +11,7 @@ import {
   NotFoundError,
   ValidationError,
 } from "@superserve/sdk"
-import { MINIMAL, RUN_ID, SLOW, createMinimal, rejectsWith, uniqueName, sleep, eventually, unzip, STASIS_URL } from "../lib/helpers.mjs"
+import { MINIMAL, RUN_ID, SLOW, createMinimal, rejectsWith, uniqueName, sleep, eventually, unzip, readCounter, STASIS_URL } from "../lib/helpers.mjs"
 
 test("Sandbox.create: instance fields, and getInfo()", SLOW, async (t) => {
   const before = Date.now()
@@ -126,18 +126,8 @@ test("pause and resume keep running processes and files", SLOW, async (t) => {
   await sandbox.commands.run(
     "echo kept > /tmp/kept.txt; (i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done) >/dev/null 2>&1 &",
   )
-  // The loop truncates the file before writing the number: a read can land
-  // in between and find it empty, which is retried rather than taken for 0.
-  const readCounter = async () => {
-    for (let i = 0; i < 50; i++) {
-      const text = (await sandbox.files.readText("/tmp/counter")).trim()
-      if (text !== "") return Number(text)
-      await sleep(10)
-    }
-    assert.fail("/tmp/counter stays empty")
-  }
   await sleep(500)
-  const before = await readCounter()
+  const before = await readCounter(sandbox, "/tmp/counter")
   assert.ok(before > 0)
 
   await sandbox.pause()
@@ -146,10 +136,10 @@ test("pause and resume keep running processes and files", SLOW, async (t) => {
   assert.equal((await sandbox.getInfo()).status, "active")
 
   assert.equal(await sandbox.files.readText("/tmp/kept.txt"), "kept\n")
-  const resumed = await readCounter()
+  const resumed = await readCounter(sandbox, "/tmp/counter")
   assert.ok(resumed >= before, `counter went from ${before} to ${resumed} across pause/resume`)
   await sleep(500)
-  const later = await readCounter()
+  const later = await readCounter(sandbox, "/tmp/counter")
   assert.ok(later > resumed, `the background loop keeps counting after resume (${resumed} -> ${later})`)
 })
 

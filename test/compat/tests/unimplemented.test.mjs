@@ -1,41 +1,25 @@
 // SDK features stasis does not serve yet. Each one is a test that is skipped
 // with the reason, so the suite's output lists it instead of leaving it out;
-// docs/COMPATIBILITY.md carries the same list. When stasis implements one,
-// replace its skip with a real test.
+// docs/COMPATIBILITY.md carries the same list (check/compatibility-doc.test.mjs
+// fails when the two disagree). When stasis implements one, replace its skip
+// with a real test and its row's ⏭ with ✅.
 
 import { describe, test } from "node:test"
 import assert from "node:assert/strict"
 import { ValidationError, previewUrl, MIN_PREVIEW_PORT, MAX_PREVIEW_PORT } from "@superserve/sdk"
 import { SLOW, createMinimal, rejectsWith } from "../lib/helpers.mjs"
 
-const TEMPLATES = "stasis does not implement templates yet (custom templates, builds and build logs; the built-in stasis/base and stasis/minimal are used by name with fromTemplate)"
 const SECRETS = "stasis does not implement secrets yet (credential injection into outbound requests)"
 const NETWORK_LOG = "stasis does not implement the network log yet"
 const NETWORK_RULES = "stasis does not implement network egress rules yet (network.allowOut / denyOut are refused with 400 not_supported)"
 const PREVIEW = "stasis does not serve preview URLs yet (no edge proxy for https://{port}-{id}.{host})"
 const PROVIDERS = "stasis does not implement secret provider shortcuts yet"
-const SNAPSHOTS = "stasis does not implement creating a sandbox from a snapshot yet (fromSnapshot is refused with 400 not_supported)"
 
 function unimplemented(name, reason) {
   test(name, (t) => {
     t.skip(reason)
   })
 }
-
-describe("Template (not implemented)", () => {
-  unimplemented("Template.create", TEMPLATES)
-  unimplemented("Template.connect", TEMPLATES)
-  unimplemented("Template.list", TEMPLATES)
-  unimplemented("Template.deleteById", TEMPLATES)
-  unimplemented("template.getInfo", TEMPLATES)
-  unimplemented("template.delete", TEMPLATES)
-  unimplemented("template.rebuild", TEMPLATES)
-  unimplemented("template.listBuilds", TEMPLATES)
-  unimplemented("template.getBuild", TEMPLATES)
-  unimplemented("template.cancelBuild", TEMPLATES)
-  unimplemented("template.streamBuildLogs", TEMPLATES)
-  unimplemented("template.waitUntilReady", TEMPLATES)
-})
 
 describe("Secret (not implemented)", () => {
   unimplemented("Secret.create", SECRETS)
@@ -59,10 +43,6 @@ describe("Provider (not implemented)", () => {
 describe("Network (not implemented)", () => {
   unimplemented("sandbox.getNetworkLog", NETWORK_LOG)
   unimplemented("Sandbox.create({ network }) / update({ network })", NETWORK_RULES)
-})
-
-describe("Snapshots (not implemented)", () => {
-  unimplemented("Sandbox.create({ fromSnapshot })", SNAPSHOTS)
 })
 
 describe("Preview URLs", () => {
