@@ -4,34 +4,43 @@ import (
 	"log"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // HostOnly wraps the agent's listener so that it serves the host side of the
-// sandbox's link only: a connection from inside the sandbox (over loopback,
-// or from one of the sandbox's own addresses to another) is closed before a
-// byte is read. Code in the sandbox therefore cannot reach the agent's API at
-// all, token or not. It cannot pose as the host either: sandboxes get neither
-// CAP_NET_ADMIN (to add the host's address to an interface) nor raw sockets
-// (runsc runs without --net-raw).
+// sandbox's link only: it accepts a connection only from a peer on one of
+// the sandbox's links, never over loopback and never from one of the
+// sandbox's own addresses. Anything else is reset before a byte is read, so
+// code in the sandbox cannot reach the agent's API at all, token or not. It
+// cannot pose as the host either: sandboxes get neither CAP_NET_ADMIN (to
+// give themselves the host's address) nor raw sockets (runsc runs without
+// --net-raw).
 //
 // Refusals are logged (at most one line a minute: the sandbox could flood).
 func HostOnly(ln net.Listener, logger *log.Logger) net.Listener {
-	return &hostOnlyListener{Listener: ln, log: logger, ownAddrs: interfaceAddrs}
+	return &hostOnlyListener{Listener: ln, log: logger, interfaces: interfaceAddrs}
 }
 
 type hostOnlyListener struct {
 	net.Listener
-	log      *log.Logger
-	ownAddrs func() ([]netip.Addr, error) // the sandbox's addresses
+	log        *log.Logger
+	interfaces func() ([]netip.Prefix, error) // the sandbox's addresses, with their links' prefixes
+
+	// links is what interfaces last said. It is asked again whenever a
+	// connection does not come from a peer it lists: a restored or forked
+	// sandbox has other addresses than the one that was checkpointed, and
+	// the host's connections should not pay for a lookup (~1 ms in gVisor).
+	links atomic.Pointer[[]netip.Prefix]
 
 	mu      sync.Mutex
 	lastLog time.Time
 	refused int // since lastLog
 }
 
-// Accept returns the next connection that comes from outside the sandbox.
+// Accept returns the next connection that comes from the host.
 func (l *hostOnlyListener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.Listener.Accept()
@@ -52,18 +61,21 @@ func (l *hostOnlyListener) check(c net.Conn) error {
 	if !ok {
 		return errNotTCP
 	}
-	if insidePeer(remote, local, nil) {
+	if remote.IsLoopback() || local.IsLoopback() || remote.IsUnspecified() || remote == local {
 		return errInside
 	}
-	own, err := l.ownAddrs()
+	if links := l.links.Load(); links != nil && linkPeer(*links, remote) {
+		return nil
+	}
+	links, err := l.interfaces()
 	if err != nil {
-		// Fail closed: the host retries, code in the sandbox gets nothing.
-		return err
+		return err // fail closed: the host retries, code in the sandbox gets nothing
 	}
-	if insidePeer(remote, local, own) {
-		return errInside
+	l.links.Store(&links)
+	if linkPeer(links, remote) {
+		return nil
 	}
-	return nil
+	return errInside
 }
 
 func (l *hostOnlyListener) refuse(c net.Conn, why error) {
@@ -88,47 +100,46 @@ type refusal string
 func (r refusal) Error() string { return string(r) }
 
 const (
-	errInside refusal = "it comes from inside the sandbox; the agent serves the host only"
+	errInside refusal = "it does not come from the host; the agent serves the host side of the sandbox's link only"
 	errNotTCP refusal = "not a TCP connection"
 )
 
+// tcpAddrs returns c's addresses, unmapped and without zones.
 func tcpAddrs(c net.Conn) (remote, local netip.Addr, ok bool) {
 	r, rok := c.RemoteAddr().(*net.TCPAddr)
 	l, lok := c.LocalAddr().(*net.TCPAddr)
 	if !rok || !lok {
 		return netip.Addr{}, netip.Addr{}, false
 	}
-	return r.AddrPort().Addr().Unmap(), l.AddrPort().Addr().Unmap(), true
+	return r.AddrPort().Addr().Unmap().WithZone(""), l.AddrPort().Addr().Unmap().WithZone(""), true
 }
 
-// insidePeer reports whether a connection from remote to local starts inside
-// the sandbox whose own (interface) addresses are own: over loopback, or from
-// an address of the sandbox itself.
-func insidePeer(remote, local netip.Addr, own []netip.Addr) bool {
-	if !remote.IsValid() || remote.IsLoopback() || local.IsLoopback() || remote.IsUnspecified() || remote == local {
-		return true
+// linkPeer reports whether a is on one of links (the sandbox's own addresses
+// with their prefix lengths) without being one of the sandbox's addresses.
+func linkPeer(links []netip.Prefix, a netip.Addr) bool {
+	if !a.IsValid() || a.IsLoopback() {
+		return false
 	}
-	for _, a := range own {
-		if remote == a {
-			return true
-		}
+	if slices.ContainsFunc(links, func(p netip.Prefix) bool { return p.Addr() == a }) {
+		return false
 	}
-	return false
+	return slices.ContainsFunc(links, func(p netip.Prefix) bool { return p.Masked().Contains(a) })
 }
 
-// interfaceAddrs lists the addresses of every interface of the sandbox. It
-// is asked afresh for each connection: a restored or forked sandbox has other
-// addresses than the one that was checkpointed.
-func interfaceAddrs() ([]netip.Addr, error) {
+// interfaceAddrs lists the sandbox's non-loopback addresses with the prefix
+// lengths of their links.
+func interfaceAddrs() ([]netip.Prefix, error) {
 	addrs, err := net.InterfaceAddrs()
 	if err != nil {
 		return nil, err
 	}
-	out := make([]netip.Addr, 0, len(addrs))
+	out := make([]netip.Prefix, 0, len(addrs))
 	for _, a := range addrs {
-		if p, err := netip.ParsePrefix(a.String()); err == nil {
-			out = append(out, p.Addr().Unmap())
+		p, err := netip.ParsePrefix(a.String())
+		if err != nil || p.Addr().IsLoopback() {
+			continue
 		}
+		out = append(out, netip.PrefixFrom(p.Addr().Unmap().WithZone(""), p.Bits()))
 	}
 	return out, nil
 }

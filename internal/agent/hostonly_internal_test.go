@@ -40,10 +40,10 @@ func tcpAddr(s string) *net.TCPAddr {
 }
 
 // TestHostOnlyAccepts: of connections from loopback, from the sandbox's own
-// addresses and from the host, Accept returns the host's only; the others
-// are closed, and the peer sees them end without a byte.
+// addresses and from peers on its links, Accept returns the peers' only; the
+// others are closed, and the peer sees them end without a byte.
 func TestHostOnlyAccepts(t *testing.T) {
-	own := []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("169.254.0.2"), netip.MustParseAddr("fe80::2"), netip.MustParseAddr("::1")}
+	links := []netip.Prefix{netip.MustParsePrefix("169.254.0.2/30"), netip.MustParsePrefix("fe80::2/64"), netip.MustParsePrefix("fd00::2/64")}
 	cases := []struct {
 		remote, local string
 		host          bool
@@ -54,10 +54,13 @@ func TestHostOnlyAccepts(t *testing.T) {
 		{"127.0.0.5:40000", "169.254.0.2:49983", false}, // bound to another loopback address
 		{"169.254.0.2:40000", "127.0.0.1:49983", false},
 		{"169.254.0.2:40000", "169.254.0.2:49983", false},      // to its own eth0 address
-		{"[fe80::2]:40000", "[fe80::3]:49983", false},          // from another own address
+		{"[fe80::2%eth0]:40000", "[fd00::2]:49983", false},     // from another own address
+		{"[fd00::2]:40000", "[fe80::2%eth0]:49983", false},     // and back
 		{"[::ffff:169.254.0.2]:1", "169.254.0.2:49983", false}, // mapped
-		{"169.254.0.1:40000", "169.254.0.2:49983", true},       // the host
-		{"[fe80::1]:40000", "[fe80::2]:49983", true},
+		{"169.254.0.9:40000", "169.254.0.2:49983", false},      // not on the link
+		{"0.0.0.0:40000", "169.254.0.2:49983", false},
+		{"169.254.0.1:40000", "169.254.0.2:49983", true}, // the host
+		{"[fe80::1%eth0]:40000", "[fe80::2%eth0]:49983", true},
 	}
 	q := &queueListener{conns: make(chan net.Conn, len(cases))}
 	peers := make([]net.Conn, len(cases))
@@ -66,7 +69,11 @@ func TestHostOnlyAccepts(t *testing.T) {
 		peers[i] = b
 		q.conns <- addrConn{Conn: a, remote: tcpAddr(tc.remote), local: tcpAddr(tc.local)}
 	}
-	ln := &hostOnlyListener{Listener: q, ownAddrs: func() ([]netip.Addr, error) { return own, nil }}
+	lookups := 0
+	ln := &hostOnlyListener{Listener: q, interfaces: func() ([]netip.Prefix, error) {
+		lookups++
+		return links, nil
+	}}
 	accepted := map[string]bool{}
 	for {
 		c, err := ln.Accept()
@@ -86,6 +93,40 @@ func TestHostOnlyAccepts(t *testing.T) {
 			}
 		}
 	}
+	if lookups == 0 {
+		t.Error("the sandbox's addresses were never looked up")
+	}
+}
+
+// TestHostOnlyFollowsAddressChange: after a restore under another address
+// (a fork), the host's new address is accepted and the old one refused.
+func TestHostOnlyFollowsAddressChange(t *testing.T) {
+	links := []netip.Prefix{netip.MustParsePrefix("169.254.0.2/30")}
+	lookups := 0
+	q := &queueListener{conns: make(chan net.Conn, 4)}
+	ln := &hostOnlyListener{Listener: q, interfaces: func() ([]netip.Prefix, error) {
+		lookups++
+		return links, nil
+	}}
+	accept := func(remote, local string) bool {
+		a, _ := net.Pipe()
+		q.conns <- addrConn{Conn: a, remote: tcpAddr(remote), local: tcpAddr(local)}
+		c, err := ln.Accept()
+		return err == nil && c != nil
+	}
+	if !accept("169.254.0.1:1", "169.254.0.2:49983") || !accept("169.254.0.1:2", "169.254.0.2:49983") {
+		t.Fatal("host refused")
+	}
+	if lookups != 1 {
+		t.Fatalf("%d lookups for two connections from the same host, want 1", lookups)
+	}
+	links = []netip.Prefix{netip.MustParsePrefix("169.254.8.2/30")}
+	if !accept("169.254.8.1:1", "169.254.8.2:49983") {
+		t.Fatal("new host address refused after the address change")
+	}
+	if accept("169.254.0.1:3", "169.254.8.2:49983") {
+		t.Fatal("old host address accepted after the address change")
+	}
 }
 
 // TestHostOnlyFailsClosed: if the sandbox's addresses cannot be listed, a
@@ -94,7 +135,7 @@ func TestHostOnlyFailsClosed(t *testing.T) {
 	a, _ := net.Pipe()
 	q := &queueListener{conns: make(chan net.Conn, 1)}
 	q.conns <- addrConn{Conn: a, remote: tcpAddr("169.254.0.1:1"), local: tcpAddr("169.254.0.2:49983")}
-	ln := &hostOnlyListener{Listener: q, ownAddrs: func() ([]netip.Addr, error) { return nil, errors.New("netlink broke") }}
+	ln := &hostOnlyListener{Listener: q, interfaces: func() ([]netip.Prefix, error) { return nil, errors.New("netlink broke") }}
 	if c, err := ln.Accept(); err == nil {
 		t.Fatalf("accepted %v although the sandbox's addresses are unknown", c.RemoteAddr())
 	}
