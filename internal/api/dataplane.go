@@ -345,7 +345,7 @@ func (s *Server) failAgent(w http.ResponseWriter, err error) {
 }
 
 // agentUnavailableMessage is the message of a 502 agent_unavailable: what
-// happened and what to do (docs/OPERATIONS.md, "A lost agent").
+// happened and what to do (docs/OPERATIONS.md, "The agent's credential, and a lost agent").
 const agentUnavailableMessage = "the sandbox's agent no longer accepts stasisd's credential, so its processes and files cannot be reached " +
 	"(if the server's node.key was replaced, restore it and restart stasisd); otherwise delete the sandbox, " +
 	"or start a new one from a snapshot or fork taken before this happened"
