@@ -3,10 +3,16 @@
 // the sandbox's network link; see internal/agent.
 //
 // Configuration comes from the environment, which it then scrubs of every
-// STASIS_* variable: STASIS_AGENT_TOKEN (required), STASIS_DEFAULT_USER,
+// STASIS_* variable: STASIS_AGENT_TOKEN_SHA256 (required: the SHA-256 of the
+// token stasisd presents, never the token itself), STASIS_DEFAULT_USER,
 // STASIS_DEFAULT_WORKDIR, STASIS_AGENT_LISTEN (default :49983),
 // STASIS_MEMORY_LIMIT_MIB and STASIS_VCPU (the sandbox's limits, for the
 // watchdog).
+//
+// Its credentials are out of reach of the code it runs: it serves only
+// connections from outside the sandbox (agent.HostOnly), and it makes itself
+// non-dumpable, so that no process in the sandbox can read its memory or its
+// /proc files (environ, maps, mem) or ptrace it.
 //
 // As PID 1 it also runs the sandbox's watchdog: an OOM killer that keeps the
 // sandbox within its memory budget and a task limiter against fork bombs.
@@ -16,6 +22,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log"
 	"net"
 	"os"
@@ -24,6 +31,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/stasis-sandbox/stasis/internal/agent"
 )
@@ -42,6 +51,12 @@ func main() {
 }
 
 func run(logger *log.Logger) error {
+	// Commands run as root with the agent's capabilities; only this keeps
+	// them out of its memory (the mm's flag, so it survives a checkpoint;
+	// an execve resets it, so commands are unaffected).
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return fmt.Errorf("prctl(PR_SET_DUMPABLE, 0): %w", err)
+	}
 	cfg, err := agent.ConfigFromEnv()
 	if err != nil {
 		return err
@@ -84,6 +99,7 @@ func run(logger *log.Logger) error {
 	if err != nil {
 		return err
 	}
+	ln = agent.HostOnly(ln, logger)
 	logger.Printf("pid %d listening on %s", os.Getpid(), ln.Addr())
 
 	if os.Getpid() == 1 {

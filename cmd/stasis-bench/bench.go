@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
+	"github.com/stasis-sandbox/stasis/internal/agentproto"
 	"github.com/stasis-sandbox/stasis/internal/images"
 	"github.com/stasis-sandbox/stasis/internal/runtime"
 )
@@ -58,7 +59,7 @@ const rawAgentToken = "stasis-bench-raw"
 // rawAgentEnv configures the agent as init of a baseline container as the
 // gVisor driver does for a stasis/base sandbox of memMiB.
 func rawAgentEnv(memMiB int) []string {
-	return []string{"STASIS_AGENT_TOKEN=" + rawAgentToken, "STASIS_DEFAULT_USER=user", "STASIS_DEFAULT_WORKDIR=/home/user",
+	return []string{agentproto.EnvTokenSHA256 + "=" + agentproto.TokenHashHex(rawAgentToken), "STASIS_DEFAULT_USER=user", "STASIS_DEFAULT_WORKDIR=/home/user",
 		"STASIS_MEMORY_LIMIT_MIB=" + strconv.Itoa(memMiB), "STASIS_VCPU=1"}
 }
 

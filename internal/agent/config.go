@@ -1,18 +1,28 @@
 package agent
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/stasis-sandbox/stasis/internal/agentproto"
 )
 
 // Environment variables read by ConfigFromEnv. Every variable starting with
 // EnvPrefix is removed from the agent's environment and never reaches a child.
 const (
-	EnvPrefix         = "STASIS_"
-	EnvToken          = "STASIS_AGENT_TOKEN"
+	EnvPrefix = "STASIS_"
+	// EnvTokenSHA256 is the hex SHA-256 of the token requests must present
+	// (agentproto.EnvTokenSHA256). The token itself is never in the
+	// environment: code in the sandbox can read /proc/1/environ.
+	EnvTokenSHA256 = agentproto.EnvTokenSHA256
+	// EnvPlainToken is how older stasisd versions passed the token in
+	// clear. It is refused, so that a caller cannot put it back there.
+	EnvPlainToken     = "STASIS_AGENT_TOKEN"
 	EnvDefaultUser    = "STASIS_DEFAULT_USER"
 	EnvDefaultWorkdir = "STASIS_DEFAULT_WORKDIR"
 	EnvListen         = "STASIS_AGENT_LISTEN"
@@ -33,8 +43,10 @@ const DefaultListen = ":49983"
 
 // Config configures a Server.
 type Config struct {
-	// Token is the per-sandbox secret every request must present. Required.
-	Token string
+	// TokenHash is the SHA-256 of the per-sandbox secret every request must
+	// present (agentproto.TokenHash). Required. The agent never learns the
+	// secret itself, except from requests presenting it.
+	TokenHash [sha256.Size]byte
 	// DefaultUser runs commands and owns written files unless a request says
 	// otherwise. Empty means root.
 	DefaultUser string
@@ -65,11 +77,14 @@ type Config struct {
 }
 
 // ConfigFromEnv builds a Config from the process environment, then removes
-// every STASIS_* variable from it (os.Unsetenv) so that neither the token nor
-// any other agent setting leaks to the commands the agent runs.
+// every STASIS_* variable from it (os.Unsetenv) so that no agent setting
+// leaks to the commands the agent runs. (That does not change the process's
+// initial environment, which /proc/1/environ shows: hence only the token's
+// hash is ever passed.)
 func ConfigFromEnv() (Config, error) {
+	tokenHash := os.Getenv(EnvTokenSHA256)
+	_, plainToken := os.LookupEnv(EnvPlainToken)
 	cfg := Config{
-		Token:          os.Getenv(EnvToken),
 		DefaultUser:    os.Getenv(EnvDefaultUser),
 		DefaultWorkdir: os.Getenv(EnvDefaultWorkdir),
 		Listen:         os.Getenv(EnvListen),
@@ -85,9 +100,17 @@ func ConfigFromEnv() (Config, error) {
 	if cfg.Listen == "" {
 		cfg.Listen = DefaultListen
 	}
-	if cfg.Token == "" {
-		return cfg, errors.New(EnvToken + " is not set")
+	if plainToken {
+		return cfg, errors.New(EnvPlainToken + " is refused: code in the sandbox could read it; pass its SHA-256 in " + EnvTokenSHA256)
 	}
+	if tokenHash == "" {
+		return cfg, errors.New(EnvTokenSHA256 + " is not set")
+	}
+	h, err := hex.DecodeString(tokenHash)
+	if err != nil || len(h) != sha256.Size {
+		return cfg, fmt.Errorf("%s must be %d hex digits", EnvTokenSHA256, 2*sha256.Size)
+	}
+	copy(cfg.TokenHash[:], h)
 	if memLimit != "" {
 		n, err := strconv.Atoi(memLimit)
 		if err != nil || n < 0 {

@@ -339,7 +339,7 @@ func TestRotateToken(t *testing.T) {
 }
 
 func TestConfigFromEnv(t *testing.T) {
-	t.Setenv(agent.EnvToken, "tok")
+	t.Setenv(agent.EnvTokenSHA256, agentproto.TokenHashHex("tok"))
 	t.Setenv(agent.EnvDefaultUser, "nobody")
 	t.Setenv(agent.EnvDefaultWorkdir, "/work")
 	t.Setenv("STASIS_SOMETHING_ELSE", "x")
@@ -349,7 +349,7 @@ func TestConfigFromEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Token != "tok" || cfg.DefaultUser != "nobody" || cfg.DefaultWorkdir != "/work" || cfg.Listen != agent.DefaultListen {
+	if cfg.TokenHash != agentproto.TokenHash("tok") || cfg.DefaultUser != "nobody" || cfg.DefaultWorkdir != "/work" || cfg.Listen != agent.DefaultListen {
 		t.Fatalf("config %+v", cfg)
 	}
 	for _, kv := range append(os.Environ(), cfg.Env...) {
@@ -363,10 +363,23 @@ func TestConfigFromEnv(t *testing.T) {
 	if _, err := agent.ConfigFromEnv(); err == nil {
 		t.Error("no error without a token")
 	}
+	// The token in clear is refused: code in the sandbox could read it in
+	// /proc/1/environ. So is a hash that is not one.
+	t.Setenv(agent.EnvPlainToken, "tok")
+	t.Setenv(agent.EnvTokenSHA256, agentproto.TokenHashHex("tok"))
+	if _, err := agent.ConfigFromEnv(); err == nil || !strings.Contains(err.Error(), agent.EnvPlainToken) {
+		t.Errorf("%s accepted: %v", agent.EnvPlainToken, err)
+	}
+	for _, bad := range []string{"tok", strings.Repeat("ab", 31), strings.Repeat("zz", 32)} {
+		t.Setenv(agent.EnvTokenSHA256, bad)
+		if _, err := agent.ConfigFromEnv(); err == nil {
+			t.Errorf("%s=%s accepted", agent.EnvTokenSHA256, bad)
+		}
+	}
 }
 
 func TestNewRejectsUnknownDefaultUser(t *testing.T) {
-	if _, err := agent.New(agent.Config{Token: "x", DefaultUser: "no-such-user-xyz"}, reaper, nil); err == nil {
+	if _, err := agent.New(agent.Config{TokenHash: agentproto.TokenHash("x"), DefaultUser: "no-such-user-xyz"}, reaper, nil); err == nil {
 		t.Fatal("New accepted an unknown default user")
 	}
 }

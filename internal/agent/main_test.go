@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"log"
 	"net"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/stasis-sandbox/stasis/internal/agent"
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
+	"github.com/stasis-sandbox/stasis/internal/agentproto"
 )
 
 // The test binary makes itself a child subreaper and runs one reap-all
@@ -41,8 +43,8 @@ const testToken = "test-token-0123456789"
 // client for it.
 func startAgent(t testing.TB, cfg agent.Config) (*agentclient.Client, string) {
 	t.Helper()
-	if cfg.Token == "" {
-		cfg.Token = testToken
+	if cfg.TokenHash == ([sha256.Size]byte{}) {
+		cfg.TokenHash = agentproto.TokenHash(testToken)
 	}
 	if cfg.Env == nil {
 		cfg.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "AGENT_VAR=from-agent"}
@@ -56,7 +58,7 @@ func startAgent(t testing.TB, cfg agent.Config) (*agentclient.Client, string) {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	c := agentclient.New(addr, cfg.Token)
+	c := agentclient.New(addr, testToken)
 	t.Cleanup(c.CloseIdleConnections)
 	return c, addr
 }

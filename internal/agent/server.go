@@ -31,7 +31,7 @@ type Server struct {
 	log    *log.Logger
 	start  time.Time
 
-	tokenHash atomic.Pointer[[sha256.Size]byte]
+	tokenHash atomic.Pointer[[sha256.Size]byte] // of the token; the agent never keeps the token
 
 	mux *http.ServeMux
 
@@ -52,8 +52,8 @@ type Server struct {
 // New returns a Server. Commands are started through reaper, which must
 // outlive the server. logger receives errors only (nil: discard).
 func New(cfg Config, reaper *Reaper, logger *log.Logger) (*Server, error) {
-	if cfg.Token == "" {
-		return nil, errors.New("agent: empty token")
+	if cfg.TokenHash == ([sha256.Size]byte{}) {
+		return nil, errors.New("agent: no token hash")
 	}
 	if reaper == nil {
 		return nil, errors.New("agent: nil reaper")
@@ -77,7 +77,8 @@ func New(cfg Config, reaper *Reaper, logger *log.Logger) (*Server, error) {
 
 		watchdogKick: make(chan struct{}, 1),
 	}
-	s.setToken(cfg.Token)
+	h := cfg.TokenHash
+	s.tokenHash.Store(&h)
 	s.mux.HandleFunc(agentproto.PathHealth, s.handleHealth)
 	s.mux.HandleFunc(agentproto.PathToken, s.handleToken)
 	s.mux.HandleFunc(agentproto.PathExec, s.handleExec)
@@ -135,20 +136,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return srv.Shutdown(ctx)
 }
 
-func (s *Server) setToken(tok string) {
-	h := sha256.Sum256([]byte(tok))
-	s.tokenHash.Store(&h)
-}
-
-// authorized compares the bearer token in constant time (hashing both sides
-// first, so the comparison does not even leak the token's length).
+// authorized compares the hash of the bearer token with the one the agent
+// holds, in constant time (and the hash does not even leak the token's
+// length).
 func (s *Server) authorized(r *http.Request) bool {
 	auth := r.Header.Get("Authorization")
 	tok, ok := strings.CutPrefix(auth, "Bearer ")
 	if !ok {
 		return false
 	}
-	got := sha256.Sum256([]byte(tok))
+	got := agentproto.TokenHash(tok)
 	want := s.tokenHash.Load()
 	return subtle.ConstantTimeCompare(got[:], want[:]) == 1
 }
@@ -195,7 +192,8 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, agentproto.CodeBadRequest, "empty token")
 		return
 	}
-	s.setToken(req.Token)
+	h := agentproto.TokenHash(req.Token)
+	s.tokenHash.Store(&h)
 	w.WriteHeader(http.StatusNoContent)
 }
 

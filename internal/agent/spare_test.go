@@ -12,6 +12,7 @@ import (
 
 	"github.com/stasis-sandbox/stasis/internal/agent"
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
+	"github.com/stasis-sandbox/stasis/internal/agentproto"
 )
 
 // spareCmdline is how a spare shell shows in /proc/PID/cmdline.
@@ -207,7 +208,7 @@ func TestQuiesceDropsSpareUntilNextCommand(t *testing.T) {
 
 // Shutdown kills the spare shell: the agent leaves no process behind.
 func TestSpareShellEndsWithServer(t *testing.T) {
-	srv, addr, done := serveAgent(t, agent.Config{Token: testToken})
+	srv, addr, done := serveAgent(t, agent.Config{TokenHash: agentproto.TokenHash(testToken)})
 	c := agentclient.New(addr, testToken)
 	defer c.CloseIdleConnections()
 	run(t, c, agentclient.ExecRequest{Command: "true"})

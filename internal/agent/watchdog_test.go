@@ -15,6 +15,7 @@ import (
 
 	"github.com/stasis-sandbox/stasis/internal/agent"
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
+	"github.com/stasis-sandbox/stasis/internal/agentproto"
 )
 
 // hogEnv makes the test binary a memory hog: it allocates and touches that
@@ -84,7 +85,7 @@ func descendantsRSS() (total, used uint64, err error) {
 // startWatched runs an agent with a watchdog and returns a client for it.
 func startWatched(t *testing.T, cfg agent.Config, wcfg agent.WatchdogConfig) *agentclient.Client {
 	t.Helper()
-	cfg.Token = testToken
+	cfg.TokenHash = agentproto.TokenHash(testToken)
 	cfg.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
 	srv, addr, done := serveAgent(t, cfg)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -264,7 +265,7 @@ func TestCommandsGetProcessLimit(t *testing.T) {
 }
 
 func TestConfigFromEnvLimits(t *testing.T) {
-	t.Setenv(agent.EnvToken, "tok")
+	t.Setenv(agent.EnvTokenSHA256, agentproto.TokenHashHex("tok"))
 	t.Setenv(agent.EnvMemoryLimit, "256")
 	t.Setenv(agent.EnvVCPU, "2")
 	cfg, err := agent.ConfigFromEnv()
@@ -272,7 +273,7 @@ func TestConfigFromEnvLimits(t *testing.T) {
 		t.Fatalf("config %+v, %v", cfg, err)
 	}
 	for _, bad := range [][2]string{{agent.EnvMemoryLimit, "lots"}, {agent.EnvVCPU, "-1"}} {
-		t.Setenv(agent.EnvToken, "tok")
+		t.Setenv(agent.EnvTokenSHA256, agentproto.TokenHashHex("tok"))
 		t.Setenv(agent.EnvMemoryLimit, "")
 		t.Setenv(agent.EnvVCPU, "")
 		t.Setenv(bad[0], bad[1])

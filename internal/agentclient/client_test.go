@@ -3,6 +3,7 @@ package agentclient_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -27,8 +28,8 @@ const token = "client-test-token"
 
 func serveAgent(t testing.TB, ln net.Listener, cfg agent.Config) {
 	t.Helper()
-	if cfg.Token == "" {
-		cfg.Token = token
+	if cfg.TokenHash == ([sha256.Size]byte{}) {
+		cfg.TokenHash = agentproto.TokenHash(token)
 	}
 	if cfg.Env == nil {
 		cfg.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
@@ -291,7 +292,7 @@ func TestWaitListening(t *testing.T) {
 func TestSetAddrAndToken(t *testing.T) {
 	dirA, dirB := t.TempDir(), t.TempDir()
 	c, _ := startAgent(t, agent.Config{DefaultWorkdir: dirA})
-	_, addrB := startAgent(t, agent.Config{DefaultWorkdir: dirB, Token: "token-b"})
+	_, addrB := startAgent(t, agent.Config{DefaultWorkdir: dirB, TokenHash: agentproto.TokenHash("token-b")})
 	pwd := func() (string, error) {
 		var out bytes.Buffer
 		_, err := c.Run(testCtx(t), agentclient.ExecRequest{Command: "pwd"}, &out, nil)

@@ -2,9 +2,13 @@
 // the init process inside every sandbox. Both sides import it; nothing else
 // should.
 //
-// The agent serves HTTP/1.1. Every request carries
-// "Authorization: Bearer <token>". Plain endpoints speak JSON; errors are
-// {"error":{"code":..., "message":...}} with the codes below.
+// The agent serves HTTP/1.1, to the host side of the sandbox's link only: it
+// closes connections that come from inside the sandbox. Every request
+// carries "Authorization: Bearer <token>". The agent never holds the token
+// itself, only its SHA-256 (TokenHash): it starts with the hash in
+// EnvTokenSHA256, and a rotation (PathToken) replaces it. Plain endpoints
+// speak JSON; errors are {"error":{"code":..., "message":...}} with the codes
+// below.
 //
 // Exec is one endpoint for buffered, streaming and interactive use: the client
 // sends POST /v1/exec with "Connection: Upgrade" and "Upgrade: stasis-exec";
@@ -20,6 +24,8 @@
 package agentproto
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strconv"
 	"strings"
@@ -43,6 +49,24 @@ const (
 	// what it can rebuild (its spare shell) until the next command.
 	PathQuiesce = "/v1/quiesce"
 )
+
+// EnvTokenSHA256 is the environment variable that gives the agent its first
+// credential: the hex SHA-256 of its token. Code in the sandbox can read the
+// agent's initial environment (/proc/1/environ), so the token itself never
+// goes there; its hash is of no use for authenticating.
+const EnvTokenSHA256 = "STASIS_AGENT_TOKEN_SHA256"
+
+// TokenHash is what the agent keeps of a token and compares (in constant
+// time) with the hash of the token a request presents.
+func TokenHash(token string) [sha256.Size]byte {
+	return sha256.Sum256([]byte(token))
+}
+
+// TokenHashHex is TokenHash in hex, as EnvTokenSHA256 carries it.
+func TokenHashHex(token string) string {
+	h := TokenHash(token)
+	return hex.EncodeToString(h[:])
+}
 
 // UpgradeProtocol is the value of the Upgrade header for PathExec.
 const UpgradeProtocol = "stasis-exec"
@@ -78,7 +102,8 @@ type Health struct {
 	Version  int   `json:"version"`
 }
 
-// TokenRequest is the body of POST /v1/token.
+// TokenRequest is the body of POST /v1/token. The agent keeps only the new
+// token's hash.
 type TokenRequest struct {
 	Token string `json:"token"`
 }

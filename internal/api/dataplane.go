@@ -330,6 +330,12 @@ func (s *Server) failAgent(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusBadRequest, "permission_denied", agentMessage(err))
 	case errors.Is(err, agentclient.ErrNoSpace):
 		writeError(w, http.StatusInsufficientStorage, "sandbox_storage_full", agentMessage(err))
+	case errors.Is(err, agentclient.ErrUnauthorized):
+		// The agent refuses stasisd's own credential: no access token the
+		// client could get would help (so not 401/403, which make SDKs
+		// re-activate and retry), and the sandbox itself cannot be reached.
+		s.log.Error("sandbox agent refuses stasisd's credential", "err", err)
+		writeError(w, http.StatusBadGateway, "agent_unavailable", agentUnavailableMessage)
 	case errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500:
 		writeError(w, http.StatusBadRequest, ae.Code, ae.Message)
 	default:
@@ -337,6 +343,12 @@ func (s *Server) failAgent(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusBadGateway, "sandbox_unreachable", "the sandbox did not answer: "+err.Error())
 	}
 }
+
+// agentUnavailableMessage is the message of a 502 agent_unavailable: what
+// happened and what to do (docs/OPERATIONS.md, "The agent's credential, and a lost agent").
+const agentUnavailableMessage = "the sandbox's agent no longer accepts stasisd's credential, so its processes and files cannot be reached " +
+	"(if the server's node.key was replaced, restore it and restart stasisd); otherwise delete the sandbox, " +
+	"or start a new one from a snapshot or fork taken before this happened"
 
 func agentMessage(err error) string {
 	var ae *agentclient.Error

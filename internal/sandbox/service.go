@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
+	"github.com/stasis-sandbox/stasis/internal/agentproto"
 	"github.com/stasis-sandbox/stasis/internal/images"
 	"github.com/stasis-sandbox/stasis/internal/metrics"
 	"github.com/stasis-sandbox/stasis/internal/oci"
@@ -267,7 +268,13 @@ func (s *Service) forget(id string) {
 // agentToken derives the sandbox's agent secret from the node key, so it
 // never has to be stored.
 func (s *Service) agentToken(id string) string {
-	m := hmac.New(sha256.New, s.cfg.NodeKey)
+	return AgentToken(s.cfg.NodeKey, id)
+}
+
+// AgentToken is the agent secret of sandbox id under nodeKey (the data
+// dir's node.key). The sandbox's agent only ever holds its hash.
+func AgentToken(nodeKey []byte, id string) string {
+	m := hmac.New(sha256.New, nodeKey)
 	m.Write([]byte("stasis-agent:" + id))
 	return hex.EncodeToString(m.Sum(nil))
 }
@@ -285,7 +292,9 @@ func (s *Service) spec(sb *store.Sandbox, img *images.Image) runtime.Spec {
 		env = append(env, k+"="+sb.Env[k])
 	}
 	env = append(env,
-		"STASIS_AGENT_TOKEN="+s.agentToken(sb.ID),
+		// Only the hash: code in the sandbox can read this environment in
+		// /proc/1/environ.
+		agentproto.EnvTokenSHA256+"="+agentproto.TokenHashHex(s.agentToken(sb.ID)),
 		"STASIS_DEFAULT_USER="+img.User,
 		"STASIS_DEFAULT_WORKDIR="+img.Workdir,
 	)
