@@ -92,6 +92,7 @@ func runServe(args []string) error {
 	errc := make(chan error, 1)
 	go func() { errc <- httpSrv.Serve(ln) }()
 	go n.svc.RunTimers(ctx)
+	go n.svc.RunHealthChecks(ctx)
 	select {
 	case err := <-errc:
 		return err

@@ -49,8 +49,14 @@ type agentHandler func(w http.ResponseWriter, r *http.Request, t *sandbox.Target
 func (s *Server) withAgent(h agentHandler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		c, ok := s.agentFor(w, r, r.Header.Get("X-Access-Token"))
-		if ok {
-			h(w, r, c)
+		if !ok {
+			return
+		}
+		h(w, r, c)
+		// The agent did not answer: have the sandbox's link and agent
+		// checked now, so it does not stay "active" while unusable.
+		if sw, ok := w.(*statusWriter); ok && sw.status == http.StatusBadGateway {
+			s.svc.CheckSoon(dataPlaneID(r))
 		}
 	}
 }

@@ -70,6 +70,8 @@ type Service struct {
 
 	logsMu sync.Mutex
 	logs   map[string]*buildLog // by build ID, for builds run by this process
+
+	health *healthState // see RunHealthChecks
 }
 
 // box is the in-memory side of one sandbox. mu serialises lifecycle
@@ -143,7 +145,7 @@ func New(cfg Config) (*Service, error) {
 		return nil, err
 	}
 	return &Service{cfg: cfg, agentPath: agentPath, log: cfg.Logger, snaps: snaps, tsnaps: tsnaps, saved: saved,
-		metrics: cfg.Metrics, boxes: map[string]*box{}, logs: map[string]*buildLog{}}, nil
+		metrics: cfg.Metrics, boxes: map[string]*box{}, logs: map[string]*buildLog{}, health: newHealthState()}, nil
 }
 
 // installAgent copies the agent binary to dir/<content hash>/stasis-agent
