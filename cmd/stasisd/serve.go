@@ -18,6 +18,8 @@ import (
 
 	"github.com/stasis-sandbox/stasis/internal/api"
 	"github.com/stasis-sandbox/stasis/internal/firewall"
+	"github.com/stasis-sandbox/stasis/internal/health"
+	"github.com/stasis-sandbox/stasis/internal/httpguard"
 	"github.com/stasis-sandbox/stasis/internal/images"
 	"github.com/stasis-sandbox/stasis/internal/metrics"
 	"github.com/stasis-sandbox/stasis/internal/netpool"
@@ -34,6 +36,8 @@ type serveFlags struct {
 	vcpu, memMiB, diskMiB, maxLive                                                    int
 	warmWindow                                                                        time.Duration
 	pauseOnShutdown                                                                   bool
+	minFreeDiskMiB, maxUnauthenticated                                                int
+	bodyIdle                                                                          time.Duration
 }
 
 func runServe(args []string) error {
@@ -54,6 +58,9 @@ func runServe(args []string) error {
 	fs.DurationVar(&f.warmWindow, "warm-pause-window", 0, "keep a paused sandbox frozen in RAM this long after its snapshot is on disk, so resuming it is instant (0: free its memory at once)")
 	fs.BoolVar(&f.pauseOnShutdown, "pause-on-shutdown", false, "on SIGTERM, pause every active sandbox (default: leave them running for the next start to re-adopt)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.IntVar(&f.minFreeDiskMiB, "min-free-disk-mib", 2048, "refuse new sandboxes, forks, template builds and saved snapshots (507 insufficient_storage), and report /health unhealthy, while the data dir's disk has less free space than this")
+	fs.IntVar(&f.maxUnauthenticated, "max-unauthenticated-conns", 256, "connections that have not made an authenticated request; more are answered 503 server_busy and closed (0: unlimited)")
+	fs.DurationVar(&f.bodyIdle, "body-idle-timeout", 30*time.Second, "cut off a request whose body sends nothing for this long (a flowing upload is never cut)")
 	err := fs.Parse(args)
 	if err != nil {
 		return err
@@ -87,10 +94,14 @@ func runServe(args []string) error {
 	}
 	defer n.close(log)
 
-	httpSrv := &http.Server{Handler: n.api, ReadHeaderTimeout: 10 * time.Second}
+	// Slow or silent clients cannot hold connections: headers must arrive
+	// within ReadHeaderTimeout, bodies keep flowing (guard.BodyIdle), idle
+	// keep-alives end, and connections that never authenticate are bounded.
+	httpSrv := &http.Server{Handler: n.api, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	guard := httpguard.New(httpguard.Config{MaxUnauthenticated: f.maxUnauthenticated, BodyIdle: f.bodyIdle})
 	log.Info("stasisd serving", "addr", "http://"+ln.Addr().String(), "data_dir", f.dataDir, "version", version)
 	errc := make(chan error, 1)
-	go func() { errc <- httpSrv.Serve(ln) }()
+	go func() { errc <- guard.Serve(httpSrv, ln) }()
 	go n.svc.RunTimers(ctx)
 	go n.svc.RunHealthChecks(ctx)
 	select {
@@ -217,6 +228,8 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 	if err != nil {
 		return nil, err
 	}
+	checks := health.New(health.Config{Store: st.Check, Runsc: runsc, DataDir: dataDir,
+		MinFreeBytes: uint64(max(f.minFreeDiskMiB, 0)) << 20})
 	reg := metrics.New()
 	svc, err := sandbox.New(sandbox.Config{
 		Store:           st,
@@ -235,6 +248,7 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 		DefaultVCPU:     f.vcpu,
 		DefaultMemMiB:   f.memMiB,
 		DefaultDiskMiB:  f.diskMiB,
+		Storage:         checks,
 	})
 	if err != nil {
 		return nil, err
@@ -254,7 +268,9 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 		}
 	}
 	log.Info("runtime ready", "runsc", runsc, "agent", agent, "images_dir", f.imagesDir)
-	return &node{svc: svc, api: api.New(svc, st, reg, log), store: st, driver: driver, pool: pool, fw: fw}, nil
+	handler := api.New(svc, st, reg, log)
+	handler.UseHealth(checks)
+	return &node{svc: svc, api: handler, store: st, driver: driver, pool: pool, fw: fw}, nil
 }
 
 // ifPrefix derives the (at most 6 character) veth name prefix from the netns prefix.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
+	"github.com/stasis-sandbox/stasis/internal/httpguard"
 	"github.com/stasis-sandbox/stasis/internal/sandbox"
 	"github.com/stasis-sandbox/stasis/internal/store"
 )
@@ -64,15 +65,18 @@ func (s *Server) withAgent(h agentHandler) http.HandlerFunc {
 func (s *Server) agentFor(w http.ResponseWriter, r *http.Request, token string) (*sandbox.Target, bool) {
 	id := dataPlaneID(r)
 	if id == "" {
+		closeAfter(w)
 		writeError(w, http.StatusBadRequest, "invalid_request",
 			"missing sandbox id: send the X-Superserve-Sandbox-Id header")
 		return nil, false
 	}
 	c, err := s.svc.Agent(r.Context(), id, token)
 	if err != nil {
+		closeAfter(w) // perhaps not authenticated: see withTeam
 		s.fail(w, err)
 		return nil, false
 	}
+	httpguard.Authenticated(r.Context())
 	return c, true
 }
 

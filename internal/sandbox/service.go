@@ -48,8 +48,9 @@ type Config struct {
 	// snapshot is durable, so resuming it is a thaw (0: stop at once).
 	WarmWindow  time.Duration
 	Metrics     *metrics.Registry
-	OCI         *oci.Puller // pulls OCI images for templates (nil: built-in images only)
-	TemplateDir string      // template snapshots live in TemplateDir/<template id>/
+	OCI         *oci.Puller  // pulls OCI images for templates (nil: built-in images only)
+	TemplateDir string       // template snapshots live in TemplateDir/<template id>/
+	Storage     StorageGuard // refuses new sandboxes when the disk is low (nil: never)
 }
 
 // Service runs the sandbox lifecycle. It is safe for concurrent use.
