@@ -9,12 +9,8 @@ import (
 	"strings"
 
 	"github.com/stasis-sandbox/stasis/internal/lockfile"
+	"github.com/stasis-sandbox/stasis/internal/netpool"
 )
-
-// hostLockDir holds the host-wide locks on network names: two servers on
-// one host must never share a netns prefix, an interface prefix or the
-// firewall chain named after it, whatever their data dirs.
-const hostLockDir = "/run/stasis"
 
 // claimed is what a server owns alone while it runs.
 type claimed struct {
@@ -43,13 +39,15 @@ func claim(dataDir, listen, netnsPrefix string) (_ *claimed, err error) {
 			c.release()
 		}
 	}()
+	// Two servers on one host must never share a netns prefix, an
+	// interface prefix or the firewall chain named after it, whatever
+	// their data dirs.
 	ifp := ifPrefix(netnsPrefix)
+	netnsLock, linksLock := netpool.LockFiles(netnsPrefix, ifp)
 	for _, want := range []struct{ path, what string }{
 		{filepath.Join(dataDir, "lock"), "data dir " + dataDir},
-		{filepath.Join(hostLockDir, "netns-"+netnsPrefix+".lock"), fmt.Sprintf("netns prefix %q", netnsPrefix)},
-		// The chain is named after the upper-cased interface prefix.
-		{filepath.Join(hostLockDir, "links-"+strings.ToUpper(ifp)+".lock"),
-			fmt.Sprintf("interface prefix %q (and firewall chain STASIS-%s, from --netns-prefix %q)", ifp, strings.ToUpper(ifp), netnsPrefix)},
+		{netnsLock, fmt.Sprintf("netns prefix %q", netnsPrefix)},
+		{linksLock, fmt.Sprintf("interface prefix %q (and firewall chain STASIS-%s, from --netns-prefix %q)", ifp, strings.ToUpper(ifp), netnsPrefix)},
 	} {
 		l, err := lockfile.TryAcquire(want.path, me)
 		var held *lockfile.HeldError

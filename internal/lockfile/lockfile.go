@@ -21,6 +21,7 @@ import (
 
 // Holder describes the process holding a lock.
 type Holder struct {
+	Program string `json:"program,omitempty"` // default "stasisd"
 	PID     int    `json:"pid"`
 	DataDir string `json:"data_dir,omitempty"`
 	Listen  string `json:"listen,omitempty"`
@@ -31,7 +32,11 @@ func (h Holder) String() string {
 	if h.PID == 0 {
 		return "another process"
 	}
-	s := fmt.Sprintf("stasisd pid %d", h.PID)
+	prog := h.Program
+	if prog == "" {
+		prog = "stasisd"
+	}
+	s := fmt.Sprintf("%s pid %d", prog, h.PID)
 	var extra []string
 	if h.DataDir != "" {
 		extra = append(extra, "data dir "+h.DataDir)

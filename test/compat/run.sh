@@ -27,7 +27,7 @@ AGENT="${STASIS_AGENT:-$ROOT/bin/stasis-agent}"
 IMAGES_DIR="${STASIS_IMAGES_DIR:-$ROOT/.cache/images}"
 RUNSC="${STASIS_RUNSC:-$ROOT/.cache/runsc/bin/runsc}"
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
-NETNS_PREFIX=stc # this server's network namespaces: stc-<sandbox id>
+NETNS_PREFIX=stc # this server's network namespaces: stc-<sandbox id> (stasisd locks it: one run per host)
 
 die() { printf 'compat: %s\n' "$*" >&2; exit 1; }
 
@@ -118,7 +118,7 @@ echo "==> starting stasisd on $STASIS_URL (data dir $DATA, log $LOG)"
 	--images-dir "$IMAGES_DIR" \
 	--runsc "$RUNSC" \
 	--agent "$AGENT" \
-	--subnet 169.254.200.0/22 \
+	--subnet 169.254.196.0/22 \
 	--netns-prefix "$NETNS_PREFIX" \
 	>"$LOG" 2>&1 &
 SERVER_PID=$!
