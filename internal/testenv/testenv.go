@@ -4,6 +4,7 @@ package testenv
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -20,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stasis-sandbox/stasis/internal/firewall"
 )
 
 // Server is a running stasisd.
@@ -291,6 +294,12 @@ func (s *Server) Close() {
 		}
 	}
 	os.RemoveAll(s.dataDir)
+	// A clean stop removes the firewall chain itself; one that had to be
+	// killed leaves it. (Test prefixes are short enough to be the
+	// interface prefix the chain is named after.)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	firewall.New(s.prefix).Remove(ctx)
+	cancel()
 	s.slot.Close() // releases the flock
 }
 
