@@ -62,25 +62,36 @@ func (e *HeldError) Error() string {
 
 // Lock is a held lock. Release it, or exit.
 type Lock struct {
-	f *os.File
+	f    *os.File
+	path string
 }
 
 // TryAcquire takes the lock on path (created if missing, with its parent
 // directory) without waiting, and writes h into it. If another process
 // holds it, the error is a *HeldError naming that process.
 func TryAcquire(path string, h Holder) (*Lock, error) {
-	f, err := open(path)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, &HeldError{Path: path, Holder: readHolder(path)}
+	for {
+		f, err := open(path)
+		if err != nil {
+			return nil, err
 		}
-		return nil, fmt.Errorf("lock %s: %w", path, err)
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			f.Close()
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				return nil, &HeldError{Path: path, Holder: readHolder(path)}
+			}
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		// Release removes the file: the one we locked may have been
+		// removed since we opened it, and a new one may be locked by
+		// someone else. Ours only counts if it is still the path's.
+		if fi, err := f.Stat(); err == nil {
+			if cur, err := os.Stat(path); err == nil && os.SameFile(fi, cur) {
+				return record(f, path, h)
+			}
+		}
+		f.Close()
 	}
-	return record(f, path, h)
 }
 
 // Acquire is TryAcquire that waits (polling) until the lock is free or ctx
@@ -100,14 +111,14 @@ func Acquire(ctx context.Context, path string, h Holder) (*Lock, error) {
 	}
 }
 
-// Release drops the lock. The file stays: removing it would race with a
-// process that has opened it and is about to lock it.
+// Release removes the lock file (while still holding the lock, so nobody
+// is named after we are gone; see TryAcquire for why that is safe) and
+// drops the lock.
 func (l *Lock) Release() error {
 	if l == nil || l.f == nil {
 		return nil
 	}
-	// Clear the record first, so nobody is named after we are gone.
-	l.f.Truncate(0)
+	os.Remove(l.path)
 	err := l.f.Close()
 	l.f = nil
 	return err
@@ -134,7 +145,7 @@ func record(f *os.File, path string, h Holder) (*Lock, error) {
 		f.Close()
 		return nil, fmt.Errorf("lock %s: recording the holder: %w", path, err)
 	}
-	return &Lock{f: f}, nil
+	return &Lock{f: f, path: path}, nil
 }
 
 // readHolder reads what the holder recorded; a zero Holder if nothing

@@ -74,3 +74,26 @@ func TestLockDiesWithItsProcess(t *testing.T) {
 	}
 	l.Release()
 }
+
+// TestReleaseRemovesTheFile: a released lock leaves no file behind, and
+// the next holder gets a fresh one.
+func TestReleaseRemovesTheFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.lock")
+	l, err := TryAcquire(path, Holder{PID: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Release()
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("lock file still there after release: %v", err)
+	}
+	l2, err := TryAcquire(path, Holder{PID: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Release()
+	var held *HeldError
+	if _, err := TryAcquire(path, Holder{PID: 3}); !errors.As(err, &held) || held.Holder.PID != 2 {
+		t.Fatalf("while the second holds it: %v", err)
+	}
+}
