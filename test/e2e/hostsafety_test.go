@@ -13,6 +13,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/stasis-sandbox/stasis/internal/netpool"
 	"github.com/stasis-sandbox/stasis/internal/testenv"
 )
 
@@ -94,6 +95,12 @@ func TestCleanStopLeavesNothing(t *testing.T) {
 	}
 	if ns, _ := filepath.Glob("/run/netns/" + srv.Prefix() + "-*"); len(ns) != 0 {
 		t.Errorf("network namespaces left: %v", ns)
+	}
+	netnsLock, linksLock := netpool.LockFiles(srv.Prefix(), srv.Prefix())
+	for _, f := range []string{netnsLock, linksLock, filepath.Join(srv.DataDir(), "lock")} {
+		if _, err := os.Stat(f); !os.IsNotExist(err) {
+			t.Errorf("lock file %s left (%v)", f, err)
+		}
 	}
 	if err := os.RemoveAll(srv.DataDir()); err != nil {
 		t.Errorf("rm -rf of the data dir: %v", err)
