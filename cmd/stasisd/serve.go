@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -19,6 +18,8 @@ import (
 
 	"github.com/stasis-sandbox/stasis/internal/api"
 	"github.com/stasis-sandbox/stasis/internal/firewall"
+	"github.com/stasis-sandbox/stasis/internal/health"
+	"github.com/stasis-sandbox/stasis/internal/httpguard"
 	"github.com/stasis-sandbox/stasis/internal/images"
 	"github.com/stasis-sandbox/stasis/internal/metrics"
 	"github.com/stasis-sandbox/stasis/internal/netpool"
@@ -35,6 +36,8 @@ type serveFlags struct {
 	vcpu, memMiB, diskMiB, maxLive                                                    int
 	warmWindow                                                                        time.Duration
 	pauseOnShutdown                                                                   bool
+	minFreeDiskMiB, maxUnauthenticated                                                int
+	bodyIdle                                                                          time.Duration
 }
 
 func runServe(args []string) error {
@@ -55,11 +58,15 @@ func runServe(args []string) error {
 	fs.DurationVar(&f.warmWindow, "warm-pause-window", 0, "keep a paused sandbox frozen in RAM this long after its snapshot is on disk, so resuming it is instant (0: free its memory at once)")
 	fs.BoolVar(&f.pauseOnShutdown, "pause-on-shutdown", false, "on SIGTERM, pause every active sandbox (default: leave them running for the next start to re-adopt)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
-	if err := fs.Parse(args); err != nil {
+	fs.IntVar(&f.minFreeDiskMiB, "min-free-disk-mib", 2048, "refuse new sandboxes, forks, template builds and saved snapshots (507 insufficient_storage), and report /health unhealthy, while the data dir's disk has less free space than this")
+	fs.IntVar(&f.maxUnauthenticated, "max-unauthenticated-conns", 256, "connections that have not made an authenticated request; more are answered 503 server_busy and closed (0: unlimited)")
+	fs.DurationVar(&f.bodyIdle, "body-idle-timeout", 30*time.Second, "cut off a request whose body sends nothing for this long (a flowing upload is never cut)")
+	err := fs.Parse(args)
+	if err != nil {
 		return err
 	}
 	var level slog.Level
-	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+	if err = level.UnmarshalText([]byte(f.logLevel)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
@@ -67,21 +74,36 @@ func runServe(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	svc, srv, cleanup, err := setup(ctx, f, log)
+	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	if f.dataDir, err = filepath.Abs(f.dataDir); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	own, err := claim(f.dataDir, f.listen, f.netnsPrefix)
 	if err != nil {
 		return err
 	}
-	defer cleanup()
+	defer own.release()
+	ln := own.ln
 
-	ln, err := net.Listen("tcp", f.listen)
+	n, err := setup(ctx, f, log)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", f.listen, err)
+		ln.Close()
+		return err
 	}
-	httpSrv := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
+	defer n.close(log)
+
+	// Slow or silent clients cannot hold connections: headers must arrive
+	// within ReadHeaderTimeout, bodies keep flowing (guard.BodyIdle), idle
+	// keep-alives end, and connections that never authenticate are bounded.
+	httpSrv := &http.Server{Handler: n.api, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	guard := httpguard.New(httpguard.Config{MaxUnauthenticated: f.maxUnauthenticated, BodyIdle: f.bodyIdle})
 	log.Info("stasisd serving", "addr", "http://"+ln.Addr().String(), "data_dir", f.dataDir, "version", version)
 	errc := make(chan error, 1)
-	go func() { errc <- httpSrv.Serve(ln) }()
-	go svc.RunTimers(ctx)
+	go func() { errc <- guard.Serve(httpSrv, ln) }()
+	go n.svc.RunTimers(ctx)
+	go n.svc.RunHealthChecks(ctx)
 	select {
 	case err := <-errc:
 		return err
@@ -95,67 +117,107 @@ func runServe(args []string) error {
 	err = httpSrv.Shutdown(sctx)
 	if f.pauseOnShutdown {
 		log.Info("pausing every active sandbox before exit")
-		svc.PauseAll(context.Background())
+		n.svc.PauseAll(context.Background())
 	} else {
 		log.Info("sandboxes keep running; the next start re-adopts them")
 	}
-	svc.WaitSealed() // paused sandboxes' snapshots on disk before we go
+	n.svc.WaitSealed() // paused sandboxes' snapshots on disk before we go
 	return err
 }
 
-// setup opens the store, the runtime and the service, and recovers state
-// left by a previous run.
-func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *sandbox.Service, _ http.Handler, _ func(), err error) {
-	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
-		return nil, nil, nil, fmt.Errorf("data dir: %w", err)
+// node is what setup built: the service, its API, and the host resources
+// behind them that a clean stop must release.
+type node struct {
+	svc    *sandbox.Service
+	api    http.Handler
+	store  *store.Store
+	driver *gvisor.Driver
+	pool   *netpool.Pool
+	fw     *firewall.Rules
+}
+
+// close releases the host resources of a clean stop. Running sandboxes
+// outlive stasisd (the next start re-adopts them), so their links and the
+// firewall that guards them stay while any runs; once none does, nothing
+// of this server is left on the host.
+func (n *node) close(log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// Paused sandboxes still frozen in RAM have durable snapshots by now:
+	// stop them rather than leave them to the next start.
+	n.svc.DropWarm(ctx)
+	if running, err := n.driver.List(ctx); err != nil {
+		log.Warn("cannot tell which sandboxes still run; keeping their links and firewall", "err", err)
+	} else if len(running) > 0 {
+		log.Info("sandboxes keep running: their links and firewall chain stay", "running", len(running), "chain", n.fw.Chain())
+	} else {
+		if err := n.pool.Cleanup(ctx, nil); err != nil {
+			log.Warn("removing network links", "err", err)
+		}
+		if err := n.fw.Remove(ctx); err != nil {
+			log.Warn("removing the firewall chain", "chain", n.fw.Chain(), "err", err)
+		}
 	}
-	dataDir, _ := filepath.Abs(f.dataDir)
+	if err := n.driver.Close(); err != nil {
+		log.Warn("releasing runsc's mounts", "err", err)
+	}
+	n.store.Close()
+}
+
+// setup opens the store, the runtime and the service, and recovers state
+// left by a previous run. The caller holds the data dir and the network
+// names (see claim).
+func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err error) {
+	dataDir := f.dataDir
 	if f.imagesDir == "" {
 		f.imagesDir = filepath.Join(dataDir, "images")
 	}
 	// runsc refuses a rootfs reached through a symlink; resolve it once here.
 	if err := os.MkdirAll(f.imagesDir, 0o755); err != nil {
-		return nil, nil, nil, fmt.Errorf("images dir: %w", err)
+		return nil, fmt.Errorf("images dir: %w", err)
 	}
 	if f.imagesDir, err = filepath.Abs(f.imagesDir); err != nil {
-		return nil, nil, nil, fmt.Errorf("images dir: %w", err)
+		return nil, fmt.Errorf("images dir: %w", err)
 	}
 	if f.imagesDir, err = filepath.EvalSymlinks(f.imagesDir); err != nil {
-		return nil, nil, nil, fmt.Errorf("images dir: %w", err)
+		return nil, fmt.Errorf("images dir: %w", err)
 	}
 	runsc, err := findRunsc(f.runsc)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
 	agent, err := findAgent(f.agent)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
 	nodeKey, err := loadOrCreateKey(filepath.Join(dataDir, "node.key"))
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
 	st, err := store.Open(ctx, filepath.Join(dataDir, "stasis.db"))
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			st.Close()
+		}
+	}()
 	if err := setupAPIKey(ctx, st, dataDir, log); err != nil {
-		st.Close()
-		return nil, nil, nil, err
+		return nil, err
 	}
 	subnet, err := netip.ParsePrefix(f.subnet)
 	if err != nil {
-		st.Close()
-		return nil, nil, nil, fmt.Errorf("--subnet: %w", err)
+		return nil, fmt.Errorf("--subnet: %w", err)
 	}
 	pool, err := netpool.New(netpool.Config{Prefix: f.netnsPrefix, IfPrefix: ifPrefix(f.netnsPrefix), Range: subnet})
 	if err != nil {
-		st.Close()
-		return nil, nil, nil, err
+		return nil, err
 	}
-	if err := firewall.New(ifPrefix(f.netnsPrefix)).Install(ctx); err != nil {
-		st.Close()
-		return nil, nil, nil, fmt.Errorf("sandbox firewall: %w", err)
+	// Refreshes a chain a crashed run of this prefix left behind.
+	fw := firewall.New(ifPrefix(f.netnsPrefix))
+	if err := fw.Install(ctx); err != nil {
+		return nil, fmt.Errorf("sandbox firewall: %w", err)
 	}
 	driver, err := gvisor.New(gvisor.Config{
 		Runsc:    runsc,
@@ -164,9 +226,10 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *sandbox.Serv
 		Net:      pool,
 	})
 	if err != nil {
-		st.Close()
-		return nil, nil, nil, err
+		return nil, err
 	}
+	checks := health.New(health.Config{Store: st.Check, Runsc: runsc, DataDir: dataDir,
+		MinFreeBytes: uint64(max(f.minFreeDiskMiB, 0)) << 20})
 	reg := metrics.New()
 	svc, err := sandbox.New(sandbox.Config{
 		Store:           st,
@@ -185,14 +248,13 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *sandbox.Serv
 		DefaultVCPU:     f.vcpu,
 		DefaultMemMiB:   f.memMiB,
 		DefaultDiskMiB:  f.diskMiB,
+		Storage:         checks,
 	})
 	if err != nil {
-		st.Close()
-		return nil, nil, nil, err
+		return nil, err
 	}
 	if err := svc.Recover(ctx); err != nil {
-		st.Close()
-		return nil, nil, nil, err
+		return nil, err
 	}
 	// Network links of sandboxes that no longer run (a crash mid-create or
 	// mid-delete) are orphans.
@@ -206,7 +268,9 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *sandbox.Serv
 		}
 	}
 	log.Info("runtime ready", "runsc", runsc, "agent", agent, "images_dir", f.imagesDir)
-	return svc, api.New(svc, st, reg, log), func() { st.Close() }, nil
+	handler := api.New(svc, st, reg, log)
+	handler.UseHealth(checks)
+	return &node{svc: svc, api: handler, store: st, driver: driver, pool: pool, fw: fw}, nil
 }
 
 // ifPrefix derives the (at most 6 character) veth name prefix from the netns prefix.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
+	"github.com/stasis-sandbox/stasis/internal/httpguard"
 	"github.com/stasis-sandbox/stasis/internal/sandbox"
 	"github.com/stasis-sandbox/stasis/internal/store"
 )
@@ -49,8 +50,14 @@ type agentHandler func(w http.ResponseWriter, r *http.Request, t *sandbox.Target
 func (s *Server) withAgent(h agentHandler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		c, ok := s.agentFor(w, r, r.Header.Get("X-Access-Token"))
-		if ok {
-			h(w, r, c)
+		if !ok {
+			return
+		}
+		h(w, r, c)
+		// The agent did not answer: have the sandbox's link and agent
+		// checked now, so it does not stay "active" while unusable.
+		if sw, ok := w.(*statusWriter); ok && sw.status == http.StatusBadGateway {
+			s.svc.CheckSoon(dataPlaneID(r))
 		}
 	}
 }
@@ -58,15 +65,18 @@ func (s *Server) withAgent(h agentHandler) http.HandlerFunc {
 func (s *Server) agentFor(w http.ResponseWriter, r *http.Request, token string) (*sandbox.Target, bool) {
 	id := dataPlaneID(r)
 	if id == "" {
+		closeAfter(w)
 		writeError(w, http.StatusBadRequest, "invalid_request",
 			"missing sandbox id: send the X-Superserve-Sandbox-Id header")
 		return nil, false
 	}
 	c, err := s.svc.Agent(r.Context(), id, token)
 	if err != nil {
+		closeAfter(w) // perhaps not authenticated: see withTeam
 		s.fail(w, err)
 		return nil, false
 	}
+	httpguard.Authenticated(r.Context())
 	return c, true
 }
 

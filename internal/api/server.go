@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/stasis-sandbox/stasis/internal/health"
+	"github.com/stasis-sandbox/stasis/internal/httpguard"
 	"github.com/stasis-sandbox/stasis/internal/metrics"
 	"github.com/stasis-sandbox/stasis/internal/sandbox"
 	"github.com/stasis-sandbox/stasis/internal/store"
@@ -30,7 +32,12 @@ type Server struct {
 	metrics *metrics.Registry
 	log     *slog.Logger
 	mux     *http.ServeMux
+	checks  *health.Checker // nil: /health only says the server answers
 }
+
+// UseHealth makes GET /health report c's checks (store, runtime, disk),
+// answering 503 when one fails.
+func (s *Server) UseHealth(c *health.Checker) { s.checks = c }
 
 // New returns the API handler.
 func New(svc *sandbox.Service, st *store.Store, reg *metrics.Registry, log *slog.Logger) *Server {
@@ -112,7 +119,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	if s.checks == nil {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		return
+	}
+	rep := s.checks.Check(r.Context())
+	status := http.StatusOK
+	if !rep.OK() {
+		status = http.StatusServiceUnavailable
+	}
+	writeJSON(w, status, rep)
 }
 
 type teamHandler func(w http.ResponseWriter, r *http.Request, teamID string)
@@ -122,11 +138,13 @@ func (s *Server) withTeam(h teamHandler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		key := r.Header.Get("X-API-Key")
 		if key == "" {
+			closeAfter(w)
 			writeError(w, http.StatusUnauthorized, "unauthorized", "missing API key: send it in the X-API-Key header")
 			return
 		}
 		team, err := s.store.TeamForAPIKey(r.Context(), key)
 		if errors.Is(err, store.ErrNotFound) {
+			closeAfter(w)
 			writeError(w, http.StatusUnauthorized, "unauthorized", "invalid API key")
 			return
 		}
@@ -134,6 +152,7 @@ func (s *Server) withTeam(h teamHandler) http.HandlerFunc {
 			s.fail(w, err)
 			return
 		}
+		httpguard.Authenticated(r.Context())
 		h(w, r, team.ID)
 	}
 }
@@ -171,6 +190,10 @@ func statusFor(kind error) int {
 	return http.StatusInternalServerError
 }
 
+// closeAfter ends the connection with this answer: a client that failed
+// to authenticate gets no keep-alive, and its unread body is not waited for.
+func closeAfter(w http.ResponseWriter) { w.Header().Set("Connection", "close") }
+
 type errorBody struct {
 	Error struct {
 		Code    string `json:"code"`
@@ -193,12 +216,20 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // decodeJSON reads a JSON body strictly: unknown fields, trailing data and
 // oversized bodies are errors. An empty body decodes as {} when allowEmpty.
 func decodeJSON(w http.ResponseWriter, r *http.Request, v any, allowEmpty bool) error {
+	tooLarge := &sandbox.Error{Kind: sandbox.ErrTooLarge, Code: "request_too_large",
+		Message: fmt.Sprintf("request body exceeds %d bytes", MaxJSONBody)}
+	// Refused before the first read: with "Expect: 100-continue" that read
+	// would invite the client to send the body we refuse.
+	if r.ContentLength > MaxJSONBody {
+		closeAfter(w)
+		return tooLarge
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxJSONBody))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return &sandbox.Error{Kind: sandbox.ErrTooLarge, Code: "request_too_large",
-				Message: fmt.Sprintf("request body exceeds %d bytes", MaxJSONBody)}
+			closeAfter(w)
+			return tooLarge
 		}
 		return invalidJSON("could not read body: %v", err)
 	}

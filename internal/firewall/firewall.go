@@ -42,23 +42,55 @@ func (r *Rules) Install(ctx context.Context) error {
 			return err
 		}
 	}
+	// Exactly one jump per hook: a crashed run of the same prefix may have
+	// left several (the chain itself was just refreshed above).
 	for _, hook := range []string{"INPUT", "FORWARD"} {
-		rule := []string{hook, "-i", match, "-j", r.chain}
-		if ipt(ctx, append([]string{"-C"}, rule...)...) == nil {
-			continue
-		}
-		if err := ipt(ctx, append([]string{"-I"}, rule...)...); err != nil {
+		n, err := r.jumps(ctx, hook)
+		if err != nil {
 			return err
+		}
+		if n == 0 {
+			if err := ipt(ctx, "-I", hook, "-i", match, "-j", r.chain); err != nil {
+				return err
+			}
+		}
+		for ; n > 1; n-- {
+			if err := ipt(ctx, "-D", hook, "-i", match, "-j", r.chain); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
 }
 
-// Remove unhooks and deletes the chain.
+// jumps counts the rules in hook that jump to the chain.
+func (r *Rules) jumps(ctx context.Context, hook string) (int, error) {
+	out, err := exec.CommandContext(ctx, "iptables", "-w", "-S", hook).Output()
+	if err != nil {
+		return 0, fmt.Errorf("iptables -S %s: %w", hook, err)
+	}
+	want := fmt.Sprintf("-A %s -i %s+ -j %s", hook, r.ifPrefix, r.chain)
+	n := 0
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.TrimSpace(line) == want {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// Chain is the name of the rules' iptables chain.
+func (r *Rules) Chain() string { return r.chain }
+
+// Remove unhooks and deletes the chain; a chain that is not there is not
+// an error. Only call it when no sandbox of these rules runs any more.
 func (r *Rules) Remove(ctx context.Context) error {
 	for _, hook := range []string{"INPUT", "FORWARD"} {
 		for ipt(ctx, "-D", hook, "-i", r.ifPrefix+"+", "-j", r.chain) == nil {
 		}
+	}
+	if ipt(ctx, "-n", "-L", r.chain) != nil {
+		return nil // no such chain
 	}
 	ipt(ctx, "-F", r.chain)
 	return ipt(ctx, "-X", r.chain)

@@ -664,3 +664,54 @@ func linkList(h *netlink.Handle) ([]netlink.Link, error) {
 	}
 	return links, err
 }
+
+// ErrGone is returned by Check when id's host veth no longer exists. Its
+// peer in the namespace went with it, and the sandbox's network stack was
+// bound to that interface: building a new pair does not reconnect it.
+var ErrGone = errors.New("netpool: link is gone")
+
+// Check looks at id's link in the kernel. A host end that lost its address
+// or was set down is repaired (repaired is true); a missing host end is
+// ErrGone.
+func (p *Pool) Check(ctx context.Context, id string) (repaired bool, err error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	l, ok := p.Lookup(id)
+	if !ok || !l.Subnet.IsValid() {
+		return false, fmt.Errorf("netpool: check %s: %w", id, ErrNotFound)
+	}
+	host, err := netlink.LinkByName(l.HostIf)
+	if isNotExist(err) {
+		return false, fmt.Errorf("netpool: check %s: veth %s: %w", id, l.HostIf, ErrGone)
+	}
+	if err != nil {
+		return false, fmt.Errorf("netpool: check %s: %w", id, err)
+	}
+	if host.Attrs().Alias != id {
+		return false, fmt.Errorf("netpool: check %s: veth %s now belongs to %q: %w", id, l.HostIf, host.Attrs().Alias, ErrGone)
+	}
+	addrs, err := netlink.AddrList(host, netlink.FAMILY_V4)
+	if err != nil {
+		return false, fmt.Errorf("netpool: check %s: %w", id, err)
+	}
+	hasAddr := false
+	for _, a := range addrs {
+		if pr, ok := toPrefix(a.IPNet); ok && pr.Addr() == l.HostAddr {
+			hasAddr = true
+		}
+	}
+	if !hasAddr {
+		if err := netlink.AddrReplace(host, &netlink.Addr{IPNet: ipNet(l.HostAddr, l.Subnet.Bits())}); err != nil {
+			return false, fmt.Errorf("netpool: check %s: re-adding %v: %w", id, l.HostAddr, err)
+		}
+		repaired = true
+	}
+	if host.Attrs().Flags&net.FlagUp == 0 {
+		if err := netlink.LinkSetUp(host); err != nil {
+			return repaired, fmt.Errorf("netpool: check %s: bringing up %s: %w", id, l.HostIf, err)
+		}
+		repaired = true
+	}
+	return repaired, nil
+}

@@ -23,6 +23,22 @@ import (
 // links that belong to anything else (a running stasisd, other test packages).
 var testRange = netip.MustParsePrefix("169.254.200.0/22")
 
+// TestMain takes turns with the tests of other checkouts, which use the
+// same interface prefix: one's cleanup would remove the other's links.
+func TestMain(m *testing.M) {
+	if os.Geteuid() == 0 {
+		lock, err := AwaitLinksLock(context.Background(), "sttn", "netpool tests")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		code := m.Run()
+		lock.Release()
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
 func testConfig(t *testing.T) Config {
 	return Config{
 		Prefix:   fmt.Sprintf("stasis-nptest%d", os.Getpid()),
@@ -446,5 +462,43 @@ func TestLearnAndCleanup(t *testing.T) {
 				t.Errorf("netns %s left", e.Name())
 			}
 		}
+	}
+}
+
+// TestCheck: a host end that lost its address or was set down is repaired
+// in place; one that was deleted is reported gone.
+func TestCheck(t *testing.T) {
+	p := newTestPool(t)
+	ctx := context.Background()
+	l, err := p.Setup(ctx, "checked")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if repaired, err := p.Check(ctx, "checked"); err != nil || repaired {
+		t.Fatalf("intact link: repaired=%v err=%v", repaired, err)
+	}
+	host, err := netlink.LinkByName(l.HostIf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.AddrDel(host, &netlink.Addr{IPNet: ipNet(l.HostAddr, 30)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetDown(host); err != nil {
+		t.Fatal(err)
+	}
+	if repaired, err := p.Check(ctx, "checked"); err != nil || !repaired {
+		t.Fatalf("address removed, link down: repaired=%v err=%v", repaired, err)
+	}
+	host, _ = netlink.LinkByName(l.HostIf)
+	addrs, _ := netlink.AddrList(host, netlink.FAMILY_V4)
+	if len(addrs) != 1 || !addrs[0].IP.Equal(net.IP(l.HostAddr.AsSlice())) || host.Attrs().Flags&net.FlagUp == 0 {
+		t.Fatalf("after repair: addrs %v flags %v", addrs, host.Attrs().Flags)
+	}
+	if err := netlink.LinkDel(host); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Check(ctx, "checked"); !errors.Is(err, ErrGone) {
+		t.Fatalf("deleted veth: %v, want ErrGone", err)
 	}
 }

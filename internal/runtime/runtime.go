@@ -74,3 +74,15 @@ type Driver interface {
 	// re-adopt them after its own restart.
 	List(ctx context.Context) ([]Instance, error)
 }
+
+// ErrLinkGone is returned by LinkChecker.CheckLink when a running sandbox's
+// network link was removed underneath the driver: its agent is unreachable
+// until the sandbox is restored on a new link.
+var ErrLinkGone = errors.New("runtime: the sandbox's network link is gone")
+
+// LinkChecker is implemented by drivers that can check a running sandbox's
+// network link and mend what can be mended in place (repaired reports that
+// something was). An error other than ErrLinkGone means it could not tell.
+type LinkChecker interface {
+	CheckLink(ctx context.Context, id string) (repaired bool, err error)
+}

@@ -34,6 +34,9 @@ func (s *Service) Fork(ctx context.Context, teamID, id string, count int) ([]Cre
 	if count < 1 || count > MaxForks {
 		return nil, invalid("count must be between 1 and %d", MaxForks)
 	}
+	if err := s.checkRoom(); err != nil {
+		return nil, err
+	}
 	if _, err := s.Get(ctx, teamID, id); err != nil {
 		return nil, err
 	}

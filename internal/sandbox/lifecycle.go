@@ -25,6 +25,9 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 	if err := p.validate(); err != nil {
 		return nil, "", err
 	}
+	if err := s.checkRoom(); err != nil {
+		return nil, "", err
+	}
 	if p.Snapshot != "" {
 		return s.createFromSaved(ctx, teamID, p)
 	}

@@ -19,6 +19,9 @@ func (s *Service) SaveSnapshot(ctx context.Context, teamID, id, name string) (*s
 	if _, err := s.Get(ctx, teamID, id); err != nil {
 		return nil, err
 	}
+	if err := s.checkRoom(); err != nil {
+		return nil, err
+	}
 	b := s.box(id)
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -49,8 +49,9 @@ type Config struct {
 	// snapshot is durable, so resuming it is a thaw (0: stop at once).
 	WarmWindow  time.Duration
 	Metrics     *metrics.Registry
-	OCI         *oci.Puller // pulls OCI images for templates (nil: built-in images only)
-	TemplateDir string      // template snapshots live in TemplateDir/<template id>/
+	OCI         *oci.Puller  // pulls OCI images for templates (nil: built-in images only)
+	TemplateDir string       // template snapshots live in TemplateDir/<template id>/
+	Storage     StorageGuard // refuses new sandboxes when the disk is low (nil: never)
 }
 
 // Service runs the sandbox lifecycle. It is safe for concurrent use.
@@ -71,6 +72,8 @@ type Service struct {
 
 	logsMu sync.Mutex
 	logs   map[string]*buildLog // by build ID, for builds run by this process
+
+	health *healthState // see RunHealthChecks
 }
 
 // box is the in-memory side of one sandbox. mu serialises lifecycle
@@ -156,7 +159,7 @@ func New(cfg Config) (*Service, error) {
 		return nil, err
 	}
 	return &Service{cfg: cfg, agentPath: agentPath, log: cfg.Logger, snaps: snaps, tsnaps: tsnaps, saved: saved,
-		metrics: cfg.Metrics, boxes: map[string]*box{}, logs: map[string]*buildLog{}}, nil
+		metrics: cfg.Metrics, boxes: map[string]*box{}, logs: map[string]*buildLog{}, health: newHealthState()}, nil
 }
 
 // installAgent copies the agent binary to dir/<content hash>/stasis-agent

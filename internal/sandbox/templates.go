@@ -118,6 +118,9 @@ func (s *Service) CreateTemplate(ctx context.Context, teamID string, p TemplateP
 	if err := p.validate(); err != nil {
 		return nil, nil, err
 	}
+	if err := s.checkRoom(); err != nil {
+		return nil, nil, err
+	}
 	if p.VCPU == 0 {
 		p.VCPU = s.cfg.DefaultVCPU
 	}
@@ -165,6 +168,9 @@ func (s *Service) Rebuild(ctx context.Context, teamID, idOrName string) (*store.
 				return b, nil
 			}
 		}
+	}
+	if err := s.checkRoom(); err != nil {
+		return nil, err
 	}
 	return s.startBuild(ctx, t)
 }

@@ -41,7 +41,7 @@ func (s *Service) RunTimers(ctx context.Context) {
 		for _, sb := range due {
 			s.fireTimer(ctx, sb.ID)
 		}
-		s.evictWarm(ctx)
+		s.evictWarm(ctx, memoryLow())
 	}
 }
 
@@ -68,12 +68,16 @@ func (s *Service) fireTimer(ctx context.Context, id string) {
 	}
 }
 
+// DropWarm stops every paused sandbox still frozen in RAM whose snapshot is
+// sealed (a clean stop, after WaitSealed): the next start would only stop
+// them anyway.
+func (s *Service) DropWarm(ctx context.Context) { s.evictWarm(ctx, true) }
+
 // evictWarm stops paused sandboxes that are still frozen in RAM once their
-// warm window is over, or all of them when the host runs low on memory.
-// Their snapshots are already durable, so this only changes how the next
-// resume happens.
-func (s *Service) evictWarm(ctx context.Context) {
-	lowMemory := memoryLow()
+// warm window is over, or all of them when all is set (the host runs low on
+// memory). Their snapshots are already durable, so this only changes how
+// the next resume happens.
+func (s *Service) evictWarm(ctx context.Context, all bool) {
 	s.mu.Lock()
 	var ids []string
 	for id, b := range s.boxes {
@@ -90,13 +94,13 @@ func (s *Service) evictWarm(ctx context.Context) {
 		}
 		// While its checkpoint is sealed, the frozen sandbox is what proves
 		// the checkpoint intact after a crash (see Recover): it stays.
-		if !b.warmUntil.IsZero() && b.sealing == nil && (lowMemory || now.After(b.warmUntil)) {
+		if !b.warmUntil.IsZero() && b.sealing == nil && (all || now.After(b.warmUntil)) {
 			b.setWarm(time.Time{})
 			b.agent = nil
 			if err := s.cfg.Driver.Destroy(ctx, id); err != nil {
 				s.log.Error("evict warm sandbox", "sandbox", id, "err", err)
 			}
-			s.log.Debug("evicted warm sandbox to disk-only", "sandbox", id, "low_memory", lowMemory)
+			s.log.Debug("evicted warm sandbox to disk-only", "sandbox", id, "all", all)
 		}
 		b.mu.Unlock()
 	}

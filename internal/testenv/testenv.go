@@ -4,6 +4,7 @@ package testenv
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -20,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stasis-sandbox/stasis/internal/firewall"
 )
 
 // Server is a running stasisd.
@@ -40,6 +43,9 @@ type Server struct {
 	slot    *os.File // flock held on this server's network slot
 	logs    *lockedBuffer
 	exited  chan struct{}
+	// unhealthyOK: the server counts as started once /health answers at
+	// all, even 503 (a test of an unhealthy server).
+	unhealthyOK bool
 }
 
 var (
@@ -107,7 +113,7 @@ func RequireRoot(t testing.TB) {
 func StartServer(t testing.TB, opts ...Option) *Server {
 	t.Helper()
 	RequireRoot(t)
-	bins := Binaries(t)
+	Binaries(t) // build (or find) them before taking a slot
 	dataDir, err := os.MkdirTemp("", "stasis-test-data-")
 	if err != nil {
 		t.Fatal(err)
@@ -129,28 +135,14 @@ func StartServer(t testing.TB, opts ...Option) *Server {
 	for _, o := range opts {
 		o(s)
 	}
-	s.start(bins)
+	s.start()
 	t.Cleanup(s.Close)
 	return s
 }
 
-func (s *Server) start(bins string) {
+func (s *Server) start() {
 	s.t.Helper()
-	images := os.Getenv("STASIS_IMAGES_DIR")
-	if images == "" {
-		images = filepath.Join(RepoRoot(), ".cache", "images")
-	}
-	args := []string{"serve", "--listen", s.listen, "--data-dir", s.dataDir, "--images-dir", images,
-		"--agent", filepath.Join(bins, "stasis-agent"), "--subnet", s.subnet, "--netns-prefix", s.prefix,
-		"--log-level", "debug"}
-	if r := os.Getenv("STASIS_RUNSC"); r != "" {
-		args = append(args, "--runsc", r)
-	} else {
-		args = append(args, "--runsc", filepath.Join(RepoRoot(), ".cache", "runsc", "bin", "runsc"))
-	}
-	args = append(args, s.Args...)
-	s.cmd = exec.Command(filepath.Join(bins, "stasisd"), args...)
-	s.cmd.Env = append(append(os.Environ(), "STASIS_API_KEY="+s.APIKey), s.Env...)
+	s.cmd = s.Command(s.listen, s.dataDir, s.prefix, s.subnet)
 	s.logs = &lockedBuffer{}
 	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -168,7 +160,7 @@ func (s *Server) start(bins string) {
 		}
 		if resp, err := http.Get(s.URL + "/health"); err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
+			if resp.StatusCode == http.StatusOK || s.unhealthyOK && resp.StatusCode == http.StatusServiceUnavailable {
 				return
 			}
 		}
@@ -177,11 +169,47 @@ func (s *Server) start(bins string) {
 	s.t.Fatalf("stasisd did not become healthy:\n%s", s.logs.String())
 }
 
+// Command returns an unstarted `stasisd serve` with this server's
+// configuration (flags, environment, binaries) but the given listen
+// address, data dir, netns prefix and subnet: a second server on the same
+// host, e.g. to see it refused what the first one holds.
+func (s *Server) Command(listen, dataDir, prefix, subnet string) *exec.Cmd {
+	bins := Binaries(s.t)
+	images := os.Getenv("STASIS_IMAGES_DIR")
+	if images == "" {
+		images = filepath.Join(RepoRoot(), ".cache", "images")
+	}
+	args := []string{"serve", "--listen", listen, "--data-dir", dataDir, "--images-dir", images,
+		"--agent", filepath.Join(bins, "stasis-agent"), "--subnet", subnet, "--netns-prefix", prefix,
+		"--log-level", "debug"}
+	if r := os.Getenv("STASIS_RUNSC"); r != "" {
+		args = append(args, "--runsc", r)
+	} else {
+		args = append(args, "--runsc", filepath.Join(RepoRoot(), ".cache", "runsc", "bin", "runsc"))
+	}
+	args = append(args, s.Args...)
+	cmd := exec.Command(filepath.Join(bins, "stasisd"), args...)
+	cmd.Env = append(append(os.Environ(), "STASIS_API_KEY="+s.APIKey), s.Env...)
+	return cmd
+}
+
+// Listen, Prefix and Subnet are the server's --listen, --netns-prefix and --subnet.
+func (s *Server) Listen() string { return s.listen }
+func (s *Server) Prefix() string { return s.prefix }
+func (s *Server) Subnet() string { return s.subnet }
+
+// Pid is the running stasisd's process ID.
+func (s *Server) Pid() int { return s.cmd.Process.Pid }
+
 // Option configures a server before its first start.
 type Option func(*Server)
 
 // WithEnv adds KEY=VALUE pairs to stasisd's environment.
 func WithEnv(kv ...string) Option { return func(s *Server) { s.Env = append(s.Env, kv...) } }
+
+// AllowUnhealthy lets the server count as started while /health answers
+// 503 (its checks fail), for tests of an unhealthy server.
+func AllowUnhealthy() Option { return func(s *Server) { s.unhealthyOK = true } }
 
 // WithArgs adds flags to `stasisd serve`.
 func WithArgs(args ...string) Option { return func(s *Server) { s.Args = append(s.Args, args...) } }
@@ -227,7 +255,7 @@ func (s *Server) Stop() {
 // Restart starts stasisd again on the same address and data dir.
 func (s *Server) Restart() {
 	s.t.Helper()
-	s.start(Binaries(s.t))
+	s.start()
 }
 
 // Close deletes every sandbox the server holds and stops it.
@@ -236,7 +264,7 @@ func (s *Server) Close() {
 		// Crashed (or killed by the test): start it once more, without
 		// failpoints, so it can delete the sandboxes it left running.
 		s.Env = nil
-		s.start(Binaries(s.t))
+		s.start()
 	}
 	select {
 	case <-s.exited:
@@ -266,11 +294,20 @@ func (s *Server) Close() {
 		}
 	}
 	os.RemoveAll(s.dataDir)
+	// A clean stop removes the firewall chain itself; one that had to be
+	// killed leaves it. (Test prefixes are short enough to be the
+	// interface prefix the chain is named after.)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	firewall.New(s.prefix).Remove(ctx)
+	cancel()
 	s.slot.Close() // releases the flock
 }
 
-// slots is how many servers may run at once on one host (one /22 each).
-const slots = 60
+// slots is how many servers may run at once on one host (one /22 each,
+// 169.254.4.0-169.254.195.255). Ranges above belong to other test users:
+// compat 196/22, netpool tests 200/22, gvisor tests 208/22, stasis-bench
+// 244-251.
+const slots = 48
 
 // lockSlot takes a free network slot, trying them from a random start.
 func lockSlot(t testing.TB) (int, *os.File) {

@@ -56,7 +56,7 @@ export SUPERSERVE_BASE_URL="$STASIS_URL"
 # flocks are internal/testenv's (lockSlot): the same directory, the same
 # subnet per slot. The lock is held on fd 9 until this script and every
 # process it started have exited.
-SLOTS=60
+SLOTS=48 # internal/testenv: slots
 SLOT_DIR="${TMPDIR:-/tmp}/stasis-testenv-slots"
 mkdir -p "$SLOT_DIR"
 SLOT=""

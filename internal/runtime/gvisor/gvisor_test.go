@@ -41,6 +41,15 @@ var agentBin string
 func TestMain(m *testing.M) {
 	code := func() int {
 		if os.Geteuid() == 0 {
+			// Test processes of other checkouts share the interface
+			// prefix, range and runsc root: take turns, or one's cleanup
+			// would remove the other's links.
+			lock, err := netpool.AwaitLinksLock(context.Background(), "sttg", "gvisor tests")
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			defer lock.Release()
 			dir, err := os.MkdirTemp("", "stasis-gvisor-agent-")
 			if err != nil {
 				fmt.Fprintln(os.Stderr, err)
