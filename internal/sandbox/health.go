@@ -196,7 +196,7 @@ func (s *Service) failUnanswered(ctx context.Context, id string, agent *agentcli
 	}
 	s.metrics.Fail("health", "agent_unanswered")
 	s.log.Error("health check: the sandbox's agent stopped answering; failing it", "sandbox", id, "err", cause)
-	b.endSessions()
+	b.endSessions("the sandbox stopped answering and was marked failed")
 	b.agent = nil
 	s.cfg.Driver.Destroy(ctx, id)
 	s.setStatus(ctx, sb, store.StatusFailed, fmt.Sprintf(
