@@ -1,6 +1,7 @@
 package applets
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -411,7 +412,7 @@ func (g *getter) request(u *url.URL, offset int64) (*http.Request, error) {
 		if err != nil {
 			return nil, fmt.Errorf("can't read '%s': %v", g.o.postFile, unwrapPathErr(err))
 		}
-		method, body = http.MethodPost, strings.NewReader(string(b))
+		method, body = http.MethodPost, bytes.NewReader(b)
 	}
 	req, err := http.NewRequest(method, u.String(), body)
 	if err != nil {
