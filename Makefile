@@ -28,6 +28,7 @@ build:
 	$(GOBUILD) -o bin/stasisd ./cmd/stasisd
 	$(GOBUILD) -o bin/stasis ./cmd/stasis
 	$(GOBUILD) -o bin/stasis-agent ./cmd/stasis-agent
+	$(GOBUILD) -o bin/stasis-applets ./cmd/stasis-applets
 
 test: setup build
 	scripts/test.sh

@@ -4,7 +4,7 @@
 #
 #   1. Debian packages (apt-get only when one is missing)
 #   2. the pinned static runsc in .cache/runsc/bin (or validates $STASIS_RUNSC)
-#   3. bin/stasisd, then the built-in images in $IMAGES_DIR
+#   3. bin/stasisd and bin/stasis-applets, then the built-in images in $IMAGES_DIR
 #
 # Environment: STASIS_RUNSC (operator-supplied runsc; else $RUNSC, else the
 # pinned build), IMAGES_DIR (default .cache/images).
@@ -13,7 +13,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-PACKAGES=(debootstrap busybox-static iptables iproute2 zip unzip ca-certificates docker-registry)
+PACKAGES=(debootstrap busybox-static bash-static iptables iproute2 zip unzip ca-certificates docker-registry)
 RUNSC_MODULE="gvisor.dev/gvisor/runsc@v0.0.0-20260905035102-160fafc42237"
 RUNSC_VERSION="stasis-20260905-160fafc42237"
 DEFAULT_RUNSC="$ROOT/.cache/runsc/bin/runsc"
@@ -106,9 +106,11 @@ else
 fi
 
 # --- 3. stasisd and the built-in images ----------------------------------------
-step "building bin/stasisd"
+step "building bin/stasisd and bin/stasis-applets"
 mkdir -p bin
 CGO_ENABLED=0 go build -trimpath -buildvcs=false -o bin/stasisd ./cmd/stasisd
+# stasis/minimal installs stasis-applets (nohup, wget) from next to stasisd.
+CGO_ENABLED=0 go build -trimpath -buildvcs=false -o bin/stasis-applets ./cmd/stasis-applets
 
 step "built-in images in $IMAGES_DIR"
 bin/stasisd images build --images-dir "$IMAGES_DIR"

@@ -42,30 +42,32 @@ func (s *Server) UseHealth(c *health.Checker) { s.checks = c }
 // New returns the API handler.
 func New(svc *sandbox.Service, st *store.Store, reg *metrics.Registry, log *slog.Logger) *Server {
 	s := &Server{svc: svc, store: st, metrics: reg, log: log, mux: http.NewServeMux()}
-	reg.Gauge(s.sandboxGauges)
+	// The only error is a duplicate name: a second API on one registry.
+	_ = reg.GaugeVecFunc("stasis_sandboxes", "Sandboxes by status.", "status", s.sandboxCounts)
 	s.routes()
 	return s
 }
 
-// sandboxGauges writes the number of sandboxes by status at scrape time.
-func (s *Server) sandboxGauges(w io.Writer) {
-	counts, err := s.store.CountByStatus(context.Background())
+// sandboxCounts counts the sandboxes by status at scrape time.
+func (s *Server) sandboxCounts() (map[string]float64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	counts, err := s.store.CountByStatus(ctx)
 	if err != nil {
-		return
+		return nil, fmt.Errorf("count sandboxes by status: %w", err)
 	}
-	fmt.Fprintln(w, "# HELP stasis_sandboxes Sandboxes by status.")
-	fmt.Fprintln(w, "# TYPE stasis_sandboxes gauge")
+	out := map[string]float64{}
 	for _, st := range []string{store.StatusStarting, store.StatusActive, store.StatusPausing,
 		store.StatusPaused, store.StatusResuming, store.StatusFailed} {
-		fmt.Fprintf(w, "stasis_sandboxes{status=%q} %d\n", st, counts[st])
+		out[st] = float64(counts[st])
 	}
+	return out, nil
 }
 
 // serveMetrics serves Prometheus metrics. They hold counts and latencies
 // only, no identifiers, so they are served without authentication.
 func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-	s.metrics.Write(w)
+	s.metrics.Handler().ServeHTTP(w, r)
 }
 
 func (s *Server) routes() {

@@ -23,7 +23,7 @@ const (
 
 // buildBase builds stasis/base: a minimal Debian bookworm made by debootstrap,
 // with a "user" account (uid 1000) that commands run as by default.
-func buildBase(ctx context.Context, rootfs string, progress io.Writer) (config, error) {
+func buildBase(ctx context.Context, rootfs string, _ inputs, progress io.Writer) (config, error) {
 	debootstrap, err := lookPath("debootstrap")
 	if err != nil {
 		return config{}, fmt.Errorf("debootstrap not found (install it with `apt-get install debootstrap`, or run `make setup`): %w", err)

@@ -76,15 +76,28 @@ type metadata struct {
 // directory.
 type Manager struct {
 	dir string
+	in  inputs
 }
+
+// Option configures a Manager.
+type Option func(*Manager)
+
+// WithApplets sets the static stasis-applets binary that builds of
+// stasis/minimal install. Without it, builds use $STASIS_APPLETS, else the
+// stasis-applets next to the running executable (where `make build` puts it).
+func WithApplets(path string) Option { return func(m *Manager) { m.in.applets = path } }
 
 // NewManager returns a Manager for images kept in dir. The directory is
 // created on the first build.
-func NewManager(dir string) *Manager {
+func NewManager(dir string, opts ...Option) *Manager {
 	if abs, err := filepath.Abs(dir); err == nil {
 		dir = abs
 	}
-	return &Manager{dir: dir}
+	m := &Manager{dir: dir}
+	for _, o := range opts {
+		o(m)
+	}
+	return m
 }
 
 // Dir returns the directory holding the images.
@@ -230,7 +243,7 @@ func (m *Manager) build(ctx context.Context, r *recipe, progress io.Writer) erro
 	}
 	fmt.Fprintf(progress, "[%s] building into %s (recipe r%d)\n", r.name, m.finalDir(r), r.version)
 	pw := &prefixWriter{w: progress, prefix: "[" + r.name + "] "}
-	cfg, err := r.build(ctx, rootfs, pw)
+	cfg, err := r.build(ctx, rootfs, m.in, pw)
 	pw.Flush()
 	if err != nil {
 		return err

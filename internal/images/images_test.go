@@ -18,6 +18,30 @@ import (
 	"github.com/stasis-sandbox/stasis/internal/fsutil"
 )
 
+// TestMain builds stasis-applets, which builds of stasis/minimal install,
+// unless $STASIS_APPLETS names one; child processes inherit the variable.
+func TestMain(m *testing.M) {
+	if os.Getenv("STASIS_APPLETS") == "" {
+		dir, err := os.MkdirTemp("", "stasis-images-test-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		bin := filepath.Join(dir, "stasis-applets")
+		cmd := exec.Command("go", "build", "-o", bin, "github.com/stasis-sandbox/stasis/cmd/stasis-applets")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build stasis-applets: %v\n%s", err, out)
+			os.Exit(1)
+		}
+		os.Setenv("STASIS_APPLETS", bin)
+		code := m.Run()
+		os.RemoveAll(dir)
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
 // syncBuffer is a bytes.Buffer safe for concurrent writers.
 type syncBuffer struct {
 	mu sync.Mutex
@@ -119,6 +143,15 @@ func TestMinimal(t *testing.T) {
 	}
 	if got := inImage(t, img.RootFS, "/bin/sh", "id -u user; cd ~user && pwd; ls /usr/bin/env"); got != "1000\n/home/user\n/usr/bin/env" {
 		t.Errorf("user check said %q", got)
+	}
+	// busybox 1.35 has no nohup and its wget segfaults on -T: stasis-applets
+	// provides both, and sh (bash) finds them on $PATH, where busybox's sh
+	// would run its own applets. (Real sandboxes run them in test/e2e.)
+	if got := inImage(t, img.RootFS, "/bin/sh", "readlink /bin/sh; for c in nohup wget; do command -v $c; readlink /usr/bin/$c; done; nohup echo via-nohup; wget --help | head -1"); got != "bash\n/usr/bin/nohup\n/bin/stasis-applets\n/usr/bin/wget\n/bin/stasis-applets\nvia-nohup\nusage: wget [-cqS] [--spider] [-O FILE] [-o LOGFILE] [--header STR]" {
+		t.Errorf("applets check said %q", got)
+	}
+	if _, err := os.Stat(filepath.Join(img.RootFS, hostCACerts)); err != nil {
+		t.Errorf("CA certificates for wget: %v", err)
 	}
 	passwd, err := os.ReadFile(filepath.Join(img.RootFS, "etc/passwd"))
 	if err != nil || !strings.Contains(string(passwd), "user:x:1000:1000:") {
@@ -224,7 +257,8 @@ func TestConcurrentProcesses(t *testing.T) {
 	if n := strings.Count(all, "building into"); n != 1 {
 		t.Errorf("built %d times:\n%s", n, all)
 	}
-	if n := strings.Count(all, "helper rootfs: "+filepath.Join(dir, "stasis-minimal-r1", "rootfs")); n != 2 {
+	final := NewManager(dir).finalDir(recipes[0])
+	if n := strings.Count(all, "helper rootfs: "+filepath.Join(final, "rootfs")); n != 2 {
 		t.Errorf("helpers did not both get the image:\n%s", all)
 	}
 }
@@ -491,5 +525,27 @@ exit 1
 	}
 	if n := strings.Count(string(log), "\n"); n != 4+300+1+100+1+200+1 || !strings.Contains(string(log), "I: Validating pkg149 1.0\n") {
 		t.Errorf("log has %d lines:\n%.300s", n, log)
+	}
+}
+
+// Without stasis-applets, stasis/minimal is not built half-way: the build
+// fails and says how to get the binary.
+func TestMinimalNeedsApplets(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	_, err := NewManager(dir, WithApplets(filepath.Join(dir, "missing"))).Ensure(context.Background(), "stasis/minimal", nil)
+	if err == nil || !strings.Contains(err.Error(), "stasis-applets") || !strings.Contains(err.Error(), "make build") {
+		t.Fatalf("Ensure without stasis-applets: %v", err)
+	}
+	if _, err := NewManager(dir).Get("stasis/minimal"); !errors.Is(err, ErrNotBuilt) {
+		t.Fatalf("after the failed build Get = %v, want ErrNotBuilt", err)
+	}
+	dynamic := filepath.Join(dir, "dynamic")
+	if err := copyFile("/bin/ls", dynamic, 0o755); err != nil { // coreutils: dynamically linked
+		t.Fatal(err)
+	}
+	_, err = NewManager(dir, WithApplets(dynamic)).Ensure(context.Background(), "stasis/minimal", nil)
+	if err == nil || !strings.Contains(err.Error(), "dynamically linked") {
+		t.Fatalf("Ensure with a dynamic stasis-applets: %v", err)
 	}
 }

@@ -11,22 +11,50 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/stasis-sandbox/stasis/internal/applets"
 )
 
 // hostBusybox is the static busybox of Debian's busybox-static package.
 const hostBusybox = "/bin/busybox"
 
+const busyboxHint = "install the busybox-static package: apt-get install busybox-static"
+
+// hostBash is the static bash of Debian's bash-static package, the image's
+// /bin/sh. busybox-static's own sh runs busybox's applets ahead of $PATH
+// (it is built with FEATURE_SH_STANDALONE), so under it `wget` would still
+// be busybox's broken one and not stasis-applets'.
+const hostBash = "/bin/bash-static"
+
+const bashHint = "install the bash-static package: apt-get install bash-static"
+
+// hostCACerts is the host's CA bundle (Debian's ca-certificates), which
+// stasis/minimal carries so that its wget can check HTTPS servers.
+const hostCACerts = "/etc/ssl/certs/ca-certificates.crt"
+
 // buildMinimal builds stasis/minimal: the host's static busybox with a link
-// for every applet, and just enough of /etc for a root and a "user" account.
-func buildMinimal(ctx context.Context, rootfs string, progress io.Writer) (config, error) {
-	if err := checkStatic(hostBusybox); err != nil {
+// for every applet, stasis-applets for the commands that busybox lacks or
+// breaks (nohup, wget), a static bash as /bin/sh, and just enough of /etc
+// for a root and a "user" account.
+func buildMinimal(ctx context.Context, rootfs string, in inputs, progress io.Writer) (config, error) {
+	if err := checkStatic(hostBusybox, busyboxHint); err != nil {
 		return config{}, err
 	}
-	applets, err := busyboxApplets(ctx, hostBusybox)
+	if err := checkStatic(hostBash, bashHint); err != nil {
+		return config{}, err
+	}
+	appletsBin, err := in.appletsBinary()
 	if err != nil {
 		return config{}, err
 	}
-	fmt.Fprintf(progress, "copying %s with %d applets\n", hostBusybox, len(applets))
+	if err := checkStatic(appletsBin, "build it with CGO_ENABLED=0, as `make build` does"); err != nil {
+		return config{}, err
+	}
+	links, err := busyboxApplets(ctx, hostBusybox)
+	if err != nil {
+		return config{}, err
+	}
+	fmt.Fprintf(progress, "copying %s with %d applets\n", hostBusybox, len(links))
 
 	for _, d := range []struct {
 		path string
@@ -52,7 +80,7 @@ func buildMinimal(ctx context.Context, rootfs string, progress io.Writer) (confi
 	if err := copyFile(hostBusybox, filepath.Join(rootfs, "bin/busybox"), 0o755); err != nil {
 		return config{}, err
 	}
-	for _, a := range applets {
+	for _, a := range links {
 		p := filepath.Join(rootfs, a)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			return config{}, err
@@ -63,6 +91,30 @@ func buildMinimal(ctx context.Context, rootfs string, progress io.Writer) (confi
 	}
 	if _, err := os.Lstat(filepath.Join(rootfs, "bin/sh")); err != nil {
 		return config{}, fmt.Errorf("%s has no sh applet", hostBusybox)
+	}
+	fmt.Fprintf(progress, "adding %s as /bin/bash and /bin/sh\n", hostBash)
+	if err := copyFile(hostBash, filepath.Join(rootfs, "bin/bash"), 0o755); err != nil {
+		return config{}, err
+	}
+	if err := os.Remove(filepath.Join(rootfs, "bin/sh")); err != nil {
+		return config{}, err
+	}
+	if err := os.Symlink("bash", filepath.Join(rootfs, "bin/sh")); err != nil {
+		return config{}, err
+	}
+	fmt.Fprintf(progress, "adding %s for %s\n", appletsBin, strings.Join(applets.Names(), ", "))
+	if err := installApplets(appletsBin, rootfs); err != nil {
+		return config{}, err
+	}
+	if _, err := os.Stat(hostCACerts); err == nil {
+		if err := os.MkdirAll(filepath.Join(rootfs, filepath.Dir(hostCACerts)), 0o755); err != nil {
+			return config{}, err
+		}
+		if err := copyFile(hostCACerts, filepath.Join(rootfs, hostCACerts), 0o644); err != nil {
+			return config{}, fmt.Errorf("copy CA certificates: %w", err)
+		}
+	} else {
+		fmt.Fprintf(progress, "no %s on this host (package ca-certificates): wget in the image cannot check HTTPS servers\n", hostCACerts)
 	}
 
 	for _, f := range []struct {
@@ -91,17 +143,36 @@ func buildMinimal(ctx context.Context, rootfs string, progress io.Writer) (confi
 
 const hostsFile = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 
+// installApplets copies the stasis-applets binary to /bin and links each of
+// its commands from /usr/bin, in place of busybox's link of that name.
+func installApplets(bin, rootfs string) error {
+	if err := copyFile(bin, filepath.Join(rootfs, "bin/stasis-applets"), 0o755); err != nil {
+		return fmt.Errorf("copy stasis-applets: %w", err)
+	}
+	for _, name := range applets.Names() {
+		for _, dir := range []string{"bin", "sbin", "usr/bin", "usr/sbin"} {
+			if err := os.Remove(filepath.Join(rootfs, dir, name)); err != nil && !os.IsNotExist(err) {
+				return err
+			}
+		}
+		if err := os.Symlink("/bin/stasis-applets", filepath.Join(rootfs, "usr/bin", name)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // checkStatic fails unless path is a statically linked ELF executable, the
-// only kind that works alone in an image.
-func checkStatic(path string) error {
+// only kind that works alone in an image; hint tells how to get one.
+func checkStatic(path, hint string) error {
 	f, err := elf.Open(path)
 	if err != nil {
-		return fmt.Errorf("%s: %w (install the busybox-static package: apt-get install busybox-static)", path, err)
+		return fmt.Errorf("%s: %w (%s)", path, err, hint)
 	}
 	defer f.Close()
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_INTERP {
-			return fmt.Errorf("%s is dynamically linked; install the busybox-static package (apt-get install busybox-static)", path)
+			return fmt.Errorf("%s is dynamically linked (%s)", path, hint)
 		}
 	}
 	return nil

@@ -2,7 +2,10 @@ package images
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 )
 
 // defaultPath is the PATH of every built-in image.
@@ -21,13 +24,42 @@ type recipe struct {
 	// version must be bumped whenever build changes what it produces: images
 	// built by another version are not used and get rebuilt.
 	version int
-	// build fills the empty directory rootfs. Lines written to progress are
-	// shown to the user. The agent mount point is added afterwards.
-	build func(ctx context.Context, rootfs string, progress io.Writer) (config, error)
+	// build fills the empty directory rootfs, taking host files it installs
+	// from in. Lines written to progress are shown to the user. The agent
+	// mount point is added afterwards.
+	build func(ctx context.Context, rootfs string, in inputs, progress io.Writer) (config, error)
 }
 
 // recipes lists the built-in images, cheapest first.
 var recipes = []*recipe{
-	{name: "stasis/minimal", version: 1, build: buildMinimal},
+	// r2: stasis-applets' nohup and wget, static bash as /bin/sh, the host's
+	// CA certificates.
+	{name: "stasis/minimal", version: 2, build: buildMinimal},
 	{name: "stasis/base", version: 1, build: buildBase},
+}
+
+// inputs are the host files that recipes install besides the host's own
+// packages.
+type inputs struct {
+	applets string // stasis-applets binary; "" = look it up
+}
+
+// appletsBinary returns the stasis-applets binary to install: the one given,
+// else $STASIS_APPLETS, else the one next to the running executable.
+func (in inputs) appletsBinary() (string, error) {
+	p := in.applets
+	if p == "" {
+		p = os.Getenv("STASIS_APPLETS")
+	}
+	if p == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return "", fmt.Errorf("find stasis-applets: %w", err)
+		}
+		p = filepath.Join(filepath.Dir(exe), "stasis-applets")
+	}
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("stasis-applets binary: %w (run `make build`, or set STASIS_APPLETS)", err)
+	}
+	return p, nil
 }

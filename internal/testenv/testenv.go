@@ -70,7 +70,8 @@ func RepoRoot() string {
 	}
 }
 
-// Binaries returns a directory holding stasisd, stasis and stasis-agent:
+// Binaries returns a directory holding stasisd, stasis, stasis-agent and
+// stasis-applets (which stasisd installs when it builds stasis/minimal):
 // $STASIS_BIN_DIR when set (make test builds them first), else a fresh
 // static build of the current tree.
 func Binaries(t testing.TB) string {
@@ -84,7 +85,7 @@ func Binaries(t testing.TB) string {
 		if buildErr != nil {
 			return
 		}
-		for _, name := range []string{"stasisd", "stasis", "stasis-agent"} {
+		for _, name := range []string{"stasisd", "stasis", "stasis-agent", "stasis-applets"} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, name), "./cmd/"+name)
 			cmd.Dir = RepoRoot()
 			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
