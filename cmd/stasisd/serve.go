@@ -23,6 +23,8 @@ import (
 	"github.com/stasis-sandbox/stasis/internal/metrics"
 	"github.com/stasis-sandbox/stasis/internal/netpool"
 	"github.com/stasis-sandbox/stasis/internal/oci"
+	"github.com/stasis-sandbox/stasis/internal/runtime"
+	"github.com/stasis-sandbox/stasis/internal/runtime/faultinject"
 	"github.com/stasis-sandbox/stasis/internal/runtime/gvisor"
 	"github.com/stasis-sandbox/stasis/internal/sandbox"
 	"github.com/stasis-sandbox/stasis/internal/store"
@@ -167,10 +169,16 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *sandbox.Serv
 		st.Close()
 		return nil, nil, nil, err
 	}
+	var drv runtime.Driver = driver
+	if file := os.Getenv(faultinject.Env); file != "" {
+		// Test-only: end-to-end tests make the runtime fail on purpose.
+		log.Warn("TEST ONLY: injecting runtime faults from "+faultinject.Env+"; never set it in production", "file", file)
+		drv = faultinject.New(driver, file, log)
+	}
 	reg := metrics.New()
 	svc, err := sandbox.New(sandbox.Config{
 		Store:           st,
-		Driver:          driver,
+		Driver:          drv,
 		Images:          images.NewManager(f.imagesDir),
 		SnapshotDir:     filepath.Join(dataDir, "snapshots"),
 		AgentPath:       agent,
