@@ -135,3 +135,24 @@ func TestArmRefusesBadRules(t *testing.T) {
 		}
 	}
 }
+
+func TestDelayWaitsOrGivesUpWithTheContext(t *testing.T) {
+	d, rec, file := setup(t)
+	if err := Arm(file, Rule{Op: OpCheckpoint, Action: Delay, Delay: "1h"}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := d.Checkpoint(ctx, "a", t.TempDir()); !errors.Is(err, context.Canceled) {
+		t.Fatalf("delayed checkpoint with its context over: %v", err)
+	}
+	if err := Arm(file, Rule{Op: OpCheckpoint, Action: Delay, Delay: "1ms"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Checkpoint(context.Background(), "a", t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"checkpoint a"}; !slices.Equal(rec.calls, want) {
+		t.Fatalf("calls: %q, want %q", rec.calls, want)
+	}
+}
