@@ -93,21 +93,31 @@ func resume(t *testing.T, srv *testenv.Server, c *client) {
 	c.token = info.AccessToken
 }
 
-// lastResumeFrom says where the sandbox's last resume came from ("memory"
-// or "disk"), as stasisd logged it.
-func lastResumeFrom(t *testing.T, srv *testenv.Server, id string) string {
+// resumedFrom says where the sandbox's one resume came from ("memory" or
+// "disk"), as stasisd logged it. Its log reaches us through a pipe, maybe
+// after the resume's answer: it is waited for.
+func resumedFrom(t *testing.T, srv *testenv.Server, id string) string {
 	t.Helper()
-	from := ""
-	for _, line := range strings.Split(srv.Logs(), "\n") {
-		if strings.Contains(line, `msg="sandbox resumed"`) && strings.Contains(line, "sandbox="+id) {
-			_, rest, _ := strings.Cut(line, " from=")
-			from, _, _ = strings.Cut(rest, " ")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var from []string
+		for _, line := range strings.Split(srv.Logs(), "\n") {
+			if strings.Contains(line, `msg="sandbox resumed"`) && strings.Contains(line, "sandbox="+id) {
+				_, rest, _ := strings.Cut(line, " from=")
+				f, _, _ := strings.Cut(rest, " ")
+				from = append(from, f)
+			}
 		}
+		switch {
+		case len(from) == 1:
+			return from[0]
+		case len(from) > 1:
+			t.Fatalf("sandbox %s resumed %d times, want once", id, len(from))
+		case time.Now().After(deadline):
+			t.Fatalf("no resume of %s in the logs", id)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	if from == "" {
-		t.Fatalf("no resume of %s in the logs", id)
-	}
-	return from
 }
 
 // killSandboxProcesses SIGKILLs the sandbox's runsc processes on the host,
@@ -331,7 +341,7 @@ func TestWarmSandboxFallsBackToDisk(t *testing.T) {
 			tc.evict(t, c.id)
 			resume(t, srv, c)
 			requireFired(t, srv)
-			if from := lastResumeFrom(t, srv, c.id); from != "disk" {
+			if from := resumedFrom(t, srv, c.id); from != "disk" {
 				t.Fatalf("resumed from %q, want disk", from)
 			}
 			requireKeepsRunning(t, srv, c, before)
@@ -351,7 +361,7 @@ func TestWarmSandboxFallsBackToDisk(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 		resume(t, srv, c)
-		if from := lastResumeFrom(t, srv, c.id); from != "disk" {
+		if from := resumedFrom(t, srv, c.id); from != "disk" {
 			t.Fatalf("resumed from %q, want disk", from)
 		}
 		requireKeepsRunning(t, srv, c, before)
