@@ -24,6 +24,8 @@ import (
 	"github.com/stasis-sandbox/stasis/internal/metrics"
 	"github.com/stasis-sandbox/stasis/internal/netpool"
 	"github.com/stasis-sandbox/stasis/internal/oci"
+	"github.com/stasis-sandbox/stasis/internal/runtime"
+	"github.com/stasis-sandbox/stasis/internal/runtime/faultinject"
 	"github.com/stasis-sandbox/stasis/internal/runtime/gvisor"
 	"github.com/stasis-sandbox/stasis/internal/sandbox"
 	"github.com/stasis-sandbox/stasis/internal/store"
@@ -230,10 +232,16 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 	}
 	checks := health.New(health.Config{Store: st.Check, Runsc: runsc, DataDir: dataDir,
 		MinFreeBytes: uint64(max(f.minFreeDiskMiB, 0)) << 20})
+	var drv runtime.Driver = driver
+	if file := os.Getenv(faultinject.Env); file != "" {
+		// Test-only: end-to-end tests make the runtime fail on purpose.
+		log.Warn("TEST ONLY: injecting runtime faults from "+faultinject.Env+"; never set it in production", "file", file)
+		drv = faultinject.New(driver, file, log)
+	}
 	reg := metrics.New()
 	svc, err := sandbox.New(sandbox.Config{
 		Store:           st,
-		Driver:          driver,
+		Driver:          drv,
 		Images:          images.NewManager(f.imagesDir),
 		SnapshotDir:     filepath.Join(dataDir, "snapshots"),
 		AgentPath:       agent,

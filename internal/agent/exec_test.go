@@ -17,6 +17,7 @@ import (
 	"github.com/stasis-sandbox/stasis/internal/agent"
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
 	"github.com/stasis-sandbox/stasis/internal/agentproto"
+	"github.com/stasis-sandbox/stasis/internal/testenv"
 )
 
 func run(t *testing.T, c *agentclient.Client, req agentclient.ExecRequest) (stdout, stderr string, st agentclient.ExitStatus) {
@@ -208,9 +209,7 @@ func TestExecEnvironment(t *testing.T) {
 }
 
 func TestExecWorkingDir(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Skip("needs root (home directory of root)")
-	}
+	testenv.RequireRoot(t) // the home directory of root
 	c, _ := startAgent(t, agent.Config{})
 	if out, _, _ := run(t, c, agentclient.ExecRequest{Command: "pwd"}); out != "/root\n" {
 		t.Errorf("default workdir %q, want the user's home /root", out)
@@ -240,12 +239,10 @@ func TestExecWorkingDir(t *testing.T) {
 }
 
 func TestExecAsUser(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Skip("needs root to switch users")
-	}
+	testenv.RequireRoot(t) // to switch users
 	u, err := user.Lookup("nobody")
 	if err != nil {
-		t.Skip("no user nobody")
+		t.Fatalf("user nobody: %v", err)
 	}
 	c, _ := startAgent(t, agent.Config{DefaultUser: "nobody"})
 	out, _, st := run(t, c, agentclient.ExecRequest{Command: `echo "$(id -u) $(id -g) $USER $HOME"`})

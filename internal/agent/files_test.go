@@ -21,6 +21,7 @@ import (
 	"github.com/stasis-sandbox/stasis/internal/agent"
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
 	"github.com/stasis-sandbox/stasis/internal/agentproto"
+	"github.com/stasis-sandbox/stasis/internal/testenv"
 )
 
 func readAll(t *testing.T, c *agentclient.Client, path string) ([]byte, int64) {
@@ -126,12 +127,10 @@ func (p *pattern) Read(b []byte) (int, error) {
 }
 
 func TestFilesOwnedByDefaultUser(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Skip("needs root to chown")
-	}
+	testenv.RequireRoot(t) // to chown
 	u, err := user.Lookup("nobody")
 	if err != nil {
-		t.Skip("no user nobody")
+		t.Fatalf("user nobody: %v", err)
 	}
 	c, _ := startAgent(t, agent.Config{DefaultUser: "nobody"})
 	dir := t.TempDir()

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/fsutil"
+	"github.com/stasis-sandbox/stasis/internal/testenv"
 )
 
 // TestMain builds stasis-applets, which builds of stasis/minimal install,
@@ -58,13 +59,6 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
-}
-
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (chroot, chown)")
-	}
 }
 
 // inImage runs a shell command chrooted into rootfs and returns its output.
@@ -123,7 +117,7 @@ func TestNotBuilt(t *testing.T) {
 }
 
 func TestMinimal(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	m := NewManager(t.TempDir())
 	var progress syncBuffer
 	start := time.Now()
@@ -198,7 +192,7 @@ func TestMinimal(t *testing.T) {
 }
 
 func TestConcurrentEnsureBuildsOnce(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	m := NewManager(t.TempDir())
 	var progress syncBuffer
 	var wg sync.WaitGroup
@@ -227,7 +221,7 @@ func TestConcurrentEnsureBuildsOnce(t *testing.T) {
 // TestConcurrentProcesses builds from two processes (this test binary,
 // re-executed) sharing one images directory.
 func TestConcurrentProcesses(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	if dir := os.Getenv("STASIS_IMAGES_TEST_HELPER_DIR"); dir != "" {
 		img, err := NewManager(dir).Ensure(context.Background(), "stasis/minimal", os.Stdout)
 		if err != nil {
@@ -264,7 +258,7 @@ func TestConcurrentProcesses(t *testing.T) {
 }
 
 func TestCrashedBuildIgnoredAndCleaned(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	dir := t.TempDir()
 	m := NewManager(dir)
 	r, _ := lookup("stasis/minimal")
@@ -317,7 +311,7 @@ func TestCrashedBuildIgnoredAndCleaned(t *testing.T) {
 }
 
 func TestStaleRecipeRebuilds(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	dir := t.TempDir()
 	m := NewManager(dir)
 	img, err := m.Ensure(context.Background(), "stasis/minimal", nil)
@@ -422,9 +416,9 @@ func TestPrefixWriter(t *testing.T) {
 
 // TestBase checks stasis/base. Building it takes minutes, so it runs against
 // the shared cache in $STASIS_IMAGES_DIR when the image is there, builds it
-// only when STASIS_TEST_BASE=1, and is skipped otherwise.
+// only when STASIS_TEST_BASE=1, and fails otherwise.
 func TestBase(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	dir := os.Getenv("STASIS_IMAGES_DIR")
 	var img *Image
 	var err error
@@ -436,7 +430,7 @@ func TestBase(t *testing.T) {
 	}
 	if img == nil {
 		if os.Getenv("STASIS_TEST_BASE") != "1" {
-			t.Skip("stasis/base is not built in $STASIS_IMAGES_DIR (" + dir + "); " +
+			t.Fatal("stasis/base is not built in $STASIS_IMAGES_DIR (" + dir + "); " +
 				"run `make setup` or set STASIS_TEST_BASE=1 to build it here (takes minutes)")
 		}
 		if dir == "" {

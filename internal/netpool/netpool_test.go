@@ -17,6 +17,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/stasis-sandbox/stasis/internal/testenv"
 )
 
 // Tests use their own name prefixes and address range, so they never touch
@@ -47,16 +49,9 @@ func testConfig(t *testing.T) Config {
 	}
 }
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces)")
-	}
-}
-
 func newTestPool(t *testing.T) *Pool {
 	t.Helper()
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	p, err := New(testConfig(t))
 	if err != nil {
 		t.Fatal(err)
@@ -387,7 +382,7 @@ func TestConcurrentSetup(t *testing.T) {
 // A new pool (say, after a crash) learns the links an earlier one left,
 // does not reuse their subnets, and cleans them up.
 func TestLearnAndCleanup(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	ctx := context.Background()
 	cfg := testConfig(t)
 	p1, err := New(cfg)

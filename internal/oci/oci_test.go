@@ -29,14 +29,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-)
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (to preserve owners and to chroot)")
-	}
-}
+	"github.com/stasis-sandbox/stasis/internal/testenv"
+)
 
 var appConfig = v1.Config{
 	Env:        []string{"PATH=/usr/local/bin:/usr/bin:/bin", "GREETING=hello world"},
@@ -249,7 +244,7 @@ func checkAppRoot(t *testing.T, img *Image, digest string) {
 // (docker-registry) and pulls it: contents, metadata, running a shell in
 // it, then the cache with the registry gone, and errors.
 func TestPullDockerRegistry(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	reg := startDockerRegistry(t)
 	ref := reg.host + "/test/app:1"
 	digest := push(t, ref, appImage(t))
@@ -319,7 +314,7 @@ func TestPullDockerRegistry(t *testing.T) {
 // TestPullCached checks that a cached image is not downloaded again: only
 // its manifest is fetched.
 func TestPullCached(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	reg := startTestRegistry(t, nil)
 	ref := reg.host + "/app:1"
 	digest := push(t, ref, appImage(t))
@@ -364,7 +359,7 @@ func TestPullCached(t *testing.T) {
 // Puller as if they were separate processes: it is downloaded and unpacked
 // once.
 func TestPullConcurrent(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	reg := startTestRegistry(t, nil)
 	ref := reg.host + "/app:1"
 	digest := push(t, ref, appImage(t))
@@ -539,7 +534,7 @@ func TestPullAuth(t *testing.T) {
 // root: everything lands inside it, or the pull fails, and nothing outside
 // changes.
 func TestPullPathTraversal(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	reg := startTestRegistry(t, nil)
 	base := t.TempDir()
 	outside := filepath.Join(base, "outside") // a host directory the layers aim at

@@ -273,7 +273,7 @@ func (s *Service) seal(id string, b *box, sl *sealing) {
 		sb.SnapshotDir, sb.SnapshotBytes = "", 0
 		b.setWarm(time.Time{})
 		status := store.StatusActive
-		if s.cfg.Driver.Thaw(ctx, id) != nil || b.agent == nil || b.agent.Health(ctx) != nil {
+		if s.cfg.Driver.Thaw(ctx, id) != nil || !answers(ctx, b.agent) {
 			status = store.StatusFailed
 			s.cfg.Driver.Destroy(ctx, id)
 			b.agent = nil
@@ -308,8 +308,8 @@ func (s *Service) WaitSealed() { s.sealers.Wait() }
 func (s *Service) pauseFailed(ctx context.Context, b *box, sb *store.Sandbox, step string, cause error) error {
 	s.metrics.Fail("pause", step)
 	s.log.Error("pause failed", "sandbox", sb.ID, "step", step, "err", cause)
-	s.cfg.Driver.Thaw(ctx, sb.ID)
-	if b.agent != nil && b.agent.Health(ctx) == nil {
+	s.cfg.Driver.Thaw(ctx, sb.ID) // whether it worked, the agent tells
+	if answers(ctx, b.agent) {
 		s.setStatus(ctx, sb, store.StatusActive, "")
 		return fmt.Errorf("pause %s failed at %s, sandbox still running: %w", sb.ID, step, cause)
 	}
@@ -317,6 +317,22 @@ func (s *Service) pauseFailed(ctx context.Context, b *box, sb *store.Sandbox, st
 	b.agent = nil
 	s.setStatus(ctx, sb, store.StatusFailed, "pause failed at "+step+": "+cause.Error())
 	return fmt.Errorf("pause %s: %w", sb.ID, cause)
+}
+
+// thawCheckTimeout bounds the check that a thawed sandbox answers. The
+// agent of one still frozen accepts connections and never replies: the
+// check would hold the pause (and the sandbox's lock) for the whole
+// lifecycle timeout, leaving the sandbox "pausing" when that ran out.
+const thawCheckTimeout = 10 * time.Second
+
+// answers reports whether agent (nil: none) answers a health check soon.
+func answers(ctx context.Context, agent *agentclient.Client) bool {
+	if agent == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, thawCheckTimeout)
+	defer cancel()
+	return agent.Health(ctx) == nil
 }
 
 // Resume restores a paused sandbox and returns a new access token; tokens

@@ -116,6 +116,9 @@ func (s *Service) recoverOne(ctx context.Context, sb *store.Sandbox, inst runtim
 		s.setStatus(ctx, sb, store.StatusPaused, "")
 	case sb.Status == store.StatusStarting:
 		s.setStatus(ctx, sb, store.StatusFailed, "creation was interrupted by a stasisd restart")
+	case isRunning:
+		s.setStatus(ctx, sb, store.StatusFailed,
+			"sandbox did not answer after stasisd restarted and was stopped; it has no snapshot, so its state is lost")
 	default:
 		s.setStatus(ctx, sb, store.StatusFailed,
 			"sandbox was lost: it was not running and has no snapshot after stasisd restarted")

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/firewall"
+	"github.com/stasis-sandbox/stasis/internal/runtime/faultinject"
 )
 
 // Server is a running stasisd.
@@ -46,6 +47,7 @@ type Server struct {
 	// unhealthyOK: the server counts as started once /health answers at
 	// all, even 503 (a test of an unhealthy server).
 	unhealthyOK bool
+	faults      string // fault file (package faultinject); "" unless WithFaults
 }
 
 var (
@@ -144,6 +146,9 @@ func StartServer(t testing.TB, opts ...Option) *Server {
 func (s *Server) start() {
 	s.t.Helper()
 	s.cmd = s.Command(s.listen, s.dataDir, s.prefix, s.subnet)
+	if s.faults != "" {
+		s.cmd.Env = append(s.cmd.Env, faultinject.Env+"="+s.faults)
+	}
 	s.logs = &lockedBuffer{}
 	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -215,6 +220,36 @@ func AllowUnhealthy() Option { return func(s *Server) { s.unhealthyOK = true } }
 // WithArgs adds flags to `stasisd serve`.
 func WithArgs(args ...string) Option { return func(s *Server) { s.Args = append(s.Args, args...) } }
 
+// WithFaults lets the test inject runtime faults into the server (see
+// ArmFaults); it keeps them across restarts.
+func WithFaults() Option {
+	return func(s *Server) { s.faults = filepath.Join(s.t.TempDir(), "faults.json") }
+}
+
+// ArmFaults makes the server's runtime calls fail as rules say, from now
+// on (replacing the rules armed before; none disarms). The server must have
+// been started WithFaults.
+func (s *Server) ArmFaults(rules ...faultinject.Rule) {
+	s.t.Helper()
+	if s.faults == "" {
+		s.t.Fatal("testenv: ArmFaults on a server started without WithFaults")
+	}
+	if err := faultinject.Arm(s.faults, rules...); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// PendingFaults returns the armed rules that have not fired as often as
+// their Times says.
+func (s *Server) PendingFaults() []faultinject.Rule {
+	s.t.Helper()
+	rules, err := faultinject.Pending(s.faults)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return rules
+}
+
 // Exited reports whether stasisd has exited (e.g. at a failpoint).
 func (s *Server) Exited() bool {
 	select {
@@ -261,6 +296,9 @@ func (s *Server) Restart() {
 
 // Close deletes every sandbox the server holds and stops it.
 func (s *Server) Close() {
+	if s.faults != "" {
+		faultinject.Arm(s.faults) // the cleanup must not fail
+	}
 	if s.Exited() {
 		// Crashed (or killed by the test): start it once more, without
 		// failpoints, so it can delete the sandboxes it left running.

@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"os"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -176,12 +174,7 @@ func TestPauseNotSealedWhenHostWentDown(t *testing.T) {
 		t.Fatal("stasisd did not crash")
 	}
 	// The "reboot": the frozen sandbox's host processes die with the host.
-	for _, p := range hostProcessesMentioning(c.id) {
-		if pid, _, ok := strings.Cut(p, ":"); ok && strings.Contains(p, "runsc") {
-			n, _ := strconv.Atoi(pid)
-			syscall.Kill(n, syscall.SIGKILL)
-		}
-	}
+	killSandboxProcesses(t, c.id)
 	srv.Env = nil
 	srv.Restart()
 	info := getInfo(t, srv, c.id)

@@ -24,6 +24,7 @@ import (
 
 	"github.com/stasis-sandbox/stasis/internal/netpool"
 	"github.com/stasis-sandbox/stasis/internal/runtime"
+	"github.com/stasis-sandbox/stasis/internal/testenv"
 )
 
 // These tests run real sandboxes with the pinned runsc. They need root. They
@@ -73,9 +74,7 @@ func TestMain(m *testing.M) {
 // build in the repository's .cache. A missing binary fails the test.
 func runscBin(t testing.TB) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (runsc, network namespaces, cgroups)")
-	}
+	testenv.RequireRoot(t) // runsc, network namespaces, cgroups
 	p := os.Getenv("STASIS_RUNSC")
 	if p == "" {
 		abs, err := filepath.Abs("../../../.cache/runsc/bin/runsc")
@@ -325,7 +324,7 @@ func (e *testEnv) assertGone(id string) {
 func TestNewChecksRunsc(t *testing.T) {
 	pool, err := netpool.New(netpool.Config{Prefix: "stasis-gvtestnew", IfPrefix: "sttx", Range: testRange})
 	if err != nil {
-		t.Skipf("netpool: %v", err)
+		t.Fatalf("netpool: %v", err)
 	}
 	dir := t.TempDir()
 	cfg := Config{RootDir: filepath.Join(dir, "root"), StateDir: filepath.Join(dir, "state"), Net: pool}
