@@ -216,7 +216,22 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any, allowEmpty bool) 
 	if dec.More() {
 		return invalidJSON("invalid JSON body: unexpected data after the object")
 	}
-	return nil
+	return checkUTF8(body)
+}
+
+// checkUTF8 rejects a JSON body with a string that is not valid UTF-8:
+// encoding/json would store it rewritten to U+FFFD without a word.
+func checkUTF8(body []byte) error {
+	path, isKey, found := badUTF8(body)
+	switch {
+	case !found:
+		return nil
+	case isKey && path == "":
+		return invalidJSON("a field name is not valid UTF-8")
+	case isKey:
+		return invalidJSON("field %s has a key that is not valid UTF-8", path)
+	}
+	return invalidJSON("field %s is not valid UTF-8", path)
 }
 
 func jsonErrorText(err error) string {

@@ -16,6 +16,11 @@ import (
 // from_snapshot). An active sandbox is frozen for the checkpoint and then
 // continues; a paused one's checkpoint is linked, not copied.
 func (s *Service) SaveSnapshot(ctx context.Context, teamID, id, name string) (*store.SavedSnapshot, error) {
+	if name != "" {
+		if err := validateName(name); err != nil {
+			return nil, err
+		}
+	}
 	if _, err := s.Get(ctx, teamID, id); err != nil {
 		return nil, err
 	}
