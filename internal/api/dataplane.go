@@ -325,7 +325,7 @@ func (s *Server) readFile(w http.ResponseWriter, r *http.Request, t *sandbox.Tar
 		body, size, err = c.ReadFile(r.Context(), path)
 		w.Header().Set("Content-Type", "application/octet-stream")
 	default:
-		writeError(w, http.StatusBadRequest, "invalid_request", "unknown format "+strconv.Quote(f)+" (use zip, or omit it)")
+		writeError(w, http.StatusBadRequest, "invalid_request", "unknown format "+sandbox.QuoteShort(f)+" (use zip, or omit it)")
 		return
 	}
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -108,7 +109,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.mux.ServeHTTP(rw, r)
 	}
 	// Never log headers or query strings: they can carry keys and tokens.
-	s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", rw.status, "ms", time.Since(start).Milliseconds())
+	s.log.Debug("request", "method", r.Method, "path", sandbox.Shorten(r.URL.Path), "status", rw.status, "ms", time.Since(start).Milliseconds())
 }
 
 // noRoute answers a request no route matches in the error envelope: 405
@@ -266,8 +267,13 @@ func jsonErrorText(err error) string {
 	if errors.As(err, &te) && te.Field != "" {
 		return fmt.Sprintf("field %q must be %s, not %s", te.Field, te.Type.String(), te.Value)
 	}
-	msg := err.Error()
-	return strings.TrimPrefix(msg, "json: ")
+	msg := strings.TrimPrefix(err.Error(), "json: ")
+	if name, ok := strings.CutPrefix(msg, "unknown field "); ok {
+		if f, err := strconv.Unquote(name); err == nil {
+			return "unknown field " + sandbox.QuoteShort(f)
+		}
+	}
+	return msg
 }
 
 func invalidJSON(format string, args ...any) error {

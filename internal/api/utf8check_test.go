@@ -82,3 +82,13 @@ func TestQuoteShort(t *testing.T) {
 		t.Fatalf("validatePath of a 10 KB relative path: %v", err)
 	}
 }
+
+// TestUnknownFieldShortened: a huge unknown field name is not echoed whole.
+func TestUnknownFieldShortened(t *testing.T) {
+	body := `{"` + strings.Repeat("f", 100000) + `":1}`
+	var req createRequest
+	err := decodeJSON(httptest.NewRecorder(), httptest.NewRequest(http.MethodPost, "/", strings.NewReader(body)), &req, false)
+	if err == nil || !strings.Contains(err.Error(), `unknown field "ffff`) || len(err.Error()) > 200 {
+		t.Fatalf("got %.300v", err)
+	}
+}

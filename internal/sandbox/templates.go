@@ -188,7 +188,7 @@ func (s *Service) CreateTemplate(ctx context.Context, teamID string, p TemplateP
 func (s *Service) GetTemplate(ctx context.Context, teamID, idOrName string) (*store.Template, error) {
 	t, err := s.cfg.Store.GetTemplate(ctx, teamID, idOrName)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, newErr(ErrNotFound, "not_found", "template %s not found", idOrName)
+		return nil, newErr(ErrNotFound, "not_found", "template %s not found", Shorten(idOrName))
 	}
 	return t, err
 }
@@ -233,7 +233,7 @@ func (s *Service) Build(ctx context.Context, teamID, idOrName, buildID string) (
 	}
 	b, err := s.cfg.Store.GetBuild(ctx, t.ID, buildID)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, nil, newErr(ErrNotFound, "not_found", "build %s of template %s not found", buildID, t.Name)
+		return nil, nil, newErr(ErrNotFound, "not_found", "build %s of template %s not found", Shorten(buildID), t.Name)
 	}
 	return t, b, err
 }

@@ -346,9 +346,10 @@ func TestFileErrors(t *testing.T) {
 	}
 }
 
-// TestMethodNotAllowed: a wrong method on a known path is 405 with an
-// Allow header, in the error envelope; an unknown path is 404.
-func TestMethodNotAllowed(t *testing.T) {
+// TestRoutingErrors: a wrong method on a known path is 405 with an Allow
+// header, in the error envelope; an unknown path is 404; a huge id in the
+// path is not echoed whole.
+func TestRoutingErrors(t *testing.T) {
 	srv := testenv.StartServer(t)
 	for _, tc := range []struct {
 		method, path string
@@ -371,6 +372,14 @@ func TestMethodNotAllowed(t *testing.T) {
 	}
 	got, _ := sendRaw(t, srv, nil, "GET", "/no/such/route", "")
 	wantAPIError(t, "unknown path", got, http.StatusNotFound, "not_found", "/no/such/route")
+
+	long := strings.Repeat("i", 5000)
+	for _, path := range []string{"/sandboxes/" + long, "/templates/" + long, "/templates/x/builds/" + long, "/no/" + long} {
+		got, _ := sendRaw(t, srv, nil, "GET", path, "")
+		if got.Status != http.StatusNotFound || got.Code != "not_found" || len(got.Message) > 200 || strings.Contains(got.Message, long[:100]) {
+			t.Errorf("GET %.30s…: HTTP %d %s %q (%d bytes); want 404 with the id cut short", path, got.Status, got.Code, got.Message, len(got.Message))
+		}
+	}
 }
 
 // TestUsageMetering: /usage counts saved snapshots in snapshot_bytes, and
