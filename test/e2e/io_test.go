@@ -410,8 +410,16 @@ func TestUsageMetering(t *testing.T) {
 	if err := srv.Do("POST", "/sandboxes/"+sb.ID+"/snapshots", map[string]string{"name": "kept"}, &snap); err != nil {
 		t.Fatal(err)
 	}
-	if u := usage(); snap.SizeBytes <= 0 || u.Bytes < snap.SizeBytes {
-		t.Fatalf("snapshot_bytes %d with a saved snapshot of %d bytes", u.Bytes, snap.SizeBytes)
+	var paused struct {
+		Usage struct {
+			Bytes int64 `json:"snapshot_bytes"`
+		} `json:"usage"`
+	}
+	if err := srv.Do("GET", "/sandboxes/"+sb.ID, nil, &paused); err != nil {
+		t.Fatal(err)
+	}
+	if u := usage(); snap.SizeBytes <= 0 || paused.Usage.Bytes <= 0 || u.Bytes != paused.Usage.Bytes+snap.SizeBytes {
+		t.Fatalf("snapshot_bytes %d with a paused sandbox of %d bytes and a saved snapshot of %d", u.Bytes, paused.Usage.Bytes, snap.SizeBytes)
 	}
 	time.Sleep(2 * time.Second)
 	if err := srv.Do("DELETE", "/sandboxes/"+sb.ID, nil, nil); err != nil {
