@@ -126,7 +126,7 @@ func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request, teamID st
 		key, ok := strings.CutPrefix(k, "metadata.")
 		if !ok || key == "" {
 			writeError(w, http.StatusBadRequest, "invalid_request",
-				"unknown query parameter "+k+" (filter with metadata.KEY=VALUE)")
+				"unknown query parameter "+sandbox.Shorten(k)+" (filter with metadata.KEY=VALUE)")
 			return
 		}
 		filter[key] = vs[0]
@@ -175,7 +175,7 @@ func (s *Server) updateSandbox(w http.ResponseWriter, r *http.Request, teamID st
 			}
 		default:
 			writeError(w, http.StatusBadRequest, "invalid_request",
-				"unknown field "+k+" (updatable: metadata, timeout_seconds, auto_delete_seconds)")
+				"unknown field "+sandbox.Shorten(k)+" (updatable: metadata, timeout_seconds, auto_delete_seconds)")
 			return
 		}
 		if err != nil {

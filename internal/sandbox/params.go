@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"regexp"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 )
@@ -18,7 +19,39 @@ const (
 	MaxMemoryMiB     = 16384
 	MaxDiskMiB       = 1 << 20
 	MaxTimeout       = 30 * 24 * 3600
+
+	// Templates.
+	MaxTemplateSteps = 100
+	MaxCommandLen    = 64 << 10 // a step's run, start_cmd, ready_cmd
+	MaxImageRefLen   = 1024
+	MaxPathLen       = 4096 // PATH_MAX
+	MaxUserNameLen   = 32
 )
+
+// quoteLimit is how much of a client's string an error message echoes.
+const quoteLimit = 64
+
+// Shorten cuts s after its first 64 bytes (at a character boundary) and
+// marks the cut with "…", so that an error message does not echo a huge
+// path or name sent by a client back whole.
+func Shorten(s string) string {
+	if len(s) <= quoteLimit {
+		return s
+	}
+	cut := quoteLimit
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+// QuoteShort is strconv.Quote of Shorten(s), with the "…" outside the quotes.
+func QuoteShort(s string) string {
+	if short := Shorten(s); short != s {
+		return strconv.Quote(strings.TrimSuffix(short, "…")) + "…"
+	}
+	return strconv.Quote(s)
+}
 
 // CreateParams is what a client may choose about a new sandbox.
 type CreateParams struct {
@@ -47,7 +80,13 @@ type UpdateParams struct {
 	AutoDeleteSeconds Optional[int]
 }
 
-var envKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+var (
+	envKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	// A template name is a word, or team/word as in superserve/base: it
+	// appears in URL paths, so nothing that looks like a file path.
+	templateNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$`)
+	userNameRE     = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]*$`)
+)
 
 func invalid(format string, args ...any) *Error {
 	return newErr(ErrInvalid, "invalid_request", format, args...)
@@ -77,31 +116,33 @@ func ValidateMetadata(m map[string]string) error {
 			return invalid("metadata keys must not be empty")
 		}
 		if len(k) > MaxMetadataKey {
-			return invalid("metadata key %.32q… is %d bytes; the limit is %d", k, len(k), MaxMetadataKey)
+			return invalid("metadata key %s is %d bytes; the limit is %d", QuoteShort(k), len(k), MaxMetadataKey)
 		}
 		if len(v) > MaxMetadataValue {
-			return invalid("metadata value of %q is %d bytes; the limit is %d", k, len(v), MaxMetadataValue)
+			return invalid("metadata value of %s is %d bytes; the limit is %d", QuoteShort(k), len(v), MaxMetadataValue)
 		}
 	}
 	return nil
 }
 
-func validateEnv(m map[string]string) error {
+// validateEnv checks environment variables given as field: names a shell
+// can export, values without NUL.
+func validateEnv(field string, m map[string]string) error {
 	if len(m) > MaxEnvKeys {
-		return invalid("env_vars has %d keys; the limit is %d", len(m), MaxEnvKeys)
+		return invalid("%s has %d keys; the limit is %d", field, len(m), MaxEnvKeys)
 	}
 	for k, v := range m {
 		if !envKeyRE.MatchString(k) {
-			return invalid("env var name %q is not valid (letters, digits and _; not starting with a digit)", k)
+			return invalid("%s: name %s is not valid (letters, digits and _; not starting with a digit)", field, QuoteShort(k))
 		}
 		if strings.HasPrefix(k, "STASIS_") {
-			return invalid("env var names starting with STASIS_ are reserved")
+			return invalid("%s: names starting with STASIS_ are reserved", field)
 		}
 		if len(v) > MaxEnvValue {
-			return invalid("env var %s is %d bytes; the limit is %d", k, len(v), MaxEnvValue)
+			return invalid("%s: %s is %d bytes; the limit is %d", field, QuoteShort(k), len(v), MaxEnvValue)
 		}
 		if strings.IndexByte(v, 0) >= 0 {
-			return invalid("env var %s contains a NUL byte", k)
+			return invalid("%s: %s contains a NUL byte", field, QuoteShort(k))
 		}
 	}
 	return nil
@@ -130,7 +171,7 @@ func (p *CreateParams) validate() error {
 	if err := ValidateMetadata(p.Metadata); err != nil {
 		return err
 	}
-	if err := validateEnv(p.Env); err != nil {
+	if err := validateEnv("env_vars", p.Env); err != nil {
 		return err
 	}
 	if err := validateSeconds("timeout_seconds", p.TimeoutSeconds); err != nil {

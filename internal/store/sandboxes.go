@@ -225,21 +225,15 @@ func (s *Store) UpdateSandbox(ctx context.Context, sb *Sandbox) error {
 		sb.ActiveMs, sb.PausedMs = activeMs, pausedMs
 		if old != sb.Status {
 			t := time.Now().UTC()
-			spent := t.Sub(parseTime(changed)).Milliseconds()
-			var col string
+			spent, err := meterStretch(ctx, tx, sb.TeamID, old, parseTime(changed), t)
+			if err != nil {
+				return fmt.Errorf("meter sandbox %s: %w", sb.ID, err)
+			}
 			switch old {
 			case StatusActive:
 				sb.ActiveMs += spent
-				col = "active_ms"
 			case StatusPaused:
 				sb.PausedMs += spent
-				col = "paused_ms"
-			}
-			if col != "" {
-				if _, err := tx.ExecContext(ctx, `INSERT INTO team_usage(team_id, `+col+`) VALUES (?, ?)
-					ON CONFLICT(team_id) DO UPDATE SET `+col+` = `+col+` + excluded.`+col, sb.TeamID, spent); err != nil {
-					return fmt.Errorf("meter sandbox %s: %w", sb.ID, err)
-				}
 			}
 			sb.StatusChangedAt = t
 		}
@@ -345,19 +339,59 @@ func (s *Store) TeamUsage(ctx context.Context, teamID string, now time.Time) (*T
 		}
 		u.SnapshotBytes += sb.SnapshotBytes
 	}
+	// Snapshots the team keeps besides its paused sandboxes': saved ones
+	// and its templates'.
+	var kept int64
+	err = s.db.QueryRowContext(ctx, `SELECT
+		(SELECT COALESCE(SUM(size_bytes), 0) FROM snapshots WHERE team_id = ?) +
+		(SELECT COALESCE(SUM(snapshot_bytes), 0) FROM templates WHERE team_id = ?)`, teamID, teamID).Scan(&kept)
+	if err != nil {
+		return nil, fmt.Errorf("team usage: snapshot bytes: %w", err)
+	}
+	u.SnapshotBytes += kept
 	return &u, nil
 }
 
-// DeleteSandbox removes the sandbox and its tokens.
+// meterStretch adds the time a sandbox spent in status from changedAt to
+// now to its team's totals (metered statuses only: active and paused) and
+// returns it in milliseconds.
+func meterStretch(ctx context.Context, tx *sql.Tx, teamID, status string, changedAt, now time.Time) (int64, error) {
+	var col string
+	switch status {
+	case StatusActive:
+		col = "active_ms"
+	case StatusPaused:
+		col = "paused_ms"
+	default:
+		return 0, nil
+	}
+	spent := now.Sub(changedAt).Milliseconds()
+	_, err := tx.ExecContext(ctx, `INSERT INTO team_usage(team_id, `+col+`) VALUES (?, ?)
+		ON CONFLICT(team_id) DO UPDATE SET `+col+` = `+col+` + excluded.`+col, teamID, spent)
+	return spent, err
+}
+
+// DeleteSandbox removes the sandbox and its tokens. The time it spent in its
+// last status is metered first, so its team's usage keeps it.
 func (s *Store) DeleteSandbox(ctx context.Context, id string) error {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM sandboxes WHERE id = ?`, id)
-	if err != nil {
-		return fmt.Errorf("delete sandbox %s: %w", id, err)
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return ErrNotFound
-	}
-	return nil
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		var teamID, status, changed string
+		err := tx.QueryRowContext(ctx, `SELECT team_id, status, status_changed_at FROM sandboxes WHERE id = ?`, id).
+			Scan(&teamID, &status, &changed)
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("delete sandbox %s: %w", id, err)
+		}
+		if _, err := meterStretch(ctx, tx, teamID, status, parseTime(changed), time.Now().UTC()); err != nil {
+			return fmt.Errorf("meter sandbox %s: %w", id, err)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM sandboxes WHERE id = ?`, id); err != nil {
+			return fmt.Errorf("delete sandbox %s: %w", id, err)
+		}
+		return nil
+	})
 }
 
 // AddAccessToken stores the hash of a data-plane token for the sandbox's
