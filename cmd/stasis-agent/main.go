@@ -6,7 +6,7 @@
 // STASIS_* variable: STASIS_AGENT_TOKEN (required), STASIS_DEFAULT_USER,
 // STASIS_DEFAULT_WORKDIR, STASIS_AGENT_LISTEN (default :49983),
 // STASIS_MEMORY_LIMIT_MIB and STASIS_VCPU (the sandbox's limits, for the
-// watchdog).
+// watchdog), STASIS_NAMESERVER (written to /etc/resolv.conf at boot).
 //
 // As PID 1 it also runs the sandbox's watchdog: an OOM killer that keeps the
 // sandbox within its memory budget and a task limiter against fork bombs.
@@ -16,6 +16,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log"
 	"net"
 	"os"
@@ -42,9 +43,15 @@ func main() {
 }
 
 func run(logger *log.Logger) error {
+	nameserver := os.Getenv("STASIS_NAMESERVER") // read before ConfigFromEnv scrubs it
 	cfg, err := agent.ConfigFromEnv()
 	if err != nil {
 		return err
+	}
+	if os.Getpid() == 1 && nameserver != "" {
+		if err := writeResolvConf(nameserver); err != nil {
+			logger.Printf("writing /etc/resolv.conf: %v", err)
+		}
 	}
 	// As PID 1 every orphan in the sandbox becomes our child: reap them all.
 	reaper := agent.NewReaper(os.Getpid() == 1)
@@ -122,4 +129,16 @@ func memTotalMiB() int {
 		}
 	}
 	return 0
+}
+
+// writeResolvConf points the sandbox's resolver at stasisd's (the address
+// in STASIS_NAMESERVER), replacing whatever the image has there: images
+// often leave it empty or name a resolver of the machine they were built on.
+func writeResolvConf(nameserver string) error {
+	if net.ParseIP(nameserver) == nil {
+		return fmt.Errorf("bad name server address %q", nameserver)
+	}
+	const path = "/etc/resolv.conf"
+	os.Remove(path) // may be a (dangling) symlink
+	return os.WriteFile(path, []byte("nameserver "+nameserver+"\noptions timeout:2 attempts:2\n"), 0o644)
 }

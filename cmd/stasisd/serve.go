@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/api"
+	"github.com/stasis-sandbox/stasis/internal/egress"
 	"github.com/stasis-sandbox/stasis/internal/firewall"
 	"github.com/stasis-sandbox/stasis/internal/images"
 	"github.com/stasis-sandbox/stasis/internal/metrics"
@@ -35,6 +36,7 @@ type serveFlags struct {
 	vcpu, memMiB, diskMiB, maxLive                                                    int
 	warmWindow                                                                        time.Duration
 	pauseOnShutdown                                                                   bool
+	net                                                                               netFlags
 }
 
 func runServe(args []string) error {
@@ -55,6 +57,7 @@ func runServe(args []string) error {
 	fs.DurationVar(&f.warmWindow, "warm-pause-window", 0, "keep a paused sandbox frozen in RAM this long after its snapshot is on disk, so resuming it is instant (0: free its memory at once)")
 	fs.BoolVar(&f.pauseOnShutdown, "pause-on-shutdown", false, "on SIGTERM, pause every active sandbox (default: leave them running for the next start to re-adopt)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.net.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -157,6 +160,13 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *sandbox.Serv
 		st.Close()
 		return nil, nil, nil, fmt.Errorf("sandbox firewall: %w", err)
 	}
+	var svc *sandbox.Service // the egress proxy asks it for rules
+	eg, err := startEgress(ctx, f.net, st, pool, ifPrefix(f.netnsPrefix),
+		func(ctx context.Context, id string) (*egress.Policy, error) { return svc.NetworkPolicy(ctx, id) }, log)
+	if err != nil {
+		st.Close()
+		return nil, nil, nil, err
+	}
 	driver, err := gvisor.New(gvisor.Config{
 		Runsc:    runsc,
 		RootDir:  filepath.Join(dataDir, "runsc"),
@@ -164,11 +174,12 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *sandbox.Serv
 		Net:      pool,
 	})
 	if err != nil {
+		eg.stop(ctx, pool)
 		st.Close()
 		return nil, nil, nil, err
 	}
 	reg := metrics.New()
-	svc, err := sandbox.New(sandbox.Config{
+	svc, err = sandbox.New(sandbox.Config{
 		Store:           st,
 		Driver:          driver,
 		Images:          images.NewManager(f.imagesDir),
@@ -187,10 +198,12 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *sandbox.Serv
 		DefaultDiskMiB:  f.diskMiB,
 	})
 	if err != nil {
+		eg.stop(ctx, pool)
 		st.Close()
 		return nil, nil, nil, err
 	}
 	if err := svc.Recover(ctx); err != nil {
+		eg.stop(ctx, pool)
 		st.Close()
 		return nil, nil, nil, err
 	}
@@ -206,7 +219,10 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *sandbox.Serv
 		}
 	}
 	log.Info("runtime ready", "runsc", runsc, "agent", agent, "images_dir", f.imagesDir)
-	return svc, api.New(svc, st, reg, log), func() { st.Close() }, nil
+	return svc, api.New(svc, st, reg, log), func() {
+		eg.stop(context.Background(), pool)
+		st.Close()
+	}, nil
 }
 
 // ifPrefix derives the (at most 6 character) veth name prefix from the netns prefix.

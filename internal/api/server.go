@@ -77,6 +77,7 @@ func (s *Server) routes() {
 	m.HandleFunc("POST /sandboxes/{id}/activate", s.withTeam(s.resumeSandbox(true)))
 	m.HandleFunc("POST /sandboxes/{id}/fork", s.withTeam(s.forkSandbox))
 	m.HandleFunc("POST /sandboxes/{id}/snapshots", s.withTeam(s.saveSnapshot))
+	m.HandleFunc("GET /sandboxes/{id}/network", s.withTeam(s.networkLog))
 	m.HandleFunc("GET /snapshots", s.withTeam(s.listSnapshots))
 	m.HandleFunc("DELETE /snapshots/{id}", s.withTeam(s.deleteSnapshot))
 	m.HandleFunc("GET /usage", s.withTeam(s.teamUsage))

@@ -664,3 +664,16 @@ func linkList(h *netlink.Handle) ([]netlink.Link, error) {
 	}
 	return links, err
 }
+
+// LookupAddr returns a copy of the link whose sandbox-side address is addr.
+func (p *Pool) LookupAddr(addr netip.Addr) (*Link, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, l := range p.links {
+		if l.SandboxAddr == addr && l.Subnet.IsValid() {
+			out := *l
+			return &out, true
+		}
+	}
+	return nil, false
+}

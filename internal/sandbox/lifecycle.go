@@ -42,6 +42,7 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 		TimeoutSeconds: p.TimeoutSeconds, AutoDeleteSeconds: p.AutoDeleteSeconds,
 		AgentPath: s.agentPath,
 	}
+	p.applyNetwork(sb)
 	if sb.VCPU == 0 {
 		sb.VCPU = s.cfg.DefaultVCPU
 	}
@@ -491,6 +492,7 @@ func (s *Service) deleteLocked(ctx context.Context, b *box, id string) error {
 		s.log.Error("delete: snapshot cleanup failed; the next start retries", "sandbox", id, "err", err)
 	}
 	s.forget(id)
+	s.policies.invalidate(id)
 	s.log.Info("sandbox deleted", "sandbox", id)
 	return nil
 }
@@ -525,9 +527,13 @@ func (s *Service) Update(ctx context.Context, teamID, id string, p UpdateParams)
 			sb.DeleteAt = deadline(sb.StatusChangedAt, sb.AutoDeleteSeconds)
 		}
 	}
+	if err := p.applyNetworkUpdate(sb); err != nil {
+		return nil, err
+	}
 	if err := s.cfg.Store.UpdateSandbox(ctx, sb); err != nil {
 		return nil, err
 	}
+	s.policies.invalidate(sb.ID)
 	return sb, nil
 }
 

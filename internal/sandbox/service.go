@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
+	"github.com/stasis-sandbox/stasis/internal/egress"
 	"github.com/stasis-sandbox/stasis/internal/images"
 	"github.com/stasis-sandbox/stasis/internal/metrics"
 	"github.com/stasis-sandbox/stasis/internal/oci"
@@ -70,6 +71,8 @@ type Service struct {
 
 	logsMu sync.Mutex
 	logs   map[string]*buildLog // by build ID, for builds run by this process
+
+	policies policyCache // compiled egress rules, by sandbox ID
 }
 
 // box is the in-memory side of one sandbox. mu serialises lifecycle
@@ -276,6 +279,7 @@ func (s *Service) spec(sb *store.Sandbox, img *images.Image) runtime.Spec {
 		"STASIS_AGENT_TOKEN="+s.agentToken(sb.ID),
 		"STASIS_DEFAULT_USER="+img.User,
 		"STASIS_DEFAULT_WORKDIR="+img.Workdir,
+		"STASIS_NAMESERVER="+egress.ResolverAddr.String(),
 	)
 	agent := sb.AgentPath
 	if agent == "" {
