@@ -2,17 +2,23 @@ package main
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"strings"
 
+	"github.com/stasis-sandbox/stasis/internal/api"
 	"github.com/stasis-sandbox/stasis/internal/egress"
 	"github.com/stasis-sandbox/stasis/internal/firewall"
 	"github.com/stasis-sandbox/stasis/internal/netlog"
 	"github.com/stasis-sandbox/stasis/internal/netpool"
+	"github.com/stasis-sandbox/stasis/internal/preview"
+	"github.com/stasis-sandbox/stasis/internal/sandbox"
 	"github.com/stasis-sandbox/stasis/internal/store"
 )
 
@@ -116,4 +122,27 @@ func (e *egressRun) stop(ctx context.Context, pool *netpool.Pool) {
 			e.logger.Warn("removing the egress firewall rules", "err", err)
 		}
 	}
+}
+
+// previewRouter puts the preview router for --preview-domain in front of
+// the API: {port}-{id}.DOMAIN hosts go to the sandbox, the rest to the API.
+func previewRouter(f netFlags, svc *sandbox.Service, pool *netpool.Pool, nodeKey []byte, apiSrv *api.Server, log *slog.Logger) http.Handler {
+	m := hmac.New(sha256.New, nodeKey)
+	m.Write([]byte("stasis-preview-key"))
+	rt := preview.New(preview.Config{
+		Domain:    f.previewDomain,
+		Sandboxes: svc,
+		Addr: func(id string) (netip.Addr, bool) {
+			l, ok := pool.Lookup(id)
+			if !ok || !l.Subnet.IsValid() {
+				return netip.Addr{}, false
+			}
+			return l.SandboxAddr, true
+		},
+		Key:    m.Sum(nil),
+		Next:   apiSrv,
+		Logger: log,
+	})
+	apiSrv.SetPreview(rt)
+	return rt
 }

@@ -219,7 +219,8 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *sandbox.Serv
 		}
 	}
 	log.Info("runtime ready", "runsc", runsc, "agent", agent, "images_dir", f.imagesDir)
-	return svc, api.New(svc, st, reg, log), func() {
+	handler := previewRouter(f.net, svc, pool, nodeKey, api.New(svc, st, reg, log), log)
+	return svc, handler, func() {
 		eg.stop(context.Background(), pool)
 		st.Close()
 	}, nil

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -170,4 +171,57 @@ func (s *Server) networkLog(w http.ResponseWriter, r *http.Request, teamID strin
 		page.NextCursor = &c
 	}
 	writeJSON(w, http.StatusOK, page)
+}
+
+// PreviewLinker makes one-time links that open a sandbox's private
+// preview in a browser (see package preview).
+type PreviewLinker interface {
+	Domain() string
+	Link(id, previewURL string) string
+}
+
+// SetPreview enables preview links.
+func (s *Server) SetPreview(p PreviewLinker) { s.preview = p }
+
+// previewLink serves POST /sandboxes/{id}/preview-link {port} (a stasis
+// extension): the sandbox's preview URL for port, and a one-time link to it
+// that sets a cookie in the browser that opens it (private previews need
+// one; the link expires after a few minutes).
+func (s *Server) previewLink(w http.ResponseWriter, r *http.Request, teamID string) {
+	if s.preview == nil {
+		writeError(w, http.StatusNotFound, "not_found", "preview URLs are not enabled on this server")
+		return
+	}
+	var req struct {
+		Port int `json:"port"`
+	}
+	if err := decodeJSON(w, r, &req, false); err != nil {
+		s.fail(w, err)
+		return
+	}
+	if req.Port < 1024 || req.Port > 65535 {
+		writeError(w, http.StatusBadRequest, "invalid_request", fmt.Sprintf("port must be from 1024 to 65535, not %d", req.Port))
+		return
+	}
+	sb, err := s.svc.Get(r.Context(), teamID, r.PathValue("id"))
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	u := PreviewURL(r, s.preview.Domain(), sb.ID, req.Port)
+	writeJSON(w, http.StatusOK, map[string]any{"url": u, "link": s.preview.Link(sb.ID, u), "private": sb.PreviewPrivate})
+}
+
+// PreviewURL is the preview URL of port in sandbox id as reached through
+// the server that r came to: same scheme and port, preview domain.
+func PreviewURL(r *http.Request, domain, id string, port int) string {
+	scheme := "http"
+	if r.TLS != nil || r.Header.Get("X-Forwarded-Proto") == "https" {
+		scheme = "https"
+	}
+	host := fmt.Sprintf("%d-%s.%s", port, id, domain)
+	if _, p, err := net.SplitHostPort(r.Host); err == nil && !(scheme == "http" && p == "80" || scheme == "https" && p == "443") {
+		host = net.JoinHostPort(host, p)
+	}
+	return scheme + "://" + host + "/"
 }

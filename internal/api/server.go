@@ -30,6 +30,7 @@ type Server struct {
 	metrics *metrics.Registry
 	log     *slog.Logger
 	mux     *http.ServeMux
+	preview PreviewLinker // nil: no preview links
 }
 
 // New returns the API handler.
@@ -78,6 +79,7 @@ func (s *Server) routes() {
 	m.HandleFunc("POST /sandboxes/{id}/fork", s.withTeam(s.forkSandbox))
 	m.HandleFunc("POST /sandboxes/{id}/snapshots", s.withTeam(s.saveSnapshot))
 	m.HandleFunc("GET /sandboxes/{id}/network", s.withTeam(s.networkLog))
+	m.HandleFunc("POST /sandboxes/{id}/preview-link", s.withTeam(s.previewLink))
 	m.HandleFunc("GET /snapshots", s.withTeam(s.listSnapshots))
 	m.HandleFunc("DELETE /snapshots/{id}", s.withTeam(s.deleteSnapshot))
 	m.HandleFunc("GET /usage", s.withTeam(s.teamUsage))

@@ -567,6 +567,16 @@ func (s *Service) Agent(ctx context.Context, id, token string) (*Target, error) 
 	b := s.box(id)
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	sb, err := s.wakeLocked(ctx, b, id)
+	if err != nil {
+		return nil, err
+	}
+	return &Target{Agent: b.agent, Defaults: sb.Defaults, Done: b.sessionsDone()}, nil
+}
+
+// wakeLocked makes sure sandbox id runs, resuming it (transparently: its
+// tokens stay valid) if it is paused. Called with b.mu held.
+func (s *Service) wakeLocked(ctx context.Context, b *box, id string) (*store.Sandbox, error) {
 	sb, err := s.Get(ctx, "", id)
 	if err != nil {
 		return nil, err
@@ -589,7 +599,7 @@ func (s *Service) Agent(ctx context.Context, id, token string) (*Target, error) 
 	if b.agent == nil {
 		return nil, newErr(ErrUnavailable, "unavailable", "sandbox %s is not reachable; retry shortly", id)
 	}
-	return &Target{Agent: b.agent, Defaults: sb.Defaults, Done: b.sessionsDone()}, nil
+	return sb, nil
 }
 
 // PauseAll pauses every active sandbox (used at shutdown when asked to).

@@ -80,3 +80,26 @@ func (s *Service) NetworkPolicy(ctx context.Context, id string) (*egress.Policy,
 	c.m[id] = p
 	return p, nil
 }
+
+// Preview wakes sandbox id for a preview request: it returns once the
+// sandbox runs (resuming it if paused), with whether its preview URLs are
+// private (need its access token).
+func (s *Service) Preview(ctx context.Context, id string) (private bool, err error) {
+	if _, err := s.Get(ctx, "", id); err != nil {
+		return false, err
+	}
+	b := s.box(id)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	sb, err := s.wakeLocked(ctx, b, id)
+	if err != nil {
+		return false, err
+	}
+	return sb.PreviewPrivate, nil
+}
+
+// CheckAccessToken reports whether token is a valid data-plane token of
+// sandbox id.
+func (s *Service) CheckAccessToken(ctx context.Context, id, token string) (bool, error) {
+	return s.cfg.Store.CheckAccessToken(ctx, id, token)
+}
