@@ -135,7 +135,9 @@ func (s SandboxInfo) MarshalJSON() ([]byte, error) {
 	if s.Template != "" {
 		w.Template, _ = json.Marshal(s.Template)
 	}
-	w.Network = s.Network.wire()
+	if len(s.Network.AllowOut)+len(s.Network.DenyOut) > 0 {
+		w.Network = s.Network.wire()
+	}
 	return json.Marshal(w)
 }
 
