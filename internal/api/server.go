@@ -34,6 +34,7 @@ type Server struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	checks  *health.Checker // nil: /health only says the server answers
+	preview PreviewLinker   // nil: no preview links
 }
 
 // UseHealth makes GET /health report c's checks (store, runtime, disk),
@@ -87,6 +88,8 @@ func (s *Server) routes() {
 	m.HandleFunc("POST /sandboxes/{id}/activate", s.withTeam(s.resumeSandbox(true)))
 	m.HandleFunc("POST /sandboxes/{id}/fork", s.withTeam(s.forkSandbox))
 	m.HandleFunc("POST /sandboxes/{id}/snapshots", s.withTeam(s.saveSnapshot))
+	m.HandleFunc("GET /sandboxes/{id}/network", s.withTeam(s.networkLog))
+	m.HandleFunc("POST /sandboxes/{id}/preview-link", s.withTeam(s.previewLink))
 	m.HandleFunc("GET /snapshots", s.withTeam(s.listSnapshots))
 	m.HandleFunc("DELETE /snapshots/{id}", s.withTeam(s.deleteSnapshot))
 	m.HandleFunc("GET /usage", s.withTeam(s.teamUsage))

@@ -1,10 +1,14 @@
 package sandbox
 
 import (
+	"errors"
 	"regexp"
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/stasis-sandbox/stasis/internal/egress"
+	"github.com/stasis-sandbox/stasis/internal/store"
 )
 
 // Limits on user-supplied fields, as in Superserve's API.
@@ -65,6 +69,8 @@ type CreateParams struct {
 	Env               map[string]string
 	TimeoutSeconds    *int
 	AutoDeleteSeconds *int
+	Network           *store.Network // egress rules (nil: defaults, or the snapshot's)
+	PreviewPrivate    *bool          // preview URLs need the access token (nil: public, or the snapshot's)
 }
 
 // Optional is a PATCH field: absent, explicitly null, or a value.
@@ -78,6 +84,8 @@ type UpdateParams struct {
 	Metadata          Optional[map[string]string]
 	TimeoutSeconds    Optional[int]
 	AutoDeleteSeconds Optional[int]
+	Network           Optional[store.Network] // replaces both lists; null: defaults
+	PreviewPrivate    Optional[bool]
 }
 
 var (
@@ -177,6 +185,9 @@ func (p *CreateParams) validate() error {
 	if err := validateSeconds("timeout_seconds", p.TimeoutSeconds); err != nil {
 		return err
 	}
+	if err := validateNetwork(p.Network); err != nil {
+		return err
+	}
 	return validateSeconds("auto_delete_seconds", p.AutoDeleteSeconds)
 }
 
@@ -189,5 +200,23 @@ func (p *UpdateParams) validate() error {
 	if err := validateSeconds("timeout_seconds", p.TimeoutSeconds.Value); err != nil {
 		return err
 	}
+	if err := validateNetwork(p.Network.Value); err != nil {
+		return err
+	}
 	return validateSeconds("auto_delete_seconds", p.AutoDeleteSeconds.Value)
+}
+
+// validateNetwork checks egress rules; the error names the bad entry.
+func validateNetwork(n *store.Network) error {
+	if n == nil {
+		return nil
+	}
+	if _, err := egress.Compile(n.AllowOut, n.DenyOut); err != nil {
+		var re *egress.RuleError
+		if errors.As(err, &re) {
+			return invalid("%s", re.Message)
+		}
+		return err
+	}
+	return nil
 }

@@ -44,8 +44,10 @@ type Sandbox struct {
 	AgentPath         string     // content-addressed agent binary the sandbox runs
 	BaseImage         string     // what the root filesystem comes from, if not Template (e.g. oci:REF@DIGEST)
 	Defaults          ExecDefaults
-	ActiveMs          int64 // time spent active before StatusChangedAt
-	PausedMs          int64 // time spent paused before StatusChangedAt
+	ActiveMs          int64    // time spent active before StatusChangedAt
+	PausedMs          int64    // time spent paused before StatusChangedAt
+	Network           *Network // egress rules; nil: the server's defaults
+	PreviewPrivate    bool     // preview URLs need the sandbox's access token
 }
 
 // ExecDefaults apply to every command run in a sandbox unless the request
@@ -76,7 +78,8 @@ func (sb *Sandbox) Usage(now time.Time) (active, paused time.Duration) {
 
 const sandboxColumns = `id, team_id, name, status, template, vcpu, memory_mib, disk_mib, metadata, env,
 	timeout_seconds, auto_delete_seconds, error, token_generation, snapshot_dir, snapshot_bytes,
-	created_at, status_changed_at, pause_at, delete_at, active_ms, paused_ms, agent_path, base_image, exec_defaults`
+	created_at, status_changed_at, pause_at, delete_at, active_ms, paused_ms, agent_path, base_image, exec_defaults,
+	network, preview_private`
 
 type scanner interface{ Scan(...any) error }
 
@@ -85,10 +88,11 @@ func scanSandbox(row scanner) (*Sandbox, error) {
 	var meta, env, created, changed string
 	var timeout, autoDel sql.NullInt64
 	var pauseAt, deleteAt sql.NullString
-	var defaults string
+	var defaults, network string
 	err := row.Scan(&sb.ID, &sb.TeamID, &sb.Name, &sb.Status, &sb.Template, &sb.VCPU, &sb.MemoryMiB,
 		&sb.DiskMiB, &meta, &env, &timeout, &autoDel, &sb.Error, &sb.TokenGeneration, &sb.SnapshotDir,
-		&sb.SnapshotBytes, &created, &changed, &pauseAt, &deleteAt, &sb.ActiveMs, &sb.PausedMs, &sb.AgentPath, &sb.BaseImage, &defaults)
+		&sb.SnapshotBytes, &created, &changed, &pauseAt, &deleteAt, &sb.ActiveMs, &sb.PausedMs, &sb.AgentPath, &sb.BaseImage, &defaults,
+		&network, &sb.PreviewPrivate)
 	if err != nil {
 		return nil, err
 	}
@@ -105,6 +109,9 @@ func scanSandbox(row scanner) (*Sandbox, error) {
 	json.Unmarshal([]byte(defaults), &sb.Defaults)
 	sb.PauseAt = timePtr(pauseAt)
 	sb.DeleteAt = timePtr(deleteAt)
+	if sb.Network, err = parseNetwork(network); err != nil {
+		return nil, fmt.Errorf("sandbox %s network: %w", sb.ID, err)
+	}
 	return &sb, nil
 }
 
@@ -151,11 +158,12 @@ func (s *Store) InsertSandbox(ctx context.Context, sb *Sandbox) error {
 	t := time.Now().UTC()
 	sb.CreatedAt, sb.StatusChangedAt = t, t
 	_, err := s.db.ExecContext(ctx, `INSERT INTO sandboxes(`+sandboxColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		sb.ID, sb.TeamID, sb.Name, sb.Status, sb.Template, sb.VCPU, sb.MemoryMiB, sb.DiskMiB,
 		jsonMap(sb.Metadata), jsonMap(sb.Env), nullInt(sb.TimeoutSeconds), nullInt(sb.AutoDeleteSeconds),
 		sb.Error, sb.TokenGeneration, sb.SnapshotDir, sb.SnapshotBytes,
-		t.Format(timeFormat), t.Format(timeFormat), nullTime(sb.PauseAt), nullTime(sb.DeleteAt), 0, 0, sb.AgentPath, sb.BaseImage, sb.Defaults.json())
+		t.Format(timeFormat), t.Format(timeFormat), nullTime(sb.PauseAt), nullTime(sb.DeleteAt), 0, 0, sb.AgentPath, sb.BaseImage, sb.Defaults.json(),
+		sb.Network.json(), sb.PreviewPrivate)
 	if err != nil {
 		return fmt.Errorf("insert sandbox %s: %w", sb.ID, err)
 	}
@@ -239,12 +247,13 @@ func (s *Store) UpdateSandbox(ctx context.Context, sb *Sandbox) error {
 		}
 		_, err = tx.ExecContext(ctx, `UPDATE sandboxes SET name = ?, status = ?, metadata = ?, env = ?,
 			timeout_seconds = ?, auto_delete_seconds = ?, error = ?, token_generation = ?, snapshot_dir = ?,
-			snapshot_bytes = ?, status_changed_at = ?, pause_at = ?, delete_at = ?, active_ms = ?, paused_ms = ?
+			snapshot_bytes = ?, status_changed_at = ?, pause_at = ?, delete_at = ?, active_ms = ?, paused_ms = ?,
+			network = ?, preview_private = ?
 			WHERE id = ?`,
 			sb.Name, sb.Status, jsonMap(sb.Metadata), jsonMap(sb.Env), nullInt(sb.TimeoutSeconds),
 			nullInt(sb.AutoDeleteSeconds), sb.Error, sb.TokenGeneration, sb.SnapshotDir, sb.SnapshotBytes,
 			sb.StatusChangedAt.Format(timeFormat), nullTime(sb.PauseAt), nullTime(sb.DeleteAt),
-			sb.ActiveMs, sb.PausedMs, sb.ID)
+			sb.ActiveMs, sb.PausedMs, sb.Network.json(), sb.PreviewPrivate, sb.ID)
 		if err != nil {
 			return fmt.Errorf("update sandbox %s: %w", sb.ID, err)
 		}

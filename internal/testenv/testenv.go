@@ -193,6 +193,15 @@ func (s *Server) Command(listen, dataDir, prefix, subnet string) *exec.Cmd {
 	} else {
 		args = append(args, "--runsc", filepath.Join(RepoRoot(), ".cache", "runsc", "bin", "runsc"))
 	}
+	// Sandboxes of a test reach only what the test allows, and stasisd's
+	// resolver never asks the host's name servers: a test that wants
+	// egress passes --egress and --dns-upstream (see StartInternet).
+	if !hasFlag(s.Args, "--egress") {
+		args = append(args, "--egress", "deny")
+	}
+	if !hasFlag(s.Args, "--dns-upstream") {
+		args = append(args, "--dns-upstream", "127.0.0.1:1")
+	}
 	args = append(args, s.Args...)
 	cmd := exec.Command(filepath.Join(bins, "stasisd"), args...)
 	cmd.Env = append(append(os.Environ(), "STASIS_API_KEY="+s.APIKey), s.Env...)
@@ -206,6 +215,15 @@ func (s *Server) Subnet() string { return s.subnet }
 
 // Pid is the running stasisd's process ID.
 func (s *Server) Pid() int { return s.cmd.Process.Pid }
+
+func hasFlag(args []string, name string) bool {
+	for _, a := range args {
+		if a == name || strings.HasPrefix(a, name+"=") {
+			return true
+		}
+	}
+	return false
+}
 
 // Option configures a server before its first start.
 type Option func(*Server)
