@@ -14,6 +14,11 @@ import (
 // print. nohup and wget -T are the two that Debian's busybox lacks or crashes
 // on; wget fetches from busybox httpd and nc started in the sandbox itself
 // (sandboxes have no network, but they have loopback).
+// waitForSleep waits (up to 10 s) until the background `sleep 300` has
+// been exec'd: right after `&` the child may still be the shell, or nohup
+// before it has ignored SIGHUP (its command line has "sleep 300" too).
+const waitForSleep = `i=0; until ps | grep '[s]leep 300' | grep -qv nohup || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done`
+
 func TestMinimalEverydayCommands(t *testing.T) {
 	srv := testenv.StartServer(t)
 	c, _ := createMinimal(t, srv, "everyday")
@@ -31,10 +36,10 @@ func TestMinimalEverydayCommands(t *testing.T) {
 		{"find and xargs", `find /tmp/d -type f | sort | xargs cat`, "packed"},
 		{"env", `FOO=bar env | grep '^FOO='`, "FOO=bar"},
 		{"date", `date -u -d @0 +%Y-%m-%dT%H:%M:%S`, "1970-01-01T00:00:00"},
-		{"ps kill sleep", `sleep 300 & pid=$!; ps | grep -c '[s]leep 300'; kill $pid; wait $pid; echo $?`, "1\n143"},
+		{"ps kill sleep", `sleep 300 & pid=$!; ` + waitForSleep + `; ps | grep -c '[s]leep 300'; kill $pid; wait $pid; echo $?`, "1\n143"},
 		// nohup: the command ignores SIGHUP and keeps running after the
 		// exec that started it in the background returned.
-		{"nohup survives SIGHUP", `nohup sleep 300 >/dev/null 2>&1 & pid=$!; sleep 0.2; kill -HUP $pid; sleep 0.2; kill -0 $pid && echo alive; kill $pid`, "alive"},
+		{"nohup survives SIGHUP", `nohup sleep 300 >/dev/null 2>&1 & pid=$!; ` + waitForSleep + `; kill -HUP $pid; sleep 0.2; kill -0 $pid && echo alive; kill $pid`, "alive"},
 		{"nohup background job", `nohup sh -c 'sleep 0.5; echo finished > /tmp/nohup-job' > /dev/null 2>&1 & echo started`, "started"},
 	} {
 		r := c.exec(tc.cmd)
