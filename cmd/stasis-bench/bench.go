@@ -149,7 +149,11 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 	b.srv = srv
 	defer srv.stop()
 	if hasWarm {
-		warm, err := startServer(ctx, cfg, cfg.WarmSubnet, cfg.WarmPrefix, "--warm-pause-window", "1h")
+		warmFlags := []string{"--warm-pause-window", "1h"}
+		if serverHasFlag(cfg.Stasisd, "dns-upstream") {
+			warmFlags = append(warmFlags, "--dns-upstream", "127.0.0.1:1") // its sandboxes resolve nothing
+		}
+		warm, err := startServer(ctx, cfg, cfg.WarmSubnet, cfg.WarmPrefix, warmFlags...)
 		if err != nil {
 			return nil, fmt.Errorf("warm-tier server: %w", err)
 		}
