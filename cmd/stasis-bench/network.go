@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -85,6 +86,7 @@ var netRows = []string{
 	"preview GET (new connection each)",
 	"preview GET (keep-alive)",
 	"preview request waking a paused sandbox (time to first byte)",
+	"DNS lookup of a name (A record)",
 }
 
 func (b *bench) benchNetwork(ctx context.Context) error {
@@ -274,6 +276,65 @@ func (b *bench) netEgress(ctx context.Context, bx *box, rb *rawBox, site *testne
 			Stasis: sd.stat(), StasisOp: m.note + ", through stasisd (curl's time_total)",
 			Raw: rd.stat(), RawOp: m.note + ", plain NAT"})
 	}
+	return b.netLookups(ctx, sRun, rRun, site.Name)
+}
+
+// lookupScript resolves argv[1] argv[2] times with the C library (no
+// cache in between) and prints each lookup's time in ms.
+const lookupScript = `import socket, sys, time
+for _ in range(int(sys.argv[2])):
+    t = time.perf_counter()
+    socket.gethostbyname(sys.argv[1])
+    print((time.perf_counter() - t) * 1000)
+`
+
+// netLookups times name lookups alone, in one process per batch: stasis's
+// resolver against the test internet's name server through the NAT.
+func (b *bench) netLookups(ctx context.Context, sRun, rRun func(string) (string, error), name string) error {
+	write := fmt.Sprintf("cat > /tmp/lookup.py <<'EOF'\n%sEOF\n", lookupScript)
+	for _, run := range []func(string) (string, error){sRun, rRun} {
+		if _, err := run(write); err != nil {
+			return err
+		}
+	}
+	cmd := func(n int) string { return fmt.Sprintf("python3 /tmp/lookup.py %s %d", name, n) }
+	parse := func(out string, n int) (durations, error) {
+		var ds durations
+		for _, l := range strings.Fields(out) {
+			ms, err := strconv.ParseFloat(l, 64)
+			if err != nil {
+				return nil, fmt.Errorf("lookup timing %q", l)
+			}
+			ds.add(time.Duration(ms * float64(time.Millisecond)))
+		}
+		if len(ds) != n {
+			return nil, fmt.Errorf("%d lookup timings for %d lookups", len(ds), n)
+		}
+		return ds, nil
+	}
+	var sd, rd durations
+	n := b.cfg.PreviewReps
+	batch := min(50, n)
+	for done := 0; done < n; done += batch {
+		k := min(batch, n-done)
+		for _, side := range []struct {
+			run func(string) (string, error)
+			d   *durations
+		}{{sRun, &sd}, {rRun, &rd}} {
+			out, err := side.run(cmd(k))
+			if err != nil {
+				return err
+			}
+			ds, err := parse(out, k)
+			if err != nil {
+				return err
+			}
+			*side.d = append(*side.d, ds...)
+		}
+	}
+	b.addOverhead(Row{Group: "network", Name: netRows[6],
+		Stasis: sd.stat(), StasisOp: "socket.gethostbyname in python in the sandbox, through stasisd's resolver",
+		Raw: rd.stat(), RawOp: "the same, the test internet's name server asked through the NAT"})
 	return nil
 }
 
