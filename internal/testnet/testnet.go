@@ -65,6 +65,7 @@ type Internet struct {
 	caCert  *x509.Certificate
 	mu      sync.Mutex
 	records map[string][]netip.Addr // name (lower case, no dot) → A records; "*.x" wildcards
+	dnsWait time.Duration           // how long the name server takes to answer
 	closers []io.Closer
 }
 
@@ -271,6 +272,14 @@ func (in *Internet) SetDNS(name string, addrs ...netip.Addr) {
 	in.mu.Unlock()
 }
 
+// SetDNSDelay makes the name server take d to answer each query, as one
+// across a network would.
+func (in *Internet) SetDNSDelay(d time.Duration) {
+	in.mu.Lock()
+	in.dnsWait = d
+	in.mu.Unlock()
+}
+
 func (in *Internet) lookup(name string) ([]netip.Addr, bool) {
 	name = strings.TrimSuffix(strings.ToLower(name), ".")
 	in.mu.Lock()
@@ -297,6 +306,10 @@ func (in *Internet) startDNS() error {
 			w.WriteMsg(m)
 			return
 		}
+		in.mu.Lock()
+		wait := in.dnsWait
+		in.mu.Unlock()
+		time.Sleep(wait)
 		q := r.Question[0]
 		addrs, ok := in.lookup(q.Name)
 		if !ok {
