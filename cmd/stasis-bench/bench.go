@@ -22,6 +22,7 @@ import (
 	"github.com/stasis-sandbox/stasis/internal/agentproto"
 	"github.com/stasis-sandbox/stasis/internal/images"
 	"github.com/stasis-sandbox/stasis/internal/runtime"
+	"github.com/stasis-sandbox/stasis/internal/testnet"
 )
 
 const (
@@ -95,6 +96,7 @@ type bench struct {
 	imgs  *images.Manager
 	seq   atomic.Int64
 	pause map[int]*pauseResults // by size in MiB
+	inet  *testnet.Internet     // the network phase's test internet; nil without it
 }
 
 // Run runs every measurement and returns the report. A phase that fails is
@@ -135,6 +137,11 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 	if hasWarm {
 		coldFlags = []string{"--warm-pause-window", "0"}
 	}
+	// The network phase's test internet: stasisd's resolver forwards there.
+	coldFlags = append(coldFlags, b.startInternet()...)
+	if b.inet != nil {
+		defer b.inet.Close()
+	}
 	srv, err := startServer(ctx, cfg, cfg.Subnet, cfg.NetnsPrefix, coldFlags...)
 	if err != nil {
 		return nil, err
@@ -142,7 +149,11 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 	b.srv = srv
 	defer srv.stop()
 	if hasWarm {
-		warm, err := startServer(ctx, cfg, cfg.WarmSubnet, cfg.WarmPrefix, "--warm-pause-window", "1h")
+		warmFlags := []string{"--warm-pause-window", "1h"}
+		if serverHasFlag(cfg.Stasisd, "dns-upstream") {
+			warmFlags = append(warmFlags, "--dns-upstream", "127.0.0.1:1") // its sandboxes resolve nothing
+		}
+		warm, err := startServer(ctx, cfg, cfg.WarmSubnet, cfg.WarmPrefix, warmFlags...)
 		if err != nil {
 			return nil, fmt.Errorf("warm-tier server: %w", err)
 		}
@@ -166,6 +177,7 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 		{"exec", b.benchExec},
 		{"files", b.benchFiles},
 		{"pause-resume", b.benchPause},
+		{"network", b.benchNetwork},
 		{"density", b.benchDensity},
 	}
 	for _, p := range phases {

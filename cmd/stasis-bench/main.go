@@ -56,11 +56,17 @@ type Config struct {
 	FileReps      []int
 	PauseSizesMiB []int
 	PauseReps     []int
-	MaxActive     int
-	MaxPaused     int
-	RawIdle       int           // raw containers for the idle-memory baseline
-	DensityBudget time.Duration // max time to fill up with active, and again with paused, sandboxes
-	Settle        time.Duration // idle time before measuring idle memory/CPU
+	// The network phase: download size and repetitions.
+	NetDownloadMiB  int
+	NetDownloadReps int
+	NetGetReps      int // small GETs per kind and side
+	PreviewReps     int
+	WakeReps        int
+	MaxActive       int
+	MaxPaused       int
+	RawIdle         int           // raw containers for the idle-memory baseline
+	DensityBudget   time.Duration // max time to fill up with active, and again with paused, sandboxes
+	Settle          time.Duration // idle time before measuring idle memory/CPU
 	// PauseSettle is how long both sandboxes have run since their last
 	// restore before a cold pause is measured: right after a restore gVisor
 	// checkpoints memory much faster (measured: 1 GB in 0.6 s instead of
@@ -141,6 +147,10 @@ func (c *Config) setFull() {
 	c.FileReps = []int{20, 8}
 	c.PauseSizesMiB = []int{10, 200, 1024}
 	c.PauseReps = []int{8, 6, 4}
+	c.NetDownloadMiB, c.NetDownloadReps = 100, 5
+	c.NetGetReps = 50
+	c.PreviewReps = 200
+	c.WakeReps = 5
 	c.MaxActive = 40
 	c.MaxPaused = 200
 	c.RawIdle = 5
@@ -169,6 +179,10 @@ func (c *Config) setQuick() {
 	c.FileReps = []int{2, 2}
 	c.PauseSizesMiB = []int{4}
 	c.PauseReps = []int{2}
+	c.NetDownloadMiB, c.NetDownloadReps = 8, 2
+	c.NetGetReps = 5
+	c.PreviewReps = 10
+	c.WakeReps = 2
 	c.MaxActive = 3
 	c.MaxPaused = 5
 	c.RawIdle = 2
@@ -234,7 +248,7 @@ func main() {
 	flag.StringVar(&cfg.WarmPrefix, "warm-netns-prefix", "", "netns prefix for the warm-tier stasisd")
 	flag.StringVar(&cfg.RawSubnet, "raw-subnet", "", "link-local range for the raw runsc baseline (default 169.254.247.0/24; quick 169.254.251.0/24)")
 	flag.StringVar(&cfg.RawPrefix, "raw-netns-prefix", "", "netns prefix for the raw runsc baseline")
-	flag.StringVar(&cfg.Phases, "phases", "", "only these phases, comma-separated (create, exec, files, pause-resume, density), for development; writes to a temp dir unless -out is given")
+	flag.StringVar(&cfg.Phases, "phases", "", "only these phases, comma-separated (create, exec, files, pause-resume, network, density), for development; writes to a temp dir unless -out is given")
 	pauseSizes := flag.String("pause-sizes", "", "pause/resume sizes in MB, comma-separated (default 10,200,1024), for development")
 	render := flag.String("render", "", "only rewrite BENCHMARKS.md from this benchmarks.json (no measuring)")
 	flag.Parse()

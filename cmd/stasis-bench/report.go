@@ -211,6 +211,7 @@ func markdown(r *Report) string {
 	w("Pause and resume have a second baseline, marked \"against runsc on the same sandbox\": a runsc container running what the stasis sandbox runs ")
 	w("(stasis-agent as init, the memory holder started through it, so also the agent's spare shell), checkpointed and restored by runsc directly. ")
 	w("Against it, the ratio is what stasis adds around the engine (API, store, network link, checksums, readiness); against the first, it includes what the agent costs.\n\n")
+	w("%s\n\n", networkBaseline)
 
 	groups := []struct{ id, title, intro string }{
 		{"create", "Create and delete", "Cold create boots a new sandbox from the image directory; a stasis create returns once the agent answers. \"From a template snapshot\" builds a template from stasis/minimal first (stasis boots and snapshots it; not timed) and then creates sandboxes that restore that snapshot; the baseline restores a checkpoint of an idle container into new containers."},
@@ -218,6 +219,7 @@ func markdown(r *Report) string {
 		{"files", "Files", "Random data into the overlay (disk-backed upper layer) at /home/user."},
 		{"pause", "Pause and resume (cold: memory freed)", "A stasis/base sandbox in which python3 allocates and touches N MB (one non-zero byte per 4 KiB page, so checkpoint cannot skip pages) and sleeps. stasis pause = ask the agent to drop its spare shell, freeze (through the sandbox's control socket), checkpoint to disk (runsc checkpoint --leave-running), record the sandbox paused and return; the snapshot is then sealed (checksummed and fsynced) in the background while the sandbox stays frozen in RAM, after which the sandbox is stopped and everything freed. \"Until durable\" polls the sandbox until its snapshot is sealed. Resume is measured once the sandbox is on disk only: restore (the snapshot's checksums are checked meanwhile) and wait until the agent's socket accepts connections; the agent's first answer (measured here 7-15 ms after the connect succeeds, against about 2 ms for later ones: the restored agent's first run inside gVisor) falls in \"resume → first command\", as the same first run does in the baseline. Host dirty pages are written back (untimed) before every pause, and both sandboxes have run at least 10 s since their last restore: right after a restore gVisor checkpoints memory much faster (1 GB in 0.6 s instead of 1.6 s here), which would favour whichever side was restored last."},
 		{"warm", "Pause and resume (warm tier: frozen in RAM)", "The same kind of sandbox on a second stasisd started with `--warm-pause-window 1h`: pause still writes and seals the snapshot, but the sandbox stays frozen in RAM, so a resume within the window is a thaw (measured once the snapshot is durable). The last two rows per size are a bare `runsc pause`/`resume` with no snapshot, which stasis does not offer."},
+		{"network", "Network: egress and preview URLs", "How these are measured and what the baseline columns are: see \"What the baseline is\" above. Goals (issue 12): egress throughput at least 0.9× of plain NAT (`throughput_vs_raw`), connection setup and preview requests at most +1 ms at p50 (`p50_overhead_ms`)."},
 		{"density", "Density", ""},
 	}
 	for _, g := range groups {
@@ -345,7 +347,7 @@ func markdown(r *Report) string {
 	w("make bench-quick   # harness check in under 2 minutes; writes to a temp dir\n```\n\n")
 	w("Both need root and `make setup` (runsc and the images). Phase durations of this run: ")
 	var ph []string
-	for _, k := range []string{"create", "exec", "files", "pause-resume", "density"} {
+	for _, k := range []string{"create", "exec", "files", "pause-resume", "network", "density"} {
 		if v, ok := r.Phases[k]; ok {
 			ph = append(ph, fmt.Sprintf("%s %.0f s", k, v))
 		}
@@ -440,3 +442,6 @@ func extraText(x map[string]any) string {
 	}
 	return strings.Join(parts, ", ")
 }
+
+// networkBaseline explains the network phase's baselines.
+const networkBaseline = "Network figures have their own baselines. Egress: the same raw runsc container (stasis/base) with its link plainly NATed (iptables MASQUERADE, forwarding enabled on its link and the test internet's only, anything else from its link dropped) to a test internet that the harness builds for itself (a network namespace with documentation-range addresses, a name server and a web server, from internal/testnet; no packet leaves the host); the stasis sandbox reaches the same site through stasisd's egress path (transparent proxy, rules, network log, stasisd's resolver). Both sides time curl inside the sandbox (its `time_total`): a download (100 MB; 8 MB in quick mode), small GETs by IP and by name, each with a new connection, and name lookups alone (python's `socket.gethostbyname` in a loop: stasisd's resolver against the test internet's name server asked through the NAT). The name server answers after 5 ms, as one across a network would, so the by-name rows include what stasisd's resolver cache saves (answers are cached for their TTL, 60 s here). Preview: a python HTTP/1.1 server in the stasis sandbox, fetched from the host through its preview URL on stasisd's API listener and straight at the sandbox's address, alternately, with a new connection per request and over one kept-alive connection; the server writes each response in one write (with python's default of headers and body in two writes on a socket without TCP_NODELAY, the host's delayed ACK adds about 40 ms to most responses on both paths). Waking: the first response byte of a preview request to a sandbox paused to disk, against stasis's own resume + exec of `true` (not raw runsc)."

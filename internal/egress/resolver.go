@@ -23,12 +23,9 @@ var ResolverAddr = netip.MustParseAddr("169.254.0.53")
 // How long a sandbox's lookups of a name are remembered (each lookup renews
 // it), and how many names per sandbox.
 const (
-	lookupTTL        = 30 * time.Minute
-	maxNamesPerBox   = 4096
-	upstreamTimeout  = 5 * time.Second
-	verifyCacheMin   = 5 * time.Second
-	verifyCacheMax   = 5 * time.Minute
-	maxVerifyEntries = 4096
+	lookupTTL       = 30 * time.Minute
+	maxNamesPerBox  = 4096
+	upstreamTimeout = 5 * time.Second
 )
 
 // UpstreamsFromResolvConf reads the name servers of a resolv.conf file as
@@ -56,9 +53,10 @@ type resolver struct {
 	identify  func(local, remote netip.Addr) (string, bool)
 	log       *slog.Logger
 
-	mu     sync.Mutex
-	boxes  map[string]*boxLookups // by sandbox ID
-	verify map[string]verifyEntry // stasisd's own lookups, by name
+	cache *answerCache
+
+	mu    sync.Mutex
+	boxes map[string]*boxLookups // by sandbox ID
 }
 
 type boxLookups struct {
@@ -71,14 +69,10 @@ type nameEntry struct {
 	seen  time.Time
 }
 
-type verifyEntry struct {
-	addrs   []netip.Addr
-	expires time.Time
-}
-
 func newResolver(upstreams []string, identify func(local, remote netip.Addr) (string, bool), log *slog.Logger) *resolver {
 	return &resolver{upstreams: upstreams, identify: identify, log: log,
-		boxes: map[string]*boxLookups{}, verify: map[string]verifyEntry{}}
+		cache: newAnswerCache(maxCacheAnswers, time.Now),
+		boxes: map[string]*boxLookups{}}
 }
 
 // ServeDNS answers one query from a sandbox.
@@ -105,16 +99,20 @@ func (r *resolver) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	_, tcp := w.RemoteAddr().(*net.TCPAddr)
 	ctx, cancel := context.WithTimeout(context.Background(), upstreamTimeout)
 	defer cancel()
-	resp, err := r.exchange(ctx, req, tcp)
-	if err != nil {
-		r.log.Debug("dns: upstream failed", "sandbox", id, "name", q.Name, "err", err)
-		m := new(dns.Msg)
-		m.SetRcode(req, dns.RcodeServerFailure)
-		w.WriteMsg(m)
-		return
+	resp := r.cache.get(req)
+	if resp == nil {
+		var err error
+		if resp, err = r.exchange(ctx, req, tcp); err != nil {
+			r.log.Debug("dns: upstream failed", "sandbox", id, "name", q.Name, "err", err)
+			m := new(dns.Msg)
+			m.SetRcode(req, dns.RcodeServerFailure)
+			w.WriteMsg(m)
+			return
+		}
+		resp.Id = req.Id
+		resp.Answer = withoutAAAA(resp.Answer)
+		r.cache.put(req, resp)
 	}
-	resp.Id = req.Id
-	resp.Answer = withoutAAAA(resp.Answer)
 	if q.Qtype == dns.TypeA || q.Qtype == dns.TypeANY {
 		if addrs := aRecords(resp); len(addrs) > 0 {
 			r.remember(id, NormalizeHost(q.Name), addrs)
@@ -184,16 +182,6 @@ func aRecords(m *dns.Msg) []netip.Addr {
 		}
 	}
 	return out
-}
-
-func minTTL(m *dns.Msg) time.Duration {
-	ttl := verifyCacheMax
-	for _, rr := range m.Answer {
-		if d := time.Duration(rr.Header().Ttl) * time.Second; d < ttl {
-			ttl = d
-		}
-	}
-	return max(ttl, verifyCacheMin)
 }
 
 // remember records that sandbox id's lookup of name returned addrs.
@@ -319,36 +307,20 @@ func (r *resolver) sandboxes() []string {
 }
 
 // resolvesTo reports whether name resolves to addr, asking the upstreams
-// (answers are cached for their TTL, within bounds).
+// (answers are cached as sandboxes' are).
 func (r *resolver) resolvesTo(ctx context.Context, name string, addr netip.Addr) bool {
-	now := time.Now()
-	r.mu.Lock()
-	e, ok := r.verify[name]
-	r.mu.Unlock()
-	if !ok || now.After(e.expires) {
-		m := new(dns.Msg)
-		m.SetQuestion(dns.Fqdn(name), dns.TypeA)
-		m.RecursionDesired = true
-		resp, err := r.exchange(ctx, m, false)
-		if err != nil {
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), dns.TypeA)
+	m.RecursionDesired = true
+	resp := r.cache.get(m)
+	if resp == nil {
+		var err error
+		if resp, err = r.exchange(ctx, m, false); err != nil {
 			return false
 		}
-		e = verifyEntry{addrs: aRecords(resp), expires: now.Add(minTTL(resp))}
-		r.mu.Lock()
-		if len(r.verify) >= maxVerifyEntries {
-			for n, v := range r.verify {
-				if now.After(v.expires) {
-					delete(r.verify, n)
-				}
-			}
-			if len(r.verify) >= maxVerifyEntries {
-				r.verify = map[string]verifyEntry{}
-			}
-		}
-		r.verify[name] = e
-		r.mu.Unlock()
+		r.cache.put(m, resp)
 	}
-	for _, a := range e.addrs {
+	for _, a := range aRecords(resp) {
 		if a == addr {
 			return true
 		}

@@ -85,10 +85,16 @@ func (s *Service) NetworkPolicy(ctx context.Context, id string) (*egress.Policy,
 // sandbox runs (resuming it if paused), with whether its preview URLs are
 // private (need its access token).
 func (s *Service) Preview(ctx context.Context, id string) (private bool, err error) {
-	if _, err := s.Get(ctx, "", id); err != nil {
-		return false, err
+	// One store read per request, under the box's lock (in wakeLocked). A
+	// sandbox this server has no box for yet is looked up first, so that
+	// requests for made-up IDs do not grow the box map.
+	b, ok := s.knownBox(id)
+	if !ok {
+		if _, err := s.Get(ctx, "", id); err != nil {
+			return false, err
+		}
+		b = s.box(id)
 	}
-	b := s.box(id)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	sb, err := s.wakeLocked(ctx, b, id)
@@ -96,6 +102,14 @@ func (s *Service) Preview(ctx context.Context, id string) (private bool, err err
 		return false, err
 	}
 	return sb.PreviewPrivate, nil
+}
+
+// knownBox returns sandbox id's box if there is one (box creates it).
+func (s *Service) knownBox(id string) (*box, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.boxes[id]
+	return b, ok
 }
 
 // CheckAccessToken reports whether token is a valid data-plane token of
