@@ -38,11 +38,10 @@ func (a *app) networkLogCmd() *command {
 			verdict := fs.String("verdict", "", "only connections with this verdict")
 			jsonOut := fs.Bool("json", false, "print JSON lines")
 			return func(ctx context.Context, args []string) int {
-				c, err := a.client()
-				if err != nil {
-					return a.fail(err, "")
+				c, id, status := a.resolveOne(ctx, args[0])
+				if status != 0 {
+					return status
 				}
-				id := args[0]
 				page, err := c.NetworkLogByID(ctx, id, stasis.NetworkLogOptions{Limit: *limit, Verdict: *verdict})
 				if err != nil {
 					return a.fail(err, id)
@@ -113,25 +112,25 @@ func (a *app) previewCmd() *command {
 		flags: func(fs *flag.FlagSet) func(context.Context, []string) int {
 			link := fs.Bool("link", false, "print a one-time link that opens a private preview in a browser")
 			return func(ctx context.Context, args []string) int {
-				c, err := a.client()
-				if err != nil {
-					return a.fail(err, "")
-				}
 				port, err := strconv.Atoi(args[1])
 				if err != nil {
 					return a.fail(fmt.Errorf("PORT must be a number, not %q", args[1]), "")
 				}
+				c, id, status := a.resolveOne(ctx, args[0])
+				if status != 0 {
+					return status
+				}
 				if *link {
-					l, err := c.PreviewLink(ctx, args[0], port)
+					l, err := c.PreviewLink(ctx, id, port)
 					if err != nil {
-						return a.fail(err, args[0])
+						return a.fail(err, id)
 					}
 					fmt.Fprintln(a.stdout, l)
 					return 0
 				}
-				u, err := c.PreviewURL(args[0], port)
+				u, err := c.PreviewURL(id, port)
 				if err != nil {
-					return a.fail(err, args[0])
+					return a.fail(err, id)
 				}
 				fmt.Fprintln(a.stdout, u)
 				return 0

@@ -30,7 +30,7 @@ func TestCLINetwork(t *testing.T) {
 	c.run("exec", id, "echo | timeout 10 nc 203.0.113.44 80")
 	var out string
 	for range 100 {
-		out = c.ok("network", "log", id)
+		out = c.ok("network", "log", id[:8]) // a unique id prefix, as every command takes
 		if strings.Contains(out, "203.0.113.44:80") {
 			break
 		}
@@ -40,7 +40,7 @@ func TestCLINetwork(t *testing.T) {
 		t.Fatalf("network log:\n%s", out)
 	}
 	port := srv.URL[strings.LastIndex(srv.URL, ":")+1:]
-	if got := strings.TrimSpace(c.ok("preview", id, "8000")); got != "http://8000-"+id+".sandbox.localhost:"+port+"/" {
+	if got := strings.TrimSpace(c.ok("preview", id[:8], "8000")); got != "http://8000-"+id+".sandbox.localhost:"+port+"/" {
 		t.Fatalf("preview printed %q", got)
 	}
 	if r := c.run("preview", id, "80"); r.code == 0 {
