@@ -587,6 +587,12 @@ func (s *Service) Agent(ctx context.Context, id, token string) (*Target, error) 
 	if !ok {
 		return nil, newErr(ErrUnauthorized, "invalid_token", "access token is invalid or was rotated; call POST /sandboxes/%s/activate for a new one", id)
 	}
+	return s.Reach(ctx, id)
+}
+
+// Reach returns the agent of sandbox id, resuming it first if it is paused.
+// The caller has authenticated the request for this sandbox.
+func (s *Service) Reach(ctx context.Context, id string) (*Target, error) {
 	b := s.box(id)
 	b.mu.Lock()
 	defer b.mu.Unlock()
