@@ -489,15 +489,3 @@ func (s *Server) updateNetwork(w http.ResponseWriter, r *http.Request, teamID st
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
-
-// metrics reports what stasis knows without a cgroup reader: the sandbox's
-// configured CPU and memory. Usage figures need the runtime's cgroup stats.
-func (s *Server) metrics(w http.ResponseWriter, r *http.Request, teamID string) {
-	sb, err := s.svc.Get(r.Context(), teamID, r.PathValue("id"))
-	if err != nil {
-		s.fail(w, err)
-		return
-	}
-	_ = sb
-	writeError(w, http.StatusNotImplemented, "sandbox metrics are not implemented yet in stasis")
-}

@@ -47,6 +47,7 @@ func (s *Server) envdHandler() http.Handler {
 	mux.HandleFunc("GET /files", s.readFile)
 	mux.HandleFunc("POST /files", s.writeFiles)
 	mux.HandleFunc("GET /envs", s.envs)
+	mux.HandleFunc("GET /metrics", s.envdMetrics)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no route for %s %s", r.Method, r.URL.Path)
 	})
