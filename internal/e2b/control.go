@@ -120,10 +120,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, teamID string) {
 		Env:            req.EnvVars,
 		TimeoutSeconds: &timeout,
 	}
-	if !req.AutoPause {
-		kill := 0
-		p.AutoDeleteSeconds = &kill
-	}
+	p.DeleteOnTimeout = !req.AutoPause
 	if req.TemplateID == "" {
 		req.TemplateID = "base"
 	}
@@ -453,10 +450,8 @@ func (s *Server) fork(w http.ResponseWriter, r *http.Request, teamID string) {
 	}
 	out := make([]result, 0, count)
 	for _, c := range created {
-		kill := 0
 		sb, err := s.svc.Update(r.Context(), teamID, c.Sandbox.ID, sandbox.UpdateParams{
-			TimeoutSeconds:    sandbox.Optional[int]{Set: true, Value: &timeout},
-			AutoDeleteSeconds: sandbox.Optional[int]{Set: true, Value: &kill}})
+			TimeoutSeconds: sandbox.Optional[int]{Set: true, Value: &timeout}})
 		if err != nil {
 			out = append(out, result{Error: &apiError{Code: http.StatusInternalServerError, Message: err.Error()}})
 			continue

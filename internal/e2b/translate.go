@@ -10,10 +10,10 @@ import (
 
 // Translation between E2B's control-plane model and stasis's, in one place.
 //
-// E2B's lifecycle maps onto stasis's two timers: a sandbox's `timeout` is
-// stasis's timeout (pause after that much time from now), and onTimeout
-// "kill" is an auto-delete of 0 seconds after that pause, onTimeout "pause"
-// no auto-delete at all.
+// E2B's lifecycle maps onto stasis's timeout: a sandbox's `timeout` is
+// stasis's (counted from the create, resume or last setTimeout); onTimeout
+// "kill" makes the timeout delete the sandbox (DeleteOnTimeout), "pause"
+// pause it. A paused sandbox has no auto-delete: E2B keeps it until killed.
 
 // defaultTimeout is E2B's TTL when a create or connect names none (seconds).
 const defaultTimeout = 300
@@ -130,7 +130,7 @@ func (s *Server) detail(sb *store.Sandbox) detailJSON {
 
 // onTimeout reads E2B's lifecycle back from the stasis timers.
 func onTimeout(sb *store.Sandbox) string {
-	if sb.AutoDeleteSeconds != nil && *sb.AutoDeleteSeconds == 0 {
+	if sb.DeleteOnTimeout {
 		return "kill"
 	}
 	return "pause"

@@ -43,7 +43,7 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 		Template: img.Name, VCPU: p.VCPU, MemoryMiB: p.MemoryMiB,
 		Metadata: p.Metadata, Env: p.Env,
 		TimeoutSeconds: p.TimeoutSeconds, AutoDeleteSeconds: p.AutoDeleteSeconds,
-		AgentPath: s.agentPath,
+		DeleteOnTimeout: p.DeleteOnTimeout, AgentPath: s.agentPath,
 	}
 	if sb.VCPU == 0 {
 		sb.VCPU = s.cfg.DefaultVCPU
@@ -543,6 +543,9 @@ func (s *Service) Update(ctx context.Context, teamID, id string, p UpdateParams)
 		if sb.Status == store.StatusActive {
 			sb.PauseAt = deadline(time.Now(), sb.TimeoutSeconds)
 		}
+	}
+	if p.DeleteOnTimeout != nil {
+		sb.DeleteOnTimeout = *p.DeleteOnTimeout
 	}
 	if p.AutoDeleteSeconds.Set {
 		sb.AutoDeleteSeconds = p.AutoDeleteSeconds.Value

@@ -32,6 +32,7 @@ type CreateParams struct {
 	Env               map[string]string
 	TimeoutSeconds    *int
 	AutoDeleteSeconds *int
+	DeleteOnTimeout   bool // the timeout deletes the sandbox instead of pausing it
 }
 
 // Optional is a PATCH field: absent, explicitly null, or a value.
@@ -45,6 +46,7 @@ type UpdateParams struct {
 	Metadata          Optional[map[string]string]
 	TimeoutSeconds    Optional[int]
 	AutoDeleteSeconds Optional[int]
+	DeleteOnTimeout   *bool // nil: unchanged
 }
 
 var envKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)

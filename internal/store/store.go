@@ -149,6 +149,8 @@ var migrations = []string{
 		created_at TEXT NOT NULL
 	);
 	CREATE INDEX snapshots_team ON snapshots(team_id, created_at);`,
+	// 7: the timeout deletes the sandbox instead of pausing it (E2B's onTimeout "kill")
+	`ALTER TABLE sandboxes ADD COLUMN delete_on_timeout INTEGER NOT NULL DEFAULT 0;`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
