@@ -367,6 +367,51 @@ func TestE2BProtocol(t *testing.T) {
 		wantCode(t, err, connect.CodeNotFound)
 	})
 
+	t.Run("watch a directory", func(t *testing.T) {
+		if _, err := fc.MakeDir(ctx, connect.NewRequest(&filesystem.MakeDirRequest{Path: "/home/user/watched/sub"})); err != nil {
+			t.Fatal(err)
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		stream, err := fc.WatchDir(wctx, connect.NewRequest(&filesystem.WatchDirRequest{Path: "/home/user/watched", Recursive: true}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer stream.Close()
+		if !stream.Receive() || stream.Msg().GetStart() == nil {
+			t.Fatalf("first event %v, err %v", stream.Msg(), stream.Err())
+		}
+		run(t, pc, "cd /home/user/watched && echo a > new.txt && echo b >> new.txt && mv new.txt sub/moved.txt && rm sub/moved.txt")
+		want := []string{"CREATE new.txt", "WRITE new.txt", "RENAME new.txt", "CREATE sub/moved.txt", "REMOVE sub/moved.txt"}
+		var got []string
+		for len(got) < 20 && stream.Receive() {
+			ev := stream.Msg().GetFilesystem()
+			if ev == nil {
+				continue
+			}
+			e := strings.TrimPrefix(ev.GetType().String(), "EVENT_TYPE_") + " " + ev.GetName()
+			if len(got) == 0 || got[len(got)-1] != e { // repeated writes are one change here
+				got = append(got, e)
+			}
+			if e == "REMOVE sub/moved.txt" {
+				break
+			}
+		}
+		if strings.Join(got, ", ") != strings.Join(want, ", ") {
+			t.Fatalf("events %q, want %q", got, want)
+		}
+		// A server stream's error arrives with its first receive.
+		missing, err := fc.WatchDir(ctx, connect.NewRequest(&filesystem.WatchDirRequest{Path: "/home/user/nope"}))
+		if err == nil {
+			if missing.Receive() {
+				t.Fatalf("watching a missing directory sent %v", missing.Msg())
+			}
+			err = missing.Err()
+			missing.Close()
+		}
+		wantCode(t, err, connect.CodeNotFound)
+	})
+
 	t.Run("list, info, timeout, pause, connect", func(t *testing.T) {
 		q := url.QueryEscape(url.QueryEscape("a b") + "=" + url.QueryEscape("c&d"))
 		st, data, _ := c.do("GET", "/v2/sandboxes?state=running,paused&metadata="+url.QueryEscape(q), nil)

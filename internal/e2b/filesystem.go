@@ -201,10 +201,6 @@ func unimplemented(what string) error {
 	return connect.NewError(connect.CodeUnimplemented, fmt.Errorf("%s is not implemented yet in stasis", what))
 }
 
-func (fsv *filesystemService) WatchDir(ctx context.Context, req *connect.Request[pb.WatchDirRequest], stream *connect.ServerStream[pb.WatchDirResponse]) error {
-	return unimplemented("WatchDir")
-}
-
 func (fsv *filesystemService) CreateWatcher(ctx context.Context, req *connect.Request[pb.CreateWatcherRequest]) (*connect.Response[pb.CreateWatcherResponse], error) {
 	return nil, unimplemented("CreateWatcher")
 }

@@ -1,7 +1,7 @@
 import { test } from "node:test"
 import assert from "node:assert/strict"
 import { FileNotFoundError, FileType } from "e2b"
-import { newSandbox } from "../lib/helpers.mjs"
+import { newSandbox, eventually } from "../lib/helpers.mjs"
 
 const sbx = await newSandbox()
 
@@ -53,4 +53,17 @@ test("sandbox.files.makeDir, sandbox.files.rename, sandbox.files.remove", async 
   assert.equal(await sbx.files.read("/home/user/newdir/g.txt"), "f")
   await sbx.files.remove("/home/user/newdir")
   assert.equal(await sbx.files.exists("/home/user/newdir"), false)
+})
+
+test("sandbox.files.watchDir: create, write, rename and remove events, recursive", async () => {
+  await sbx.files.makeDir("/home/user/watched/sub")
+  const seen = []
+  const w = await sbx.files.watchDir("/home/user/watched", (e) => seen.push(`${e.type} ${e.name}`), { recursive: true })
+  try {
+    await sbx.commands.run("cd /home/user/watched && echo a > f.txt && mv f.txt sub/g.txt && rm sub/g.txt")
+    await eventually(() => seen.includes("remove sub/g.txt"))
+    for (const e of ["create f.txt", "write f.txt", "rename f.txt", "create sub/g.txt"]) assert.ok(seen.includes(e), `${e} in ${seen}`)
+  } finally {
+    await w.stop()
+  }
 })

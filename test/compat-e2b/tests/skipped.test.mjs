@@ -4,7 +4,6 @@
 import { test } from "node:test"
 
 const skipped = {
-  "sandbox.files.watchDir": "WatchDir is not implemented yet: envd answers Unimplemented",
   "sandbox.updateNetwork, Sandbox.updateNetwork": "egress rules are not enforced yet; rules are refused with 400",
   "sandbox.uploadUrl, sandbox.downloadUrl, sandbox.fileUrl": "signed /files URLs (signature, signature_expiration) are not implemented",
   "sandbox.getMcpUrl, sandbox.getMcpToken": "the MCP gateway template (mcp-gateway, port 50005) does not exist in stasis",
