@@ -2,6 +2,7 @@ package e2b_test
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"io"
@@ -474,6 +475,58 @@ func TestE2BProtocol(t *testing.T) {
 		json.Unmarshal(data, &page2)
 		if st != 200 || len(page1) != 1 || len(page2) != 1 || page1[0].SandboxID == page2[0].SandboxID || h.Get("X-Next-Token") != "" {
 			t.Fatalf("pages %v %v next %q", page1, page2, h.Get("X-Next-Token"))
+		}
+	})
+
+	t.Run("v1 paths, host routing, gzip files", func(t *testing.T) {
+		st, data, _ := c.do("POST", "/sandboxes", map[string]any{"templateID": "base", "timeout": 30})
+		var v1 sandboxJSON
+		json.Unmarshal(data, &v1)
+		if st != 201 || v1.SandboxID == "" {
+			t.Fatalf("v1 create: %d %s", st, data)
+		}
+		if st, _, _ := c.do("DELETE", "/sandboxes/"+v1.SandboxID, nil); st != 204 {
+			t.Fatalf("kill the v1 sandbox: %d", st)
+		}
+		st, data, _ = c.do("POST", "/sandboxes/"+sb.SandboxID+"/connect", map[string]int{"timeout": 60})
+		if st != 200 || !strings.Contains(string(data), sb.SandboxID) {
+			t.Fatalf("v1 connect: %d %s", st, data)
+		}
+		// No E2b-Sandbox-Id header: the host names the port and the sandbox.
+		req, _ := http.NewRequest("GET", c.base+"/files?path=/home/user/moved.txt", nil)
+		req.Host = "49983-" + sb.SandboxID + ".sandbox.test"
+		req.Header.Set("X-Access-Token", sb.EnvdAccessToken)
+		req.Header.Set("Accept-Encoding", "gzip")
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		zr, err := gzip.NewReader(resp.Body)
+		if err != nil {
+			t.Fatalf("gzip answer: %v (%d %s)", err, resp.StatusCode, resp.Header)
+		}
+		data, _ = io.ReadAll(zr)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(data) != "alpha" {
+			t.Fatalf("via host: %d %q", resp.StatusCode, data)
+		}
+		var gz bytes.Buffer
+		zw := gzip.NewWriter(&gz)
+		zw.Write([]byte("zipped upload"))
+		zw.Close()
+		req, _ = http.NewRequest("POST", c.base+"/files?path=/home/user/gz.txt", &gz)
+		req.Header.Set("Content-Type", "application/octet-stream")
+		req.Header.Set("Content-Encoding", "gzip")
+		resp, err = hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("gzip upload: %d", resp.StatusCode)
+		}
+		if out, _, _ := run(t, pc, "cat /home/user/gz.txt"); out != "zipped upload" {
+			t.Fatalf("gzip upload stored %q", out)
 		}
 	})
 
