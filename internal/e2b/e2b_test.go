@@ -263,6 +263,52 @@ func TestE2BProtocol(t *testing.T) {
 		wantCode(t, err, connect.CodeNotFound)
 	})
 
+	t.Run("keepalives and Connect-Timeout-Ms as the lifetime", func(t *testing.T) {
+		req := connect.NewRequest(&process.StartRequest{Process: &process.ProcessConfig{Cmd: "/bin/sleep", Args: []string{"30"}}})
+		req.Header().Set("Keepalive-Ping-Interval", "1")
+		tctx, cancel := context.WithTimeout(ctx, 4*time.Second) // sent as Connect-Timeout-Ms
+		defer cancel()
+		stream, err := pc.Start(tctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer stream.Close()
+		keepalives := 0
+		var pid uint32
+		for keepalives == 0 && stream.Receive() {
+			ev := stream.Msg().GetEvent()
+			if ev.GetStart() != nil {
+				pid = ev.GetStart().GetPid()
+			}
+			if ev.GetKeepalive() != nil {
+				keepalives++
+			}
+		}
+		if keepalives == 0 {
+			t.Fatalf("no keepalive on an idle stream: %v", stream.Err())
+		}
+		// The command dies with its deadline, though no client is attached.
+		stream.Close()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			list, err := pc.List(ctx, connect.NewRequest(&process.ListRequest{}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			alive := false
+			for _, p := range list.Msg.GetProcesses() {
+				alive = alive || p.GetPid() == pid
+			}
+			if !alive {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("pid %d outlived its Connect-Timeout-Ms", pid)
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+	})
+
 	t.Run("pty", func(t *testing.T) {
 		stream, err := pc.Start(ctx, connect.NewRequest(&process.StartRequest{
 			Process: &process.ProcessConfig{Cmd: "/bin/bash", Args: []string{"-c", "read x; stty size; echo pty:$x"}},
