@@ -51,6 +51,7 @@ type Client struct {
 	maxOutput      int64
 	maxAttempts    int
 	requestTimeout time.Duration
+	previewDomain  string
 
 	// sleep waits between retries; tests replace it.
 	sleep func(ctx context.Context, d time.Duration) error
@@ -68,6 +69,7 @@ type options struct {
 	maxAttempts     int
 	requestTimeout  time.Duration
 	credentialsFile *string
+	previewDomain   string
 }
 
 // WithBaseURL sets the stasisd URL, e.g. "http://127.0.0.1:8080".
@@ -162,7 +164,11 @@ func NewClient(opts ...Option) (*Client, error) {
 		maxOutput:      o.maxOutput,
 		maxAttempts:    o.maxAttempts,
 		requestTimeout: o.requestTimeout,
+		previewDomain:  o.previewDomain,
 		sleep:          sleepCtx,
+	}
+	if c.previewDomain == "" {
+		c.previewDomain = DefaultPreviewDomain
 	}
 	if c.baseURL == "" {
 		c.baseURL = DefaultURL
@@ -473,6 +479,12 @@ type CreateOptions struct {
 	Metadata map[string]string
 	// EnvVars are set for every command run in the sandbox.
 	EnvVars map[string]string
+	// Network sets the sandbox's egress rules; nil keeps the server's
+	// defaults (or a snapshot's rules).
+	Network *Network
+	// PrivatePreview makes the sandbox's preview URLs need its access
+	// token (a stasis extension).
+	PrivatePreview bool
 }
 
 func seconds(d time.Duration) int {
@@ -509,6 +521,12 @@ func (c *Client) Create(ctx context.Context, opts CreateOptions) (*Sandbox, erro
 	}
 	if opts.EnvVars != nil {
 		body["env_vars"] = opts.EnvVars
+	}
+	if opts.Network != nil {
+		body["network"] = opts.Network.wire()
+	}
+	if opts.PrivatePreview {
+		body["preview_private"] = true
 	}
 	var w sandboxWire
 	if err := c.doJSON(ctx, call{method: http.MethodPost, path: "/sandboxes", json: body}, &w); err != nil {
@@ -590,6 +608,10 @@ type UpdateOptions struct {
 	AutoDelete time.Duration
 	// ClearAutoDelete removes the auto-delete window.
 	ClearAutoDelete bool
+	// Network replaces the sandbox's egress rules (both lists) when
+	// non-nil; the sandbox must be active. It applies to new connections
+	// at once.
+	Network *Network
 }
 
 func (o UpdateOptions) body() (map[string]any, error) {
@@ -612,6 +634,9 @@ func (o UpdateOptions) body() (map[string]any, error) {
 		b["auto_delete_seconds"] = nil
 	} else if o.AutoDelete > 0 {
 		b["auto_delete_seconds"] = seconds(o.AutoDelete)
+	}
+	if o.Network != nil {
+		b["network"] = o.Network.wire()
 	}
 	return b, nil
 }

@@ -46,6 +46,9 @@ type SandboxInfo struct {
 	Metadata     map[string]string
 	// Template is the template the sandbox was created from, if known.
 	Template string
+	// Network is the sandbox's egress rules (empty lists: the server's
+	// defaults).
+	Network Network
 }
 
 // sandboxWire is the JSON shape of a sandbox on the wire.
@@ -62,6 +65,7 @@ type sandboxWire struct {
 	Metadata          map[string]string `json:"metadata"`
 	Template          json.RawMessage   `json:"template,omitempty"`
 	AccessToken       string            `json:"access_token,omitempty"`
+	Network           *networkWire      `json:"network,omitempty"`
 }
 
 func (w sandboxWire) info() SandboxInfo {
@@ -76,6 +80,9 @@ func (w sandboxWire) info() SandboxInfo {
 	}
 	if in.Metadata == nil {
 		in.Metadata = map[string]string{}
+	}
+	if w.Network != nil {
+		in.Network = Network{AllowOut: w.Network.AllowOut, DenyOut: w.Network.DenyOut}
 	}
 	if w.TimeoutSeconds != nil {
 		in.Timeout = time.Duration(*w.TimeoutSeconds) * time.Second
@@ -127,6 +134,9 @@ func (s SandboxInfo) MarshalJSON() ([]byte, error) {
 	}
 	if s.Template != "" {
 		w.Template, _ = json.Marshal(s.Template)
+	}
+	if len(s.Network.AllowOut)+len(s.Network.DenyOut) > 0 {
+		w.Network = s.Network.wire()
 	}
 	return json.Marshal(w)
 }

@@ -7,7 +7,7 @@
 // token stasisd presents, never the token itself), STASIS_DEFAULT_USER,
 // STASIS_DEFAULT_WORKDIR, STASIS_AGENT_LISTEN (default :49983),
 // STASIS_MEMORY_LIMIT_MIB and STASIS_VCPU (the sandbox's limits, for the
-// watchdog).
+// watchdog), STASIS_NAMESERVER (written to /etc/resolv.conf at boot).
 //
 // Its credentials are out of reach of the code it runs: it serves only
 // connections from outside the sandbox (agent.HostOnly), and it makes itself
@@ -57,9 +57,15 @@ func run(logger *log.Logger) error {
 	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
 		return fmt.Errorf("prctl(PR_SET_DUMPABLE, 0): %w", err)
 	}
+	nameserver := os.Getenv("STASIS_NAMESERVER") // read before ConfigFromEnv scrubs it
 	cfg, err := agent.ConfigFromEnv()
 	if err != nil {
 		return err
+	}
+	if os.Getpid() == 1 && nameserver != "" {
+		if err := writeResolvConf(nameserver); err != nil {
+			logger.Printf("writing /etc/resolv.conf: %v", err)
+		}
 	}
 	// As PID 1 every orphan in the sandbox becomes our child: reap them all.
 	reaper := agent.NewReaper(os.Getpid() == 1)
@@ -138,4 +144,16 @@ func memTotalMiB() int {
 		}
 	}
 	return 0
+}
+
+// writeResolvConf points the sandbox's resolver at stasisd's (the address
+// in STASIS_NAMESERVER), replacing whatever the image has there: images
+// often leave it empty or name a resolver of the machine they were built on.
+func writeResolvConf(nameserver string) error {
+	if net.ParseIP(nameserver) == nil {
+		return fmt.Errorf("bad name server address %q", nameserver)
+	}
+	const path = "/etc/resolv.conf"
+	os.Remove(path) // may be a (dangling) symlink
+	return os.WriteFile(path, []byte("nameserver "+nameserver+"\noptions timeout:2 attempts:2\n"), 0o644)
 }

@@ -346,7 +346,7 @@ type templateJSON struct {
 func (b *bench) benchCreateFromTemplate(ctx context.Context) error {
 	const rowName = "create from a template snapshot (stasis/minimal)"
 	var t templateJSON
-	err := b.srv.do(ctx, "POST", "/templates", map[string]string{"name": b.name("tmpl"), "from": tmplMinimal}, &t)
+	err := b.srv.do(ctx, "POST", "/templates", map[string]any{"name": b.name("tmpl"), "build_spec": map[string]string{"from": tmplMinimal}}, &t)
 	if isAPIStatus(err, 404) || isAPIStatus(err, 405) {
 		b.add(Row{Group: "create", Name: rowName, Status: "not_available",
 			Note: "this stasisd has no templates (POST /templates answers " + err.Error() + ")"})

@@ -114,6 +114,11 @@ func (c *Config) defaults() error {
 		}
 		*p = abs
 	}
+	// runsc refuses a rootfs reached through a symlink (stasisd resolves its
+	// images dir the same way).
+	if resolved, err := filepath.EvalSymlinks(c.ImagesDir); err == nil {
+		c.ImagesDir = resolved
+	}
 	return nil
 }
 

@@ -16,7 +16,7 @@ import (
 func (a *app) createCmd() *command {
 	return &command{
 		name:    "create",
-		usage:   "[--name NAME] [--template TEMPLATE | --snapshot SNAPSHOT] [--timeout D] [--auto-delete D] [--metadata k=v]... [--env k=v]... [--json]",
+		usage:   "[--name NAME] [--template TEMPLATE | --snapshot SNAPSHOT] [--timeout D] [--auto-delete D] [--metadata k=v]... [--env k=v]... [--allow-out RULE]... [--deny-out CIDR]... [--private-preview] [--json]",
 		summary: "create a sandbox and print its id",
 		maxArgs: 0,
 		flags: func(fs *flag.FlagSet) func(context.Context, []string) int {
@@ -29,6 +29,10 @@ func (a *app) createCmd() *command {
 			metadata, env := kvFlag{}, kvFlag{}
 			fs.Var(metadata, "metadata", "metadata key=value (repeatable)")
 			fs.Var(env, "env", "environment variable key=value for every command (repeatable)")
+			var allowOut, denyOut listFlag
+			fs.Var(&allowOut, "allow-out", "allow egress to a CIDR or domain (*.example.com: its subdomains); repeatable")
+			fs.Var(&denyOut, "deny-out", "deny egress to a CIDR (0.0.0.0/0: everything not allowed); repeatable")
+			privatePreview := fs.Bool("private-preview", false, "preview URLs need the sandbox's access token")
 			jsonOut := fs.Bool("json", false, "print the sandbox as JSON")
 			return func(ctx context.Context, _ []string) int {
 				c, err := a.client()
@@ -37,7 +41,10 @@ func (a *app) createCmd() *command {
 				}
 				opts := stasis.CreateOptions{
 					Name: *name, Template: *template, Snapshot: *snapshot,
-					Timeout: timeout.d, AutoDelete: autoDelete.d,
+					Timeout: timeout.d, AutoDelete: autoDelete.d, PrivatePreview: *privatePreview,
+				}
+				if allowOut != nil || denyOut != nil {
+					opts.Network = &stasis.Network{AllowOut: allowOut, DenyOut: denyOut}
 				}
 				if len(metadata) > 0 {
 					opts.Metadata = metadata

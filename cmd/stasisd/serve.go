@@ -19,6 +19,7 @@ import (
 
 	"github.com/stasis-sandbox/stasis/internal/api"
 	"github.com/stasis-sandbox/stasis/internal/e2b"
+	"github.com/stasis-sandbox/stasis/internal/egress"
 	"github.com/stasis-sandbox/stasis/internal/firewall"
 	"github.com/stasis-sandbox/stasis/internal/health"
 	"github.com/stasis-sandbox/stasis/internal/httpguard"
@@ -42,6 +43,7 @@ type serveFlags struct {
 	pauseOnShutdown                                                                              bool
 	minFreeDiskMiB, maxUnauthenticated                                                           int
 	bodyIdle                                                                                     time.Duration
+	net                                                                                          netFlags
 }
 
 func runServe(args []string) error {
@@ -66,6 +68,7 @@ func runServe(args []string) error {
 	fs.IntVar(&f.minFreeDiskMiB, "min-free-disk-mib", 2048, "refuse new sandboxes, forks, template builds and saved snapshots (507 insufficient_storage), and report /health unhealthy, while the data dir's disk has less free space than this")
 	fs.IntVar(&f.maxUnauthenticated, "max-unauthenticated-conns", 256, "connections that have not made an authenticated request; more are answered 503 server_busy and closed (0: unlimited)")
 	fs.DurationVar(&f.bodyIdle, "body-idle-timeout", 30*time.Second, "cut off a request whose body sends nothing for this long (a flowing upload is never cut)")
+	f.net.register(fs)
 	err := fs.Parse(args)
 	if err != nil {
 		return err
@@ -147,6 +150,7 @@ type node struct {
 	driver *gvisor.Driver
 	pool   *netpool.Pool
 	fw     *firewall.Rules
+	eg     *egressRun
 }
 
 // close releases the host resources of a clean stop. Running sandboxes
@@ -171,6 +175,8 @@ func (n *node) close(log *slog.Logger) {
 			log.Warn("removing the firewall chain", "chain", n.fw.Chain(), "err", err)
 		}
 	}
+	// The egress proxy stops; its firewall rules go once no link is left.
+	n.eg.stop(ctx, n.pool)
 	if err := n.driver.Close(); err != nil {
 		log.Warn("releasing runsc's mounts", "err", err)
 	}
@@ -232,6 +238,17 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 	if err := fw.Install(ctx); err != nil {
 		return nil, fmt.Errorf("sandbox firewall: %w", err)
 	}
+	var svc *sandbox.Service // the egress proxy asks it for rules
+	eg, err := startEgress(ctx, f.net, st, pool, ifPrefix(f.netnsPrefix),
+		func(ctx context.Context, id string) (*egress.Policy, error) { return svc.NetworkPolicy(ctx, id) }, log)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			eg.stop(ctx, pool)
+		}
+	}()
 	driver, err := gvisor.New(gvisor.Config{
 		Runsc:    runsc,
 		RootDir:  filepath.Join(dataDir, "runsc"),
@@ -250,7 +267,7 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 		drv = faultinject.New(driver, file, log)
 	}
 	reg := metrics.New()
-	svc, err := sandbox.New(sandbox.Config{
+	svc, err = sandbox.New(sandbox.Config{
 		Store:           st,
 		Driver:          drv,
 		Images:          images.NewManager(f.imagesDir),
@@ -289,7 +306,8 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 	log.Info("runtime ready", "runsc", runsc, "agent", agent, "images_dir", f.imagesDir)
 	handler := api.New(svc, st, reg, log)
 	handler.UseHealth(checks)
-	return &node{svc: svc, api: handler, e2b: e2b.New(svc, st, log), store: st, driver: driver, pool: pool, fw: fw}, nil
+	router := previewRouter(f.net, svc, pool, nodeKey, handler, log)
+	return &node{svc: svc, api: router, e2b: e2b.New(svc, st, log), store: st, driver: driver, pool: pool, fw: fw, eg: eg}, nil
 }
 
 // ifPrefix derives the (at most 6 character) veth name prefix from the netns prefix.

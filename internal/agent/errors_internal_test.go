@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net/http"
+	"os"
 	"syscall"
 	"testing"
 )
@@ -23,6 +24,8 @@ func TestFSErrorMapping(t *testing.T) {
 		{pe(syscall.EACCES), false, http.StatusForbidden, "permission_denied"},
 		{pe(syscall.EPERM), true, http.StatusForbidden, "permission_denied"},
 		{pe(syscall.EROFS), true, http.StatusForbidden, "permission_denied"},
+		{&os.LinkError{Op: "rename", Old: "/.stasis/.stasis-upload-1", New: "/.stasis/agent", Err: syscall.EBUSY}, true, http.StatusForbidden, "permission_denied"},
+		{pe(syscall.ETXTBSY), true, http.StatusForbidden, "permission_denied"},
 		{pe(syscall.ENOSPC), true, http.StatusInsufficientStorage, "no_space"},
 		{fmt.Errorf("copy: %w", pe(syscall.EDQUOT)), true, http.StatusInsufficientStorage, "no_space"},
 		{pe(syscall.ENAMETOOLONG), false, http.StatusBadRequest, "invalid_path"},

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -487,7 +488,10 @@ func (p *process) wait() agentproto.Exit {
 		timer = time.AfterFunc(p.timeout, func() {
 			p.mu.Lock()
 			defer p.mu.Unlock()
-			if !p.reaped {
+			// A shell that has exited but whose status has not reached
+			// us yet finished in time: its group now holds only
+			// background jobs, which survive.
+			if !p.reaped && !shellExited(p.pid) {
 				p.timedOut = true
 				syscall.Kill(-p.pid, syscall.SIGKILL)
 			}
@@ -512,6 +516,14 @@ func (p *process) wait() agentproto.Exit {
 	p.outWG.Wait()
 	p.closeParentEnds()
 
+	return exitFor(ws, killReason, timedOut, p.timeout)
+}
+
+// exitFor is the exit to report for a shell's wait status. A kill by the
+// watchdog or the timeout is named only if the shell did die of a signal:
+// one that exited on its own, even as the deadline passed, finished, and
+// reports its own exit code.
+func exitFor(ws syscall.WaitStatus, killReason string, timedOut bool, timeout time.Duration) agentproto.Exit {
 	var exit agentproto.Exit
 	switch {
 	case ws.Exited():
@@ -523,12 +535,24 @@ func (p *process) wait() agentproto.Exit {
 		exit.Error = fmt.Sprintf("unexpected wait status %#x", uint32(ws))
 	}
 	switch {
-	case killReason != "" && ws.Signaled():
+	case !ws.Signaled():
+	case killReason != "":
 		exit.Error = killReason
 	case timedOut:
-		exit.Error = fmt.Sprintf("command timed out after %s", p.timeout)
+		exit.Error = fmt.Sprintf("command timed out after %s", timeout)
 	}
 	return exit
+}
+
+// shellExited reports whether the process pid has exited: it is a zombie
+// (its status not yet collected by the reaper) or gone.
+func shellExited(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return errors.Is(err, os.ErrNotExist)
+	}
+	st, ok := parseStat(b, 0)
+	return ok && st.state == 'Z'
 }
 
 func (p *process) closeParentEnds() {

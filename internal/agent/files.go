@@ -77,6 +77,10 @@ func fsError(err error, p string, forWrite bool) *apiError {
 		return &apiError{http.StatusBadRequest, agentproto.CodeInvalidPath, detail}
 	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.EROFS):
 		return &apiError{http.StatusForbidden, agentproto.CodePermissionDenied, detail}
+	case errors.Is(err, syscall.EBUSY), errors.Is(err, syscall.ETXTBSY):
+		// A mount point (such as the agent's own binary) or a running
+		// program: the client may not replace it, as with EROFS.
+		return &apiError{http.StatusForbidden, agentproto.CodePermissionDenied, detail}
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
 		return &apiError{http.StatusInsufficientStorage, agentproto.CodeNoSpace, detail}
 	}

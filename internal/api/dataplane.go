@@ -2,12 +2,14 @@ package api
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -85,19 +87,48 @@ type execRequest struct {
 	WorkingDir string            `json:"working_dir"`
 	Env        map[string]string `json:"env"`
 	TimeoutS   int               `json:"timeout_s"`
+	// OutputEncoding (a stasis extension) "base64" sends stdout and stderr
+	// as base64 of the exact bytes; by default they are text, with bytes
+	// that are not UTF-8 replaced by U+FFFD.
+	OutputEncoding string `json:"output_encoding"`
 }
+
+// Output encodings of an exec response.
+const (
+	encodingText   = "utf8"
+	encodingBase64 = "base64"
+)
 
 func (e *execRequest) validate() error {
 	if strings.TrimSpace(e.Command) == "" {
 		return invalidJSON("command must not be empty")
+	}
+	if strings.IndexByte(e.Command, 0) >= 0 {
+		return invalidJSON("command must not contain NUL bytes")
 	}
 	if e.WorkingDir != "" {
 		if err := validatePath(e.WorkingDir); err != nil {
 			return err
 		}
 	}
+	// What execve and the agent accept: names without "=" or NUL.
+	for k, v := range e.Env {
+		switch {
+		case k == "":
+			return invalidJSON("env: a variable name is empty")
+		case strings.ContainsAny(k, "=\x00"):
+			return invalidJSON("env: name %s must not contain \"=\" or NUL bytes", sandbox.QuoteShort(k))
+		case strings.IndexByte(v, 0) >= 0:
+			return invalidJSON("env: the value of %s must not contain NUL bytes", sandbox.QuoteShort(k))
+		}
+	}
 	if e.TimeoutS < 0 {
 		return invalidJSON("timeout_s must not be negative")
+	}
+	switch e.OutputEncoding {
+	case "", encodingText, encodingBase64:
+	default:
+		return invalidJSON("output_encoding must be %q or %q, not %s", encodingText, encodingBase64, sandbox.QuoteShort(e.OutputEncoding))
 	}
 	return nil
 }
@@ -147,22 +178,43 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, t *sandbox.Target)
 	st, err := c.Run(r.Context(), req.agentRequest(t.Defaults), stdout, stderr)
 	if err != nil {
 		s.metrics.Fail("exec", "agent")
-		s.failAgent(w, err)
+		s.failAgent(w, err, "")
 		return
 	}
 	s.metrics.Observe("exec", time.Since(start))
-	resp := struct {
-		Stdout   string `json:"stdout"`
-		Stderr   string `json:"stderr"`
-		ExitCode int    `json:"exit_code"`
-		Error    string `json:"error,omitempty"`
-	}{stdout.String(), stderr.String(), st.ExitCode, st.Error}
+	writeJSON(w, http.StatusOK, execResult(req.OutputEncoding, stdout, stderr, st))
+}
+
+// execResponse is the body of a buffered POST /exec.
+type execResponse struct {
+	Stdout   string `json:"stdout"`
+	Stderr   string `json:"stderr"`
+	ExitCode int    `json:"exit_code"`
+	Error    string `json:"error,omitempty"`
+	// With output_encoding "base64" (a stasis extension): the encoding, and
+	// how many bytes beyond MaxBufferedOutput each stream dropped.
+	OutputEncoding       string `json:"output_encoding,omitempty"`
+	StdoutTruncatedBytes int64  `json:"stdout_truncated_bytes,omitempty"`
+	StderrTruncatedBytes int64  `json:"stderr_truncated_bytes,omitempty"`
+}
+
+func execResult(encoding string, stdout, stderr *cappedBuffer, st agentclient.ExitStatus) execResponse {
+	if encoding == encodingBase64 {
+		return execResponse{
+			Stdout:         base64.StdEncoding.EncodeToString(stdout.buf.Bytes()),
+			Stderr:         base64.StdEncoding.EncodeToString(stderr.buf.Bytes()),
+			ExitCode:       st.ExitCode,
+			Error:          st.Error,
+			OutputEncoding: encodingBase64, StdoutTruncatedBytes: stdout.dropped, StderrTruncatedBytes: stderr.dropped,
+		}
+	}
+	resp := execResponse{Stdout: stdout.String(), Stderr: stderr.String(), ExitCode: st.ExitCode, Error: st.Error}
 	if st.Error != "" {
 		// The SDK's buffered run has no error field; surface it on stderr as
 		// its streaming run does.
 		resp.Stderr += st.Error
 	}
-	writeJSON(w, http.StatusOK, resp)
+	return resp
 }
 
 // execStream runs a command and streams its output as Server-Sent Events.
@@ -185,7 +237,7 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request, t *sandbox.T
 	}()
 	p, err := c.Start(ctx, req.agentRequest(t.Defaults))
 	if err != nil {
-		s.failAgent(w, err)
+		s.failAgent(w, err, "")
 		return
 	}
 	defer p.Close()
@@ -205,6 +257,12 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request, t *sandbox.T
 		return nil
 	}
 	var outText, errText utf8Joiner
+	chunk := func(j *utf8Joiner, data []byte) string {
+		if req.OutputEncoding == encodingBase64 {
+			return base64.StdEncoding.EncodeToString(data)
+		}
+		return j.push(data)
+	}
 	for {
 		ev, err := p.Next()
 		if err != nil {
@@ -219,11 +277,11 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request, t *sandbox.T
 		}
 		switch ev.Kind {
 		case agentclient.EventStdout:
-			if t := outText.push(ev.Data); t != "" && send(map[string]string{"stdout": t}) != nil {
+			if t := chunk(&outText, ev.Data); t != "" && send(map[string]string{"stdout": t}) != nil {
 				return
 			}
 		case agentclient.EventStderr:
-			if t := errText.push(ev.Data); t != "" && send(map[string]string{"stderr": t}) != nil {
+			if t := chunk(&errText, ev.Data); t != "" && send(map[string]string{"stderr": t}) != nil {
 				return
 			}
 		case agentclient.EventExit:
@@ -246,11 +304,11 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request, t *sandbox.T
 // validatePath enforces what the SDK promises: absolute paths without "..".
 func validatePath(p string) error {
 	if !strings.HasPrefix(p, "/") {
-		return &sandbox.Error{Kind: sandbox.ErrInvalid, Code: "invalid_path", Message: fmt.Sprintf("path must be absolute: %q", p)}
+		return &sandbox.Error{Kind: sandbox.ErrInvalid, Code: "invalid_path", Message: "path must be absolute: " + sandbox.QuoteShort(p)}
 	}
 	for _, seg := range strings.Split(p, "/") {
 		if seg == ".." {
-			return &sandbox.Error{Kind: sandbox.ErrInvalid, Code: "invalid_path", Message: fmt.Sprintf("path must not contain \"..\": %q", p)}
+			return &sandbox.Error{Kind: sandbox.ErrInvalid, Code: "invalid_path", Message: "path must not contain \"..\": " + sandbox.QuoteShort(p)}
 		}
 	}
 	if strings.IndexByte(p, 0) >= 0 {
@@ -277,12 +335,12 @@ func (s *Server) readFile(w http.ResponseWriter, r *http.Request, t *sandbox.Tar
 		body, size, err = c.ReadFile(r.Context(), path)
 		w.Header().Set("Content-Type", "application/octet-stream")
 	default:
-		writeError(w, http.StatusBadRequest, "invalid_request", "unknown format "+strconv.Quote(f)+" (use zip, or omit it)")
+		writeError(w, http.StatusBadRequest, "invalid_request", "unknown format "+sandbox.QuoteShort(f)+" (use zip, or omit it)")
 		return
 	}
 	if err != nil {
 		w.Header().Del("Content-Type")
-		s.failAgent(w, err)
+		s.failAgent(w, err, path)
 		return
 	}
 	defer body.Close()
@@ -305,7 +363,7 @@ func (s *Server) writeFile(w http.ResponseWriter, r *http.Request, t *sandbox.Ta
 		return
 	}
 	if err := c.WriteFile(r.Context(), path, r.Body, r.ContentLength); err != nil {
-		s.failAgent(w, err)
+		s.failAgent(w, err, path)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"path": path})
@@ -320,26 +378,34 @@ func (s *Server) statFile(w http.ResponseWriter, r *http.Request, t *sandbox.Tar
 	}
 	fi, err := c.Stat(r.Context(), path)
 	if err != nil {
-		s.failAgent(w, err)
+		s.failAgent(w, err, path)
 		return
 	}
 	writeJSON(w, http.StatusOK, fi)
 }
 
-// failAgent maps an agent error onto the API's envelope.
-func (s *Server) failAgent(w http.ResponseWriter, err error) {
+// failAgent maps an agent error onto the API's envelope. path is the file
+// the call was about ("" for exec): where the agent's message echoes it, a
+// long one is cut short.
+func (s *Server) failAgent(w http.ResponseWriter, err error, path string) {
+	msg := agentMessage(err)
+	if path != "" {
+		for _, p := range []string{path, filepath.Clean(path)} {
+			msg = strings.ReplaceAll(msg, p, sandbox.Shorten(p))
+		}
+	}
 	var ae *agentclient.Error
 	switch {
 	case errors.Is(err, agentclient.ErrNotFound):
-		writeError(w, http.StatusNotFound, "file_not_found", agentMessage(err))
+		writeError(w, http.StatusNotFound, "file_not_found", msg)
 	case errors.Is(err, agentclient.ErrInvalidPath), errors.Is(err, agentclient.ErrIsDir):
-		writeError(w, http.StatusBadRequest, "invalid_path", agentMessage(err))
+		writeError(w, http.StatusBadRequest, "invalid_path", msg)
 	case errors.Is(err, agentclient.ErrPermission):
 		// 400, not 403: the SDK treats 401/403 as a stale token and would
 		// re-activate and retry pointlessly.
-		writeError(w, http.StatusBadRequest, "permission_denied", agentMessage(err))
+		writeError(w, http.StatusBadRequest, "permission_denied", msg)
 	case errors.Is(err, agentclient.ErrNoSpace):
-		writeError(w, http.StatusInsufficientStorage, "sandbox_storage_full", agentMessage(err))
+		writeError(w, http.StatusInsufficientStorage, "sandbox_storage_full", msg)
 	case errors.Is(err, agentclient.ErrUnauthorized):
 		// The agent refuses stasisd's own credential: no access token the
 		// client could get would help (so not 401/403, which make SDKs
@@ -347,7 +413,12 @@ func (s *Server) failAgent(w http.ResponseWriter, err error) {
 		s.log.Error("sandbox agent refuses stasisd's credential", "err", err)
 		writeError(w, http.StatusBadGateway, "agent_unavailable", agentUnavailableMessage)
 	case errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500:
-		writeError(w, http.StatusBadRequest, ae.Code, ae.Message)
+		writeError(w, http.StatusBadRequest, ae.Code, msg)
+	case errors.As(err, &ae):
+		// The agent answered, so the sandbox is reachable: not a 502, which
+		// SDKs answer by re-activating the sandbox and retrying.
+		s.log.Error("agent call failed", "err", err)
+		writeError(w, http.StatusInternalServerError, "internal", "the sandbox's agent failed: "+msg)
 	default:
 		s.log.Error("agent call failed", "err", err)
 		writeError(w, http.StatusBadGateway, "sandbox_unreachable", "the sandbox did not answer: "+err.Error())

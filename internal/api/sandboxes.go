@@ -27,6 +27,8 @@ type sandboxJSON struct {
 	Usage             usageJSON         `json:"usage"`           // stasis extension
 	Pause             *pauseJSON        `json:"pause,omitempty"` // stasis extension: where a paused sandbox is
 	AccessToken       string            `json:"access_token,omitempty"`
+	Network           networkJSON       `json:"network"`
+	PreviewPrivate    bool              `json:"preview_private"` // stasis extension: preview URLs need the access token
 }
 
 // pauseJSON says where a paused sandbox is. Durable: its snapshot is sealed
@@ -56,6 +58,8 @@ func (s *Server) toJSON(sb *store.Sandbox, token string) sandboxJSON {
 		out.Metadata = map[string]string{}
 	}
 	out.AutoDeleteAt = sb.DeleteAt
+	out.Network = networkToJSON(sb.Network)
+	out.PreviewPrivate = sb.PreviewPrivate
 	active, paused := sb.Usage(time.Now())
 	out.Usage = usageJSON{ActiveSeconds: seconds(active), PausedSeconds: seconds(paused), SnapshotBytes: sb.SnapshotBytes}
 	if sb.Status == store.StatusPaused {
@@ -76,10 +80,11 @@ type createRequest struct {
 	VCPU              int               `json:"vcpu"`       // stasis extension
 	MemoryMiB         int               `json:"memory_mib"` // stasis extension
 	DiskMiB           int               `json:"disk_mib"`   // stasis extension: writable-layer quota
+	Network           *networkJSON      `json:"network"`
+	PreviewPrivate    *bool             `json:"preview_private"` // stasis extension
 	// Superserve fields stasis does not serve yet: accepted only when empty,
 	// so SDK calls that send them as null keep working.
 	Secrets json.RawMessage `json:"secrets"`
-	Network json.RawMessage `json:"network"`
 }
 
 func isEmptyJSON(raw json.RawMessage) bool {
@@ -100,9 +105,6 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request, teamID st
 	case !isEmptyJSON(req.Secrets):
 		writeError(w, http.StatusBadRequest, "not_supported", "secrets are not supported by this stasis server yet")
 		return
-	case !isEmptyJSON(req.Network):
-		writeError(w, http.StatusBadRequest, "not_supported", "network rules are not supported by this stasis server yet")
-		return
 	}
 	name := "sandbox-" + time.Now().UTC().Format("20060102-150405")
 	if req.Name != nil {
@@ -112,6 +114,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request, teamID st
 		Name: name, Template: req.FromTemplate, Snapshot: req.FromSnapshot, VCPU: req.VCPU, MemoryMiB: req.MemoryMiB, DiskMiB: req.DiskMiB,
 		Metadata: req.Metadata, Env: req.EnvVars,
 		TimeoutSeconds: req.TimeoutSeconds, AutoDeleteSeconds: req.AutoDeleteSeconds,
+		Network: req.Network.toStore(), PreviewPrivate: req.PreviewPrivate,
 	})
 	if err != nil {
 		s.fail(w, err)
@@ -126,7 +129,7 @@ func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request, teamID st
 		key, ok := strings.CutPrefix(k, "metadata.")
 		if !ok || key == "" {
 			writeError(w, http.StatusBadRequest, "invalid_request",
-				"unknown query parameter "+k+" (filter with metadata.KEY=VALUE)")
+				"unknown query parameter "+sandbox.Shorten(k)+" (filter with metadata.KEY=VALUE)")
 			return
 		}
 		filter[key] = vs[0]
@@ -169,13 +172,12 @@ func (s *Server) updateSandbox(w http.ResponseWriter, r *http.Request, teamID st
 		case "auto_delete_seconds":
 			err = decodeOptional(v, &p.AutoDeleteSeconds)
 		case "network":
-			if !isEmptyJSON(v) {
-				writeError(w, http.StatusBadRequest, "not_supported", "network rules are not supported by this stasis server yet")
-				return
-			}
+			err = decodeNetworkUpdate(v, &p.Network)
+		case "preview_private":
+			err = decodeOptional(v, &p.PreviewPrivate)
 		default:
 			writeError(w, http.StatusBadRequest, "invalid_request",
-				"unknown field "+k+" (updatable: metadata, timeout_seconds, auto_delete_seconds)")
+				"unknown field "+sandbox.Shorten(k)+" (updatable: metadata, timeout_seconds, auto_delete_seconds, network, preview_private)")
 			return
 		}
 		if err != nil {

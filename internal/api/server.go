@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,6 +34,7 @@ type Server struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	checks  *health.Checker // nil: /health only says the server answers
+	preview PreviewLinker   // nil: no preview links
 }
 
 // UseHealth makes GET /health report c's checks (store, runtime, disk),
@@ -86,6 +88,8 @@ func (s *Server) routes() {
 	m.HandleFunc("POST /sandboxes/{id}/activate", s.withTeam(s.resumeSandbox(true)))
 	m.HandleFunc("POST /sandboxes/{id}/fork", s.withTeam(s.forkSandbox))
 	m.HandleFunc("POST /sandboxes/{id}/snapshots", s.withTeam(s.saveSnapshot))
+	m.HandleFunc("GET /sandboxes/{id}/network", s.withTeam(s.networkLog))
+	m.HandleFunc("POST /sandboxes/{id}/preview-link", s.withTeam(s.previewLink))
 	m.HandleFunc("GET /snapshots", s.withTeam(s.listSnapshots))
 	m.HandleFunc("DELETE /snapshots/{id}", s.withTeam(s.deleteSnapshot))
 	m.HandleFunc("GET /usage", s.withTeam(s.teamUsage))
@@ -106,19 +110,46 @@ func (s *Server) routes() {
 	m.HandleFunc("GET /files", s.withAgent(s.readFile))
 	m.HandleFunc("POST /files", s.withAgent(s.writeFile))
 	m.HandleFunc("GET /files/stat", s.withAgent(s.statFile))
-
-	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
-	})
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-	s.mux.ServeHTTP(rw, r)
+	if _, pattern := s.mux.Handler(r); pattern == "" {
+		s.noRoute(rw, r)
+	} else {
+		s.mux.ServeHTTP(rw, r)
+	}
 	// Never log headers or query strings: they can carry keys and tokens.
-	s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", rw.status, "ms", time.Since(start).Milliseconds())
+	s.log.Debug("request", "method", r.Method, "path", sandbox.Shorten(r.URL.Path), "status", rw.status, "ms", time.Since(start).Milliseconds())
 }
+
+// noRoute answers a request no route matches in the error envelope: 405
+// with an Allow header when the path is served for other methods, else 404.
+// The mux decides which (it knows every route's methods); its plain-text
+// answer is discarded.
+func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
+	probe := &probeWriter{header: http.Header{}}
+	s.mux.ServeHTTP(probe, r)
+	path := sandbox.Shorten(r.URL.Path)
+	if allow := probe.header.Get("Allow"); probe.status == http.StatusMethodNotAllowed && allow != "" {
+		w.Header().Set("Allow", allow)
+		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed",
+			fmt.Sprintf("%s is not allowed on %s; allowed: %s", r.Method, path, allow))
+		return
+	}
+	writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no route for %s %s", r.Method, path))
+}
+
+// probeWriter records the status and headers a handler writes, and drops the body.
+type probeWriter struct {
+	header http.Header
+	status int
+}
+
+func (p *probeWriter) Header() http.Header         { return p.header }
+func (p *probeWriter) Write(b []byte) (int, error) { return len(b), nil }
+func (p *probeWriter) WriteHeader(code int)        { p.status = code }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 	if s.checks == nil {
@@ -249,7 +280,22 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any, allowEmpty bool) 
 	if dec.More() {
 		return invalidJSON("invalid JSON body: unexpected data after the object")
 	}
-	return nil
+	return checkUTF8(body)
+}
+
+// checkUTF8 rejects a JSON body with a string that is not valid UTF-8:
+// encoding/json would store it rewritten to U+FFFD without a word.
+func checkUTF8(body []byte) error {
+	path, isKey, found := badUTF8(body)
+	switch {
+	case !found:
+		return nil
+	case isKey && path == "":
+		return invalidJSON("a field name is not valid UTF-8")
+	case isKey:
+		return invalidJSON("field %s has a key that is not valid UTF-8", path)
+	}
+	return invalidJSON("field %s is not valid UTF-8", path)
 }
 
 func jsonErrorText(err error) string {
@@ -257,8 +303,13 @@ func jsonErrorText(err error) string {
 	if errors.As(err, &te) && te.Field != "" {
 		return fmt.Sprintf("field %q must be %s, not %s", te.Field, te.Type.String(), te.Value)
 	}
-	msg := err.Error()
-	return strings.TrimPrefix(msg, "json: ")
+	msg := strings.TrimPrefix(err.Error(), "json: ")
+	if name, ok := strings.CutPrefix(msg, "unknown field "); ok {
+		if f, err := strconv.Unquote(name); err == nil {
+			return "unknown field " + sandbox.QuoteShort(f)
+		}
+	}
+	return msg
 }
 
 func invalidJSON(format string, args ...any) error {

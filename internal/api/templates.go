@@ -50,18 +50,14 @@ func buildToJSON(b *store.Build) buildJSON {
 		ErrorMessage: b.Error, StartedAt: b.StartedAt, FinalizedAt: b.FinalizedAt, CreatedAt: b.CreatedAt}
 }
 
-// createTemplateRequest accepts the SDK's nested build_spec and, for curl
-// users, the same fields at the top level.
+// createTemplateRequest is Superserve's template create body: the build is
+// in build_spec; any other field is an error (decodeJSON).
 type createTemplateRequest struct {
 	Name      string             `json:"name"`
 	VCPU      int                `json:"vcpu"`
 	MemoryMiB int                `json:"memory_mib"`
 	DiskMiB   int                `json:"disk_mib"`
 	BuildSpec *sandbox.BuildSpec `json:"build_spec"`
-	From      string             `json:"from"`
-	Steps     []sandbox.Step     `json:"steps"`
-	StartCmd  string             `json:"start_cmd"`
-	ReadyCmd  string             `json:"ready_cmd"`
 }
 
 func (s *Server) createTemplate(w http.ResponseWriter, r *http.Request, teamID string) {
@@ -70,16 +66,13 @@ func (s *Server) createTemplate(w http.ResponseWriter, r *http.Request, teamID s
 		s.fail(w, err)
 		return
 	}
-	spec := sandbox.BuildSpec{From: req.From, Steps: req.Steps, StartCmd: req.StartCmd, ReadyCmd: req.ReadyCmd}
-	if req.BuildSpec != nil {
-		if req.From != "" || req.Steps != nil || req.StartCmd != "" || req.ReadyCmd != "" {
-			writeError(w, http.StatusBadRequest, "invalid_request", "give the build either in build_spec or at the top level, not both")
-			return
-		}
-		spec = *req.BuildSpec
+	if req.BuildSpec == nil {
+		writeError(w, http.StatusBadRequest, "invalid_request",
+			`build_spec is required: {"name": ..., "build_spec": {"from": IMAGE, "steps": [...], "start_cmd": ..., "ready_cmd": ...}}`)
+		return
 	}
 	t, b, err := s.svc.CreateTemplate(r.Context(), teamID, sandbox.TemplateParams{
-		Name: req.Name, VCPU: req.VCPU, MemoryMiB: req.MemoryMiB, DiskMiB: req.DiskMiB, Spec: spec})
+		Name: req.Name, VCPU: req.VCPU, MemoryMiB: req.MemoryMiB, DiskMiB: req.DiskMiB, Spec: *req.BuildSpec})
 	if err != nil {
 		s.fail(w, err)
 		return

@@ -107,6 +107,10 @@ func (s *Server) execConnect(w http.ResponseWriter, r *http.Request) {
 		finish(-1, "first message must be a JSON start frame {\"command\": ...}")
 		return
 	}
+	if err := checkUTF8(data); err != nil {
+		finish(-1, err.Error())
+		return
+	}
 	req := execRequest{Command: start.Command, WorkingDir: start.WorkingDir, Env: start.Env, TimeoutS: start.TimeoutS}
 	if err := req.validate(); err != nil {
 		finish(-1, err.Error())

@@ -80,14 +80,15 @@ type createRequest struct {
 	Secure              *bool             `json:"secure"`
 }
 
-// refuseNetwork answers 400 for egress rules, which stasis does not enforce
-// yet: accepting them silently would promise an isolation that is not there.
+// refuseNetwork answers 400 for egress rules, which the E2B protocol does not
+// map onto stasis's network rules yet: accepting them silently would promise
+// an isolation that is not there.
 func refuseNetwork(allowInternet *bool, n *networkJSON) error {
 	if allowInternet != nil && !*allowInternet {
-		return errors.New("allow_internet_access: false is not supported yet by stasis (egress rules are not enforced)")
+		return errors.New("allow_internet_access: false is not supported through the E2B API yet; set network rules through stasis's API")
 	}
 	if n != nil && (len(n.AllowOut) > 0 || len(n.DenyOut) > 0) {
-		return errors.New("network allowOut/denyOut are not supported yet by stasis (egress rules are not enforced)")
+		return errors.New("network allowOut/denyOut are not supported through the E2B API yet; set network rules through stasis's API")
 	}
 	return nil
 }

@@ -715,3 +715,16 @@ func (p *Pool) Check(ctx context.Context, id string) (repaired bool, err error) 
 	}
 	return repaired, nil
 }
+
+// LookupAddr returns a copy of the link whose sandbox-side address is addr.
+func (p *Pool) LookupAddr(addr netip.Addr) (*Link, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, l := range p.links {
+		if l.SandboxAddr == addr && l.Subnet.IsValid() {
+			out := *l
+			return &out, true
+		}
+	}
+	return nil, false
+}

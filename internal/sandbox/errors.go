@@ -33,5 +33,5 @@ func newErr(kind error, code, format string, args ...any) *Error {
 }
 
 func notFound(id string) *Error {
-	return newErr(ErrNotFound, "not_found", "sandbox %s not found", id)
+	return newErr(ErrNotFound, "not_found", "sandbox %s not found", Shorten(id))
 }

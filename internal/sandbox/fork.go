@@ -75,6 +75,7 @@ func like(src *store.Sandbox, name string) *store.Sandbox {
 		BaseImage: src.BaseImage, Defaults: src.Defaults,
 		TimeoutSeconds: src.TimeoutSeconds, AutoDeleteSeconds: src.AutoDeleteSeconds,
 		DeleteOnTimeout: src.DeleteOnTimeout,
+		Network:         src.Network.Clone(), PreviewPrivate: src.PreviewPrivate,
 	}
 }
 
@@ -153,6 +154,7 @@ func (s *Service) createFromTemplate(ctx context.Context, teamID string, p Creat
 		TimeoutSeconds: p.TimeoutSeconds, AutoDeleteSeconds: p.AutoDeleteSeconds,
 		DeleteOnTimeout: p.DeleteOnTimeout,
 	}
+	p.applyNetwork(sb)
 	c, err := s.createFrom(ctx, sb, origin{dir: t.SnapshotDir, agentToken: s.agentToken(t.OriginID)})
 	return c.Sandbox, c.Token, err
 }

@@ -45,6 +45,7 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 		TimeoutSeconds: p.TimeoutSeconds, AutoDeleteSeconds: p.AutoDeleteSeconds,
 		DeleteOnTimeout: p.DeleteOnTimeout, AgentPath: s.agentPath,
 	}
+	p.applyNetwork(sb)
 	if sb.VCPU == 0 {
 		sb.VCPU = s.cfg.DefaultVCPU
 	}
@@ -516,6 +517,7 @@ func (s *Service) deleteLocked(ctx context.Context, b *box, id string) error {
 		s.log.Error("delete: snapshot cleanup failed; the next start retries", "sandbox", id, "err", err)
 	}
 	s.forget(id)
+	s.policies.invalidate(id)
 	s.log.Info("sandbox deleted", "sandbox", id)
 	return nil
 }
@@ -553,9 +555,13 @@ func (s *Service) Update(ctx context.Context, teamID, id string, p UpdateParams)
 			sb.DeleteAt = deadline(sb.StatusChangedAt, sb.AutoDeleteSeconds)
 		}
 	}
+	if err := p.applyNetworkUpdate(sb); err != nil {
+		return nil, err
+	}
 	if err := s.cfg.Store.UpdateSandbox(ctx, sb); err != nil {
 		return nil, err
 	}
+	s.policies.invalidate(sb.ID)
 	return sb, nil
 }
 
@@ -599,6 +605,17 @@ func (s *Service) Reach(ctx context.Context, id string) (*Target, error) {
 	b := s.box(id)
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	sb, err := s.wakeLocked(ctx, b, id)
+	if err != nil {
+		return nil, err
+	}
+	end := b.sessionsDone()
+	return &Target{Agent: b.agent, Defaults: sb.Defaults, Done: end.done, EndReason: end.reason}, nil
+}
+
+// wakeLocked makes sure sandbox id runs, resuming it (transparently: its
+// tokens stay valid) if it is paused. Called with b.mu held.
+func (s *Service) wakeLocked(ctx context.Context, b *box, id string) (*store.Sandbox, error) {
 	sb, err := s.Get(ctx, "", id)
 	if err != nil {
 		return nil, err
@@ -621,8 +638,7 @@ func (s *Service) Reach(ctx context.Context, id string) (*Target, error) {
 	if b.agent == nil {
 		return nil, newErr(ErrUnavailable, "unavailable", "sandbox %s is not reachable; retry shortly", id)
 	}
-	end := b.sessionsDone()
-	return &Target{Agent: b.agent, Defaults: sb.Defaults, Done: end.done, EndReason: end.reason}, nil
+	return sb, nil
 }
 
 // PauseAll pauses every active sandbox (used at shutdown when asked to).

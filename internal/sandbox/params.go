@@ -1,9 +1,14 @@
 package sandbox
 
 import (
+	"errors"
 	"regexp"
+	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/stasis-sandbox/stasis/internal/egress"
+	"github.com/stasis-sandbox/stasis/internal/store"
 )
 
 // Limits on user-supplied fields, as in Superserve's API.
@@ -18,7 +23,39 @@ const (
 	MaxMemoryMiB     = 16384
 	MaxDiskMiB       = 1 << 20
 	MaxTimeout       = 30 * 24 * 3600
+
+	// Templates.
+	MaxTemplateSteps = 100
+	MaxCommandLen    = 64 << 10 // a step's run, start_cmd, ready_cmd
+	MaxImageRefLen   = 1024
+	MaxPathLen       = 4096 // PATH_MAX
+	MaxUserNameLen   = 32
 )
+
+// quoteLimit is how much of a client's string an error message echoes.
+const quoteLimit = 64
+
+// Shorten cuts s after its first 64 bytes (at a character boundary) and
+// marks the cut with "…", so that an error message does not echo a huge
+// path or name sent by a client back whole.
+func Shorten(s string) string {
+	if len(s) <= quoteLimit {
+		return s
+	}
+	cut := quoteLimit
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+// QuoteShort is strconv.Quote of Shorten(s), with the "…" outside the quotes.
+func QuoteShort(s string) string {
+	if short := Shorten(s); short != s {
+		return strconv.Quote(strings.TrimSuffix(short, "…")) + "…"
+	}
+	return strconv.Quote(s)
+}
 
 // CreateParams is what a client may choose about a new sandbox.
 type CreateParams struct {
@@ -32,7 +69,9 @@ type CreateParams struct {
 	Env               map[string]string
 	TimeoutSeconds    *int
 	AutoDeleteSeconds *int
-	DeleteOnTimeout   bool // the timeout deletes the sandbox instead of pausing it
+	DeleteOnTimeout   bool           // the timeout deletes the sandbox instead of pausing it
+	Network           *store.Network // egress rules (nil: defaults, or the snapshot's)
+	PreviewPrivate    *bool          // preview URLs need the access token (nil: public, or the snapshot's)
 }
 
 // Optional is a PATCH field: absent, explicitly null, or a value.
@@ -46,10 +85,18 @@ type UpdateParams struct {
 	Metadata          Optional[map[string]string]
 	TimeoutSeconds    Optional[int]
 	AutoDeleteSeconds Optional[int]
-	DeleteOnTimeout   *bool // nil: unchanged
+	DeleteOnTimeout   *bool                   // nil: unchanged
+	Network           Optional[store.Network] // replaces both lists; null: defaults
+	PreviewPrivate    Optional[bool]
 }
 
-var envKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+var (
+	envKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	// A template name is a word, or team/word as in superserve/base: it
+	// appears in URL paths, so nothing that looks like a file path.
+	templateNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$`)
+	userNameRE     = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]*$`)
+)
 
 func invalid(format string, args ...any) *Error {
 	return newErr(ErrInvalid, "invalid_request", format, args...)
@@ -79,31 +126,33 @@ func ValidateMetadata(m map[string]string) error {
 			return invalid("metadata keys must not be empty")
 		}
 		if len(k) > MaxMetadataKey {
-			return invalid("metadata key %.32q… is %d bytes; the limit is %d", k, len(k), MaxMetadataKey)
+			return invalid("metadata key %s is %d bytes; the limit is %d", QuoteShort(k), len(k), MaxMetadataKey)
 		}
 		if len(v) > MaxMetadataValue {
-			return invalid("metadata value of %q is %d bytes; the limit is %d", k, len(v), MaxMetadataValue)
+			return invalid("metadata value of %s is %d bytes; the limit is %d", QuoteShort(k), len(v), MaxMetadataValue)
 		}
 	}
 	return nil
 }
 
-func validateEnv(m map[string]string) error {
+// validateEnv checks environment variables given as field: names a shell
+// can export, values without NUL.
+func validateEnv(field string, m map[string]string) error {
 	if len(m) > MaxEnvKeys {
-		return invalid("env_vars has %d keys; the limit is %d", len(m), MaxEnvKeys)
+		return invalid("%s has %d keys; the limit is %d", field, len(m), MaxEnvKeys)
 	}
 	for k, v := range m {
 		if !envKeyRE.MatchString(k) {
-			return invalid("env var name %q is not valid (letters, digits and _; not starting with a digit)", k)
+			return invalid("%s: name %s is not valid (letters, digits and _; not starting with a digit)", field, QuoteShort(k))
 		}
 		if strings.HasPrefix(k, "STASIS_") {
-			return invalid("env var names starting with STASIS_ are reserved")
+			return invalid("%s: names starting with STASIS_ are reserved", field)
 		}
 		if len(v) > MaxEnvValue {
-			return invalid("env var %s is %d bytes; the limit is %d", k, len(v), MaxEnvValue)
+			return invalid("%s: %s is %d bytes; the limit is %d", field, QuoteShort(k), len(v), MaxEnvValue)
 		}
 		if strings.IndexByte(v, 0) >= 0 {
-			return invalid("env var %s contains a NUL byte", k)
+			return invalid("%s: %s contains a NUL byte", field, QuoteShort(k))
 		}
 	}
 	return nil
@@ -132,10 +181,13 @@ func (p *CreateParams) validate() error {
 	if err := ValidateMetadata(p.Metadata); err != nil {
 		return err
 	}
-	if err := validateEnv(p.Env); err != nil {
+	if err := validateEnv("env_vars", p.Env); err != nil {
 		return err
 	}
 	if err := validateSeconds("timeout_seconds", p.TimeoutSeconds); err != nil {
+		return err
+	}
+	if err := validateNetwork(p.Network); err != nil {
 		return err
 	}
 	return validateSeconds("auto_delete_seconds", p.AutoDeleteSeconds)
@@ -150,5 +202,23 @@ func (p *UpdateParams) validate() error {
 	if err := validateSeconds("timeout_seconds", p.TimeoutSeconds.Value); err != nil {
 		return err
 	}
+	if err := validateNetwork(p.Network.Value); err != nil {
+		return err
+	}
 	return validateSeconds("auto_delete_seconds", p.AutoDeleteSeconds.Value)
+}
+
+// validateNetwork checks egress rules; the error names the bad entry.
+func validateNetwork(n *store.Network) error {
+	if n == nil {
+		return nil
+	}
+	if _, err := egress.Compile(n.AllowOut, n.DenyOut); err != nil {
+		var re *egress.RuleError
+		if errors.As(err, &re) {
+			return invalid("%s", re.Message)
+		}
+		return err
+	}
+	return nil
 }

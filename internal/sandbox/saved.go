@@ -16,6 +16,11 @@ import (
 // from_snapshot). An active sandbox is frozen for the checkpoint and then
 // continues; a paused one's checkpoint is linked, not copied.
 func (s *Service) SaveSnapshot(ctx context.Context, teamID, id, name string) (*store.SavedSnapshot, error) {
+	if name != "" {
+		if err := validateName(name); err != nil {
+			return nil, err
+		}
+	}
 	if _, err := s.Get(ctx, teamID, id); err != nil {
 		return nil, err
 	}
@@ -109,7 +114,7 @@ func (s *Service) SavedSnapshots(ctx context.Context, teamID string) ([]*store.S
 func (s *Service) DeleteSavedSnapshot(ctx context.Context, teamID, id string) error {
 	snap, err := s.cfg.Store.GetSavedSnapshot(ctx, teamID, id)
 	if errors.Is(err, store.ErrNotFound) {
-		return newErr(ErrNotFound, "not_found", "snapshot %s not found", id)
+		return newErr(ErrNotFound, "not_found", "snapshot %s not found", Shorten(id))
 	}
 	if err != nil {
 		return err
@@ -124,7 +129,7 @@ func (s *Service) DeleteSavedSnapshot(ctx context.Context, teamID, id string) er
 func (s *Service) createFromSaved(ctx context.Context, teamID string, p CreateParams) (*store.Sandbox, string, error) {
 	snap, err := s.cfg.Store.GetSavedSnapshot(ctx, teamID, p.Snapshot)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, "", newErr(ErrNotFound, "not_found", "snapshot %s not found", p.Snapshot)
+		return nil, "", newErr(ErrNotFound, "not_found", "snapshot %s not found", Shorten(p.Snapshot))
 	}
 	if err != nil {
 		return nil, "", err
@@ -139,6 +144,7 @@ func (s *Service) createFromSaved(ctx context.Context, teamID string, p CreatePa
 	}
 	sb.TimeoutSeconds, sb.AutoDeleteSeconds = p.TimeoutSeconds, p.AutoDeleteSeconds
 	sb.DeleteOnTimeout = p.DeleteOnTimeout
+	p.applyNetwork(sb) // rules given with the create replace the snapshot's
 	c, err := s.createFrom(ctx, sb, origin{dir: snap.Dir, agentToken: s.agentToken(snap.SandboxID)})
 	return c.Sandbox, c.Token, err
 }

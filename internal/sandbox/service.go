@@ -22,6 +22,7 @@ import (
 
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
 	"github.com/stasis-sandbox/stasis/internal/agentproto"
+	"github.com/stasis-sandbox/stasis/internal/egress"
 	"github.com/stasis-sandbox/stasis/internal/images"
 	"github.com/stasis-sandbox/stasis/internal/metrics"
 	"github.com/stasis-sandbox/stasis/internal/oci"
@@ -74,7 +75,8 @@ type Service struct {
 	logsMu sync.Mutex
 	logs   map[string]*buildLog // by build ID, for builds run by this process
 
-	health *healthState // see RunHealthChecks
+	health   *healthState // see RunHealthChecks
+	policies policyCache  // compiled egress rules, by sandbox ID
 }
 
 // box is the in-memory side of one sandbox. mu serialises lifecycle
@@ -310,6 +312,7 @@ func (s *Service) spec(sb *store.Sandbox, img *images.Image) runtime.Spec {
 		agentproto.EnvTokenSHA256+"="+agentproto.TokenHashHex(s.agentToken(sb.ID)),
 		"STASIS_DEFAULT_USER="+img.User,
 		"STASIS_DEFAULT_WORKDIR="+img.Workdir,
+		"STASIS_NAMESERVER="+egress.ResolverAddr.String(),
 	)
 	agent := sb.AgentPath
 	if agent == "" {

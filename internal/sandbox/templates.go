@@ -67,8 +67,14 @@ func (p *TemplateParams) validate() error {
 	if strings.HasPrefix(p.Name, "stasis/") {
 		return invalid("template names starting with stasis/ are reserved for built-in templates")
 	}
+	if !templateNameRE.MatchString(p.Name) {
+		return invalid("template name %s is not valid: use letters, digits, '.', '_' and '-', starting with a letter or digit, optionally as team/name", QuoteShort(p.Name))
+	}
 	if strings.TrimSpace(p.Spec.From) == "" {
 		return invalid("build_spec.from is required: an OCI image reference or a built-in template (%v)", images.Builtins())
+	}
+	if len(p.Spec.From) > MaxImageRefLen {
+		return invalid("build_spec.from is %d bytes long; the limit is %d", len(p.Spec.From), MaxImageRefLen)
 	}
 	if p.VCPU < 0 || p.VCPU > MaxVCPU {
 		return invalid("vcpu must be between 1 and %d", MaxVCPU)
@@ -76,32 +82,73 @@ func (p *TemplateParams) validate() error {
 	if p.MemoryMiB != 0 && (p.MemoryMiB < 64 || p.MemoryMiB > MaxMemoryMiB) {
 		return invalid("memory_mib must be between 64 and %d", MaxMemoryMiB)
 	}
+	if p.DiskMiB != 0 && (p.DiskMiB < 16 || p.DiskMiB > MaxDiskMiB) {
+		return invalid("disk_mib must be between 16 and %d", MaxDiskMiB)
+	}
+	if err := validateCommand("build_spec.start_cmd", p.Spec.StartCmd); err != nil {
+		return err
+	}
+	if err := validateCommand("build_spec.ready_cmd", p.Spec.ReadyCmd); err != nil {
+		return err
+	}
+	if len(p.Spec.Steps) > MaxTemplateSteps {
+		return invalid("build_spec.steps has %d steps; the limit is %d", len(p.Spec.Steps), MaxTemplateSteps)
+	}
 	for i, st := range p.Spec.Steps {
-		n := 0
-		if st.Run != nil {
-			n++
+		if err := st.validate(); err != nil {
+			return invalid("build_spec.steps[%d]: %v", i, err)
 		}
-		if st.Env != nil {
-			n++
-			if !envKeyRE.MatchString(st.Env.Key) {
-				return invalid("step %d: env key %q is not a valid name", i+1, st.Env.Key)
-			}
+	}
+	return nil
+}
+
+func validateCommand(field, cmd string) error {
+	if len(cmd) > MaxCommandLen {
+		return invalid("%s is %d bytes long; the limit is %d", field, len(cmd), MaxCommandLen)
+	}
+	if strings.IndexByte(cmd, 0) >= 0 {
+		return invalid("%s contains a NUL byte", field)
+	}
+	return nil
+}
+
+func (st *Step) validate() error {
+	n := 0
+	if st.Run != nil {
+		n++
+		if strings.TrimSpace(*st.Run) == "" {
+			return invalid("run must not be empty")
 		}
-		if st.Workdir != nil {
-			n++
-			if !strings.HasPrefix(*st.Workdir, "/") {
-				return invalid("step %d: workdir must be an absolute path", i+1)
-			}
+		if err := validateCommand("run", *st.Run); err != nil {
+			return err
 		}
-		if st.User != nil {
-			n++
-			if st.User.Name == "" || strings.ContainsAny(st.User.Name, " :/'\"") {
-				return invalid("step %d: user name %q is not valid", i+1, st.User.Name)
-			}
+	}
+	if st.Env != nil {
+		n++
+		if err := validateEnv("env", map[string]string{st.Env.Key: st.Env.Value}); err != nil {
+			return err
 		}
-		if n != 1 {
-			return invalid("step %d must have exactly one of run, env, workdir, user", i+1)
+	}
+	if st.Workdir != nil {
+		n++
+		w := *st.Workdir
+		switch {
+		case !strings.HasPrefix(w, "/"):
+			return invalid("workdir must be an absolute path")
+		case len(w) > MaxPathLen:
+			return invalid("workdir %s is %d bytes long; the limit is %d", QuoteShort(w), len(w), MaxPathLen)
+		case strings.ContainsAny(w, "\x00'"):
+			return invalid("workdir %s must not contain NUL bytes or quotes", QuoteShort(w))
 		}
+	}
+	if st.User != nil {
+		n++
+		if len(st.User.Name) > MaxUserNameLen || !userNameRE.MatchString(st.User.Name) {
+			return invalid("user name %s is not valid: up to %d letters, digits, '.', '_' and '-', not starting with a digit, '.' or '-'", QuoteShort(st.User.Name), MaxUserNameLen)
+		}
+	}
+	if n != 1 {
+		return invalid("a step must have exactly one of run, env, workdir, user")
 	}
 	return nil
 }
@@ -144,7 +191,7 @@ func (s *Service) CreateTemplate(ctx context.Context, teamID string, p TemplateP
 func (s *Service) GetTemplate(ctx context.Context, teamID, idOrName string) (*store.Template, error) {
 	t, err := s.cfg.Store.GetTemplate(ctx, teamID, idOrName)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, newErr(ErrNotFound, "not_found", "template %s not found", idOrName)
+		return nil, newErr(ErrNotFound, "not_found", "template %s not found", Shorten(idOrName))
 	}
 	return t, err
 }
@@ -192,7 +239,7 @@ func (s *Service) Build(ctx context.Context, teamID, idOrName, buildID string) (
 	}
 	b, err := s.cfg.Store.GetBuild(ctx, t.ID, buildID)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, nil, newErr(ErrNotFound, "not_found", "build %s of template %s not found", buildID, t.Name)
+		return nil, nil, newErr(ErrNotFound, "not_found", "build %s of template %s not found", Shorten(buildID), t.Name)
 	}
 	return t, b, err
 }

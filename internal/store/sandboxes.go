@@ -44,9 +44,11 @@ type Sandbox struct {
 	AgentPath         string     // content-addressed agent binary the sandbox runs
 	BaseImage         string     // what the root filesystem comes from, if not Template (e.g. oci:REF@DIGEST)
 	Defaults          ExecDefaults
-	ActiveMs          int64 // time spent active before StatusChangedAt
-	PausedMs          int64 // time spent paused before StatusChangedAt
-	DeleteOnTimeout   bool  // the timeout deletes the sandbox rather than pausing it
+	ActiveMs          int64    // time spent active before StatusChangedAt
+	PausedMs          int64    // time spent paused before StatusChangedAt
+	Network           *Network // egress rules; nil: the server's defaults
+	PreviewPrivate    bool     // preview URLs need the sandbox's access token
+	DeleteOnTimeout   bool     // the timeout deletes the sandbox rather than pausing it
 }
 
 // ExecDefaults apply to every command run in a sandbox unless the request
@@ -77,7 +79,8 @@ func (sb *Sandbox) Usage(now time.Time) (active, paused time.Duration) {
 
 const sandboxColumns = `id, team_id, name, status, template, vcpu, memory_mib, disk_mib, metadata, env,
 	timeout_seconds, auto_delete_seconds, error, token_generation, snapshot_dir, snapshot_bytes,
-	created_at, status_changed_at, pause_at, delete_at, active_ms, paused_ms, agent_path, base_image, exec_defaults, delete_on_timeout`
+	created_at, status_changed_at, pause_at, delete_at, active_ms, paused_ms, agent_path, base_image, exec_defaults,
+	network, preview_private, delete_on_timeout`
 
 type scanner interface{ Scan(...any) error }
 
@@ -86,10 +89,11 @@ func scanSandbox(row scanner) (*Sandbox, error) {
 	var meta, env, created, changed string
 	var timeout, autoDel sql.NullInt64
 	var pauseAt, deleteAt sql.NullString
-	var defaults string
+	var defaults, network string
 	err := row.Scan(&sb.ID, &sb.TeamID, &sb.Name, &sb.Status, &sb.Template, &sb.VCPU, &sb.MemoryMiB,
 		&sb.DiskMiB, &meta, &env, &timeout, &autoDel, &sb.Error, &sb.TokenGeneration, &sb.SnapshotDir,
-		&sb.SnapshotBytes, &created, &changed, &pauseAt, &deleteAt, &sb.ActiveMs, &sb.PausedMs, &sb.AgentPath, &sb.BaseImage, &defaults, &sb.DeleteOnTimeout)
+		&sb.SnapshotBytes, &created, &changed, &pauseAt, &deleteAt, &sb.ActiveMs, &sb.PausedMs, &sb.AgentPath, &sb.BaseImage, &defaults,
+		&network, &sb.PreviewPrivate, &sb.DeleteOnTimeout)
 	if err != nil {
 		return nil, err
 	}
@@ -106,6 +110,9 @@ func scanSandbox(row scanner) (*Sandbox, error) {
 	json.Unmarshal([]byte(defaults), &sb.Defaults)
 	sb.PauseAt = timePtr(pauseAt)
 	sb.DeleteAt = timePtr(deleteAt)
+	if sb.Network, err = parseNetwork(network); err != nil {
+		return nil, fmt.Errorf("sandbox %s network: %w", sb.ID, err)
+	}
 	return &sb, nil
 }
 
@@ -152,11 +159,12 @@ func (s *Store) InsertSandbox(ctx context.Context, sb *Sandbox) error {
 	t := time.Now().UTC()
 	sb.CreatedAt, sb.StatusChangedAt = t, t
 	_, err := s.db.ExecContext(ctx, `INSERT INTO sandboxes(`+sandboxColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		sb.ID, sb.TeamID, sb.Name, sb.Status, sb.Template, sb.VCPU, sb.MemoryMiB, sb.DiskMiB,
 		jsonMap(sb.Metadata), jsonMap(sb.Env), nullInt(sb.TimeoutSeconds), nullInt(sb.AutoDeleteSeconds),
 		sb.Error, sb.TokenGeneration, sb.SnapshotDir, sb.SnapshotBytes,
-		t.Format(timeFormat), t.Format(timeFormat), nullTime(sb.PauseAt), nullTime(sb.DeleteAt), 0, 0, sb.AgentPath, sb.BaseImage, sb.Defaults.json(), sb.DeleteOnTimeout)
+		t.Format(timeFormat), t.Format(timeFormat), nullTime(sb.PauseAt), nullTime(sb.DeleteAt), 0, 0, sb.AgentPath, sb.BaseImage, sb.Defaults.json(),
+		sb.Network.json(), sb.PreviewPrivate, sb.DeleteOnTimeout)
 	if err != nil {
 		return fmt.Errorf("insert sandbox %s: %w", sb.ID, err)
 	}
@@ -226,33 +234,27 @@ func (s *Store) UpdateSandbox(ctx context.Context, sb *Sandbox) error {
 		sb.ActiveMs, sb.PausedMs = activeMs, pausedMs
 		if old != sb.Status {
 			t := time.Now().UTC()
-			spent := t.Sub(parseTime(changed)).Milliseconds()
-			var col string
+			spent, err := meterStretch(ctx, tx, sb.TeamID, old, parseTime(changed), t)
+			if err != nil {
+				return fmt.Errorf("meter sandbox %s: %w", sb.ID, err)
+			}
 			switch old {
 			case StatusActive:
 				sb.ActiveMs += spent
-				col = "active_ms"
 			case StatusPaused:
 				sb.PausedMs += spent
-				col = "paused_ms"
-			}
-			if col != "" {
-				if _, err := tx.ExecContext(ctx, `INSERT INTO team_usage(team_id, `+col+`) VALUES (?, ?)
-					ON CONFLICT(team_id) DO UPDATE SET `+col+` = `+col+` + excluded.`+col, sb.TeamID, spent); err != nil {
-					return fmt.Errorf("meter sandbox %s: %w", sb.ID, err)
-				}
 			}
 			sb.StatusChangedAt = t
 		}
 		_, err = tx.ExecContext(ctx, `UPDATE sandboxes SET name = ?, status = ?, metadata = ?, env = ?,
 			timeout_seconds = ?, auto_delete_seconds = ?, error = ?, token_generation = ?, snapshot_dir = ?,
 			snapshot_bytes = ?, status_changed_at = ?, pause_at = ?, delete_at = ?, active_ms = ?, paused_ms = ?,
-			delete_on_timeout = ?
+			network = ?, preview_private = ?, delete_on_timeout = ?
 			WHERE id = ?`,
 			sb.Name, sb.Status, jsonMap(sb.Metadata), jsonMap(sb.Env), nullInt(sb.TimeoutSeconds),
 			nullInt(sb.AutoDeleteSeconds), sb.Error, sb.TokenGeneration, sb.SnapshotDir, sb.SnapshotBytes,
 			sb.StatusChangedAt.Format(timeFormat), nullTime(sb.PauseAt), nullTime(sb.DeleteAt),
-			sb.ActiveMs, sb.PausedMs, sb.DeleteOnTimeout, sb.ID)
+			sb.ActiveMs, sb.PausedMs, sb.Network.json(), sb.PreviewPrivate, sb.DeleteOnTimeout, sb.ID)
 		if err != nil {
 			return fmt.Errorf("update sandbox %s: %w", sb.ID, err)
 		}
@@ -347,19 +349,59 @@ func (s *Store) TeamUsage(ctx context.Context, teamID string, now time.Time) (*T
 		}
 		u.SnapshotBytes += sb.SnapshotBytes
 	}
+	// Snapshots the team keeps besides its paused sandboxes': saved ones
+	// and its templates'.
+	var kept int64
+	err = s.db.QueryRowContext(ctx, `SELECT
+		(SELECT COALESCE(SUM(size_bytes), 0) FROM snapshots WHERE team_id = ?) +
+		(SELECT COALESCE(SUM(snapshot_bytes), 0) FROM templates WHERE team_id = ?)`, teamID, teamID).Scan(&kept)
+	if err != nil {
+		return nil, fmt.Errorf("team usage: snapshot bytes: %w", err)
+	}
+	u.SnapshotBytes += kept
 	return &u, nil
 }
 
-// DeleteSandbox removes the sandbox and its tokens.
+// meterStretch adds the time a sandbox spent in status from changedAt to
+// now to its team's totals (metered statuses only: active and paused) and
+// returns it in milliseconds.
+func meterStretch(ctx context.Context, tx *sql.Tx, teamID, status string, changedAt, now time.Time) (int64, error) {
+	var col string
+	switch status {
+	case StatusActive:
+		col = "active_ms"
+	case StatusPaused:
+		col = "paused_ms"
+	default:
+		return 0, nil
+	}
+	spent := now.Sub(changedAt).Milliseconds()
+	_, err := tx.ExecContext(ctx, `INSERT INTO team_usage(team_id, `+col+`) VALUES (?, ?)
+		ON CONFLICT(team_id) DO UPDATE SET `+col+` = `+col+` + excluded.`+col, teamID, spent)
+	return spent, err
+}
+
+// DeleteSandbox removes the sandbox and its tokens. The time it spent in its
+// last status is metered first, so its team's usage keeps it.
 func (s *Store) DeleteSandbox(ctx context.Context, id string) error {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM sandboxes WHERE id = ?`, id)
-	if err != nil {
-		return fmt.Errorf("delete sandbox %s: %w", id, err)
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return ErrNotFound
-	}
-	return nil
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		var teamID, status, changed string
+		err := tx.QueryRowContext(ctx, `SELECT team_id, status, status_changed_at FROM sandboxes WHERE id = ?`, id).
+			Scan(&teamID, &status, &changed)
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("delete sandbox %s: %w", id, err)
+		}
+		if _, err := meterStretch(ctx, tx, teamID, status, parseTime(changed), time.Now().UTC()); err != nil {
+			return fmt.Errorf("meter sandbox %s: %w", id, err)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM sandboxes WHERE id = ?`, id); err != nil {
+			return fmt.Errorf("delete sandbox %s: %w", id, err)
+		}
+		return nil
+	})
 }
 
 // AddAccessToken stores the hash of a data-plane token for the sandbox's

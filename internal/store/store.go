@@ -149,7 +149,24 @@ var migrations = []string{
 		created_at TEXT NOT NULL
 	);
 	CREATE INDEX snapshots_team ON snapshots(team_id, created_at);`,
-	// 7: the timeout deletes the sandbox instead of pausing it (E2B's onTimeout "kill")
+	// 7: egress rules and preview access of a sandbox, and its network log
+	`ALTER TABLE sandboxes ADD COLUMN network TEXT NOT NULL DEFAULT '';
+	ALTER TABLE sandboxes ADD COLUMN preview_private INTEGER NOT NULL DEFAULT 0;
+	CREATE TABLE network_log (
+		id         INTEGER PRIMARY KEY AUTOINCREMENT,
+		sandbox_id TEXT NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
+		ts_us      INTEGER NOT NULL,
+		kind       TEXT NOT NULL,
+		host       TEXT NOT NULL DEFAULT '',
+		dst_ip     TEXT NOT NULL DEFAULT '',
+		dst_port   INTEGER NOT NULL DEFAULT 0,
+		verdict    TEXT NOT NULL DEFAULT '',
+		match_rule TEXT NOT NULL DEFAULT '',
+		bytes_sent INTEGER NOT NULL DEFAULT 0,
+		bytes_recv INTEGER NOT NULL DEFAULT 0
+	);
+	CREATE INDEX network_log_sandbox ON network_log(sandbox_id, id);`,
+	// 8: the timeout deletes the sandbox instead of pausing it (E2B's onTimeout "kill")
 	`ALTER TABLE sandboxes ADD COLUMN delete_on_timeout INTEGER NOT NULL DEFAULT 0;`,
 }
 

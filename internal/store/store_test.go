@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 func openTemp(t *testing.T) (*Store, string) {
@@ -155,5 +156,91 @@ func TestSandboxRoundTripAndReopen(t *testing.T) {
 	}
 	if err := s.DeleteSandbox(ctx, sb.ID); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("second delete: %v", err)
+	}
+}
+
+// backdate makes the sandbox's current status seem to have started d ago.
+func backdate(t *testing.T, s *Store, id string, d time.Duration) {
+	t.Helper()
+	at := time.Now().UTC().Add(-d).Format(timeFormat)
+	if _, err := s.db.Exec(`UPDATE sandboxes SET status_changed_at = ? WHERE id = ?`, at, id); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestUsageKeepsDeletedSandboxes: a sandbox active 4 s, then paused 6 s,
+// then deleted leaves both stretches in its team's usage; the same holds for
+// one deleted while active.
+func TestUsageKeepsDeletedSandboxes(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTemp(t)
+	s.EnsureTeam(ctx, "t1", "default")
+	sb := &Sandbox{ID: NewID(), TeamID: "t1", Name: "a", Status: StatusActive, Template: "x"}
+	if err := s.InsertSandbox(ctx, sb); err != nil {
+		t.Fatal(err)
+	}
+	backdate(t, s, sb.ID, 4*time.Second)
+	sb.Status = StatusPaused
+	if err := s.UpdateSandbox(ctx, sb); err != nil {
+		t.Fatal(err)
+	}
+	backdate(t, s, sb.ID, 6*time.Second)
+	if err := s.DeleteSandbox(ctx, sb.ID); err != nil {
+		t.Fatal(err)
+	}
+	u, err := s.TeamUsage(ctx, "t1", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Active < 4*time.Second || u.Active > 5*time.Second || u.Paused < 6*time.Second || u.Paused > 7*time.Second {
+		t.Fatalf("usage after delete = active %v paused %v, want about 4s and 6s", u.Active, u.Paused)
+	}
+
+	live := &Sandbox{ID: NewID(), TeamID: "t1", Name: "b", Status: StatusActive, Template: "x"}
+	s.InsertSandbox(ctx, live)
+	backdate(t, s, live.ID, 3*time.Second)
+	if err := s.DeleteSandbox(ctx, live.ID); err != nil {
+		t.Fatal(err)
+	}
+	u, _ = s.TeamUsage(ctx, "t1", time.Now())
+	if u.Active < 7*time.Second || u.Paused < 6*time.Second {
+		t.Fatalf("usage after deleting an active sandbox = active %v paused %v, want about 7s and 6s", u.Active, u.Paused)
+	}
+}
+
+// TestUsageCountsKeptSnapshots: snapshot_bytes is every snapshot the team
+// keeps: paused sandboxes', saved ones and its templates'; another team's
+// do not count.
+func TestUsageCountsKeptSnapshots(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTemp(t)
+	s.EnsureTeam(ctx, "t1", "default")
+	s.EnsureTeam(ctx, "t2", "other")
+	paused := &Sandbox{ID: NewID(), TeamID: "t1", Name: "p", Status: StatusPaused, Template: "x", SnapshotDir: "/s/p", SnapshotBytes: 1000}
+	if err := s.InsertSandbox(ctx, paused); err != nil {
+		t.Fatal(err)
+	}
+	for _, snap := range []*SavedSnapshot{
+		{ID: NewID(), TeamID: "t1", SandboxID: paused.ID, Name: "kept", Dir: "/s/1", SizeBytes: 200},
+		{ID: NewID(), TeamID: "t2", SandboxID: "other", Name: "theirs", Dir: "/s/2", SizeBytes: 7},
+	} {
+		if err := s.InsertSavedSnapshot(ctx, snap); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tpl := &Template{ID: NewID(), TeamID: "t1", Name: "web", Spec: "{}", SpecHash: "h", Status: BuildReady}
+	if err := s.InsertTemplate(ctx, tpl); err != nil {
+		t.Fatal(err)
+	}
+	tpl.SnapshotDir, tpl.SnapshotBytes = "/s/t", 30
+	if err := s.UpdateTemplate(ctx, tpl); err != nil {
+		t.Fatal(err)
+	}
+	u, err := s.TeamUsage(ctx, "t1", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.SnapshotBytes != 1230 {
+		t.Fatalf("snapshot_bytes = %d, want 1000 + 200 + 30", u.SnapshotBytes)
 	}
 }

@@ -195,6 +195,15 @@ func (s *Server) Command(listen, dataDir, prefix, subnet string) *exec.Cmd {
 	} else {
 		args = append(args, "--runsc", filepath.Join(RepoRoot(), ".cache", "runsc", "bin", "runsc"))
 	}
+	// Sandboxes of a test reach only what the test allows, and stasisd's
+	// resolver never asks the host's name servers: a test that wants
+	// egress passes --egress and --dns-upstream (see StartInternet).
+	if !hasFlag(s.Args, "--egress") {
+		args = append(args, "--egress", "deny")
+	}
+	if !hasFlag(s.Args, "--dns-upstream") {
+		args = append(args, "--dns-upstream", "127.0.0.1:1")
+	}
 	// Only this server serves E2B's protocol, on its own port: a second
 	// server from Command must not compete for it.
 	e2b := ""
@@ -218,6 +227,15 @@ func (s *Server) Subnet() string { return s.subnet }
 
 // Pid is the running stasisd's process ID.
 func (s *Server) Pid() int { return s.cmd.Process.Pid }
+
+func hasFlag(args []string, name string) bool {
+	for _, a := range args {
+		if a == name || strings.HasPrefix(a, name+"=") {
+			return true
+		}
+	}
+	return false
+}
 
 // Option configures a server before its first start.
 type Option func(*Server)

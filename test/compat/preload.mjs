@@ -9,7 +9,11 @@
 //   wss://boxd-{id}.sandbox.superserve.ai/exec/connect   (commands.spawn)
 //
 // This module rewrites those to $STASIS_URL (fetch and WebSocket), adding the
-// X-Superserve-Sandbox-Id header where the id was only in the host name. It
+// X-Superserve-Sandbox-Id header where the id was only in the host name.
+// Preview URLs, https://{port}-{id}.sandbox.superserve.ai, keep their host
+// name (stasisd routes them by it: run.sh starts it with that preview
+// domain) and go over plain HTTP to stasisd's port; the name resolves to
+// loopback here. It
 // also installs a global WebSocket (Node 20 has none) built on the pinned
 // `ws` package. Any request that would still leave the machine is refused:
 // the suite only ever talks to loopback.
@@ -19,7 +23,10 @@
 
 import { WebSocket as WsWebSocket } from "ws"
 
+import dns from "node:dns"
+
 const SANDBOX_ID_HEADER = "X-Superserve-Sandbox-Id"
+const PREVIEW_HOST = /^\d+-[^.]+\.(.+)$/i
 const SUPERSERVE_DOMAIN = /(^|\.)superserve\.ai$/i
 const BOXD_HOST = /^boxd-([^.]+)\.(.+)$/i
 const LOOPBACK = new Set(["127.0.0.1", "localhost", "[::1]", "::1"])
@@ -41,6 +48,11 @@ const trace = process.env.STASIS_COMPAT_TRACE === "1"
 export function rewrite(input, { websocket = false } = {}) {
   const u = new URL(String(input))
   let sandboxId
+  if (SUPERSERVE_DOMAIN.test(u.hostname) && PREVIEW_HOST.test(u.hostname)) {
+    u.protocol = websocket ? "ws:" : "http:"
+    u.port = stasis.port
+    return { url: u.toString(), sandboxId }
+  }
   if (SUPERSERVE_DOMAIN.test(u.hostname)) {
     const m = BOXD_HOST.exec(u.hostname)
     if (m) sandboxId = m[1]
@@ -51,6 +63,20 @@ export function rewrite(input, { websocket = false } = {}) {
     throw new Error(`preload.mjs: refusing to contact ${u.origin}: the compat suite only talks to loopback`)
   }
   return { url: u.toString(), sandboxId }
+}
+
+// Preview hosts resolve to stasisd's loopback address; every other name
+// resolves as usual.
+const realLookup = dns.lookup
+dns.lookup = function stasisLookup(hostname, options, callback) {
+  if (SUPERSERVE_DOMAIN.test(hostname) && PREVIEW_HOST.test(hostname)) {
+    if (typeof options === "function") [callback, options] = [options, {}]
+    const addr = stasis.hostname === "localhost" ? "127.0.0.1" : stasis.hostname.replace(/^\[|\]$/g, "")
+    const family = addr.includes(":") ? 6 : 4
+    if (options?.all) return process.nextTick(callback, null, [{ address: addr, family }])
+    return process.nextTick(callback, null, addr, family)
+  }
+  return realLookup.call(this, hostname, options, callback)
 }
 
 // --- fetch --------------------------------------------------------------------

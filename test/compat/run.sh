@@ -138,6 +138,9 @@ finish() {
 trap finish EXIT
 trap 'exit 130' INT TERM
 
+# Previews are served for the SDK's host names (preload.mjs resolves them to
+# loopback). Sandboxes get no egress and no upstream resolver: the suite
+# only checks that stasisd blocks and logs, and nothing leaves the machine.
 echo "==> starting stasisd on $STASIS_URL (data dir $DATA, log $LOG, subnet $SUBNET, netns prefix $NETNS_PREFIX)"
 "$STASISD" serve \
 	--listen "127.0.0.1:$PORT" \
@@ -148,6 +151,9 @@ echo "==> starting stasisd on $STASIS_URL (data dir $DATA, log $LOG, subnet $SUB
 	--agent "$AGENT" \
 	--subnet "$SUBNET" \
 	--netns-prefix "$NETNS_PREFIX" \
+	--preview-domain sandbox.superserve.ai \
+	--egress deny \
+	--dns-upstream 127.0.0.1:1 \
 	>"$LOG" 2>&1 &
 SERVER_PID=$!
 

@@ -24,7 +24,12 @@ type sandboxInfo struct {
 	AccessToken string            `json:"access_token"`
 	Metadata    map[string]string `json:"metadata"`
 	Error       string            `json:"error"`
-	Pause       *struct {
+	Network     *struct {
+		AllowOut []string `json:"allow_out"`
+		DenyOut  []string `json:"deny_out"`
+	} `json:"network"`
+	PreviewPrivate bool `json:"preview_private"`
+	Pause          *struct {
 		Durable  bool `json:"durable"`
 		InMemory bool `json:"in_memory"`
 	} `json:"pause"`

@@ -6,13 +6,8 @@
 
 import { describe, test } from "node:test"
 import assert from "node:assert/strict"
-import { ValidationError, previewUrl, MIN_PREVIEW_PORT, MAX_PREVIEW_PORT } from "@superserve/sdk"
-import { SLOW, createMinimal, rejectsWith } from "../lib/helpers.mjs"
 
 const SECRETS = "stasis does not implement secrets yet (credential injection into outbound requests)"
-const NETWORK_LOG = "stasis does not implement the network log yet"
-const NETWORK_RULES = "stasis does not implement network egress rules yet (network.allowOut / denyOut are refused with 400 not_supported)"
-const PREVIEW = "stasis does not serve preview URLs yet (no edge proxy for https://{port}-{id}.{host})"
 const PROVIDERS = "stasis does not implement secret provider shortcuts yet"
 
 function unimplemented(name, reason) {
@@ -38,22 +33,6 @@ describe("Secret (not implemented)", () => {
 
 describe("Provider (not implemented)", () => {
   unimplemented("Provider.list", PROVIDERS)
-})
-
-describe("Network (not implemented)", () => {
-  unimplemented("sandbox.getNetworkLog", NETWORK_LOG)
-  unimplemented("Sandbox.create({ network }) / update({ network })", NETWORK_RULES)
-})
-
-describe("Preview URLs", () => {
-  test("sandbox.getPreviewUrl builds the URL string (pure string construction, no request)", SLOW, async (t) => {
-    const sandbox = await createMinimal(t)
-    assert.equal(sandbox.getPreviewUrl(8000), `https://8000-${sandbox.id}.sandbox.superserve.ai`)
-    assert.equal(previewUrl(sandbox.id, "sandbox.superserve.ai", MAX_PREVIEW_PORT), `https://${MAX_PREVIEW_PORT}-${sandbox.id}.sandbox.superserve.ai`)
-    await rejectsWith(async () => sandbox.getPreviewUrl(MIN_PREVIEW_PORT - 1), ValidationError, "a privileged port")
-    await rejectsWith(async () => sandbox.getPreviewUrl(80.5), ValidationError, "a fractional port")
-  })
-  unimplemented("the preview URL reaches a server listening in the sandbox", PREVIEW)
 })
 
 // A guard for SDK upgrades: the methods this suite and docs/COMPATIBILITY.md

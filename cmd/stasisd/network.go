@@ -1,0 +1,148 @@
+package main
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+
+	"github.com/stasis-sandbox/stasis/internal/api"
+	"github.com/stasis-sandbox/stasis/internal/egress"
+	"github.com/stasis-sandbox/stasis/internal/firewall"
+	"github.com/stasis-sandbox/stasis/internal/netlog"
+	"github.com/stasis-sandbox/stasis/internal/netpool"
+	"github.com/stasis-sandbox/stasis/internal/preview"
+	"github.com/stasis-sandbox/stasis/internal/sandbox"
+	"github.com/stasis-sandbox/stasis/internal/store"
+)
+
+// netFlags are the serve flags of sandbox networking.
+type netFlags struct {
+	egress        string
+	dnsUpstreams  listFlag
+	resolvConf    string
+	previewDomain string
+}
+
+func (f *netFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.egress, "egress", "allow", "verdict for a sandbox connection no rule of the sandbox matches: allow or deny")
+	fs.Var(&f.dnsUpstreams, "dns-upstream", "name server (IP:PORT) sandboxes' DNS queries are forwarded to; repeatable (default: the host's, from --resolv-conf)")
+	fs.StringVar(&f.resolvConf, "resolv-conf", "/etc/resolv.conf", "where the host's name servers are read from when no --dns-upstream is given")
+	fs.StringVar(&f.previewDomain, "preview-domain", "sandbox.localhost", "preview URLs are http://PORT-ID.DOMAIN on the API listener")
+}
+
+// listFlag is a repeatable string flag.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+// egressRun is the running egress path: proxy, resolver, log writer and
+// their firewall rules.
+type egressRun struct {
+	srv    *egress.Server
+	fw     *firewall.Egress
+	log    *netlog.Writer
+	cancel context.CancelFunc
+	logger *slog.Logger
+}
+
+// startEgress starts the resolver, the proxy and the network log writer,
+// and redirects sandbox traffic to them.
+func startEgress(ctx context.Context, f netFlags, st *store.Store, pool *netpool.Pool, ifPrefix string,
+	policy func(context.Context, string) (*egress.Policy, error), log *slog.Logger) (*egressRun, error) {
+	var defaultAllow bool
+	switch f.egress {
+	case "allow":
+		defaultAllow = true
+	case "deny":
+	default:
+		return nil, fmt.Errorf("--egress must be allow or deny, not %q", f.egress)
+	}
+	upstreams := []string(f.dnsUpstreams)
+	for _, u := range upstreams {
+		if _, err := netip.ParseAddrPort(u); err != nil {
+			return nil, fmt.Errorf("--dns-upstream %q: want IP:PORT", u)
+		}
+	}
+	if len(upstreams) == 0 {
+		var err error
+		if upstreams, err = egress.UpstreamsFromResolvConf(f.resolvConf); err != nil {
+			return nil, fmt.Errorf("sandbox DNS: %w (or pass --dns-upstream)", err)
+		}
+	}
+	wctx, cancel := context.WithCancel(context.Background())
+	nl := netlog.New(st, log)
+	go nl.Run(wctx)
+	srv, err := egress.Start(egress.Config{
+		Identify: func(local, remote netip.Addr) (string, bool) {
+			l, ok := pool.LookupAddr(remote)
+			if !ok || local.IsValid() && l.HostAddr != local {
+				return "", false
+			}
+			return l.ID, true
+		},
+		Policy:       policy,
+		DefaultAllow: defaultAllow,
+		Upstreams:    upstreams,
+		Log:          nl,
+		Alive:        func(id string) bool { _, ok := pool.Lookup(id); return ok },
+		Logger:       log,
+	})
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	fw := firewall.NewEgress(ifPrefix)
+	if err := fw.Install(ctx, srv.ProxyPort(), srv.DNSPort(), egress.AlwaysBlocked()); err != nil {
+		srv.Close()
+		cancel()
+		return nil, fmt.Errorf("sandbox egress firewall: %w", err)
+	}
+	log.Info("sandbox egress ready", "default", f.egress, "dns_upstreams", strings.Join(upstreams, ","),
+		"proxy", net.JoinHostPort("0.0.0.0", fmt.Sprint(srv.ProxyPort())))
+	return &egressRun{srv: srv, fw: fw, log: nl, cancel: cancel, logger: log}, nil
+}
+
+// stop stops the proxy and resolver and writes the last log rows. The
+// firewall's redirection goes too when no sandbox of this server is left
+// running (the next start rewrites it anyway).
+func (e *egressRun) stop(ctx context.Context, pool *netpool.Pool) {
+	e.srv.Close()
+	e.cancel()
+	e.log.Wait()
+	if len(pool.List()) == 0 {
+		if err := e.fw.Remove(ctx); err != nil {
+			e.logger.Warn("removing the egress firewall rules", "err", err)
+		}
+	}
+}
+
+// previewRouter puts the preview router for --preview-domain in front of
+// the API: {port}-{id}.DOMAIN hosts go to the sandbox, the rest to the API.
+func previewRouter(f netFlags, svc *sandbox.Service, pool *netpool.Pool, nodeKey []byte, apiSrv *api.Server, log *slog.Logger) http.Handler {
+	m := hmac.New(sha256.New, nodeKey)
+	m.Write([]byte("stasis-preview-key"))
+	rt := preview.New(preview.Config{
+		Domain:    f.previewDomain,
+		Sandboxes: svc,
+		Addr: func(id string) (netip.Addr, bool) {
+			l, ok := pool.Lookup(id)
+			if !ok || !l.Subnet.IsValid() {
+				return netip.Addr{}, false
+			}
+			return l.SandboxAddr, true
+		},
+		Key:    m.Sum(nil),
+		Next:   apiSrv,
+		Logger: log,
+	})
+	apiSrv.SetPreview(rt)
+	return rt
+}

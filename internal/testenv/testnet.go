@@ -1,0 +1,419 @@
+package testenv
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/vishvananda/netns"
+)
+
+// Internet is a stand-in for the internet that a test builds for itself: a
+// network namespace reached from the host over a veth pair, holding
+// addresses from the documentation ranges 198.51.100.0/24 and
+// 203.0.113.0/24 (192.0.2.0/24 is taken by the host's own network on the
+// test machines), with a DNS server and web sites (HTTP on 80, HTTPS on 443
+// with certificates from the Internet's own CA, and a TCP echo on 7).
+// The host gets routes to this Internet's addresses only; nothing here
+// sends a packet anywhere else.
+//
+// Each Internet takes one of a few slots (an flock), a /27 of each range:
+// tests in parallel binaries do not collide.
+type Internet struct {
+	// DNS is the name server's address, for stasisd's --dns-upstream.
+	DNS string
+	// HostAddr is the host's end of the link: one of the host's own
+	// addresses, which sandboxes must never reach.
+	HostAddr netip.Addr
+	// CAPEM is the certificate of the CA that signed the sites' certificates.
+	CAPEM []byte
+
+	t       testing.TB
+	slot    int
+	lock    *os.File
+	netns   string
+	hostIf  string
+	peer    netip.Addr
+	free    []netip.Addr // addresses not handed out yet
+	caKey   *ecdsa.PrivateKey
+	caCert  *x509.Certificate
+	mu      sync.Mutex
+	records map[string][]netip.Addr // name (lower case, no dot) → A records; "*.x" wildcards
+	closers []io.Closer
+}
+
+// Site is a server on the Internet.
+type Site struct {
+	Name string
+	Addr netip.Addr
+	mu   sync.Mutex
+	got  map[string]int64 // bytes received by /sink, by request ID
+}
+
+// internetSlots is how many Internets may exist at once on the host.
+const internetSlots = 8
+
+// StartInternet builds an Internet and removes it when the test ends.
+func StartInternet(t testing.TB) *Internet {
+	t.Helper()
+	RequireRoot(t)
+	in := &Internet{t: t, records: map[string][]netip.Addr{}}
+	in.slot, in.lock = lockInternetSlot(t)
+	base := 32 * in.slot
+	in.HostAddr = netip.AddrFrom4([4]byte{198, 51, 100, byte(base + 1)})
+	in.peer = netip.AddrFrom4([4]byte{198, 51, 100, byte(base + 2)})
+	for i := 3; i <= 30; i++ {
+		in.free = append(in.free, netip.AddrFrom4([4]byte{198, 51, 100, byte(base + i)}))
+	}
+	for i := 1; i <= 30; i++ {
+		in.free = append(in.free, netip.AddrFrom4([4]byte{203, 0, 113, byte(base + i)}))
+	}
+	in.netns = fmt.Sprintf("stasis-testnet-%d", in.slot)
+	in.hostIf = fmt.Sprintf("stnet%d", in.slot)
+	in.DNS = netip.AddrPortFrom(in.peer, 53).String()
+	in.teardown() // leftovers of a crashed run
+	t.Cleanup(in.Close)
+	in.build()
+	in.newCA()
+	in.startDNS()
+	return in
+}
+
+func lockInternetSlot(t testing.TB) (int, *os.File) {
+	dir := filepath.Join(os.TempDir(), "stasis-testnet-slots")
+	os.MkdirAll(dir, 0o755)
+	deadline := time.Now().Add(10 * time.Minute)
+	for {
+		for n := range internetSlots {
+			f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("%d.lock", n)), os.O_CREATE|os.O_RDWR, 0o644)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
+				return n, f
+			}
+			f.Close()
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("testenv: no free test-internet slot")
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+func (in *Internet) ip(args ...string) {
+	in.t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		in.t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+// build makes the namespace, the link and the routes on both sides.
+func (in *Internet) build() {
+	base := 32 * in.slot
+	in.ip("netns", "add", in.netns)
+	in.ip("link", "add", in.hostIf, "type", "veth", "peer", "name", "eth0", "netns", in.netns)
+	in.ip("addr", "add", in.HostAddr.String()+"/32", "dev", in.hostIf)
+	in.ip("link", "set", in.hostIf, "up")
+	in.ip("route", "add", in.peer.String()+"/32", "dev", in.hostIf, "src", in.HostAddr.String())
+	for _, r := range []string{fmt.Sprintf("198.51.100.%d/27", base), fmt.Sprintf("203.0.113.%d/27", base)} {
+		in.ip("route", "add", r, "via", in.peer.String(), "dev", in.hostIf, "src", in.HostAddr.String())
+	}
+	in.ip("-n", in.netns, "link", "set", "lo", "up")
+	in.ip("-n", in.netns, "addr", "add", in.peer.String()+"/32", "dev", "eth0")
+	in.ip("-n", in.netns, "link", "set", "eth0", "up")
+	in.ip("-n", in.netns, "route", "add", in.HostAddr.String()+"/32", "dev", "eth0")
+}
+
+// teardown removes the namespace, link and routes (routes go with the link).
+func (in *Internet) teardown() {
+	exec.Command("ip", "link", "del", in.hostIf).Run()
+	exec.Command("ip", "netns", "del", in.netns).Run()
+}
+
+// Close stops every server and removes the Internet from the host.
+func (in *Internet) Close() {
+	in.mu.Lock()
+	cl := in.closers
+	in.closers = nil
+	in.mu.Unlock()
+	for _, c := range cl {
+		c.Close()
+	}
+	in.teardown()
+	if in.lock != nil {
+		in.lock.Close()
+		in.lock = nil
+	}
+}
+
+func (in *Internet) onClose(c io.Closer) {
+	in.mu.Lock()
+	in.closers = append(in.closers, c)
+	in.mu.Unlock()
+}
+
+// Listen opens a listener inside the Internet's namespace ("tcp" or "udp"
+// for a PacketConn use ListenPacket).
+func (in *Internet) Listen(network, addr string) net.Listener {
+	in.t.Helper()
+	var ln net.Listener
+	in.inNetns(func() (err error) { ln, err = net.Listen(network, addr); return err })
+	in.onClose(ln)
+	return ln
+}
+
+func (in *Internet) listenPacket(network, addr string) net.PacketConn {
+	in.t.Helper()
+	var pc net.PacketConn
+	in.inNetns(func() (err error) { pc, err = net.ListenPacket(network, addr); return err })
+	in.onClose(pc)
+	return pc
+}
+
+// inNetns runs fn on an OS thread inside the namespace; the thread is
+// thrown away afterwards. Sockets fn creates stay in the namespace.
+func (in *Internet) inNetns(fn func() error) {
+	in.t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		ns, err := netns.GetFromName(in.netns)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer ns.Close()
+		if err := netns.Set(ns); err != nil {
+			errc <- err
+			return
+		}
+		errc <- fn()
+	}()
+	if err := <-errc; err != nil {
+		in.t.Fatalf("testnet: in %s: %v", in.netns, err)
+	}
+}
+
+// newAddr takes a free address and puts it on the namespace's interface.
+func (in *Internet) newAddr() netip.Addr {
+	in.t.Helper()
+	in.mu.Lock()
+	if len(in.free) == 0 {
+		in.mu.Unlock()
+		in.t.Fatal("testnet: out of addresses")
+	}
+	a := in.free[0]
+	in.free = in.free[1:]
+	in.mu.Unlock()
+	in.ip("-n", in.netns, "addr", "add", a.String()+"/32", "dev", "eth0")
+	return a
+}
+
+// SetDNS makes name resolve to addrs ("*.example.test" answers for every
+// name below example.test without its own record).
+func (in *Internet) SetDNS(name string, addrs ...netip.Addr) {
+	in.mu.Lock()
+	in.records[strings.TrimSuffix(strings.ToLower(name), ".")] = addrs
+	in.mu.Unlock()
+}
+
+func (in *Internet) lookup(name string) ([]netip.Addr, bool) {
+	name = strings.TrimSuffix(strings.ToLower(name), ".")
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if a, ok := in.records[name]; ok {
+		return a, true
+	}
+	for n := name; strings.Contains(n, "."); {
+		_, n, _ = strings.Cut(n, ".")
+		if a, ok := in.records["*."+n]; ok {
+			return a, true
+		}
+	}
+	return nil, false
+}
+
+func (in *Internet) startDNS() {
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Authoritative = true
+		if len(r.Question) != 1 {
+			m.Rcode = dns.RcodeFormatError
+			w.WriteMsg(m)
+			return
+		}
+		q := r.Question[0]
+		addrs, ok := in.lookup(q.Name)
+		if !ok {
+			m.Rcode = dns.RcodeNameError
+		} else if q.Qtype == dns.TypeA || q.Qtype == dns.TypeANY {
+			for _, a := range addrs {
+				m.Answer = append(m.Answer, &dns.A{
+					Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60},
+					A:   net.IP(a.AsSlice()),
+				})
+			}
+		}
+		w.WriteMsg(m)
+	})
+	udp := &dns.Server{PacketConn: in.listenPacket("udp4", in.DNS), Handler: h}
+	tcp := &dns.Server{Listener: in.Listen("tcp4", in.DNS), Handler: h}
+	go udp.ActivateAndServe()
+	go tcp.ActivateAndServe()
+}
+
+func (in *Internet) newCA() {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		in.t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "stasis test internet CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		KeyUsage:              x509.KeyUsageCertSign,
+		BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		in.t.Fatal(err)
+	}
+	in.caKey = key
+	in.caCert, _ = x509.ParseCertificate(der)
+	in.CAPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+// cert issues a server certificate for the given names.
+func (in *Internet) cert(names ...string) tls.Certificate {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		in.t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: names[0]},
+		DNSNames:     names,
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, in.caCert, &key.PublicKey, in.caKey)
+	if err != nil {
+		in.t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// AddSite starts a site at a new address that the given names resolve to
+// (the first one is its name). It serves, on HTTP (80) and HTTPS (443):
+//
+//	GET  /            "site <name> host <Host header>"
+//	GET  /bytes/N     N bytes
+//	POST /sink?id=X   reads the body, answers its length (see Received)
+//
+// and echoes whatever it gets on TCP and UDP port 7.
+func (in *Internet) AddSite(names ...string) *Site {
+	in.t.Helper()
+	s := &Site{Name: names[0], Addr: in.newAddr(), got: map[string]int64{}}
+	for _, n := range names {
+		in.SetDNS(n, s.Addr)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "site %s host %s", s.Name, r.Host)
+	})
+	mux.HandleFunc("GET /bytes/{n}", func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.ParseInt(r.PathValue("n"), 10, 64)
+		if err != nil || n < 0 {
+			http.Error(w, "bad size", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		buf := make([]byte, 64<<10)
+		for i := range buf {
+			buf[i] = 'x'
+		}
+		for n > 0 {
+			k := min(n, int64(len(buf)))
+			if _, err := w.Write(buf[:k]); err != nil {
+				return
+			}
+			n -= k
+		}
+	})
+	mux.HandleFunc("POST /sink", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		s.mu.Lock()
+		s.got[r.URL.Query().Get("id")] += n
+		s.mu.Unlock()
+		fmt.Fprint(w, n)
+	})
+	httpLn := in.Listen("tcp4", netip.AddrPortFrom(s.Addr, 80).String())
+	tlsLn := in.Listen("tcp4", netip.AddrPortFrom(s.Addr, 443).String())
+	cert := in.cert(names...)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	tsrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}}
+	in.onClose(srv)
+	in.onClose(tsrv)
+	go srv.Serve(httpLn)
+	go tsrv.ServeTLS(tlsLn, "", "")
+	uecho := in.listenPacket("udp4", netip.AddrPortFrom(s.Addr, 7).String())
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := uecho.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			uecho.WriteTo(buf[:n], from)
+		}
+	}()
+	echo := in.Listen("tcp4", netip.AddrPortFrom(s.Addr, 7).String())
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	return s
+}
+
+// Received is how many bytes /sink requests with ?id=id brought.
+func (s *Site) Received(id string) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.got[id]
+}
