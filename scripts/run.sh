@@ -21,6 +21,14 @@ case "$host" in
 esac
 URL="http://$host:$port"
 
+# E2B's protocol (control plane and envd) on its own address; empty: off.
+E2B_LISTEN="${E2B_LISTEN-127.0.0.1:3000}"
+e2b_host="${E2B_LISTEN%:*}"
+case "$e2b_host" in
+"" | 0.0.0.0 | "[::]" | "::") e2b_host=127.0.0.1 ;;
+esac
+E2B_URL="http://$e2b_host:${E2B_LISTEN##*:}"
+
 CRED_DIR="${XDG_CONFIG_HOME:-$HOME/.config}/stasis"
 CRED_FILE="$CRED_DIR/credentials"
 
@@ -60,6 +68,15 @@ cat <<BANNER
   or with the CLI: bin/stasis --help
 
 BANNER
+if [ -n "$E2B_LISTEN" ]; then
+	cat <<BANNER
+  E2B SDKs (e2b, @e2b/code-interpreter): set
+    E2B_API_URL=$E2B_URL
+    E2B_SANDBOX_URL=$E2B_URL
+    E2B_API_KEY=$KEY
+
+BANNER
+fi
 
 mkdir -p "$DATA_DIR"
-exec bin/stasisd serve --listen "$LISTEN" --data-dir "$DATA_DIR" --images-dir "$IMAGES_DIR" --runsc "$RUNSC"
+exec bin/stasisd serve --listen "$LISTEN" --e2b-listen "$E2B_LISTEN" --data-dir "$DATA_DIR" --images-dir "$IMAGES_DIR" --runsc "$RUNSC"

@@ -36,4 +36,10 @@ if [ -f test/compat/package.json ]; then
 	(cd test/compat && npm ci --no-audit --no-fund && npm test)
 fi
 
+if [ -f test/compat-e2b/package.json ]; then
+	echo "==> E2B SDK compatibility tests (test/compat-e2b)"
+	command -v npm >/dev/null || { echo "test: npm not found (Node 20 is needed for test/compat-e2b)" >&2; exit 1; }
+	(cd test/compat-e2b && npm ci --no-audit --no-fund && npm test)
+fi
+
 echo "==> all tests passed"

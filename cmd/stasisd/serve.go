@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/api"
+	"github.com/stasis-sandbox/stasis/internal/e2b"
 	"github.com/stasis-sandbox/stasis/internal/egress"
 	"github.com/stasis-sandbox/stasis/internal/firewall"
 	"github.com/stasis-sandbox/stasis/internal/health"
@@ -35,19 +37,20 @@ import (
 const defaultTeam = "default"
 
 type serveFlags struct {
-	listen, dataDir, imagesDir, runsc, agent, template, logLevel, subnet, netnsPrefix string
-	vcpu, memMiB, diskMiB, maxLive                                                    int
-	warmWindow                                                                        time.Duration
-	pauseOnShutdown                                                                   bool
-	minFreeDiskMiB, maxUnauthenticated                                                int
-	bodyIdle                                                                          time.Duration
-	net                                                                               netFlags
+	listen, e2bListen, dataDir, imagesDir, runsc, agent, template, logLevel, subnet, netnsPrefix string
+	vcpu, memMiB, diskMiB, maxLive                                                               int
+	warmWindow                                                                                   time.Duration
+	pauseOnShutdown                                                                              bool
+	minFreeDiskMiB, maxUnauthenticated                                                           int
+	bodyIdle                                                                                     time.Duration
+	net                                                                                          netFlags
 }
 
 func runServe(args []string) error {
 	fs := flag.NewFlagSet("stasisd serve", flag.ContinueOnError)
 	var f serveFlags
 	fs.StringVar(&f.listen, "listen", imagesEnvOr("STASIS_LISTEN", "127.0.0.1:8080"), "address to serve the API on")
+	fs.StringVar(&f.e2bListen, "e2b-listen", imagesEnvOr("STASIS_E2B_LISTEN", "127.0.0.1:3000"), "address to serve E2B's protocol on (control plane and envd; empty: off)")
 	fs.StringVar(&f.dataDir, "data-dir", imagesEnvOr("STASIS_DATA_DIR", "/var/lib/stasis"), "directory for the database, snapshots and runtime state")
 	fs.StringVar(&f.imagesDir, "images-dir", os.Getenv("STASIS_IMAGES_DIR"), "directory of built images (default DATA_DIR/images)")
 	fs.StringVar(&f.runsc, "runsc", os.Getenv("STASIS_RUNSC"), "runsc binary (default: the one make setup built, else runsc on PATH)")
@@ -107,6 +110,13 @@ func runServe(args []string) error {
 	log.Info("stasisd serving", "addr", "http://"+ln.Addr().String(), "data_dir", f.dataDir, "version", version)
 	errc := make(chan error, 1)
 	go func() { errc <- guard.Serve(httpSrv, ln) }()
+	if f.e2bListen != "" {
+		e2bSrv, err := serveE2B(f, n, log, errc)
+		if err != nil {
+			return err
+		}
+		defer e2bSrv.Close()
+	}
 	go n.svc.RunTimers(ctx)
 	go n.svc.RunHealthChecks(ctx)
 	select {
@@ -135,6 +145,7 @@ func runServe(args []string) error {
 type node struct {
 	svc    *sandbox.Service
 	api    http.Handler
+	e2b    http.Handler
 	store  *store.Store
 	driver *gvisor.Driver
 	pool   *netpool.Pool
@@ -296,7 +307,7 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 	handler := api.New(svc, st, reg, log)
 	handler.UseHealth(checks)
 	router := previewRouter(f.net, svc, pool, nodeKey, handler, log)
-	return &node{svc: svc, api: router, store: st, driver: driver, pool: pool, fw: fw, eg: eg}, nil
+	return &node{svc: svc, api: router, e2b: e2b.New(svc, st, log), store: st, driver: driver, pool: pool, fw: fw, eg: eg}, nil
 }
 
 // ifPrefix derives the (at most 6 character) veth name prefix from the netns prefix.
@@ -387,4 +398,22 @@ func findAgent(explicit string) (string, error) {
 		return "", fmt.Errorf("stasis-agent binary %s is not executable", p)
 	}
 	return filepath.Abs(p)
+}
+
+// serveE2B serves E2B's protocol on --e2b-listen, with the same guards as
+// the main API; its errors end the server like the main listener's.
+func serveE2B(f serveFlags, n *node, log *slog.Logger, errc chan<- error) (*http.Server, error) {
+	ln, err := net.Listen("tcp", f.e2bListen)
+	if err != nil {
+		return nil, fmt.Errorf("--e2b-listen: %w", err)
+	}
+	srv := &http.Server{Handler: n.e2b, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	guard := httpguard.New(httpguard.Config{MaxUnauthenticated: f.maxUnauthenticated, BodyIdle: f.bodyIdle})
+	log.Info("serving E2B's protocol", "addr", "http://"+ln.Addr().String())
+	go func() {
+		if err := guard.Serve(srv, ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("e2b listener: %w", err)
+		}
+	}()
+	return srv, nil
 }

@@ -43,7 +43,7 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 		Template: img.Name, VCPU: p.VCPU, MemoryMiB: p.MemoryMiB,
 		Metadata: p.Metadata, Env: p.Env,
 		TimeoutSeconds: p.TimeoutSeconds, AutoDeleteSeconds: p.AutoDeleteSeconds,
-		AgentPath: s.agentPath,
+		DeleteOnTimeout: p.DeleteOnTimeout, AgentPath: s.agentPath,
 	}
 	p.applyNetwork(sb)
 	if sb.VCPU == 0 {
@@ -546,6 +546,9 @@ func (s *Service) Update(ctx context.Context, teamID, id string, p UpdateParams)
 			sb.PauseAt = deadline(time.Now(), sb.TimeoutSeconds)
 		}
 	}
+	if p.DeleteOnTimeout != nil {
+		sb.DeleteOnTimeout = *p.DeleteOnTimeout
+	}
 	if p.AutoDeleteSeconds.Set {
 		sb.AutoDeleteSeconds = p.AutoDeleteSeconds.Value
 		if sb.Status == store.StatusPaused {
@@ -593,6 +596,12 @@ func (s *Service) Agent(ctx context.Context, id, token string) (*Target, error) 
 	if !ok {
 		return nil, newErr(ErrUnauthorized, "invalid_token", "access token is invalid or was rotated; call POST /sandboxes/%s/activate for a new one", id)
 	}
+	return s.Reach(ctx, id)
+}
+
+// Reach returns the agent of sandbox id, resuming it first if it is paused.
+// The caller has authenticated the request for this sandbox.
+func (s *Service) Reach(ctx context.Context, id string) (*Target, error) {
 	b := s.box(id)
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -69,6 +69,7 @@ type CreateParams struct {
 	Env               map[string]string
 	TimeoutSeconds    *int
 	AutoDeleteSeconds *int
+	DeleteOnTimeout   bool           // the timeout deletes the sandbox instead of pausing it
 	Network           *store.Network // egress rules (nil: defaults, or the snapshot's)
 	PreviewPrivate    *bool          // preview URLs need the access token (nil: public, or the snapshot's)
 }
@@ -84,6 +85,7 @@ type UpdateParams struct {
 	Metadata          Optional[map[string]string]
 	TimeoutSeconds    Optional[int]
 	AutoDeleteSeconds Optional[int]
+	DeleteOnTimeout   *bool                   // nil: unchanged
 	Network           Optional[store.Network] // replaces both lists; null: defaults
 	PreviewPrivate    Optional[bool]
 }

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -284,6 +285,15 @@ func AgentToken(nodeKey []byte, id string) string {
 	return hex.EncodeToString(m.Sum(nil))
 }
 
+// EnvdToken is sandbox id's access token for E2B's envd protocol. E2B
+// clients keep it for the sandbox's whole life (a resume does not rotate
+// it), so it is derived from the node key rather than issued and stored.
+func (s *Service) EnvdToken(id string) string {
+	m := hmac.New(sha256.New, s.cfg.NodeKey)
+	m.Write([]byte("stasis-e2b-envd:" + id))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
 // spec builds the runtime spec of a sandbox. It must be identical for a
 // create and every later restore of the same sandbox.
 func (s *Service) spec(sb *store.Sandbox, img *images.Image) runtime.Spec {
@@ -380,4 +390,16 @@ func baseOf(sb *store.Sandbox) string {
 		return sb.BaseImage
 	}
 	return sb.Template
+}
+
+// LinkAddr is the address at which the host reaches running sandbox id.
+func (s *Service) LinkAddr(ctx context.Context, id string) (netip.Addr, error) {
+	inst, ok, err := s.running(ctx, id)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	if !ok {
+		return netip.Addr{}, newErr(ErrUnavailable, "unavailable", "sandbox %s is not running", id)
+	}
+	return inst.Addr, nil
 }

@@ -55,6 +55,11 @@ func (s *Service) fireTimer(ctx context.Context, id string) {
 	}
 	now := time.Now()
 	switch {
+	case sb.Status == store.StatusActive && sb.PauseAt != nil && !sb.PauseAt.After(now) && sb.DeleteOnTimeout:
+		s.log.Info("timeout reached: deleting", "sandbox", id)
+		if err := s.deleteLocked(ctx, b, id); err != nil {
+			s.log.Error("timeout delete failed", "sandbox", id, "err", err)
+		}
 	case sb.Status == store.StatusActive && sb.PauseAt != nil && !sb.PauseAt.After(now):
 		s.log.Info("timeout reached: pausing", "sandbox", id)
 		if err := s.pauseLocked(ctx, b, sb); err != nil {

@@ -166,6 +166,8 @@ var migrations = []string{
 		bytes_recv INTEGER NOT NULL DEFAULT 0
 	);
 	CREATE INDEX network_log_sandbox ON network_log(sandbox_id, id);`,
+	// 8: the timeout deletes the sandbox instead of pausing it (E2B's onTimeout "kill")
+	`ALTER TABLE sandboxes ADD COLUMN delete_on_timeout INTEGER NOT NULL DEFAULT 0;`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

@@ -38,6 +38,7 @@ type Server struct {
 	t       testing.TB
 	dataDir string
 	listen  string
+	e2b     string // --e2b-listen
 	subnet  string
 	prefix  string
 	cmd     *exec.Cmd
@@ -130,6 +131,7 @@ func StartServer(t testing.TB, opts ...Option) *Server {
 		t:       t,
 		dataDir: dataDir,
 		listen:  freeAddr(t),
+		e2b:     freeAddr(t),
 		APIKey:  "ss_test_" + randomHex(16),
 		subnet:  fmt.Sprintf("169.254.%d.0/22", 4+n*4),
 		prefix:  fmt.Sprintf("stt%d", n),
@@ -202,6 +204,13 @@ func (s *Server) Command(listen, dataDir, prefix, subnet string) *exec.Cmd {
 	if !hasFlag(s.Args, "--dns-upstream") {
 		args = append(args, "--dns-upstream", "127.0.0.1:1")
 	}
+	// Only this server serves E2B's protocol, on its own port: a second
+	// server from Command must not compete for it.
+	e2b := ""
+	if listen == s.listen {
+		e2b = s.e2b
+	}
+	args = append(args, "--e2b-listen", e2b)
 	args = append(args, s.Args...)
 	cmd := exec.Command(filepath.Join(bins, "stasisd"), args...)
 	cmd.Env = append(append(os.Environ(), "STASIS_API_KEY="+s.APIKey), s.Env...)
@@ -210,6 +219,9 @@ func (s *Server) Command(listen, dataDir, prefix, subnet string) *exec.Cmd {
 
 // Listen, Prefix and Subnet are the server's --listen, --netns-prefix and --subnet.
 func (s *Server) Listen() string { return s.listen }
+
+// E2BURL is the base URL of the server's E2B listener (--e2b-listen).
+func (s *Server) E2BURL() string { return "http://" + s.e2b }
 func (s *Server) Prefix() string { return s.prefix }
 func (s *Server) Subnet() string { return s.subnet }
 

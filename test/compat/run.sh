@@ -144,6 +144,7 @@ trap 'exit 130' INT TERM
 echo "==> starting stasisd on $STASIS_URL (data dir $DATA, log $LOG, subnet $SUBNET, netns prefix $NETNS_PREFIX)"
 "$STASISD" serve \
 	--listen "127.0.0.1:$PORT" \
+	--e2b-listen "" \
 	--data-dir "$DATA" \
 	--images-dir "$IMAGES_DIR" \
 	--runsc "$RUNSC" \
