@@ -34,7 +34,7 @@ type sandboxInfo struct {
 		SecretName string `json:"secret_name"`
 		Revoked    *bool  `json:"revoked"`
 	} `json:"secrets"`
-	Pause          *struct {
+	Pause *struct {
 		Durable  bool `json:"durable"`
 		InMemory bool `json:"in_memory"`
 	} `json:"pause"`
