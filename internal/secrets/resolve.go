@@ -3,10 +3,76 @@ package secrets
 import (
 	"context"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/store"
 )
+
+// view is what the proxy needs to know of one sandbox's bindings, cached
+// between changes so that a request does not wait on the database.
+type view struct {
+	gen     uint64
+	at      time.Time
+	byHash  map[string]*store.SecretBinding // live bindings win over detached ones
+	secrets map[string]*store.Secret        // by id
+}
+
+// viewCache holds views; every change to secrets or bindings (all made
+// through the Service) bumps gen, which drops them.
+type viewCache struct {
+	mu    sync.Mutex
+	gen   uint64
+	views map[string]*view
+}
+
+// viewTTL bounds how long a view is used even without a change.
+const viewTTL = 30 * time.Second
+
+func (c *viewCache) invalidate() {
+	c.mu.Lock()
+	c.gen++
+	c.views = nil
+	c.mu.Unlock()
+}
+
+// view returns the sandbox's current view.
+func (s *Service) view(ctx context.Context, sandboxID string) (*view, error) {
+	c := &s.cache
+	c.mu.Lock()
+	gen := c.gen
+	if v, ok := c.views[sandboxID]; ok && v.gen == gen && time.Since(v.at) < viewTTL {
+		c.mu.Unlock()
+		return v, nil
+	}
+	c.mu.Unlock()
+	bs, err := s.st.SecretBindings(ctx, sandboxID, true)
+	if err != nil {
+		return nil, err
+	}
+	v := &view{gen: gen, at: time.Now(), byHash: map[string]*store.SecretBinding{}, secrets: map[string]*store.Secret{}}
+	for _, b := range bs {
+		if old, ok := v.byHash[b.TokenHash]; !ok || old.Detached {
+			v.byHash[b.TokenHash] = b
+		}
+		if _, ok := v.secrets[b.SecretID]; !ok {
+			sc, err := s.st.GetSecretByID(ctx, b.SecretID)
+			if err != nil {
+				return nil, err
+			}
+			v.secrets[b.SecretID] = sc
+		}
+	}
+	c.mu.Lock()
+	if c.gen == gen { // nothing changed while reading
+		if c.views == nil {
+			c.views = map[string]*view{}
+		}
+		c.views[sandboxID] = v
+	}
+	c.mu.Unlock()
+	return v, nil
+}
 
 // Names reports whether some secret bound to the sandbox (revoked or
 // detached ones included, so their tokens get a clear refusal) names
@@ -15,15 +81,11 @@ func (s *Service) Names(ctx context.Context, sandboxID, host string) (bool, erro
 	if host == "" {
 		return false, nil
 	}
-	bs, err := s.st.SecretBindings(ctx, sandboxID, true)
+	v, err := s.view(ctx, sandboxID)
 	if err != nil {
 		return false, err
 	}
-	for _, b := range bs {
-		sc, err := s.st.GetSecretByID(ctx, b.SecretID)
-		if err != nil {
-			return false, err
-		}
+	for _, sc := range v.secrets {
 		if MatchHosts(sc.Hosts, host) {
 			return true, nil
 		}
@@ -54,20 +116,13 @@ const (
 // Resolve finds the sandbox's stand-in token in h and, if it may be used
 // toward host, replaces it in h with the real credential.
 func (s *Service) Resolve(ctx context.Context, sandboxID, host string, h http.Header) (Outcome, error) {
-	bs, err := s.st.SecretBindings(ctx, sandboxID, true)
+	v, err := s.view(ctx, sandboxID)
 	if err != nil {
 		return Outcome{}, err
 	}
-	byHash := make(map[string]*store.SecretBinding, len(bs))
-	for _, b := range bs {
-		// A live binding wins over a detached one with the same token.
-		if old, ok := byHash[b.TokenHash]; !ok || old.Detached {
-			byHash[b.TokenHash] = b
-		}
-	}
 	var found *store.SecretBinding
 	tok, ok := FindToken(h, func(w string) bool {
-		b, ok := byHash[hashToken(w)]
+		b, ok := v.byHash[hashToken(w)]
 		if ok {
 			found = b
 		}
@@ -77,10 +132,7 @@ func (s *Service) Resolve(ctx context.Context, sandboxID, host string, h http.He
 		return Outcome{}, nil
 	}
 	out := Outcome{SecretID: found.SecretID}
-	sc, err := s.st.GetSecretByID(ctx, found.SecretID)
-	if err != nil {
-		return Outcome{}, err
-	}
+	sc := v.secrets[found.SecretID]
 	switch {
 	case sc.Deleted:
 		out.Refuse, out.Message = CodeRevoked, "the secret behind this token ("+found.EnvKey+") was deleted"

@@ -70,6 +70,7 @@ type Service struct {
 	st       Store
 	seal     *Sealer
 	tokenKey []byte // stand-in tokens are derived from it and a per-binding seed
+	cache    viewCache
 }
 
 // New returns the service; key is the data dir's secrets key.
@@ -207,6 +208,7 @@ func (s *Service) Rotate(ctx context.Context, teamID, name string, value *string
 	if err != nil {
 		return nil, err
 	}
+	s.cache.invalidate()
 	sc.Value, sc.UpdatedAt = sealed, t
 	return sc, nil
 }
@@ -217,12 +219,12 @@ func (s *Service) Delete(ctx context.Context, teamID, name string) error {
 	if err != nil {
 		return err
 	}
-	if err := s.st.DeleteSecret(ctx, sc.ID); errors.Is(err, store.ErrNotFound) {
+	err = s.st.DeleteSecret(ctx, sc.ID)
+	s.cache.invalidate()
+	if errors.Is(err, store.ErrNotFound) {
 		return notFound(name)
-	} else if err != nil {
-		return err
 	}
-	return nil
+	return err
 }
 
 // Sandboxes lists the sandboxes a secret is bound to.
@@ -288,7 +290,9 @@ func (s *Service) Bind(ctx context.Context, teamID, sandboxID string, m map[stri
 		bs = append(bs, &store.SecretBinding{SandboxID: sandboxID, EnvKey: k, SecretID: sc.ID, TokenSeed: seed,
 			TokenHash: hashToken(s.token(seed, sc.TokenShape))})
 	}
-	if err := s.st.AddSecretBindings(ctx, bs); err != nil {
+	err := s.st.AddSecretBindings(ctx, bs)
+	s.cache.invalidate()
+	if err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			return &Error{Status: http.StatusConflict, Code: "conflict", Message: "the sandbox already has a secret bound to that env key; detach it first"}
 		}
@@ -311,6 +315,7 @@ func ValidateEnvKey(k string) error {
 // Detach removes a binding; its token stops resolving at once.
 func (s *Service) Detach(ctx context.Context, sandboxID, envKey string) error {
 	err := s.st.DetachSecretBinding(ctx, sandboxID, envKey)
+	s.cache.invalidate()
 	if errors.Is(err, store.ErrNotFound) {
 		return &Error{Status: http.StatusNotFound, Code: "not_found", Message: fmt.Sprintf("no secret is bound to %s", quote(envKey))}
 	}
@@ -319,6 +324,7 @@ func (s *Service) Detach(ctx context.Context, sandboxID, envKey string) error {
 
 // Inherit gives a fork its source's bindings and tokens.
 func (s *Service) Inherit(ctx context.Context, from, to string) error {
+	defer s.cache.invalidate()
 	return s.st.CopySecretBindings(ctx, from, to)
 }
 
