@@ -121,7 +121,6 @@ func (i *Interceptor) Serve(ctx context.Context, c *egress.Conn) (sent, recv int
 				ln.Close()
 			}
 		},
-		ErrorLog: nil,
 	}
 	stop := context.AfterFunc(ctx, func() { srv.Close() })
 	defer stop()
