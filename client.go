@@ -485,6 +485,10 @@ type CreateOptions struct {
 	// PrivatePreview makes the sandbox's preview URLs need its access
 	// token (a stasis extension).
 	PrivatePreview bool
+	// Secrets binds stored secrets to environment variables (env var →
+	// secret name): the sandbox sees stand-in tokens, the real values are
+	// swapped in at egress (see Secrets).
+	Secrets map[string]string
 }
 
 func seconds(d time.Duration) int {
@@ -521,6 +525,9 @@ func (c *Client) Create(ctx context.Context, opts CreateOptions) (*Sandbox, erro
 	}
 	if opts.EnvVars != nil {
 		body["env_vars"] = opts.EnvVars
+	}
+	if len(opts.Secrets) > 0 {
+		body["secrets"] = opts.Secrets
 	}
 	if opts.Network != nil {
 		body["network"] = opts.Network.wire()

@@ -49,6 +49,8 @@ type SandboxInfo struct {
 	// Network is the sandbox's egress rules (empty lists: the server's
 	// defaults).
 	Network Network
+	// Secrets are the secrets bound to the sandbox's environment.
+	Secrets []SecretBinding
 }
 
 // sandboxWire is the JSON shape of a sandbox on the wire.
@@ -66,6 +68,7 @@ type sandboxWire struct {
 	Template          json.RawMessage   `json:"template,omitempty"`
 	AccessToken       string            `json:"access_token,omitempty"`
 	Network           *networkWire      `json:"network,omitempty"`
+	Secrets           []SecretBinding   `json:"secrets,omitempty"`
 }
 
 func (w sandboxWire) info() SandboxInfo {
@@ -77,6 +80,7 @@ func (w sandboxWire) info() SandboxInfo {
 		MemoryMiB: w.MemoryMiB,
 		CreatedAt: w.CreatedAt,
 		Metadata:  w.Metadata,
+		Secrets:   w.Secrets,
 	}
 	if in.Metadata == nil {
 		in.Metadata = map[string]string{}
@@ -115,7 +119,7 @@ func (w sandboxWire) info() SandboxInfo {
 func (s SandboxInfo) MarshalJSON() ([]byte, error) {
 	w := sandboxWire{
 		ID: s.ID, Name: s.Name, Status: s.Status, VCPUCount: s.VCPUCount,
-		MemoryMiB: s.MemoryMiB, CreatedAt: s.CreatedAt, Metadata: s.Metadata,
+		MemoryMiB: s.MemoryMiB, CreatedAt: s.CreatedAt, Metadata: s.Metadata, Secrets: s.Secrets,
 	}
 	if w.Metadata == nil {
 		w.Metadata = map[string]string{}

@@ -16,7 +16,7 @@ import (
 func (a *app) createCmd() *command {
 	return &command{
 		name:    "create",
-		usage:   "[--name NAME] [--template TEMPLATE | --snapshot SNAPSHOT] [--timeout D] [--auto-delete D] [--metadata k=v]... [--env k=v]... [--allow-out RULE]... [--deny-out CIDR]... [--private-preview] [--json]",
+		usage:   "[--name NAME] [--template TEMPLATE | --snapshot SNAPSHOT] [--timeout D] [--auto-delete D] [--metadata k=v]... [--env k=v]... [--allow-out RULE]... [--deny-out CIDR]... [--secret ENV=SECRET]... [--private-preview] [--json]",
 		summary: "create a sandbox and print its id",
 		maxArgs: 0,
 		flags: func(fs *flag.FlagSet) func(context.Context, []string) int {
@@ -26,7 +26,8 @@ func (a *app) createCmd() *command {
 			var timeout, autoDelete durationFlag
 			fs.Var(&timeout, "timeout", "pause after this much active time, counted from creation and from every resume, whether or not it is busy (e.g. 10m, or seconds)")
 			fs.Var(&autoDelete, "auto-delete", "delete this long after being paused (e.g. 24h, or seconds)")
-			metadata, env := kvFlag{}, kvFlag{}
+			metadata, env, secrets := kvFlag{}, kvFlag{}, kvFlag{}
+			fs.Var(secrets, "secret", "bind a stored secret to an environment variable, ENV=SECRET_NAME (repeatable); the sandbox sees a stand-in token")
 			fs.Var(metadata, "metadata", "metadata key=value (repeatable)")
 			fs.Var(env, "env", "environment variable key=value for every command (repeatable)")
 			var allowOut, denyOut listFlag
@@ -51,6 +52,9 @@ func (a *app) createCmd() *command {
 				}
 				if len(env) > 0 {
 					opts.EnvVars = env
+				}
+				if len(secrets) > 0 {
+					opts.Secrets = secrets
 				}
 				sb, err := c.Create(ctx, opts)
 				if err != nil {

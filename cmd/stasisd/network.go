@@ -4,21 +4,26 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"crypto/x509"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/stasis-sandbox/stasis/internal/api"
 	"github.com/stasis-sandbox/stasis/internal/egress"
 	"github.com/stasis-sandbox/stasis/internal/firewall"
+	"github.com/stasis-sandbox/stasis/internal/inject"
 	"github.com/stasis-sandbox/stasis/internal/netlog"
 	"github.com/stasis-sandbox/stasis/internal/netpool"
 	"github.com/stasis-sandbox/stasis/internal/preview"
 	"github.com/stasis-sandbox/stasis/internal/sandbox"
+	"github.com/stasis-sandbox/stasis/internal/secrets"
 	"github.com/stasis-sandbox/stasis/internal/store"
 )
 
@@ -28,12 +33,16 @@ type netFlags struct {
 	dnsUpstreams  listFlag
 	resolvConf    string
 	previewDomain string
+	secretsKey    string
+	egressCA      string
 }
 
 func (f *netFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.egress, "egress", "allow", "verdict for a sandbox connection no rule of the sandbox matches: allow or deny")
 	fs.Var(&f.dnsUpstreams, "dns-upstream", "name server (IP:PORT) sandboxes' DNS queries are forwarded to; repeatable (default: the host's, from --resolv-conf)")
 	fs.StringVar(&f.resolvConf, "resolv-conf", "/etc/resolv.conf", "where the host's name servers are read from when no --dns-upstream is given")
+	fs.StringVar(&f.secretsKey, "secrets-key-file", "", "AES-256 key that secret values are encrypted under, created 0600 at first start (default DATA_DIR/secrets.key; back it up: without it stored secrets are lost)")
+	fs.StringVar(&f.egressCA, "egress-ca-file", "", "PEM CA certificates trusted, besides the host's, when secret injection connects to upstream hosts over TLS")
 	fs.StringVar(&f.previewDomain, "preview-domain", "sandbox.localhost", "preview URLs are http://PORT-ID.DOMAIN on the API listener")
 }
 
@@ -56,7 +65,7 @@ type egressRun struct {
 // startEgress starts the resolver, the proxy and the network log writer,
 // and redirects sandbox traffic to them.
 func startEgress(ctx context.Context, f netFlags, st *store.Store, pool *netpool.Pool, ifPrefix string,
-	policy func(context.Context, string) (*egress.Policy, error), log *slog.Logger) (*egressRun, error) {
+	policy func(context.Context, string) (*egress.Policy, error), inj *inject.Interceptor, log *slog.Logger) (*egressRun, error) {
 	var defaultAllow bool
 	switch f.egress {
 	case "allow":
@@ -92,6 +101,7 @@ func startEgress(ctx context.Context, f netFlags, st *store.Store, pool *netpool
 		DefaultAllow: defaultAllow,
 		Upstreams:    upstreams,
 		Log:          nl,
+		Intercept:    inj,
 		Alive:        func(id string) bool { _, ok := pool.Lookup(id); return ok },
 		Logger:       log,
 	})
@@ -122,6 +132,43 @@ func (e *egressRun) stop(ctx context.Context, pool *netpool.Pool) {
 			e.logger.Warn("removing the egress firewall rules", "err", err)
 		}
 	}
+}
+
+// openSecrets loads (creating it at first start) the secrets key and
+// returns the secrets service.
+func openSecrets(f netFlags, dataDir string, st *store.Store) (*secrets.Service, error) {
+	path := f.secretsKey
+	if path == "" {
+		path = filepath.Join(dataDir, "secrets.key")
+	}
+	key, err := secrets.LoadOrCreateKey(path)
+	if err != nil {
+		return nil, err
+	}
+	return secrets.New(st, key)
+}
+
+// newInjector loads (creating it at first start) the egress CA and returns
+// the interceptor that injects secrets, and the CA's PEM for sandboxes.
+func newInjector(f netFlags, dataDir string, sec *secrets.Service, log *slog.Logger) (*inject.Interceptor, []byte, error) {
+	ca, err := inject.LoadOrCreateCA(dataDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	roots, err := x509.SystemCertPool()
+	if err != nil {
+		roots = x509.NewCertPool()
+	}
+	if f.egressCA != "" {
+		pem, err := os.ReadFile(f.egressCA)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--egress-ca-file: %w", err)
+		}
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, nil, fmt.Errorf("--egress-ca-file %s: no PEM certificate in it", f.egressCA)
+		}
+	}
+	return inject.New(inject.Config{Secrets: sec, CA: ca, Roots: roots, Logger: log}), ca.PEM(), nil
 }
 
 // previewRouter puts the preview router for --preview-domain in front of

@@ -222,6 +222,14 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 			st.Close()
 		}
 	}()
+	sec, err := openSecrets(f.net, dataDir, st)
+	if err != nil {
+		return nil, err
+	}
+	inj, egressCA, err := newInjector(f.net, dataDir, sec, log)
+	if err != nil {
+		return nil, err
+	}
 	if err := setupAPIKey(ctx, st, dataDir, log); err != nil {
 		return nil, err
 	}
@@ -240,7 +248,7 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 	}
 	var svc *sandbox.Service // the egress proxy asks it for rules
 	eg, err := startEgress(ctx, f.net, st, pool, ifPrefix(f.netnsPrefix),
-		func(ctx context.Context, id string) (*egress.Policy, error) { return svc.NetworkPolicy(ctx, id) }, log)
+		func(ctx context.Context, id string) (*egress.Policy, error) { return svc.NetworkPolicy(ctx, id) }, inj, log)
 	if err != nil {
 		return nil, err
 	}
@@ -285,6 +293,8 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 		DefaultMemMiB:   f.memMiB,
 		DefaultDiskMiB:  f.diskMiB,
 		Storage:         checks,
+		Secrets:         sec,
+		EgressCA:        egressCA,
 	})
 	if err != nil {
 		return nil, err
@@ -306,6 +316,7 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 	log.Info("runtime ready", "runsc", runsc, "agent", agent, "images_dir", f.imagesDir)
 	handler := api.New(svc, st, reg, log)
 	handler.UseHealth(checks)
+	handler.UseSecrets(sec)
 	router := previewRouter(f.net, svc, pool, nodeKey, handler, log)
 	return &node{svc: svc, api: router, e2b: e2b.New(svc, st, log), store: st, driver: driver, pool: pool, fw: fw, eg: eg}, nil
 }

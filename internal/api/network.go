@@ -70,6 +70,14 @@ type networkEventJSON struct {
 	MatchRule string    `json:"match_rule,omitempty"`
 	BytesSent *int64    `json:"bytes_sent,omitempty"`
 	BytesRecv *int64    `json:"bytes_recv,omitempty"`
+	// request rows
+	Method         string `json:"method,omitempty"`
+	Path           string `json:"path,omitempty"`
+	Status         int    `json:"status,omitempty"`
+	UpstreamStatus *int   `json:"upstream_status,omitempty"`
+	LatencyMs      *int64 `json:"latency_ms,omitempty"`
+	SecretID       string `json:"secret_id,omitempty"`
+	ErrorCode      string `json:"error_code,omitempty"`
 }
 
 type networkPageJSON struct {
@@ -163,6 +171,9 @@ func (s *Server) networkLog(w http.ResponseWriter, r *http.Request, teamID strin
 			sent, recv := e.BytesSent, e.BytesRecv
 			out.DstIP, out.DstPort, out.Verdict, out.MatchRule = e.DstIP, e.DstPort, e.Verdict, e.MatchRule
 			out.BytesSent, out.BytesRecv = &sent, &recv
+		} else {
+			out.Method, out.Path, out.Status, out.UpstreamStatus = e.Method, e.Path, e.Status, e.UpstreamStatus
+			out.LatencyMs, out.SecretID, out.ErrorCode = e.LatencyMs, e.SecretID, e.ErrorCode
 		}
 		page.Data = append(page.Data, out)
 	}

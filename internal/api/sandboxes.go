@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -29,6 +30,7 @@ type sandboxJSON struct {
 	AccessToken       string            `json:"access_token,omitempty"`
 	Network           networkJSON       `json:"network"`
 	PreviewPrivate    bool              `json:"preview_private"` // stasis extension: preview URLs need the access token
+	Secrets           []bindingJSON     `json:"secrets,omitempty"`
 }
 
 // pauseJSON says where a paused sandbox is. Durable: its snapshot is sealed
@@ -47,7 +49,7 @@ type usageJSON struct {
 	SnapshotBytes int64   `json:"snapshot_bytes"`
 }
 
-func (s *Server) toJSON(sb *store.Sandbox, token string) sandboxJSON {
+func (s *Server) toJSON(r *http.Request, sb *store.Sandbox, token string) sandboxJSON {
 	out := sandboxJSON{
 		ID: sb.ID, Name: sb.Name, Status: sb.Status, Template: sb.Template,
 		VCPUCount: sb.VCPU, MemoryMiB: sb.MemoryMiB, CreatedAt: sb.CreatedAt,
@@ -60,6 +62,11 @@ func (s *Server) toJSON(sb *store.Sandbox, token string) sandboxJSON {
 	out.AutoDeleteAt = sb.DeleteAt
 	out.Network = networkToJSON(sb.Network)
 	out.PreviewPrivate = sb.PreviewPrivate
+	if bs, err := s.bindingsOf(r, sb.ID); err != nil {
+		s.log.Error("secret bindings", "sandbox", sb.ID, "err", err)
+	} else {
+		out.Secrets = bs
+	}
 	active, paused := sb.Usage(time.Now())
 	out.Usage = usageJSON{ActiveSeconds: seconds(active), PausedSeconds: seconds(paused), SnapshotBytes: sb.SnapshotBytes}
 	if sb.Status == store.StatusPaused {
@@ -82,9 +89,7 @@ type createRequest struct {
 	DiskMiB           int               `json:"disk_mib"`   // stasis extension: writable-layer quota
 	Network           *networkJSON      `json:"network"`
 	PreviewPrivate    *bool             `json:"preview_private"` // stasis extension
-	// Superserve fields stasis does not serve yet: accepted only when empty,
-	// so SDK calls that send them as null keep working.
-	Secrets json.RawMessage `json:"secrets"`
+	Secrets           map[string]string `json:"secrets"`         // env key → secret name
 }
 
 func isEmptyJSON(raw json.RawMessage) bool {
@@ -102,8 +107,9 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request, teamID st
 	case req.FromSnapshot != "" && req.FromTemplate != "":
 		writeError(w, http.StatusBadRequest, "invalid_request", "give from_template or from_snapshot, not both")
 		return
-	case !isEmptyJSON(req.Secrets):
-		writeError(w, http.StatusBadRequest, "not_supported", "secrets are not supported by this stasis server yet")
+	}
+	if err := s.checkCreateSecrets(r, teamID, req.Secrets, req.EnvVars); err != nil {
+		s.failSecret(w, err)
 		return
 	}
 	name := "sandbox-" + time.Now().UTC().Format("20060102-150405")
@@ -120,7 +126,17 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request, teamID st
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, s.toJSON(sb, tok))
+	if len(req.Secrets) > 0 {
+		if err := s.secrets.Bind(r.Context(), teamID, sb.ID, req.Secrets); err != nil {
+			// A secret deleted meanwhile: no half-bound sandbox is left.
+			if derr := s.svc.Delete(context.WithoutCancel(r.Context()), teamID, sb.ID); derr != nil {
+				s.log.Error("deleting a sandbox whose secrets could not be bound", "sandbox", sb.ID, "err", derr)
+			}
+			s.failSecret(w, err)
+			return
+		}
+	}
+	writeJSON(w, http.StatusCreated, s.toJSON(r, sb, tok))
 }
 
 func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request, teamID string) {
@@ -141,7 +157,7 @@ func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request, teamID st
 	}
 	out := make([]sandboxJSON, 0, len(list))
 	for _, sb := range list {
-		out = append(out, s.toJSON(sb, ""))
+		out = append(out, s.toJSON(r, sb, ""))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -152,7 +168,7 @@ func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request, teamID strin
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, s.toJSON(sb, ""))
+	writeJSON(w, http.StatusOK, s.toJSON(r, sb, ""))
 }
 
 func (s *Server) updateSandbox(w http.ResponseWriter, r *http.Request, teamID string) {
@@ -190,7 +206,7 @@ func (s *Server) updateSandbox(w http.ResponseWriter, r *http.Request, teamID st
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, s.toJSON(sb, ""))
+	writeJSON(w, http.StatusOK, s.toJSON(r, sb, ""))
 }
 
 func decodeOptional[T any](raw json.RawMessage, o *sandbox.Optional[T]) error {
@@ -220,7 +236,7 @@ func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request, teamID str
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, s.toJSON(sb, ""))
+	writeJSON(w, http.StatusOK, s.toJSON(r, sb, ""))
 }
 
 func (s *Server) resumeSandbox(activate bool) teamHandler {
@@ -230,7 +246,7 @@ func (s *Server) resumeSandbox(activate bool) teamHandler {
 			s.fail(w, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, s.toJSON(sb, tok))
+		writeJSON(w, http.StatusOK, s.toJSON(r, sb, tok))
 	}
 }
 
@@ -270,7 +286,7 @@ func (s *Server) forkSandbox(w http.ResponseWriter, r *http.Request, teamID stri
 		Error     string        `json:"error,omitempty"` // set when only some forks could be made
 	}{Sandboxes: []sandboxJSON{}}
 	for _, c := range created {
-		out.Sandboxes = append(out.Sandboxes, s.toJSON(c.Sandbox, c.Token))
+		out.Sandboxes = append(out.Sandboxes, s.toJSON(r, c.Sandbox, c.Token))
 	}
 	if err != nil {
 		out.Error = err.Error()

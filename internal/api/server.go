@@ -20,6 +20,7 @@ import (
 	"github.com/stasis-sandbox/stasis/internal/httpguard"
 	"github.com/stasis-sandbox/stasis/internal/metrics"
 	"github.com/stasis-sandbox/stasis/internal/sandbox"
+	"github.com/stasis-sandbox/stasis/internal/secrets"
 	"github.com/stasis-sandbox/stasis/internal/store"
 )
 
@@ -33,8 +34,9 @@ type Server struct {
 	metrics *metrics.Registry
 	log     *slog.Logger
 	mux     *http.ServeMux
-	checks  *health.Checker // nil: /health only says the server answers
-	preview PreviewLinker   // nil: no preview links
+	checks  *health.Checker  // nil: /health only says the server answers
+	preview PreviewLinker    // nil: no preview links
+	secrets *secrets.Service // nil: secrets are refused
 }
 
 // UseHealth makes GET /health report c's checks (store, runtime, disk),
@@ -102,6 +104,7 @@ func (s *Server) routes() {
 	m.HandleFunc("GET /templates/{id}/builds/{build}", s.withTeam(s.getBuild))
 	m.HandleFunc("DELETE /templates/{id}/builds/{build}", s.withTeam(s.cancelBuild))
 	m.HandleFunc("GET /templates/{id}/builds/{build}/logs", s.withTeam(s.buildLogs))
+	s.secretRoutes()
 
 	// Data plane, routed by X-Superserve-Sandbox-Id or host boxd-{id}.*.
 	m.HandleFunc("POST /exec", s.withAgent(s.exec))

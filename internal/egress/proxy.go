@@ -146,10 +146,24 @@ func (s *Server) handle(c *net.TCPConn) {
 		}
 	}
 	defer up.Close()
+	ic := s.cfg.Intercept
+	if ic != nil && !first.done {
+		// The ClientHello may be slow to come: for a host a secret names,
+		// wait for it, or the request would go out uninjected.
+		if name := s.hostFor(id, dst.Addr(), first); name != "" && ic.Intercepts(id, name, dst) {
+			c.SetReadDeadline(time.Now().Add(nameWait))
+			first = sniffOn(c, first)
+			c.SetReadDeadline(time.Time{})
+		}
+	}
 	ev.Verdict, ev.Host = Allowed, s.hostFor(id, dst.Addr(), first)
 	done := s.begin(ev)
 
-	if ic := s.cfg.Intercept; ic != nil && ic.Intercepts(id, ev.Host, dst) {
+	// Only TLS whose SNI names a host a bound secret names, at an address
+	// that host really has, is intercepted: a credential never goes to an
+	// address the sandbox merely claims belongs to the host.
+	if ic != nil && first.isTLS() && first.host != "" && ic.Intercepts(id, first.host, dst) &&
+		s.verified(ctx, id, first.host, dst.Addr()) {
 		up.Close() // the interceptor makes its own upstream connection
 		sent, recv, err := ic.Serve(ctx, &Conn{SandboxID: id, Host: ev.Host, Dst: dst,
 			Client: &prefixConn{TCPConn: c, prefix: first.data},
@@ -162,6 +176,11 @@ func (s *Server) handle(c *net.TCPConn) {
 	}
 	sent, recv := s.splice(c, up, first.data)
 	done(sent, recv)
+}
+
+// isTLS reports whether the first bytes are a complete TLS ClientHello.
+func (f sniffed) isTLS() bool {
+	return f.done && len(f.data) > 0 && f.data[0] == 0x16
 }
 
 // claimsName reports whether the first bytes were TLS or HTTP: then their

@@ -24,8 +24,12 @@ type sniffed struct {
 // sniff reads the client's first bytes until they name a host, show they
 // never will, or the read deadline set on c passes.
 func sniff(c net.Conn) sniffed {
-	var s sniffed
-	buf := make([]byte, 0, 2048)
+	return sniffOn(c, sniffed{data: make([]byte, 0, 2048)})
+}
+
+// sniffOn goes on reading after the bytes s already holds.
+func sniffOn(c net.Conn, s sniffed) sniffed {
+	buf := s.data
 	tmp := make([]byte, 4096)
 	for !s.done && len(buf) < maxSniff {
 		n, err := c.Read(tmp[:min(len(tmp), maxSniff-len(buf))])

@@ -61,6 +61,9 @@ func (s *Service) Fork(ctx context.Context, teamID, id string, count int) ([]Cre
 		if err != nil {
 			return out, err
 		}
+		if err := s.inheritSecrets(ctx, src.ID, c.Sandbox.ID); err != nil {
+			return out, fmt.Errorf("fork %s: secret bindings: %w", c.Sandbox.ID, err)
+		}
 		out = append(out, c)
 	}
 	return out, nil

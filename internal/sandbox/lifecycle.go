@@ -70,7 +70,9 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 	inst, err := s.cfg.Driver.Create(ctx, s.spec(sb, img))
 	if err == nil {
 		b.agent = agentclient.New(inst.AgentAddr(), s.agentToken(sb.ID))
-		err = s.waitReady(ctx, b.agent)
+		if err = s.waitReady(ctx, b.agent); err == nil {
+			err = s.installTrust(ctx, b.agent)
+		}
 	}
 	failpoint.Hit("create.after-start")
 	if err != nil {
@@ -610,7 +612,44 @@ func (s *Service) Reach(ctx context.Context, id string) (*Target, error) {
 		return nil, err
 	}
 	end := b.sessionsDone()
-	return &Target{Agent: b.agent, Defaults: sb.Defaults, Done: end.done, EndReason: end.reason}, nil
+	d, err := s.withSecretEnv(ctx, sb)
+	if err != nil {
+		return nil, err
+	}
+	return &Target{Agent: b.agent, Defaults: d, Done: end.done, EndReason: end.reason}, nil
+}
+
+// withSecretEnv returns sb's exec defaults with the stand-in tokens of its
+// bound secrets in the environment: a binding applies to commands started
+// after it, so it is looked up for each.
+func (s *Service) withSecretEnv(ctx context.Context, sb *store.Sandbox) (store.ExecDefaults, error) {
+	d := sb.Defaults
+	merged := map[string]string{}
+	if len(s.cfg.EgressCA) > 0 {
+		merged = trustEnv() // an image's own settings win
+	}
+	for k, v := range d.Env {
+		merged[k] = v
+	}
+	if s.cfg.Secrets != nil {
+		bound, err := s.cfg.Secrets.Env(ctx, sb.ID)
+		if err != nil {
+			return d, err
+		}
+		for k, v := range bound {
+			merged[k] = v
+		}
+	}
+	d.Env = merged
+	return d, nil
+}
+
+// inheritSecrets gives sandbox to the bindings of from (if it still exists).
+func (s *Service) inheritSecrets(ctx context.Context, from, to string) error {
+	if s.cfg.Secrets == nil {
+		return nil
+	}
+	return s.cfg.Secrets.Inherit(ctx, from, to)
 }
 
 // wakeLocked makes sure sandbox id runs, resuming it (transparently: its

@@ -146,5 +146,13 @@ func (s *Service) createFromSaved(ctx context.Context, teamID string, p CreatePa
 	sb.DeleteOnTimeout = p.DeleteOnTimeout
 	p.applyNetwork(sb) // rules given with the create replace the snapshot's
 	c, err := s.createFrom(ctx, sb, origin{dir: snap.Dir, agentToken: s.agentToken(snap.SandboxID)})
-	return c.Sandbox, c.Token, err
+	if err != nil {
+		return c.Sandbox, c.Token, err
+	}
+	// Its processes hold the source's stand-in tokens: they go on resolving
+	// while the source sandbox exists.
+	if err := s.inheritSecrets(ctx, snap.SandboxID, sb.ID); err != nil {
+		return c.Sandbox, c.Token, fmt.Errorf("snapshot %s: secret bindings: %w", snap.ID, err)
+	}
+	return c.Sandbox, c.Token, nil
 }

@@ -51,9 +51,22 @@ type Config struct {
 	// snapshot is durable, so resuming it is a thaw (0: stop at once).
 	WarmWindow  time.Duration
 	Metrics     *metrics.Registry
-	OCI         *oci.Puller  // pulls OCI images for templates (nil: built-in images only)
-	TemplateDir string       // template snapshots live in TemplateDir/<template id>/
-	Storage     StorageGuard // refuses new sandboxes when the disk is low (nil: never)
+	OCI         *oci.Puller    // pulls OCI images for templates (nil: built-in images only)
+	TemplateDir string         // template snapshots live in TemplateDir/<template id>/
+	Storage     StorageGuard   // refuses new sandboxes when the disk is low (nil: never)
+	Secrets     SecretBindings // stand-in tokens of bound secrets (nil: none)
+	// EgressCA (PEM) is added to every new sandbox's trust store, and the
+	// usual CA-bundle variables point at it (nil: nothing is installed).
+	EgressCA []byte
+}
+
+// SecretBindings is the part of the secrets service the lifecycle needs.
+type SecretBindings interface {
+	// Env returns the stand-in tokens a sandbox's commands get, by env key.
+	Env(ctx context.Context, sandboxID string) (map[string]string, error)
+	// Inherit gives a sandbox started from another's state that one's
+	// bindings, with the same tokens (its processes hold them).
+	Inherit(ctx context.Context, from, to string) error
 }
 
 // Service runs the sandbox lifecycle. It is safe for concurrent use.

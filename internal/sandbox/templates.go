@@ -422,10 +422,16 @@ func (s *Service) build(ctx context.Context, t *store.Template, b *store.Build, 
 	if err := s.waitReady(ctx, agent); err != nil {
 		return nil, failBuild("build_failed", "could not boot the image: %v", err)
 	}
+	if err := s.installTrust(ctx, agent); err != nil {
+		return nil, failBuild("build_failed", "could not set up the image's trust store: %v", err)
+	}
 	bx.agent = agent
 
 	// 3. The steps.
 	d := store.ExecDefaults{Env: map[string]string{}, Workdir: img.Workdir, User: img.User}
+	if len(s.cfg.EgressCA) > 0 {
+		d.Env = trustEnv()
+	}
 	run := func(cmd, user string) (agentclient.ExitStatus, error) {
 		return agent.Run(ctx, agentclient.ExecRequest{Command: cmd, WorkingDir: d.Workdir, Env: d.Env, User: user, TimeoutS: 3600},
 			log.writer("stdout"), log.writer("stderr"))

@@ -56,6 +56,14 @@ type NetworkEvent struct {
 	MatchRule string
 	BytesSent int64
 	BytesRecv int64
+	// Kind "request": a request a secret was injected into (or refused).
+	Method         string
+	Path           string
+	Status         int
+	UpstreamStatus *int
+	LatencyMs      *int64
+	SecretID       string
+	ErrorCode      string
 }
 
 // NetworkLogWrite is one change to the network log: a new row (Done
@@ -141,7 +149,8 @@ func (s *Store) ListNetworkLog(ctx context.Context, q NetworkLogQuery) ([]*Netwo
 	}
 	args = append(args, q.Limit+1)
 	rows, err := s.db.QueryContext(ctx, `SELECT id, sandbox_id, ts_us, kind, host, dst_ip, dst_port, verdict,
-		match_rule, bytes_sent, bytes_recv FROM network_log WHERE `+strings.Join(where, " AND ")+`
+		match_rule, bytes_sent, bytes_recv, method, path, status, upstream_status, latency_ms, secret_id, error_code
+		FROM network_log WHERE `+strings.Join(where, " AND ")+`
 		ORDER BY id DESC LIMIT ?`, args...)
 	if err != nil {
 		return nil, false, fmt.Errorf("network log of %s: %w", q.SandboxID, err)
@@ -151,9 +160,15 @@ func (s *Store) ListNetworkLog(ctx context.Context, q NetworkLogQuery) ([]*Netwo
 	for rows.Next() {
 		var e NetworkEvent
 		var ts int64
+		var up, lat sql.NullInt64
 		if err := rows.Scan(&e.ID, &e.SandboxID, &ts, &e.Kind, &e.Host, &e.DstIP, &e.DstPort, &e.Verdict,
-			&e.MatchRule, &e.BytesSent, &e.BytesRecv); err != nil {
+			&e.MatchRule, &e.BytesSent, &e.BytesRecv, &e.Method, &e.Path, &e.Status, &up, &lat, &e.SecretID,
+			&e.ErrorCode); err != nil {
 			return nil, false, err
+		}
+		e.UpstreamStatus = intPtr(up)
+		if lat.Valid {
+			e.LatencyMs = &lat.Int64
 		}
 		e.Time = time.UnixMicro(ts).UTC()
 		out = append(out, &e)

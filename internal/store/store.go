@@ -168,6 +168,57 @@ var migrations = []string{
 	CREATE INDEX network_log_sandbox ON network_log(sandbox_id, id);`,
 	// 8: the timeout deletes the sandbox instead of pausing it (E2B's onTimeout "kill")
 	`ALTER TABLE sandboxes ADD COLUMN delete_on_timeout INTEGER NOT NULL DEFAULT 0;`,
+	// 9: secrets injected at egress, their bindings to sandboxes, their
+	// audit trail, and the request rows of the network log
+	`CREATE TABLE secrets (
+		id           TEXT PRIMARY KEY,
+		team_id      TEXT NOT NULL REFERENCES teams(id),
+		name         TEXT NOT NULL,
+		provider     TEXT NOT NULL DEFAULT '',
+		auth         TEXT NOT NULL,
+		hosts        TEXT NOT NULL,
+		token_shape  TEXT NOT NULL DEFAULT '',
+		value        BLOB NOT NULL,
+		created_at   TEXT NOT NULL,
+		updated_at   TEXT NOT NULL,
+		last_used_at TEXT,
+		deleted_at   TEXT
+	);
+	CREATE UNIQUE INDEX secrets_team_name ON secrets(team_id, name) WHERE deleted_at IS NULL;
+	CREATE TABLE secret_bindings (
+		id         INTEGER PRIMARY KEY AUTOINCREMENT,
+		sandbox_id TEXT NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
+		env_key    TEXT NOT NULL,
+		secret_id  TEXT NOT NULL REFERENCES secrets(id),
+		token_seed TEXT NOT NULL,
+		token_hash TEXT NOT NULL,
+		detached   INTEGER NOT NULL DEFAULT 0,
+		created_at TEXT NOT NULL
+	);
+	CREATE UNIQUE INDEX secret_bindings_env ON secret_bindings(sandbox_id, env_key) WHERE detached = 0;
+	CREATE INDEX secret_bindings_token ON secret_bindings(sandbox_id, token_hash);
+	CREATE INDEX secret_bindings_secret ON secret_bindings(secret_id);
+	CREATE TABLE secret_audit (
+		id              INTEGER PRIMARY KEY AUTOINCREMENT,
+		secret_id       TEXT NOT NULL REFERENCES secrets(id),
+		sandbox_id      TEXT NOT NULL,
+		ts_us           INTEGER NOT NULL,
+		method          TEXT NOT NULL,
+		host            TEXT NOT NULL,
+		path            TEXT NOT NULL,
+		status          INTEGER NOT NULL,
+		upstream_status INTEGER,
+		latency_ms      INTEGER,
+		error_code      TEXT
+	);
+	CREATE INDEX secret_audit_secret ON secret_audit(secret_id, id);
+	ALTER TABLE network_log ADD COLUMN method TEXT NOT NULL DEFAULT '';
+	ALTER TABLE network_log ADD COLUMN path TEXT NOT NULL DEFAULT '';
+	ALTER TABLE network_log ADD COLUMN status INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE network_log ADD COLUMN upstream_status INTEGER;
+	ALTER TABLE network_log ADD COLUMN latency_ms INTEGER;
+	ALTER TABLE network_log ADD COLUMN secret_id TEXT NOT NULL DEFAULT '';
+	ALTER TABLE network_log ADD COLUMN error_code TEXT NOT NULL DEFAULT '';`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

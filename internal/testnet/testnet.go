@@ -12,6 +12,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -71,10 +72,12 @@ type Internet struct {
 
 // Site is a server on the Internet.
 type Site struct {
-	Name string
-	Addr netip.Addr
-	mu   sync.Mutex
-	got  map[string]int64 // bytes received by /sink, by request ID
+	Name    string
+	Addr    netip.Addr
+	mu      sync.Mutex
+	got     map[string]int64         // bytes received by /sink, by request ID
+	headers map[string]http.Header   // received by /headers, by request ID
+	release map[string]chan struct{} // /sse streams waiting for /release, by ID
 }
 
 // slots is how many Internets may exist at once on the host.
@@ -391,6 +394,11 @@ func (in *Internet) cert(names ...string) (tls.Certificate, error) {
 //	GET  /            "site <name> host <Host header>"
 //	GET  /bytes/N     N bytes
 //	POST /sink?id=X   reads the body, answers its length (see Received)
+//	ANY  /headers?id=X  records the request's headers (see Headers) and
+//	                  answers them as JSON, {"Name":["value"]}, with the
+//	                  Host and protocol; with quiet=1 only "recorded"
+//	GET  /sse?id=X    an event stream: "data: 1", then, once /release?id=X
+//	                  was requested, "data: 2" and the end
 //
 // and echoes whatever it gets on TCP and UDP port 7.
 func (in *Internet) AddSite(names ...string) (*Site, error) {
@@ -398,7 +406,8 @@ func (in *Internet) AddSite(names ...string) (*Site, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Site{Name: names[0], Addr: addr, got: map[string]int64{}}
+	s := &Site{Name: names[0], Addr: addr, got: map[string]int64{}, headers: map[string]http.Header{},
+		release: map[string]chan struct{}{}}
 	for _, n := range names {
 		in.SetDNS(n, s.Addr)
 	}
@@ -431,6 +440,44 @@ func (in *Internet) AddSite(names ...string) (*Site, error) {
 		s.got[r.URL.Query().Get("id")] += n
 		s.mu.Unlock()
 		fmt.Fprint(w, n)
+	})
+	mux.HandleFunc("/headers", func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		s.mu.Lock()
+		s.headers[r.URL.Query().Get("id")] = r.Header.Clone()
+		s.mu.Unlock()
+		if r.URL.Query().Get("quiet") == "1" {
+			fmt.Fprint(w, "recorded")
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]any{"headers": r.Header, "host": r.Host, "proto": r.Proto})
+	})
+	mux.HandleFunc("GET /sse", func(w http.ResponseWriter, r *http.Request) {
+		ch := s.releaseChan(r.URL.Query().Get("id"))
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "data: 1\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-ch:
+		case <-r.Context().Done():
+			return
+		case <-time.After(time.Minute):
+			fmt.Fprint(w, "data: never-released\n\n")
+			return
+		}
+		fmt.Fprint(w, "data: 2\n\n")
+	})
+	mux.HandleFunc("GET /release", func(w http.ResponseWriter, r *http.Request) {
+		ch := s.releaseChan(r.URL.Query().Get("id"))
+		s.mu.Lock()
+		select {
+		case <-ch:
+		default:
+			close(ch)
+		}
+		s.mu.Unlock()
+		fmt.Fprint(w, "released")
 	})
 	httpLn, err := in.Listen("tcp4", netip.AddrPortFrom(s.Addr, 80).String())
 	if err != nil {
@@ -482,6 +529,25 @@ func (in *Internet) AddSite(names ...string) (*Site, error) {
 		}
 	}()
 	return s, nil
+}
+
+func (s *Site) releaseChan(id string) chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch, ok := s.release[id]
+	if !ok {
+		ch = make(chan struct{})
+		s.release[id] = ch
+	}
+	return ch
+}
+
+// Headers returns the headers of the /headers request with ?id=id (nil if
+// there was none).
+func (s *Site) Headers(id string) http.Header {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.headers[id]
 }
 
 // Received is how many bytes /sink requests with ?id=id brought.

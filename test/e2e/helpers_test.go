@@ -29,7 +29,12 @@ type sandboxInfo struct {
 		DenyOut  []string `json:"deny_out"`
 	} `json:"network"`
 	PreviewPrivate bool `json:"preview_private"`
-	Pause          *struct {
+	Secrets        []struct {
+		EnvKey     string `json:"env_key"`
+		SecretName string `json:"secret_name"`
+		Revoked    *bool  `json:"revoked"`
+	} `json:"secrets"`
+	Pause *struct {
 		Durable  bool `json:"durable"`
 		InMemory bool `json:"in_memory"`
 	} `json:"pause"`

@@ -1,39 +1,11 @@
-// SDK features stasis does not serve yet. Each one is a test that is skipped
-// with the reason, so the suite's output lists it instead of leaving it out;
-// docs/COMPATIBILITY.md carries the same list (check/compatibility-doc.test.mjs
-// fails when the two disagree). When stasis implements one, replace its skip
-// with a real test and its row's ⏭ with ✅.
+// SDK features stasis does not serve yet would each be a test skipped with
+// the reason here, so the suite's output lists them (docs/COMPATIBILITY.md
+// carries the same list; check/compatibility-doc.test.mjs fails when the two
+// disagree). Every feature of the pinned SDK is served now: what is left is
+// the guard below.
 
-import { describe, test } from "node:test"
+import { test } from "node:test"
 import assert from "node:assert/strict"
-
-const SECRETS = "stasis does not implement secrets yet (credential injection into outbound requests)"
-const PROVIDERS = "stasis does not implement secret provider shortcuts yet"
-
-function unimplemented(name, reason) {
-  test(name, (t) => {
-    t.skip(reason)
-  })
-}
-
-describe("Secret (not implemented)", () => {
-  unimplemented("Secret.create", SECRETS)
-  unimplemented("Secret.get", SECRETS)
-  unimplemented("Secret.list", SECRETS)
-  unimplemented("Secret.deleteByName", SECRETS)
-  unimplemented("secret.getInfo", SECRETS)
-  unimplemented("secret.rotate", SECRETS)
-  unimplemented("secret.delete", SECRETS)
-  unimplemented("secret.getAudit", SECRETS)
-  unimplemented("secret.getSandboxes", SECRETS)
-  unimplemented("sandbox.attachSecret", SECRETS)
-  unimplemented("sandbox.detachSecret", SECRETS)
-  unimplemented("Sandbox.create({ secrets })", SECRETS)
-})
-
-describe("Provider (not implemented)", () => {
-  unimplemented("Provider.list", PROVIDERS)
-})
 
 // A guard for SDK upgrades: the methods this suite and docs/COMPATIBILITY.md
 // account for are exactly the ones the pinned SDK has.
