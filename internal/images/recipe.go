@@ -16,6 +16,11 @@ type config struct {
 	User    string
 	Workdir string
 	Env     []string
+	// StartCmd, if set, is a shell command every sandbox of the image starts
+	// in the background, as User in Workdir; sandboxes are ready once
+	// ReadyCmd succeeds.
+	StartCmd string
+	ReadyCmd string
 }
 
 // recipe builds one built-in image.

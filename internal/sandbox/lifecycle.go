@@ -71,6 +71,11 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 		b.agent = agentclient.New(inst.AgentAddr(), s.agentToken(sb.ID))
 		err = s.waitReady(ctx, b.agent)
 	}
+	if err == nil && img.StartCmd != "" {
+		// The image's service (the code interpreter's server): the sandbox
+		// is ready when it is.
+		err = startImageCmd(ctx, b.agent, img.StartCmd, img.ReadyCmd)
+	}
 	failpoint.Hit("create.after-start")
 	if err != nil {
 		s.metrics.Fail("create", "start")
