@@ -88,7 +88,7 @@ func checkAgentMountPoint(t *testing.T, rootfs string) {
 
 func TestBuiltins(t *testing.T) {
 	got := strings.Join(Builtins(), ",")
-	if got != "stasis/minimal,stasis/base" {
+	if got != "stasis/minimal,stasis/base,stasis/code-interpreter" {
 		t.Errorf("Builtins() = %s", got)
 	}
 }
@@ -525,7 +525,7 @@ exit 1
 // Without stasis-applets, stasis/minimal is not built half-way: the build
 // fails and says how to get the binary.
 func TestMinimalNeedsApplets(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	dir := t.TempDir()
 	_, err := NewManager(dir, WithApplets(filepath.Join(dir, "missing"))).Ensure(context.Background(), "stasis/minimal", nil)
 	if err == nil || !strings.Contains(err.Error(), "stasis-applets") || !strings.Contains(err.Error(), "make build") {

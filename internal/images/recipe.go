@@ -41,6 +41,7 @@ var recipes = []*recipe{
 	// CA certificates.
 	{name: "stasis/minimal", version: 2, build: buildMinimal},
 	{name: "stasis/base", version: 1, build: buildBase},
+	{name: "stasis/code-interpreter", version: 1, build: buildCodeInterpreter},
 }
 
 // inputs are the host files that recipes install besides the host's own
