@@ -5,6 +5,9 @@
 #   1. Debian packages (apt-get only when one is missing)
 #   2. the pinned static runsc in .cache/runsc/bin (or validates $STASIS_RUNSC)
 #   3. bin/stasisd and bin/stasis-applets, then the built-in images in $IMAGES_DIR
+#      (a first build downloads Debian twice: stasis/base, and
+#      stasis/code-interpreter with Jupyter, numpy, pandas and matplotlib,
+#      which takes the longest)
 #
 # Environment: STASIS_RUNSC (operator-supplied runsc; else $RUNSC, else the
 # pinned build), IMAGES_DIR (default .cache/images).

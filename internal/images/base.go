@@ -24,6 +24,14 @@ const (
 // buildBase builds stasis/base: a minimal Debian bookworm made by debootstrap,
 // with a "user" account (uid 1000) that commands run as by default.
 func buildBase(ctx context.Context, rootfs string, _ inputs, progress io.Writer) (config, error) {
+	return buildDebian(ctx, rootfs, "stasis-base", basePackages, progress)
+}
+
+// buildDebian builds a Debian bookworm image with debootstrap (minbase and
+// packages, a comma-separated list, with their dependencies) and a "user"
+// account (uid 1000) that commands run as by default. The debootstrap log
+// is DIR/LOGNAME-debootstrap.log.
+func buildDebian(ctx context.Context, rootfs, logName, packages string, progress io.Writer) (config, error) {
 	debootstrap, err := lookPath("debootstrap")
 	if err != nil {
 		return config{}, fmt.Errorf("debootstrap not found (install it with `apt-get install debootstrap`, or run `make setup`): %w", err)
@@ -31,8 +39,8 @@ func buildBase(ctx context.Context, rootfs string, _ inputs, progress io.Writer)
 	mirror := debianMirror()
 	// debootstrap prints ~600 lines, one per package and step: they go to a
 	// log file next to the image (it outlives a failed build), and progress
-	// gets one line per stage. rootfs is DIR/.tmp-stasis-base-*/rootfs.
-	logPath := filepath.Join(filepath.Dir(filepath.Dir(rootfs)), "stasis-base-debootstrap.log")
+	// gets one line per stage. rootfs is DIR/.tmp-SLUG-*/rootfs.
+	logPath := filepath.Join(filepath.Dir(filepath.Dir(rootfs)), logName+"-debootstrap.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return config{}, fmt.Errorf("debootstrap log: %w", err)
@@ -41,7 +49,7 @@ func buildBase(ctx context.Context, rootfs string, _ inputs, progress io.Writer)
 	fmt.Fprintf(progress, "debootstrap %s from %s (takes a minute or more; full log: %s)\n", debianSuite, mirror, logPath)
 
 	cmd := exec.CommandContext(ctx, debootstrap,
-		"--variant=minbase", "--include="+basePackages, debianSuite, rootfs, mirror)
+		"--variant=minbase", "--include="+packages, debianSuite, rootfs, mirror)
 	cmd.Env = buildEnv()
 	stages := &stageWriter{w: progress, start: time.Now()}
 	tail := &tailWriter{w: stages, max: 30}

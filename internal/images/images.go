@@ -9,6 +9,7 @@
 //	DIR/.stasis-minimal.lock           flock held while building
 //	DIR/.tmp-stasis-minimal-*          a build in progress (or a crashed one)
 //	DIR/stasis-base-debootstrap.log    the last stasis/base build's debootstrap output
+//	                                   (stasis-code-interpreter-debootstrap.log likewise)
 //
 // A build happens in a temporary directory next to its final location and is
 // renamed into place only once complete, so a crashed build is never used; its
@@ -52,23 +53,30 @@ const AgentMountPoint = "/.stasis/agent"
 
 // Image is a built image, ready to be used as a sandbox root.
 type Image struct {
-	Name    string    // "stasis/minimal", "stasis/base"
+	Name    string    // "stasis/minimal", "stasis/base", "stasis/code-interpreter"
 	RootFS  string    // absolute path of the root dir
 	User    string    // default user for commands ("" = root)
 	Workdir string    // default working dir
 	Env     []string  // default env (PATH=..., LANG=...)
 	BuiltAt time.Time // when the image was built
+	// StartCmd is a shell command every sandbox of the image starts (as
+	// User, in Workdir) and keeps running; "" for none. The sandbox is ready
+	// once ReadyCmd exits 0.
+	StartCmd string
+	ReadyCmd string
 }
 
 // metadata is the content of image.json.
 type metadata struct {
-	Format  int       `json:"format"`
-	Name    string    `json:"name"`
-	Recipe  int       `json:"recipe"`
-	User    string    `json:"user"`
-	Workdir string    `json:"workdir"`
-	Env     []string  `json:"env"`
-	BuiltAt time.Time `json:"built_at"`
+	Format   int       `json:"format"`
+	Name     string    `json:"name"`
+	Recipe   int       `json:"recipe"`
+	User     string    `json:"user"`
+	Workdir  string    `json:"workdir"`
+	Env      []string  `json:"env"`
+	StartCmd string    `json:"start_cmd,omitempty"`
+	ReadyCmd string    `json:"ready_cmd,omitempty"`
+	BuiltAt  time.Time `json:"built_at"`
 }
 
 // Manager builds images into, and finds them in, one directory.
@@ -163,12 +171,14 @@ func (m *Manager) load(r *recipe) (*Image, error) {
 			md.Name, md.Format, md.Recipe, formatVersion, r.version))
 	}
 	img := &Image{
-		Name:    r.name,
-		RootFS:  filepath.Join(dir, "rootfs"),
-		User:    md.User,
-		Workdir: md.Workdir,
-		Env:     md.Env,
-		BuiltAt: md.BuiltAt,
+		Name:     r.name,
+		RootFS:   filepath.Join(dir, "rootfs"),
+		User:     md.User,
+		Workdir:  md.Workdir,
+		Env:      md.Env,
+		BuiltAt:  md.BuiltAt,
+		StartCmd: md.StartCmd,
+		ReadyCmd: md.ReadyCmd,
 	}
 	if fi, err := os.Stat(filepath.Join(img.RootFS, AgentMountPoint)); err != nil || !fi.Mode().IsRegular() {
 		return nil, notBuilt("rootfs lacks " + AgentMountPoint)
@@ -255,13 +265,15 @@ func (m *Manager) build(ctx context.Context, r *recipe, progress io.Writer) erro
 		return err
 	}
 	md := metadata{
-		Format:  formatVersion,
-		Name:    r.name,
-		Recipe:  r.version,
-		User:    cfg.User,
-		Workdir: cfg.Workdir,
-		Env:     cfg.Env,
-		BuiltAt: time.Now().UTC().Truncate(time.Second),
+		Format:   formatVersion,
+		Name:     r.name,
+		Recipe:   r.version,
+		User:     cfg.User,
+		Workdir:  cfg.Workdir,
+		Env:      cfg.Env,
+		StartCmd: cfg.StartCmd,
+		ReadyCmd: cfg.ReadyCmd,
+		BuiltAt:  time.Now().UTC().Truncate(time.Second),
 	}
 	b, err := json.MarshalIndent(md, "", "  ")
 	if err != nil {

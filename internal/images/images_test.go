@@ -88,7 +88,7 @@ func checkAgentMountPoint(t *testing.T, rootfs string) {
 
 func TestBuiltins(t *testing.T) {
 	got := strings.Join(Builtins(), ",")
-	if got != "stasis/minimal,stasis/base" {
+	if got != "stasis/minimal,stasis/base,stasis/code-interpreter" {
 		t.Errorf("Builtins() = %s", got)
 	}
 }

@@ -16,6 +16,11 @@ type config struct {
 	User    string
 	Workdir string
 	Env     []string
+	// StartCmd, if set, is a shell command every sandbox of the image starts
+	// in the background, as User in Workdir; sandboxes are ready once
+	// ReadyCmd succeeds.
+	StartCmd string
+	ReadyCmd string
 }
 
 // recipe builds one built-in image.
@@ -36,6 +41,7 @@ var recipes = []*recipe{
 	// CA certificates.
 	{name: "stasis/minimal", version: 2, build: buildMinimal},
 	{name: "stasis/base", version: 1, build: buildBase},
+	{name: "stasis/code-interpreter", version: 1, build: buildCodeInterpreter},
 }
 
 // inputs are the host files that recipes install besides the host's own

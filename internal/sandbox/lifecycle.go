@@ -74,6 +74,11 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 			err = s.installTrust(ctx, b.agent)
 		}
 	}
+	if err == nil && img.StartCmd != "" {
+		// The image's service (the code interpreter's server): the sandbox
+		// is ready when it is.
+		err = startImageCmd(ctx, b.agent, img.StartCmd, img.ReadyCmd)
+	}
 	failpoint.Hit("create.after-start")
 	if err != nil {
 		s.metrics.Fail("create", "start")

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 	"time"
@@ -426,6 +425,12 @@ func (s *Service) build(ctx context.Context, t *store.Template, b *store.Build, 
 		return nil, failBuild("build_failed", "could not set up the image's trust store: %v", err)
 	}
 	bx.agent = agent
+	if img.StartCmd != "" {
+		log.system("starting the image's service: %s", img.StartCmd)
+		if err := startImageCmd(ctx, agent, img.StartCmd, img.ReadyCmd); err != nil {
+			return nil, failBuild("build_failed", "could not start the image's service: %v", err)
+		}
+	}
 
 	// 3. The steps.
 	d := store.ExecDefaults{Env: map[string]string{}, Workdir: img.Workdir, User: img.User}
@@ -470,13 +475,10 @@ func (s *Service) build(ctx context.Context, t *store.Template, b *store.Build, 
 	// 4. The start command, left running, and the readiness check.
 	if spec.StartCmd != "" {
 		log.system("start_cmd: %s", spec.StartCmd)
-		cmd := "sh -c '" + strings.ReplaceAll(spec.StartCmd, "'", `'\''`) + "' >/tmp/.stasis-start.log 2>&1 </dev/null & echo $!"
-		var out strings.Builder
-		res, err := agent.Run(ctx, agentclient.ExecRequest{Command: cmd, WorkingDir: d.Workdir, Env: d.Env, User: d.User}, &out, log.writer("stderr"))
-		if err != nil || res.ExitCode != 0 {
-			return nil, failBuild("start_cmd_failed", "could not launch start_cmd: %v %s", err, res.Error)
+		pid, err := launchStartCmd(ctx, agent, spec.StartCmd, d, log.writer("stderr"))
+		if err != nil {
+			return nil, err
 		}
-		pid := strings.TrimSpace(out.String())
 		if spec.ReadyCmd == "" {
 			spec.ReadyCmd = "kill -0 " + pid
 		}
@@ -511,39 +513,15 @@ func (s *Service) build(ctx context.Context, t *store.Template, b *store.Build, 
 	return &buildResult{dir: dir, bytes: size, originID: sb.ID, agentPath: sb.AgentPath, base: base, defaults: d}, nil
 }
 
-// waitTemplateReady polls ready_cmd until it succeeds, failing early when
-// the start command (pid) has died.
+// waitTemplateReady polls ready_cmd (default: that pid is alive) until it
+// succeeds, failing early when the start command (pid) has died.
 func (s *Service) waitTemplateReady(ctx context.Context, agent *agentclient.Client, readyCmd, pid string, d store.ExecDefaults, log *buildLog) error {
 	log.system("waiting for ready_cmd: %s", readyCmd)
-	deadline := time.Now().Add(ReadyTimeout)
-	var last strings.Builder
-	for {
-		last.Reset()
-		res, err := agent.Run(ctx, agentclient.ExecRequest{Command: readyCmd, WorkingDir: d.Workdir, Env: d.Env, User: d.User, TimeoutS: 30}, &last, &last)
-		if err != nil {
-			return err
-		}
-		if res.ExitCode == 0 {
-			log.system("ready")
-			return nil
-		}
-		if pid != "" {
-			if r, err := agent.Run(ctx, agentclient.ExecRequest{Command: "kill -0 " + pid}, io.Discard, io.Discard); err == nil && r.ExitCode != 0 {
-				var out strings.Builder
-				agent.Run(ctx, agentclient.ExecRequest{Command: "tail -c 2000 /tmp/.stasis-start.log"}, &out, &out)
-				log.stream("stderr", out.String())
-				return failBuild("start_cmd_failed", "start_cmd exited before ready_cmd succeeded: %s", strings.TrimSpace(out.String()))
-			}
-		}
-		if time.Now().After(deadline) {
-			return failBuild("ready_cmd_failed", "ready_cmd did not succeed within %s; last output: %s", ReadyTimeout, strings.TrimSpace(last.String()))
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(250 * time.Millisecond):
-		}
+	if err := awaitStartCmd(ctx, agent, readyCmd, pid, d, log.writer("stderr")); err != nil {
+		return err
 	}
+	log.system("ready")
+	return nil
 }
 
 // resolveFrom turns a build's `from` into a resolvable base reference and its image.
