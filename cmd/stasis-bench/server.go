@@ -67,6 +67,10 @@ func startServer(ctx context.Context, cfg *Config, subnet, netnsPrefix string, e
 	args := []string{"serve", "--listen", addr, "--data-dir", dataDir,
 		"--images-dir", cfg.ImagesDir, "--agent", cfg.Agent, "--runsc", cfg.Runsc,
 		"--subnet", subnet, "--netns-prefix", netnsPrefix, "--log-level", "info"}
+	if serverHasFlag(cfg.Stasisd, "e2b-listen") {
+		// The bench runs several servers at once: none takes E2B's default port.
+		args = append(args, "--e2b-listen", "")
+	}
 	args = append(args, extra...)
 	s.cmd = exec.Command(cfg.Stasisd, args...)
 	s.cmd.Env = append(os.Environ(), "STASIS_API_KEY="+s.apiKey)
