@@ -281,10 +281,12 @@ func TestWaitListening(t *testing.T) {
 	ln2, _ := net.Listen("tcp", "127.0.0.1:0")
 	dead := ln2.Addr().String()
 	ln2.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
 	err = agentclient.New(dead, token).WaitListening(ctx)
-	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "connection refused") {
+	// The last attempt is usually refused, but on a loaded machine the
+	// deadline can cut it short mid-dial: either way it names the address.
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), dead) {
 		t.Fatalf("WaitListening on dead address: %v", err)
 	}
 }
