@@ -43,7 +43,7 @@ func TestMain(m *testing.M) {
 
 func testConfig(t *testing.T) Config {
 	return Config{
-		Prefix:   fmt.Sprintf("stasis-nptest%d", os.Getpid()),
+		Prefix:   fmt.Sprintf("stnptest%d", os.Getpid()),
 		IfPrefix: "sttn",
 		Range:    testRange,
 	}

@@ -101,7 +101,9 @@ func Start() (in *Internet, err error) {
 	for i := 1; i <= 30; i++ {
 		in.free = append(in.free, netip.AddrFrom4([4]byte{203, 0, 113, byte(base + i)}))
 	}
-	in.netns = fmt.Sprintf("stasis-testnet-%d", in.slot)
+	// Not "stasis-…": a stasisd with the default --netns-prefix "stasis"
+	// would take any "stasis-<name>" namespace for one of its own links.
+	in.netns = fmt.Sprintf("sttestnet-%d", in.slot)
 	in.HostIf = fmt.Sprintf("stnet%d", in.slot)
 	in.DNS = netip.AddrPortFrom(in.peer, 53).String()
 	in.teardown() // leftovers of a crashed run

@@ -107,7 +107,7 @@ func newEnv(t testing.TB) *testEnv {
 	t.Helper()
 	bin := runscBin(t)
 	pool, err := netpool.New(netpool.Config{
-		Prefix:   fmt.Sprintf("stasis-gvtest%d", os.Getpid()),
+		Prefix:   fmt.Sprintf("stgvtest%d", os.Getpid()),
 		IfPrefix: "sttg",
 		Range:    testRange,
 	})
@@ -303,7 +303,7 @@ func (e *testEnv) assertGone(id string) {
 	if pids := e.d.Processes(id); len(pids) != 0 {
 		t.Errorf("%s: runsc processes left: %v", id, pids)
 	}
-	nsName := fmt.Sprintf("stasis-gvtest%d-%s", os.Getpid(), id)
+	nsName := fmt.Sprintf("stgvtest%d-%s", os.Getpid(), id)
 	if _, err := os.Stat(filepath.Join(netpool.DefaultNetnsDir, nsName)); !os.IsNotExist(err) {
 		t.Errorf("%s: netns still there (%v)", id, err)
 	}
@@ -322,7 +322,7 @@ func (e *testEnv) assertGone(id string) {
 }
 
 func TestNewChecksRunsc(t *testing.T) {
-	pool, err := netpool.New(netpool.Config{Prefix: "stasis-gvtestnew", IfPrefix: "sttx", Range: testRange})
+	pool, err := netpool.New(netpool.Config{Prefix: "stgvtestnew", IfPrefix: "sttx", Range: testRange})
 	if err != nil {
 		t.Fatalf("netpool: %v", err)
 	}
@@ -613,7 +613,7 @@ func TestTwoSandboxesIsolated(t *testing.T) {
 	// A new driver and pool (stasisd restarted) re-adopt both, addresses
 	// included, and don't hand their subnets out again.
 	pool2, err := netpool.New(netpool.Config{
-		Prefix:   fmt.Sprintf("stasis-gvtest%d", os.Getpid()),
+		Prefix:   fmt.Sprintf("stgvtest%d", os.Getpid()),
 		IfPrefix: "sttg",
 		Range:    testRange,
 	})
