@@ -318,9 +318,14 @@ func (s *Server) Stop() {
 	<-s.exited
 }
 
-// Restart starts stasisd again on the same address and data dir.
+// Restart starts stasisd again on the same address and data dir, stopping
+// it first (SIGTERM) if it still runs: a second process would find the data
+// dir locked, and the health check would be answered by the old one.
 func (s *Server) Restart() {
 	s.t.Helper()
+	if !s.Exited() {
+		s.Stop()
+	}
 	s.start()
 }
 
