@@ -197,34 +197,13 @@ func (s *Server) withTeam(h teamHandler) http.HandlerFunc {
 func (s *Server) fail(w http.ResponseWriter, err error) {
 	var e *sandbox.Error
 	if errors.As(err, &e) {
-		writeError(w, statusFor(e.Kind), e.Code, e.Message)
+		writeError(w, sandbox.HTTPStatus(e.Kind), e.Code, e.Message)
 		return
 	}
 	s.log.Error("internal error", "err", err)
 	writeError(w, http.StatusInternalServerError, "internal", err.Error())
 }
 
-func statusFor(kind error) int {
-	switch kind {
-	case sandbox.ErrInvalid:
-		return http.StatusBadRequest
-	case sandbox.ErrUnauthorized:
-		return http.StatusUnauthorized
-	case sandbox.ErrNotFound:
-		return http.StatusNotFound
-	case sandbox.ErrConflict:
-		return http.StatusConflict
-	case sandbox.ErrTooLarge:
-		return http.StatusRequestEntityTooLarge
-	case sandbox.ErrLimit:
-		return http.StatusTooManyRequests
-	case sandbox.ErrStorageFull:
-		return http.StatusInsufficientStorage
-	case sandbox.ErrUnavailable:
-		return http.StatusServiceUnavailable
-	}
-	return http.StatusInternalServerError
-}
 
 // closeAfter ends the connection with this answer: a client that failed
 // to authenticate gets no keep-alive, and its unread body is not waited for.

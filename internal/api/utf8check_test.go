@@ -39,7 +39,7 @@ func TestDecodeRejectsInvalidUTF8(t *testing.T) {
 			continue
 		}
 		var e *sandbox.Error
-		if !errors.As(err, &e) || e.Code != "invalid_request" || statusFor(e.Kind) != http.StatusBadRequest || !strings.Contains(e.Message, tc.wantMsg) {
+		if !errors.As(err, &e) || e.Code != "invalid_request" || sandbox.HTTPStatus(e.Kind) != http.StatusBadRequest || !strings.Contains(e.Message, tc.wantMsg) {
 			t.Errorf("%q: got %v, want 400 invalid_request saying %q", tc.body, err, tc.wantMsg)
 		}
 	}

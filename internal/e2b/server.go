@@ -116,34 +116,13 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 func (s *Server) fail(w http.ResponseWriter, err error) {
 	var e *sandbox.Error
 	if errors.As(err, &e) {
-		writeError(w, statusFor(e.Kind), "%s", e.Message)
+		writeError(w, sandbox.HTTPStatus(e.Kind), "%s", e.Message)
 		return
 	}
 	s.log.Error("e2b: internal error", "err", err)
 	writeError(w, http.StatusInternalServerError, "%v", err)
 }
 
-func statusFor(kind error) int {
-	switch kind {
-	case sandbox.ErrInvalid:
-		return http.StatusBadRequest
-	case sandbox.ErrUnauthorized:
-		return http.StatusUnauthorized
-	case sandbox.ErrNotFound:
-		return http.StatusNotFound
-	case sandbox.ErrConflict:
-		return http.StatusConflict
-	case sandbox.ErrTooLarge:
-		return http.StatusRequestEntityTooLarge
-	case sandbox.ErrLimit:
-		return http.StatusTooManyRequests
-	case sandbox.ErrStorageFull:
-		return http.StatusInsufficientStorage
-	case sandbox.ErrUnavailable:
-		return http.StatusServiceUnavailable
-	}
-	return http.StatusInternalServerError
-}
 
 type teamHandler func(w http.ResponseWriter, r *http.Request, teamID string)
 

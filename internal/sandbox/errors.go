@@ -3,6 +3,7 @@ package sandbox
 import (
 	"errors"
 	"fmt"
+	"net/http"
 )
 
 // Error kinds. The API layer maps them to HTTP statuses; Code is the stable
@@ -23,6 +24,30 @@ type Error struct {
 	Kind    error
 	Code    string
 	Message string
+}
+
+// HTTPStatus is the status both API listeners (Superserve's and E2B's)
+// answer an error of this kind with.
+func HTTPStatus(kind error) int {
+	switch kind {
+	case ErrInvalid:
+		return http.StatusBadRequest
+	case ErrUnauthorized:
+		return http.StatusUnauthorized
+	case ErrNotFound:
+		return http.StatusNotFound
+	case ErrConflict:
+		return http.StatusConflict
+	case ErrTooLarge:
+		return http.StatusRequestEntityTooLarge
+	case ErrLimit:
+		return http.StatusTooManyRequests
+	case ErrStorageFull:
+		return http.StatusInsufficientStorage
+	case ErrUnavailable:
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
 }
 
 func (e *Error) Error() string { return e.Message }
