@@ -59,6 +59,11 @@ func claim(dataDir, listen, netnsPrefix string) (_ *claimed, err error) {
 		}
 		c.locks = append(c.locks, l)
 	}
+	// Checked after taking our own prefix, so of two servers starting at
+	// once at least one sees the other.
+	for q, h := range netpool.OverlappingPrefixes(netnsPrefix) {
+		return nil, fmt.Errorf("netns prefix %q overlaps prefix %q of %s: each would take the other's namespaces for its own; choose a --netns-prefix that neither extends nor is extended by a running server's", netnsPrefix, q, h)
+	}
 	if c.ln, err = net.Listen("tcp", listen); err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", listen, err)
 	}

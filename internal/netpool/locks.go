@@ -32,3 +32,25 @@ func AwaitLinksLock(ctx context.Context, ifPrefix, who string) (*lockfile.Lock, 
 	_, links := LockFiles("", ifPrefix)
 	return lockfile.Acquire(ctx, links, lockfile.Holder{Program: who, PID: os.Getpid()})
 }
+
+// OverlappingPrefixes lists the namespace prefixes, locked by a running
+// process, whose namespaces a pool on prefix would mistake for its own or
+// the other way round: one is the other plus "-..." (namespaces are named
+// "<prefix>-<id>" and ids may contain '-').
+func OverlappingPrefixes(prefix string) map[string]lockfile.Holder {
+	ents, _ := os.ReadDir(LockDir)
+	out := make(map[string]lockfile.Holder)
+	for _, e := range ents {
+		q, ok := strings.CutPrefix(e.Name(), "netns-")
+		if q, ok = strings.CutSuffix(q, ".lock"); !ok || q == prefix {
+			continue
+		}
+		if !strings.HasPrefix(q, prefix+"-") && !strings.HasPrefix(prefix, q+"-") {
+			continue
+		}
+		if h, held := lockfile.HeldBy(filepath.Join(LockDir, e.Name())); held {
+			out[q] = h
+		}
+	}
+	return out
+}

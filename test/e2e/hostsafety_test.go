@@ -38,6 +38,10 @@ func TestSecondServerIsRefused(t *testing.T) {
 		// `make test` while `make run` serves: another data dir, the same prefix.
 		{"same netns prefix", freeLoopbackAddr(t), t.TempDir(), srv.Prefix(),
 			`netns prefix "` + srv.Prefix() + `" is in use by ` + pid},
+		// A prefix that extends the first's: its namespaces "<p>-x-<id>"
+		// look like the first's "<p>-<id>".
+		{"overlapping netns prefix", freeLoopbackAddr(t), t.TempDir(), srv.Prefix() + "-x",
+			`netns prefix "` + srv.Prefix() + `-x" overlaps prefix "` + srv.Prefix() + `" of ` + pid},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
