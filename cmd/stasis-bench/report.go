@@ -177,6 +177,7 @@ func markdown(r *Report) string {
 	w("in the same run, and the ratio is stasis median ÷ runsc median (1.00 = no overhead). ")
 	w("Medians and p95 (linear interpolation) over n repetitions; stasis and runsc repetitions alternate. Raw samples are in [benchmarks.json](benchmarks.json).\n\n")
 
+	writeGoals(&b, r)
 	w("## Machine and versions\n\n")
 	w("| | |\n| --- | --- |\n")
 	m, v := r.Machine, r.Versions

@@ -188,7 +188,7 @@ func hashAndSync(path string) (string, int64, error) {
 	}
 	defer f.Close()
 	h := crc32.New(castagnoli)
-	n, err := io.Copy(h, f)
+	n, err := readInto(h, f)
 	if err != nil {
 		return "", 0, err
 	}
