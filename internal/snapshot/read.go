@@ -9,6 +9,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/stasis-sandbox/stasis/internal/fsutil"
 )
 
 // Reading a large checkpoint file back to checksum it. A file that runsc
@@ -17,8 +19,10 @@ import (
 // here (one 32 KiB read at a time behind the kernel's readahead), which
 // made "pause until durable" 1.6× a raw checkpoint + fsync. Read with
 // O_DIRECT, several large reads in flight, it comes back at the disk's
-// speed (measured 2-7× faster on this host). Files whose pages are in the
-// page cache (buffered checkpoints) are read from there as before.
+// speed (measured 2-7× faster on this host). The same holds for Verify of
+// a snapshot that left the page cache (a cold resume), which the gvisor
+// driver then restores with O_DIRECT too. Files whose pages are in the
+// page cache (buffered checkpoints, recent snapshots) are read from there.
 const (
 	directMinSize  = 32 << 20 // smaller files are not worth the probe
 	directChunk    = 4 << 20  // one read
@@ -32,7 +36,7 @@ func readInto(h hash.Hash, f *os.File) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if fi.Size() >= directMinSize && !mostlyCached(f, fi.Size()) {
+	if fi.Size() >= directMinSize && !fsutil.MostlyCached(f, fi.Size()) {
 		if n, err, ok := readDirect(h, f.Name(), fi.Size()); ok {
 			return n, err
 		}
@@ -42,27 +46,6 @@ func readInto(h hash.Hash, f *os.File) (int64, error) {
 		return 0, err
 	}
 	return io.Copy(h, f)
-}
-
-// mostlyCached reports whether at least half of f's pages are in the page
-// cache (mincore over a mapping that is never touched).
-func mostlyCached(f *os.File, size int64) bool {
-	m, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		return true // cannot tell: the page cache path always works
-	}
-	defer unix.Munmap(m)
-	pages := (size + int64(os.Getpagesize()) - 1) / int64(os.Getpagesize())
-	vec := make([]byte, pages)
-	_, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0])))
-	if errno != 0 {
-		return true
-	}
-	resident := 0
-	for _, v := range vec {
-		resident += int(v & 1)
-	}
-	return int64(resident)*2 >= pages
 }
 
 // readDirect reads path (size bytes) with O_DIRECT into h, directInFlight

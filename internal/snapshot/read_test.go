@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/stasis-sandbox/stasis/internal/fsutil"
 )
 
 // A large checkpoint file that is not in the page cache (as runsc leaves
@@ -25,7 +27,7 @@ func TestSealLargeUncachedFile(t *testing.T) {
 	}
 	evict(t, path)
 	f, _ := os.Open(path)
-	cached := mostlyCached(f, int64(len(data)))
+	cached := fsutil.MostlyCached(f, int64(len(data)))
 	f.Close()
 	if cached {
 		t.Fatal("the file is reported cached right after it was evicted")
@@ -33,6 +35,12 @@ func TestSealLargeUncachedFile(t *testing.T) {
 	size, err := Seal(dir)
 	if err != nil {
 		t.Fatal(err)
+	}
+	f, _ = os.Open(path)
+	cached = fsutil.MostlyCached(f, int64(len(data)))
+	f.Close()
+	if cached {
+		t.Fatal("sealing read the file through the page cache, not directly")
 	}
 	if size != int64(len(data)) {
 		t.Fatalf("size = %d, want %d", size, len(data))
