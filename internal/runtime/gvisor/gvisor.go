@@ -495,8 +495,9 @@ func (d *Driver) List(ctx context.Context) ([]runtime.Instance, error) {
 // zero_user_segments): a 1 GB checkpoint took 3.4-5.7 s here instead of
 // 0.62 s with --direct. Below this size the page cache wins: measured here,
 // 10 MB and 200 MB pauses took 77 and 166 ms buffered against 95 and 205 ms
-// direct, and the seal's read-back stays in RAM. After a direct checkpoint
-// the seal's read-back puts the file in the page cache for the next restore.
+// direct, and the seal's read-back stays in RAM. A direct checkpoint is
+// read back with O_DIRECT too (package snapshot), and restored from the
+// disk with O_DIRECT (coldPages).
 const defaultDirectCheckpointMiB = 512
 
 // largeMemory reports whether sandbox id uses at least DirectCheckpointMiB
