@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
 	"github.com/stasis-sandbox/stasis/internal/agentproto"
 	"github.com/stasis-sandbox/stasis/internal/images"
@@ -668,6 +670,7 @@ type pauseResults struct {
 	rPause, rCkpt, rSync, rRestore, rFirst   durations
 	rCkptDel                                 durations // checkpoint + delete, no fsync
 	rFreeze, rThaw                           durations
+	sCold, rCold, rColdBg                    durations // resume → first command, snapshot not in the page cache
 	sImage, rImage                           []float64 // MiB
 	sActiveMem, rActiveMem                   SandboxMem
 	wPause, wResume, wFirst, wAuto           durations // stasis, warm tier
@@ -911,6 +914,43 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 		}
 	}
 
+	// Cold resume: the snapshot on disk and not in the page cache, as after
+	// a long pause on a busy host. Both sides drop their image files from
+	// the page cache (untimed) before the restore.
+	for i := 0; i < reps; i++ {
+		syscall.Sync()
+		if err := bx.pause(ctx); err != nil {
+			return err
+		}
+		if err := bx.waitDiskOnly(ctx); err != nil {
+			return err
+		}
+		if err := dropPageCache(filepath.Join(b.srv.dataDir, "snapshots", bx.ID)); err != nil {
+			return err
+		}
+		t0 := time.Now()
+		if err := bx.resume(ctx); err != nil {
+			return err
+		}
+		if _, err := bx.exec(ctx, aliveCmd); err != nil {
+			return fmt.Errorf("stasis after cold resume: %w", err)
+		}
+		pr.sCold.add(time.Since(t0))
+		bxRestored = time.Now()
+		rt, err := b.rawCycleCold(ctx, rb, alive, i)
+		if err != nil {
+			return fmt.Errorf("raw, cold: %w", err)
+		}
+		pr.rCold.add(rt.first)
+		// runsc's lazy restore: memory loads on after restore returns.
+		rt, err = b.rawCycleCold(ctx, rb, alive, i, "--background")
+		if err != nil {
+			return fmt.Errorf("raw, cold, --background: %w", err)
+		}
+		pr.rColdBg.add(rt.first)
+		rbRestored = time.Now()
+	}
+
 	// Freeze in RAM (runsc pause/resume): the tier stasis does not have yet.
 	for i := 0; i < reps*2; i++ {
 		d, err := timed(func() error { return rb.freeze(ctx) })
@@ -940,8 +980,18 @@ type rawCycleTimes struct {
 // fsync), deletes it, restores it and runs alive, timing each step as the
 // stasis side is timed. Host dirty pages are written back first (untimed).
 func (b *bench) rawCycle(ctx context.Context, rb *rawBox, alive func() error, i int, fsync bool) (rawCycleTimes, error) {
+	return b.rawCycleImg(ctx, rb, alive, fmt.Sprintf("img-%s-%d", rb.ID, i), fsync, false)
+}
+
+// rawCycleCold is rawCycle with the image dropped from the page cache
+// (untimed) before a restore with restoreFlags.
+func (b *bench) rawCycleCold(ctx context.Context, rb *rawBox, alive func() error, i int, restoreFlags ...string) (rawCycleTimes, error) {
+	return b.rawCycleImg(ctx, rb, alive, fmt.Sprintf("cold-%s-%d", rb.ID, i), true, true, restoreFlags...)
+}
+
+func (b *bench) rawCycleImg(ctx context.Context, rb *rawBox, alive func() error, name string, fsync, cold bool, restoreFlags ...string) (rawCycleTimes, error) {
 	var t rawCycleTimes
-	img := filepath.Join(b.raw.dir, fmt.Sprintf("img-%s-%d", rb.ID, i))
+	img := filepath.Join(b.raw.dir, name)
 	defer os.RemoveAll(img)
 	syscall.Sync()
 	var err error
@@ -960,8 +1010,13 @@ func (b *bench) rawCycle(ctx context.Context, rb *rawBox, alive func() error, i 
 	if err := rb.readdress(ctx); err != nil {
 		return t, err
 	}
+	if cold {
+		if err := dropPageCache(img); err != nil {
+			return t, err
+		}
+	}
 	t0 := time.Now()
-	if err := rb.restore(ctx, img); err != nil {
+	if err := rb.restore(ctx, img, restoreFlags...); err != nil {
 		return t, err
 	}
 	t.restore = time.Since(t0)
@@ -1030,6 +1085,25 @@ func (b *bench) warmRep(ctx context.Context, pr *pauseResults, wb *box, rb *rawB
 	return nil
 }
 
+// dropPageCache writes back and evicts every file under dir from the page
+// cache (posix_fadvise DONTNEED), leaving the rest of the host's cache be.
+func dropPageCache(dir string) error {
+	return filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := f.Sync(); err != nil {
+			return err
+		}
+		return unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+	})
+}
+
 // syncTree fsyncs every file under dir, and dir.
 func syncTree(dir string) error {
 	return filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
@@ -1081,6 +1155,12 @@ func (b *bench) pairPauseRows(size int) {
 	b.add(Row{Group: "pause", Name: "exec on paused sandbox (transparent resume), " + label,
 		Stasis: pr.sAuto.stat(), StasisOp: "POST /exec on a paused sandbox",
 		Raw: pr.rFirst.stat(), RawOp: "runsc restore --detach + runsc exec"})
+	b.add(Row{Group: "pause", Name: "cold resume → first command OK (snapshot not in the page cache), " + label,
+		Stasis: pr.sCold.stat(), StasisOp: "POST resume + POST /exec, the snapshot's files evicted from the page cache (fsync + posix_fadvise DONTNEED, untimed) before the resume",
+		Raw: pr.rCold.stat(), RawOp: "runsc restore --detach + runsc exec, the image's files evicted from the page cache the same way"})
+	b.add(Row{Group: "pause", Name: "cold resume → first command OK, against runsc restore --background, " + label,
+		Stasis: pr.sCold.stat(), StasisOp: "as the row above",
+		Raw: pr.rColdBg.stat(), RawOp: "runsc restore --detach --background (memory loads on after restore returns) + runsc exec, the image's files evicted from the page cache first"})
 	sameOp := "a runsc container running what the stasis sandbox runs: stasis-agent as init, the holder started through it"
 	b.add(Row{Group: "pause", Name: "pause, against runsc on the same sandbox, " + label,
 		Stasis: pr.sPause.stat(), StasisOp: "POST /sandboxes/{id}/pause",

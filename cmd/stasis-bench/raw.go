@@ -270,9 +270,11 @@ func (b *rawBox) readdress(ctx context.Context) error {
 	return b.env.pool.Readdress(ctx, b.ID)
 }
 
-// restore is `runsc restore --detach` from dir into a new container.
-func (b *rawBox) restore(ctx context.Context, dir string) error {
-	return b.startCmd(ctx, "restore", "--detach", "--bundle="+b.bundle, "--image-path="+dir, b.ID)
+// restore is `runsc restore --detach` from dir into a new container, with
+// flags added.
+func (b *rawBox) restore(ctx context.Context, dir string, flags ...string) error {
+	args := append([]string{"restore", "--detach"}, flags...)
+	return b.startCmd(ctx, append(args, "--bundle="+b.bundle, "--image-path="+dir, b.ID)...)
 }
 
 func (b *rawBox) freeze(ctx context.Context) error { return b.runsc(ctx, nil, nil, "pause", b.ID) }

@@ -176,6 +176,7 @@ func (s *Server) handleQuiesce(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.dropSpare()
+	releaseMemory()
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -152,7 +151,7 @@ func Verify(dir string) error {
 			return fmt.Errorf("%w: %s: %v", ErrCorrupt, rel, err)
 		}
 		h := crc32.New(castagnoli)
-		n, err := io.Copy(h, f)
+		n, err := readInto(h, f)
 		f.Close()
 		if err != nil {
 			return fmt.Errorf("%w: %s: %v", ErrCorrupt, rel, err)
@@ -188,7 +187,7 @@ func hashAndSync(path string) (string, int64, error) {
 	}
 	defer f.Close()
 	h := crc32.New(castagnoli)
-	n, err := io.Copy(h, f)
+	n, err := readInto(h, f)
 	if err != nil {
 		return "", 0, err
 	}

@@ -10,10 +10,14 @@
 // GET /dial?addr=host:port tries a TCP connection from inside the sandbox.
 // GET /fill?mb=N&path=P writes N MiB of random data to P (default /tmp/fill).
 // GET /stat?path=P answers with the size of P.
+// GET /hold?mb=N fills N MiB of memory with random bytes, keeps it, and
+// answers with its SHA-256; GET /sum answers with the SHA-256 of the held
+// memory as it is now (a restored sandbox must give the same).
 package main
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -108,5 +112,14 @@ func main() {
 		}
 		fmt.Fprint(w, fi.Size())
 	})
+	var held []byte
+	sum := func() string { h := sha256.Sum256(held); return hex.EncodeToString(h[:]) }
+	mux.HandleFunc("/hold", func(w http.ResponseWriter, r *http.Request) {
+		mb, _ := strconv.Atoi(r.URL.Query().Get("mb"))
+		held = make([]byte, mb<<20)
+		rand.Read(held)
+		fmt.Fprint(w, sum())
+	})
+	mux.HandleFunc("/sum", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, sum()) })
 	log.Fatal(http.ListenAndServe(fmt.Sprintf(":%d", port), mux))
 }

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Goal is one target of issue 16, read from the rows of a run and listed at
+// the top of BENCHMARKS.md with the figure the run measured. Each goal reads
+// one number from the report: a row's stasis÷runsc ratio, a row's stasis
+// median, or the ratio of two rows' stasis medians.
+type Goal struct {
+	What string // what is measured, as the table says it
+	Row  string // the row (Row.Name) the figure comes from
+	// Of, if set, is a second row: the figure is Row's stasis median ÷ Of's.
+	Of string
+	// Kind says which number of Row is compared with Max: goalRatio (the
+	// row's stasis÷runsc ratio), goalMs (its stasis median, in its unit) or
+	// goalRel (Row's stasis median ÷ Of's).
+	Kind string
+	Max  float64 // met when the figure is at most Max
+}
+
+const (
+	goalRatio = "ratio"
+	goalMs    = "ms"
+	goalRel   = "rel"
+)
+
+// goals is the list in the table's order. Add a goal by appending to it.
+var goals = []Goal{
+	{What: "cold resume → first command, 1 GB (snapshot not in the page cache)", Row: "cold resume → first command OK (snapshot not in the page cache), 1 GB touched", Kind: goalMs, Max: 300},
+	{What: "cold resume → first command, 1 GB ÷ 10 MB", Row: "cold resume → first command OK (snapshot not in the page cache), 1 GB touched", Of: "cold resume → first command OK (snapshot not in the page cache), 10 MB touched", Kind: goalRel, Max: 1.5},
+	{What: "resume (restore from disk), 10 MB", Row: "resume (restore from disk), 10 MB touched", Kind: goalRatio, Max: 1.1},
+	{What: "resume (restore from disk), 200 MB", Row: "resume (restore from disk), 200 MB touched", Kind: goalRatio, Max: 1.1},
+	{What: "resume → first command, 10 MB", Row: "resume → first command OK, 10 MB touched", Kind: goalRatio, Max: 1.1},
+	{What: "resume → first command, 200 MB", Row: "resume → first command OK, 200 MB touched", Kind: goalRatio, Max: 1.1},
+	{What: "pause until durable on disk, 1 GB", Row: "pause until durable on disk, 1 GB touched", Kind: goalRatio, Max: 1.2},
+	{What: "checkpoint image size, 10 MB", Row: "checkpoint image size, 10 MB touched", Kind: goalRatio, Max: 1.15},
+}
+
+// goalFigure returns g's figure in r, and the ratio to raw runsc of its
+// row (nil if the row has none); ok is false when the run lacks the rows.
+func goalFigure(r *Report, g Goal) (now float64, unit string, ratio *float64, ok bool) {
+	row := findRow(r, g.Row)
+	if row == nil || row.Stasis == nil {
+		return 0, "", nil, false
+	}
+	switch g.Kind {
+	case goalRatio:
+		if row.Ratio == nil {
+			return 0, "", nil, false
+		}
+		return *row.Ratio, "×", row.Ratio, true
+	case goalMs:
+		return row.Stasis.Median, " " + row.Stasis.Unit, row.Ratio, true
+	case goalRel:
+		of := findRow(r, g.Of)
+		if of == nil || of.Stasis == nil || of.Stasis.Median == 0 {
+			return 0, "", nil, false
+		}
+		return row.Stasis.Median / of.Stasis.Median, "×", row.Ratio, true
+	}
+	return 0, "", nil, false
+}
+
+func findRow(r *Report, name string) *Row {
+	for i := range r.Rows {
+		if r.Rows[i].Name == name {
+			return &r.Rows[i]
+		}
+	}
+	return nil
+}
+
+// writeGoals writes the goal table: what, target, what this run measured,
+// the row's stasis÷runsc ratio, and whether the goal is met.
+func writeGoals(b *strings.Builder, r *Report) {
+	fmt.Fprintf(b, "## Goals\n\n")
+	fmt.Fprintf(b, "The targets of issue 16 against this run. \"now\" is the goal's figure: a stasis÷runsc ratio (×), a stasis median, or the ratio of two stasis medians; \"vs runsc\" is the ratio of the row it reads.\n\n")
+	fmt.Fprintf(b, "| goal | target | now | vs runsc | met |\n| --- | ---: | ---: | ---: | :---: |\n")
+	for _, g := range goals {
+		target := fmt.Sprintf("≤ %s×", num(g.Max))
+		if g.Kind == goalMs {
+			target = fmt.Sprintf("≤ %s ms", num(g.Max))
+		}
+		now, unit, ratio, ok := goalFigure(r, g)
+		if !ok {
+			fmt.Fprintf(b, "| %s | %s | not measured in this run | — | — |\n", g.What, target)
+			continue
+		}
+		vs := "—"
+		if ratio != nil {
+			vs = fmt.Sprintf("%.2f×", *ratio)
+		}
+		met := "no"
+		if now <= g.Max {
+			met = "yes"
+		}
+		fmt.Fprintf(b, "| %s | %s | %s%s | %s | %s |\n", g.What, target, num(now), unit, vs, met)
+	}
+	fmt.Fprintf(b, "\n")
+}
