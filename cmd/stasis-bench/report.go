@@ -202,7 +202,7 @@ func markdown(r *Report) string {
 		w("> **Note:** the host was busy with other work during this run (see the load average), so figures are noisier and slower than on an idle machine; the stasis/runsc ratios, measured alternately in the same run, are the more reliable numbers.\n\n")
 	}
 	w("## What the baseline is\n\n")
-	w("The raw runsc baseline uses the same runsc binary, `--platform=systrap`, `--network=sandbox` in its own netns/veth, ")
+	w("The raw runsc baseline uses the same runsc binary, `--platform=systrap`, `--network=sandbox` in its own netns/veth (with the same 65520-byte MTU as stasisd's links), ")
 	w("`--overlay2=root:dir=…` (disk-backed upper layer), and a bundle equivalent to the one the gVisor driver writes ")
 	w("(same mounts including the read-only agent bind mount, namespaces, capabilities, rlimits, 1 vCPU quota and memory limit), ")
 	w("but its init is a trivial process (`sleep`, or the python memory holder for pause/resume) instead of stasis-agent, ")
@@ -344,7 +344,8 @@ func markdown(r *Report) string {
 
 	w("## Reproduce\n\n")
 	w("```sh\nmake bench         # full run (about 10 minutes), rewrites docs/BENCHMARKS.md and docs/benchmarks.json\n")
-	w("make bench-quick   # harness check in under 2 minutes; writes to a temp dir\n```\n\n")
+	w("make bench-quick   # harness check in under 2 minutes; writes to a temp dir\n")
+	w("make bench-density # make bench with the density phase at scale (300 active, 2,000 paused; 20-40 minutes more)\n```\n\n")
 	w("Both need root and `make setup` (runsc and the images). Phase durations of this run: ")
 	var ph []string
 	for _, k := range []string{"create", "exec", "files", "pause-resume", "network", "density"} {
@@ -402,11 +403,15 @@ func writeDensity(b *strings.Builder, d *Density) {
 		}
 		return fmt.Sprintf("**%d**", held)
 	}
-	w("Idle stasis/minimal sandboxes created one after the other, then paused, then more created and paused.\n\n")
+	w("Idle stasis/minimal sandboxes created one after the other, then paused, then more created and paused, up to the harness's bounds (%d active, %d paused; `make bench-density` raises them to 300 and 2,000).\n\n", d.ActiveBound, d.PausedBound)
 	w("- Idle **active** sandboxes held at once: %s.\n", bound(d.ActiveHeld, d.ActiveReachedBound, d.ActiveStoppedByTime, d.ActiveFailure, d.ActiveSeconds))
 	w("- **Paused** sandboxes held at once: %s.\n", bound(d.PausedHeld, d.PausedReachedBound, d.PausedStoppedByTime, d.PausedFailure, d.PausedSeconds))
 	if d.CreateFirstMs != nil && d.CreateLastMs != nil {
-		w("- Create latency, first 5 vs last 5 of the active ones: median %s ms vs %s ms.\n", num(d.CreateFirstMs.Median), num(d.CreateLastMs.Median))
+		w("- Create latency, first 5 vs last 5 of the active ones: median %s ms vs %s ms", num(d.CreateFirstMs.Median), num(d.CreateLastMs.Median))
+		if d.CreateFirstMs.Median > 0 {
+			w(" (%.2f×)", d.CreateLastMs.Median/d.CreateFirstMs.Median)
+		}
+		w(".\n")
 	}
 	w("- Host MemAvailable dropped by %s MiB per idle active sandbox; pausing them gave back %s MiB in all (host-wide figures: other work on the host shows up in them).\n", num(d.MemAvailableDropPerActiveMiB), num(d.MemAvailableRecoveredMiB))
 	w("- Host CPU (percent of one core) before creating: %s %%; with %d idle active sandboxes: %s %%.\n", num(d.IdleCPUPercentBefore), d.ActiveHeld, num(d.IdleCPUPercentActive))
