@@ -17,7 +17,7 @@ export DATA_DIR LISTEN IMAGES_DIR RUNSC
 # setup and build both write bin/stasisd: never run targets in parallel.
 .NOTPARALLEL:
 
-.PHONY: all setup build test run bench bench-quick fmt vet clean
+.PHONY: all setup build test run bench bench-quick bench-density fmt vet clean
 
 all: build
 
@@ -46,6 +46,11 @@ bench: setup build
 
 bench-quick: setup build
 	$(GO) run ./cmd/stasis-bench $(BENCH_FLAGS) -quick
+
+# bench-density: make bench with the density phase at scale (300 active,
+# 2,000 paused sandboxes; 20-40 minutes more), opt in.
+bench-density: setup build
+	$(GO) run ./cmd/stasis-bench $(BENCH_FLAGS) -density-large -out docs
 
 fmt:
 	gofmt -s -w cmd internal $(wildcard test/*.go)

@@ -139,6 +139,10 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 	if hasWarm {
 		coldFlags = []string{"--warm-pause-window", "0"}
 	}
+	if serverHasFlag(cfg.Stasisd, "max-sandboxes-per-team") {
+		// The density phase holds more than the default 50 running ones.
+		coldFlags = append(coldFlags, "--max-sandboxes-per-team", "0")
+	}
 	// The network phase's test internet: stasisd's resolver forwards there.
 	coldFlags = append(coldFlags, b.startInternet()...)
 	if b.inet != nil {

@@ -49,7 +49,7 @@ func newRawEnv(cfg *Config) (*rawEnv, error) {
 	if len(ifp) > 6 {
 		ifp = ifp[:6]
 	}
-	pool, err := netpool.New(netpool.Config{Prefix: cfg.RawPrefix, IfPrefix: ifp, Range: rng})
+	pool, err := netpool.New(netpool.Config{Prefix: cfg.RawPrefix, IfPrefix: ifp, Range: rng, MTU: netpool.LinkMTU}) // as stasisd's links
 	if err != nil {
 		return nil, err
 	}

@@ -203,7 +203,7 @@ func markdown(r *Report) string {
 		w("> **Note:** the host was busy with other work during this run (see the load average), so figures are noisier and slower than on an idle machine; the stasis/runsc ratios, measured alternately in the same run, are the more reliable numbers.\n\n")
 	}
 	w("## What the baseline is\n\n")
-	w("The raw runsc baseline uses the same runsc binary, `--platform=systrap`, `--network=sandbox` in its own netns/veth, ")
+	w("The raw runsc baseline uses the same runsc binary, `--platform=systrap`, `--network=sandbox` in its own netns/veth (with the same 65520-byte MTU as stasisd's links), ")
 	w("`--overlay2=root:dir=…` (disk-backed upper layer), and a bundle equivalent to the one the gVisor driver writes ")
 	w("(same mounts including the read-only agent bind mount, namespaces, capabilities, rlimits, 1 vCPU quota and memory limit), ")
 	w("but its init is a trivial process (`sleep`, or the python memory holder for pause/resume) instead of stasis-agent, ")
@@ -216,7 +216,7 @@ func markdown(r *Report) string {
 
 	groups := []struct{ id, title, intro string }{
 		{"create", "Create and delete", "Cold create boots a new sandbox from the image directory; a stasis create returns once the agent answers. \"From a template snapshot\" builds a template from stasis/minimal first (stasis boots and snapshots it; not timed) and then creates sandboxes that restore that snapshot; the baseline restores a checkpoint of an idle container into new containers."},
-		{"exec", "Exec round trip", "On one idle sandbox (stasis/minimal) after three warm-up runs. stasis: HTTP on loopback to stasisd, then stasisd to the agent over the sandbox's veth. The agent keeps a spare `/bin/sh` started ahead of the next command and hands the command to it, so a command does not wait for a shell to be created (15-20 ms in gVisor); the spare is replaced after each command, so back-to-back commands wait for that instead. `true` is a shell builtin, `/bin/true` a program the shell forks and execs; runsc exec runs /bin/true directly."},
+		{"exec", "Exec round trip", "On one idle sandbox (stasis/minimal) after three warm-up runs. stasis: HTTP on loopback to stasisd, then stasisd to the agent over the sandbox's veth. The agent keeps a spare `/bin/sh` started ahead of the next command and hands the command to it, so a command does not wait for a shell to be created (15-20 ms in gVisor); the spare is replaced after each command, so back-to-back commands wait for that instead. That is the floor of a tight loop that needs a new process per command: the sandbox has one vCPU, and two processes started at once inside it take as long as one after the other (measured), so more spares would only serve the first commands of a burst; starting the replacement as soon as the spare is taken made isolated commands slower (it competes with the command's own exit). `true` is a shell builtin, `/bin/true` a program the shell forks and execs; runsc exec runs /bin/true directly."},
 		{"files", "Files", "Random data into the overlay (disk-backed upper layer) at /home/user."},
 		{"pause", "Pause and resume (cold: memory freed)", "A stasis/base sandbox in which python3 allocates and touches N MB (one non-zero byte per 4 KiB page, so checkpoint cannot skip pages) and sleeps. stasis pause = ask the agent to drop its spare shell, freeze (through the sandbox's control socket), checkpoint to disk (runsc checkpoint --leave-running), record the sandbox paused and return; the snapshot is then sealed (checksummed and fsynced) in the background while the sandbox stays frozen in RAM, after which the sandbox is stopped and everything freed. \"Until durable\" polls the sandbox until its snapshot is sealed. Resume is measured once the sandbox is on disk only: restore (the snapshot's checksums are checked meanwhile) and wait until the agent's socket accepts connections; the agent's first answer (measured here 7-15 ms after the connect succeeds, against about 2 ms for later ones: the restored agent's first run inside gVisor) falls in \"resume → first command\", as the same first run does in the baseline. Host dirty pages are written back (untimed) before every pause, and both sandboxes have run at least 10 s since their last restore: right after a restore gVisor checkpoints memory much faster (1 GB in 0.6 s instead of 1.6 s here), which would favour whichever side was restored last. The \"cold resume\" rows first evict the snapshot's files from the page cache on both sides (fsync + posix_fadvise DONTNEED, untimed), as after a long pause on a busy host; stasis then restores a large snapshot with O_DIRECT reads (runsc restore --direct) while it checks the checksums, also with O_DIRECT reads, and the baseline runs a plain runsc restore."},
 		{"warm", "Pause and resume (warm tier: frozen in RAM)", "The same kind of sandbox on a second stasisd started with `--warm-pause-window 1h`: pause still writes and seals the snapshot, but the sandbox stays frozen in RAM, so a resume within the window is a thaw (measured once the snapshot is durable). The last two rows per size are a bare `runsc pause`/`resume` with no snapshot, which stasis does not offer."},
@@ -345,7 +345,8 @@ func markdown(r *Report) string {
 
 	w("## Reproduce\n\n")
 	w("```sh\nmake bench         # full run (about 10 minutes), rewrites docs/BENCHMARKS.md and docs/benchmarks.json\n")
-	w("make bench-quick   # harness check in under 2 minutes; writes to a temp dir\n```\n\n")
+	w("make bench-quick   # harness check in under 2 minutes; writes to a temp dir\n")
+	w("make bench-density # make bench with the density phase at scale (300 active, 2,000 paused; 20-40 minutes more)\n```\n\n")
 	w("Both need root and `make setup` (runsc and the images). Phase durations of this run: ")
 	var ph []string
 	for _, k := range []string{"create", "exec", "files", "pause-resume", "network", "density"} {
@@ -403,11 +404,15 @@ func writeDensity(b *strings.Builder, d *Density) {
 		}
 		return fmt.Sprintf("**%d**", held)
 	}
-	w("Idle stasis/minimal sandboxes created one after the other, then paused, then more created and paused.\n\n")
+	w("Idle stasis/minimal sandboxes created one after the other, then paused, then more created and paused, up to the harness's bounds (%d active, %d paused; `make bench-density` raises them to 300 and 2,000).\n\n", d.ActiveBound, d.PausedBound)
 	w("- Idle **active** sandboxes held at once: %s.\n", bound(d.ActiveHeld, d.ActiveReachedBound, d.ActiveStoppedByTime, d.ActiveFailure, d.ActiveSeconds))
 	w("- **Paused** sandboxes held at once: %s.\n", bound(d.PausedHeld, d.PausedReachedBound, d.PausedStoppedByTime, d.PausedFailure, d.PausedSeconds))
 	if d.CreateFirstMs != nil && d.CreateLastMs != nil {
-		w("- Create latency, first 5 vs last 5 of the active ones: median %s ms vs %s ms.\n", num(d.CreateFirstMs.Median), num(d.CreateLastMs.Median))
+		w("- Create latency, first 5 vs last 5 of the active ones: median %s ms vs %s ms", num(d.CreateFirstMs.Median), num(d.CreateLastMs.Median))
+		if d.CreateFirstMs.Median > 0 {
+			w(" (%.2f×)", d.CreateLastMs.Median/d.CreateFirstMs.Median)
+		}
+		w(".\n")
 	}
 	w("- Host MemAvailable dropped by %s MiB per idle active sandbox; pausing them gave back %s MiB in all (host-wide figures: other work on the host shows up in them).\n", num(d.MemAvailableDropPerActiveMiB), num(d.MemAvailableRecoveredMiB))
 	w("- Host CPU (percent of one core) before creating: %s %%; with %d idle active sandboxes: %s %%.\n", num(d.IdleCPUPercentBefore), d.ActiveHeld, num(d.IdleCPUPercentActive))

@@ -38,7 +38,7 @@ const defaultTeam = "default"
 
 type serveFlags struct {
 	listen, e2bListen, dataDir, imagesDir, runsc, agent, template, logLevel, subnet, netnsPrefix string
-	vcpu, memMiB, diskMiB, maxLive                                                               int
+	vcpu, memMiB, diskMiB, maxLive, linkMTU                                                      int
 	warmWindow                                                                                   time.Duration
 	pauseOnShutdown                                                                              bool
 	minFreeDiskMiB, maxUnauthenticated                                                           int
@@ -59,6 +59,7 @@ func runServe(args []string) error {
 	fs.IntVar(&f.vcpu, "default-vcpu", 1, "vCPUs of a sandbox when the create names none")
 	fs.IntVar(&f.memMiB, "default-memory-mib", 1024, "memory of a sandbox when the create names none")
 	fs.StringVar(&f.subnet, "subnet", "169.254.0.0/16", "link-local range sandbox links are allocated from")
+	fs.IntVar(&f.linkMTU, "link-mtu", netpool.LinkMTU, "MTU of each sandbox's veth link (0: the kernel's default, 1500)")
 	fs.StringVar(&f.netnsPrefix, "netns-prefix", "stasis", "name prefix of this server's network namespaces (distinct per server on one host)")
 	fs.IntVar(&f.diskMiB, "default-disk-mib", 10240, "writable-layer quota of a sandbox when the create names none (0: unlimited)")
 	fs.IntVar(&f.maxLive, "max-sandboxes-per-team", 50, "running (not paused) sandboxes a team may hold; 0 = unlimited")
@@ -237,7 +238,7 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 	if err != nil {
 		return nil, fmt.Errorf("--subnet: %w", err)
 	}
-	pool, err := netpool.New(netpool.Config{Prefix: f.netnsPrefix, IfPrefix: ifPrefix(f.netnsPrefix), Range: subnet})
+	pool, err := netpool.New(netpool.Config{Prefix: f.netnsPrefix, IfPrefix: ifPrefix(f.netnsPrefix), Range: subnet, MTU: f.linkMTU})
 	if err != nil {
 		return nil, err
 	}

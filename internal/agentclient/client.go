@@ -201,7 +201,7 @@ func (c *Client) HealthInfo(ctx context.Context) (*agentproto.Health, error) {
 // readyAttemptTimeout bounds one check (a connect to an address that does not
 // answer yet could otherwise hang for the kernel's SYN timeout).
 const (
-	readyPollInterval   = 5 * time.Millisecond
+	readyPollInterval   = 2 * time.Millisecond
 	readyAttemptTimeout = time.Second
 )
 

@@ -67,11 +67,15 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 	ctx, cancel := lifecycleCtx(ctx)
 	defer cancel()
 	start := time.Now()
+	steps := createSteps{last: start}
 	inst, err := s.cfg.Driver.Create(ctx, s.spec(sb, img))
+	steps.mark(&steps.driver)
 	if err == nil {
 		b.agent = agentclient.New(inst.AgentAddr(), s.agentToken(sb.ID))
 		if err = s.waitReady(ctx, b.agent); err == nil {
+			steps.mark(&steps.ready)
 			err = s.installTrust(ctx, b.agent)
+			steps.mark(&steps.trust)
 		}
 	}
 	if err == nil && img.StartCmd != "" {
@@ -96,9 +100,25 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 		return nil, "", err
 	}
 	s.metrics.Observe("create", time.Since(start))
-	s.log.Info("sandbox created", "sandbox", sb.ID, "template", sb.Template, "ms", time.Since(start).Milliseconds())
+	s.log.Info("sandbox created", "sandbox", sb.ID, "template", sb.Template, "ms", time.Since(start).Milliseconds(),
+		"runtime_ms", ms(steps.driver), "agent_ready_ms", ms(steps.ready), "trust_ms", ms(steps.trust))
 	return sb, tok, nil
 }
+
+// createSteps times the steps of a create, for its log line: where the time
+// goes is what to shorten.
+type createSteps struct {
+	last                 time.Time
+	driver, ready, trust time.Duration
+}
+
+// mark records the time since the previous mark (or the start) in d.
+func (c *createSteps) mark(d *time.Duration) {
+	now := time.Now()
+	*d, c.last = now.Sub(c.last), now
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // image resolves a template name to a built image, building a built-in one
 // on first use.

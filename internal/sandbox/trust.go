@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
 )
@@ -39,10 +40,34 @@ func (s *Service) installTrust(ctx context.Context, c *agentclient.Client) error
 	if len(ca) == 0 {
 		return nil
 	}
+	// Each agent request is a round trip into a sandbox that has only just
+	// started: the candidate bundles are read at once, and the CA file is
+	// written alongside the bundle.
+	caDone := make(chan error, 1)
+	go func() { caDone <- writeBytes(ctx, c, EgressCAPath, ca) }()
+	err := installBundle(ctx, c, ca)
+	if caErr := <-caDone; err == nil {
+		err = caErr
+	}
+	return err
+}
+
+// installBundle adds ca to the image's system bundle (the first of
+// systemBundles it has), and makes sure TrustBundlePath holds it too.
+func installBundle(ctx context.Context, c *agentclient.Client, ca []byte) error {
+	bundles := make([][]byte, len(systemBundles))
+	var wg sync.WaitGroup
+	for i, p := range systemBundles {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			bundles[i], _ = readSmall(ctx, c, p) // absent, or not a file: none there
+		}()
+	}
+	wg.Wait()
 	var base []byte
-	for _, p := range systemBundles {
-		b, err := readSmall(ctx, c, p)
-		if err == nil && len(b) > 0 {
+	for i, p := range systemBundles {
+		if b := bundles[i]; len(b) > 0 {
 			if !bytes.Contains(b, ca) && p != TrustBundlePath {
 				if err := writeBytes(ctx, c, p, appendPEM(b, ca)); err != nil {
 					return err
@@ -53,11 +78,9 @@ func (s *Service) installTrust(ctx context.Context, c *agentclient.Client) error
 		}
 	}
 	if !bytes.Contains(base, ca) {
-		if err := writeBytes(ctx, c, TrustBundlePath, appendPEM(base, ca)); err != nil {
-			return err
-		}
+		return writeBytes(ctx, c, TrustBundlePath, appendPEM(base, ca))
 	}
-	return writeBytes(ctx, c, EgressCAPath, ca)
+	return nil
 }
 
 func appendPEM(bundle, ca []byte) []byte {
@@ -68,10 +91,9 @@ func appendPEM(bundle, ca []byte) []byte {
 	return append(out, ca...)
 }
 
+// readSmall reads a file of at most 16 MiB; the agent refuses a directory or
+// anything but a regular file.
 func readSmall(ctx context.Context, c *agentclient.Client, path string) ([]byte, error) {
-	if fi, err := c.Stat(ctx, path); err != nil || fi.IsDir {
-		return nil, fmt.Errorf("%s: not a file", path)
-	}
 	rc, _, err := c.ReadFile(ctx, path)
 	if err != nil {
 		return nil, err

@@ -1,0 +1,39 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stasis-sandbox/stasis/internal/testenv"
+)
+
+// A new sandbox trusts stasisd's egress CA: the CA alone at its own path,
+// and appended to the system bundle, which keeps the image's own
+// certificates (stasis/base has Debian's; stasis/minimal has none).
+func TestCreateInstallsEgressCA(t *testing.T) {
+	srv := testenv.StartServer(t)
+	ca, err := os.ReadFile(filepath.Join(srv.DataDir(), "egress-ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	caText := strings.TrimSpace(string(ca))
+	for _, tc := range []struct {
+		template string
+		minCerts int // certificates in the bundle, the CA included
+	}{{"stasis/minimal", 1}, {"stasis/base", 50}} {
+		c, _ := create(t, srv, map[string]any{"name": "trust", "from_template": tc.template})
+		if got := strings.TrimSpace(string(c.readFile("/etc/ssl/certs/stasis-egress-ca.pem"))); got != caText {
+			t.Errorf("%s: stasis-egress-ca.pem is not stasisd's CA:\n%s", tc.template, got)
+		}
+		bundle := string(c.readFile("/etc/ssl/certs/ca-certificates.crt"))
+		if !strings.HasSuffix(strings.TrimSpace(bundle), caText) {
+			t.Errorf("%s: the bundle does not end with the CA", tc.template)
+		}
+		if n := strings.Count(bundle, "BEGIN CERTIFICATE"); n < tc.minCerts || strings.Count(bundle, caText) != 1 {
+			t.Errorf("%s: bundle has %d certificates and the CA %d times; want at least %d, and the CA once",
+				tc.template, n, strings.Count(bundle, caText), tc.minCerts)
+		}
+	}
+}
