@@ -37,6 +37,13 @@ var goals = []Goal{
 	{What: "resume → first command, 200 MB", Row: "resume → first command OK, 200 MB touched", Kind: goalRatio, Max: 1.1},
 	{What: "pause until durable on disk, 1 GB", Row: "pause until durable on disk, 1 GB touched", Kind: goalRatio, Max: 1.2},
 	{What: "checkpoint image size, 10 MB", Row: "checkpoint image size, 10 MB touched", Kind: goalRatio, Max: 1.15},
+	{What: "exec `true` isolated", Row: "exec `true`", Kind: goalMs, Max: 8},
+	{What: "exec `true` back to back ÷ isolated", Row: "exec `true`, back to back", Of: "exec `true`", Kind: goalRel, Max: 1.2},
+	{What: "exec printing 1 MB", Row: "exec printing 1 MB", Kind: goalRatio, Max: 1.1},
+	{What: "file read 100 MB", Row: "file read 100 MB", Kind: goalRatio, Max: 1.0},
+	{What: "create (cold) from stasis/minimal", Row: "create (cold) from stasis/minimal", Kind: goalRatio, Max: 1.1},
+	{What: "create (cold) from stasis/base", Row: "create (cold) from stasis/base", Kind: goalRatio, Max: 1.1},
+	{What: "create from a template snapshot", Row: "create from a template snapshot (stasis/minimal)", Kind: goalRatio, Max: 1.1},
 }
 
 // goalFigure returns g's figure in r, and the ratio to raw runsc of its
