@@ -166,7 +166,11 @@ func TestWatchdogKillsOnlyTheHogOfAFinishedCommand(t *testing.T) {
 // Under the budget nothing is killed.
 func TestWatchdogLeavesModestCommandsAlone(t *testing.T) {
 	c := startWatched(t, agent.Config{}, memWatchdog())
-	out, _, st := run(t, c, agentclient.ExecRequest{Command: hogCommand(t, 30) + " & sleep 1; kill $!; echo done"})
+	// Wait until the hog holds its memory (a fixed sleep was too short on
+	// a loaded machine), then give the watchdog many looks at it.
+	f := filepath.Join(t.TempDir(), "hog.out")
+	out, _, st := run(t, c, agentclient.ExecRequest{Command: hogCommand(t, 30) + " > " + f +
+		" & until grep -q allocated " + f + "; do sleep 0.02; done; sleep 0.5; kill $!; cat " + f + "; echo done"})
 	if out != "allocated\ndone\n" || st.ExitCode != 0 || st.Error != "" {
 		t.Fatalf("modest command: %q %+v", out, st)
 	}
