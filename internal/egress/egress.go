@@ -21,6 +21,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -52,6 +53,12 @@ type Config struct {
 	// remembers about others is dropped now and then. nil: kept.
 	Alive  func(sandboxID string) bool
 	Logger *slog.Logger
+
+	// Tests on loopback replace how a connection's destination is read
+	// and how an allowed one is dialed (nil: SO_ORIGINAL_DST, and a TCP
+	// connection to it).
+	origDst func(*net.TCPConn) (netip.AddrPort, error)
+	dialTCP func(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, error)
 }
 
 // Event is one connection as the network log records it.
@@ -102,10 +109,10 @@ type Server struct {
 	tcp   *dns.Server
 	dialr net.Dialer
 
-	hostMu    sync.Mutex
-	hostAddrs map[netip.Addr]bool
-	hostAt    time.Time
+	hostAddrs atomic.Pointer[map[netip.Addr]bool] // refreshed every second by refreshHostAddrs
 
+	t0     time.Time
+	tResp  *atomic.Int64
 	wg     sync.WaitGroup
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -125,9 +132,13 @@ func Start(cfg Config) (*Server, error) {
 	if cfg.ListenAddr == "" {
 		cfg.ListenAddr = "0.0.0.0"
 	}
+	if cfg.origDst == nil {
+		cfg.origDst = originalDst
+	}
 	s := &Server{cfg: cfg, res: newResolver(cfg.Upstreams, cfg.Identify, cfg.Logger),
 		dialr: net.Dialer{Timeout: dialTimeout}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.loadHostAddrs()
 	ln, err := net.Listen("tcp4", net.JoinHostPort(cfg.ListenAddr, "0"))
 	if err != nil {
 		return nil, fmt.Errorf("egress: proxy listener: %w", err)
@@ -161,10 +172,14 @@ func Start(cfg Config) (*Server, error) {
 			srv.ActivateAndServe()
 		}()
 	}
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go func() {
 		defer s.wg.Done()
 		s.serve()
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.refreshHostAddrs()
 	}()
 	go func() {
 		defer s.wg.Done()
@@ -210,23 +225,41 @@ func (s *Server) Close() error {
 	return err
 }
 
-// isHostAddr reports whether a is one of the host's own addresses (looked
-// up at most once a second).
+// isHostAddr reports whether a is one of the host's own addresses, as
+// of the last refresh (at most a second old; the firewall refuses
+// connections to them before they reach the proxy anyway).
 func (s *Server) isHostAddr(a netip.Addr) bool {
-	s.hostMu.Lock()
-	defer s.hostMu.Unlock()
-	if s.hostAddrs == nil || time.Since(s.hostAt) > time.Second {
-		m := map[netip.Addr]bool{}
-		if addrs, err := net.InterfaceAddrs(); err == nil {
-			for _, ad := range addrs {
-				if n, ok := ad.(*net.IPNet); ok {
-					if ip, ok := netip.AddrFromSlice(n.IP); ok {
-						m[ip.Unmap()] = true
-					}
-				}
+	return (*s.hostAddrs.Load())[a]
+}
+
+// refreshHostAddrs reloads the host's addresses every second, off the
+// connection path: listing them takes a netlink dump, long on a host with
+// many sandbox links.
+func (s *Server) refreshHostAddrs() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+			s.loadHostAddrs()
+		}
+	}
+}
+
+func (s *Server) loadHostAddrs() {
+	m := map[netip.Addr]bool{}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil && s.hostAddrs.Load() != nil {
+		return // keep what is known
+	}
+	for _, ad := range addrs {
+		if n, ok := ad.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok {
+				m[ip.Unmap()] = true
 			}
 		}
-		s.hostAddrs, s.hostAt = m, time.Now()
 	}
-	return s.hostAddrs[a]
+	s.hostAddrs.Store(&m)
 }
