@@ -40,11 +40,18 @@ func (p *UpdateParams) applyNetworkUpdate(sb *store.Sandbox) error {
 	return nil
 }
 
-// policyCache holds compiled egress rules; the proxy asks for them on
-// every new connection. Entries are dropped when the rules change.
+// policyCache holds each sandbox's network settings as the proxy and the
+// preview router need them on every connection and request: compiled
+// egress rules, and whether previews are private. Entries are dropped when
+// the settings change (Update) or the sandbox goes.
 type policyCache struct {
 	mu sync.Mutex
-	m  map[string]*egress.Policy
+	m  map[string]netSettings
+}
+
+type netSettings struct {
+	policy         *egress.Policy
+	previewPrivate bool
 }
 
 func (c *policyCache) invalidate(id string) {
@@ -53,41 +60,50 @@ func (c *policyCache) invalidate(id string) {
 	c.mu.Unlock()
 }
 
-// NetworkPolicy returns sandbox id's current egress rules, compiled.
-func (s *Service) NetworkPolicy(ctx context.Context, id string) (*egress.Policy, error) {
+// netSettings returns sandbox id's network settings, read from the store
+// on a miss.
+func (s *Service) netSettings(ctx context.Context, id string) (netSettings, error) {
 	c := &s.policies
 	c.mu.Lock()
 	defer c.mu.Unlock() // held across the read, so an invalidation cannot be overtaken
-	if p, ok := c.m[id]; ok {
-		return p, nil
+	if n, ok := c.m[id]; ok {
+		return n, nil
 	}
 	sb, err := s.cfg.Store.GetSandbox(ctx, "", id)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, notFound(id)
+		return netSettings{}, notFound(id)
 	}
 	if err != nil {
-		return nil, err
+		return netSettings{}, err
 	}
-	var p *egress.Policy
+	n := netSettings{previewPrivate: sb.PreviewPrivate}
 	if sb.Network != nil {
-		if p, err = egress.Compile(sb.Network.AllowOut, sb.Network.DenyOut); err != nil {
-			return nil, err
+		if n.policy, err = egress.Compile(sb.Network.AllowOut, sb.Network.DenyOut); err != nil {
+			return netSettings{}, err
 		}
 	}
 	if c.m == nil {
-		c.m = map[string]*egress.Policy{}
+		c.m = map[string]netSettings{}
 	}
-	c.m[id] = p
-	return p, nil
+	c.m[id] = n
+	return n, nil
+}
+
+// NetworkPolicy returns sandbox id's current egress rules, compiled.
+func (s *Service) NetworkPolicy(ctx context.Context, id string) (*egress.Policy, error) {
+	n, err := s.netSettings(ctx, id)
+	return n.policy, err
 }
 
 // Preview wakes sandbox id for a preview request: it returns once the
 // sandbox runs (resuming it if paused), with whether its preview URLs are
 // private (need its access token).
 func (s *Service) Preview(ctx context.Context, id string) (private bool, err error) {
-	// One store read per request, under the box's lock (in wakeLocked). A
-	// sandbox this server has no box for yet is looked up first, so that
-	// requests for made-up IDs do not grow the box map.
+	// A running sandbox this server knows is served from memory: no store
+	// read on the request path. Otherwise one store read, under the box's
+	// lock (in wakeLocked); a sandbox this server has no box for yet is
+	// looked up first, so that requests for made-up IDs do not grow the
+	// box map.
 	b, ok := s.knownBox(id)
 	if !ok {
 		if _, err := s.Get(ctx, "", id); err != nil {
@@ -97,6 +113,11 @@ func (s *Service) Preview(ctx context.Context, id string) (private bool, err err
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.agent != nil {
+		if n, err := s.netSettings(ctx, id); err == nil {
+			return n.previewPrivate, nil
+		}
+	}
 	sb, err := s.wakeLocked(ctx, b, id)
 	if err != nil {
 		return false, err
