@@ -49,6 +49,9 @@ type Config struct {
 	// chosen by the kernel). Default 0.0.0.0: the firewall redirects
 	// sandbox traffic to the address of the link it arrives on.
 	ListenAddr string
+	// NFLOGGroup, if set, is the first NFLOG group tried for connections
+	// the host's firewall refuses (see NFLOGGroup), so they are logged.
+	NFLOGGroup uint16
 	// Alive reports whether a sandbox still exists; what the resolver
 	// remembers about others is dropped now and then. nil: kept.
 	Alive  func(sandboxID string) bool
@@ -109,6 +112,7 @@ type Server struct {
 	tcp   *dns.Server
 	dialr net.Dialer
 
+	nflog     *nflogReader                        // nil: refused connections are not logged
 	hostAddrs atomic.Pointer[map[netip.Addr]bool] // refreshed every second by refreshHostAddrs
 
 	t0     time.Time
@@ -139,8 +143,16 @@ func Start(cfg Config) (*Server, error) {
 		dialr: net.Dialer{Timeout: dialTimeout}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.loadHostAddrs()
+	if cfg.NFLOGGroup != 0 {
+		r, err := openNFLOG(cfg.NFLOGGroup)
+		if err != nil {
+			return nil, err
+		}
+		s.nflog = r
+	}
 	ln, err := net.Listen("tcp4", net.JoinHostPort(cfg.ListenAddr, "0"))
 	if err != nil {
+		s.closeNFLOG()
 		return nil, fmt.Errorf("egress: proxy listener: %w", err)
 	}
 	s.ln = ln.(*net.TCPListener)
@@ -161,6 +173,7 @@ func Start(cfg Config) (*Server, error) {
 	}
 	if pc == nil || dl == nil {
 		s.ln.Close()
+		s.closeNFLOG()
 		return nil, fmt.Errorf("egress: resolver listeners: %v", err)
 	}
 	s.udp = &dns.Server{PacketConn: pc, Handler: s.res}
@@ -181,6 +194,13 @@ func Start(cfg Config) (*Server, error) {
 		defer s.wg.Done()
 		s.refreshHostAddrs()
 	}()
+	if s.nflog != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.logRefused()
+		}()
+	}
 	go func() {
 		defer s.wg.Done()
 		s.sweep()
@@ -215,6 +235,15 @@ func (s *Server) ProxyPort() int { return s.ln.Addr().(*net.TCPAddr).Port }
 // DNSPort is the UDP and TCP port of the resolver.
 func (s *Server) DNSPort() int { return s.udp.PacketConn.LocalAddr().(*net.UDPAddr).Port }
 
+// NFLOGGroup is the NFLOG group the firewall should copy refused
+// connections to, or 0.
+func (s *Server) NFLOGGroup() int {
+	if s.nflog == nil {
+		return 0
+	}
+	return int(s.nflog.group)
+}
+
 // Close stops listening; connections in flight are cut.
 func (s *Server) Close() error {
 	s.cancel()
@@ -222,7 +251,38 @@ func (s *Server) Close() error {
 	s.udp.Shutdown()
 	s.tcp.Shutdown()
 	s.wg.Wait()
+	s.closeNFLOG() // after its reader stopped: its fd number may be reused
 	return err
+}
+
+func (s *Server) closeNFLOG() {
+	if s.nflog != nil {
+		s.nflog.Close()
+	}
+}
+
+// logRefused logs the connections the host's firewall refused, as blocked
+// by the always-blocked rule, under the name the sandbox looked up if any.
+func (s *Server) logRefused() {
+	buf := make([]byte, 64<<10)
+	for s.ctx.Err() == nil {
+		conns, err := s.nflog.read(buf)
+		if err != nil {
+			if s.ctx.Err() == nil {
+				s.cfg.Logger.Warn("egress: reading refused connections", "err", err)
+				time.Sleep(time.Second)
+			}
+			continue
+		}
+		for _, c := range conns {
+			id, ok := s.cfg.Identify(netip.Addr{}, c.src)
+			if !ok {
+				continue
+			}
+			s.begin(Event{SandboxID: id, Time: time.Now().UTC(), Dst: c.dst, Verdict: Blocked, Rule: RuleInternal,
+				Host: s.res.nameFor(id, c.dst.Addr())})(0, 0)
+		}
+	}
 }
 
 // isHostAddr reports whether a is one of the host's own addresses, as

@@ -26,6 +26,9 @@ const (
 	// logSniffWait bounds the wait for a name to log once the verdict is
 	// known, if the upstream dial was quicker.
 	logSniffWait = 50 * time.Millisecond
+	// preDialedFresh is how long the upstream connection made before a
+	// connection was intercepted is handed to the interceptor.
+	preDialedFresh = 5 * time.Second
 )
 
 func (s *Server) serve() {
@@ -149,11 +152,26 @@ func (s *Server) handle(c *net.TCPConn) {
 	// address the sandbox merely claims belongs to the host.
 	if ic != nil && first.isTLS() && first.host != "" && ic.Intercepts(id, first.host, dst) &&
 		s.verified(ctx, id, first.host, dst.Addr()) {
-		up.Close() // the interceptor makes its own upstream connection
+		// The interceptor's first upstream connection is the one made,
+		// while fresh (a server may drop one left without a handshake).
+		var pre sync.Mutex
+		dialed, dialedAt := up, time.Now()
 		done := s.begin(ev)
 		sent, recv, err := ic.Serve(ctx, &Conn{SandboxID: id, Host: ev.Host, Dst: dst,
 			Client: &prefixConn{TCPConn: c, prefix: first.data},
-			Dial:   func(ctx context.Context) (net.Conn, error) { return s.dial(ctx, dst) }})
+			Dial: func(ctx context.Context) (net.Conn, error) {
+				pre.Lock()
+				u := dialed
+				dialed = nil
+				pre.Unlock()
+				if u != nil && time.Since(dialedAt) < preDialedFresh {
+					return u, nil
+				}
+				if u != nil {
+					u.Close()
+				}
+				return s.dial(ctx, dst)
+			}})
 		if err != nil {
 			s.cfg.Logger.Debug("egress: intercepted connection", "sandbox", id, "host", ev.Host, "err", err)
 		}
