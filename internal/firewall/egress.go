@@ -49,7 +49,7 @@ func (e *Egress) Install(ctx context.Context, proxyPort, dnsPort int, blocked []
 	// the sandbox's connect fails at once, and nothing leaves the host.
 	// The nat table sees only a connection's first packet: one log entry
 	// per refused connection.
-	refuse := [][]string{{"-j", "REDIRECT", "--to-ports", strconv.Itoa(refusedPort)}}
+	refuse := [][]string{{"-p", "tcp", "-j", "REDIRECT", "--to-ports", strconv.Itoa(refusedPort)}}
 	if nflogGroup > 0 {
 		refuse = append([][]string{{"-j", "NFLOG", "--nflog-group", strconv.Itoa(nflogGroup)}}, refuse...)
 	}
