@@ -40,18 +40,11 @@ func (p *UpdateParams) applyNetworkUpdate(sb *store.Sandbox) error {
 	return nil
 }
 
-// policyCache holds each sandbox's network settings as the proxy and the
-// preview router need them on every connection and request: compiled
-// egress rules, and whether previews are private. Entries are dropped when
-// the settings change (Update) or the sandbox goes.
+// policyCache holds compiled egress rules; the proxy asks for them on
+// every new connection. Entries are dropped when the rules change.
 type policyCache struct {
 	mu sync.Mutex
-	m  map[string]netSettings
-}
-
-type netSettings struct {
-	policy         *egress.Policy
-	previewPrivate bool
+	m  map[string]*egress.Policy
 }
 
 func (c *policyCache) invalidate(id string) {
@@ -60,50 +53,41 @@ func (c *policyCache) invalidate(id string) {
 	c.mu.Unlock()
 }
 
-// netSettings returns sandbox id's network settings, read from the store
-// on a miss.
-func (s *Service) netSettings(ctx context.Context, id string) (netSettings, error) {
+// NetworkPolicy returns sandbox id's current egress rules, compiled.
+func (s *Service) NetworkPolicy(ctx context.Context, id string) (*egress.Policy, error) {
 	c := &s.policies
 	c.mu.Lock()
 	defer c.mu.Unlock() // held across the read, so an invalidation cannot be overtaken
-	if n, ok := c.m[id]; ok {
-		return n, nil
+	if p, ok := c.m[id]; ok {
+		return p, nil
 	}
 	sb, err := s.cfg.Store.GetSandbox(ctx, "", id)
 	if errors.Is(err, store.ErrNotFound) {
-		return netSettings{}, notFound(id)
+		return nil, notFound(id)
 	}
 	if err != nil {
-		return netSettings{}, err
+		return nil, err
 	}
-	n := netSettings{previewPrivate: sb.PreviewPrivate}
+	var p *egress.Policy
 	if sb.Network != nil {
-		if n.policy, err = egress.Compile(sb.Network.AllowOut, sb.Network.DenyOut); err != nil {
-			return netSettings{}, err
+		if p, err = egress.Compile(sb.Network.AllowOut, sb.Network.DenyOut); err != nil {
+			return nil, err
 		}
 	}
 	if c.m == nil {
-		c.m = map[string]netSettings{}
+		c.m = map[string]*egress.Policy{}
 	}
-	c.m[id] = n
-	return n, nil
-}
-
-// NetworkPolicy returns sandbox id's current egress rules, compiled.
-func (s *Service) NetworkPolicy(ctx context.Context, id string) (*egress.Policy, error) {
-	n, err := s.netSettings(ctx, id)
-	return n.policy, err
+	c.m[id] = p
+	return p, nil
 }
 
 // Preview wakes sandbox id for a preview request: it returns once the
 // sandbox runs (resuming it if paused), with whether its preview URLs are
 // private (need its access token).
 func (s *Service) Preview(ctx context.Context, id string) (private bool, err error) {
-	// A running sandbox this server knows is served from memory: no store
-	// read on the request path. Otherwise one store read, under the box's
-	// lock (in wakeLocked); a sandbox this server has no box for yet is
-	// looked up first, so that requests for made-up IDs do not grow the
-	// box map.
+	// One store read per request, under the box's lock (in wakeLocked). A
+	// sandbox this server has no box for yet is looked up first, so that
+	// requests for made-up IDs do not grow the box map.
 	b, ok := s.knownBox(id)
 	if !ok {
 		if _, err := s.Get(ctx, "", id); err != nil {
@@ -113,11 +97,6 @@ func (s *Service) Preview(ctx context.Context, id string) (private bool, err err
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.agent != nil {
-		if n, err := s.netSettings(ctx, id); err == nil {
-			return n.previewPrivate, nil
-		}
-	}
 	sb, err := s.wakeLocked(ctx, b, id)
 	if err != nil {
 		return false, err
