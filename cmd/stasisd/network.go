@@ -112,7 +112,13 @@ func startEgress(ctx context.Context, f netFlags, st *store.Store, pool *netpool
 		return nil, err
 	}
 	fw := firewall.NewEgress(ifPrefix)
-	if err := fw.Install(ctx, srv.ProxyPort(), srv.DNSPort(), egress.AlwaysBlocked(), srv.NFLOGGroup()); err != nil {
+	err = fw.Install(ctx, srv.ProxyPort(), srv.DNSPort(), egress.AlwaysBlocked(), srv.NFLOGGroup())
+	if err != nil && srv.NFLOGGroup() != 0 {
+		// A kernel without the NFLOG target: refuse without logging.
+		log.Warn("sandbox egress firewall: connections it refuses will not be logged", "err", err)
+		err = fw.Install(ctx, srv.ProxyPort(), srv.DNSPort(), egress.AlwaysBlocked(), 0)
+	}
+	if err != nil {
 		srv.Close()
 		cancel()
 		return nil, fmt.Errorf("sandbox egress firewall: %w", err)

@@ -146,9 +146,11 @@ func Start(cfg Config) (*Server, error) {
 	if cfg.NFLOGGroup != 0 {
 		r, err := openNFLOG(cfg.NFLOGGroup)
 		if err != nil {
-			return nil, err
+			// Egress works without it; only the log misses those rows.
+			cfg.Logger.Warn("egress: connections the firewall refuses will not be logged", "err", err)
+		} else {
+			s.nflog = r
 		}
-		s.nflog = r
 	}
 	ln, err := net.Listen("tcp4", net.JoinHostPort(cfg.ListenAddr, "0"))
 	if err != nil {
