@@ -99,6 +99,8 @@ type bench struct {
 	seq   atomic.Int64
 	pause map[int]*pauseResults // by size in MiB
 	inet  *testnet.Internet     // the network phase's test internet; nil without it
+	// inetCAFile holds the test internet's CA for stasisd's --egress-ca-file.
+	inetCAFile string
 }
 
 // Run runs every measurement and returns the report. A phase that fails is
@@ -147,6 +149,9 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 	coldFlags = append(coldFlags, b.startInternet()...)
 	if b.inet != nil {
 		defer b.inet.Close()
+	}
+	if b.inetCAFile != "" {
+		defer os.Remove(b.inetCAFile)
 	}
 	srv, err := startServer(ctx, cfg, cfg.Subnet, cfg.NetnsPrefix, coldFlags...)
 	if err != nil {

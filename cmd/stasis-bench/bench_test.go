@@ -74,13 +74,14 @@ func TestQuickHarness(t *testing.T) {
 			t.Errorf("%s: status %q", r.Name, r.Status)
 		}
 	}
-	// The network phase ran for real (this stasisd has egress).
+	// The network phase ran for real (this stasisd has egress), its
+	// secrets rows too.
 	for _, r := range rep.Rows {
-		if r.Group == "network" && r.Status != "ok" {
+		if (r.Group == "network" || r.Group == "secrets") && r.Status != "ok" {
 			t.Errorf("%s: status %q (%s)", r.Name, r.Status, r.Note)
 		}
 	}
-	for _, g := range []string{"create", "exec", "files", "pause", "warm", "network", "density"} {
+	for _, g := range []string{"create", "exec", "files", "pause", "warm", "network", "secrets", "density"} {
 		if groups[g] == 0 {
 			t.Errorf("no %s results", g)
 		}
@@ -109,7 +110,7 @@ func TestQuickHarness(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Quick mode", "runsc", "exec `true`", "Density", "BenchmarkExecTrue"} {
+	for _, want := range []string{"Quick mode", "runsc", "exec `true`", "Density", "BenchmarkExecTrue", "Secrets: injection at egress"} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("BENCHMARKS.md lacks %q", want)
 		}

@@ -66,7 +66,22 @@ func (b *bench) startInternet() []string {
 		return []string{"--dns-upstream", "127.0.0.1:1"}
 	}
 	b.inet = in
-	return []string{"--egress", "allow", "--dns-upstream", in.DNS}
+	flags := []string{"--egress", "allow", "--dns-upstream", in.DNS}
+	if serverHasFlag(b.cfg.Stasisd, "egress-ca-file") {
+		// Secret injection verifies the test internet's HTTPS sites.
+		f, err := os.CreateTemp(b.cfg.TempDir, "stasis-bench-inet-ca-*.pem")
+		if err == nil {
+			_, err = f.Write(in.CAPEM)
+			f.Close()
+			b.inetCAFile = f.Name()
+		}
+		if err != nil {
+			b.problem("network: test internet CA file: %v", err)
+		} else {
+			flags = append(flags, "--egress-ca-file", f.Name())
+		}
+	}
+	return flags
 }
 
 func (b *bench) runsPhase(name string) bool {
@@ -98,9 +113,15 @@ func (b *bench) benchNetwork(ctx context.Context) error {
 			b.add(Row{Group: "network", Name: n, Status: "not_available",
 				Note: "this stasisd has no sandbox egress (--dns-upstream), or the test internet could not be built"})
 		}
+		for _, n := range secretRows {
+			b.add(Row{Group: "secrets", Name: n, Status: "not_available",
+				Note: "this stasisd has no sandbox egress (--dns-upstream), or the test internet could not be built"})
+		}
 		return nil
 	}
-	site, err := b.inet.AddSite("bench.test")
+	// One site under two names: one a bench secret names (its TLS is
+	// intercepted), one no secret names (its TLS passes through).
+	site, err := b.inet.AddSite("bench.test", secretHost)
 	if err != nil {
 		return err
 	}
@@ -132,6 +153,9 @@ func (b *bench) benchNetwork(ctx context.Context) error {
 		return err
 	}
 	if err := b.netEgress(ctx, bx, rb, site); err != nil {
+		return err
+	}
+	if err := b.netSecrets(ctx, bx, site); err != nil {
 		return err
 	}
 	return b.netPreview(ctx, bx, site)
@@ -187,7 +211,12 @@ func (b *bench) rawNAT(ctx context.Context, rb *rawBox) (func(), error) {
 // curl itself measured it inside the sandbox; with wantSize > 0 each
 // transfer must bring that many bytes.
 func curlTimes(ctx context.Context, run func(string) (string, error), url string, n int, wantSize int64) (durations, error) {
-	cmd := fmt.Sprintf(`for i in $(seq %d); do curl -sS --max-time 120 -o /dev/null -w '%%{time_total} %%{size_download}\n' %s || exit 1; done`, n, url)
+	return curlTimesOpts(ctx, run, "", url, n, wantSize)
+}
+
+// curlTimesOpts is curlTimes with more curl options (shell words).
+func curlTimesOpts(ctx context.Context, run func(string) (string, error), opts, url string, n int, wantSize int64) (durations, error) {
+	cmd := fmt.Sprintf(`for i in $(seq %d); do curl -sS --max-time 120 %s -o /dev/null -w '%%{time_total} %%{size_download}\n' %s || exit 1; done`, n, opts, url)
 	out, err := run(cmd)
 	if err != nil {
 		return nil, err

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"flag"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"net"
 	"net/http"
@@ -103,6 +104,7 @@ func startEgress(ctx context.Context, f netFlags, st *store.Store, pool *netpool
 		Log:          nl,
 		Intercept:    inj,
 		Alive:        func(id string) bool { _, ok := pool.Lookup(id); return ok },
+		NFLOGGroup:   nflogGroup(ifPrefix),
 		Logger:       log,
 	})
 	if err != nil {
@@ -110,7 +112,13 @@ func startEgress(ctx context.Context, f netFlags, st *store.Store, pool *netpool
 		return nil, err
 	}
 	fw := firewall.NewEgress(ifPrefix)
-	if err := fw.Install(ctx, srv.ProxyPort(), srv.DNSPort(), egress.AlwaysBlocked()); err != nil {
+	err = fw.Install(ctx, srv.ProxyPort(), srv.DNSPort(), egress.AlwaysBlocked(), srv.NFLOGGroup())
+	if err != nil && srv.NFLOGGroup() != 0 {
+		// A kernel without the NFLOG target: refuse without logging.
+		log.Warn("sandbox egress firewall: connections it refuses will not be logged", "err", err)
+		err = fw.Install(ctx, srv.ProxyPort(), srv.DNSPort(), egress.AlwaysBlocked(), 0)
+	}
+	if err != nil {
 		srv.Close()
 		cancel()
 		return nil, fmt.Errorf("sandbox egress firewall: %w", err)
@@ -118,6 +126,15 @@ func startEgress(ctx context.Context, f netFlags, st *store.Store, pool *netpool
 	log.Info("sandbox egress ready", "default", f.egress, "dns_upstreams", strings.Join(upstreams, ","),
 		"proxy", net.JoinHostPort("0.0.0.0", fmt.Sprint(srv.ProxyPort())))
 	return &egressRun{srv: srv, fw: fw, log: nl, cancel: cancel, logger: log}, nil
+}
+
+// nflogGroup is where a server's search for a free NFLOG group starts:
+// derived from its interface prefix, so servers side by side seldom try
+// the same ones.
+func nflogGroup(ifPrefix string) uint16 {
+	h := fnv.New32a()
+	h.Write([]byte(ifPrefix))
+	return uint16(1000 + h.Sum32()%60000)
 }
 
 // stop stops the proxy and resolver and writes the last log rows. The

@@ -21,6 +21,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -48,10 +49,19 @@ type Config struct {
 	// chosen by the kernel). Default 0.0.0.0: the firewall redirects
 	// sandbox traffic to the address of the link it arrives on.
 	ListenAddr string
+	// NFLOGGroup, if set, is the first NFLOG group tried for connections
+	// the host's firewall refuses (see NFLOGGroup), so they are logged.
+	NFLOGGroup uint16
 	// Alive reports whether a sandbox still exists; what the resolver
 	// remembers about others is dropped now and then. nil: kept.
 	Alive  func(sandboxID string) bool
 	Logger *slog.Logger
+
+	// Tests on loopback replace how a connection's destination is read
+	// and how an allowed one is dialed (nil: SO_ORIGINAL_DST, and a TCP
+	// connection to it).
+	origDst func(*net.TCPConn) (netip.AddrPort, error)
+	dialTCP func(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, error)
 }
 
 // Event is one connection as the network log records it.
@@ -102,10 +112,11 @@ type Server struct {
 	tcp   *dns.Server
 	dialr net.Dialer
 
-	hostMu    sync.Mutex
-	hostAddrs map[netip.Addr]bool
-	hostAt    time.Time
+	nflog     *nflogReader                        // nil: refused connections are not logged
+	hostAddrs atomic.Pointer[map[netip.Addr]bool] // refreshed every second by refreshHostAddrs
 
+	t0     time.Time
+	tResp  *atomic.Int64
 	wg     sync.WaitGroup
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -125,11 +136,25 @@ func Start(cfg Config) (*Server, error) {
 	if cfg.ListenAddr == "" {
 		cfg.ListenAddr = "0.0.0.0"
 	}
+	if cfg.origDst == nil {
+		cfg.origDst = originalDst
+	}
 	s := &Server{cfg: cfg, res: newResolver(cfg.Upstreams, cfg.Identify, cfg.Logger),
 		dialr: net.Dialer{Timeout: dialTimeout}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.loadHostAddrs()
+	if cfg.NFLOGGroup != 0 {
+		r, err := openNFLOG(cfg.NFLOGGroup)
+		if err != nil {
+			// Egress works without it; only the log misses those rows.
+			cfg.Logger.Warn("egress: connections the firewall refuses will not be logged", "err", err)
+		} else {
+			s.nflog = r
+		}
+	}
 	ln, err := net.Listen("tcp4", net.JoinHostPort(cfg.ListenAddr, "0"))
 	if err != nil {
+		s.closeNFLOG()
 		return nil, fmt.Errorf("egress: proxy listener: %w", err)
 	}
 	s.ln = ln.(*net.TCPListener)
@@ -150,6 +175,7 @@ func Start(cfg Config) (*Server, error) {
 	}
 	if pc == nil || dl == nil {
 		s.ln.Close()
+		s.closeNFLOG()
 		return nil, fmt.Errorf("egress: resolver listeners: %v", err)
 	}
 	s.udp = &dns.Server{PacketConn: pc, Handler: s.res}
@@ -161,11 +187,22 @@ func Start(cfg Config) (*Server, error) {
 			srv.ActivateAndServe()
 		}()
 	}
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go func() {
 		defer s.wg.Done()
 		s.serve()
 	}()
+	go func() {
+		defer s.wg.Done()
+		s.refreshHostAddrs()
+	}()
+	if s.nflog != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.logRefused()
+		}()
+	}
 	go func() {
 		defer s.wg.Done()
 		s.sweep()
@@ -200,6 +237,15 @@ func (s *Server) ProxyPort() int { return s.ln.Addr().(*net.TCPAddr).Port }
 // DNSPort is the UDP and TCP port of the resolver.
 func (s *Server) DNSPort() int { return s.udp.PacketConn.LocalAddr().(*net.UDPAddr).Port }
 
+// NFLOGGroup is the NFLOG group the firewall should copy refused
+// connections to, or 0.
+func (s *Server) NFLOGGroup() int {
+	if s.nflog == nil {
+		return 0
+	}
+	return int(s.nflog.group)
+}
+
 // Close stops listening; connections in flight are cut.
 func (s *Server) Close() error {
 	s.cancel()
@@ -207,26 +253,75 @@ func (s *Server) Close() error {
 	s.udp.Shutdown()
 	s.tcp.Shutdown()
 	s.wg.Wait()
+	s.closeNFLOG() // after its reader stopped: its fd number may be reused
 	return err
 }
 
-// isHostAddr reports whether a is one of the host's own addresses (looked
-// up at most once a second).
+func (s *Server) closeNFLOG() {
+	if s.nflog != nil {
+		s.nflog.Close()
+	}
+}
+
+// logRefused logs the connections the host's firewall refused, as blocked
+// by the always-blocked rule, under the name the sandbox looked up if any.
+func (s *Server) logRefused() {
+	buf := make([]byte, 64<<10)
+	for s.ctx.Err() == nil {
+		conns, err := s.nflog.read(buf)
+		if err != nil {
+			if s.ctx.Err() == nil {
+				s.cfg.Logger.Warn("egress: reading refused connections", "err", err)
+				time.Sleep(time.Second)
+			}
+			continue
+		}
+		for _, c := range conns {
+			id, ok := s.cfg.Identify(netip.Addr{}, c.src)
+			if !ok {
+				continue
+			}
+			s.begin(Event{SandboxID: id, Time: time.Now().UTC(), Dst: c.dst, Verdict: Blocked, Rule: RuleInternal,
+				Host: s.res.nameFor(id, c.dst.Addr())})(0, 0)
+		}
+	}
+}
+
+// isHostAddr reports whether a is one of the host's own addresses, as
+// of the last refresh (at most a second old; the firewall refuses
+// connections to them before they reach the proxy anyway).
 func (s *Server) isHostAddr(a netip.Addr) bool {
-	s.hostMu.Lock()
-	defer s.hostMu.Unlock()
-	if s.hostAddrs == nil || time.Since(s.hostAt) > time.Second {
-		m := map[netip.Addr]bool{}
-		if addrs, err := net.InterfaceAddrs(); err == nil {
-			for _, ad := range addrs {
-				if n, ok := ad.(*net.IPNet); ok {
-					if ip, ok := netip.AddrFromSlice(n.IP); ok {
-						m[ip.Unmap()] = true
-					}
-				}
+	return (*s.hostAddrs.Load())[a]
+}
+
+// refreshHostAddrs reloads the host's addresses every second, off the
+// connection path: listing them takes a netlink dump, long on a host with
+// many sandbox links.
+func (s *Server) refreshHostAddrs() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+			s.loadHostAddrs()
+		}
+	}
+}
+
+func (s *Server) loadHostAddrs() {
+	m := map[netip.Addr]bool{}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil && s.hostAddrs.Load() != nil {
+		return // keep what is known
+	}
+	for _, ad := range addrs {
+		if n, ok := ad.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok {
+				m[ip.Unmap()] = true
 			}
 		}
-		s.hostAddrs, s.hostAt = m, time.Now()
 	}
-	return s.hostAddrs[a]
+	s.hostAddrs.Store(&m)
 }

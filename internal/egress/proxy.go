@@ -26,6 +26,9 @@ const (
 	// logSniffWait bounds the wait for a name to log once the verdict is
 	// known, if the upstream dial was quicker.
 	logSniffWait = 50 * time.Millisecond
+	// preDialedFresh is how long the upstream connection made before a
+	// connection was intercepted is handed to the interceptor.
+	preDialedFresh = 5 * time.Second
 )
 
 func (s *Server) serve() {
@@ -60,7 +63,7 @@ func (s *Server) handle(c *net.TCPConn) {
 		reset(c) // not from a sandbox link
 		return
 	}
-	dst, err := originalDst(c)
+	dst, err := s.cfg.origDst(c)
 	if err != nil {
 		s.cfg.Logger.Warn("egress: no original destination", "sandbox", id, "err", err)
 		reset(c)
@@ -115,35 +118,21 @@ func (s *Server) handle(c *net.TCPConn) {
 	}
 	ev.Rule = d.Rule
 
-	var up *net.TCPConn
+	// Dial first: a client speaks as soon as its connection is up, so its
+	// first bytes are usually waiting by the time the upstream answers,
+	// and reading them then costs no wait (and no goroutine).
+	up, derr := s.dial(ctx, dst)
 	if first.data == nil {
-		// Dial while reading the first bytes for the log.
-		var derr error
-		dialed := make(chan struct{})
-		go func() {
-			defer close(dialed)
-			up, derr = s.dial(ctx, dst)
-		}()
-		sn := make(chan sniffed, 1)
-		go func() { sn <- sniff(c) }()
-		<-dialed
+		// Read the first bytes for the log.
 		c.SetReadDeadline(time.Now().Add(logSniffWait))
-		first = <-sn
+		first = sniff(c)
 		c.SetReadDeadline(time.Time{})
-		if derr != nil {
-			ev.Verdict, ev.Host = Failed, s.hostFor(id, dst.Addr(), first)
-			s.begin(ev)(0, 0)
-			reset(c)
-			return
-		}
-	} else {
-		var derr error
-		if up, derr = s.dial(ctx, dst); derr != nil {
-			ev.Verdict, ev.Host = Failed, s.hostFor(id, dst.Addr(), first)
-			s.begin(ev)(0, 0)
-			reset(c)
-			return
-		}
+	}
+	if derr != nil {
+		ev.Verdict, ev.Host = Failed, s.hostFor(id, dst.Addr(), first)
+		s.begin(ev)(0, 0)
+		reset(c)
+		return
 	}
 	defer up.Close()
 	ic := s.cfg.Intercept
@@ -157,25 +146,52 @@ func (s *Server) handle(c *net.TCPConn) {
 		}
 	}
 	ev.Verdict, ev.Host = Allowed, s.hostFor(id, dst.Addr(), first)
-	done := s.begin(ev)
 
 	// Only TLS whose SNI names a host a bound secret names, at an address
 	// that host really has, is intercepted: a credential never goes to an
 	// address the sandbox merely claims belongs to the host.
 	if ic != nil && first.isTLS() && first.host != "" && ic.Intercepts(id, first.host, dst) &&
 		s.verified(ctx, id, first.host, dst.Addr()) {
-		up.Close() // the interceptor makes its own upstream connection
+		// The interceptor's first upstream connection is the one made,
+		// while fresh (a server may drop one left without a handshake).
+		var pre sync.Mutex
+		dialed, dialedAt := up, time.Now()
+		done := s.begin(ev)
 		sent, recv, err := ic.Serve(ctx, &Conn{SandboxID: id, Host: ev.Host, Dst: dst,
 			Client: &prefixConn{TCPConn: c, prefix: first.data},
-			Dial:   func(ctx context.Context) (net.Conn, error) { return s.dial(ctx, dst) }})
+			Dial: func(ctx context.Context) (net.Conn, error) {
+				pre.Lock()
+				u := dialed
+				dialed = nil
+				pre.Unlock()
+				if u != nil && time.Since(dialedAt) < preDialedFresh {
+					return u, nil
+				}
+				if u != nil {
+					u.Close()
+				}
+				return s.dial(ctx, dst)
+			}})
 		if err != nil {
 			s.cfg.Logger.Debug("egress: intercepted connection", "sandbox", id, "host", ev.Host, "err", err)
 		}
 		done(sent, recv)
 		return
 	}
-	sent, recv := s.splice(c, up, first.data)
-	done(sent, recv)
+	// The first bytes go on before the log row is queued: they are what
+	// the client waits on.
+	var sent, recv int64
+	if len(first.data) > 0 {
+		n, err := up.Write(first.data)
+		sent = int64(n)
+		if err != nil {
+			s.begin(ev)(sent, 0)
+			return
+		}
+	}
+	done := s.begin(ev)
+	n, recv := s.splice(c, up)
+	done(sent+n, recv)
 }
 
 // isTLS reports whether the first bytes are a complete TLS ClientHello.
@@ -201,6 +217,9 @@ func (s *Server) begin(ev Event) func(sent, recv int64) {
 func (s *Server) dial(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, error) {
 	if IsAlwaysBlocked(dst.Addr()) || s.isHostAddr(dst.Addr()) {
 		return nil, fmt.Errorf("egress: %v is never dialed", dst)
+	}
+	if s.cfg.dialTCP != nil {
+		return s.cfg.dialTCP(ctx, dst)
 	}
 	c, err := s.dialr.DialContext(ctx, "tcp4", dst.String())
 	if err != nil {
@@ -236,16 +255,10 @@ func (s *Server) hostFor(id string, addr netip.Addr, f sniffed) string {
 }
 
 // splice copies bytes both ways until both sides are done, half-closing
-// as each direction ends, and returns the bytes sent (client to upstream,
-// prefix included) and received.
-func (s *Server) splice(c, up *net.TCPConn, prefix []byte) (sent, recv int64) {
-	if len(prefix) > 0 {
-		n, err := up.Write(prefix)
-		sent += int64(n)
-		if err != nil {
-			return sent, 0
-		}
-	}
+// as each direction ends, and returns the bytes sent (client to upstream)
+// and received. Between two TCP sockets io.Copy moves them with splice(2),
+// without copying them through the process.
+func (s *Server) splice(c, up *net.TCPConn) (sent, recv int64) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {

@@ -20,14 +20,14 @@ import (
 //	       new TCP connections to anything else on the host are refused with
 //	       a reset (the sandbox chain drops the rest).
 type Egress struct {
-	nat, filter string
-	ifPrefix    string
+	nat, refuse, filter string
+	ifPrefix            string
 }
 
 // NewEgress returns the egress rules for interfaces named ifPrefix*.
 func NewEgress(ifPrefix string) *Egress {
 	c := "STASIS-" + strings.ToUpper(ifPrefix)
-	return &Egress{nat: c + "-NAT", filter: c + "-EG", ifPrefix: ifPrefix}
+	return &Egress{nat: c + "-NAT", refuse: c + "-REF", filter: c + "-EG", ifPrefix: ifPrefix}
 }
 
 // refusedPort is where connections that must fail are redirected; the
@@ -35,8 +35,10 @@ func NewEgress(ifPrefix string) *Egress {
 const refusedPort = 1
 
 // Install (re)writes the chains for the given ports and hooks them in. It
-// is idempotent; blocked lists the destinations never redirected.
-func (e *Egress) Install(ctx context.Context, proxyPort, dnsPort int, blocked []netip.Prefix) error {
+// is idempotent; blocked lists the destinations never redirected. With
+// nflogGroup > 0 the first packet of each refused connection is copied to
+// that NFLOG group, for the network log.
+func (e *Egress) Install(ctx context.Context, proxyPort, dnsPort int, blocked []netip.Prefix, nflogGroup int) error {
 	match := e.ifPrefix + "+"
 	proxy, dns := strconv.Itoa(proxyPort), strconv.Itoa(dnsPort)
 	nat := [][]string{
@@ -45,13 +47,18 @@ func (e *Egress) Install(ctx context.Context, proxyPort, dnsPort int, blocked []
 	}
 	// TCP to where no sandbox may go is sent to a port the filter refuses:
 	// the sandbox's connect fails at once, and nothing leaves the host.
-	refused := strconv.Itoa(refusedPort)
+	// The nat table sees only a connection's first packet: one log entry
+	// per refused connection.
+	refuse := [][]string{{"-p", "tcp", "-j", "REDIRECT", "--to-ports", strconv.Itoa(refusedPort)}}
+	if nflogGroup > 0 {
+		refuse = append([][]string{{"-j", "NFLOG", "--nflog-group", strconv.Itoa(nflogGroup)}}, refuse...)
+	}
 	for _, p := range blocked {
-		nat = append(nat, []string{"-p", "tcp", "-d", p.String(), "-j", "REDIRECT", "--to-ports", refused})
+		nat = append(nat, []string{"-p", "tcp", "-d", p.String(), "-j", e.refuse})
 	}
 	nat = append(nat,
-		[]string{"-p", "tcp", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "REDIRECT", "--to-ports", refused},
-		[]string{"-p", "tcp", "-m", "addrtype", "--dst-type", "BROADCAST", "-j", "REDIRECT", "--to-ports", refused},
+		[]string{"-p", "tcp", "-m", "addrtype", "--dst-type", "LOCAL", "-j", e.refuse},
+		[]string{"-p", "tcp", "-m", "addrtype", "--dst-type", "BROADCAST", "-j", e.refuse},
 		[]string{"-p", "tcp", "-j", "REDIRECT", "--to-ports", proxy},
 	)
 	filter := [][]string{
@@ -59,6 +66,9 @@ func (e *Egress) Install(ctx context.Context, proxyPort, dnsPort int, blocked []
 		{"-p", "tcp", "--dport", dns, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT"},
 		{"-p", "udp", "--dport", dns, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT"},
 		{"-p", "tcp", "-m", "conntrack", "--ctstate", "NEW", "-j", "REJECT", "--reject-with", "tcp-reset"},
+	}
+	if err := writeChain(ctx, "nat", e.refuse, refuse); err != nil {
+		return err
 	}
 	if err := writeChain(ctx, "nat", e.nat, nat); err != nil {
 		return err
@@ -80,8 +90,12 @@ func (e *Egress) Remove(ctx context.Context) error {
 	for ipt(ctx, "-D", "INPUT", "-i", match, "-j", e.filter) == nil {
 	}
 	ipt(ctx, "-t", "nat", "-F", e.nat)
+	ipt(ctx, "-t", "nat", "-F", e.refuse)
 	ipt(ctx, "-F", e.filter)
 	err := ipt(ctx, "-t", "nat", "-X", e.nat)
+	if err2 := ipt(ctx, "-t", "nat", "-X", e.refuse); err == nil {
+		err = err2
+	}
 	if err2 := ipt(ctx, "-X", e.filter); err == nil {
 		err = err2
 	}

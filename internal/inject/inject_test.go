@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -24,7 +25,8 @@ import (
 // client speaking HTTP/2 over one kept-alive connection and a real TLS
 // upstream (loopback): the credential is injected into every request, a
 // 32 MiB body passes whole, and the sandbox's TLS is terminated with a
-// certificate from the server's CA.
+// certificate from the server's CA. Upstream, requests go over HTTP/1.1,
+// gRPC over HTTP/2.
 func TestInterceptHTTP2KeepAliveLargeBody(t *testing.T) {
 	ctx := context.Background()
 	r := newRig(t)
@@ -34,9 +36,12 @@ func TestInterceptHTTP2KeepAliveLargeBody(t *testing.T) {
 	caPool := x509.NewCertPool()
 	caPool.AppendCertsFromPEM(ca.PEM())
 	cl := oneConnClient(clientSide, caPool) // a second connection fails: keep-alive is checked
-	do := func(method string, body io.Reader) string {
+	do := func(method string, body io.Reader, contentType string) string {
 		req, _ := http.NewRequest(method, "https://example.com/v1/x?q=1", body)
 		req.Header.Set("Authorization", "Bearer "+token)
+		if contentType != "" {
+			req.Header.Set("Content-Type", contentType)
+		}
 		resp, err := cl.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -48,19 +53,22 @@ func TestInterceptHTTP2KeepAliveLargeBody(t *testing.T) {
 		}
 		return string(b)
 	}
-	if got := do("GET", nil); got != "HTTP/2.0 Bearer "+value+" 0" {
+	if got := do("GET", nil, ""); got != "HTTP/1.1 Bearer "+value+" 0" {
 		t.Fatalf("GET: %q", got)
 	}
 	const size = 32 << 20
-	if got := do("POST", io.LimitReader(zeros{}, size)); got != fmt.Sprintf("HTTP/2.0 Bearer %s %d", value, size) {
+	if got := do("POST", io.LimitReader(zeros{}, size), ""); got != fmt.Sprintf("HTTP/1.1 Bearer %s %d", value, size) {
 		t.Fatalf("POST of %d bytes: %q", size, got)
+	}
+	if got := do("POST", strings.NewReader("msg"), "application/grpc+proto"); got != "HTTP/2.0 Bearer "+value+" 3" {
+		t.Fatalf("gRPC: %q", got)
 	}
 	cl.CloseIdleConnections()
 	clientSide.Close()
 	wg.Wait()
 	r.ic.Wait()
 	evs, err := sec.Audit(ctx, "team", "s", 10, 0, "")
-	if err != nil || len(evs) != 2 || evs[0].Method != "POST" || evs[0].Path != "/v1/x" || evs[0].Status != 200 ||
+	if err != nil || len(evs) != 3 || evs[0].Method != "POST" || evs[0].Path != "/v1/x" || evs[0].Status != 200 ||
 		evs[0].UpstreamStatus == nil || *evs[0].UpstreamStatus != 200 {
 		t.Fatalf("audit: %v %+v", err, evs)
 	}
@@ -101,6 +109,12 @@ func newRig(t testing.TB) *rig {
 	}
 	env, _ := sec.Env(ctx, "sb")
 	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if size, ok := strings.CutPrefix(r.URL.Path, "/bytes/"); ok {
+			n, _ := strconv.ParseInt(size, 10, 64)
+			w.Header().Set("Content-Length", size)
+			io.Copy(w, io.LimitReader(zeros{}, n))
+			return
+		}
 		n, _ := io.Copy(io.Discard, r.Body)
 		fmt.Fprintf(w, "%s %s %d", r.Proto, r.Header.Get("Authorization"), n)
 	}))
@@ -181,6 +195,29 @@ func BenchmarkBody(b *testing.B) {
 			b.SetBytes(size)
 			for b.Loop() {
 				benchDo(b, cl, tok, io.LimitReader(zeros{}, size))
+			}
+		})
+	}
+}
+
+// BenchmarkDownload is BenchmarkBody for a 100 MB response body.
+func BenchmarkDownload(b *testing.B) {
+	const size = 100 << 20
+	for _, via := range []string{"direct", "intercepted"} {
+		b.Run(via, func(b *testing.B) {
+			cl, tok := benchClient(b, via)
+			b.SetBytes(size)
+			for b.Loop() {
+				req, _ := http.NewRequest("GET", fmt.Sprintf("https://example.com/bytes/%d", size), nil)
+				req.Header.Set("Authorization", "Bearer "+tok)
+				resp, err := cl.Do(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if n, _ := io.Copy(io.Discard, resp.Body); n != size {
+					b.Fatalf("got %d bytes", n)
+				}
+				resp.Body.Close()
 			}
 		})
 	}

@@ -381,6 +381,19 @@ for l in open('/proc/net/route'):
 		host, port, _ := strings.Cut(tg, ":")
 		mustFail(t, "connection to "+tg, c.probe("http", host, port, host, "/"))
 	}
+	// Refused at the host, they are in the network log as blocked (not
+	// loopback, multicast or 0/8: gVisor refuses those inside the sandbox).
+	refused := append([]string{"10.0.0.1:80", "172.16.0.1:80", "192.168.0.1:80", "100.64.0.1:80", "169.254.169.254:80"}, targets[8:]...)
+	waitLog(t, srv, c.id, "?verdict=blocked&limit=200", func(p netPage) bool {
+		for _, tg := range refused {
+			host, port, _ := strings.Cut(tg, ":")
+			n, _ := strconv.Atoi(port)
+			if r := findRow(p, host, n, "blocked"); r == nil || r.DstIP != host || r.MatchRule != "internal-ip" {
+				return false
+			}
+		}
+		return true
+	})
 	// The host reaches the neighbour (positive control for its server).
 	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + otherAddr + ":8000/")
 	if err != nil {

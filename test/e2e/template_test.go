@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -190,6 +191,19 @@ func TestTemplateFromImage(t *testing.T) {
 	}
 	if got := c.sh("echo $GREETING $FROM_IMAGE; pwd"); got != "hi yes\n/srv" {
 		t.Fatalf("template env/workdir: %q", got)
+	}
+	// The image's trust store (busybox has none) holds the server's egress
+	// CA, so TLS that secret injection terminates verifies in sandboxes
+	// made from the template.
+	ca, err := os.ReadFile(filepath.Join(srv.DataDir(), "egress-ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.sh("cat /etc/ssl/certs/ca-certificates.crt"); !strings.Contains(got, strings.TrimSpace(string(ca))) {
+		t.Fatalf("the template's trust bundle lacks the egress CA:\n%s", got)
+	}
+	if got := c.sh("cat /etc/ssl/certs/stasis-egress-ca.pem"); got != strings.TrimSpace(string(ca)) {
+		t.Fatalf("the template's egress CA file: %q", got)
 	}
 	// Sandboxes from one template are independent.
 	c2, _ := create(t, srv, map[string]any{"name": "from-tpl-2", "from_template": "web"})
