@@ -1,0 +1,66 @@
+package e2e
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stasis-sandbox/stasis/internal/testenv"
+)
+
+// TestPostgresOutage runs stasisd on a real PostgreSQL (--database-url),
+// stops PostgreSQL under it, and checks that the API answers 503
+// store_unavailable and changes nothing, then that it recovers by itself
+// once PostgreSQL is back, with nothing lost: the sandbox, its files and
+// processes, and its pause and resume.
+func TestPostgresOutage(t *testing.T) {
+	testenv.RequireRoot(t)
+	pg := testenv.StartPostgresServer(t)
+	srv := testenv.StartServer(t, testenv.WithArgs("--database-url", pg.NewDatabase()))
+	c, _ := createMinimal(t, srv, "on-postgres")
+	c.writeFile("/home/user/keep.txt", []byte("precious"))
+	startCounter(c)
+	waitCount(t, c, 2)
+
+	pg.Stop()
+	want503 := func(what string, err error) {
+		t.Helper()
+		var he *testenv.HTTPError
+		if !errors.As(err, &he) || he.Status != http.StatusServiceUnavailable || !strings.Contains(he.Body, `"store_unavailable"`) {
+			t.Fatalf("%s with PostgreSQL down: %v; want 503 store_unavailable", what, err)
+		}
+	}
+	want503("list", srv.Do("GET", "/sandboxes", nil, nil))
+	want503("get", srv.Do("GET", "/sandboxes/"+c.id, nil, nil))
+	want503("create", srv.Do("POST", "/sandboxes", map[string]any{"name": "lost", "from_template": "stasis/minimal"}, nil))
+	want503("pause", srv.Do("POST", "/sandboxes/"+c.id+"/pause", nil, nil))
+
+	pg.Start()
+	// No restart of stasisd: its next requests find the database again.
+	var list []sandboxInfo
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		err := srv.Do("GET", "/sandboxes", nil, &list)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stasisd did not recover after PostgreSQL came back: %v\n%s", err, srv.Logs())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if len(list) != 1 || list[0].ID != c.id || list[0].Status != "active" {
+		t.Fatalf("after the outage: %+v; want just the one active sandbox (the refused create made nothing)", list)
+	}
+	if got := string(c.readFile("/home/user/keep.txt")); got != "precious" {
+		t.Fatalf("file after the outage: %q", got)
+	}
+	before := waitCount(t, c, 1)
+	if err := srv.Do("POST", "/sandboxes/"+c.id+"/pause", nil, nil); err != nil {
+		t.Fatalf("pause after the outage: %v", err)
+	}
+	resume(t, srv, c)
+	waitCount(t, c, before+1) // the same counter process continues
+}
