@@ -54,10 +54,14 @@ func HTTPStatus(kind error) int {
 
 // AsError returns the user-facing error err is or wraps. A database that
 // cannot be reached is a 503 store_unavailable: nothing was changed and
-// the client may retry. ok is false for internal errors.
+// the client may retry. A fenced update (another node took the sandbox
+// over) is a 409 sandbox_moved. ok is false for internal errors.
 func AsError(err error) (e *Error, ok bool) {
 	if errors.As(err, &e) {
 		return e, true
+	}
+	if errors.Is(err, store.ErrFenced) {
+		return newErr(ErrConflict, "sandbox_moved", "the sandbox was taken over by another node meanwhile; retry"), true
 	}
 	if store.IsUnavailable(err) {
 		return newErr(ErrUnavailable, "store_unavailable", "the state database is unavailable; retry shortly"), true

@@ -368,7 +368,11 @@ func (s *Service) setStatus(ctx context.Context, sb *store.Sandbox, status, msg 
 	case store.StatusPaused:
 		sb.DeleteAt = deadline(now, sb.AutoDeleteSeconds)
 	}
-	return s.cfg.Store.UpdateSandbox(ctx, sb)
+	err := s.cfg.Store.UpdateSandbox(ctx, sb)
+	if errors.Is(err, store.ErrFenced) {
+		s.stopMovedOn(ctx, sb)
+	}
+	return err
 }
 
 // insertSandbox stores a new sandbox owned by this node.
