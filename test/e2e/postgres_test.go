@@ -64,3 +64,33 @@ func TestPostgresOutage(t *testing.T) {
 	resume(t, srv, c)
 	waitCount(t, c, before+1) // the same counter process continues
 }
+
+// TestPostgresTimersAndRestart: on PostgreSQL, the timeout pauses a
+// sandbox and auto-delete deletes one (each timer firing takes its lease in
+// PostgreSQL), and a stasisd restart finds its sandboxes where it left them.
+func TestPostgresTimersAndRestart(t *testing.T) {
+	testenv.RequireRoot(t)
+	pg := testenv.StartPostgresServer(t)
+	srv := testenv.StartServer(t, testenv.WithArgs("--database-url", pg.NewDatabase()))
+	c, sb := create(t, srv, map[string]any{"name": "timed", "from_template": "stasis/minimal", "timeout_seconds": 1})
+	c.sh("echo kept > /home/user/f")
+	waitStatus(t, srv, sb.ID, "paused") // the timeout paused it
+
+	_, gone := create(t, srv, map[string]any{"name": "ephemeral", "from_template": "stasis/minimal", "auto_delete_seconds": 0})
+	if err := srv.Do("POST", "/sandboxes/"+gone.ID+"/pause", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, srv, gone.ID, "") // auto-delete deleted it
+
+	srv.Restart()
+	var list []sandboxInfo
+	if err := srv.Do("GET", "/sandboxes", nil, &list); err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 1 || list[0].ID != sb.ID || list[0].Status != "paused" {
+		t.Fatalf("after restart: %+v; want the one paused sandbox", list)
+	}
+	if got := c.sh("cat /home/user/f"); got != "kept" { // resumes it transparently
+		t.Fatalf("file after restart: %q", got)
+	}
+}
