@@ -2,6 +2,8 @@ package sandbox
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/store"
@@ -28,6 +30,28 @@ func (s *Service) holder() string {
 
 func timerLease(id string) string         { return "timer:" + id }
 func buildLease(templateID string) string { return "build:" + templateID }
+
+// owns reports whether this node may change sb: it is the owner the row
+// names, or the row names none (written before sandboxes had owners).
+func (s *Service) owns(sb *store.Sandbox) bool {
+	return sb.Node == "" || sb.Node == s.cfg.NodeName
+}
+
+// update writes sb's changes, fenced twice: only the owner node writes,
+// and the store applies the write only if the owner and epoch did not move
+// since sb was read. When the sandbox moved on, this node's copy of it is
+// stopped and the error is store.ErrFenced (409 sandbox_moved).
+func (s *Service) update(ctx context.Context, sb *store.Sandbox) error {
+	if !s.owns(sb) {
+		s.stopMovedOn(ctx, sb)
+		return fmt.Errorf("update sandbox %s owned by node %s: %w", sb.ID, sb.Node, store.ErrFenced)
+	}
+	err := s.cfg.Store.UpdateSandbox(ctx, sb)
+	if errors.Is(err, store.ErrFenced) {
+		s.stopMovedOn(ctx, sb)
+	}
+	return err
+}
 
 // stopMovedOn is called when a fenced update of sb failed: if another node
 // owns the sandbox now, this node's copy is stale, and whatever of it still

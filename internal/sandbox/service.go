@@ -368,11 +368,7 @@ func (s *Service) setStatus(ctx context.Context, sb *store.Sandbox, status, msg 
 	case store.StatusPaused:
 		sb.DeleteAt = deadline(now, sb.AutoDeleteSeconds)
 	}
-	err := s.cfg.Store.UpdateSandbox(ctx, sb)
-	if errors.Is(err, store.ErrFenced) {
-		s.stopMovedOn(ctx, sb)
-	}
-	return err
+	return s.update(ctx, sb)
 }
 
 // insertSandbox stores a new sandbox owned by this node.

@@ -1,12 +1,17 @@
 package e2e
 
 import (
+	"context"
 	"errors"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/stasis-sandbox/stasis/internal/store"
 	"github.com/stasis-sandbox/stasis/internal/testenv"
 )
 
@@ -93,4 +98,67 @@ func TestPostgresTimersAndRestart(t *testing.T) {
 	if got := c.sh("cat /home/user/f"); got != "kept" { // resumes it transparently
 		t.Fatalf("file after restart: %q", got)
 	}
+}
+
+// TestFencedNodeStopsStaleCopy: another node claims a sandbox (bumping its
+// epoch in PostgreSQL) while this stasisd still runs it. This stasisd's next
+// change to it is refused with 409 sandbox_moved and changes nothing, and
+// it stops its stale copy: runsc no longer runs the sandbox here.
+func TestFencedNodeStopsStaleCopy(t *testing.T) {
+	testenv.RequireRoot(t)
+	pg := testenv.StartPostgresServer(t)
+	url := pg.NewDatabase()
+	srv := testenv.StartServer(t, testenv.WithArgs("--database-url", url))
+	c, _ := createMinimal(t, srv, "moved")
+	if !runscRuns(t, srv, c.id) {
+		t.Fatal("runsc does not list the new sandbox")
+	}
+
+	// The other node's claim, straight through the store as it would do it.
+	ctx := context.Background()
+	st, err := store.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	sb, err := st.GetSandbox(ctx, "", c.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.ClaimSandbox(ctx, c.id, sb.Epoch, "other-node"); err != nil {
+		t.Fatal(err)
+	}
+
+	err = srv.Do("POST", "/sandboxes/"+c.id+"/pause", nil, nil)
+	var he *testenv.HTTPError
+	if !errors.As(err, &he) || he.Status != http.StatusConflict || !strings.Contains(he.Body, `"sandbox_moved"`) {
+		t.Fatalf("pause of a sandbox another node claimed: %v; want 409 sandbox_moved", err)
+	}
+	cur, err := st.GetSandbox(ctx, "", c.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cur.Node != "other-node" || cur.Epoch != sb.Epoch+1 || cur.Status != store.StatusActive || cur.Error != "" {
+		t.Fatalf("row after the fenced pause: node %q epoch %d status %s error %q; want it untouched",
+			cur.Node, cur.Epoch, cur.Status, cur.Error)
+	}
+	if runscRuns(t, srv, c.id) {
+		t.Fatal("the stale copy still runs on the node that lost the sandbox")
+	}
+}
+
+// runscRuns reports whether the server's runsc lists sandbox id.
+func runscRuns(t *testing.T, srv *testenv.Server, id string) bool {
+	t.Helper()
+	out, err := exec.Command(os.Getenv("STASIS_RUNSC"), "--root="+filepath.Join(srv.DataDir(), "runsc"),
+		"list", "--quiet").CombinedOutput()
+	if err != nil {
+		t.Fatalf("runsc list: %v: %s", err, out)
+	}
+	for _, line := range strings.Fields(string(out)) {
+		if line == id {
+			return true
+		}
+	}
+	return false
 }
