@@ -37,6 +37,7 @@ import (
 const defaultTeam = "default"
 
 type serveFlags struct {
+	databaseURL                                                                                  string
 	listen, e2bListen, dataDir, imagesDir, runsc, agent, template, logLevel, subnet, netnsPrefix string
 	vcpu, memMiB, diskMiB, maxLive, linkMTU                                                      int
 	warmWindow                                                                                   time.Duration
@@ -52,6 +53,7 @@ func runServe(args []string) error {
 	fs.StringVar(&f.listen, "listen", imagesEnvOr("STASIS_LISTEN", "127.0.0.1:8080"), "address to serve the API on")
 	fs.StringVar(&f.e2bListen, "e2b-listen", imagesEnvOr("STASIS_E2B_LISTEN", "127.0.0.1:3000"), "address to serve E2B's protocol on (control plane and envd; empty: off)")
 	fs.StringVar(&f.dataDir, "data-dir", imagesEnvOr("STASIS_DATA_DIR", "/var/lib/stasis"), "directory for the database, snapshots and runtime state")
+	fs.StringVar(&f.databaseURL, "database-url", os.Getenv("STASIS_DATABASE_URL"), "state database: postgres://USER@HOST:PORT/DB for a cluster (default: SQLite at DATA_DIR/stasis.db)")
 	fs.StringVar(&f.imagesDir, "images-dir", os.Getenv("STASIS_IMAGES_DIR"), "directory of built images (default DATA_DIR/images)")
 	fs.StringVar(&f.runsc, "runsc", os.Getenv("STASIS_RUNSC"), "runsc binary (default: the one make setup built, else runsc on PATH)")
 	fs.StringVar(&f.agent, "agent", os.Getenv("STASIS_AGENT"), "static stasis-agent binary (default: next to stasisd)")
@@ -147,7 +149,7 @@ type node struct {
 	svc    *sandbox.Service
 	api    http.Handler
 	e2b    http.Handler
-	store  *store.Store
+	store  store.Store
 	driver *gvisor.Driver
 	pool   *netpool.Pool
 	fw     *firewall.Rules
@@ -214,7 +216,11 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 	if err != nil {
 		return nil, err
 	}
-	st, err := store.Open(ctx, filepath.Join(dataDir, "stasis.db"))
+	dbURL := f.databaseURL
+	if dbURL == "" {
+		dbURL = filepath.Join(dataDir, "stasis.db")
+	}
+	st, err := store.Open(ctx, dbURL)
 	if err != nil {
 		return nil, err
 	}
@@ -335,7 +341,7 @@ func ifPrefix(netnsPrefix string) string {
 
 // setupAPIKey makes sure a usable API key exists: STASIS_API_KEY when set,
 // otherwise a generated one written (0600) to DATA_DIR/api-key on first start.
-func setupAPIKey(ctx context.Context, st *store.Store, dataDir string, log *slog.Logger) error {
+func setupAPIKey(ctx context.Context, st store.Store, dataDir string, log *slog.Logger) error {
 	if err := st.EnsureTeam(ctx, defaultTeam, "default"); err != nil {
 		return err
 	}

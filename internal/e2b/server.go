@@ -35,7 +35,7 @@ const EnvdVersion = "0.5.7"
 // Server is the E2B handler: control plane and sandbox router on one address.
 type Server struct {
 	svc     *sandbox.Service
-	store   *store.Store
+	store   store.Store
 	log     *slog.Logger
 	control *http.ServeMux
 	envd    http.Handler
@@ -45,7 +45,7 @@ type Server struct {
 }
 
 // New returns the E2B handler.
-func New(svc *sandbox.Service, st *store.Store, log *slog.Logger) *Server {
+func New(svc *sandbox.Service, st store.Store, log *slog.Logger) *Server {
 	s := &Server{svc: svc, store: st, log: log, control: http.NewServeMux(), procs: map[string]*procTable{}}
 	s.controlRoutes()
 	s.envd = s.envdHandler()
@@ -114,8 +114,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 // fail writes a service error with the status E2B clients expect.
 func (s *Server) fail(w http.ResponseWriter, err error) {
-	var e *sandbox.Error
-	if errors.As(err, &e) {
+	if e, ok := sandbox.AsError(err); ok {
 		writeError(w, sandbox.HTTPStatus(e.Kind), "%s", e.Message)
 		return
 	}
