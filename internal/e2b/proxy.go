@@ -1,12 +1,25 @@
 package e2b
 
 import (
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
 	"net/url"
 	"strconv"
+	"time"
 )
+
+// newPortTransport returns the transport of requests to sandbox ports.
+// Connections are not kept for reuse: a pooled connection into a sandbox
+// does not survive its pause (the restored sandbox has no memory of it),
+// and reusing one cuts the client's stream mid-body.
+func newPortTransport() *http.Transport {
+	return &http.Transport{
+		DialContext:       (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
+		DisableKeepAlives: true,
+	}
+}
 
 // proxyPort forwards a request for another port of a sandbox (E2B's
 // E2b-Sandbox-Port, or a host {port}-{id}.{domain}) to that port on the
@@ -37,6 +50,7 @@ func (s *Server) proxyPort(w http.ResponseWriter, r *http.Request, id string, po
 			pr.Out.Header.Del("X-Access-Token")
 			pr.Out.Header.Del("E2B-Traffic-Access-Token")
 		},
+		Transport:     s.ports,
 		FlushInterval: -1,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			writeError(w, http.StatusBadGateway, "nothing answers on port %s of sandbox %s: %v", strconv.Itoa(port), id, err)

@@ -39,6 +39,7 @@ type Server struct {
 	log     *slog.Logger
 	control *http.ServeMux
 	envd    http.Handler
+	ports   *http.Transport // to sandbox ports other than envd's
 
 	mu    sync.Mutex
 	procs map[string]*procTable // by sandbox ID: envd processes stasisd tracks
@@ -46,7 +47,7 @@ type Server struct {
 
 // New returns the E2B handler.
 func New(svc *sandbox.Service, st *store.Store, log *slog.Logger) *Server {
-	s := &Server{svc: svc, store: st, log: log, control: http.NewServeMux(), procs: map[string]*procTable{}}
+	s := &Server{svc: svc, store: st, log: log, control: http.NewServeMux(), ports: newPortTransport(), procs: map[string]*procTable{}}
 	s.controlRoutes()
 	s.envd = s.envdHandler()
 	return s
@@ -122,7 +123,6 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 	s.log.Error("e2b: internal error", "err", err)
 	writeError(w, http.StatusInternalServerError, "%v", err)
 }
-
 
 type teamHandler func(w http.ResponseWriter, r *http.Request, teamID string)
 
