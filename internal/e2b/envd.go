@@ -77,6 +77,7 @@ func (s *Server) serveEnvd(w http.ResponseWriter, r *http.Request, id string) {
 	if !ok {
 		return
 	}
+	s.reattach(id, t) // commands a pause detached
 	call := &envdCall{id: id, target: t, user: basicUser(r)}
 	s.envd.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), targetKey{}, call)))
 }
