@@ -160,12 +160,18 @@ func tokenEqual(got, want string) bool {
 	return got != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
 }
 
-// reach returns the agent of sandbox id (resuming it if paused), or writes
-// E2B's answer for a sandbox that is not there: 502, which the SDK reads as
-// "not running".
+// reach returns the agent of sandbox id (resuming it if paused, unless its
+// autoResume is off), or writes E2B's answer for a sandbox that is not
+// there: 502, which the SDK reads as "not running".
 func (s *Server) reach(ctx context.Context, w http.ResponseWriter, id string) (*sandbox.Target, bool) {
-	if _, err := s.svc.Get(ctx, "", id); err != nil {
+	sb, err := s.svc.Get(ctx, "", id)
+	if err != nil {
 		writeError(w, http.StatusBadGateway, "sandbox %q is not running", id)
+		return nil, false
+	}
+	if sb.NoAutoResume && state(sb) == "paused" {
+		// autoResume: false: only Sandbox.connect resumes it.
+		writeError(w, http.StatusBadGateway, "sandbox %q is paused and does not resume on traffic (autoResume is off): resume it with Sandbox.connect", id)
 		return nil, false
 	}
 	t, err := s.svc.Reach(ctx, id)

@@ -219,6 +219,9 @@ var migrations = []string{
 	ALTER TABLE network_log ADD COLUMN latency_ms INTEGER;
 	ALTER TABLE network_log ADD COLUMN secret_id TEXT NOT NULL DEFAULT '';
 	ALTER TABLE network_log ADD COLUMN error_code TEXT NOT NULL DEFAULT '';`,
+	// 10: traffic through the E2B protocol does not resume the paused
+	// sandbox (E2B's autoResume: false); only an explicit connect does
+	`ALTER TABLE sandboxes ADD COLUMN no_auto_resume INTEGER NOT NULL DEFAULT 0;`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
