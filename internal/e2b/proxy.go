@@ -1,6 +1,7 @@
 package e2b
 
 import (
+	"context"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -8,6 +9,8 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/stasis-sandbox/stasis/internal/httpguard"
 )
 
 // newPortTransport returns the transport of requests to sandbox ports.
@@ -34,6 +37,7 @@ func (s *Server) proxyPort(w http.ResponseWriter, r *http.Request, id string, po
 		writeError(w, http.StatusUnauthorized, "missing or invalid X-Access-Token for sandbox %q", id)
 		return
 	}
+	httpguard.Authenticated(r.Context())
 	if _, ok := s.reach(r.Context(), w, id); !ok {
 		return
 	}
@@ -45,6 +49,11 @@ func (s *Server) proxyPort(w http.ResponseWriter, r *http.Request, id string, po
 	target := &url.URL{Scheme: "http", Host: netip.AddrPortFrom(addr, uint16(port)).String()}
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
+			// The upstream request ends with the response or with a
+			// failed write to the client, not with the server's view of
+			// the client connection: that was seen to cancel streams
+			// (/execute) whose client was still reading.
+			pr.Out = pr.Out.WithContext(context.WithoutCancel(pr.In.Context()))
 			pr.SetURL(target)
 			pr.Out.Host = r.Host
 			pr.Out.Header.Del("X-Access-Token")
