@@ -1,7 +1,6 @@
 package e2b
 
 import (
-	"context"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -15,8 +14,8 @@ import (
 
 // newPortTransport returns the transport of requests to sandbox ports.
 // Connections are not kept for reuse: a pooled connection into a sandbox
-// does not survive its pause (the restored sandbox has no memory of it),
-// and reusing one cuts the client's stream mid-body.
+// would have to survive the sandbox's pauses, and a fresh one over the
+// sandbox's link costs little.
 func newPortTransport() *http.Transport {
 	return &http.Transport{
 		DialContext:       (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
@@ -49,11 +48,6 @@ func (s *Server) proxyPort(w http.ResponseWriter, r *http.Request, id string, po
 	target := &url.URL{Scheme: "http", Host: netip.AddrPortFrom(addr, uint16(port)).String()}
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			// The upstream request ends with the response or with a
-			// failed write to the client, not with the server's view of
-			// the client connection: that was seen to cancel streams
-			// (/execute) whose client was still reading.
-			pr.Out = pr.Out.WithContext(context.WithoutCancel(pr.In.Context()))
 			pr.SetURL(target)
 			pr.Out.Host = r.Host
 			pr.Out.Header.Del("X-Access-Token")
@@ -64,6 +58,15 @@ func (s *Server) proxyPort(w http.ResponseWriter, r *http.Request, id string, po
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			writeError(w, http.StatusBadGateway, "nothing answers on port %s of sandbox %s: %v", strconv.Itoa(port), id, err)
 		},
+	}
+	// Full duplex: otherwise net/http, as the response's headers go out,
+	// consumes and closes the rest of the request body, which can race
+	// with the transport's last read of that body (its check for EOF);
+	// the transport then fails the request and closes the upstream
+	// connection in the middle of the response (seen cutting /execute
+	// streams under load).
+	if err := http.NewResponseController(w).EnableFullDuplex(); err != nil {
+		s.log.Debug("e2b: port proxy without full duplex", "err", err)
 	}
 	rp.ServeHTTP(w, r)
 }
