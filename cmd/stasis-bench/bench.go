@@ -189,6 +189,7 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 		{"files", b.benchFiles},
 		{"pause-resume", b.benchPause},
 		{"network", b.benchNetwork},
+		{"e2b", b.benchE2B},
 		{"density", b.benchDensity},
 	}
 	for _, p := range phases {

@@ -26,6 +26,7 @@ import (
 // temporary data dir, its own link-local range and netns prefix.
 type server struct {
 	URL     string
+	E2BURL  string // its E2B listener ("" if this stasisd has none)
 	apiKey  string
 	dataDir string
 	runsc   string
@@ -68,8 +69,14 @@ func startServer(ctx context.Context, cfg *Config, subnet, netnsPrefix string, e
 		"--images-dir", cfg.ImagesDir, "--agent", cfg.Agent, "--runsc", cfg.Runsc,
 		"--subnet", subnet, "--netns-prefix", netnsPrefix, "--log-level", "info"}
 	if serverHasFlag(cfg.Stasisd, "e2b-listen") {
-		// The bench runs several servers at once: none takes E2B's default port.
-		args = append(args, "--e2b-listen", "")
+		// The bench runs several servers at once: none takes E2B's default
+		// port; each gets a free one (the e2b phase speaks to it).
+		e2bAddr, err := freeAddr()
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, "--e2b-listen", e2bAddr)
+		s.E2BURL = "http://" + e2bAddr
 	}
 	args = append(args, extra...)
 	s.cmd = exec.Command(cfg.Stasisd, args...)

@@ -125,6 +125,9 @@ func (e *execSession) run() {
 		exit = startFailed("protocol error: first frame is %v, want start", t)
 	case json.Unmarshal(payload, &req) != nil:
 		exit = startFailed("protocol error: malformed start frame")
+	case req.Keep || req.Attach != 0:
+		e.runKept(req) // attach.go
+		return
 	default:
 		proc, exit = e.start(req)
 	}
@@ -597,33 +600,38 @@ func (p *process) readInput() {
 			p.kill(syscall.SIGKILL) // no-op if already reaped
 			return
 		}
-		switch t {
-		case agentproto.FrameStdin:
-			if stdinClosed || len(payload) == 0 {
-				continue
-			}
-			select {
-			case p.stdinQ <- payload:
-			case <-p.exitCh:
-			}
-		case agentproto.FrameStdinClose:
-			if stdinClosed {
-				continue
-			}
-			stdinClosed = true
-			select {
-			case p.stdinQ <- nil:
-			case <-p.exitCh:
-			}
-		case agentproto.FrameSignal:
-			if sig, err := agentproto.ParseSignal(string(payload)); err == nil {
-				p.kill(sig)
-			}
-		case agentproto.FrameResize:
-			var sz agentproto.PTYSize
-			if p.pty && json.Unmarshal(payload, &sz) == nil && sz.Cols > 0 && sz.Rows > 0 {
-				setWinsize(p.stdin, sz.Cols, sz.Rows)
-			}
+		p.input(t, payload, &stdinClosed)
+	}
+}
+
+// input handles one frame from the client.
+func (p *process) input(t agentproto.FrameType, payload []byte, stdinClosed *bool) {
+	switch t {
+	case agentproto.FrameStdin:
+		if *stdinClosed || len(payload) == 0 {
+			return
+		}
+		select {
+		case p.stdinQ <- payload:
+		case <-p.exitCh:
+		}
+	case agentproto.FrameStdinClose:
+		if *stdinClosed {
+			return
+		}
+		*stdinClosed = true
+		select {
+		case p.stdinQ <- nil:
+		case <-p.exitCh:
+		}
+	case agentproto.FrameSignal:
+		if sig, err := agentproto.ParseSignal(string(payload)); err == nil {
+			p.kill(sig)
+		}
+	case agentproto.FrameResize:
+		var sz agentproto.PTYSize
+		if p.pty && json.Unmarshal(payload, &sz) == nil && sz.Cols > 0 && sz.Rows > 0 {
+			setWinsize(p.stdin, sz.Cols, sz.Rows)
 		}
 	}
 }

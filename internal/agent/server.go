@@ -38,6 +38,7 @@ type Server struct {
 	mu   sync.Mutex
 	srv  *http.Server
 	runs map[*execSession]struct{}
+	kept keptTable // commands that outlive their connection (attach.go)
 
 	watchdogKick chan struct{} // see kickWatchdog
 

@@ -24,6 +24,10 @@ type ExecRequest struct {
 	Env        map[string]string // added to the agent's environment
 	TimeoutS   int               // 0: none; on expiry the process group is killed
 	PTY        *PTYSize          // run on a pseudo-terminal (stdout carries its output)
+	// Keep makes the command outlive the Process: closing it (or losing
+	// the connection, as across a pause) leaves the command running, and
+	// Attach reconnects to it by pid.
+	Keep bool
 }
 
 // PTYSize is a terminal size.
@@ -109,10 +113,28 @@ func (c *Client) Start(ctx context.Context, req ExecRequest) (*Process, error) {
 		Env:        req.Env,
 		TimeoutS:   req.TimeoutS,
 		User:       req.User,
+		Keep:       req.Keep,
 	}
 	if req.PTY != nil {
 		start.PTY = &agentproto.PTYSize{Cols: req.PTY.Cols, Rows: req.PTY.Rows}
 	}
+	return c.open(ctx, start)
+}
+
+// Attach reconnects to a command started with Keep, by pid: the Process
+// gets the output held since the last connection ended, then the live
+// output and the exit, and its Write, Signal, ... reach the command. If the
+// agent knows no such command, the first Next returns an Exit event with
+// ExitCodeStartFailed.
+func (c *Client) Attach(ctx context.Context, pid int) (*Process, error) {
+	if pid <= 0 {
+		return nil, fmt.Errorf("agent exec: attach: invalid pid %d", pid)
+	}
+	return c.open(ctx, agentproto.StartRequest{Attach: pid})
+}
+
+// open sends start on a new exec connection and reads the agent's answer.
+func (c *Client) open(ctx context.Context, start agentproto.StartRequest) (*Process, error) {
 	payload, err := json.Marshal(start)
 	if err != nil {
 		return nil, err

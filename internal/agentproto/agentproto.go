@@ -131,7 +131,23 @@ type StartRequest struct {
 	TimeoutS   int               `json:"timeout_s,omitempty"`   // 0: no timeout
 	User       string            `json:"user,omitempty"`        // default: agent's default user
 	PTY        *PTYSize          `json:"pty,omitempty"`         // run on a pseudo-terminal of this size
+	// Keep makes the command outlive its exec connection: when the
+	// connection ends (the client went, or the sandbox was paused and
+	// restored) the command keeps running and its output is held (the
+	// last KeptOutputMax bytes) until a client attaches.
+	Keep bool `json:"keep,omitempty"`
+	// Attach, instead of starting a command, attaches this connection to
+	// the running (or recently ended) kept command with this pid: the
+	// agent answers FrameStarted, the held output, then the live stream
+	// as for a new command; input frames go to the command. It replaces
+	// any connection attached before. An unknown pid is a FrameExit with
+	// ExitCodeStartFailed.
+	Attach int `json:"attach,omitempty"`
 }
+
+// KeptOutputMax bounds the output the agent holds for a kept command while
+// no client is attached; older output is dropped first.
+const KeptOutputMax = 1 << 20
 
 // PTYSize is a terminal size; also the JSON payload of FrameResize.
 type PTYSize struct {

@@ -61,17 +61,28 @@ func decode(r *http.Request, v any) error {
 	return nil
 }
 
+// networkJSON is E2B's SandboxNetworkConfig. allowOut and denyOut are
+// stasis's allow_out and deny_out (the same semantics: CIDRs, addresses and
+// domains to allow, CIDRs to deny, allow wins); allowPublicTraffic false
+// makes previews private. The rest has no stasis counterpart and is refused.
 type networkJSON struct {
-	AllowOut []string `json:"allowOut"`
-	DenyOut  []string `json:"denyOut"`
+	AllowOut           []string        `json:"allowOut"`
+	DenyOut            []string        `json:"denyOut"`
+	AllowPublicTraffic *bool           `json:"allowPublicTraffic"`
+	EgressProxy        json.RawMessage `json:"egressProxy"`
+	Rules              json.RawMessage `json:"rules"`
+	HTTPSPorts         []int           `json:"httpsPorts"`
+	MaskRequestHost    string          `json:"maskRequestHost"`
 }
 
 type createRequest struct {
-	TemplateID          string            `json:"templateID"`
-	Timeout             *int              `json:"timeout"`
-	AutoPause           bool              `json:"autoPause"`
-	AutoPauseMemory     *bool             `json:"autoPauseMemory"`
-	AutoResume          *struct{}         `json:"autoResume"`
+	TemplateID      string `json:"templateID"`
+	Timeout         *int   `json:"timeout"`
+	AutoPause       bool   `json:"autoPause"`
+	AutoPauseMemory *bool  `json:"autoPauseMemory"`
+	AutoResume      *struct {
+		Enabled bool `json:"enabled"`
+	} `json:"autoResume"`
 	AllowInternetAccess *bool             `json:"allow_internet_access"`
 	Network             *networkJSON      `json:"network"`
 	Metadata            map[string]string `json:"metadata"`
@@ -80,17 +91,41 @@ type createRequest struct {
 	Secure              *bool             `json:"secure"`
 }
 
-// refuseNetwork answers 400 for egress rules, which the E2B protocol does not
-// map onto stasis's network rules yet: accepting them silently would promise
-// an isolation that is not there.
-func refuseNetwork(allowInternet *bool, n *networkJSON) error {
-	if allowInternet != nil && !*allowInternet {
-		return errors.New("allow_internet_access: false is not supported through the E2B API yet; set network rules through stasis's API")
+// internetDenied is the deny_out entry allow_internet_access: false stands
+// for (E2B: "the same as specifying denyOut to 0.0.0.0/0").
+const internetDenied = "0.0.0.0/0"
+
+// egressRules maps E2B's network settings onto stasis's egress rules (nil:
+// none given, the server's defaults). Settings stasis has no counterpart
+// for are refused rather than accepted silently: that would promise an
+// isolation or a routing that is not there. Bad entries are refused by the
+// sandbox service, naming the entry.
+func egressRules(allowInternet *bool, n *networkJSON) (*store.Network, error) {
+	if n != nil {
+		switch {
+		case len(bytes.TrimSpace(n.EgressProxy)) > 0 && string(bytes.TrimSpace(n.EgressProxy)) != "null":
+			return nil, errors.New("network.egressProxy is not supported by stasis")
+		case len(bytes.TrimSpace(n.Rules)) > 0 && !slices.Contains([]string{"null", "{}"}, string(bytes.TrimSpace(n.Rules))):
+			return nil, errors.New("network.rules (header transforms) are not supported through the E2B API; stasis injects credentials with its secrets API")
+		case len(n.HTTPSPorts) > 0:
+			return nil, errors.New("network.httpsPorts is not supported by stasis: sandbox ports are reached over plain HTTP")
+		case n.MaskRequestHost != "":
+			return nil, errors.New("network.maskRequestHost is not supported by stasis")
+		}
 	}
-	if n != nil && (len(n.AllowOut) > 0 || len(n.DenyOut) > 0) {
-		return errors.New("network allowOut/denyOut are not supported through the E2B API yet; set network rules through stasis's API")
+	denyAll := allowInternet != nil && !*allowInternet
+	if !denyAll && (n == nil || (n.AllowOut == nil && n.DenyOut == nil)) {
+		return nil, nil
 	}
-	return nil
+	out := &store.Network{AllowOut: []string{}, DenyOut: []string{}}
+	if n != nil {
+		out.AllowOut = append(out.AllowOut, n.AllowOut...)
+		out.DenyOut = append(out.DenyOut, n.DenyOut...)
+	}
+	if denyAll && !slices.Contains(out.DenyOut, internetDenied) {
+		out.DenyOut = append(out.DenyOut, internetDenied)
+	}
+	return out, nil
 }
 
 func (s *Server) create(w http.ResponseWriter, r *http.Request, teamID string) {
@@ -99,7 +134,8 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, teamID string) {
 		writeError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	if err := refuseNetwork(req.AllowInternetAccess, req.Network); err != nil {
+	rules, err := egressRules(req.AllowInternetAccess, req.Network)
+	if err != nil {
 		writeError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
@@ -122,6 +158,14 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, teamID string) {
 		TimeoutSeconds: &timeout,
 	}
 	p.DeleteOnTimeout = !req.AutoPause
+	// Without autoResume, traffic resumes a paused sandbox as in the rest
+	// of stasis; autoResume {enabled: false} leaves that to connect.
+	p.NoAutoResume = req.AutoResume != nil && !req.AutoResume.Enabled
+	p.Network = rules
+	if req.Network != nil && req.Network.AllowPublicTraffic != nil {
+		private := !*req.Network.AllowPublicTraffic
+		p.PreviewPrivate = &private
+	}
 	if req.TemplateID == "" {
 		req.TemplateID = "base"
 	}
@@ -475,12 +519,15 @@ func (s *Server) updateNetwork(w http.ResponseWriter, r *http.Request, teamID st
 		writeError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	if _, err := s.svc.Get(r.Context(), teamID, r.PathValue("id")); err != nil {
-		s.fail(w, err)
+	rules, err := egressRules(req.AllowInternetAccess, &req.networkJSON)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	if err := refuseNetwork(req.AllowInternetAccess, &req.networkJSON); err != nil {
-		writeError(w, http.StatusBadRequest, "%v", err)
+	// The update replaces the rules; omitted fields clear them.
+	if _, err := s.svc.Update(r.Context(), teamID, r.PathValue("id"), sandbox.UpdateParams{
+		Network: sandbox.Optional[store.Network]{Set: true, Value: rules}}); err != nil {
+		s.fail(w, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

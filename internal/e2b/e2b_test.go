@@ -158,9 +158,15 @@ func TestE2BProtocol(t *testing.T) {
 		if st != 404 {
 			t.Fatalf("kill unknown: %d", st)
 		}
-		st, data, _ = c.do("POST", "/v2/sandboxes", map[string]any{"templateID": "base", "network": map[string]any{"denyOut": []string{"0.0.0.0/0"}}})
-		if st != 400 {
-			t.Fatalf("network rules: %d %s, want 400", st, data)
+		// Network settings become stasis's rules: a bad entry is refused
+		// naming it, and settings stasis has no counterpart for are refused.
+		st, data, _ = c.do("POST", "/v2/sandboxes", map[string]any{"templateID": "base", "network": map[string]any{"denyOut": []string{"evil.example"}}})
+		if st != 400 || !strings.Contains(string(data), "evil.example") {
+			t.Fatalf("bad network rule: %d %s, want 400 naming it", st, data)
+		}
+		st, data, _ = c.do("POST", "/v2/sandboxes", map[string]any{"templateID": "base", "network": map[string]any{"egressProxy": map[string]string{"address": "proxy.example:1080"}}})
+		if st != 400 || !strings.Contains(string(data), "egressProxy") {
+			t.Fatalf("egress proxy: %d %s, want 400", st, data)
 		}
 	})
 

@@ -67,7 +67,7 @@ func (s *Server) serveEnvd(w http.ResponseWriter, r *http.Request, id string) {
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
-	if !s.checkEnvdToken(r, id) {
+	if !s.checkEnvdToken(r, id) && !s.checkFileSignature(r, id) {
 		w.Header().Set("Connection", "close")
 		writeError(w, http.StatusUnauthorized, "missing or invalid X-Access-Token for sandbox %q", id)
 		return
@@ -77,6 +77,7 @@ func (s *Server) serveEnvd(w http.ResponseWriter, r *http.Request, id string) {
 	if !ok {
 		return
 	}
+	s.reattach(id, t) // commands a pause detached
 	call := &envdCall{id: id, target: t, user: basicUser(r)}
 	s.envd.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), targetKey{}, call)))
 }

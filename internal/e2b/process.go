@@ -13,6 +13,7 @@ import (
 
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
 	pb "github.com/stasis-sandbox/stasis/internal/e2b/envdpb/process"
+	"github.com/stasis-sandbox/stasis/internal/sandbox"
 )
 
 // keepaliveDefault is the keepalive interval when the client names none
@@ -30,18 +31,32 @@ type procTable struct {
 }
 
 // proc is one command: stasisd holds its agent exec stream and fans its
-// events out to every connected client.
+// events out to every connected client. The agent keeps the command
+// (ExecRequest.Keep): when the sandbox is paused the stream ends but the
+// command does not, and after the resume stasisd attaches to it again by
+// pid (reattach).
 type proc struct {
 	pid    uint32
 	tag    string
 	config *pb.ProcessConfig
-	p      *agentclient.Process
 	pty    bool
 
-	mu   sync.Mutex
-	subs map[chan *pb.ProcessEvent]struct{}
-	end  *pb.ProcessEvent // set once the command has ended
-	done chan struct{}    // closed with end set
+	mu       sync.Mutex
+	p        *agentclient.Process // the current exec stream; nil while detached
+	detached bool                 // the sandbox was paused: attach again after the resume
+	subs     map[chan *pb.ProcessEvent]struct{}
+	end      *pb.ProcessEvent // set once the command has ended
+	done     chan struct{}    // closed with end set
+}
+
+// stream returns the command's current exec stream.
+func (p *proc) stream() (*agentclient.Process, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.p == nil {
+		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("process %d is not attached (the sandbox is paused)", p.pid))
+	}
+	return p.p, nil
 }
 
 func (s *Server) table(id string) *procTable {
@@ -122,14 +137,53 @@ func (p *proc) publish(ev *pb.ProcessEvent) {
 	}
 }
 
-// pump reads the command's events until it ends.
-func (p *proc) pump(onEnd func()) {
-	defer onEnd()
+// follow relays ap's events until the command ends, or until the
+// sandbox's run ends (done: a pause), when the command is detached to be
+// attached again after the resume. onEnd runs once the command has ended.
+func (p *proc) follow(ap *agentclient.Process, done <-chan struct{}, onEnd func()) {
+	p.mu.Lock()
+	p.p, p.detached = ap, false
+	p.mu.Unlock()
+	go func() {
+		select {
+		case <-done: // sandbox paused or deleted: its exec streams are gone
+			ap.Close()
+		case <-p.done:
+		}
+	}()
+	go func() {
+		if p.pump(ap, done) {
+			onEnd()
+		}
+	}()
+}
+
+// detach marks the command as waiting for the sandbox's resume; its
+// clients' streams end (they reconnect by pid).
+func (p *proc) detach() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.p, p.detached = nil, true
+	for ch := range p.subs {
+		delete(p.subs, ch)
+		close(ch)
+	}
+}
+
+// pump reads the command's events until it ends (true) or its stream is
+// cut by the end of the sandbox's run (false: detached).
+func (p *proc) pump(ap *agentclient.Process, done <-chan struct{}) bool {
 	for {
-		ev, err := p.p.Next()
+		ev, err := ap.Next()
 		if err != nil {
-			p.finish(-1, err.Error())
-			return
+			select {
+			case <-done:
+				p.detach()
+				return false
+			default:
+			}
+			p.finish(ap, -1, err.Error())
+			return true
 		}
 		switch ev.Kind {
 		case agentclient.EventStdout:
@@ -142,13 +196,13 @@ func (p *proc) pump(onEnd func()) {
 			p.publish(&pb.ProcessEvent{Event: &pb.ProcessEvent_Data{Data: &pb.ProcessEvent_DataEvent{
 				Output: &pb.ProcessEvent_DataEvent_Stderr{Stderr: ev.Data}}}})
 		case agentclient.EventExit:
-			p.finish(ev.Exit.ExitCode, ev.Exit.Error)
-			return
+			p.finish(ap, ev.Exit.ExitCode, ev.Exit.Error)
+			return true
 		}
 	}
 }
 
-func (p *proc) finish(code int, errText string) {
+func (p *proc) finish(ap *agentclient.Process, code int, errText string) {
 	end := &pb.ProcessEvent_EndEvent{ExitCode: int32(code), Exited: code >= 0, Status: "exit status " + strconv.Itoa(code)}
 	if errText != "" {
 		end.Error = &errText
@@ -167,9 +221,58 @@ func (p *proc) finish(code int, errText string) {
 		close(ch)
 	}
 	p.subs = nil
+	p.p, p.detached = nil, false
 	p.mu.Unlock()
 	close(p.done)
-	p.p.Close()
+	ap.Close()
+}
+
+// reattach attaches again, by pid, to the commands of sandbox id that its
+// pause detached; t is the resumed sandbox. A command the agent no longer
+// has ends with the agent's reason.
+func (s *Server) reattach(id string, t *sandbox.Target) {
+	s.mu.Lock()
+	table := s.procs[id]
+	s.mu.Unlock()
+	if table == nil {
+		return
+	}
+	table.mu.Lock()
+	var detached []*proc
+	for _, p := range table.procs {
+		p.mu.Lock()
+		if p.detached {
+			p.detached = false // claimed by this call
+			detached = append(detached, p)
+		}
+		p.mu.Unlock()
+	}
+	table.mu.Unlock()
+	for _, p := range detached {
+		ctx, cancel := context.WithCancel(context.Background())
+		ap, err := t.Agent.Attach(ctx, int(p.pid))
+		if err != nil {
+			cancel()
+			p.mu.Lock()
+			p.detached = true // try again on the next request
+			p.mu.Unlock()
+			s.log.Warn("e2b: re-attaching to a command after a resume", "sandbox", id, "pid", p.pid, "err", err)
+			continue
+		}
+		p.follow(ap, t.Done, func() { cancel(); table.forgetLater(p) })
+	}
+}
+
+// forgetLater drops an ended command after exitRetention, so that a late
+// Connect still gets its end event.
+func (t *procTable) forgetLater(p *proc) {
+	time.AfterFunc(exitRetention, func() {
+		t.mu.Lock()
+		if t.procs[p.pid] == p {
+			delete(t.procs, p.pid)
+		}
+		t.mu.Unlock()
+	})
 }
 
 // shellQuote quotes s for /bin/sh.
@@ -218,6 +321,7 @@ func (ps *processService) Start(ctx context.Context, req *connect.Request[pb.Sta
 		User:       c.user,
 		Env:        cfg.GetEnvs(),
 		TimeoutS:   lifetime(req.Header()),
+		Keep:       true, // it outlives this stream and the sandbox's pauses
 	}
 	isPTY := req.Msg.Pty != nil
 	if isPTY {
@@ -235,31 +339,14 @@ func (ps *processService) Start(ctx context.Context, req *connect.Request[pb.Sta
 	if !isPTY && req.Msg.Stdin != nil && !req.Msg.GetStdin() { // absent: stdin stays open, as envd's
 		ap.CloseStdin()
 	}
-	p := &proc{pid: uint32(ap.Pid()), tag: req.Msg.GetTag(), config: cfg, p: ap, pty: isPTY,
+	p := &proc{pid: uint32(ap.Pid()), tag: req.Msg.GetTag(), config: cfg, pty: isPTY,
 		subs: map[chan *pb.ProcessEvent]struct{}{}, done: make(chan struct{})}
 	t := ps.s.table(c.id)
 	t.mu.Lock()
 	t.procs[p.pid] = p
 	t.mu.Unlock()
 	ch := p.subscribe()
-	done := c.target.Done
-	go func() {
-		select {
-		case <-done: // sandbox paused or deleted: its exec streams are gone
-			ap.Close()
-		case <-p.done:
-		}
-		cancel()
-	}()
-	go p.pump(func() {
-		time.AfterFunc(exitRetention, func() {
-			t.mu.Lock()
-			if t.procs[p.pid] == p {
-				delete(t.procs, p.pid)
-			}
-			t.mu.Unlock()
-		})
-	})
+	p.follow(ap, c.target.Done, func() { cancel(); t.forgetLater(p) })
 	return relay(ctx, p, ch, keepaliveInterval(req.Header()), func(ev *pb.ProcessEvent) error {
 		return stream.Send(&pb.StartResponse{Event: ev})
 	})
@@ -284,7 +371,7 @@ func relay(ctx context.Context, p *proc, ch chan *pb.ProcessEvent, keepalive tim
 			}
 		case ev, ok := <-ch:
 			if !ok {
-				return nil
+				return connect.NewError(connect.CodeUnavailable, fmt.Errorf("the stream of process %d ended before it did (the sandbox was paused, or this client fell behind): connect to it again by pid", p.pid))
 			}
 			if err := send(ev); err != nil {
 				return err
@@ -350,7 +437,11 @@ func (ps *processService) SendInput(ctx context.Context, req *connect.Request[pb
 	if data == nil {
 		data = req.Msg.GetInput().GetPty()
 	}
-	if _, err := p.p.Write(data); err != nil {
+	ap, err := p.stream()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := ap.Write(data); err != nil {
 		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("send input: %w", err))
 	}
 	return connect.NewResponse(&pb.SendInputResponse{}), nil
@@ -369,7 +460,11 @@ func (ps *processService) SendSignal(ctx context.Context, req *connect.Request[p
 	default:
 		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("signal must be SIGNAL_SIGTERM or SIGNAL_SIGKILL"))
 	}
-	if err := p.p.Signal(sig); err != nil {
+	ap, err := p.stream()
+	if err != nil {
+		return nil, err
+	}
+	if err := ap.Signal(sig); err != nil {
 		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("signal: %w", err))
 	}
 	return connect.NewResponse(&pb.SendSignalResponse{}), nil
@@ -383,7 +478,11 @@ func (ps *processService) CloseStdin(ctx context.Context, req *connect.Request[p
 	if p.pty {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("a PTY has no stdin to close; send ^D as input"))
 	}
-	if err := p.p.CloseStdin(); err != nil {
+	ap, err := p.stream()
+	if err != nil {
+		return nil, err
+	}
+	if err := ap.CloseStdin(); err != nil {
 		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("close stdin: %w", err))
 	}
 	return connect.NewResponse(&pb.CloseStdinResponse{}), nil
@@ -398,7 +497,11 @@ func (ps *processService) Update(ctx context.Context, req *connect.Request[pb.Up
 		if !p.pty {
 			return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("the process has no PTY to resize"))
 		}
-		if err := p.p.Resize(uint16(size.GetCols()), uint16(size.GetRows())); err != nil {
+		ap, err := p.stream()
+		if err != nil {
+			return nil, err
+		}
+		if err := ap.Resize(uint16(size.GetCols()), uint16(size.GetRows())); err != nil {
 			return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("resize: %w", err))
 		}
 	}

@@ -39,6 +39,7 @@ type Server struct {
 	log     *slog.Logger
 	control *http.ServeMux
 	envd    http.Handler
+	ports   *http.Transport // to sandbox ports other than envd's
 
 	mu    sync.Mutex
 	procs map[string]*procTable // by sandbox ID: envd processes stasisd tracks
@@ -46,7 +47,7 @@ type Server struct {
 
 // New returns the E2B handler.
 func New(svc *sandbox.Service, st store.Store, log *slog.Logger) *Server {
-	s := &Server{svc: svc, store: st, log: log, control: http.NewServeMux(), procs: map[string]*procTable{}}
+	s := &Server{svc: svc, store: st, log: log, control: http.NewServeMux(), ports: newPortTransport(), procs: map[string]*procTable{}}
 	s.controlRoutes()
 	s.envd = s.envdHandler()
 	return s
@@ -158,12 +159,18 @@ func tokenEqual(got, want string) bool {
 	return got != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
 }
 
-// reach returns the agent of sandbox id (resuming it if paused), or writes
-// E2B's answer for a sandbox that is not there: 502, which the SDK reads as
-// "not running".
+// reach returns the agent of sandbox id (resuming it if paused, unless its
+// autoResume is off), or writes E2B's answer for a sandbox that is not
+// there: 502, which the SDK reads as "not running".
 func (s *Server) reach(ctx context.Context, w http.ResponseWriter, id string) (*sandbox.Target, bool) {
-	if _, err := s.svc.Get(ctx, "", id); err != nil {
+	sb, err := s.svc.Get(ctx, "", id)
+	if err != nil {
 		writeError(w, http.StatusBadGateway, "sandbox %q is not running", id)
+		return nil, false
+	}
+	if sb.NoAutoResume && state(sb) == "paused" {
+		// autoResume: false: only Sandbox.connect resumes it.
+		writeError(w, http.StatusBadGateway, "sandbox %q is paused and does not resume on traffic (autoResume is off): resume it with Sandbox.connect", id)
 		return nil, false
 	}
 	t, err := s.svc.Reach(ctx, id)

@@ -2,6 +2,7 @@ package e2b
 
 import (
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -76,9 +77,17 @@ type lifecycleJSON struct {
 
 type detailJSON struct {
 	listedJSON
-	EnvdAccessToken string        `json:"envdAccessToken,omitempty"`
-	Domain          *string       `json:"domain"`
-	Lifecycle       lifecycleJSON `json:"lifecycle"`
+	EnvdAccessToken     string             `json:"envdAccessToken,omitempty"`
+	Domain              *string            `json:"domain"`
+	Lifecycle           lifecycleJSON      `json:"lifecycle"`
+	AllowInternetAccess *bool              `json:"allowInternetAccess"`
+	Network             *networkDetailJSON `json:"network,omitempty"`
+}
+
+type networkDetailJSON struct {
+	AllowOut           []string `json:"allowOut"`
+	DenyOut            []string `json:"denyOut"`
+	AllowPublicTraffic bool     `json:"allowPublicTraffic"`
 }
 
 func (s *Server) sandboxJSON(sb *store.Sandbox) sandboxJSON {
@@ -120,12 +129,25 @@ func listed(sb *store.Sandbox) listedJSON {
 }
 
 func (s *Server) detail(sb *store.Sandbox) detailJSON {
-	return detailJSON{
+	d := detailJSON{
 		listedJSON:      listed(sb),
 		EnvdAccessToken: s.svc.EnvdToken(sb.ID),
-		// Traffic to a paused sandbox always resumes it in stasis.
-		Lifecycle: lifecycleJSON{AutoResume: true, OnTimeout: onTimeout(sb)},
+		Lifecycle:       lifecycleJSON{AutoResume: !sb.NoAutoResume, OnTimeout: onTimeout(sb)},
 	}
+	if n := sb.Network; n != nil || sb.PreviewPrivate {
+		d.Network = &networkDetailJSON{AllowOut: []string{}, DenyOut: []string{}, AllowPublicTraffic: !sb.PreviewPrivate}
+		if n != nil {
+			d.Network.AllowOut = append(d.Network.AllowOut, n.AllowOut...)
+			d.Network.DenyOut = append(d.Network.DenyOut, n.DenyOut...)
+		}
+	}
+	// Internet access was turned off if everything is denied and nothing
+	// allowed; otherwise it was not set explicitly (null).
+	if n := sb.Network; n != nil && len(n.AllowOut) == 0 && slices.Contains(n.DenyOut, internetDenied) {
+		off := false
+		d.AllowInternetAccess = &off
+	}
+	return d
 }
 
 // onTimeout reads E2B's lifecycle back from the stasis timers.

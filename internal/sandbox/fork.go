@@ -77,8 +77,8 @@ func like(src *store.Sandbox, name string) *store.Sandbox {
 		Metadata: copyMap(src.Metadata), Env: copyMap(src.Env), AgentPath: src.AgentPath,
 		BaseImage: src.BaseImage, Defaults: src.Defaults,
 		TimeoutSeconds: src.TimeoutSeconds, AutoDeleteSeconds: src.AutoDeleteSeconds,
-		DeleteOnTimeout: src.DeleteOnTimeout,
-		Network:         src.Network.Clone(), PreviewPrivate: src.PreviewPrivate,
+		DeleteOnTimeout: src.DeleteOnTimeout, NoAutoResume: src.NoAutoResume,
+		Network: src.Network.Clone(), PreviewPrivate: src.PreviewPrivate,
 	}
 }
 
@@ -155,7 +155,7 @@ func (s *Service) createFromTemplate(ctx context.Context, teamID string, p Creat
 		Template: t.Name, BaseImage: t.BaseImage, VCPU: t.VCPU, MemoryMiB: t.MemoryMiB, DiskMiB: t.DiskMiB,
 		Metadata: p.Metadata, AgentPath: t.AgentPath, Defaults: d,
 		TimeoutSeconds: p.TimeoutSeconds, AutoDeleteSeconds: p.AutoDeleteSeconds,
-		DeleteOnTimeout: p.DeleteOnTimeout,
+		DeleteOnTimeout: p.DeleteOnTimeout, NoAutoResume: p.NoAutoResume,
 	}
 	p.applyNetwork(sb)
 	c, err := s.createFrom(ctx, sb, origin{dir: t.SnapshotDir, agentToken: s.agentToken(t.OriginID)})

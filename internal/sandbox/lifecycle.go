@@ -43,7 +43,7 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 		Template: img.Name, VCPU: p.VCPU, MemoryMiB: p.MemoryMiB,
 		Metadata: p.Metadata, Env: p.Env,
 		TimeoutSeconds: p.TimeoutSeconds, AutoDeleteSeconds: p.AutoDeleteSeconds,
-		DeleteOnTimeout: p.DeleteOnTimeout, AgentPath: s.agentPath,
+		DeleteOnTimeout: p.DeleteOnTimeout, NoAutoResume: p.NoAutoResume, AgentPath: s.agentPath,
 	}
 	p.applyNetwork(sb)
 	if sb.VCPU == 0 {

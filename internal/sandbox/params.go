@@ -70,6 +70,7 @@ type CreateParams struct {
 	TimeoutSeconds    *int
 	AutoDeleteSeconds *int
 	DeleteOnTimeout   bool           // the timeout deletes the sandbox instead of pausing it
+	NoAutoResume      bool           // E2B traffic does not resume it while paused
 	Network           *store.Network // egress rules (nil: defaults, or the snapshot's)
 	PreviewPrivate    *bool          // preview URLs need the access token (nil: public, or the snapshot's)
 }

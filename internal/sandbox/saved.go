@@ -143,7 +143,7 @@ func (s *Service) createFromSaved(ctx context.Context, teamID string, p CreatePa
 		sb.Metadata = p.Metadata
 	}
 	sb.TimeoutSeconds, sb.AutoDeleteSeconds = p.TimeoutSeconds, p.AutoDeleteSeconds
-	sb.DeleteOnTimeout = p.DeleteOnTimeout
+	sb.DeleteOnTimeout, sb.NoAutoResume = p.DeleteOnTimeout, p.NoAutoResume
 	p.applyNetwork(sb) // rules given with the create replace the snapshot's
 	c, err := s.createFrom(ctx, sb, origin{dir: snap.Dir, agentToken: s.agentToken(snap.SandboxID)})
 	if err != nil {

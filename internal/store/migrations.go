@@ -203,6 +203,8 @@ var migrations = []string{
 		holder     TEXT NOT NULL,
 		expires_ms INTEGER NOT NULL
 	);`,
+	// 11: E2B's autoResume {enabled: false}: traffic does not resume it
+	`ALTER TABLE sandboxes ADD COLUMN no_auto_resume INTEGER NOT NULL DEFAULT 0;`,
 }
 
 // pgTypes turns the SQLite column types the migrations use into

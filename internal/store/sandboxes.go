@@ -49,6 +49,7 @@ type Sandbox struct {
 	Network           *Network // egress rules; nil: the server's defaults
 	PreviewPrivate    bool     // preview URLs need the sandbox's access token
 	DeleteOnTimeout   bool     // the timeout deletes the sandbox rather than pausing it
+	NoAutoResume      bool     // E2B traffic does not resume it while paused (autoResume: false)
 
 	// Node owns the sandbox (runs it, or holds its snapshot); Epoch is bumped
 	// whenever ownership moves (ClaimSandbox). UpdateSandbox is fenced by
@@ -90,7 +91,7 @@ func (sb *Sandbox) Usage(now time.Time) (active, paused time.Duration) {
 const sandboxColumns = `id, team_id, name, status, template, vcpu, memory_mib, disk_mib, metadata, env,
 	timeout_seconds, auto_delete_seconds, error, token_generation, snapshot_dir, snapshot_bytes,
 	created_at, status_changed_at, pause_at, delete_at, active_ms, paused_ms, agent_path, base_image, exec_defaults,
-	network, preview_private, delete_on_timeout, node, epoch, snapshot_upload, snapshot_upload_detail`
+	network, preview_private, delete_on_timeout, node, epoch, snapshot_upload, snapshot_upload_detail, no_auto_resume`
 
 type scanner interface{ Scan(...any) error }
 
@@ -103,7 +104,7 @@ func scanSandbox(row scanner) (*Sandbox, error) {
 	err := row.Scan(&sb.ID, &sb.TeamID, &sb.Name, &sb.Status, &sb.Template, &sb.VCPU, &sb.MemoryMiB,
 		&sb.DiskMiB, &meta, &env, &timeout, &autoDel, &sb.Error, &sb.TokenGeneration, &sb.SnapshotDir,
 		&sb.SnapshotBytes, &created, &changed, &pauseAt, &deleteAt, &sb.ActiveMs, &sb.PausedMs, &sb.AgentPath, &sb.BaseImage, &defaults,
-		&network, &sb.PreviewPrivate, &sb.DeleteOnTimeout, &sb.Node, &sb.Epoch, &sb.SnapshotUpload, &sb.SnapshotUploadDetail)
+		&network, &sb.PreviewPrivate, &sb.DeleteOnTimeout, &sb.Node, &sb.Epoch, &sb.SnapshotUpload, &sb.SnapshotUploadDetail, &sb.NoAutoResume)
 	if err != nil {
 		return nil, err
 	}
@@ -169,12 +170,12 @@ func (s *sqlStore) InsertSandbox(ctx context.Context, sb *Sandbox) error {
 	t := time.Now().UTC()
 	sb.CreatedAt, sb.StatusChangedAt = t, t
 	_, err := s.db.ExecContext(ctx, `INSERT INTO sandboxes(`+sandboxColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		sb.ID, sb.TeamID, sb.Name, sb.Status, sb.Template, sb.VCPU, sb.MemoryMiB, sb.DiskMiB,
 		jsonMap(sb.Metadata), jsonMap(sb.Env), nullInt(sb.TimeoutSeconds), nullInt(sb.AutoDeleteSeconds),
 		sb.Error, sb.TokenGeneration, sb.SnapshotDir, sb.SnapshotBytes,
 		t.Format(timeFormat), t.Format(timeFormat), nullTime(sb.PauseAt), nullTime(sb.DeleteAt), 0, 0, sb.AgentPath, sb.BaseImage, sb.Defaults.json(),
-		sb.Network.json(), sb.PreviewPrivate, sb.DeleteOnTimeout, sb.Node, sb.Epoch, sb.SnapshotUpload, sb.SnapshotUploadDetail)
+		sb.Network.json(), sb.PreviewPrivate, sb.DeleteOnTimeout, sb.Node, sb.Epoch, sb.SnapshotUpload, sb.SnapshotUploadDetail, sb.NoAutoResume)
 	if err != nil {
 		return fmt.Errorf("insert sandbox %s: %w", sb.ID, err)
 	}
@@ -268,12 +269,12 @@ func (s *sqlStore) UpdateSandbox(ctx context.Context, sb *Sandbox) error {
 		_, err = tx.ExecContext(ctx, `UPDATE sandboxes SET name = ?, status = ?, metadata = ?, env = ?,
 			timeout_seconds = ?, auto_delete_seconds = ?, error = ?, token_generation = ?, snapshot_dir = ?,
 			snapshot_bytes = ?, status_changed_at = ?, pause_at = ?, delete_at = ?, active_ms = ?, paused_ms = ?,
-			network = ?, preview_private = ?, delete_on_timeout = ?
+			network = ?, preview_private = ?, delete_on_timeout = ?, no_auto_resume = ?
 			WHERE id = ? AND node = ? AND epoch = ?`,
 			sb.Name, sb.Status, jsonMap(sb.Metadata), jsonMap(sb.Env), nullInt(sb.TimeoutSeconds),
 			nullInt(sb.AutoDeleteSeconds), sb.Error, sb.TokenGeneration, sb.SnapshotDir, sb.SnapshotBytes,
 			sb.StatusChangedAt.Format(timeFormat), nullTime(sb.PauseAt), nullTime(sb.DeleteAt),
-			sb.ActiveMs, sb.PausedMs, sb.Network.json(), sb.PreviewPrivate, sb.DeleteOnTimeout,
+			sb.ActiveMs, sb.PausedMs, sb.Network.json(), sb.PreviewPrivate, sb.DeleteOnTimeout, sb.NoAutoResume,
 			sb.ID, sb.Node, sb.Epoch)
 		if err != nil {
 			return fmt.Errorf("update sandbox %s: %w", sb.ID, err)

@@ -1,6 +1,6 @@
 import { test } from "node:test"
 import assert from "node:assert/strict"
-import { CommandExitError } from "e2b"
+import { CommandExitError, Sandbox } from "e2b"
 import { newSandbox, eventually } from "../lib/helpers.mjs"
 
 const sbx = await newSandbox({ envs: { GREETING: "hello" } })
@@ -76,4 +76,25 @@ test("sandbox.pty.create, sandbox.pty.connect, sandbox.pty.sendInput, sandbox.pt
   await sbx.pty.sendInput(t.pid, new TextEncoder().encode("echo again-$((2*3))\n"))
   await eventually(() => later.join("").includes("again-6"))
   assert.equal(await sbx.pty.kill(t.pid), true)
+})
+
+test("sandbox.commands.run background keeps counting across sandbox.pause and Sandbox.connect; sandbox.commands.connect re-attaches by pid", async () => {
+  const h = await sbx.commands.run("i=0; while true; do echo count $i; i=$((i+1)); sleep 0.2; done", { background: true })
+  const before = []
+  const first = await sbx.commands.connect(h.pid, { onStdout: (d) => before.push(d) })
+  await eventually(() => before.join("").includes("count 3"))
+  await first.disconnect()
+  const last = (chunks) => Math.max(...chunks.join("").match(/count (\d+)/g).map((m) => Number(m.split(" ")[1])))
+  const beforePause = last(before)
+
+  assert.equal(await sbx.pause(), true)
+  const resumed = await Sandbox.connect(sbx.sandboxId)
+  assert.ok((await resumed.commands.list()).some((p) => p.pid === h.pid), "the command is listed after the resume")
+  const after = []
+  const again = await resumed.commands.connect(h.pid, { onStdout: (d) => after.push(d) })
+  // The same loop, not a new one: its count goes on from where it was.
+  await eventually(() => after.length > 0 && last(after) >= beforePause + 5)
+  assert.ok(!after.join("").includes("count 0\n"), "the count started over: " + after.join("").slice(0, 80))
+  assert.equal(await resumed.commands.kill(h.pid), true)
+  await assert.rejects(again.wait())
 })

@@ -4,10 +4,7 @@
 import { test } from "node:test"
 
 const skipped = {
-  "sandbox.updateNetwork, Sandbox.updateNetwork": "E2B network rules are not mapped onto stasis network rules yet; they are refused with 400",
-  "sandbox.uploadUrl, sandbox.downloadUrl, sandbox.fileUrl": "signed /files URLs (signature, signature_expiration) are not implemented",
   "sandbox.getMcpUrl, sandbox.getMcpToken": "the MCP gateway template (mcp-gateway, port 50005) does not exist in stasis",
-  "sandbox.getHost": "needs DNS for {port}-{id}.{domain}; stasisd routes such hosts, but tests send no traffic to names outside loopback",
   "sandbox.git": "sandbox.git.* only wraps commands.run with git command lines, and stasis/base ships no git",
 }
 for (const [name, reason] of Object.entries(skipped)) test(name, { skip: reason }, () => {})
