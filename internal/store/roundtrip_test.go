@@ -34,12 +34,12 @@ func testEveryTableRoundTrip(t *testing.T, s Store) {
 	timeout := 60
 	past := time.Now().Add(-time.Second)
 	sb := &Sandbox{ID: NewID(), TeamID: "t1", Name: "a", Status: StatusActive, Template: "x", VCPU: 2,
-		MemoryMiB: 256, TimeoutSeconds: &timeout, PauseAt: &past, PreviewPrivate: true, DeleteOnTimeout: true,
+		MemoryMiB: 256, TimeoutSeconds: &timeout, PauseAt: &past, PreviewPrivate: true, DeleteOnTimeout: true, NoAutoResume: true,
 		Metadata: map[string]string{"k": "v"}, Defaults: ExecDefaults{Workdir: "/w"}, Node: "n1"}
 	must(s.InsertSandbox(ctx, sb))
 	got, err := s.GetSandbox(ctx, "t1", sb.ID)
 	must(err)
-	if !got.PreviewPrivate || !got.DeleteOnTimeout || *got.TimeoutSeconds != 60 || got.PauseAt == nil ||
+	if !got.PreviewPrivate || !got.DeleteOnTimeout || !got.NoAutoResume || *got.TimeoutSeconds != 60 || got.PauseAt == nil ||
 		got.Defaults.Workdir != "/w" || got.Metadata["k"] != "v" || got.Node != "n1" || got.VCPU != 2 {
 		t.Fatalf("sandbox round trip: %+v", got)
 	}
