@@ -101,6 +101,18 @@ func TestSnapshotUploadedAfterPause(t *testing.T) {
 		t.Fatalf("downloaded snapshot is not a valid checkpoint: %v", err)
 	}
 
+	// A saved snapshot goes to the store the same way, and leaves it with
+	// its deletion.
+	var saved struct{ ID string }
+	if err := srv.Do("POST", "/sandboxes/"+c.id+"/snapshots", map[string]any{"name": "kept"}, &saved); err != nil || saved.ID == "" {
+		t.Fatalf("save snapshot: %v %+v", err, saved)
+	}
+	waitObjects(t, blobs, objstore.KindSaved, saved.ID, true)
+	if err := srv.Do("DELETE", "/snapshots/"+saved.ID, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitObjects(t, blobs, objstore.KindSaved, saved.ID, false)
+
 	var resumed sandboxInfo
 	if err := srv.Do("POST", "/sandboxes/"+c.id+"/resume", nil, &resumed); err != nil || resumed.Status != "active" {
 		t.Fatalf("resume: %v %+v", err, resumed)
@@ -113,14 +125,23 @@ func TestSnapshotUploadedAfterPause(t *testing.T) {
 	if err := srv.Do("DELETE", "/sandboxes/"+c.id, nil, nil); err != nil {
 		t.Fatal(err)
 	}
+	waitObjects(t, blobs, objstore.KindSandbox, c.id, false)
+}
+
+// waitObjects waits until kind/id has a complete snapshot in the store
+// (present) or no objects at all (!present).
+func waitObjects(t *testing.T, blobs objstore.Blobs, kind, id string, present bool) {
+	t.Helper()
+	ctx := context.Background()
 	deadline := time.Now().Add(time.Minute)
 	for {
-		keys, err := blobs.List(ctx, objstore.KindSandbox+"/"+c.id+"/")
-		if err == nil && len(keys) == 0 {
-			break
+		_, err := objstore.Latest(ctx, blobs, kind, id)
+		keys, lerr := blobs.List(ctx, kind+"/"+id+"/")
+		if present && err == nil || !present && lerr == nil && len(keys) == 0 {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("objects of the deleted sandbox stay in the bucket: %v %v", keys, err)
+			t.Fatalf("%s/%s: want present=%v, store has %v (%v, %v)", kind, id, present, keys, err, lerr)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
