@@ -391,6 +391,10 @@ func (s *Service) Resume(ctx context.Context, teamID, id string, activate bool) 
 // active, so a crash mid-resume leaves it paused or active, never lost.
 func (s *Service) resumeLocked(ctx context.Context, b *box, sb *store.Sandbox, rotate bool) error {
 	start := time.Now()
+	if err := s.fetchIfGone(ctx, b, sb); err != nil {
+		s.metrics.Fail("resume", "fetch")
+		return fmt.Errorf("resume %s: %w", sb.ID, err)
+	}
 	snap := sb.SnapshotDir
 	if err := s.admit(ctx, sb.TeamID, func() error { return s.setStatus(ctx, sb, store.StatusResuming, "") }); err != nil {
 		return err

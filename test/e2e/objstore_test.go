@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -198,5 +199,45 @@ func TestSnapshotUploadWhileStoreDown(t *testing.T) {
 	c.token = resumed.AccessToken
 	if got := string(c.readFile("/tmp/state")); got != "two" {
 		t.Fatalf("after resume /tmp/state = %q, want two", got)
+	}
+}
+
+// A paused sandbox whose local snapshot is gone (as on a node that did not
+// pause it) resumes from the object store's copy: downloaded, verified,
+// restored, and its processes carry on.
+func TestResumeDownloadsSnapshotWhenLocalCopyIsGone(t *testing.T) {
+	srv, _ := startWithObjectStore(t)
+	c, _ := createMinimal(t, srv, "from-store")
+	c.writeFile("/tmp/hello", []byte("kept in the bucket"))
+	startCounter(c)
+	before := waitCount(t, c, 3)
+	pauseOK(t, srv, c.id)
+	waitPauseState(t, srv, c.id, true, false)
+	waitUpload(t, srv, c.id, "portable", func(i portableInfo) bool { return *i.Pause.Portable })
+
+	local := filepath.Join(srv.DataDir(), "snapshots", c.id)
+	snaps, err := filepath.Glob(filepath.Join(local, "snap-*"))
+	if err != nil || len(snaps) != 1 {
+		t.Fatalf("local snapshots: %v %v", snaps, err)
+	}
+	if err := os.RemoveAll(snaps[0]); err != nil {
+		t.Fatal(err)
+	}
+
+	var resumed sandboxInfo
+	if err := srv.Do("POST", "/sandboxes/"+c.id+"/resume", nil, &resumed); err != nil || resumed.Status != "active" {
+		t.Fatalf("resume from the object store: %v %+v", err, resumed)
+	}
+	c.token = resumed.AccessToken
+	if got := string(c.readFile("/tmp/hello")); got != "kept in the bucket" {
+		t.Fatalf("after resume /tmp/hello = %q", got)
+	}
+	now := readCount(t, c)
+	if now < before {
+		t.Fatalf("counter went back from %d to %d", before, now)
+	}
+	waitCount(t, c, now+2) // the process runs on
+	if !strings.Contains(srv.Logs(), "downloaded the snapshot from the object store") {
+		t.Fatal("stasisd does not say it downloaded the snapshot")
 	}
 }
