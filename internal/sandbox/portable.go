@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/objstore"
@@ -133,8 +134,11 @@ func (s *Service) FetchSnapshot(ctx context.Context, kind, id, snap string) (str
 // it in RAM nor has a sealed copy of it, but the object store has (another node paused it, or the
 // local copy was lost), and points sb at the download.
 func (s *Service) fetchIfGone(ctx context.Context, b *box, sb *store.Sandbox) error {
-	if s.cfg.SnapshotCache == nil || sb.SnapshotDir == "" || b.inRAM.Load() || b.sealing != nil || sealed(sb.SnapshotDir) ||
-		sb.SnapshotUpload != store.UploadPortable {
+	// Another node's data dir may be visible here (nodes sharing a host):
+	// only a copy under this node's own snapshot root counts as local.
+	mine := strings.HasPrefix(sb.SnapshotDir, s.snaps.Root()+string(filepath.Separator))
+	if s.cfg.SnapshotCache == nil || sb.SnapshotDir == "" || b.inRAM.Load() || b.sealing != nil ||
+		mine && sealed(sb.SnapshotDir) || sb.SnapshotUpload != store.UploadPortable {
 		return nil
 	}
 	start := time.Now()
