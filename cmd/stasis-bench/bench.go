@@ -191,6 +191,7 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 		{"network", b.benchNetwork},
 		{"e2b", b.benchE2B},
 		{"density", b.benchDensity},
+		{"snapshot-upload", b.benchSnapshotUpload},
 	}
 	for _, p := range phases {
 		if cfg.Phases != "" && !slices.Contains(strings.Split(cfg.Phases, ","), p.name) {

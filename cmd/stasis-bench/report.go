@@ -223,6 +223,7 @@ func markdown(r *Report) string {
 		{"network", "Network: egress and preview URLs", "How these are measured and what the baseline columns are: see \"What the baseline is\" above. Goals (issue 12): egress throughput at least 0.9× of plain NAT (`throughput_vs_raw`), connection setup and preview requests at most +1 ms at p50 (`p50_overhead_ms`)."},
 		{"secrets", "Secrets: injection at egress", "From the network phase's stasis sandbox to its test internet's HTTPS site, with a bearer secret bound to the sandbox (`secret.test`): through the injecting proxy, against the same request to the same site under a name no secret names (`bench.test`), whose TLS the proxy passes through unread. Both columns are stasis. Goals (issue 13): at most +2 ms at p50 for small requests on a kept-alive connection (`p50_overhead_ms`), and at least 0.8× pass-through throughput for a large body (`throughput_vs_passthrough`)."},
 		{"density", "Density", ""},
+		{"snapshot-upload", "Snapshot upload to an object store", "A directory shaped like a checkpoint (one memory file of N MB of random bytes, a few small files) uploaded to a real S3 server (versitygw on loopback, same machine). stasis: its snapshot uploader (SHA-256 of every file, then multipart in 16 MiB parts, 4 at a time, manifest last), timed until the snapshot is portable. The \"runsc\" columns here are a bare aws-sdk-go-v2 client sending the same files (PutObject, or multipart with the same part size and concurrency), alternately with stasis; the ratio is what checksums and the manifest add."},
 	}
 	for _, g := range groups {
 		var rows []Row
@@ -350,7 +351,7 @@ func markdown(r *Report) string {
 	w("make bench-density # make bench with the density phase at scale (300 active, 2,000 paused; 20-40 minutes more)\n```\n\n")
 	w("Both need root and `make setup` (runsc and the images). Phase durations of this run: ")
 	var ph []string
-	for _, k := range []string{"create", "exec", "files", "pause-resume", "network", "density"} {
+	for _, k := range []string{"create", "exec", "files", "pause-resume", "network", "density", "snapshot-upload"} {
 		if v, ok := r.Phases[k]; ok {
 			ph = append(ph, fmt.Sprintf("%s %.0f s", k, v))
 		}
