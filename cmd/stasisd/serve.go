@@ -44,6 +44,7 @@ type serveFlags struct {
 	minFreeDiskMiB, maxUnauthenticated                                                           int
 	bodyIdle                                                                                     time.Duration
 	net                                                                                          netFlags
+	cluster                                                                                      clusterFlags
 }
 
 func runServe(args []string) error {
@@ -69,8 +70,12 @@ func runServe(args []string) error {
 	fs.IntVar(&f.maxUnauthenticated, "max-unauthenticated-conns", 256, "connections that have not made an authenticated request; more are answered 503 server_busy and closed (0: unlimited)")
 	fs.DurationVar(&f.bodyIdle, "body-idle-timeout", 30*time.Second, "cut off a request whose body sends nothing for this long (a flowing upload is never cut)")
 	f.net.register(fs)
+	f.cluster.register(fs)
 	err := fs.Parse(args)
 	if err != nil {
+		return err
+	}
+	if err := f.cluster.resolve(f.listen); err != nil {
 		return err
 	}
 	var level slog.Level
@@ -209,7 +214,10 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 	if err != nil {
 		return nil, err
 	}
-	nodeKey, err := loadOrCreateKey(filepath.Join(dataDir, "node.key"))
+	if f.cluster.nodeKeyFile == "" {
+		f.cluster.nodeKeyFile = filepath.Join(dataDir, "node.key")
+	}
+	nodeKey, err := loadOrCreateKey(f.cluster.nodeKeyFile)
 	if err != nil {
 		return nil, err
 	}
