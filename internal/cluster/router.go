@@ -101,9 +101,11 @@ func (rt *Router) Decide(r *http.Request) (Decision, error) {
 		return rt.place(ctx, "create")
 	case strings.HasPrefix(p, "/sandboxes/"):
 		id, action, _ := strings.Cut(strings.TrimPrefix(p, "/sandboxes/"), "/")
-		if id == "" || (action == "" && r.Method == http.MethodGet) {
-			return Decision{Reason: "read"}, nil // the store answers
+		if id == "" {
+			return Decision{Reason: "local"}, nil
 		}
+		// Reads go to the owner too: only it knows whether a pause is
+		// durable or still in memory.
 		return rt.toOwner(ctx, id, action == "resume" || action == "activate")
 	case dataPlanePaths[p] && rt.cfg.SandboxID != nil:
 		if id := rt.cfg.SandboxID(r); id != "" {

@@ -147,11 +147,14 @@ func TestDataPlaneIsForwardedToTheOwnerWithTheClientsCredentials(t *testing.T) {
 	if body["node"] != "b" || body["forwarded_by"] != "" {
 		t.Errorf("exec via the owner: served by %q forwarded by %q, want b directly", body["node"], body["forwarded_by"])
 	}
-	// Unknown sandboxes and reads are answered here (the local API says 404).
-	for _, p := range []string{"/sandboxes/nope/pause", "/sandboxes/sb1"} {
+	// Unknown sandboxes and lists are answered here (the local API says 404).
+	for _, p := range []string{"/sandboxes/nope", "/sandboxes"} {
 		if _, body = c.do(t, "a", "GET", p, nil); body["node"] != "a" {
 			t.Errorf("GET %s via a served by %q, want a", p, body["node"])
 		}
+	}
+	if _, body = c.do(t, "a", "GET", "/sandboxes/sb1", nil); body["node"] != "b" {
+		t.Errorf("GET of b's sandbox via a served by %q, want b (only the owner knows its pause state)", body["node"])
 	}
 }
 
