@@ -64,7 +64,7 @@ type egressRun struct {
 
 // startEgress starts the resolver, the proxy and the network log writer,
 // and redirects sandbox traffic to them.
-func startEgress(ctx context.Context, f netFlags, st *store.Store, pool *netpool.Pool, ifPrefix string,
+func startEgress(ctx context.Context, f netFlags, st store.Store, pool *netpool.Pool, ifPrefix string,
 	policy func(context.Context, string) (*egress.Policy, error), inj *inject.Interceptor, log *slog.Logger) (*egressRun, error) {
 	var defaultAllow bool
 	switch f.egress {
@@ -136,7 +136,7 @@ func (e *egressRun) stop(ctx context.Context, pool *netpool.Pool) {
 
 // openSecrets loads (creating it at first start) the secrets key and
 // returns the secrets service.
-func openSecrets(f netFlags, dataDir string, st *store.Store) (*secrets.Service, error) {
+func openSecrets(f netFlags, dataDir string, st store.Store) (*secrets.Service, error) {
 	path := f.secretsKey
 	if path == "" {
 		path = filepath.Join(dataDir, "secrets.key")

@@ -151,7 +151,7 @@ type node struct {
 	svc    *sandbox.Service
 	api    http.Handler
 	e2b    http.Handler
-	store  *store.Store
+	store  store.Store
 	driver *gvisor.Driver
 	pool   *netpool.Pool
 	fw     *firewall.Rules
@@ -342,7 +342,7 @@ func ifPrefix(netnsPrefix string) string {
 
 // setupAPIKey makes sure a usable API key exists: STASIS_API_KEY when set,
 // otherwise a generated one written (0600) to DATA_DIR/api-key on first start.
-func setupAPIKey(ctx context.Context, st *store.Store, dataDir string, log *slog.Logger) error {
+func setupAPIKey(ctx context.Context, st store.Store, dataDir string, log *slog.Logger) error {
 	if err := st.EnsureTeam(ctx, defaultTeam, "default"); err != nil {
 		return err
 	}

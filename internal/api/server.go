@@ -30,7 +30,7 @@ const MaxJSONBody = 1 << 20
 // Server is the HTTP handler for the whole API.
 type Server struct {
 	svc     *sandbox.Service
-	store   *store.Store
+	store   store.Store
 	metrics *metrics.Registry
 	log     *slog.Logger
 	mux     *http.ServeMux
@@ -44,7 +44,7 @@ type Server struct {
 func (s *Server) UseHealth(c *health.Checker) { s.checks = c }
 
 // New returns the API handler.
-func New(svc *sandbox.Service, st *store.Store, reg *metrics.Registry, log *slog.Logger) *Server {
+func New(svc *sandbox.Service, st store.Store, reg *metrics.Registry, log *slog.Logger) *Server {
 	s := &Server{svc: svc, store: st, metrics: reg, log: log, mux: http.NewServeMux()}
 	// The only error is a duplicate name: a second API on one registry.
 	_ = reg.GaugeVecFunc("stasis_sandboxes", "Sandboxes by status.", "status", s.sandboxCounts)

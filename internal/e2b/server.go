@@ -35,7 +35,7 @@ const EnvdVersion = "0.5.7"
 // Server is the E2B handler: control plane and sandbox router on one address.
 type Server struct {
 	svc     *sandbox.Service
-	store   *store.Store
+	store   store.Store
 	log     *slog.Logger
 	control *http.ServeMux
 	envd    http.Handler
@@ -45,7 +45,7 @@ type Server struct {
 }
 
 // New returns the E2B handler.
-func New(svc *sandbox.Service, st *store.Store, log *slog.Logger) *Server {
+func New(svc *sandbox.Service, st store.Store, log *slog.Logger) *Server {
 	s := &Server{svc: svc, store: st, log: log, control: http.NewServeMux(), procs: map[string]*procTable{}}
 	s.controlRoutes()
 	s.envd = s.envdHandler()

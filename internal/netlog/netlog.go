@@ -26,7 +26,7 @@ const (
 
 // Writer queues and writes network log rows. It implements egress.Log.
 type Writer struct {
-	st    *store.Store
+	st    store.Store
 	log   *slog.Logger
 	queue chan store.NetworkLogWrite
 	added map[string]int // rows written per sandbox since its last trim
@@ -38,7 +38,7 @@ type Writer struct {
 }
 
 // New returns a writer; call Run to start writing.
-func New(st *store.Store, log *slog.Logger) *Writer {
+func New(st store.Store, log *slog.Logger) *Writer {
 	return &Writer{st: st, log: log, queue: make(chan store.NetworkLogWrite, queueLen),
 		added: map[string]int{}, done: make(chan struct{})}
 }

@@ -12,7 +12,7 @@ import (
 	"github.com/stasis-sandbox/stasis/internal/store"
 )
 
-func newStore(t *testing.T) *store.Store {
+func newStore(t *testing.T) store.Store {
 	t.Helper()
 	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "stasis.db"))
 	if err != nil {

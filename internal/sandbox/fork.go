@@ -92,7 +92,7 @@ func (s *Service) createFrom(ctx context.Context, sb *store.Sandbox, o origin) (
 	if err != nil {
 		return Created{}, err
 	}
-	if err := s.admit(ctx, sb.TeamID, func() error { return s.cfg.Store.InsertSandbox(ctx, sb) }); err != nil {
+	if err := s.admit(ctx, sb.TeamID, func() error { return s.insertSandbox(ctx, sb) }); err != nil {
 		return Created{}, err
 	}
 	b := s.box(sb.ID)

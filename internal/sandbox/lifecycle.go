@@ -56,7 +56,7 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 	if sb.DiskMiB == 0 {
 		sb.DiskMiB = s.cfg.DefaultDiskMiB
 	}
-	if err := s.admit(ctx, teamID, func() error { return s.cfg.Store.InsertSandbox(ctx, sb) }); err != nil {
+	if err := s.admit(ctx, teamID, func() error { return s.insertSandbox(ctx, sb) }); err != nil {
 		return nil, "", err
 	}
 	failpoint.Hit("create.after-record")

@@ -33,7 +33,10 @@ import (
 
 // Config wires the service to its dependencies.
 type Config struct {
-	Store           *store.Store
+	Store store.Store
+	// NodeName is this server's name in a cluster: it owns the sandboxes it
+	// creates ("" on a single node).
+	NodeName        string
 	Driver          runtime.Driver
 	Images          *images.Manager
 	SnapshotDir     string // checkpoints live in SnapshotDir/<sandbox id>/
@@ -366,6 +369,12 @@ func (s *Service) setStatus(ctx context.Context, sb *store.Sandbox, status, msg 
 		sb.DeleteAt = deadline(now, sb.AutoDeleteSeconds)
 	}
 	return s.cfg.Store.UpdateSandbox(ctx, sb)
+}
+
+// insertSandbox stores a new sandbox owned by this node.
+func (s *Service) insertSandbox(ctx context.Context, sb *store.Sandbox) error {
+	sb.Node = s.cfg.NodeName
+	return s.cfg.Store.InsertSandbox(ctx, sb)
 }
 
 func deadline(from time.Time, seconds *int) *time.Time {

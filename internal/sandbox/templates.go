@@ -402,7 +402,7 @@ func (s *Service) build(ctx context.Context, t *store.Template, b *store.Build, 
 		Template: t.Name, BaseImage: base, VCPU: t.VCPU, MemoryMiB: t.MemoryMiB, DiskMiB: t.DiskMiB,
 		AgentPath: s.agentPath,
 	}
-	if err := s.cfg.Store.InsertSandbox(ctx, sb); err != nil {
+	if err := s.insertSandbox(ctx, sb); err != nil {
 		return nil, err
 	}
 	bx := s.box(sb.ID)

@@ -15,7 +15,7 @@ import (
 	"github.com/stasis-sandbox/stasis/internal/store"
 )
 
-func newService(t *testing.T) (*Service, *store.Store, []byte) {
+func newService(t *testing.T) (*Service, store.Store, []byte) {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -77,23 +78,23 @@ type NetworkLogWrite struct {
 
 // WriteNetworkLog applies a batch of inserts and byte-count updates in one
 // transaction. Rows of sandboxes that no longer exist are skipped.
-func (s *Store) WriteNetworkLog(ctx context.Context, batch []NetworkLogWrite) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
+func (s *sqlStore) WriteNetworkLog(ctx context.Context, batch []NetworkLogWrite) error {
+	return s.tx(ctx, func(tx *txn) error {
 		for _, w := range batch {
 			e := w.Event
 			if !w.Done {
-				res, err := tx.ExecContext(ctx, `INSERT INTO network_log(sandbox_id, ts_us, kind, host, dst_ip,
+				err := tx.QueryRowContext(ctx, `INSERT INTO network_log(sandbox_id, ts_us, kind, host, dst_ip,
 					dst_port, verdict, match_rule, bytes_sent, bytes_recv)
-					SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM sandboxes WHERE id = ?)`,
+					SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM sandboxes WHERE id = ?)
+					RETURNING id`,
 					e.SandboxID, e.Time.UnixMicro(), e.Kind, e.Host, e.DstIP, e.DstPort, e.Verdict, e.MatchRule,
-					e.BytesSent, e.BytesRecv, e.SandboxID)
+					e.BytesSent, e.BytesRecv, e.SandboxID).Scan(&e.ID)
+				if errors.Is(err, sql.ErrNoRows) {
+					e.ID = -1 // its sandbox is gone
+					continue
+				}
 				if err != nil {
 					return fmt.Errorf("network log insert: %w", err)
-				}
-				if n, _ := res.RowsAffected(); n == 1 {
-					e.ID, _ = res.LastInsertId()
-				} else {
-					e.ID = -1 // its sandbox is gone
 				}
 				continue
 			}
@@ -110,7 +111,7 @@ func (s *Store) WriteNetworkLog(ctx context.Context, batch []NetworkLogWrite) er
 }
 
 // TrimNetworkLog deletes a sandbox's oldest rows beyond the newest keep.
-func (s *Store) TrimNetworkLog(ctx context.Context, sandboxID string, keep int) error {
+func (s *sqlStore) TrimNetworkLog(ctx context.Context, sandboxID string, keep int) error {
 	_, err := s.db.ExecContext(ctx, `DELETE FROM network_log WHERE sandbox_id = ? AND id <= (
 		SELECT id FROM network_log WHERE sandbox_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)`,
 		sandboxID, sandboxID, keep)
@@ -132,7 +133,7 @@ type NetworkLogQuery struct {
 
 // ListNetworkLog returns up to q.Limit rows, newest first, and whether
 // there are more.
-func (s *Store) ListNetworkLog(ctx context.Context, q NetworkLogQuery) ([]*NetworkEvent, bool, error) {
+func (s *sqlStore) ListNetworkLog(ctx context.Context, q NetworkLogQuery) ([]*NetworkEvent, bool, error) {
 	where := []string{"sandbox_id = ?"}
 	args := []any{q.SandboxID}
 	if q.BeforeID > 0 {

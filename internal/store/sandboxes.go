@@ -49,6 +49,16 @@ type Sandbox struct {
 	Network           *Network // egress rules; nil: the server's defaults
 	PreviewPrivate    bool     // preview URLs need the sandbox's access token
 	DeleteOnTimeout   bool     // the timeout deletes the sandbox rather than pausing it
+
+	// Node owns the sandbox (runs it, or holds its snapshot); Epoch is bumped
+	// whenever ownership moves (ClaimSandbox). UpdateSandbox is fenced by
+	// both: a node acting on a stale copy gets ErrFenced.
+	Node  string
+	Epoch int64
+	// SnapshotUpload is the state of the paused snapshot's upload to the
+	// object store ("", pending, uploading, portable, failed), with detail.
+	SnapshotUpload       string
+	SnapshotUploadDetail string
 }
 
 // ExecDefaults apply to every command run in a sandbox unless the request
@@ -80,7 +90,7 @@ func (sb *Sandbox) Usage(now time.Time) (active, paused time.Duration) {
 const sandboxColumns = `id, team_id, name, status, template, vcpu, memory_mib, disk_mib, metadata, env,
 	timeout_seconds, auto_delete_seconds, error, token_generation, snapshot_dir, snapshot_bytes,
 	created_at, status_changed_at, pause_at, delete_at, active_ms, paused_ms, agent_path, base_image, exec_defaults,
-	network, preview_private, delete_on_timeout`
+	network, preview_private, delete_on_timeout, node, epoch, snapshot_upload, snapshot_upload_detail`
 
 type scanner interface{ Scan(...any) error }
 
@@ -93,7 +103,7 @@ func scanSandbox(row scanner) (*Sandbox, error) {
 	err := row.Scan(&sb.ID, &sb.TeamID, &sb.Name, &sb.Status, &sb.Template, &sb.VCPU, &sb.MemoryMiB,
 		&sb.DiskMiB, &meta, &env, &timeout, &autoDel, &sb.Error, &sb.TokenGeneration, &sb.SnapshotDir,
 		&sb.SnapshotBytes, &created, &changed, &pauseAt, &deleteAt, &sb.ActiveMs, &sb.PausedMs, &sb.AgentPath, &sb.BaseImage, &defaults,
-		&network, &sb.PreviewPrivate, &sb.DeleteOnTimeout)
+		&network, &sb.PreviewPrivate, &sb.DeleteOnTimeout, &sb.Node, &sb.Epoch, &sb.SnapshotUpload, &sb.SnapshotUploadDetail)
 	if err != nil {
 		return nil, err
 	}
@@ -155,16 +165,16 @@ func jsonMap(m map[string]string) string {
 }
 
 // InsertSandbox stores a new sandbox. CreatedAt and StatusChangedAt are set now.
-func (s *Store) InsertSandbox(ctx context.Context, sb *Sandbox) error {
+func (s *sqlStore) InsertSandbox(ctx context.Context, sb *Sandbox) error {
 	t := time.Now().UTC()
 	sb.CreatedAt, sb.StatusChangedAt = t, t
 	_, err := s.db.ExecContext(ctx, `INSERT INTO sandboxes(`+sandboxColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		sb.ID, sb.TeamID, sb.Name, sb.Status, sb.Template, sb.VCPU, sb.MemoryMiB, sb.DiskMiB,
 		jsonMap(sb.Metadata), jsonMap(sb.Env), nullInt(sb.TimeoutSeconds), nullInt(sb.AutoDeleteSeconds),
 		sb.Error, sb.TokenGeneration, sb.SnapshotDir, sb.SnapshotBytes,
 		t.Format(timeFormat), t.Format(timeFormat), nullTime(sb.PauseAt), nullTime(sb.DeleteAt), 0, 0, sb.AgentPath, sb.BaseImage, sb.Defaults.json(),
-		sb.Network.json(), sb.PreviewPrivate, sb.DeleteOnTimeout)
+		sb.Network.json(), sb.PreviewPrivate, sb.DeleteOnTimeout, sb.Node, sb.Epoch, sb.SnapshotUpload, sb.SnapshotUploadDetail)
 	if err != nil {
 		return fmt.Errorf("insert sandbox %s: %w", sb.ID, err)
 	}
@@ -172,7 +182,7 @@ func (s *Store) InsertSandbox(ctx context.Context, sb *Sandbox) error {
 }
 
 // GetSandbox returns the sandbox with id owned by teamID ("" matches any team).
-func (s *Store) GetSandbox(ctx context.Context, teamID, id string) (*Sandbox, error) {
+func (s *sqlStore) GetSandbox(ctx context.Context, teamID, id string) (*Sandbox, error) {
 	row := s.db.QueryRowContext(ctx, `SELECT `+sandboxColumns+` FROM sandboxes
 		WHERE id = ? AND (? = '' OR team_id = ?)`, id, teamID, teamID)
 	sb, err := scanSandbox(row)
@@ -187,7 +197,7 @@ func (s *Store) GetSandbox(ctx context.Context, teamID, id string) (*Sandbox, er
 
 // ListSandboxes returns the team's sandboxes ("" = all teams), oldest first,
 // keeping only those whose metadata contains every pair in filter.
-func (s *Store) ListSandboxes(ctx context.Context, teamID string, filter map[string]string) ([]*Sandbox, error) {
+func (s *sqlStore) ListSandboxes(ctx context.Context, teamID string, filter map[string]string) ([]*Sandbox, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+sandboxColumns+` FROM sandboxes
 		WHERE (? = '' OR team_id = ?) ORDER BY created_at, id`, teamID, teamID)
 	if err != nil {
@@ -216,20 +226,29 @@ func matches(meta, filter map[string]string) bool {
 	return true
 }
 
-// UpdateSandbox writes every mutable field of sb. If the status changed from
+// UpdateSandbox writes every mutable field of sb (not its owner node and
+// epoch, which move only by ClaimSandbox, nor its snapshot upload state,
+// which only SetSnapshotUpload writes). If the status changed from
 // what is stored, the time spent in the old status is metered (for the
-// sandbox and its team) and StatusChangedAt is set to now.
-func (s *Store) UpdateSandbox(ctx context.Context, sb *Sandbox) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
-		var old, changed string
-		var activeMs, pausedMs int64
-		err := tx.QueryRowContext(ctx, `SELECT status, status_changed_at, active_ms, paused_ms FROM sandboxes WHERE id = ?`,
-			sb.ID).Scan(&old, &changed, &activeMs, &pausedMs)
+// sandbox and its team) and StatusChangedAt is set to now. It is fenced:
+// if the stored node or epoch is no longer sb's, nothing changes and the
+// error is ErrFenced.
+func (s *sqlStore) UpdateSandbox(ctx context.Context, sb *Sandbox) error {
+	return s.tx(ctx, func(tx *txn) error {
+		var old, changed, node string
+		var activeMs, pausedMs, epoch int64
+		err := tx.QueryRowContext(ctx, `SELECT status, status_changed_at, active_ms, paused_ms, node, epoch
+			FROM sandboxes WHERE id = ?`+s.db.dialect.forUpdate(),
+			sb.ID).Scan(&old, &changed, &activeMs, &pausedMs, &node, &epoch)
 		if errors.Is(err, sql.ErrNoRows) {
 			return ErrNotFound
 		}
 		if err != nil {
 			return fmt.Errorf("update sandbox %s: %w", sb.ID, err)
+		}
+		if node != sb.Node || epoch != sb.Epoch {
+			return fmt.Errorf("update sandbox %s (node %q epoch %d, now %q epoch %d): %w",
+				sb.ID, sb.Node, sb.Epoch, node, epoch, ErrFenced)
 		}
 		sb.ActiveMs, sb.PausedMs = activeMs, pausedMs
 		if old != sb.Status {
@@ -250,11 +269,12 @@ func (s *Store) UpdateSandbox(ctx context.Context, sb *Sandbox) error {
 			timeout_seconds = ?, auto_delete_seconds = ?, error = ?, token_generation = ?, snapshot_dir = ?,
 			snapshot_bytes = ?, status_changed_at = ?, pause_at = ?, delete_at = ?, active_ms = ?, paused_ms = ?,
 			network = ?, preview_private = ?, delete_on_timeout = ?
-			WHERE id = ?`,
+			WHERE id = ? AND node = ? AND epoch = ?`,
 			sb.Name, sb.Status, jsonMap(sb.Metadata), jsonMap(sb.Env), nullInt(sb.TimeoutSeconds),
 			nullInt(sb.AutoDeleteSeconds), sb.Error, sb.TokenGeneration, sb.SnapshotDir, sb.SnapshotBytes,
 			sb.StatusChangedAt.Format(timeFormat), nullTime(sb.PauseAt), nullTime(sb.DeleteAt),
-			sb.ActiveMs, sb.PausedMs, sb.Network.json(), sb.PreviewPrivate, sb.DeleteOnTimeout, sb.ID)
+			sb.ActiveMs, sb.PausedMs, sb.Network.json(), sb.PreviewPrivate, sb.DeleteOnTimeout,
+			sb.ID, sb.Node, sb.Epoch)
 		if err != nil {
 			return fmt.Errorf("update sandbox %s: %w", sb.ID, err)
 		}
@@ -266,7 +286,7 @@ func (s *Store) UpdateSandbox(ctx context.Context, sb *Sandbox) error {
 }
 
 // DueTimers returns sandboxes whose pause or delete deadline has passed.
-func (s *Store) DueTimers(ctx context.Context, now time.Time) ([]*Sandbox, error) {
+func (s *sqlStore) DueTimers(ctx context.Context, now time.Time) ([]*Sandbox, error) {
 	t := now.UTC().Format(timeFormat)
 	rows, err := s.db.QueryContext(ctx, `SELECT `+sandboxColumns+` FROM sandboxes
 		WHERE (status = ? AND pause_at IS NOT NULL AND pause_at <= ?)
@@ -289,7 +309,7 @@ func (s *Store) DueTimers(ctx context.Context, now time.Time) ([]*Sandbox, error
 
 // CountLive returns how many of the team's sandboxes hold compute (starting,
 // active, pausing or resuming).
-func (s *Store) CountLive(ctx context.Context, teamID string) (int, error) {
+func (s *sqlStore) CountLive(ctx context.Context, teamID string) (int, error) {
 	var n int
 	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM sandboxes WHERE team_id = ? AND status IN (?, ?, ?, ?)`,
 		teamID, StatusStarting, StatusActive, StatusPausing, StatusResuming).Scan(&n)
@@ -300,7 +320,7 @@ func (s *Store) CountLive(ctx context.Context, teamID string) (int, error) {
 }
 
 // CountByStatus returns the number of sandboxes in each status.
-func (s *Store) CountByStatus(ctx context.Context) (map[string]int, error) {
+func (s *sqlStore) CountByStatus(ctx context.Context) (map[string]int, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT status, COUNT(*) FROM sandboxes GROUP BY status`)
 	if err != nil {
 		return nil, err
@@ -326,7 +346,7 @@ type TeamUsage struct {
 
 // TeamUsage sums the team's usage: closed stretches from team_usage (which
 // outlives deleted sandboxes) plus the open stretch of every live sandbox.
-func (s *Store) TeamUsage(ctx context.Context, teamID string, now time.Time) (*TeamUsage, error) {
+func (s *sqlStore) TeamUsage(ctx context.Context, teamID string, now time.Time) (*TeamUsage, error) {
 	var u TeamUsage
 	var activeMs, pausedMs int64
 	err := s.db.QueryRowContext(ctx, `SELECT active_ms, paused_ms FROM team_usage WHERE team_id = ?`, teamID).
@@ -352,9 +372,9 @@ func (s *Store) TeamUsage(ctx context.Context, teamID string, now time.Time) (*T
 	// Snapshots the team keeps besides its paused sandboxes': saved ones
 	// and its templates'.
 	var kept int64
-	err = s.db.QueryRowContext(ctx, `SELECT
+	err = s.db.QueryRowContext(ctx, `SELECT CAST(
 		(SELECT COALESCE(SUM(size_bytes), 0) FROM snapshots WHERE team_id = ?) +
-		(SELECT COALESCE(SUM(snapshot_bytes), 0) FROM templates WHERE team_id = ?)`, teamID, teamID).Scan(&kept)
+		(SELECT COALESCE(SUM(snapshot_bytes), 0) FROM templates WHERE team_id = ?) AS BIGINT)`, teamID, teamID).Scan(&kept)
 	if err != nil {
 		return nil, fmt.Errorf("team usage: snapshot bytes: %w", err)
 	}
@@ -365,7 +385,7 @@ func (s *Store) TeamUsage(ctx context.Context, teamID string, now time.Time) (*T
 // meterStretch adds the time a sandbox spent in status from changedAt to
 // now to its team's totals (metered statuses only: active and paused) and
 // returns it in milliseconds.
-func meterStretch(ctx context.Context, tx *sql.Tx, teamID, status string, changedAt, now time.Time) (int64, error) {
+func meterStretch(ctx context.Context, tx *txn, teamID, status string, changedAt, now time.Time) (int64, error) {
 	var col string
 	switch status {
 	case StatusActive:
@@ -377,16 +397,16 @@ func meterStretch(ctx context.Context, tx *sql.Tx, teamID, status string, change
 	}
 	spent := now.Sub(changedAt).Milliseconds()
 	_, err := tx.ExecContext(ctx, `INSERT INTO team_usage(team_id, `+col+`) VALUES (?, ?)
-		ON CONFLICT(team_id) DO UPDATE SET `+col+` = `+col+` + excluded.`+col, teamID, spent)
+		ON CONFLICT(team_id) DO UPDATE SET `+col+` = team_usage.`+col+` + excluded.`+col, teamID, spent)
 	return spent, err
 }
 
 // DeleteSandbox removes the sandbox and its tokens. The time it spent in its
 // last status is metered first, so its team's usage keeps it.
-func (s *Store) DeleteSandbox(ctx context.Context, id string) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
+func (s *sqlStore) DeleteSandbox(ctx context.Context, id string) error {
+	return s.tx(ctx, func(tx *txn) error {
 		var teamID, status, changed string
-		err := tx.QueryRowContext(ctx, `SELECT team_id, status, status_changed_at FROM sandboxes WHERE id = ?`, id).
+		err := tx.QueryRowContext(ctx, `SELECT team_id, status, status_changed_at FROM sandboxes WHERE id = ?`+s.db.dialect.forUpdate(), id).
 			Scan(&teamID, &status, &changed)
 		if errors.Is(err, sql.ErrNoRows) {
 			return ErrNotFound
@@ -406,7 +426,7 @@ func (s *Store) DeleteSandbox(ctx context.Context, id string) error {
 
 // AddAccessToken stores the hash of a data-plane token for the sandbox's
 // given token generation.
-func (s *Store) AddAccessToken(ctx context.Context, sandboxID string, generation int, token string) error {
+func (s *sqlStore) AddAccessToken(ctx context.Context, sandboxID string, generation int, token string) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO access_tokens(hash, sandbox_id, generation, created_at)
 		VALUES (?, ?, ?, ?)`, HashSecret(token), sandboxID, generation, now())
 	if err != nil {
@@ -417,7 +437,7 @@ func (s *Store) AddAccessToken(ctx context.Context, sandboxID string, generation
 
 // CheckAccessToken reports whether token is valid for the sandbox: it must
 // exist and belong to the sandbox's current token generation.
-func (s *Store) CheckAccessToken(ctx context.Context, sandboxID, token string) (bool, error) {
+func (s *sqlStore) CheckAccessToken(ctx context.Context, sandboxID, token string) (bool, error) {
 	var n int
 	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM access_tokens a JOIN sandboxes s ON s.id = a.sandbox_id
 		WHERE a.hash = ? AND a.sandbox_id = ? AND a.generation = s.token_generation`,

@@ -49,14 +49,14 @@ func scanSecret(row scanner) (*Secret, error) {
 }
 
 // InsertSecret stores a new secret; a name the team already uses is ErrConflict.
-func (s *Store) InsertSecret(ctx context.Context, sc *Secret) error {
+func (s *sqlStore) InsertSecret(ctx context.Context, sc *Secret) error {
 	t := time.Now().UTC()
 	sc.CreatedAt, sc.UpdatedAt = t, t
 	hosts, _ := json.Marshal(sc.Hosts)
 	_, err := s.db.ExecContext(ctx, `INSERT INTO secrets(`+secretColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)`,
 		sc.ID, sc.TeamID, sc.Name, sc.Provider, string(sc.Auth), string(hosts), sc.TokenShape, sc.Value,
 		t.Format(timeFormat), t.Format(timeFormat))
-	if err != nil && strings.Contains(err.Error(), "UNIQUE") {
+	if isUniqueViolation(err) {
 		return ErrConflict
 	}
 	if err != nil {
@@ -66,7 +66,7 @@ func (s *Store) InsertSecret(ctx context.Context, sc *Secret) error {
 }
 
 // GetSecret returns the team's live secret called name.
-func (s *Store) GetSecret(ctx context.Context, teamID, name string) (*Secret, error) {
+func (s *sqlStore) GetSecret(ctx context.Context, teamID, name string) (*Secret, error) {
 	sc, err := scanSecret(s.db.QueryRowContext(ctx, `SELECT `+secretColumns+` FROM secrets
 		WHERE team_id = ? AND name = ? AND deleted_at IS NULL`, teamID, name))
 	if errors.Is(err, sql.ErrNoRows) {
@@ -79,7 +79,7 @@ func (s *Store) GetSecret(ctx context.Context, teamID, name string) (*Secret, er
 }
 
 // GetSecretByID returns a secret, deleted or not.
-func (s *Store) GetSecretByID(ctx context.Context, id string) (*Secret, error) {
+func (s *sqlStore) GetSecretByID(ctx context.Context, id string) (*Secret, error) {
 	sc, err := scanSecret(s.db.QueryRowContext(ctx, `SELECT `+secretColumns+` FROM secrets WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
@@ -91,7 +91,7 @@ func (s *Store) GetSecretByID(ctx context.Context, id string) (*Secret, error) {
 }
 
 // ListSecrets returns the team's live secrets, oldest first.
-func (s *Store) ListSecrets(ctx context.Context, teamID string) ([]*Secret, error) {
+func (s *sqlStore) ListSecrets(ctx context.Context, teamID string) ([]*Secret, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+secretColumns+` FROM secrets
 		WHERE team_id = ? AND deleted_at IS NULL ORDER BY created_at, id`, teamID)
 	if err != nil {
@@ -110,7 +110,7 @@ func (s *Store) ListSecrets(ctx context.Context, teamID string) ([]*Secret, erro
 }
 
 // SetSecretValue replaces a live secret's sealed value.
-func (s *Store) SetSecretValue(ctx context.Context, id string, sealed []byte) (time.Time, error) {
+func (s *sqlStore) SetSecretValue(ctx context.Context, id string, sealed []byte) (time.Time, error) {
 	t := time.Now().UTC()
 	res, err := s.db.ExecContext(ctx, `UPDATE secrets SET value = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL`,
 		sealed, t.Format(timeFormat), id)
@@ -125,7 +125,7 @@ func (s *Store) SetSecretValue(ctx context.Context, id string, sealed []byte) (t
 
 // DeleteSecret soft-deletes a secret: its bindings stay, revoked, and its
 // audit trail stays readable; the name is free again.
-func (s *Store) DeleteSecret(ctx context.Context, id string) error {
+func (s *sqlStore) DeleteSecret(ctx context.Context, id string) error {
 	res, err := s.db.ExecContext(ctx, `UPDATE secrets SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL`, now(), id)
 	if err != nil {
 		return fmt.Errorf("delete secret: %w", err)
@@ -137,7 +137,7 @@ func (s *Store) DeleteSecret(ctx context.Context, id string) error {
 }
 
 // TouchSecret records that a secret was used.
-func (s *Store) TouchSecret(ctx context.Context, id string, at time.Time) error {
+func (s *sqlStore) TouchSecret(ctx context.Context, id string, at time.Time) error {
 	_, err := s.db.ExecContext(ctx, `UPDATE secrets SET last_used_at = ? WHERE id = ?`, at.UTC().Format(timeFormat), id)
 	return err
 }
@@ -180,18 +180,18 @@ func scanBindings(rows *sql.Rows) ([]*SecretBinding, error) {
 
 // AddSecretBindings stores bindings in one transaction; an env key the
 // sandbox already has bound is ErrConflict.
-func (s *Store) AddSecretBindings(ctx context.Context, bs []*SecretBinding) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
+func (s *sqlStore) AddSecretBindings(ctx context.Context, bs []*SecretBinding) error {
+	return s.tx(ctx, func(tx *txn) error {
 		for _, b := range bs {
-			res, err := tx.ExecContext(ctx, `INSERT INTO secret_bindings(sandbox_id, env_key, secret_id, token_seed,
-				token_hash, created_at) VALUES (?, ?, ?, ?, ?, ?)`, b.SandboxID, b.EnvKey, b.SecretID, b.TokenSeed, b.TokenHash, now())
-			if err != nil && strings.Contains(err.Error(), "UNIQUE") {
+			err := tx.QueryRowContext(ctx, `INSERT INTO secret_bindings(sandbox_id, env_key, secret_id, token_seed,
+				token_hash, created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id`,
+				b.SandboxID, b.EnvKey, b.SecretID, b.TokenSeed, b.TokenHash, now()).Scan(&b.ID)
+			if isUniqueViolation(err) {
 				return ErrConflict
 			}
 			if err != nil {
 				return fmt.Errorf("bind secret: %w", err)
 			}
-			b.ID, _ = res.LastInsertId()
 		}
 		return nil
 	})
@@ -199,8 +199,8 @@ func (s *Store) AddSecretBindings(ctx context.Context, bs []*SecretBinding) erro
 
 // SecretBindings returns a sandbox's bindings (revoked ones included), by
 // env key; detached ones too when withDetached.
-func (s *Store) SecretBindings(ctx context.Context, sandboxID string, withDetached bool) ([]*SecretBinding, error) {
-	rows, err := s.db.QueryContext(ctx, bindingSelect+` WHERE b.sandbox_id = ? AND (? OR b.detached = 0)
+func (s *sqlStore) SecretBindings(ctx context.Context, sandboxID string, withDetached bool) ([]*SecretBinding, error) {
+	rows, err := s.db.QueryContext(ctx, bindingSelect+` WHERE b.sandbox_id = ? AND (? = 1 OR b.detached = 0)
 		ORDER BY b.env_key, b.id`, sandboxID, withDetached)
 	if err != nil {
 		return nil, fmt.Errorf("secret bindings of %s: %w", sandboxID, err)
@@ -209,7 +209,7 @@ func (s *Store) SecretBindings(ctx context.Context, sandboxID string, withDetach
 }
 
 // DetachSecretBinding marks a sandbox's binding of envKey detached.
-func (s *Store) DetachSecretBinding(ctx context.Context, sandboxID, envKey string) error {
+func (s *sqlStore) DetachSecretBinding(ctx context.Context, sandboxID, envKey string) error {
 	res, err := s.db.ExecContext(ctx, `UPDATE secret_bindings SET detached = 1 WHERE sandbox_id = ? AND env_key = ? AND detached = 0`,
 		sandboxID, envKey)
 	if err != nil {
@@ -224,7 +224,7 @@ func (s *Store) DetachSecretBinding(ctx context.Context, sandboxID, envKey strin
 // CopySecretBindings gives sandbox to every binding sandbox from has, with
 // the same stand-in tokens (a fork continues its source's processes, whose
 // environment holds them).
-func (s *Store) CopySecretBindings(ctx context.Context, from, to string) error {
+func (s *sqlStore) CopySecretBindings(ctx context.Context, from, to string) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO secret_bindings(sandbox_id, env_key, secret_id, token_seed, token_hash,
 		detached, created_at) SELECT ?, env_key, secret_id, token_seed, token_hash, detached, created_at
 		FROM secret_bindings WHERE sandbox_id = ?`, to, from)
@@ -240,7 +240,7 @@ type SecretSandbox struct {
 }
 
 // SecretSandboxes returns the sandboxes a secret is bound to now.
-func (s *Store) SecretSandboxes(ctx context.Context, secretID string) ([]SecretSandbox, error) {
+func (s *sqlStore) SecretSandboxes(ctx context.Context, secretID string) ([]SecretSandbox, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT x.id, x.name, b.env_key, x.status FROM secret_bindings b
 		JOIN sandboxes x ON x.id = b.sandbox_id WHERE b.secret_id = ? AND b.detached = 0 ORDER BY x.created_at, x.id, b.env_key`, secretID)
 	if err != nil {
@@ -287,16 +287,15 @@ type AuditQuery struct {
 
 // AddSecretAudit stores an audit event and, in the same transaction, the
 // request row of the sandbox's network log (skipped if the sandbox is gone).
-func (s *Store) AddSecretAudit(ctx context.Context, ev *SecretAuditEvent) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `INSERT INTO secret_audit(secret_id, sandbox_id, ts_us, method, host, path, status,
-			upstream_status, latency_ms, error_code) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+func (s *sqlStore) AddSecretAudit(ctx context.Context, ev *SecretAuditEvent) error {
+	return s.tx(ctx, func(tx *txn) error {
+		err := tx.QueryRowContext(ctx, `INSERT INTO secret_audit(secret_id, sandbox_id, ts_us, method, host, path, status,
+			upstream_status, latency_ms, error_code) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
 			ev.SecretID, ev.SandboxID, ev.Time.UnixMicro(), ev.Method, ev.Host, ev.Path, ev.Status,
-			nullInt(ev.UpstreamStatus), ev.LatencyMs, ev.ErrorCode)
+			nullInt(ev.UpstreamStatus), ev.LatencyMs, ev.ErrorCode).Scan(&ev.ID)
 		if err != nil {
 			return fmt.Errorf("secret audit: %w", err)
 		}
-		ev.ID, _ = res.LastInsertId()
 		code := ""
 		if ev.ErrorCode != nil {
 			code = *ev.ErrorCode
@@ -314,7 +313,7 @@ func (s *Store) AddSecretAudit(ctx context.Context, ev *SecretAuditEvent) error 
 }
 
 // ListSecretAudit returns up to q.Limit events, newest first.
-func (s *Store) ListSecretAudit(ctx context.Context, q AuditQuery) ([]*SecretAuditEvent, error) {
+func (s *sqlStore) ListSecretAudit(ctx context.Context, q AuditQuery) ([]*SecretAuditEvent, error) {
 	where := []string{"a.secret_id = ?"}
 	args := []any{q.SecretID}
 	if q.BeforeID > 0 {

@@ -35,7 +35,7 @@ func scanSaved(row scanner) (*SavedSnapshot, error) {
 }
 
 // InsertSavedSnapshot stores a saved snapshot.
-func (s *Store) InsertSavedSnapshot(ctx context.Context, snap *SavedSnapshot) error {
+func (s *sqlStore) InsertSavedSnapshot(ctx context.Context, snap *SavedSnapshot) error {
 	snap.CreatedAt = time.Now().UTC()
 	src, _ := json.Marshal(snap.Source)
 	_, err := s.db.ExecContext(ctx, `INSERT INTO snapshots(`+savedColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -48,7 +48,7 @@ func (s *Store) InsertSavedSnapshot(ctx context.Context, snap *SavedSnapshot) er
 }
 
 // GetSavedSnapshot returns a team's saved snapshot.
-func (s *Store) GetSavedSnapshot(ctx context.Context, teamID, id string) (*SavedSnapshot, error) {
+func (s *sqlStore) GetSavedSnapshot(ctx context.Context, teamID, id string) (*SavedSnapshot, error) {
 	snap, err := scanSaved(s.db.QueryRowContext(ctx, `SELECT `+savedColumns+` FROM snapshots
 		WHERE id = ? AND team_id = ?`, id, teamID))
 	if errors.Is(err, sql.ErrNoRows) {
@@ -58,7 +58,7 @@ func (s *Store) GetSavedSnapshot(ctx context.Context, teamID, id string) (*Saved
 }
 
 // ListSavedSnapshots returns the team's saved snapshots, oldest first.
-func (s *Store) ListSavedSnapshots(ctx context.Context, teamID string) ([]*SavedSnapshot, error) {
+func (s *sqlStore) ListSavedSnapshots(ctx context.Context, teamID string) ([]*SavedSnapshot, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+savedColumns+` FROM snapshots WHERE team_id = ? ORDER BY created_at`, teamID)
 	if err != nil {
 		return nil, err
@@ -76,7 +76,7 @@ func (s *Store) ListSavedSnapshots(ctx context.Context, teamID string) ([]*Saved
 }
 
 // DeleteSavedSnapshot removes a saved snapshot's record.
-func (s *Store) DeleteSavedSnapshot(ctx context.Context, id string) error {
+func (s *sqlStore) DeleteSavedSnapshot(ctx context.Context, id string) error {
 	_, err := s.db.ExecContext(ctx, `DELETE FROM snapshots WHERE id = ?`, id)
 	return err
 }

@@ -1,261 +1,139 @@
 // Package store keeps stasis's durable state (teams, API keys, sandboxes,
-// access tokens) in SQLite through a pure-Go driver. Secrets are stored only
-// as SHA-256 hashes.
+// access tokens, cluster nodes and leases) in SQLite (one node, the
+// default) or PostgreSQL (a cluster). Both engines sit behind the one Store
+// interface and share one implementation whose queries are rewritten per
+// engine. Secrets are stored only as SHA-256 hashes.
 package store
 
 import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"database/sql"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
-
-	_ "modernc.org/sqlite" // pure-Go SQLite driver, registers "sqlite"
 )
 
 // ErrNotFound is returned when a row does not exist.
 var ErrNotFound = errors.New("store: not found")
 
-// Store is a handle on the SQLite database.
-type Store struct {
-	db *sql.DB
+// Store is stasis's durable state. Open returns the implementation the
+// database URL names.
+type Store interface {
+	// Check runs a real query, proving the database answers (for health checks).
+	Check(ctx context.Context) error
+	Close() error
+
+	EnsureTeam(ctx context.Context, id, name string) error
+	AddAPIKey(ctx context.Context, teamID, name, key string) error
+	TeamForAPIKey(ctx context.Context, key string) (*Team, error)
+	CountAPIKeys(ctx context.Context) (int, error)
+
+	InsertSandbox(ctx context.Context, sb *Sandbox) error
+	GetSandbox(ctx context.Context, teamID, id string) (*Sandbox, error)
+	ListSandboxes(ctx context.Context, teamID string, filter map[string]string) ([]*Sandbox, error)
+	// UpdateSandbox is fenced: it applies only while the row's node and
+	// epoch are still sb.Node and sb.Epoch, else it returns ErrFenced.
+	UpdateSandbox(ctx context.Context, sb *Sandbox) error
+	DueTimers(ctx context.Context, now time.Time) ([]*Sandbox, error)
+	CountLive(ctx context.Context, teamID string) (int, error)
+	CountByStatus(ctx context.Context) (map[string]int, error)
+	TeamUsage(ctx context.Context, teamID string, now time.Time) (*TeamUsage, error)
+	DeleteSandbox(ctx context.Context, id string) error
+	AddAccessToken(ctx context.Context, sandboxID string, generation int, token string) error
+	CheckAccessToken(ctx context.Context, sandboxID, token string) (bool, error)
+
+	WriteNetworkLog(ctx context.Context, batch []NetworkLogWrite) error
+	TrimNetworkLog(ctx context.Context, sandboxID string, keep int) error
+	ListNetworkLog(ctx context.Context, q NetworkLogQuery) ([]*NetworkEvent, bool, error)
+
+	InsertSecret(ctx context.Context, sc *Secret) error
+	GetSecret(ctx context.Context, teamID, name string) (*Secret, error)
+	GetSecretByID(ctx context.Context, id string) (*Secret, error)
+	ListSecrets(ctx context.Context, teamID string) ([]*Secret, error)
+	SetSecretValue(ctx context.Context, id string, sealed []byte) (time.Time, error)
+	DeleteSecret(ctx context.Context, id string) error
+	TouchSecret(ctx context.Context, id string, at time.Time) error
+	AddSecretBindings(ctx context.Context, bs []*SecretBinding) error
+	SecretBindings(ctx context.Context, sandboxID string, withDetached bool) ([]*SecretBinding, error)
+	DetachSecretBinding(ctx context.Context, sandboxID, envKey string) error
+	CopySecretBindings(ctx context.Context, from, to string) error
+	SecretSandboxes(ctx context.Context, secretID string) ([]SecretSandbox, error)
+	AddSecretAudit(ctx context.Context, ev *SecretAuditEvent) error
+	ListSecretAudit(ctx context.Context, q AuditQuery) ([]*SecretAuditEvent, error)
+
+	InsertSavedSnapshot(ctx context.Context, snap *SavedSnapshot) error
+	GetSavedSnapshot(ctx context.Context, teamID, id string) (*SavedSnapshot, error)
+	ListSavedSnapshots(ctx context.Context, teamID string) ([]*SavedSnapshot, error)
+	DeleteSavedSnapshot(ctx context.Context, id string) error
+
+	InsertTemplate(ctx context.Context, t *Template) error
+	UpdateTemplate(ctx context.Context, t *Template) error
+	GetTemplate(ctx context.Context, teamID, idOrName string) (*Template, error)
+	ListTemplates(ctx context.Context, teamID, prefix string) ([]*Template, error)
+	DeleteTemplate(ctx context.Context, id string) error
+	InsertBuild(ctx context.Context, b *Build) error
+	UpdateBuild(ctx context.Context, b *Build) error
+	GetBuild(ctx context.Context, templateID, buildID string) (*Build, error)
+	ListBuilds(ctx context.Context, templateID string, limit int) ([]*Build, error)
+	FailUnfinishedBuilds(ctx context.Context, msg string) error
+
+	Cluster
 }
 
-// Open opens (creating if needed) the database at path and migrates it.
-func Open(ctx context.Context, path string) (*Store, error) {
-	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_pragma=synchronous(FULL)"
-	db, err := sql.Open("sqlite", dsn)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", path, err)
+// Cluster is the state several stasisd nodes share: who they are, who owns
+// which sandbox (fenced by an epoch), and leases for work that must run
+// exactly once.
+type Cluster interface {
+	// UpsertNode registers a node (at start; state active) or refreshes it.
+	UpsertNode(ctx context.Context, n Node) error
+	// HeartbeatNode records that the node is alive, with its load.
+	HeartbeatNode(ctx context.Context, name string, memFreeMiB int64, running int) error
+	ListNodes(ctx context.Context) ([]Node, error)
+	SetNodeState(ctx context.Context, name, state string) error
+	// MarkLostNodes declares nodes whose last heartbeat is older than lease
+	// lost, returning their names (only those it changed).
+	MarkLostNodes(ctx context.Context, lease time.Duration) ([]string, error)
+	// ClaimSandbox moves a sandbox to toNode if its epoch is still
+	// expectEpoch, bumping the epoch; else ErrFenced.
+	ClaimSandbox(ctx context.Context, id string, expectEpoch int64, toNode string) (newEpoch int64, err error)
+	// SetSnapshotUpload records the state of a paused sandbox's snapshot
+	// upload ("", pending, uploading, portable, failed), fenced by epoch.
+	SetSnapshotUpload(ctx context.Context, id string, epoch int64, state, detail string) error
+	// TryLease takes or renews the named lease for holder until ttl from
+	// now; false if another holder has it and it has not expired.
+	TryLease(ctx context.Context, name, holder string, ttl time.Duration) (bool, error)
+	// ReleaseLease gives up holder's lease before it expires.
+	ReleaseLease(ctx context.Context, name, holder string) error
+}
+
+// Open opens (creating or migrating if needed) the database url names:
+// postgres:// or postgresql:// is PostgreSQL; sqlite://PATH or a plain
+// path is an SQLite file.
+func Open(ctx context.Context, url string) (Store, error) {
+	switch {
+	case strings.HasPrefix(url, "postgres://"), strings.HasPrefix(url, "postgresql://"):
+		return openPostgres(ctx, url)
+	case strings.HasPrefix(url, "sqlite://"):
+		return openSQLite(ctx, strings.TrimPrefix(url, "sqlite://"))
+	case strings.Contains(url, "://"):
+		return nil, fmt.Errorf("database url %q: unknown scheme (want postgres:// or sqlite://)", url)
+	default:
+		return openSQLite(ctx, url)
 	}
-	// One writer at a time is SQLite's model; a single connection also keeps
-	// transactions simple and avoids SQLITE_BUSY between our own goroutines.
-	db.SetMaxOpenConns(1)
-	s := &Store{db: db}
-	if err := s.migrate(ctx); err != nil {
-		db.Close()
-		return nil, err
-	}
-	return s, nil
+}
+
+// sqlStore implements Store on either engine.
+type sqlStore struct {
+	db *db
 }
 
 // Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *sqlStore) Close() error { return s.db.Close() }
 
-// migrations are applied in order; each runs once, recorded in schema_migrations.
-var migrations = []string{
-	// 1: initial schema
-	`CREATE TABLE teams (
-		id         TEXT PRIMARY KEY,
-		name       TEXT NOT NULL,
-		created_at TEXT NOT NULL
-	);
-	CREATE TABLE api_keys (
-		hash       TEXT PRIMARY KEY,
-		team_id    TEXT NOT NULL REFERENCES teams(id),
-		name       TEXT NOT NULL,
-		created_at TEXT NOT NULL
-	);
-	CREATE TABLE sandboxes (
-		id                  TEXT PRIMARY KEY,
-		team_id             TEXT NOT NULL REFERENCES teams(id),
-		name                TEXT NOT NULL,
-		status              TEXT NOT NULL,
-		template            TEXT NOT NULL,
-		vcpu                INTEGER NOT NULL,
-		memory_mib          INTEGER NOT NULL,
-		disk_mib            INTEGER NOT NULL,
-		metadata            TEXT NOT NULL DEFAULT '{}',
-		env                 TEXT NOT NULL DEFAULT '{}',
-		timeout_seconds     INTEGER,
-		auto_delete_seconds INTEGER,
-		error               TEXT NOT NULL DEFAULT '',
-		token_generation    INTEGER NOT NULL DEFAULT 0,
-		snapshot_dir        TEXT NOT NULL DEFAULT '',
-		snapshot_bytes      INTEGER NOT NULL DEFAULT 0,
-		created_at          TEXT NOT NULL,
-		status_changed_at   TEXT NOT NULL
-	);
-	CREATE INDEX sandboxes_team ON sandboxes(team_id);
-	CREATE TABLE access_tokens (
-		hash       TEXT PRIMARY KEY,
-		sandbox_id TEXT NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
-		generation INTEGER NOT NULL,
-		created_at TEXT NOT NULL
-	);
-	CREATE INDEX access_tokens_sandbox ON access_tokens(sandbox_id);`,
-	// 2: timers and metering
-	`ALTER TABLE sandboxes ADD COLUMN pause_at TEXT;
-	ALTER TABLE sandboxes ADD COLUMN delete_at TEXT;
-	ALTER TABLE sandboxes ADD COLUMN active_ms INTEGER NOT NULL DEFAULT 0;
-	ALTER TABLE sandboxes ADD COLUMN paused_ms INTEGER NOT NULL DEFAULT 0;
-	CREATE TABLE team_usage (
-		team_id        TEXT PRIMARY KEY REFERENCES teams(id),
-		active_ms      INTEGER NOT NULL DEFAULT 0,
-		paused_ms      INTEGER NOT NULL DEFAULT 0
-	);`,
-	// 3: the agent binary a sandbox was started with (restore needs the same bytes)
-	`ALTER TABLE sandboxes ADD COLUMN agent_path TEXT NOT NULL DEFAULT '';`,
-	// 4: templates built from images, and what a sandbox's filesystem comes from
-	`ALTER TABLE sandboxes ADD COLUMN base_image TEXT NOT NULL DEFAULT '';
-	CREATE TABLE templates (
-		id              TEXT PRIMARY KEY,
-		team_id         TEXT NOT NULL REFERENCES teams(id),
-		name            TEXT NOT NULL,
-		vcpu            INTEGER NOT NULL,
-		memory_mib      INTEGER NOT NULL,
-		disk_mib        INTEGER NOT NULL,
-		spec            TEXT NOT NULL,
-		spec_hash       TEXT NOT NULL,
-		status          TEXT NOT NULL,
-		error           TEXT NOT NULL DEFAULT '',
-		latest_build_id TEXT NOT NULL DEFAULT '',
-		base_image      TEXT NOT NULL DEFAULT '',
-		snapshot_dir    TEXT NOT NULL DEFAULT '',
-		snapshot_bytes  INTEGER NOT NULL DEFAULT 0,
-		origin_id       TEXT NOT NULL DEFAULT '',
-		agent_path      TEXT NOT NULL DEFAULT '',
-		created_at      TEXT NOT NULL,
-		built_at        TEXT
-	);
-	CREATE UNIQUE INDEX templates_team_name ON templates(team_id, name);
-	CREATE TABLE template_builds (
-		id           TEXT PRIMARY KEY,
-		template_id  TEXT NOT NULL REFERENCES templates(id) ON DELETE CASCADE,
-		status       TEXT NOT NULL,
-		spec_hash    TEXT NOT NULL,
-		error        TEXT NOT NULL DEFAULT '',
-		log          TEXT NOT NULL DEFAULT '',
-		created_at   TEXT NOT NULL,
-		started_at   TEXT,
-		finalized_at TEXT
-	);
-	CREATE INDEX template_builds_template ON template_builds(template_id, created_at);`,
-	// 5: exec defaults a sandbox inherits from its template (env, working dir, user)
-	`ALTER TABLE sandboxes ADD COLUMN exec_defaults TEXT NOT NULL DEFAULT '{}';
-	ALTER TABLE templates ADD COLUMN exec_defaults TEXT NOT NULL DEFAULT '{}';`,
-	// 6: saved snapshots, which new sandboxes can start from
-	`CREATE TABLE snapshots (
-		id         TEXT PRIMARY KEY,
-		team_id    TEXT NOT NULL REFERENCES teams(id),
-		sandbox_id TEXT NOT NULL,
-		name       TEXT NOT NULL,
-		dir        TEXT NOT NULL,
-		size_bytes INTEGER NOT NULL,
-		source     TEXT NOT NULL,
-		created_at TEXT NOT NULL
-	);
-	CREATE INDEX snapshots_team ON snapshots(team_id, created_at);`,
-	// 7: egress rules and preview access of a sandbox, and its network log
-	`ALTER TABLE sandboxes ADD COLUMN network TEXT NOT NULL DEFAULT '';
-	ALTER TABLE sandboxes ADD COLUMN preview_private INTEGER NOT NULL DEFAULT 0;
-	CREATE TABLE network_log (
-		id         INTEGER PRIMARY KEY AUTOINCREMENT,
-		sandbox_id TEXT NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
-		ts_us      INTEGER NOT NULL,
-		kind       TEXT NOT NULL,
-		host       TEXT NOT NULL DEFAULT '',
-		dst_ip     TEXT NOT NULL DEFAULT '',
-		dst_port   INTEGER NOT NULL DEFAULT 0,
-		verdict    TEXT NOT NULL DEFAULT '',
-		match_rule TEXT NOT NULL DEFAULT '',
-		bytes_sent INTEGER NOT NULL DEFAULT 0,
-		bytes_recv INTEGER NOT NULL DEFAULT 0
-	);
-	CREATE INDEX network_log_sandbox ON network_log(sandbox_id, id);`,
-	// 8: the timeout deletes the sandbox instead of pausing it (E2B's onTimeout "kill")
-	`ALTER TABLE sandboxes ADD COLUMN delete_on_timeout INTEGER NOT NULL DEFAULT 0;`,
-	// 9: secrets injected at egress, their bindings to sandboxes, their
-	// audit trail, and the request rows of the network log
-	`CREATE TABLE secrets (
-		id           TEXT PRIMARY KEY,
-		team_id      TEXT NOT NULL REFERENCES teams(id),
-		name         TEXT NOT NULL,
-		provider     TEXT NOT NULL DEFAULT '',
-		auth         TEXT NOT NULL,
-		hosts        TEXT NOT NULL,
-		token_shape  TEXT NOT NULL DEFAULT '',
-		value        BLOB NOT NULL,
-		created_at   TEXT NOT NULL,
-		updated_at   TEXT NOT NULL,
-		last_used_at TEXT,
-		deleted_at   TEXT
-	);
-	CREATE UNIQUE INDEX secrets_team_name ON secrets(team_id, name) WHERE deleted_at IS NULL;
-	CREATE TABLE secret_bindings (
-		id         INTEGER PRIMARY KEY AUTOINCREMENT,
-		sandbox_id TEXT NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
-		env_key    TEXT NOT NULL,
-		secret_id  TEXT NOT NULL REFERENCES secrets(id),
-		token_seed TEXT NOT NULL,
-		token_hash TEXT NOT NULL,
-		detached   INTEGER NOT NULL DEFAULT 0,
-		created_at TEXT NOT NULL
-	);
-	CREATE UNIQUE INDEX secret_bindings_env ON secret_bindings(sandbox_id, env_key) WHERE detached = 0;
-	CREATE INDEX secret_bindings_token ON secret_bindings(sandbox_id, token_hash);
-	CREATE INDEX secret_bindings_secret ON secret_bindings(secret_id);
-	CREATE TABLE secret_audit (
-		id              INTEGER PRIMARY KEY AUTOINCREMENT,
-		secret_id       TEXT NOT NULL REFERENCES secrets(id),
-		sandbox_id      TEXT NOT NULL,
-		ts_us           INTEGER NOT NULL,
-		method          TEXT NOT NULL,
-		host            TEXT NOT NULL,
-		path            TEXT NOT NULL,
-		status          INTEGER NOT NULL,
-		upstream_status INTEGER,
-		latency_ms      INTEGER,
-		error_code      TEXT
-	);
-	CREATE INDEX secret_audit_secret ON secret_audit(secret_id, id);
-	ALTER TABLE network_log ADD COLUMN method TEXT NOT NULL DEFAULT '';
-	ALTER TABLE network_log ADD COLUMN path TEXT NOT NULL DEFAULT '';
-	ALTER TABLE network_log ADD COLUMN status INTEGER NOT NULL DEFAULT 0;
-	ALTER TABLE network_log ADD COLUMN upstream_status INTEGER;
-	ALTER TABLE network_log ADD COLUMN latency_ms INTEGER;
-	ALTER TABLE network_log ADD COLUMN secret_id TEXT NOT NULL DEFAULT '';
-	ALTER TABLE network_log ADD COLUMN error_code TEXT NOT NULL DEFAULT '';`,
-}
-
-func (s *Store) migrate(ctx context.Context) error {
-	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
-		version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)`); err != nil {
-		return fmt.Errorf("migrate: %w", err)
-	}
-	var current int
-	if err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&current); err != nil {
-		return fmt.Errorf("migrate: read version: %w", err)
-	}
-	for v := current + 1; v <= len(migrations); v++ {
-		err := s.tx(ctx, func(tx *sql.Tx) error {
-			if _, err := tx.ExecContext(ctx, migrations[v-1]); err != nil {
-				return err
-			}
-			_, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations(version, applied_at) VALUES (?, ?)`, v, now())
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("migrate to version %d: %w", v, err)
-		}
-	}
-	return nil
-}
-
-func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	if err := fn(tx); err != nil {
-		tx.Rollback()
-		return err
-	}
-	return tx.Commit()
-}
+func (s *sqlStore) tx(ctx context.Context, fn func(*txn) error) error { return s.db.tx(ctx, fn) }
 
 // HashSecret is the one-way hash under which API keys and access tokens are stored.
 func HashSecret(secret string) string {

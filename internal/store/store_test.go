@@ -10,17 +10,6 @@ import (
 	"time"
 )
 
-func openTemp(t *testing.T) (*Store, string) {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "stasis.db")
-	s, err := Open(context.Background(), path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s, path
-}
-
 func TestSecretsStoredOnlyHashed(t *testing.T) {
 	ctx := context.Background()
 	s, path := openTemp(t)
@@ -62,9 +51,8 @@ func TestSecretsStoredOnlyHashed(t *testing.T) {
 	}
 }
 
-func TestTokenGenerations(t *testing.T) {
+func testTokenGenerations(t *testing.T, s Store) {
 	ctx := context.Background()
-	s, _ := openTemp(t)
 	s.EnsureTeam(ctx, "t1", "default")
 	sb := &Sandbox{ID: NewID(), TeamID: "t1", Name: "a", Status: StatusActive, Template: "x"}
 	if err := s.InsertSandbox(ctx, sb); err != nil {
@@ -160,10 +148,10 @@ func TestSandboxRoundTripAndReopen(t *testing.T) {
 }
 
 // backdate makes the sandbox's current status seem to have started d ago.
-func backdate(t *testing.T, s *Store, id string, d time.Duration) {
+func backdate(t *testing.T, s Store, id string, d time.Duration) {
 	t.Helper()
 	at := time.Now().UTC().Add(-d).Format(timeFormat)
-	if _, err := s.db.Exec(`UPDATE sandboxes SET status_changed_at = ? WHERE id = ?`, at, id); err != nil {
+	if _, err := s.(*sqlStore).db.ExecContext(context.Background(), `UPDATE sandboxes SET status_changed_at = ? WHERE id = ?`, at, id); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -171,9 +159,8 @@ func backdate(t *testing.T, s *Store, id string, d time.Duration) {
 // TestUsageKeepsDeletedSandboxes: a sandbox active 4 s, then paused 6 s,
 // then deleted leaves both stretches in its team's usage; the same holds for
 // one deleted while active.
-func TestUsageKeepsDeletedSandboxes(t *testing.T) {
+func testUsageKeepsDeletedSandboxes(t *testing.T, s Store) {
 	ctx := context.Background()
-	s, _ := openTemp(t)
 	s.EnsureTeam(ctx, "t1", "default")
 	sb := &Sandbox{ID: NewID(), TeamID: "t1", Name: "a", Status: StatusActive, Template: "x"}
 	if err := s.InsertSandbox(ctx, sb); err != nil {
@@ -211,9 +198,8 @@ func TestUsageKeepsDeletedSandboxes(t *testing.T) {
 // TestUsageCountsKeptSnapshots: snapshot_bytes is every snapshot the team
 // keeps: paused sandboxes', saved ones and its templates'; another team's
 // do not count.
-func TestUsageCountsKeptSnapshots(t *testing.T) {
+func testUsageCountsKeptSnapshots(t *testing.T, s Store) {
 	ctx := context.Background()
-	s, _ := openTemp(t)
 	s.EnsureTeam(ctx, "t1", "default")
 	s.EnsureTeam(ctx, "t2", "other")
 	paused := &Sandbox{ID: NewID(), TeamID: "t1", Name: "p", Status: StatusPaused, Template: "x", SnapshotDir: "/s/p", SnapshotBytes: 1000}

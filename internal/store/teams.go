@@ -14,7 +14,7 @@ type Team struct {
 }
 
 // EnsureTeam creates the team if it does not exist.
-func (s *Store) EnsureTeam(ctx context.Context, id, name string) error {
+func (s *sqlStore) EnsureTeam(ctx context.Context, id, name string) error {
 	_, err := s.db.ExecContext(ctx,
 		`INSERT INTO teams(id, name, created_at) VALUES (?, ?, ?) ON CONFLICT(id) DO NOTHING`, id, name, now())
 	if err != nil {
@@ -24,7 +24,7 @@ func (s *Store) EnsureTeam(ctx context.Context, id, name string) error {
 }
 
 // AddAPIKey stores the hash of key for team; adding the same key twice is a no-op.
-func (s *Store) AddAPIKey(ctx context.Context, teamID, name, key string) error {
+func (s *sqlStore) AddAPIKey(ctx context.Context, teamID, name, key string) error {
 	_, err := s.db.ExecContext(ctx,
 		`INSERT INTO api_keys(hash, team_id, name, created_at) VALUES (?, ?, ?, ?) ON CONFLICT(hash) DO NOTHING`,
 		HashSecret(key), teamID, name, now())
@@ -37,7 +37,7 @@ func (s *Store) AddAPIKey(ctx context.Context, teamID, name, key string) error {
 // TeamForAPIKey returns the team the key belongs to, or ErrNotFound. The
 // lookup is by hash, so the comparison never touches the secret itself and
 // its timing reveals nothing about stored keys.
-func (s *Store) TeamForAPIKey(ctx context.Context, key string) (*Team, error) {
+func (s *sqlStore) TeamForAPIKey(ctx context.Context, key string) (*Team, error) {
 	var t Team
 	err := s.db.QueryRowContext(ctx,
 		`SELECT t.id, t.name FROM api_keys k JOIN teams t ON t.id = k.team_id WHERE k.hash = ?`,
@@ -52,7 +52,7 @@ func (s *Store) TeamForAPIKey(ctx context.Context, key string) (*Team, error) {
 }
 
 // CountAPIKeys returns how many API keys exist in total.
-func (s *Store) CountAPIKeys(ctx context.Context) (int, error) {
+func (s *sqlStore) CountAPIKeys(ctx context.Context) (int, error) {
 	var n int
 	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM api_keys`).Scan(&n)
 	return n, err

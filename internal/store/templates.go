@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 )
 
@@ -71,14 +70,14 @@ func scanTemplate(row scanner) (*Template, error) {
 }
 
 // InsertTemplate stores a new template; a name already used by the team is ErrConflict.
-func (s *Store) InsertTemplate(ctx context.Context, t *Template) error {
+func (s *sqlStore) InsertTemplate(ctx context.Context, t *Template) error {
 	t.CreatedAt = time.Now().UTC()
 	_, err := s.db.ExecContext(ctx, `INSERT INTO templates(`+templateColumns+`)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		t.ID, t.TeamID, t.Name, t.VCPU, t.MemoryMiB, t.DiskMiB, t.Spec, t.SpecHash, t.Status, t.Error,
 		t.LatestBuildID, t.BaseImage, t.SnapshotDir, t.SnapshotBytes, t.OriginID, t.AgentPath,
 		t.CreatedAt.Format(timeFormat), nullTime(t.BuiltAt), t.Defaults.json())
-	if err != nil && strings.Contains(err.Error(), "UNIQUE") {
+	if isUniqueViolation(err) {
 		return ErrConflict
 	}
 	if err != nil {
@@ -91,7 +90,7 @@ func (s *Store) InsertTemplate(ctx context.Context, t *Template) error {
 var ErrConflict = errors.New("store: already exists")
 
 // UpdateTemplate writes every mutable field of t.
-func (s *Store) UpdateTemplate(ctx context.Context, t *Template) error {
+func (s *sqlStore) UpdateTemplate(ctx context.Context, t *Template) error {
 	_, err := s.db.ExecContext(ctx, `UPDATE templates SET vcpu = ?, memory_mib = ?, disk_mib = ?, spec = ?,
 		spec_hash = ?, status = ?, error = ?, latest_build_id = ?, base_image = ?, snapshot_dir = ?,
 		snapshot_bytes = ?, origin_id = ?, agent_path = ?, built_at = ?, exec_defaults = ? WHERE id = ?`,
@@ -105,7 +104,7 @@ func (s *Store) UpdateTemplate(ctx context.Context, t *Template) error {
 }
 
 // GetTemplate finds a team's template by ID or name ("" team matches any).
-func (s *Store) GetTemplate(ctx context.Context, teamID, idOrName string) (*Template, error) {
+func (s *sqlStore) GetTemplate(ctx context.Context, teamID, idOrName string) (*Template, error) {
 	row := s.db.QueryRowContext(ctx, `SELECT `+templateColumns+` FROM templates
 		WHERE (id = ? OR name = ?) AND (? = '' OR team_id = ?) ORDER BY id = ? DESC LIMIT 1`,
 		idOrName, idOrName, teamID, teamID, idOrName)
@@ -117,7 +116,7 @@ func (s *Store) GetTemplate(ctx context.Context, teamID, idOrName string) (*Temp
 }
 
 // ListTemplates returns the team's templates whose name starts with prefix.
-func (s *Store) ListTemplates(ctx context.Context, teamID, prefix string) ([]*Template, error) {
+func (s *sqlStore) ListTemplates(ctx context.Context, teamID, prefix string) ([]*Template, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+templateColumns+` FROM templates
 		WHERE team_id = ? AND substr(name, 1, ?) = ? ORDER BY created_at`, teamID, len(prefix), prefix)
 	if err != nil {
@@ -136,7 +135,7 @@ func (s *Store) ListTemplates(ctx context.Context, teamID, prefix string) ([]*Te
 }
 
 // DeleteTemplate removes a template and its builds.
-func (s *Store) DeleteTemplate(ctx context.Context, id string) error {
+func (s *sqlStore) DeleteTemplate(ctx context.Context, id string) error {
 	_, err := s.db.ExecContext(ctx, `DELETE FROM templates WHERE id = ?`, id)
 	return err
 }
@@ -157,7 +156,7 @@ func scanBuild(row scanner) (*Build, error) {
 }
 
 // InsertBuild stores a new build.
-func (s *Store) InsertBuild(ctx context.Context, b *Build) error {
+func (s *sqlStore) InsertBuild(ctx context.Context, b *Build) error {
 	b.CreatedAt = time.Now().UTC()
 	_, err := s.db.ExecContext(ctx, `INSERT INTO template_builds(`+buildColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		b.ID, b.TemplateID, b.Status, b.SpecHash, b.Error, b.Log, b.CreatedAt.Format(timeFormat),
@@ -169,7 +168,7 @@ func (s *Store) InsertBuild(ctx context.Context, b *Build) error {
 }
 
 // UpdateBuild writes a build's status, error, log and times.
-func (s *Store) UpdateBuild(ctx context.Context, b *Build) error {
+func (s *sqlStore) UpdateBuild(ctx context.Context, b *Build) error {
 	_, err := s.db.ExecContext(ctx, `UPDATE template_builds SET status = ?, error = ?, log = ?, started_at = ?,
 		finalized_at = ? WHERE id = ?`, b.Status, b.Error, b.Log, nullTime(b.StartedAt), nullTime(b.FinalizedAt), b.ID)
 	if err != nil {
@@ -179,7 +178,7 @@ func (s *Store) UpdateBuild(ctx context.Context, b *Build) error {
 }
 
 // GetBuild returns one build of a template.
-func (s *Store) GetBuild(ctx context.Context, templateID, buildID string) (*Build, error) {
+func (s *sqlStore) GetBuild(ctx context.Context, templateID, buildID string) (*Build, error) {
 	b, err := scanBuild(s.db.QueryRowContext(ctx, `SELECT `+buildColumns+` FROM template_builds
 		WHERE id = ? AND template_id = ?`, buildID, templateID))
 	if errors.Is(err, sql.ErrNoRows) {
@@ -189,7 +188,7 @@ func (s *Store) GetBuild(ctx context.Context, templateID, buildID string) (*Buil
 }
 
 // ListBuilds returns a template's builds, newest first (limit <= 0: all).
-func (s *Store) ListBuilds(ctx context.Context, templateID string, limit int) ([]*Build, error) {
+func (s *sqlStore) ListBuilds(ctx context.Context, templateID string, limit int) ([]*Build, error) {
 	if limit <= 0 {
 		limit = -1
 	}
@@ -213,8 +212,8 @@ func (s *Store) ListBuilds(ctx context.Context, templateID string, limit int) ([
 // FailUnfinishedBuilds marks every build still pending, building or
 // snapshotting as failed with msg (their process is gone after a restart),
 // and templates with no usable snapshot as failed too.
-func (s *Store) FailUnfinishedBuilds(ctx context.Context, msg string) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
+func (s *sqlStore) FailUnfinishedBuilds(ctx context.Context, msg string) error {
+	return s.tx(ctx, func(tx *txn) error {
 		now := time.Now().UTC().Format(timeFormat)
 		if _, err := tx.ExecContext(ctx, `UPDATE template_builds SET status = ?, error = ?, finalized_at = ?
 			WHERE status IN (?, ?, ?)`, BuildFailed, msg, now, BuildPending, BuildBuilding, BuildSnapshotting); err != nil {
