@@ -16,7 +16,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-PACKAGES=(debootstrap busybox-static bash-static iptables iproute2 zip unzip ca-certificates docker-registry)
+# postgresql: the throwaway PostgreSQL servers of tests and `make cluster` (initdb + pg_ctl).
+PACKAGES=(debootstrap busybox-static bash-static iptables iproute2 zip unzip ca-certificates docker-registry postgresql)
 RUNSC_MODULE="gvisor.dev/gvisor/runsc@v0.0.0-20260905035102-160fafc42237"
 RUNSC_VERSION="stasis-20260905-160fafc42237"
 DEFAULT_RUNSC="$ROOT/.cache/runsc/bin/runsc"

@@ -204,7 +204,6 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 	writeError(w, http.StatusInternalServerError, "internal", err.Error())
 }
 
-
 // closeAfter ends the connection with this answer: a client that failed
 // to authenticate gets no keep-alive, and its unread body is not waited for.
 func closeAfter(w http.ResponseWriter) { w.Header().Set("Connection", "close") }

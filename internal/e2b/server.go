@@ -123,7 +123,6 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 	writeError(w, http.StatusInternalServerError, "%v", err)
 }
 
-
 type teamHandler func(w http.ResponseWriter, r *http.Request, teamID string)
 
 // withTeam authenticates X-API-Key: a stasis API key.

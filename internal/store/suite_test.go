@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stasis-sandbox/stasis/internal/testenv"
 )
 
 // The shared suite: every case runs against each engine, each on a fresh
@@ -16,6 +18,7 @@ var suite = []struct {
 	name string
 	run  func(t *testing.T, s Store)
 }{
+	{"EveryTableRoundTrip", testEveryTableRoundTrip},
 	{"TokenGenerations", testTokenGenerations},
 	{"UsageKeepsDeletedSandboxes", testUsageKeepsDeletedSandboxes},
 	{"UsageCountsKeptSnapshots", testUsageCountsKeptSnapshots},
@@ -27,18 +30,34 @@ var suite = []struct {
 }
 
 // engines open a fresh, empty database of each kind for one test.
+// PostgreSQL is a real server (testenv.StartPostgresServer), one per run
+// of the suite, with a fresh database per case.
 var engines = []struct {
-	name string
-	open func(t *testing.T) Store
+	name  string
+	start func(t *testing.T) func(t *testing.T) Store
 }{
-	{"sqlite", func(t *testing.T) Store { s, _ := openTemp(t); return s }},
+	{"sqlite", func(*testing.T) func(t *testing.T) Store {
+		return func(t *testing.T) Store { s, _ := openTemp(t); return s }
+	}},
+	{"postgres", func(t *testing.T) func(t *testing.T) Store {
+		pg := testenv.StartPostgresServer(t)
+		return func(t *testing.T) Store {
+			s, err := Open(context.Background(), pg.NewDatabase())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return s
+		}
+	}},
 }
 
 func TestSuite(t *testing.T) {
 	for _, e := range engines {
 		t.Run(e.name, func(t *testing.T) {
+			open := e.start(t)
 			for _, c := range suite {
-				t.Run(c.name, func(t *testing.T) { c.run(t, e.open(t)) })
+				t.Run(c.name, func(t *testing.T) { c.run(t, open(t)) })
 			}
 		})
 	}
