@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/api"
+	"github.com/stasis-sandbox/stasis/internal/cluster"
 	"github.com/stasis-sandbox/stasis/internal/e2b"
 	"github.com/stasis-sandbox/stasis/internal/egress"
 	"github.com/stasis-sandbox/stasis/internal/firewall"
@@ -37,6 +38,7 @@ import (
 const defaultTeam = "default"
 
 type serveFlags struct {
+	databaseURL                                                                                  string
 	listen, e2bListen, dataDir, imagesDir, runsc, agent, template, logLevel, subnet, netnsPrefix string
 	vcpu, memMiB, diskMiB, maxLive                                                               int
 	warmWindow                                                                                   time.Duration
@@ -53,6 +55,7 @@ func runServe(args []string) error {
 	fs.StringVar(&f.listen, "listen", imagesEnvOr("STASIS_LISTEN", "127.0.0.1:8080"), "address to serve the API on")
 	fs.StringVar(&f.e2bListen, "e2b-listen", imagesEnvOr("STASIS_E2B_LISTEN", "127.0.0.1:3000"), "address to serve E2B's protocol on (control plane and envd; empty: off)")
 	fs.StringVar(&f.dataDir, "data-dir", imagesEnvOr("STASIS_DATA_DIR", "/var/lib/stasis"), "directory for the database, snapshots and runtime state")
+	fs.StringVar(&f.databaseURL, "database-url", os.Getenv("STASIS_DATABASE_URL"), "state database: postgres://USER@HOST:PORT/DB for a cluster (default: SQLite at DATA_DIR/stasis.db)")
 	fs.StringVar(&f.imagesDir, "images-dir", os.Getenv("STASIS_IMAGES_DIR"), "directory of built images (default DATA_DIR/images)")
 	fs.StringVar(&f.runsc, "runsc", os.Getenv("STASIS_RUNSC"), "runsc binary (default: the one make setup built, else runsc on PATH)")
 	fs.StringVar(&f.agent, "agent", os.Getenv("STASIS_AGENT"), "static stasis-agent binary (default: next to stasisd)")
@@ -122,6 +125,9 @@ func runServe(args []string) error {
 		}
 		defer e2bSrv.Close()
 	}
+	if n.member != nil {
+		go n.member.Run(ctx)
+	}
 	go n.svc.RunTimers(ctx)
 	go n.svc.RunHealthChecks(ctx)
 	select {
@@ -156,6 +162,7 @@ type node struct {
 	pool   *netpool.Pool
 	fw     *firewall.Rules
 	eg     *egressRun
+	member *cluster.Membership // nil on a single node
 }
 
 // close releases the host resources of a clean stop. Running sandboxes
@@ -221,7 +228,11 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 	if err != nil {
 		return nil, err
 	}
-	st, err := store.Open(ctx, filepath.Join(dataDir, "stasis.db"))
+	dbURL := f.databaseURL
+	if dbURL == "" {
+		dbURL = filepath.Join(dataDir, "stasis.db")
+	}
+	st, err := store.Open(ctx, dbURL)
 	if err != nil {
 		return nil, err
 	}
@@ -283,8 +294,13 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 		drv = faultinject.New(driver, file, log)
 	}
 	reg := metrics.New()
+	nodeName := "" // a single node owns every sandbox
+	if clustered(dbURL) {
+		nodeName = f.cluster.nodeName
+	}
 	svc, err = sandbox.New(sandbox.Config{
 		Store:           st,
+		NodeName:        nodeName,
 		Driver:          drv,
 		Images:          images.NewManager(f.imagesDir),
 		SnapshotDir:     filepath.Join(dataDir, "snapshots"),
@@ -325,8 +341,14 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 	handler := api.New(svc, st, reg, log)
 	handler.UseHealth(checks)
 	handler.UseSecrets(sec)
-	router := previewRouter(f.net, svc, pool, nodeKey, handler, log)
-	return &node{svc: svc, api: router, e2b: e2b.New(svc, st, log), store: st, driver: driver, pool: pool, fw: fw, eg: eg}, nil
+	var router http.Handler = previewRouter(f.net, svc, pool, nodeKey, handler, log)
+	var member *cluster.Membership
+	if nodeName != "" {
+		if router, member, err = joinCluster(ctx, f.cluster, st, svc, router, log); err != nil {
+			return nil, err
+		}
+	}
+	return &node{svc: svc, api: router, e2b: e2b.New(svc, st, log), store: st, driver: driver, pool: pool, fw: fw, eg: eg, member: member}, nil
 }
 
 // ifPrefix derives the (at most 6 character) veth name prefix from the netns prefix.

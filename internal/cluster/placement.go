@@ -5,13 +5,15 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"time"
+
+	"github.com/stasis-sandbox/stasis/internal/store"
 )
 
 // Node states, as the store keeps them.
 const (
-	StateActive   = "active"
-	StateDraining = "draining"
-	StateLost     = "lost"
+	StateActive   = store.NodeActive
+	StateDraining = store.NodeDraining
+	StateLost     = store.NodeLost
 )
 
 // ErrNoNode means no live, non-draining node can take a sandbox.

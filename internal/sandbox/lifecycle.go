@@ -389,6 +389,15 @@ func (s *Service) Resume(ctx context.Context, teamID, id string, activate bool) 
 // active, so a crash mid-resume leaves it paused or active, never lost.
 func (s *Service) resumeLocked(ctx context.Context, b *box, sb *store.Sandbox, rotate bool) error {
 	start := time.Now()
+	if !s.mine(sb) {
+		if err := s.adopt(ctx, sb); err != nil {
+			return err
+		}
+	} else if s.clustered() {
+		if err := s.fetchSnapshot(ctx, sb); err != nil {
+			return err
+		}
+	}
 	snap := sb.SnapshotDir
 	if err := s.admit(ctx, sb.TeamID, func() error { return s.setStatus(ctx, sb, store.StatusResuming, "") }); err != nil {
 		return err
@@ -693,7 +702,7 @@ func (s *Service) PauseAll(ctx context.Context) {
 		return
 	}
 	for _, sb := range list {
-		if sb.Status != store.StatusActive {
+		if sb.Status != store.StatusActive || !s.mine(sb) {
 			continue
 		}
 		if _, err := s.Pause(ctx, "", sb.ID); err != nil {

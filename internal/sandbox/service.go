@@ -37,6 +37,8 @@ type Config struct {
 	// NodeName is this server's name in a cluster: it owns the sandboxes it
 	// creates ("" on a single node).
 	NodeName        string
+	// Fetcher downloads snapshots other nodes uploaded (nil: single node).
+	Fetcher SnapshotFetcher
 	Driver          runtime.Driver
 	Images          *images.Manager
 	SnapshotDir     string // checkpoints live in SnapshotDir/<sandbox id>/

@@ -39,6 +39,9 @@ func (s *Service) RunTimers(ctx context.Context) {
 			continue
 		}
 		for _, sb := range due {
+			if !s.mine(sb) {
+				continue // its owner's timers fire it
+			}
 			s.fireTimer(ctx, sb.ID)
 		}
 		s.evictWarm(ctx, memoryLow())
@@ -154,7 +157,7 @@ func (s *Service) markDead(ctx context.Context) {
 		return
 	}
 	for _, sb := range all {
-		if sb.Status != store.StatusActive || live[sb.ID] {
+		if sb.Status != store.StatusActive || live[sb.ID] || !s.mine(sb) {
 			continue
 		}
 		b := s.box(sb.ID)
