@@ -4,6 +4,7 @@
 #
 #   1. Debian packages (apt-get only when one is missing)
 #   2. the pinned static runsc in .cache/runsc/bin (or validates $STASIS_RUNSC)
+#   2b. versitygw (an S3 server process for tests) in .cache/versitygw/bin
 #   3. bin/stasisd and bin/stasis-applets, then the built-in images in $IMAGES_DIR
 #      (a first build downloads Debian twice: stasis/base, and
 #      stasis/code-interpreter with Jupyter, numpy, pandas and matplotlib,
@@ -107,6 +108,22 @@ else
 	runsc_is_pinned "$RUNSC" ||
 		die "built runsc does not report version $RUNSC_VERSION"
 	echo "    built in $((SECONDS - start))s"
+fi
+
+# --- 2b. versitygw (a real S3 server for tests and `make cluster`) -------------
+# Built from the Go module proxy into .cache/versitygw/bin (about 3 minutes
+# the first time, reusing Go's build cache); an flock keeps concurrent setups
+# from building it twice.
+VERSITYGW_MODULE="github.com/versity/versitygw/cmd/versitygw@v1.8.0"
+VERSITYGW="$ROOT/.cache/versitygw/bin/versitygw"
+if [ -x "$VERSITYGW" ]; then
+	step "versitygw: already built, skipping"
+else
+	step "versitygw: building $VERSITYGW_MODULE"
+	mkdir -p "$ROOT/.cache/versitygw"
+	with_heartbeat "versitygw build" flock "$ROOT/.cache/versitygw/.lock" sh -c \
+		'test -x "$1" || GOBIN="$(dirname "$1")" GOFLAGS=-mod=mod go install "$2"' sh "$VERSITYGW" "$VERSITYGW_MODULE"
+	[ -x "$VERSITYGW" ] || die "versitygw build did not produce $VERSITYGW"
 fi
 
 # --- 3. stasisd and the built-in images ----------------------------------------

@@ -27,6 +27,7 @@ import (
 	"github.com/stasis-sandbox/stasis/internal/images"
 	"github.com/stasis-sandbox/stasis/internal/metrics"
 	"github.com/stasis-sandbox/stasis/internal/netpool"
+	"github.com/stasis-sandbox/stasis/internal/objstore"
 	"github.com/stasis-sandbox/stasis/internal/oci"
 	"github.com/stasis-sandbox/stasis/internal/runtime"
 	"github.com/stasis-sandbox/stasis/internal/runtime/faultinject"
@@ -47,6 +48,7 @@ type serveFlags struct {
 	bodyIdle                                                                                     time.Duration
 	net                                                                                          netFlags
 	cluster                                                                                      clusterFlags
+	snap                                                                                         snapshotFlags
 }
 
 func runServe(args []string) error {
@@ -74,6 +76,7 @@ func runServe(args []string) error {
 	fs.DurationVar(&f.bodyIdle, "body-idle-timeout", 30*time.Second, "cut off a request whose body sends nothing for this long (a flowing upload is never cut)")
 	f.net.register(fs)
 	f.cluster.register(fs)
+	f.snap.register(fs)
 	err := fs.Parse(args)
 	if err != nil {
 		return err
@@ -154,15 +157,16 @@ func runServe(args []string) error {
 // node is what setup built: the service, its API, and the host resources
 // behind them that a clean stop must release.
 type node struct {
-	svc    *sandbox.Service
-	api    http.Handler
-	e2b    http.Handler
-	store  store.Store
-	driver *gvisor.Driver
-	pool   *netpool.Pool
-	fw     *firewall.Rules
-	eg     *egressRun
-	member *cluster.Membership // nil on a single node
+	svc     *sandbox.Service
+	api     http.Handler
+	e2b     http.Handler
+	store   store.Store
+	driver  *gvisor.Driver
+	pool    *netpool.Pool
+	fw      *firewall.Rules
+	eg      *egressRun
+	uploads *objstore.Uploader  // nil without --snapshot-url
+	member  *cluster.Membership // nil on a single node
 }
 
 // close releases the host resources of a clean stop. Running sandboxes
@@ -191,6 +195,9 @@ func (n *node) close(log *slog.Logger) {
 	n.eg.stop(ctx, n.pool)
 	if err := n.driver.Close(); err != nil {
 		log.Warn("releasing runsc's mounts", "err", err)
+	}
+	if n.uploads != nil {
+		n.uploads.Close() // unfinished uploads start again at the next start
 	}
 	n.store.Close()
 }
@@ -293,6 +300,15 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 		log.Warn("TEST ONLY: injecting runtime faults from "+faultinject.Env+"; never set it in production", "file", file)
 		drv = faultinject.New(driver, file, log)
 	}
+	uploads, snapCache, err := f.snap.open(ctx, dataDir, st, log)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil && uploads != nil {
+			uploads.Close()
+		}
+	}()
 	reg := metrics.New()
 	nodeName := "" // a single node owns every sandbox
 	if clustered(dbURL) {
@@ -319,6 +335,8 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 		Storage:         checks,
 		Secrets:         sec,
 		EgressCA:        egressCA,
+		Uploads:         uploads,
+		SnapshotCache:   snapCache,
 	})
 	if err != nil {
 		return nil, err
@@ -348,7 +366,7 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 			return nil, err
 		}
 	}
-	return &node{svc: svc, api: router, e2b: e2b.New(svc, st, log), store: st, driver: driver, pool: pool, fw: fw, eg: eg, member: member}, nil
+	return &node{svc: svc, api: router, e2b: e2b.New(svc, st, log), store: st, driver: driver, pool: pool, fw: fw, eg: eg, uploads: uploads, member: member}, nil
 }
 
 // ifPrefix derives the (at most 6 character) veth name prefix from the netns prefix.

@@ -38,9 +38,21 @@ type sandboxJSON struct {
 // on disk and survives a restart or a host crash (usually well within a
 // second of the pause). InMemory: it is also still frozen in RAM, so resuming
 // it is a thaw (the tiered pause).
+//
+// With an object store (--snapshot-url), Portable: the snapshot is in the
+// store, so any node can resume the sandbox; Upload says how its upload
+// stands (e.g. failed, retrying). Both are absent on a single node.
 type pauseJSON struct {
-	Durable  bool `json:"durable"`
-	InMemory bool `json:"in_memory"`
+	Durable  bool        `json:"durable"`
+	InMemory bool        `json:"in_memory"`
+	Portable *bool       `json:"portable,omitempty"`
+	Upload   *uploadJSON `json:"upload,omitempty"`
+}
+
+// uploadJSON is the state of a paused sandbox's snapshot upload.
+type uploadJSON struct {
+	State  string `json:"state"`            // pending, uploading, portable, failed ("" before it starts)
+	Detail string `json:"detail,omitempty"` // why it failed and when it retries
 }
 
 // usageJSON is metered usage; compute is billed only while active.
@@ -73,6 +85,10 @@ func (s *Server) toJSON(r *http.Request, sb *store.Sandbox, token string) sandbo
 	if sb.Status == store.StatusPaused {
 		durable, inMemory := s.svc.PauseState(sb)
 		out.Pause = &pauseJSON{Durable: durable, InMemory: inMemory}
+		if p := s.svc.Portability(sb); p != nil {
+			out.Pause.Portable = &p.Portable
+			out.Pause.Upload = &uploadJSON{State: p.State, Detail: p.Detail}
+		}
 	}
 	return out
 }

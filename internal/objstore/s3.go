@@ -35,15 +35,16 @@ type S3 struct {
 // the standard AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
 // AWS_REGION, AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, shared config files),
 // path-style addressing (what self-hosted stores serve) and region
-// us-east-1 when none is set.
-func NewS3(ctx context.Context, bucket, prefix string) (*S3, error) {
-	cfg, err := config.LoadDefaultConfig(ctx,
+// us-east-1 when none is set. opts override the environment (tests).
+func NewS3(ctx context.Context, bucket, prefix string, opts ...func(*config.LoadOptions) error) (*S3, error) {
+	opts = append([]func(*config.LoadOptions) error{
 		// Checksums only where S3 requires them: several S3-compatible
 		// stores refuse the newer default trailers. Our manifest carries
 		// each file's SHA-256, checked end to end on download.
 		config.WithRequestChecksumCalculation(aws.RequestChecksumCalculationWhenRequired),
 		config.WithResponseChecksumValidation(aws.ResponseChecksumValidationWhenRequired),
-	)
+	}, opts...)
+	cfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("s3 config: %w", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -206,6 +207,12 @@ func (u *Uploader) stop(owner string) {
 func (u *Uploader) run(ctx context.Context, j *job, dir string) {
 	log := u.cfg.Logger.With("snapshot", j.ref.String())
 	start := time.Now()
+	if have, err := ReadManifest(ctx, u.cfg.Blobs, j.ref); err == nil && sizesMatch(dir, have) {
+		// Snapshot names are unique: this one finished uploading before a
+		// restart, and need not be read and checksummed again.
+		u.report(j, Status{Ref: j.ref, State: StatePortable})
+		return
+	}
 	m, err := BuildManifest(ctx, j.ref, dir)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -325,4 +332,26 @@ func (u *Uploader) tell(j *job, state, detail string) {
 	if err := u.cfg.Status.SetSnapshotUpload(ctx, j.ref.ID, j.epoch, state, detail); err != nil {
 		u.cfg.Logger.Warn("snapshot upload: recording its state failed", "sandbox", j.ref.ID, "state", state, "err", err)
 	}
+}
+
+// sizesMatch reports whether dir holds exactly m's files, at their sizes.
+func sizesMatch(dir string, m *Manifest) bool {
+	n := 0
+	err := filepath.WalkDir(dir, func(path string, de fs.DirEntry, err error) error {
+		if err != nil || !de.Type().IsRegular() {
+			return err
+		}
+		n++
+		return nil
+	})
+	if err != nil || n != len(m.Files) {
+		return false
+	}
+	for _, f := range m.Files {
+		fi, err := os.Stat(filepath.Join(dir, filepath.FromSlash(f.Path)))
+		if err != nil || fi.Size() != f.Size {
+			return false
+		}
+	}
+	return true
 }

@@ -10,15 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/stasis-sandbox/stasis/internal/objstore"
 	"github.com/stasis-sandbox/stasis/internal/store"
 )
-
-// SnapshotFetcher brings the newest snapshot another node uploaded for a
-// sandbox into a directory under sandboxDir, verifying it, and returns that
-// directory.
-type SnapshotFetcher interface {
-	FetchSnapshot(ctx context.Context, sandboxID, sandboxDir string) (string, error)
-}
 
 // clustered: several nodes share the store, each owning its sandboxes.
 func (s *Service) clustered() bool { return s.cfg.NodeName != "" }
@@ -34,7 +28,7 @@ func (s *Service) mine(sb *store.Sandbox) bool {
 // by the epoch: of two nodes adopting at once, one wins and the other is
 // told, so the sandbox is restored exactly once.
 func (s *Service) adopt(ctx context.Context, sb *store.Sandbox) error {
-	if s.cfg.Fetcher == nil {
+	if s.cfg.SnapshotCache == nil {
 		return newErr(ErrConflict, "snapshot_not_portable",
 			"sandbox %s is paused on node %s and this node has no object store to fetch it from", sb.ID, sb.Node)
 	}
@@ -71,10 +65,17 @@ func (s *Service) fetchSnapshot(ctx context.Context, sb *store.Sandbox) error {
 	if sb.SnapshotDir != "" && fileExists(sb.SnapshotDir) && strings.HasPrefix(sb.SnapshotDir, s.snaps.SandboxDir(sb.ID)) {
 		return nil
 	}
-	if s.cfg.Fetcher == nil || sb.SnapshotUpload != store.UploadPortable {
+	if s.cfg.SnapshotCache == nil || sb.SnapshotUpload != store.UploadPortable || sb.SnapshotDir == "" {
 		return newErr(ErrConflict, "snapshot_not_portable", "sandbox %s's snapshot is neither on this node nor in the object store", sb.ID)
 	}
-	dir, err := s.cfg.Fetcher.FetchSnapshot(ctx, sb.ID, s.snaps.SandboxDir(sb.ID))
+	// The owner uploaded it under the name of its snapshot directory.
+	ref := objstore.Ref{Kind: objstore.KindSandbox, ID: sb.ID, Snap: filepath.Base(sb.SnapshotDir)}
+	dir := filepath.Join(s.snaps.SandboxDir(sb.ID), ref.Snap)
+	err := os.MkdirAll(s.snaps.SandboxDir(sb.ID), 0o700)
+	if err == nil {
+		os.RemoveAll(dir) // a download an earlier attempt left half done
+		err = s.cfg.SnapshotCache.Materialize(ctx, ref, dir)
+	}
 	if err != nil {
 		s.metrics.Fail("resume", "fetch")
 		return newErr(ErrUnavailable, "snapshot_unavailable", "sandbox %s's snapshot could not be fetched from the object store: %v; retry", sb.ID, err)

@@ -11,6 +11,7 @@ import (
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
 	"github.com/stasis-sandbox/stasis/internal/failpoint"
 	"github.com/stasis-sandbox/stasis/internal/images"
+	"github.com/stasis-sandbox/stasis/internal/objstore"
 	"github.com/stasis-sandbox/stasis/internal/runtime"
 	"github.com/stasis-sandbox/stasis/internal/snapshot"
 	"github.com/stasis-sandbox/stasis/internal/store"
@@ -291,6 +292,7 @@ func (s *Service) seal(id string, b *box, sl *sealing) {
 		return
 	}
 	s.metrics.Observe("pause_seal", time.Since(start))
+	s.uploadSnapshot(objstore.KindSandbox, id, sb.Epoch, sl.dir)
 	if s.cfg.WarmWindow <= 0 {
 		b.agent = nil
 		if err := s.cfg.Driver.Destroy(ctx, id); err != nil {
@@ -428,6 +430,7 @@ func (s *Service) resumeLocked(ctx context.Context, b *box, sb *store.Sandbox, r
 		return err
 	}
 	failpoint.Hit("resume.after-record")
+	s.snapshotLeft(sb)
 	// The snapshot is garbage now; deleting a large one takes a while, and
 	// the next start removes it anyway if we crash first. One still being
 	// sealed is removed by its sealer.
@@ -532,6 +535,7 @@ func (s *Service) deleteLocked(ctx context.Context, b *box, id string) error {
 	if err := os.RemoveAll(s.snaps.SandboxDir(id)); err != nil {
 		s.log.Error("delete: snapshot cleanup failed; the next start retries", "sandbox", id, "err", err)
 	}
+	s.deleteObjects(objstore.KindSandbox, id)
 	s.forget(id)
 	s.policies.invalidate(id)
 	s.log.Info("sandbox deleted", "sandbox", id)

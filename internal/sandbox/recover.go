@@ -59,6 +59,7 @@ func (s *Service) Recover(ctx context.Context) error {
 		}
 	}
 	s.removeOrphanSnapshots(known)
+	s.requeueUploads(ctx)
 	for _, sb := range all {
 		if sb.TeamID == buildTeam {
 			b := s.box(sb.ID)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/stasis-sandbox/stasis/internal/objstore"
 	"github.com/stasis-sandbox/stasis/internal/snapshot"
 	"github.com/stasis-sandbox/stasis/internal/store"
 )
@@ -75,6 +76,7 @@ func (s *Service) SaveSnapshot(ctx context.Context, teamID, id, name string) (*s
 		}
 		return nil, fmt.Errorf("snapshot %s: %w", id, err)
 	}
+	s.uploadSnapshot(objstore.KindSaved, snap.ID, 0, snap.Dir)
 	return snap, nil
 }
 
@@ -122,6 +124,7 @@ func (s *Service) DeleteSavedSnapshot(ctx context.Context, teamID, id string) er
 	if err := s.cfg.Store.DeleteSavedSnapshot(ctx, snap.ID); err != nil {
 		return err
 	}
+	s.deleteObjects(objstore.KindSaved, snap.ID)
 	return os.RemoveAll(s.saved.SandboxDir(snap.ID))
 }
 

@@ -25,6 +25,7 @@ import (
 	"github.com/stasis-sandbox/stasis/internal/egress"
 	"github.com/stasis-sandbox/stasis/internal/images"
 	"github.com/stasis-sandbox/stasis/internal/metrics"
+	"github.com/stasis-sandbox/stasis/internal/objstore"
 	"github.com/stasis-sandbox/stasis/internal/oci"
 	"github.com/stasis-sandbox/stasis/internal/runtime"
 	"github.com/stasis-sandbox/stasis/internal/snapshot"
@@ -37,8 +38,6 @@ type Config struct {
 	// NodeName is this server's name in a cluster: it owns the sandboxes it
 	// creates ("" on a single node).
 	NodeName        string
-	// Fetcher downloads snapshots other nodes uploaded (nil: single node).
-	Fetcher SnapshotFetcher
 	Driver          runtime.Driver
 	Images          *images.Manager
 	SnapshotDir     string // checkpoints live in SnapshotDir/<sandbox id>/
@@ -63,6 +62,11 @@ type Config struct {
 	// EgressCA (PEM) is added to every new sandbox's trust store, and the
 	// usual CA-bundle variables point at it (nil: nothing is installed).
 	EgressCA []byte
+	// Uploads sends sealed snapshots to an object store, so other nodes
+	// can restore them; SnapshotCache holds snapshots downloaded from it
+	// (both nil: snapshots stay on this node's disk only).
+	Uploads       *objstore.Uploader
+	SnapshotCache *objstore.Cache
 }
 
 // SecretBindings is the part of the secrets service the lifecycle needs.

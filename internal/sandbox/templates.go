@@ -14,6 +14,7 @@ import (
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
 	"github.com/stasis-sandbox/stasis/internal/failpoint"
 	"github.com/stasis-sandbox/stasis/internal/images"
+	"github.com/stasis-sandbox/stasis/internal/objstore"
 	"github.com/stasis-sandbox/stasis/internal/store"
 )
 
@@ -272,6 +273,7 @@ func (s *Service) DeleteTemplate(ctx context.Context, teamID, idOrName string) e
 		return err
 	}
 	os.RemoveAll(s.tsnaps.SandboxDir(t.ID))
+	s.deleteObjects(objstore.KindTemplate, t.ID)
 	return nil
 }
 
@@ -347,6 +349,7 @@ func (s *Service) runBuild(ctx context.Context, templateID, buildID string, log 
 		if old != "" && old != result.dir {
 			os.RemoveAll(old)
 		}
+		s.uploadSnapshot(objstore.KindTemplate, t2.ID, 0, result.dir)
 		b.Status = store.BuildReady
 		log.system("template %s is ready (%d MB snapshot)", t.Name, result.bytes>>20)
 	case err == nil:
