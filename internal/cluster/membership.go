@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/store"
@@ -42,6 +43,8 @@ type MembershipConfig struct {
 // Membership registers this node, heartbeats, and declares silent nodes lost.
 type Membership struct {
 	cfg MembershipConfig
+	// The load last measured, sent with each heartbeat.
+	memFree, running atomic.Int64
 }
 
 // NewMembership returns the membership of cfg.Self; Join it before Run.
@@ -82,6 +85,8 @@ func (m *Membership) Join(ctx context.Context) error {
 	self.State = state
 	self.StartedAt = now
 	self.MemFreeMiB, self.Running = m.cfg.Hooks.Load(ctx)
+	m.memFree.Store(self.MemFreeMiB)
+	m.running.Store(int64(self.Running))
 	if err := m.cfg.Registry.UpsertNode(ctx, self); err != nil {
 		return fmt.Errorf("join cluster: %w", err)
 	}
@@ -96,12 +101,16 @@ func (m *Membership) Join(ctx context.Context) error {
 	return nil
 }
 
-// Run heartbeats until ctx ends.
+// Run heartbeats until ctx ends. The heartbeat itself is one small write
+// on its own ticker: measuring the load (runsc list) and reconciling run in
+// another loop, so a slow runtime on a busy host cannot make the node miss
+// its lease and be declared lost while it works.
 func (m *Membership) Run(ctx context.Context) {
+	go m.reconcileLoop(ctx)
 	t := time.NewTicker(m.Interval())
 	defer t.Stop()
 	for {
-		m.Beat(ctx)
+		m.beat(ctx)
 		select {
 		case <-ctx.Done():
 			return
@@ -110,10 +119,11 @@ func (m *Membership) Run(ctx context.Context) {
 	}
 }
 
-// Beat heartbeats once, declares silent nodes lost and reconciles.
-func (m *Membership) Beat(ctx context.Context) {
+// beat heartbeats once with the last measured load, then declares silent
+// nodes lost.
+func (m *Membership) beat(ctx context.Context) {
 	log, reg, name := m.cfg.Logger, m.cfg.Registry, m.cfg.Self.Name
-	mem, running := m.cfg.Hooks.Load(ctx)
+	mem, running := m.memFree.Load(), int(m.running.Load())
 	err := reg.HeartbeatNode(ctx, name, mem, running)
 	if errors.Is(err, store.ErrNotFound) {
 		// Someone removed our row: register again.
@@ -122,7 +132,9 @@ func (m *Membership) Beat(ctx context.Context) {
 		err = reg.UpsertNode(ctx, self)
 	}
 	if err != nil {
-		log.Warn("heartbeat failed", "node", name, "err", err)
+		if ctx.Err() == nil {
+			log.Warn("heartbeat failed", "node", name, "err", err)
+		}
 		return // the database is away; nothing below can be trusted either
 	}
 	lost, err := reg.MarkLostNodes(ctx, m.cfg.Lease)
@@ -131,11 +143,34 @@ func (m *Membership) Beat(ctx context.Context) {
 	}
 	for _, n := range lost {
 		if n == name {
-			continue // we just heartbeat: a race with our own clock; see below
+			continue // we just heartbeat; reconcile sees the state and rejoins
 		}
 		log.Warn("node lost: no heartbeat within the lease", "node", n, "lease", m.cfg.Lease)
 		m.cfg.Hooks.NodeLost(ctx, n)
 	}
+}
+
+func (m *Membership) reconcileLoop(ctx context.Context) {
+	t := time.NewTicker(m.Interval())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		m.reconcile(ctx)
+	}
+}
+
+// reconcile measures the load for the next heartbeats and lets the node
+// act on its own row: stop what moved away, drain, or rejoin after having
+// been declared lost.
+func (m *Membership) reconcile(ctx context.Context) {
+	log, reg, name := m.cfg.Logger, m.cfg.Registry, m.cfg.Self.Name
+	mem, running := m.cfg.Hooks.Load(ctx)
+	m.memFree.Store(mem)
+	m.running.Store(int64(running))
 	nodes, err := reg.ListNodes(ctx)
 	if err != nil {
 		log.Warn("listing nodes", "err", err)
@@ -145,17 +180,15 @@ func (m *Membership) Beat(ctx context.Context) {
 		if n.Name != name {
 			continue
 		}
+		m.cfg.Hooks.Reconcile(ctx, n)
 		if n.State == store.NodeLost {
 			// Others declared us lost while we were away (a pause, a
-			// partition): what we ran has failed or moved on. Reconcile
-			// stops it, then we take sandboxes again.
-			log.Warn("this node had been declared lost; stopping what moved away and rejoining", "node", name)
-			m.cfg.Hooks.Reconcile(ctx, n)
+			// partition): what we ran has failed or moved on, and
+			// Reconcile stopped it. Now we take sandboxes again.
+			log.Warn("this node had been declared lost; it stopped what moved away and rejoins", "node", name)
 			if err := reg.SetNodeState(ctx, name, store.NodeActive); err != nil {
 				log.Warn("rejoining", "err", err)
 			}
-			return
 		}
-		m.cfg.Hooks.Reconcile(ctx, n)
 	}
 }
