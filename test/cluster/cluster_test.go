@@ -7,11 +7,14 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -212,6 +215,105 @@ func TestCluster(t *testing.T) {
 		}
 		if _, err := a.c.DrainNode(ctx, "nope"); err == nil || !strings.Contains(err.Error(), "not found") {
 			t.Errorf("draining an unknown node: %v, want not found", err)
+		}
+	})
+
+	t.Run("pause on A, kill -9 A, two resumes via B and C: restored once, processes continue, A's copy stays stopped", func(t *testing.T) {
+		id := tc.createOn(t, ctx, "a", b)
+		defer b.srv.Do("DELETE", "/sandboxes/"+id, nil, nil)
+		sb, err := b.c.Connect(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		run(t, sb, `sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done' >/dev/null 2>&1 & echo $! > /tmp/counter.pid`)
+		waitFor(t, "the counter to count", func() (bool, string) {
+			n, _ := strconv.Atoi(run(t, sb, "cat /tmp/count"))
+			return n >= 3, strconv.Itoa(n)
+		})
+		pid := run(t, sb, "cat /tmp/counter.pid")
+		if err := a.srv.Do("POST", "/sandboxes/"+id+"/pause", nil, nil); err != nil {
+			t.Fatalf("pause on a: %v", err)
+		}
+		waitFor(t, "the snapshot to be portable", func() (bool, string) {
+			got := get(t, b, id)
+			return got.Pause != nil && got.Pause.Portable, fmt.Sprintf("%+v", got.Pause)
+		})
+		a.srv.Kill()
+		waitFor(t, "node a to be declared lost", func() (bool, string) {
+			nodes, err := b.c.Nodes(ctx)
+			for _, n := range nodes {
+				if n.Name == "a" {
+					return n.State == stasis.NodeLost, n.State
+				}
+			}
+			return false, fmt.Sprint(err)
+		})
+		// Two resumes at once, through two nodes.
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		for i, via := range []*node{b, c} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = via.srv.Do("POST", "/sandboxes/"+id+"/resume", nil, nil)
+			}()
+		}
+		wg.Wait()
+		ok := 0
+		for i, err := range errs {
+			var he *testenv.HTTPError
+			switch {
+			case err == nil:
+				ok++
+			case errors.As(err, &he) && he.Status == 409 && strings.Contains(he.Body, "resumed_elsewhere"):
+			default:
+				t.Errorf("resume %d: %v", i, err)
+			}
+		}
+		if ok == 0 {
+			t.Fatalf("neither resume succeeded: %v", errs)
+		}
+		got := get(t, b, id)
+		if got.Status != "active" || (got.Node != "b" && got.Node != "c") {
+			t.Fatalf("after the resumes: status %q on node %q, want active on b or c", got.Status, got.Node)
+		}
+		other := c
+		if got.Node == "c" {
+			other = b
+		}
+		if contains(runningOn(t, other), id) {
+			t.Errorf("sandbox %s runs on both b and c: restored twice", id)
+		}
+		if !contains(runningOn(t, tc.node(got.Node)), id) {
+			t.Errorf("sandbox %s does not run on its owner %s", id, got.Node)
+		}
+		sb, err = b.c.Connect(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before, _ := strconv.Atoi(run(t, sb, "cat /tmp/count"))
+		if got := run(t, sb, "kill -0 "+pid+" && echo alive"); got != "alive" {
+			t.Errorf("the counter process %s did not survive the move: %q", pid, got)
+		}
+		waitFor(t, "the counter to go on counting after the move", func() (bool, string) {
+			n, _ := strconv.Atoi(run(t, sb, "cat /tmp/count"))
+			return n > before, fmt.Sprintf("%d (was %d)", n, before)
+		})
+		// a comes back: its copy (a paused snapshot) is not run, and
+		// requests via a go to the new owner.
+		a.srv.Restart()
+		if contains(runningOn(t, a), id) {
+			t.Errorf("node a runs its stale copy of %s after coming back", id)
+		}
+		if via := get(t, a, id); via.Node != got.Node || via.Status != "active" {
+			t.Errorf("via a after its return: node %q status %q, want %q active", via.Node, via.Status, got.Node)
+		}
+		sbA, err := a.c.Connect(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := run(t, sbA, "kill -0 "+pid+" && echo alive"); got != "alive" {
+			t.Errorf("exec via a after its return: %q", got)
 		}
 	})
 
