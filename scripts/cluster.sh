@@ -84,12 +84,12 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 echo "cluster: PostgreSQL on 127.0.0.1:$PG_PORT"
-mkdir -p "$WORK/pg" "$WORK/pgsock"
-chown postgres "$WORK/pg" "$WORK/pgsock"
+mkdir -p "$WORK/pg" "$WORK/pgrun"
+chown postgres "$WORK/pg" "$WORK/pgrun"
 su postgres -s /bin/sh -c "'$PGBIN/initdb' -D '$WORK/pg' -A trust -U postgres --no-sync" >"$WORK/pg-init.log" 2>&1 ||
 	{ cat "$WORK/pg-init.log" >&2; die "initdb failed"; }
-su postgres -s /bin/sh -c "'$PGBIN/pg_ctl' -D '$WORK/pg' -l '$WORK/pg.log' -w -o \"-p $PG_PORT -k $WORK/pgsock -c listen_addresses=127.0.0.1 -c max_connections=200\" start" >/dev/null ||
-	{ cat "$WORK/pg.log" >&2; die "PostgreSQL did not start"; }
+su postgres -s /bin/sh -c "'$PGBIN/pg_ctl' -D '$WORK/pg' -l '$WORK/pgrun/pg.log' -w -o \"-p $PG_PORT -k $WORK/pgrun -c listen_addresses=127.0.0.1 -c max_connections=200\" start" >/dev/null ||
+	{ cat "$WORK/pgrun/pg.log" >&2; die "PostgreSQL did not start"; }
 su postgres -s /bin/sh -c "'$PGBIN/createdb' -h 127.0.0.1 -p $PG_PORT stasis"
 DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/stasis?sslmode=disable"
 
@@ -102,6 +102,14 @@ S3_PID=$!
 export AWS_ACCESS_KEY_ID="$S3_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET" AWS_REGION=us-east-1
 export AWS_ENDPOINT_URL_S3="http://127.0.0.1:$S3_PORT"
 
+# Every node derives agent tokens and preview links from one node key, and
+# seals secrets under one secrets key: a sandbox moved to another node must
+# stay reachable, and its secrets readable.
+mkdir -p "$WORK/keys"
+head -c 32 /dev/urandom >"$WORK/keys/node.key"
+head -c 32 /dev/urandom >"$WORK/keys/secrets.key"
+chmod 600 "$WORK/keys/"*
+
 KEY="${STASIS_API_KEY:-stasis_$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')}"
 export STASIS_API_KEY="$KEY"
 URLS=""
@@ -112,6 +120,7 @@ for i in $(seq 1 "$NODES"); do
 		--subnet "$(subnet "$i")" --netns-prefix "$(prefix "$i")" \
 		--database-url "$DATABASE_URL" --snapshot-url "s3://stasis/cluster" \
 		--node-name "node$i" --advertise-url "$(url "$i")" --node-lease "$LEASE" \
+		--node-key-file "$WORK/keys/node.key" --secrets-key-file "$WORK/keys/secrets.key" \
 		${CLUSTER_NODE_ARGS:-} >"$WORK/node$i.log" 2>&1 &
 	PIDS+=($!)
 	URLS="$URLS${URLS:+ }$(url "$i")"
