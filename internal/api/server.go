@@ -196,8 +196,7 @@ func (s *Server) withTeam(h teamHandler) http.HandlerFunc {
 
 // fail writes err as an error envelope with the matching status.
 func (s *Server) fail(w http.ResponseWriter, err error) {
-	var e *sandbox.Error
-	if errors.As(err, &e) {
+	if e, ok := sandbox.AsError(err); ok {
 		writeError(w, sandbox.HTTPStatus(e.Kind), e.Code, e.Message)
 		return
 	}

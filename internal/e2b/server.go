@@ -114,8 +114,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 // fail writes a service error with the status E2B clients expect.
 func (s *Server) fail(w http.ResponseWriter, err error) {
-	var e *sandbox.Error
-	if errors.As(err, &e) {
+	if e, ok := sandbox.AsError(err); ok {
 		writeError(w, sandbox.HTTPStatus(e.Kind), "%s", e.Message)
 		return
 	}

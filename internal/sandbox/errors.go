@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+
+	"github.com/stasis-sandbox/stasis/internal/store"
 )
 
 // Error kinds. The API layer maps them to HTTP statuses; Code is the stable
@@ -48,6 +50,23 @@ func HTTPStatus(kind error) int {
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError
+}
+
+// AsError returns the user-facing error err is or wraps. A database that
+// cannot be reached is a 503 store_unavailable: nothing was changed and
+// the client may retry. A fenced update (another node took the sandbox
+// over) is a 409 sandbox_moved. ok is false for internal errors.
+func AsError(err error) (e *Error, ok bool) {
+	if errors.As(err, &e) {
+		return e, true
+	}
+	if errors.Is(err, store.ErrFenced) {
+		return newErr(ErrConflict, "sandbox_moved", "the sandbox was taken over by another node meanwhile; retry"), true
+	}
+	if store.IsUnavailable(err) {
+		return newErr(ErrUnavailable, "store_unavailable", "the state database is unavailable; retry shortly"), true
+	}
+	return nil, false
 }
 
 func (e *Error) Error() string { return e.Message }

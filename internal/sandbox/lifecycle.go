@@ -368,7 +368,7 @@ func (s *Service) Resume(ctx context.Context, teamID, id string, activate bool) 
 		// the seed's connect()-then-resume() requires; like every resume it
 		// rotates the access token.
 		sb.TokenGeneration++
-		if err := s.cfg.Store.UpdateSandbox(ctx, sb); err != nil {
+		if err := s.update(ctx, sb); err != nil {
 			return nil, "", err
 		}
 		tok, err := s.issueToken(ctx, sb)
@@ -522,6 +522,10 @@ func (s *Service) Delete(ctx context.Context, teamID, id string) error {
 // for every client, and whatever a crash leaves behind (runtime, snapshot
 // files) is an orphan that the next start cleans up.
 func (s *Service) deleteLocked(ctx context.Context, b *box, id string) error {
+	if sb, err := s.cfg.Store.GetSandbox(ctx, "", id); err == nil && !s.owns(sb) {
+		s.stopMovedOn(ctx, sb)
+		return fmt.Errorf("delete sandbox %s owned by node %s: %w", id, sb.Node, store.ErrFenced)
+	}
 	if err := s.cfg.Store.DeleteSandbox(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
@@ -578,7 +582,7 @@ func (s *Service) Update(ctx context.Context, teamID, id string, p UpdateParams)
 	if err := p.applyNetworkUpdate(sb); err != nil {
 		return nil, err
 	}
-	if err := s.cfg.Store.UpdateSandbox(ctx, sb); err != nil {
+	if err := s.update(ctx, sb); err != nil {
 		return nil, err
 	}
 	s.policies.invalidate(sb.ID)

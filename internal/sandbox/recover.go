@@ -68,7 +68,8 @@ func (s *Service) Recover(ctx context.Context) error {
 			b.mu.Unlock()
 		}
 	}
-	return s.cfg.Store.FailUnfinishedBuilds(ctx, "build_failed: interrupted by a stasisd restart; rebuild it")
+	// Builds another node is running (it holds their lease) go on.
+	return s.cfg.Store.FailUnfinishedBuilds(ctx, s.holder(), "build_failed: interrupted by a stasisd restart; rebuild it")
 }
 
 func (s *Service) recoverOne(ctx context.Context, sb *store.Sandbox, inst runtime.Instance, isRunning bool) {

@@ -374,7 +374,7 @@ func (s *Service) setStatus(ctx context.Context, sb *store.Sandbox, status, msg 
 	case store.StatusPaused:
 		sb.DeleteAt = deadline(now, sb.AutoDeleteSeconds)
 	}
-	return s.cfg.Store.UpdateSandbox(ctx, sb)
+	return s.update(ctx, sb)
 }
 
 // insertSandbox stores a new sandbox owned by this node.

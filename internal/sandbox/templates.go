@@ -278,8 +278,23 @@ func (s *Service) DeleteTemplate(ctx context.Context, teamID, idOrName string) e
 }
 
 func (s *Service) startBuild(ctx context.Context, t *store.Template) (*store.Build, error) {
+	// One build of a template at a time across the cluster: the builder
+	// holds the template's build lease until it finishes.
+	ok, err := s.cfg.Store.TryLease(ctx, buildLease(t.ID), s.holder(), buildLeaseTTL)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		if cur, err := s.cfg.Store.GetTemplate(ctx, "", t.ID); err == nil && cur.LatestBuildID != "" {
+			if b, err := s.cfg.Store.GetBuild(ctx, t.ID, cur.LatestBuildID); err == nil {
+				return b, nil // the build another node is running
+			}
+		}
+		return nil, newErr(ErrConflict, "build_in_progress", "template %s is being built on another node; retry when that build ends", t.Name)
+	}
 	b := &store.Build{ID: store.NewID(), TemplateID: t.ID, Status: store.BuildPending, SpecHash: t.SpecHash}
 	if err := s.cfg.Store.InsertBuild(ctx, b); err != nil {
+		s.cfg.Store.ReleaseLease(ctx, buildLease(t.ID), s.holder())
 		return nil, err
 	}
 	t.LatestBuildID = b.ID
@@ -294,7 +309,16 @@ func (s *Service) startBuild(ctx context.Context, t *store.Template) (*store.Bui
 	log.setCancel(cancel)
 	go func() {
 		defer cancel()
+		lctx, stopLease := context.WithCancel(bctx)
+		renewed := make(chan struct{})
+		go func() {
+			defer close(renewed)
+			s.keepBuildLease(lctx, t.ID, cancel)
+		}()
 		s.runBuild(bctx, t.ID, b.ID, log)
+		stopLease()
+		<-renewed
+		s.cfg.Store.ReleaseLease(context.WithoutCancel(ctx), buildLease(t.ID), s.holder())
 	}()
 	return b, nil
 }

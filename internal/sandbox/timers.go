@@ -49,6 +49,13 @@ func (s *Service) RunTimers(ctx context.Context) {
 }
 
 func (s *Service) fireTimer(ctx context.Context, id string) {
+	// One node fires a sandbox's timer: the lease keeps a second node (say
+	// one that still thinks it owns the sandbox) out while this one acts,
+	// and the fenced update stops a stale owner's change.
+	if ok, err := s.cfg.Store.TryLease(ctx, timerLease(id), s.holder(), timerLeaseTTL); err != nil || !ok {
+		return
+	}
+	defer s.cfg.Store.ReleaseLease(context.WithoutCancel(ctx), timerLease(id), s.holder())
 	b := s.box(id)
 	b.mu.Lock()
 	defer b.mu.Unlock()

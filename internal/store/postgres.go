@@ -37,15 +37,29 @@ func openPostgres(ctx context.Context, url string) (Store, error) {
 // API answers them with 503 and the caller may retry.
 var ErrUnavailable = errors.New("store: database unavailable")
 
-// IsUnavailable reports whether err comes from a database that cannot be
-// reached or went away (connection refused or lost, server shutting down),
-// as opposed to a query that failed.
-func IsUnavailable(err error) bool {
-	if err == nil {
-		return false
+// IsUnavailable reports whether err comes from a database that could not
+// be reached, as opposed to a query that failed.
+func IsUnavailable(err error) bool { return errors.Is(err, ErrUnavailable) }
+
+// unavailableError is a driver error marked ErrUnavailable.
+type unavailableError struct{ err error }
+
+func (e *unavailableError) Error() string   { return e.err.Error() }
+func (e *unavailableError) Unwrap() []error { return []error{e.err, ErrUnavailable} }
+
+// markUnavailable marks err if it says the connection to the database
+// failed or was lost (refused, reset, server shutting down), as opposed
+// to a query that failed.
+func markUnavailable(err error) error {
+	if err == nil || !connectionLost(err) {
+		return err
 	}
-	if errors.Is(err, ErrUnavailable) || errors.Is(err, driver.ErrBadConn) ||
-		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, sql.ErrConnDone) {
+	return &unavailableError{err}
+}
+
+func connectionLost(err error) bool {
+	if errors.Is(err, driver.ErrBadConn) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, io.EOF) || errors.Is(err, sql.ErrConnDone) {
 		return true
 	}
 	var ce *pgconn.ConnectError
@@ -59,11 +73,7 @@ func IsUnavailable(err error) bool {
 		return strings.HasPrefix(pe.Code, "08") || strings.HasPrefix(pe.Code, "57P")
 	}
 	var ne net.Error
-	if errors.As(err, &ne) {
-		return true
-	}
-	// A connection the server closed under a query.
-	return pgconn.SafeToRetry(err) || errors.Is(err, io.EOF) || strings.Contains(err.Error(), "conn closed")
+	return errors.As(err, &ne) || pgconn.SafeToRetry(err) || strings.Contains(err.Error(), "conn closed")
 }
 
 // isUniqueViolation reports whether err is a unique-constraint violation on either engine.

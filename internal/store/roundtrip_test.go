@@ -124,7 +124,7 @@ func testEveryTableRoundTrip(t *testing.T, s Store) {
 	}
 	build := &Build{ID: NewID(), TemplateID: tpl.ID, Status: BuildBuilding, SpecHash: "h"}
 	must(s.InsertBuild(ctx, build))
-	must(s.FailUnfinishedBuilds(ctx, "restarted"))
+	must(s.FailUnfinishedBuilds(ctx, "n1", "restarted"))
 	if gb, err := s.GetBuild(ctx, tpl.ID, build.ID); err != nil || gb.Status != BuildFailed || gb.Error != "restarted" {
 		t.Fatalf("unfinished build: %+v %v", gb, err)
 	}

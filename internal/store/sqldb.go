@@ -62,17 +62,27 @@ func args(in []any) []any {
 	return in
 }
 
+// Errors from the driver that say the database cannot be reached are
+// marked ErrUnavailable here, where they are known to come from it.
+
 func (d *db) ExecContext(ctx context.Context, q string, a ...any) (sql.Result, error) {
-	return d.sql.ExecContext(ctx, d.dialect.rebind(q), args(a)...)
+	res, err := d.sql.ExecContext(ctx, d.dialect.rebind(q), args(a)...)
+	return res, markUnavailable(err)
 }
 
 func (d *db) QueryContext(ctx context.Context, q string, a ...any) (*sql.Rows, error) {
-	return d.sql.QueryContext(ctx, d.dialect.rebind(q), args(a)...)
+	rows, err := d.sql.QueryContext(ctx, d.dialect.rebind(q), args(a)...)
+	return rows, markUnavailable(err)
 }
 
-func (d *db) QueryRowContext(ctx context.Context, q string, a ...any) *sql.Row {
-	return d.sql.QueryRowContext(ctx, d.dialect.rebind(q), args(a)...)
+func (d *db) QueryRowContext(ctx context.Context, q string, a ...any) *row {
+	return &row{d.sql.QueryRowContext(ctx, d.dialect.rebind(q), args(a)...)}
 }
+
+// row is a *sql.Row whose Scan marks connection errors.
+type row struct{ r *sql.Row }
+
+func (r *row) Scan(dest ...any) error { return markUnavailable(r.r.Scan(dest...)) }
 
 func (d *db) Close() error { return d.sql.Close() }
 
@@ -83,28 +93,30 @@ type txn struct {
 }
 
 func (t *txn) ExecContext(ctx context.Context, q string, a ...any) (sql.Result, error) {
-	return t.tx.ExecContext(ctx, t.dialect.rebind(q), args(a)...)
+	res, err := t.tx.ExecContext(ctx, t.dialect.rebind(q), args(a)...)
+	return res, markUnavailable(err)
 }
 
 func (t *txn) QueryContext(ctx context.Context, q string, a ...any) (*sql.Rows, error) {
-	return t.tx.QueryContext(ctx, t.dialect.rebind(q), args(a)...)
+	rows, err := t.tx.QueryContext(ctx, t.dialect.rebind(q), args(a)...)
+	return rows, markUnavailable(err)
 }
 
-func (t *txn) QueryRowContext(ctx context.Context, q string, a ...any) *sql.Row {
-	return t.tx.QueryRowContext(ctx, t.dialect.rebind(q), args(a)...)
+func (t *txn) QueryRowContext(ctx context.Context, q string, a ...any) *row {
+	return &row{t.tx.QueryRowContext(ctx, t.dialect.rebind(q), args(a)...)}
 }
 
 // tx runs fn in a transaction, committing if it returns nil.
 func (d *db) tx(ctx context.Context, fn func(*txn) error) error {
 	tx, err := d.sql.BeginTx(ctx, nil)
 	if err != nil {
-		return err
+		return markUnavailable(err)
 	}
 	if err := fn(&txn{tx: tx, dialect: d.dialect}); err != nil {
 		tx.Rollback()
 		return err
 	}
-	return tx.Commit()
+	return markUnavailable(tx.Commit())
 }
 
 // forUpdate locks the rows a transaction reads before it writes them back

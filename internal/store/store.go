@@ -78,7 +78,9 @@ type Store interface {
 	UpdateBuild(ctx context.Context, b *Build) error
 	GetBuild(ctx context.Context, templateID, buildID string) (*Build, error)
 	ListBuilds(ctx context.Context, templateID string, limit int) ([]*Build, error)
-	FailUnfinishedBuilds(ctx context.Context, msg string) error
+	// FailUnfinishedBuilds fails the builds a restart interrupted, except
+	// those another lease holder (node) is running.
+	FailUnfinishedBuilds(ctx context.Context, holder, msg string) error
 
 	Cluster
 }

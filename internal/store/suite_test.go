@@ -27,6 +27,7 @@ var suite = []struct {
 	{"SnapshotUploadFenced", testSnapshotUploadFenced},
 	{"TryLeaseOneHolder", testTryLeaseOneHolder},
 	{"NodesHeartbeatAndLost", testNodesHeartbeatAndLost},
+	{"FailUnfinishedBuildsSparesOtherNodes", testFailUnfinishedBuildsSparesOtherNodes},
 }
 
 // engines open a fresh, empty database of each kind for one test.
@@ -306,4 +307,49 @@ func testNodesHeartbeatAndLost(t *testing.T, s Store) {
 	if nodes[1].State != NodeActive || nodes[1].URL != "http://127.0.0.1:2/b" {
 		t.Fatalf("re-registered b: %+v", nodes[1])
 	}
+}
+
+// testFailUnfinishedBuildsSparesOtherNodes: a restarting node fails the
+// builds it was running, not those another node runs (holds the lease of).
+func testFailUnfinishedBuildsSparesOtherNodes(t *testing.T, s Store) {
+	ctx := context.Background()
+	if err := s.EnsureTeam(ctx, "t1", "default"); err != nil {
+		t.Fatal(err)
+	}
+	builds := map[string]*Build{}
+	for _, name := range []string{"mine", "theirs", "expired"} {
+		tpl := &Template{ID: NewID(), TeamID: "t1", Name: name, Spec: "{}", SpecHash: "h", Status: BuildBuilding}
+		b := &Build{ID: NewID(), TemplateID: tpl.ID, Status: BuildBuilding, SpecHash: "h"}
+		if err := s.InsertTemplate(ctx, tpl); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.InsertBuild(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+		builds[name] = b
+	}
+	lease := func(name, holder string, ttl time.Duration) {
+		if ok, err := s.TryLease(ctx, "build:"+builds[name].TemplateID, holder, ttl); !ok || err != nil {
+			t.Fatalf("lease of %s: %v %v", name, ok, err)
+		}
+	}
+	lease("mine", "a", time.Minute)
+	lease("theirs", "b", time.Minute)
+	lease("expired", "b", time.Millisecond)
+	time.Sleep(20 * time.Millisecond)
+	if err := s.FailUnfinishedBuilds(ctx, "a", "interrupted"); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"mine": BuildFailed, "theirs": BuildBuilding, "expired": BuildFailed} {
+		b, err := s.GetBuild(ctx, builds[name].TemplateID, builds[name].ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tpl, _ := s.GetTemplate(ctx, "t1", name)
+		if b.Status != want || tpl.Status != want {
+			t.Errorf("%s: build %s, template %s; want %s", name, b.Status, tpl.Status, want)
+		}
+	}
+	// a's own lease is gone: b can build "mine" now.
+	lease("mine", "b", time.Minute)
 }

@@ -211,16 +211,27 @@ func (s *sqlStore) ListBuilds(ctx context.Context, templateID string, limit int)
 
 // FailUnfinishedBuilds marks every build still pending, building or
 // snapshotting as failed with msg (their process is gone after a restart),
-// and templates with no usable snapshot as failed too.
-func (s *sqlStore) FailUnfinishedBuilds(ctx context.Context, msg string) error {
+// and templates with no usable snapshot as failed too. Builds whose
+// template's build lease another holder than holder still has are left
+// alone: another node of the cluster runs them. holder's own build leases
+// are dropped.
+func (s *sqlStore) FailUnfinishedBuilds(ctx context.Context, holder, msg string) error {
 	return s.tx(ctx, func(tx *txn) error {
-		now := time.Now().UTC().Format(timeFormat)
+		now := time.Now().UTC()
+		const runByOther = ` AND NOT EXISTS (SELECT 1 FROM leases l
+			WHERE l.name = 'build:' || %s AND l.holder <> ? AND l.expires_ms > ?)`
 		if _, err := tx.ExecContext(ctx, `UPDATE template_builds SET status = ?, error = ?, finalized_at = ?
-			WHERE status IN (?, ?, ?)`, BuildFailed, msg, now, BuildPending, BuildBuilding, BuildSnapshotting); err != nil {
+			WHERE status IN (?, ?, ?)`+fmt.Sprintf(runByOther, "template_builds.template_id"),
+			BuildFailed, msg, now.Format(timeFormat), BuildPending, BuildBuilding, BuildSnapshotting,
+			holder, now.UnixMilli()); err != nil {
 			return err
 		}
-		_, err := tx.ExecContext(ctx, `UPDATE templates SET status = ?, error = ?
-			WHERE status IN (?, ?, ?) AND snapshot_dir = ''`, BuildFailed, msg, BuildPending, BuildBuilding, BuildSnapshotting)
+		if _, err := tx.ExecContext(ctx, `UPDATE templates SET status = ?, error = ?
+			WHERE status IN (?, ?, ?) AND snapshot_dir = ''`+fmt.Sprintf(runByOther, "templates.id"),
+			BuildFailed, msg, BuildPending, BuildBuilding, BuildSnapshotting, holder, now.UnixMilli()); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `DELETE FROM leases WHERE holder = ? AND name LIKE 'build:%'`, holder)
 		return err
 	})
 }
