@@ -17,11 +17,6 @@ import (
 // clustered: several nodes share the store, each owning its sandboxes.
 func (s *Service) clustered() bool { return s.cfg.NodeName != "" }
 
-// mine reports whether this node owns sb. A single node owns everything.
-func (s *Service) mine(sb *store.Sandbox) bool {
-	return !s.clustered() || sb.Node == s.cfg.NodeName
-}
-
 // adopt makes this node the owner of a paused sandbox another node owned
 // (one that is lost or draining, or that placement sent here), and fetches
 // its snapshot from the object store. The claim comes first and is fenced
@@ -133,8 +128,10 @@ func (s *Service) FailLostNode(ctx context.Context, node, reason string) (int, e
 		default:
 			continue
 		}
-		// Fenced: if the node came back and changed it meanwhile, it stays.
-		if err := s.setStatus(ctx, sb, store.StatusFailed, reason); err != nil {
+		// Written by a node that does not own it, so straight to the store,
+		// still fenced: if the node came back and changed it, it stays.
+		sb.Status, sb.Error, sb.PauseAt, sb.DeleteAt = store.StatusFailed, reason, nil, nil
+		if err := s.cfg.Store.UpdateSandbox(ctx, sb); err != nil {
 			s.log.Warn("failing a lost node's sandbox", "sandbox", sb.ID, "node", node, "err", err)
 			continue
 		}
@@ -153,12 +150,12 @@ func (s *Service) StopMovedAway(ctx context.Context) {
 	}
 	for _, inst := range running {
 		sb, err := s.cfg.Store.GetSandbox(ctx, "", inst.ID)
-		if errors.Is(err, store.ErrNotFound) || (err == nil && (!s.mine(sb) || sb.Status == store.StatusFailed)) {
+		if errors.Is(err, store.ErrNotFound) || (err == nil && (!s.owns(sb) || sb.Status == store.StatusFailed)) {
 			b := s.box(inst.ID)
 			b.mu.Lock()
 			// Look again under the lock: a restore here may just have claimed it.
 			sb, err = s.cfg.Store.GetSandbox(ctx, "", inst.ID)
-			if errors.Is(err, store.ErrNotFound) || (err == nil && (!s.mine(sb) || sb.Status == store.StatusFailed)) {
+			if errors.Is(err, store.ErrNotFound) || (err == nil && (!s.owns(sb) || sb.Status == store.StatusFailed)) {
 				s.log.Warn("stopping a sandbox that moved to another node or failed while this node was away", "sandbox", inst.ID)
 				b.endSessions("the sandbox moved to another node")
 				b.agent = nil

@@ -391,7 +391,7 @@ func (s *Service) Resume(ctx context.Context, teamID, id string, activate bool) 
 // active, so a crash mid-resume leaves it paused or active, never lost.
 func (s *Service) resumeLocked(ctx context.Context, b *box, sb *store.Sandbox, rotate bool) error {
 	start := time.Now()
-	if !s.mine(sb) {
+	if !s.owns(sb) {
 		if err := s.adopt(ctx, sb); err != nil {
 			return err
 		}
@@ -710,7 +710,7 @@ func (s *Service) PauseAll(ctx context.Context) {
 		return
 	}
 	for _, sb := range list {
-		if sb.Status != store.StatusActive || !s.mine(sb) {
+		if sb.Status != store.StatusActive || !s.owns(sb) {
 			continue
 		}
 		if _, err := s.Pause(ctx, "", sb.ID); err != nil {

@@ -35,7 +35,7 @@ func (s *Service) Recover(ctx context.Context) error {
 		// In a cluster, other nodes' sandboxes are theirs to recover; one
 		// that runs here anyway moved on while this node was away, and is
 		// stopped below as an orphan.
-		if s.mine(sb) {
+		if s.owns(sb) {
 			own = append(own, sb)
 		}
 	}

@@ -39,7 +39,7 @@ func (s *Service) RunTimers(ctx context.Context) {
 			continue
 		}
 		for _, sb := range due {
-			if !s.mine(sb) {
+			if !s.owns(sb) {
 				continue // its owner's timers fire it
 			}
 			s.fireTimer(ctx, sb.ID)
@@ -164,7 +164,7 @@ func (s *Service) markDead(ctx context.Context) {
 		return
 	}
 	for _, sb := range all {
-		if sb.Status != store.StatusActive || live[sb.ID] || !s.mine(sb) {
+		if sb.Status != store.StatusActive || live[sb.ID] || !s.owns(sb) {
 			continue
 		}
 		b := s.box(sb.ID)
