@@ -179,6 +179,7 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 		{"pause-resume", b.benchPause},
 		{"network", b.benchNetwork},
 		{"density", b.benchDensity},
+		{"snapshot-upload", b.benchSnapshotUpload},
 	}
 	for _, p := range phases {
 		if cfg.Phases != "" && !slices.Contains(strings.Split(cfg.Phases, ","), p.name) {

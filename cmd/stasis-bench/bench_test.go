@@ -80,7 +80,7 @@ func TestQuickHarness(t *testing.T) {
 			t.Errorf("%s: status %q (%s)", r.Name, r.Status, r.Note)
 		}
 	}
-	for _, g := range []string{"create", "exec", "files", "pause", "warm", "network", "density"} {
+	for _, g := range []string{"create", "exec", "files", "pause", "warm", "network", "density", "snapshot-upload"} {
 		if groups[g] == 0 {
 			t.Errorf("no %s results", g)
 		}

@@ -248,7 +248,7 @@ func main() {
 	flag.StringVar(&cfg.WarmPrefix, "warm-netns-prefix", "", "netns prefix for the warm-tier stasisd")
 	flag.StringVar(&cfg.RawSubnet, "raw-subnet", "", "link-local range for the raw runsc baseline (default 169.254.247.0/24; quick 169.254.251.0/24)")
 	flag.StringVar(&cfg.RawPrefix, "raw-netns-prefix", "", "netns prefix for the raw runsc baseline")
-	flag.StringVar(&cfg.Phases, "phases", "", "only these phases, comma-separated (create, exec, files, pause-resume, network, density), for development; writes to a temp dir unless -out is given")
+	flag.StringVar(&cfg.Phases, "phases", "", "only these phases, comma-separated (create, exec, files, pause-resume, network, density, snapshot-upload), for development; writes to a temp dir unless -out is given")
 	pauseSizes := flag.String("pause-sizes", "", "pause/resume sizes in MB, comma-separated (default 10,200,1024), for development")
 	render := flag.String("render", "", "only rewrite BENCHMARKS.md from this benchmarks.json (no measuring)")
 	flag.Parse()

@@ -221,6 +221,7 @@ func markdown(r *Report) string {
 		{"warm", "Pause and resume (warm tier: frozen in RAM)", "The same kind of sandbox on a second stasisd started with `--warm-pause-window 1h`: pause still writes and seals the snapshot, but the sandbox stays frozen in RAM, so a resume within the window is a thaw (measured once the snapshot is durable). The last two rows per size are a bare `runsc pause`/`resume` with no snapshot, which stasis does not offer."},
 		{"network", "Network: egress and preview URLs", "How these are measured and what the baseline columns are: see \"What the baseline is\" above. Goals (issue 12): egress throughput at least 0.9× of plain NAT (`throughput_vs_raw`), connection setup and preview requests at most +1 ms at p50 (`p50_overhead_ms`)."},
 		{"density", "Density", ""},
+		{"snapshot-upload", "Snapshot upload to an object store", "A directory shaped like a checkpoint (one memory file of N MB of random bytes, a few small files) uploaded to a real S3 server (versitygw on loopback, same machine). stasis: its snapshot uploader (SHA-256 of every file, then multipart in 16 MiB parts, 4 at a time, manifest last), timed until the snapshot is portable. The \"runsc\" columns here are a bare aws-sdk-go-v2 client sending the same files (PutObject, or multipart with the same part size and concurrency), alternately with stasis; the ratio is what checksums and the manifest add."},
 	}
 	for _, g := range groups {
 		var rows []Row
@@ -347,7 +348,7 @@ func markdown(r *Report) string {
 	w("make bench-quick   # harness check in under 2 minutes; writes to a temp dir\n```\n\n")
 	w("Both need root and `make setup` (runsc and the images). Phase durations of this run: ")
 	var ph []string
-	for _, k := range []string{"create", "exec", "files", "pause-resume", "network", "density"} {
+	for _, k := range []string{"create", "exec", "files", "pause-resume", "network", "density", "snapshot-upload"} {
 		if v, ok := r.Phases[k]; ok {
 			ph = append(ph, fmt.Sprintf("%s %.0f s", k, v))
 		}

@@ -324,3 +324,21 @@ func TestDeleteRemovesOwnersObjects(t *testing.T) {
 		t.Fatalf("another sandbox's snapshot went too: %v", err)
 	}
 }
+
+func TestOpenNamesWhatIsWrongWithTheURL(t *testing.T) {
+	for url, want := range map[string]string{
+		"ftp://bucket/x":  "unsupported scheme",
+		"s3:///prefix":    "no bucket",
+		"file://host/dir": "want file:///absolute/dir",
+		"/plain/path":     "unsupported scheme",
+	} {
+		if _, err := objstore.Open(context.Background(), url); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Open(%q) = %v, want an error saying %q", url, err, want)
+		}
+	}
+	dir := t.TempDir()
+	b, err := objstore.Open(context.Background(), "file://"+dir)
+	if err != nil || b.String() != "file://"+dir {
+		t.Fatalf("Open(file://%s) = %v, %v", dir, b, err)
+	}
+}

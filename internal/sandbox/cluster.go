@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/stasis-sandbox/stasis/internal/objstore"
 	"github.com/stasis-sandbox/stasis/internal/store"
 )
 
@@ -46,37 +45,11 @@ func (s *Service) adopt(ctx context.Context, sb *store.Sandbox) error {
 		return fmt.Errorf("claim sandbox %s: %w", sb.ID, err)
 	}
 	sb.Node, sb.Epoch = s.cfg.NodeName, epoch
-	if err := s.fetchSnapshot(ctx, sb); err != nil {
-		return err
+	// The snapshot and the agent binary, at this node's paths: resumeLocked
+	// downloads the snapshot there (fetchIfGone) and records both.
+	if sb.SnapshotDir != "" {
+		sb.SnapshotDir = filepath.Join(s.snaps.SandboxDir(sb.ID), filepath.Base(sb.SnapshotDir))
 	}
-	s.log.Info("took over a sandbox from another node", "sandbox", sb.ID, "from", from, "epoch", epoch)
-	return nil
-}
-
-// fetchSnapshot downloads sb's portable snapshot when this node does not
-// hold it (it adopted the sandbox, perhaps in an earlier attempt whose
-// download failed).
-func (s *Service) fetchSnapshot(ctx context.Context, sb *store.Sandbox) error {
-	if sb.SnapshotDir != "" && fileExists(sb.SnapshotDir) && strings.HasPrefix(sb.SnapshotDir, s.snaps.SandboxDir(sb.ID)) {
-		return nil
-	}
-	if s.cfg.SnapshotCache == nil || sb.SnapshotUpload != store.UploadPortable || sb.SnapshotDir == "" {
-		return newErr(ErrConflict, "snapshot_not_portable", "sandbox %s's snapshot is neither on this node nor in the object store", sb.ID)
-	}
-	// The owner uploaded it under the name of its snapshot directory.
-	ref := objstore.Ref{Kind: objstore.KindSandbox, ID: sb.ID, Snap: filepath.Base(sb.SnapshotDir)}
-	dir := filepath.Join(s.snaps.SandboxDir(sb.ID), ref.Snap)
-	err := os.MkdirAll(s.snaps.SandboxDir(sb.ID), 0o700)
-	if err == nil {
-		os.RemoveAll(dir) // a download an earlier attempt left half done
-		err = s.cfg.SnapshotCache.Materialize(ctx, ref, dir)
-	}
-	if err != nil {
-		s.metrics.Fail("resume", "fetch")
-		return newErr(ErrUnavailable, "snapshot_unavailable", "sandbox %s's snapshot could not be fetched from the object store: %v; retry", sb.ID, err)
-	}
-	sb.SnapshotDir = dir
-	// The agent binary the sandbox runs, at this node's path for it.
 	if sb.AgentPath != "" {
 		local := filepath.Join(s.cfg.AgentDir, filepath.Base(filepath.Dir(sb.AgentPath)), "stasis-agent")
 		if !fileExists(local) {
@@ -84,7 +57,8 @@ func (s *Service) fetchSnapshot(ctx context.Context, sb *store.Sandbox) error {
 		}
 		sb.AgentPath = local
 	}
-	return s.cfg.Store.UpdateSandbox(ctx, sb)
+	s.log.Info("took over a sandbox from another node", "sandbox", sb.ID, "from", from, "epoch", epoch)
+	return nil
 }
 
 // Load is this node's free memory and how many sandboxes it runs, for

@@ -395,10 +395,10 @@ func (s *Service) resumeLocked(ctx context.Context, b *box, sb *store.Sandbox, r
 		if err := s.adopt(ctx, sb); err != nil {
 			return err
 		}
-	} else if s.clustered() {
-		if err := s.fetchSnapshot(ctx, sb); err != nil {
-			return err
-		}
+	}
+	if err := s.fetchIfGone(ctx, b, sb); err != nil {
+		s.metrics.Fail("resume", "fetch")
+		return fmt.Errorf("resume %s: %w", sb.ID, err)
 	}
 	snap := sb.SnapshotDir
 	if err := s.admit(ctx, sb.TeamID, func() error { return s.setStatus(ctx, sb, store.StatusResuming, "") }); err != nil {

@@ -2,7 +2,10 @@ package sandbox
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/objstore"
 	"github.com/stasis-sandbox/stasis/internal/snapshot"
@@ -91,4 +94,55 @@ func (s *Service) requeueUploads(ctx context.Context) {
 
 func sealed(dir string) bool {
 	return dir != "" && fileExists(filepath.Join(dir, snapshot.ManifestName))
+}
+
+// FetchSnapshot makes snapshot kind/id/snap from the object store available
+// at this node's own path for it (where its local snapshots of that kind
+// live), downloading and verifying it through the snapshot cache unless a
+// sealed copy is already there, and returns that path.
+func (s *Service) FetchSnapshot(ctx context.Context, kind, id, snap string) (string, error) {
+	if s.cfg.SnapshotCache == nil {
+		return "", fmt.Errorf("fetch snapshot %s/%s: no object store configured (--snapshot-url)", kind, id)
+	}
+	root := map[string]*snapshot.Dir{objstore.KindSandbox: s.snaps, objstore.KindTemplate: s.tsnaps, objstore.KindSaved: s.saved}[kind]
+	if root == nil {
+		return "", fmt.Errorf("fetch snapshot: unknown kind %q", kind)
+	}
+	dir := filepath.Join(root.SandboxDir(id), snap)
+	if sealed(dir) {
+		return dir, nil
+	}
+	tmp, err := root.Begin(id)
+	if err != nil {
+		return "", err
+	}
+	os.Remove(tmp) // Materialize creates it
+	ref := objstore.Ref{Kind: kind, ID: id, Snap: snap}
+	if err := s.cfg.SnapshotCache.Materialize(ctx, ref, tmp); err != nil {
+		return "", err
+	}
+	os.RemoveAll(dir) // an unsealed leftover
+	if err := os.Rename(tmp, dir); err != nil {
+		os.RemoveAll(tmp)
+		return "", fmt.Errorf("fetch snapshot %s: %w", ref, err)
+	}
+	return dir, nil
+}
+
+// fetchIfGone downloads paused sb's snapshot when this node neither holds
+// it in RAM nor has a sealed copy of it, but the object store has (another node paused it, or the
+// local copy was lost), and points sb at the download.
+func (s *Service) fetchIfGone(ctx context.Context, b *box, sb *store.Sandbox) error {
+	if s.cfg.SnapshotCache == nil || sb.SnapshotDir == "" || b.inRAM.Load() || b.sealing != nil || sealed(sb.SnapshotDir) ||
+		sb.SnapshotUpload != store.UploadPortable {
+		return nil
+	}
+	start := time.Now()
+	dir, err := s.FetchSnapshot(ctx, objstore.KindSandbox, sb.ID, filepath.Base(sb.SnapshotDir))
+	if err != nil {
+		return err
+	}
+	s.log.Info("downloaded the snapshot from the object store", "sandbox", sb.ID, "ms", time.Since(start).Milliseconds())
+	sb.SnapshotDir = dir
+	return nil
 }

@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -25,7 +26,7 @@ type S3 struct {
 	Region    string
 	Bucket    string
 
-	t    testing.TB
+	t    testing.TB // nil outside tests
 	addr string
 	dir  string
 	cmd  *exec.Cmd
@@ -46,43 +47,72 @@ func VersityGW() string {
 // it (removing the directory) when the test ends.
 func StartS3(t testing.TB) *S3 {
 	t.Helper()
-	bin := VersityGW()
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("versitygw is missing (%v): run scripts/setup.sh, which installs it into .cache/versitygw", err)
-	}
-	dir := t.TempDir()
-	s := &S3{
-		AccessKey: "stasis" + randomHex(4), SecretKey: randomHex(16), Region: "us-east-1",
-		Bucket: "stasis-test", t: t, addr: freeAddr(t), dir: filepath.Join(dir, "data"),
-	}
-	s.Endpoint = "http://" + s.addr
-	if err := os.Mkdir(s.dir, 0o700); err != nil {
+	s, err := LaunchS3(t.TempDir())
+	if err != nil {
 		t.Fatal(err)
 	}
+	s.t = t
 	t.Cleanup(func() {
 		s.Stop()
-		if t.Failed() && s.logs != nil {
+		if t.Failed() {
 			t.Logf("versitygw logs:\n%s", s.logs.String())
 		}
 	})
-	s.Start()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := s.Blobs(t, "").CreateBucket(ctx); err != nil {
-		t.Fatal(err)
-	}
 	return s
 }
 
+// LaunchS3 starts versitygw on a free loopback port keeping its bucket
+// under dir, and creates the bucket; the caller stops it (Stop). For
+// programs other than tests (stasis-bench); tests use StartS3.
+func LaunchS3(dir string) (*S3, error) {
+	bin := VersityGW()
+	if _, err := os.Stat(bin); err != nil {
+		return nil, fmt.Errorf("versitygw is missing (%v): run scripts/setup.sh, which installs it into .cache/versitygw", err)
+	}
+	addr, err := freeLoopbackAddr()
+	if err != nil {
+		return nil, err
+	}
+	s := &S3{AccessKey: "stasis" + randomHex(4), SecretKey: randomHex(16), Region: "us-east-1",
+		Bucket: "stasis-test", addr: addr, dir: filepath.Join(dir, "data")}
+	s.Endpoint = "http://" + s.addr
+	if err := os.Mkdir(s.dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := s.start(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	b, err := s.Client("")
+	if err == nil {
+		err = b.CreateBucket(ctx)
+	}
+	if err != nil {
+		s.Stop()
+		return nil, err
+	}
+	return s, nil
+}
+
 // Start (re)starts the server on the same address and directory and waits
-// until it accepts connections.
+// until it accepts connections (a test fails if it cannot).
 func (s *S3) Start() {
-	s.t.Helper()
+	if err := s.start(); err != nil {
+		if s.t == nil {
+			panic(err)
+		}
+		s.t.Helper()
+		s.t.Fatal(err)
+	}
+}
+
+func (s *S3) start() error {
 	if s.cmd != nil {
 		select {
 		case <-s.done:
 		default:
-			return // running
+			return nil // running
 		}
 	}
 	s.logs = &lockedBuffer{}
@@ -92,7 +122,7 @@ func (s *S3) Start() {
 	cmd.Stdout, cmd.Stderr = s.logs, s.logs
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		s.t.Fatalf("start versitygw: %v", err)
+		return fmt.Errorf("start versitygw: %w", err)
 	}
 	s.cmd, s.done = cmd, make(chan struct{})
 	go func() { cmd.Wait(); close(s.done) }()
@@ -101,15 +131,15 @@ func (s *S3) Start() {
 		c, err := net.DialTimeout("tcp", s.addr, time.Second)
 		if err == nil {
 			c.Close()
-			return
+			return nil
 		}
 		select {
 		case <-s.done:
-			s.t.Fatalf("versitygw exited at start: %s", s.logs.String())
+			return fmt.Errorf("versitygw exited at start: %s", s.logs.String())
 		default:
 		}
 		if time.Now().After(deadline) {
-			s.t.Fatalf("versitygw does not listen on %s: %v\n%s", s.addr, err, s.logs.String())
+			return fmt.Errorf("versitygw does not listen on %s: %v\n%s", s.addr, err, s.logs.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -142,16 +172,30 @@ func (s *S3) URL(prefix string) string { return "s3://" + s.Bucket + "/" + prefi
 // from this process's environment).
 func (s *S3) Blobs(t testing.TB, prefix string) *objstore.S3 {
 	t.Helper()
-	b, err := objstore.NewS3(context.Background(), s.Bucket, prefix,
-		config.WithBaseEndpoint(s.Endpoint), config.WithRegion(s.Region),
-		config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(s.AccessKey, s.SecretKey, "")),
-		config.WithRetryMaxAttempts(1))
+	b, err := s.Client(prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
 }
 
+// Client is Blobs for programs other than tests.
+func (s *S3) Client(prefix string) (*objstore.S3, error) {
+	return objstore.NewS3(context.Background(), s.Bucket, prefix,
+		config.WithBaseEndpoint(s.Endpoint), config.WithRegion(s.Region),
+		config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(s.AccessKey, s.SecretKey, "")),
+		config.WithRetryMaxAttempts(1))
+}
+
 // Dir is the directory the server keeps the bucket in (tests corrupt
 // objects there directly).
 func (s *S3) Dir() string { return s.dir }
+
+func freeLoopbackAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
