@@ -13,8 +13,6 @@ import (
 	"github.com/stasis-sandbox/stasis/internal/store"
 )
 
-// clustered: several nodes share the store, each owning its sandboxes.
-func (s *Service) clustered() bool { return s.cfg.NodeName != "" }
 
 // adopt makes this node the owner of a paused sandbox another node owned
 // (one that is lost or draining, or that placement sent here), and fetches
