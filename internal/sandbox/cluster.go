@@ -4,15 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/store"
 )
-
 
 // adopt makes this node the owner of a paused sandbox another node owned
 // (one that is lost or draining, or that placement sent here), and fetches
@@ -65,21 +61,8 @@ func (s *Service) Load(ctx context.Context) (memFreeMiB int64, running int) {
 	if list, err := s.cfg.Driver.List(ctx); err == nil {
 		running = len(list)
 	}
-	return memAvailableMiB(), running
-}
-
-func memAvailableMiB() int64 {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "MemAvailable:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb / 1024
-		}
-	}
-	return 0
+	_, avail := meminfo()
+	return avail / 1024, running
 }
 
 // FailLostNode marks the sandboxes a lost node was running failed: their
