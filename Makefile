@@ -17,7 +17,7 @@ export DATA_DIR LISTEN IMAGES_DIR RUNSC
 # setup and build both write bin/stasisd: never run targets in parallel.
 .NOTPARALLEL:
 
-.PHONY: all setup build test run bench bench-quick bench-density fmt vet clean
+.PHONY: all setup build test run cluster bench bench-quick bench-density fmt vet clean
 
 all: build
 
@@ -35,6 +35,10 @@ test: setup build
 
 run: setup build
 	scripts/run.sh
+
+# cluster: PostgreSQL + versitygw + 3 stasisd nodes on this machine, until Ctrl-C.
+cluster: setup build
+	scripts/cluster.sh
 
 # bench: about 10 minutes against a real stasisd and raw runsc; rewrites
 # docs/BENCHMARKS.md and docs/benchmarks.json. bench-quick only checks that

@@ -65,7 +65,7 @@ func (a *app) commands() []*command {
 	return []*command{
 		a.createCmd(), a.lsCmd(), a.infoCmd(), a.execCmd(), a.shellCmd(),
 		a.pauseCmd(), a.resumeCmd(), a.killCmd(), a.cpCmd(), a.forkCmd(),
-		a.templateCmd(), a.snapshotCmd(), a.networkCmd(), a.previewCmd(), a.secretCmd(), a.versionCmd(),
+		a.templateCmd(), a.snapshotCmd(), a.networkCmd(), a.previewCmd(), a.secretCmd(), a.nodeCmd(), a.versionCmd(),
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/api"
+	"github.com/stasis-sandbox/stasis/internal/cluster"
 	"github.com/stasis-sandbox/stasis/internal/e2b"
 	"github.com/stasis-sandbox/stasis/internal/egress"
 	"github.com/stasis-sandbox/stasis/internal/firewall"
@@ -46,6 +47,7 @@ type serveFlags struct {
 	minFreeDiskMiB, maxUnauthenticated                                                           int
 	bodyIdle                                                                                     time.Duration
 	net                                                                                          netFlags
+	cluster                                                                                      clusterFlags
 	snap                                                                                         snapshotFlags
 }
 
@@ -74,9 +76,13 @@ func runServe(args []string) error {
 	fs.IntVar(&f.maxUnauthenticated, "max-unauthenticated-conns", 256, "connections that have not made an authenticated request; more are answered 503 server_busy and closed (0: unlimited)")
 	fs.DurationVar(&f.bodyIdle, "body-idle-timeout", 30*time.Second, "cut off a request whose body sends nothing for this long (a flowing upload is never cut)")
 	f.net.register(fs)
+	f.cluster.register(fs)
 	f.snap.register(fs)
 	err := fs.Parse(args)
 	if err != nil {
+		return err
+	}
+	if err := f.cluster.resolve(f.listen); err != nil {
 		return err
 	}
 	var level slog.Level
@@ -123,6 +129,9 @@ func runServe(args []string) error {
 		}
 		defer e2bSrv.Close()
 	}
+	if n.member != nil {
+		go n.member.Run(ctx)
+	}
 	go n.svc.RunTimers(ctx)
 	go n.svc.RunHealthChecks(ctx)
 	select {
@@ -157,7 +166,8 @@ type node struct {
 	pool    *netpool.Pool
 	fw      *firewall.Rules
 	eg      *egressRun
-	uploads *objstore.Uploader // nil without --snapshot-url
+	uploads *objstore.Uploader  // nil without --snapshot-url
+	member  *cluster.Membership // nil on a single node
 }
 
 // close releases the host resources of a clean stop. Running sandboxes
@@ -219,7 +229,10 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 	if err != nil {
 		return nil, err
 	}
-	nodeKey, err := loadOrCreateKey(filepath.Join(dataDir, "node.key"))
+	if f.cluster.nodeKeyFile == "" {
+		f.cluster.nodeKeyFile = filepath.Join(dataDir, "node.key")
+	}
+	nodeKey, err := loadOrCreateKey(f.cluster.nodeKeyFile)
 	if err != nil {
 		return nil, err
 	}
@@ -298,8 +311,13 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 		}
 	}()
 	reg := metrics.New()
+	nodeName := "" // a single node owns every sandbox
+	if clustered(dbURL) {
+		nodeName = f.cluster.nodeName
+	}
 	svc, err = sandbox.New(sandbox.Config{
 		Store:           st,
+		NodeName:        nodeName,
 		Driver:          drv,
 		Images:          images.NewManager(f.imagesDir),
 		SnapshotDir:     filepath.Join(dataDir, "snapshots"),
@@ -342,8 +360,14 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 	handler := api.New(svc, st, reg, log)
 	handler.UseHealth(checks)
 	handler.UseSecrets(sec)
-	router := previewRouter(f.net, svc, pool, nodeKey, handler, log)
-	return &node{svc: svc, api: router, e2b: e2b.New(svc, st, log), store: st, driver: driver, pool: pool, fw: fw, eg: eg, uploads: uploads}, nil
+	var router http.Handler = previewRouter(f.net, svc, pool, nodeKey, handler, log)
+	var member *cluster.Membership
+	if nodeName != "" {
+		if router, member, err = joinCluster(ctx, f.cluster, st, svc, router, log); err != nil {
+			return nil, err
+		}
+	}
+	return &node{svc: svc, api: router, e2b: e2b.New(svc, st, log), store: st, driver: driver, pool: pool, fw: fw, eg: eg, uploads: uploads, member: member}, nil
 }
 
 // ifPrefix derives the (at most 6 character) veth name prefix from the netns prefix.

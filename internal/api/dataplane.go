@@ -44,6 +44,10 @@ func dataPlaneID(r *http.Request) string {
 	return r.URL.Query().Get("sandbox_id")
 }
 
+// DataPlaneID is dataPlaneID for routers in front of the API (a cluster
+// node forwards a data-plane request to the node running its sandbox).
+func DataPlaneID(r *http.Request) string { return dataPlaneID(r) }
+
 type agentHandler func(w http.ResponseWriter, r *http.Request, t *sandbox.Target)
 
 // withAgent authenticates the X-Access-Token header for the addressed

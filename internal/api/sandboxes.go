@@ -31,6 +31,7 @@ type sandboxJSON struct {
 	Network           networkJSON       `json:"network"`
 	PreviewPrivate    bool              `json:"preview_private"` // stasis extension: preview URLs need the access token
 	Secrets           []bindingJSON     `json:"secrets,omitempty"`
+	Node              string            `json:"node,omitempty"` // stasis extension: the cluster node that owns it
 }
 
 // pauseJSON says where a paused sandbox is. Durable: its snapshot is sealed
@@ -66,7 +67,7 @@ func (s *Server) toJSON(r *http.Request, sb *store.Sandbox, token string) sandbo
 		ID: sb.ID, Name: sb.Name, Status: sb.Status, Template: sb.Template,
 		VCPUCount: sb.VCPU, MemoryMiB: sb.MemoryMiB, CreatedAt: sb.CreatedAt,
 		TimeoutSeconds: sb.TimeoutSeconds, AutoDeleteSeconds: sb.AutoDeleteSeconds,
-		Metadata: sb.Metadata, Error: sb.Error, AccessToken: token,
+		Metadata: sb.Metadata, Error: sb.Error, AccessToken: token, Node: sb.Node,
 	}
 	if out.Metadata == nil {
 		out.Metadata = map[string]string{}

@@ -105,6 +105,7 @@ func (s *Server) routes() {
 	m.HandleFunc("DELETE /templates/{id}/builds/{build}", s.withTeam(s.cancelBuild))
 	m.HandleFunc("GET /templates/{id}/builds/{build}/logs", s.withTeam(s.buildLogs))
 	s.secretRoutes()
+	s.nodeRoutes()
 
 	// Data plane, routed by X-Superserve-Sandbox-Id or host boxd-{id}.*.
 	m.HandleFunc("POST /exec", s.withAgent(s.exec))

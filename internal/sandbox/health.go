@@ -66,7 +66,7 @@ func (s *Service) RunHealthChecks(ctx context.Context) {
 			}
 			seen := map[string]bool{}
 			for _, sb := range all {
-				if sb.Status == store.StatusActive {
+				if sb.Status == store.StatusActive && s.owns(sb) {
 					seen[sb.ID] = true
 					s.checkHealth(ctx, sb.ID)
 				}

@@ -411,6 +411,11 @@ func (s *Service) Resume(ctx context.Context, teamID, id string, activate bool) 
 // active, so a crash mid-resume leaves it paused or active, never lost.
 func (s *Service) resumeLocked(ctx context.Context, b *box, sb *store.Sandbox, rotate bool) error {
 	start := time.Now()
+	if !s.owns(sb) {
+		if err := s.adopt(ctx, sb); err != nil {
+			return err
+		}
+	}
 	if err := s.fetchIfGone(ctx, b, sb); err != nil {
 		s.metrics.Fail("resume", "fetch")
 		return fmt.Errorf("resume %s: %w", sb.ID, err)
@@ -725,7 +730,7 @@ func (s *Service) PauseAll(ctx context.Context) {
 		return
 	}
 	for _, sb := range list {
-		if sb.Status != store.StatusActive {
+		if sb.Status != store.StatusActive || !s.owns(sb) {
 			continue
 		}
 		if _, err := s.Pause(ctx, "", sb.ID); err != nil {

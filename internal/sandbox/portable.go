@@ -87,7 +87,7 @@ func (s *Service) requeueUploads(ctx context.Context) {
 		return
 	}
 	for _, sb := range sandboxes {
-		if sb.Status == store.StatusPaused && sb.SnapshotUpload != store.UploadPortable && sealed(sb.SnapshotDir) {
+		if sb.Status == store.StatusPaused && s.owns(sb) && sb.SnapshotUpload != store.UploadPortable && sealed(sb.SnapshotDir) {
 			s.uploadSnapshot(objstore.KindSandbox, sb.ID, sb.Epoch, sb.SnapshotDir)
 		}
 	}

@@ -30,6 +30,16 @@ func (s *Service) Recover(ctx context.Context) error {
 		return fmt.Errorf("recover: list store: %w", err)
 	}
 	known := map[string]bool{}
+	var own []*store.Sandbox
+	for _, sb := range all {
+		// In a cluster, other nodes' sandboxes are theirs to recover; one
+		// that runs here anyway moved on while this node was away, and is
+		// stopped below as an orphan.
+		if s.owns(sb) {
+			own = append(own, sb)
+		}
+	}
+	all = own
 	for _, sb := range all {
 		if sb.TeamID == buildTeam {
 			// A template build interrupted by the restart: its sandbox is

@@ -39,6 +39,9 @@ func (s *Service) RunTimers(ctx context.Context) {
 			continue
 		}
 		for _, sb := range due {
+			if !s.owns(sb) {
+				continue // its owner's timers fire it
+			}
 			s.fireTimer(ctx, sb.ID)
 		}
 		s.evictWarm(ctx, memoryLow())
@@ -120,11 +123,17 @@ func (s *Service) evictWarm(ctx context.Context, all bool) {
 
 // memoryLow reports whether less than 10% of the host's memory is available.
 func memoryLow() bool {
+	total, avail := meminfo()
+	return total > 0 && avail*10 < total
+}
+
+// meminfo returns the host's total and available memory in KiB (zeros if
+// /proc/meminfo cannot be read).
+func meminfo() (totalKiB, availKiB int64) {
 	b, err := os.ReadFile("/proc/meminfo")
 	if err != nil {
-		return false
+		return 0, 0
 	}
-	var total, avail int64
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
 		if len(f) < 2 {
@@ -133,12 +142,12 @@ func memoryLow() bool {
 		n, _ := strconv.ParseInt(f[1], 10, 64)
 		switch f[0] {
 		case "MemTotal:":
-			total = n
+			totalKiB = n
 		case "MemAvailable:":
-			avail = n
+			availKiB = n
 		}
 	}
-	return total > 0 && avail*10 < total
+	return totalKiB, availKiB
 }
 
 // deadCheckInterval is how often active sandboxes are checked for having
@@ -161,7 +170,7 @@ func (s *Service) markDead(ctx context.Context) {
 		return
 	}
 	for _, sb := range all {
-		if sb.Status != store.StatusActive || live[sb.ID] {
+		if sb.Status != store.StatusActive || live[sb.ID] || !s.owns(sb) {
 			continue
 		}
 		b := s.box(sb.ID)

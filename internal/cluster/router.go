@@ -1,0 +1,207 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+)
+
+// ErrUnknownSandbox is what Directory.Owner returns for a sandbox it does
+// not know; the request is then served locally, which answers 404.
+var ErrUnknownSandbox = errors.New("cluster: unknown sandbox")
+
+// Directory is the router's view of the shared store.
+type Directory interface {
+	// Owner returns the name of the node that owns sandbox id.
+	Owner(ctx context.Context, id string) (string, error)
+	// Nodes returns every registered node.
+	Nodes(ctx context.Context) ([]Candidate, error)
+}
+
+// RouterConfig configures a Router.
+type RouterConfig struct {
+	Self      string                     // this node's name
+	Directory Directory                  // who owns what, which nodes exist
+	Forwarder *Forwarder                 // reaches other nodes
+	Local     http.Handler               // this node's API
+	Lease     time.Duration              // a node not heard from for this long is not placed on
+	SandboxID func(*http.Request) string // a data-plane request's sandbox id ("" none)
+	Logger    *slog.Logger
+}
+
+// Router sends each request to the node that should serve it: requests
+// about a sandbox to its owner, creates to the node placement picks,
+// resumes of a sandbox whose owner is lost or draining to a placed node,
+// and everything else to this node. Every node serves the whole API, so a
+// client can talk to any of them.
+type Router struct {
+	cfg RouterConfig
+
+	mu     sync.Mutex
+	rnd    *rand.Rand
+	nodes  []Candidate
+	listed time.Time
+}
+
+// nodeListTTL bounds how stale the router's node list gets; heartbeats are
+// seconds apart, so re-reading it for every request buys nothing.
+const nodeListTTL = time.Second
+
+// NewRouter returns a router.
+func NewRouter(cfg RouterConfig) *Router {
+	return &Router{cfg: cfg, rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))}
+}
+
+// Decision says where a request goes: To is empty to serve it here.
+type Decision struct {
+	To     Candidate
+	Reason string
+}
+
+func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	d, err := rt.Decide(r)
+	if err != nil {
+		rt.cfg.Logger.Warn("routing failed; serving locally", "path", r.URL.Path, "err", err)
+	}
+	if d.To.Name == "" || d.To.Name == rt.cfg.Self {
+		w.Header().Set(NodeHeader, rt.cfg.Self)
+		rt.cfg.Local.ServeHTTP(w, r)
+		return
+	}
+	base, err := url.Parse(d.To.URL)
+	if err != nil || base.Host == "" {
+		writeError(w, http.StatusBadGateway, "node_unreachable", "node "+d.To.Name+" has no usable advertise URL")
+		return
+	}
+	rt.cfg.Forwarder.Forward(w, r, base)
+}
+
+// dataPlanePaths are served by the node that runs the sandbox.
+var dataPlanePaths = map[string]bool{
+	"/exec": true, "/exec/stream": true, "/exec/connect": true, "/files": true, "/files/stat": true,
+}
+
+// Decide picks the node for r. Errors come with a local decision: when the
+// store cannot say, this node serves and reports what it can.
+func (rt *Router) Decide(r *http.Request) (Decision, error) {
+	if r.Header.Get(ForwardedHeader) != "" {
+		return Decision{Reason: "forwarded"}, nil
+	}
+	ctx := r.Context()
+	p := r.URL.Path
+	switch {
+	case r.Method == http.MethodPost && p == "/sandboxes":
+		return rt.place(ctx, "create")
+	case strings.HasPrefix(p, "/sandboxes/"):
+		id, action, _ := strings.Cut(strings.TrimPrefix(p, "/sandboxes/"), "/")
+		if id == "" {
+			return Decision{Reason: "local"}, nil
+		}
+		// Reads go to the owner too: only it knows whether a pause is
+		// durable or still in memory.
+		return rt.toOwner(ctx, id, action == "resume" || action == "activate")
+	case dataPlanePaths[p] && rt.cfg.SandboxID != nil:
+		if id := rt.cfg.SandboxID(r); id != "" {
+			return rt.toOwner(ctx, id, false)
+		}
+	}
+	return Decision{Reason: "local"}, nil
+}
+
+// toOwner routes a request about sandbox id to its owner while that node
+// lives. When it is lost, this node serves: reads and deletes need only the
+// store, and a resume claims the sandbox here (or, for a draining owner,
+// on a placed node).
+func (rt *Router) toOwner(ctx context.Context, id string, resume bool) (Decision, error) {
+	owner, err := rt.cfg.Directory.Owner(ctx, id)
+	if errors.Is(err, ErrUnknownSandbox) || (err == nil && owner == "") {
+		return Decision{Reason: "unowned"}, nil
+	}
+	if err != nil {
+		return Decision{}, err
+	}
+	if owner == rt.cfg.Self && !resume {
+		return Decision{Reason: "owner"}, nil
+	}
+	n, err := rt.node(ctx, owner)
+	if err != nil {
+		return Decision{}, err
+	}
+	switch {
+	case n.Name == rt.cfg.Self && n.State != StateDraining:
+		return Decision{Reason: "owner"}, nil
+	case n.State == StateActive || (n.State == StateDraining && !resume):
+		return Decision{To: n, Reason: "owner"}, nil
+	case resume:
+		return rt.place(ctx, "resume away from "+n.State+" node "+n.Name)
+	}
+	return Decision{Reason: "owner " + n.State}, nil
+}
+
+func (rt *Router) place(ctx context.Context, why string) (Decision, error) {
+	nodes, err := rt.list(ctx, false)
+	if err != nil {
+		return Decision{}, err
+	}
+	rt.mu.Lock()
+	n, err := Place(nodes, time.Now(), rt.cfg.Lease, 0, rt.rnd)
+	rt.mu.Unlock()
+	if err != nil {
+		// Nothing else can take it: this node tries, and says what is wrong.
+		return Decision{Reason: why}, err
+	}
+	return Decision{To: n, Reason: why}, nil
+}
+
+// node returns the named node, re-reading the list once if it is not known yet.
+func (rt *Router) node(ctx context.Context, name string) (Candidate, error) {
+	for _, fresh := range []bool{false, true} {
+		nodes, err := rt.list(ctx, fresh)
+		if err != nil {
+			return Candidate{}, err
+		}
+		for _, n := range nodes {
+			if n.Name == name {
+				return n, nil
+			}
+		}
+	}
+	return Candidate{Name: name, State: StateLost}, nil // never registered: nobody to forward to
+}
+
+func (rt *Router) list(ctx context.Context, fresh bool) ([]Candidate, error) {
+	rt.mu.Lock()
+	if !fresh && rt.nodes != nil && time.Since(rt.listed) < nodeListTTL {
+		defer rt.mu.Unlock()
+		return rt.nodes, nil
+	}
+	rt.mu.Unlock()
+	nodes, err := rt.cfg.Directory.Nodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rt.mu.Lock()
+	rt.nodes, rt.listed = nodes, time.Now()
+	rt.mu.Unlock()
+	return nodes, nil
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	var body struct {
+		Error struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	body.Error.Code, body.Error.Message = code, msg
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(body)
+}

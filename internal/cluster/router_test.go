@@ -1,0 +1,275 @@
+package cluster
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// fakeDirectory is an in-memory store view.
+type fakeDirectory struct {
+	mu     sync.Mutex
+	owners map[string]string
+	nodes  map[string]*Candidate
+}
+
+func (d *fakeDirectory) Owner(_ context.Context, id string) (string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	o, ok := d.owners[id]
+	if !ok {
+		return "", ErrUnknownSandbox
+	}
+	return o, nil
+}
+
+func (d *fakeDirectory) Nodes(context.Context) ([]Candidate, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []Candidate
+	for _, n := range d.nodes {
+		out = append(out, *n)
+	}
+	return out, nil
+}
+
+func (d *fakeDirectory) set(name, state string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.nodes[name].State = state
+}
+
+// testCluster runs one Router per node over real HTTP. Each node's local
+// API is a stand-in that says which node served and what it was sent.
+type testCluster struct {
+	dir   *fakeDirectory
+	urls  map[string]string
+	hold  chan struct{} // the streaming handler waits on it between chunks
+	sawWS chan string
+}
+
+func sandboxHeader(r *http.Request) string { return r.Header.Get("X-Superserve-Sandbox-Id") }
+
+func newTestCluster(t *testing.T, names ...string) *testCluster {
+	t.Helper()
+	c := &testCluster{
+		dir:  &fakeDirectory{owners: map[string]string{}, nodes: map[string]*Candidate{}},
+		urls: map[string]string{}, hold: make(chan struct{}), sawWS: make(chan string, 1),
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, name := range names {
+		local := http.NewServeMux()
+		local.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+			json.NewEncoder(w).Encode(map[string]string{
+				"node": name, "path": r.URL.Path, "query": r.URL.RawQuery, "host": r.Host,
+				"api_key": r.Header.Get("X-API-Key"), "token": r.Header.Get("X-Access-Token"),
+				"forwarded_by": r.Header.Get(ForwardedHeader),
+			})
+		})
+		local.HandleFunc("POST /exec/stream", func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "first from %s\n", name)
+			w.(http.Flusher).Flush()
+			<-c.hold
+			fmt.Fprintf(w, "second from %s\n", name)
+		})
+		local.HandleFunc("GET /exec/connect", func(w http.ResponseWriter, r *http.Request) {
+			ws, err := websocket.Accept(w, r, nil)
+			if err != nil {
+				return
+			}
+			defer ws.CloseNow()
+			_, msg, err := ws.Read(r.Context())
+			if err != nil {
+				return
+			}
+			ws.Write(r.Context(), websocket.MessageText, []byte(name+" got "+string(msg)))
+			ws.Close(websocket.StatusNormalClosure, "")
+		})
+		srv := httptest.NewUnstartedServer(nil)
+		srv.Start()
+		t.Cleanup(srv.Close)
+		c.urls[name] = srv.URL
+		c.dir.nodes[name] = &Candidate{Name: name, URL: srv.URL, State: StateActive, MemFreeMiB: 8192, HeartbeatAt: time.Now()}
+		srv.Config.Handler = NewRouter(RouterConfig{
+			Self: name, Directory: c.dir, Forwarder: NewForwarder(name, log), Local: local,
+			Lease: time.Minute, SandboxID: sandboxHeader, Logger: log,
+		})
+	}
+	return c
+}
+
+func (c *testCluster) do(t *testing.T, via, method, path string, hdr map[string]string) (*http.Response, map[string]string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, c.urls[via]+path, nil)
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s via %s: %v", method, path, via, err)
+	}
+	defer resp.Body.Close()
+	var body map[string]string
+	json.NewDecoder(resp.Body).Decode(&body)
+	return resp, body
+}
+
+func TestDataPlaneIsForwardedToTheOwnerWithTheClientsCredentials(t *testing.T) {
+	c := newTestCluster(t, "a", "b")
+	c.dir.owners["sb1"] = "b"
+	resp, body := c.do(t, "a", "POST", "/exec?x=1", map[string]string{
+		"X-Superserve-Sandbox-Id": "sb1", "X-Access-Token": "tok-123"})
+	if body["node"] != "b" || resp.Header.Get(NodeHeader) != "b" {
+		t.Fatalf("exec for b's sandbox via a was served by %q (header %q), want b", body["node"], resp.Header.Get(NodeHeader))
+	}
+	if body["token"] != "tok-123" || body["forwarded_by"] != "a" || body["query"] != "x=1" || body["path"] != "/exec" {
+		t.Errorf("owner saw %v: want the client's token, path and query, forwarded by a", body)
+	}
+	// Control-plane calls about the sandbox go to the owner too, key included.
+	_, body = c.do(t, "a", "POST", "/sandboxes/sb1/pause", map[string]string{"X-API-Key": "key-1"})
+	if body["node"] != "b" || body["api_key"] != "key-1" {
+		t.Errorf("pause via a: served by %q with key %q, want b with key-1", body["node"], body["api_key"])
+	}
+	// The owner serves its own sandbox without a hop.
+	_, body = c.do(t, "b", "POST", "/exec", map[string]string{"X-Superserve-Sandbox-Id": "sb1"})
+	if body["node"] != "b" || body["forwarded_by"] != "" {
+		t.Errorf("exec via the owner: served by %q forwarded by %q, want b directly", body["node"], body["forwarded_by"])
+	}
+	// Unknown sandboxes and lists are answered here (the local API says 404).
+	for _, p := range []string{"/sandboxes/nope", "/sandboxes"} {
+		if _, body = c.do(t, "a", "GET", p, nil); body["node"] != "a" {
+			t.Errorf("GET %s via a served by %q, want a", p, body["node"])
+		}
+	}
+	if _, body = c.do(t, "a", "GET", "/sandboxes/sb1", nil); body["node"] != "b" {
+		t.Errorf("GET of b's sandbox via a served by %q, want b (only the owner knows its pause state)", body["node"])
+	}
+}
+
+func TestForwardedRequestIsNeverForwardedAgain(t *testing.T) {
+	c := newTestCluster(t, "a", "b")
+	c.dir.owners["sb1"] = "b"
+	_, body := c.do(t, "a", "POST", "/exec", map[string]string{
+		"X-Superserve-Sandbox-Id": "sb1", ForwardedHeader: "b"})
+	if body["node"] != "a" {
+		t.Fatalf("a request already forwarded was served by %q, want a (no second hop)", body["node"])
+	}
+}
+
+func TestStreamsAreFlushedThroughTheHop(t *testing.T) {
+	c := newTestCluster(t, "a", "b")
+	c.dir.owners["sb1"] = "b"
+	req, _ := http.NewRequest("POST", c.urls["a"]+"/exec/stream", nil)
+	req.Header.Set("X-Superserve-Sandbox-Id", "sb1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	rd := bufio.NewReader(resp.Body)
+	// The owner holds the second chunk until we have read the first.
+	line, err := rd.ReadString('\n')
+	if err != nil || line != "first from b\n" {
+		t.Fatalf("first streamed line = %q, %v", line, err)
+	}
+	close(c.hold)
+	if line, err = rd.ReadString('\n'); err != nil || line != "second from b\n" {
+		t.Fatalf("second streamed line = %q, %v", line, err)
+	}
+}
+
+func TestWebSocketUpgradesAreForwarded(t *testing.T) {
+	c := newTestCluster(t, "a", "b", "c")
+	c.dir.owners["sb1"] = "a"
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, c.urls["c"]+"/exec/connect", &websocket.DialOptions{
+		HTTPHeader: http.Header{"X-Superserve-Sandbox-Id": {"sb1"}}})
+	if err != nil {
+		t.Fatalf("WebSocket through c to a: %v", err)
+	}
+	defer ws.CloseNow()
+	if err := ws.Write(ctx, websocket.MessageText, []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	_, msg, err := ws.Read(ctx)
+	if err != nil || string(msg) != "a got hello" {
+		t.Fatalf("WebSocket answer = %q, %v; want a's echo", msg, err)
+	}
+}
+
+func TestLostOwnerServesLocallyAndResumeIsPlacedElsewhere(t *testing.T) {
+	c := newTestCluster(t, "a", "b", "c")
+	c.dir.owners["sb1"] = "b"
+	c.dir.set("b", StateLost)
+	c.dir.set("c", StateDraining)
+	// Nobody to forward to: a answers (the local API fails it or deletes it).
+	if _, body := c.do(t, "a", "POST", "/exec", map[string]string{"X-Superserve-Sandbox-Id": "sb1"}); body["node"] != "a" {
+		t.Errorf("exec for a lost node's sandbox served by %q, want a", body["node"])
+	}
+	// A resume is placed on a live, non-draining node: only a is one.
+	for _, via := range []string{"a", "c"} {
+		if _, body := c.do(t, via, "POST", "/sandboxes/sb1/resume", nil); body["node"] != "a" {
+			t.Errorf("resume via %s of a lost node's sandbox served by %q, want a (the only active node)", via, body["node"])
+		}
+	}
+	// A draining owner still serves its sandbox's data plane, but a resume goes elsewhere.
+	c.dir.owners["sb2"] = "c"
+	if _, body := c.do(t, "a", "POST", "/exec", map[string]string{"X-Superserve-Sandbox-Id": "sb2"}); body["node"] != "c" {
+		t.Errorf("exec for a draining node's sandbox served by %q, want c", body["node"])
+	}
+	if _, body := c.do(t, "c", "POST", "/sandboxes/sb2/resume", nil); body["node"] != "a" {
+		t.Errorf("resume of a draining node's sandbox served by %q, want a", body["node"])
+	}
+}
+
+func TestCreateGoesToAPlacedNode(t *testing.T) {
+	c := newTestCluster(t, "a", "b", "c")
+	c.dir.set("a", StateDraining)
+	c.dir.set("c", StateLost)
+	for range 5 {
+		if _, body := c.do(t, "a", "POST", "/sandboxes", nil); body["node"] != "b" {
+			t.Fatalf("create via a was served by %q, want b (a drains, c is lost)", body["node"])
+		}
+	}
+}
+
+func TestUnreachableOwnerIsABadGatewayError(t *testing.T) {
+	c := newTestCluster(t, "a", "b")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "http://" + ln.Addr().String()
+	ln.Close()
+	c.dir.mu.Lock()
+	c.dir.nodes["b"].URL = dead
+	c.dir.mu.Unlock()
+	c.dir.owners["sb1"] = "b"
+	req, _ := http.NewRequest("POST", c.urls["a"]+"/exec", strings.NewReader("{}"))
+	req.Header.Set("X-Superserve-Sandbox-Id", "sb1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var e struct {
+		Error struct{ Code, Message string }
+	}
+	json.NewDecoder(resp.Body).Decode(&e)
+	if resp.StatusCode != http.StatusBadGateway || e.Error.Code != "node_unreachable" || !strings.Contains(e.Error.Message, ln.Addr().String()) {
+		t.Fatalf("got %d %+v; want 502 node_unreachable naming the node", resp.StatusCode, e)
+	}
+}

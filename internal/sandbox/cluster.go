@@ -1,0 +1,126 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/stasis-sandbox/stasis/internal/store"
+)
+
+// adopt makes this node the owner of a paused sandbox another node owned
+// (one that is lost or draining, or that placement sent here), and fetches
+// its snapshot from the object store. The claim comes first and is fenced
+// by the epoch: of two nodes adopting at once, one wins and the other is
+// told, so the sandbox is restored exactly once.
+func (s *Service) adopt(ctx context.Context, sb *store.Sandbox) error {
+	if s.cfg.SnapshotCache == nil {
+		return newErr(ErrConflict, "snapshot_not_portable",
+			"sandbox %s is paused on node %s and this node has no object store to fetch it from", sb.ID, sb.Node)
+	}
+	if sb.SnapshotUpload != store.UploadPortable {
+		state := sb.SnapshotUpload
+		if state == "" {
+			state = "not uploaded"
+		}
+		return newErr(ErrConflict, "snapshot_not_portable",
+			"sandbox %s is paused on node %s and its snapshot is not in the object store yet (%s); resume it on that node, or retry once the upload completes",
+			sb.ID, sb.Node, state)
+	}
+	from := sb.Node
+	epoch, err := s.cfg.Store.ClaimSandbox(ctx, sb.ID, sb.Epoch, s.cfg.NodeName)
+	if errors.Is(err, store.ErrFenced) {
+		return newErr(ErrConflict, "resumed_elsewhere",
+			"sandbox %s was just taken over by another node; retry and the request goes there", sb.ID)
+	}
+	if err != nil {
+		return fmt.Errorf("claim sandbox %s: %w", sb.ID, err)
+	}
+	sb.Node, sb.Epoch = s.cfg.NodeName, epoch
+	// The snapshot and the agent binary, at this node's paths: resumeLocked
+	// downloads the snapshot there (fetchIfGone) and records both.
+	if sb.SnapshotDir != "" {
+		sb.SnapshotDir = filepath.Join(s.snaps.SandboxDir(sb.ID), filepath.Base(sb.SnapshotDir))
+	}
+	if sb.AgentPath != "" {
+		local := filepath.Join(s.cfg.AgentDir, filepath.Base(filepath.Dir(sb.AgentPath)), "stasis-agent")
+		if !fileExists(local) {
+			local = s.agentPath
+		}
+		sb.AgentPath = local
+	}
+	s.log.Info("took over a sandbox from another node", "sandbox", sb.ID, "from", from, "epoch", epoch)
+	return nil
+}
+
+// Load is this node's free memory and how many sandboxes it runs, for
+// placement.
+func (s *Service) Load(ctx context.Context) (memFreeMiB int64, running int) {
+	if list, err := s.cfg.Driver.List(ctx); err == nil {
+		running = len(list)
+	}
+	_, avail := meminfo()
+	return avail / 1024, running
+}
+
+// FailLostNode marks the sandboxes a lost node was running failed: their
+// processes died with it (or are cut off, which is the same to users).
+// Its paused sandboxes stay paused, to resume elsewhere.
+func (s *Service) FailLostNode(ctx context.Context, node, reason string) (int, error) {
+	all, err := s.cfg.Store.ListSandboxes(ctx, "", nil)
+	if err != nil {
+		return 0, fmt.Errorf("fail sandboxes of lost node %s: %w", node, err)
+	}
+	n := 0
+	for _, sb := range all {
+		if sb.Node != node {
+			continue
+		}
+		switch sb.Status {
+		case store.StatusStarting, store.StatusActive, store.StatusPausing, store.StatusResuming:
+		default:
+			continue
+		}
+		// Written by a node that does not own it, so straight to the store,
+		// still fenced: if the node came back and changed it, it stays.
+		sb.Status, sb.Error, sb.PauseAt, sb.DeleteAt = store.StatusFailed, reason, nil, nil
+		if err := s.cfg.Store.UpdateSandbox(ctx, sb); err != nil {
+			s.log.Warn("failing a lost node's sandbox", "sandbox", sb.ID, "node", node, "err", err)
+			continue
+		}
+		n++
+	}
+	return n, nil
+}
+
+// StopMovedAway stops what this node still runs of sandboxes it no longer
+// owns (another node took them over while this one was away) or that
+// failed while it was declared lost: their truth is elsewhere now.
+func (s *Service) StopMovedAway(ctx context.Context) {
+	running, err := s.cfg.Driver.List(ctx)
+	if err != nil {
+		return
+	}
+	for _, inst := range running {
+		sb, err := s.cfg.Store.GetSandbox(ctx, "", inst.ID)
+		if errors.Is(err, store.ErrNotFound) || (err == nil && (!s.owns(sb) || sb.Status == store.StatusFailed)) {
+			b := s.box(inst.ID)
+			b.mu.Lock()
+			// Look again under the lock: a restore here may just have claimed it.
+			sb, err = s.cfg.Store.GetSandbox(ctx, "", inst.ID)
+			if errors.Is(err, store.ErrNotFound) || (err == nil && (!s.owns(sb) || sb.Status == store.StatusFailed)) {
+				s.log.Warn("stopping a sandbox that moved to another node or failed while this node was away", "sandbox", inst.ID)
+				b.endSessions("the sandbox moved to another node")
+				b.agent = nil
+				b.setWarm(time.Time{})
+				s.cfg.Driver.Destroy(ctx, inst.ID)
+			}
+			b.mu.Unlock()
+		}
+	}
+}
+
+// PauseOwn pauses every active sandbox this node owns (draining it).
+func (s *Service) PauseOwn(ctx context.Context) { s.PauseAll(ctx) }
