@@ -15,6 +15,7 @@ import (
 
 	"github.com/stasis-sandbox/stasis/internal/api"
 	"github.com/stasis-sandbox/stasis/internal/cluster"
+	"github.com/stasis-sandbox/stasis/internal/preview"
 	"github.com/stasis-sandbox/stasis/internal/sandbox"
 	"github.com/stasis-sandbox/stasis/internal/store"
 )
@@ -107,7 +108,7 @@ func (h *nodeHooks) Reconcile(ctx context.Context, self store.Node) {
 
 // joinCluster registers this node in the shared store and puts the router
 // in front of its API, so any node answers any request.
-func joinCluster(ctx context.Context, f clusterFlags, st store.Store, svc *sandbox.Service, local http.Handler, log *slog.Logger) (http.Handler, *cluster.Membership, error) {
+func joinCluster(ctx context.Context, f clusterFlags, st store.Store, svc *sandbox.Service, local *preview.Router, log *slog.Logger) (http.Handler, *cluster.Membership, error) {
 	m := cluster.NewMembership(cluster.MembershipConfig{
 		Registry: st,
 		Hooks:    &nodeHooks{svc: svc, lease: f.lease, log: log},
@@ -126,7 +127,9 @@ func joinCluster(ctx context.Context, f clusterFlags, st store.Store, svc *sandb
 		Local:     local,
 		Lease:     f.lease,
 		SandboxID: api.DataPlaneID,
-		Logger:    log,
+		// Preview URLs are forwarded like the data plane.
+		HostSandboxID: local.SandboxID,
+		Logger:        log,
 	})
 	return rt, m, nil
 }

@@ -10,7 +10,6 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -190,7 +189,7 @@ func newInjector(f netFlags, dataDir string, sec *secrets.Service, log *slog.Log
 
 // previewRouter puts the preview router for --preview-domain in front of
 // the API: {port}-{id}.DOMAIN hosts go to the sandbox, the rest to the API.
-func previewRouter(f netFlags, svc *sandbox.Service, pool *netpool.Pool, nodeKey []byte, apiSrv *api.Server, log *slog.Logger) http.Handler {
+func previewRouter(f netFlags, svc *sandbox.Service, pool *netpool.Pool, nodeKey []byte, apiSrv *api.Server, log *slog.Logger) *preview.Router {
 	m := hmac.New(sha256.New, nodeKey)
 	m.Write([]byte("stasis-preview-key"))
 	rt := preview.New(preview.Config{

@@ -360,10 +360,11 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 	handler := api.New(svc, st, reg, log)
 	handler.UseHealth(checks)
 	handler.UseSecrets(sec)
-	var router http.Handler = previewRouter(f.net, svc, pool, nodeKey, handler, log)
+	previews := previewRouter(f.net, svc, pool, nodeKey, handler, log)
+	var router http.Handler = previews
 	var member *cluster.Membership
 	if nodeName != "" {
-		if router, member, err = joinCluster(ctx, f.cluster, st, svc, router, log); err != nil {
+		if router, member, err = joinCluster(ctx, f.cluster, st, svc, previews, log); err != nil {
 			return nil, err
 		}
 	}

@@ -33,7 +33,10 @@ type RouterConfig struct {
 	Local     http.Handler               // this node's API
 	Lease     time.Duration              // a node not heard from for this long is not placed on
 	SandboxID func(*http.Request) string // a data-plane request's sandbox id ("" none)
-	Logger    *slog.Logger
+	// HostSandboxID is the sandbox a request's Host names (a preview URL),
+	// "" for none; nil when the node serves no previews.
+	HostSandboxID func(*http.Request) string
+	Logger        *slog.Logger
 }
 
 // Router sends each request to the node that should serve it: requests
@@ -95,6 +98,12 @@ func (rt *Router) Decide(r *http.Request) (Decision, error) {
 		return Decision{Reason: "forwarded"}, nil
 	}
 	ctx := r.Context()
+	if rt.cfg.HostSandboxID != nil {
+		if id := rt.cfg.HostSandboxID(r); id != "" {
+			// A preview: only the sandbox's own node reaches its ports.
+			return rt.toOwner(ctx, id, false)
+		}
+	}
 	p := r.URL.Path
 	switch {
 	case r.Method == http.MethodPost && p == "/sandboxes":

@@ -62,6 +62,16 @@ type testCluster struct {
 
 func sandboxHeader(r *http.Request) string { return r.Header.Get("X-Superserve-Sandbox-Id") }
 
+// previewHost reads "<port>-<id>.preview.test" as the preview package does.
+func previewHost(r *http.Request) string {
+	label, ok := strings.CutSuffix(r.Host, ".preview.test")
+	if !ok {
+		return ""
+	}
+	_, id, _ := strings.Cut(label, "-")
+	return id
+}
+
 func newTestCluster(t *testing.T, names ...string) *testCluster {
 	t.Helper()
 	c := &testCluster{
@@ -104,7 +114,7 @@ func newTestCluster(t *testing.T, names ...string) *testCluster {
 		c.dir.nodes[name] = &Candidate{Name: name, URL: srv.URL, State: StateActive, MemFreeMiB: 8192, HeartbeatAt: time.Now()}
 		srv.Config.Handler = NewRouter(RouterConfig{
 			Self: name, Directory: c.dir, Forwarder: NewForwarder(name, log), Local: local,
-			Lease: time.Minute, SandboxID: sandboxHeader, Logger: log,
+			Lease: time.Minute, SandboxID: sandboxHeader, HostSandboxID: previewHost, Logger: log,
 		})
 	}
 	return c
@@ -155,6 +165,23 @@ func TestDataPlaneIsForwardedToTheOwnerWithTheClientsCredentials(t *testing.T) {
 	}
 	if _, body = c.do(t, "a", "GET", "/sandboxes/sb1", nil); body["node"] != "b" {
 		t.Errorf("GET of b's sandbox via a served by %q, want b (only the owner knows its pause state)", body["node"])
+	}
+}
+
+func TestPreviewIsForwardedToTheOwnerWithItsHost(t *testing.T) {
+	c := newTestCluster(t, "a", "b")
+	c.dir.owners["sb1"] = "b"
+	req, _ := http.NewRequest("GET", c.urls["a"]+"/index.html", nil)
+	req.Host = "8000-sb1.preview.test"
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body map[string]string
+	json.NewDecoder(resp.Body).Decode(&body)
+	if body["node"] != "b" || body["host"] != "8000-sb1.preview.test" || body["path"] != "/index.html" {
+		t.Fatalf("preview of b's sandbox via a: %v; want it served by b with the preview host and path", body)
 	}
 }
 

@@ -118,6 +118,13 @@ func (rt *Router) IsPreviewHost(host string) bool {
 	return ok
 }
 
+// SandboxID returns the sandbox that r's Host names, "" if it is not a
+// preview host.
+func (rt *Router) SandboxID(r *http.Request) string {
+	_, id, _ := rt.parseHost(r.Host)
+	return id
+}
+
 // parseHost reads {port}-{id} from a preview host.
 func (rt *Router) parseHost(host string) (port int, id string, ok bool) {
 	if h, _, err := net.SplitHostPort(host); err == nil {
