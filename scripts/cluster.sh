@@ -19,7 +19,7 @@ IMAGES_DIR="${IMAGES_DIR:-$ROOT/.cache/images}"
 RUNSC="${STASIS_RUNSC:-${RUNSC:-$ROOT/.cache/runsc/bin/runsc}}"
 VERSITYGW="${VERSITYGW:-$ROOT/.cache/versitygw/bin/versitygw}"
 PGBIN="${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)}"
-ENV_FILE="$ROOT/.cache/cluster/env"
+ENV_FILE="${CLUSTER_ENV_FILE:-$ROOT/.cache/cluster/env}"
 LEASE="${CLUSTER_NODE_LEASE:-10s}"
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 

@@ -34,6 +34,8 @@ if [ -f test/compat/package.json ]; then
 	echo "==> SDK compatibility tests (test/compat)"
 	command -v npm >/dev/null || { echo "test: npm not found (Node 20 is needed for test/compat)" >&2; exit 1; }
 	(cd test/compat && npm ci --no-audit --no-fund && npm test)
+	echo "==> SDK compatibility tests through one node of a 3-node cluster (test/compat)"
+	(cd test/compat && npm run test:cluster)
 fi
 
 if [ -f test/compat-e2b/package.json ]; then

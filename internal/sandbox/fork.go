@@ -3,6 +3,7 @@ package sandbox
 import (
 	"context"
 	"fmt"
+	"github.com/stasis-sandbox/stasis/internal/objstore"
 	"strconv"
 	"time"
 
@@ -158,6 +159,10 @@ func (s *Service) createFromTemplate(ctx context.Context, teamID string, p Creat
 		DeleteOnTimeout: p.DeleteOnTimeout, NoAutoResume: p.NoAutoResume,
 	}
 	p.applyNetwork(sb)
-	c, err := s.createFrom(ctx, sb, origin{dir: t.SnapshotDir, agentToken: s.agentToken(t.OriginID)})
+	dir, err := s.localCopy(ctx, objstore.KindTemplate, t.ID, t.SnapshotDir)
+	if err != nil {
+		return nil, "", err
+	}
+	c, err := s.createFrom(ctx, sb, origin{dir: dir, agentToken: s.agentToken(t.OriginID)})
 	return c.Sandbox, c.Token, err
 }

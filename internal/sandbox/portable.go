@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -128,6 +129,35 @@ func (s *Service) FetchSnapshot(ctx context.Context, kind, id, snap string) (str
 		return "", fmt.Errorf("fetch snapshot %s: %w", ref, err)
 	}
 	return dir, nil
+}
+
+// localCopy returns a local, sealed copy of a template's or saved
+// snapshot's dir: dir itself on a single node, this node's own copy, or one
+// downloaded from the object store (another node built or saved it).
+func (s *Service) localCopy(ctx context.Context, kind, id, dir string) (string, error) {
+	if s.cfg.SnapshotCache == nil {
+		return dir, nil
+	}
+	// A template or snapshot made a moment ago on another node may still be
+	// uploading (its manifest goes last): wait for it a while.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		local, err := s.FetchSnapshot(ctx, kind, id, filepath.Base(dir))
+		if err == nil {
+			return local, nil
+		}
+		if sealed(dir) { // readable here all the same (nodes sharing a disk)
+			return dir, nil
+		}
+		if !errors.Is(err, objstore.ErrNotFound) || time.Now().After(deadline) {
+			return "", newErr(ErrConflict, "snapshot_not_here", "%s %s was made on another node and is not in the object store (%v); retry later", strings.TrimSuffix(kind, "s"), Shorten(id), err)
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // fetchIfGone downloads paused sb's snapshot when this node neither holds

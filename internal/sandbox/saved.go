@@ -137,6 +137,9 @@ func (s *Service) createFromSaved(ctx context.Context, teamID string, p CreatePa
 	if err != nil {
 		return nil, "", err
 	}
+	if snap.Dir, err = s.localCopy(ctx, objstore.KindSaved, snap.ID, snap.Dir); err != nil {
+		return nil, "", err
+	}
 	if err := snapshot.Verify(snap.Dir); err != nil {
 		return nil, "", newErr(ErrConflict, "snapshot_corrupt", "snapshot %s cannot be used: %v", snap.ID, err)
 	}

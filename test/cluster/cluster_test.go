@@ -197,6 +197,42 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("a template built through A creates sandboxes on the other nodes", func(t *testing.T) {
+		tmpl, err := a.c.CreateTemplate(ctx, stasis.TemplateSpec{
+			Name: "cluster-tmpl", From: "stasis/minimal",
+			Steps: []stasis.BuildStep{stasis.RunStep("echo built-once > /tmp/built")},
+		})
+		if err != nil {
+			t.Fatalf("create template via a: %v", err)
+		}
+		defer tmpl.Delete(context.Background())
+		if _, err := tmpl.WaitUntilReady(ctx, nil); err != nil {
+			t.Fatalf("template build: %v", err)
+		}
+		// Creates are placed on any node; keep going until two nodes other
+		// than the one that built it have made one (the first may wait for
+		// the template's upload to the object store, inside the create).
+		builtOn := map[string]bool{}
+		deadline := time.Now().Add(3 * time.Minute)
+		for len(builtOn) < 2 && time.Now().Before(deadline) {
+			sb, err := a.c.Create(ctx, stasis.CreateOptions{Template: "cluster-tmpl"})
+			if err != nil {
+				t.Fatalf("create from the template via a: %v", err)
+			}
+			owner := get(t, a, sb.ID).Node
+			if got := run(t, sb, "cat /tmp/built"); got != "built-once" {
+				t.Errorf("sandbox from the template on %s: /tmp/built = %q", owner, got)
+			}
+			sb.Kill(ctx)
+			if owner != "a" {
+				builtOn[owner] = true
+			}
+		}
+		if len(builtOn) < 2 {
+			t.Fatalf("sandboxes from a template built on a landed on %v only; want b and c", builtOn)
+		}
+	})
+
 	t.Run("draining a node moves nothing new onto it", func(t *testing.T) {
 		if _, err := b.c.DrainNode(ctx, "c"); err != nil {
 			t.Fatalf("drain c: %v", err)

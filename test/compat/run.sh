@@ -16,10 +16,19 @@ suite_init
 export SUPERSERVE_API_KEY="$STASIS_API_KEY" SUPERSERVE_BASE_URL="$STASIS_URL"
 
 # Previews are served for the SDK's host names (preload.mjs resolves them to
-# loopback).
-suite_start_server --e2b-listen "" --preview-domain sandbox.superserve.ai
-
-echo "==> running the @superserve/sdk compatibility suite"
-suite_run --import ./preload.mjs -- "$@"
-suite_check "$(($# == 0))" "docs/COMPATIBILITY.md against the suite's results"
+# loopback). STASIS_COMPAT_CLUSTER=1 (`npm run test:cluster`) runs the same
+# tests through node 1 of a 3-node cluster instead of one server.
+if [ "${STASIS_COMPAT_CLUSTER:-}" = 1 ]; then
+	suite_start_cluster --preview-domain sandbox.superserve.ai --egress deny --dns-upstream 127.0.0.1:1
+	export SUPERSERVE_BASE_URL="$STASIS_URL"
+	echo "==> running the @superserve/sdk compatibility suite against the cluster"
+	suite_run --import ./preload.mjs -- "$@"
+	# The doc check reads the single-server run's results.
+	suite_check 0 "docs/COMPATIBILITY.md against the suite's results"
+else
+	suite_start_server --e2b-listen "" --preview-domain sandbox.superserve.ai
+	echo "==> running the @superserve/sdk compatibility suite"
+	suite_run --import ./preload.mjs -- "$@"
+	suite_check "$(($# == 0))" "docs/COMPATIBILITY.md against the suite's results"
+fi
 exit "$STATUS"

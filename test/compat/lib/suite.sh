@@ -83,6 +83,7 @@ suite_init() {
 	LOG="$DATA.log"
 	RESULTS="$DATA.results" # what every test did (lib/results-reporter.mjs)
 	SERVER_PID=""
+	CLUSTER_PID=""
 	trap suite_finish EXIT
 	trap 'exit 130' INT TERM
 }
@@ -113,6 +114,13 @@ suite_finish() {
 			kill -KILL "$SERVER_PID" 2>/dev/null || true
 		fi
 		wait "$SERVER_PID" 2>/dev/null || true
+	fi
+	if [ -n "$CLUSTER_PID" ] && kill -0 "$CLUSTER_PID" 2>/dev/null; then
+		echo "==> deleting leftover templates and sandboxes"
+		node "$LIB/cleanup.mjs" || { echo "$SUITE: some templates or sandboxes could not be deleted (see above)" >&2; rc=1; }
+		echo "==> stopping the cluster (pid $CLUSTER_PID)"
+		kill -TERM "$CLUSTER_PID" 2>/dev/null || true
+		wait "$CLUSTER_PID" 2>/dev/null || true
 	fi
 	# Safety net: gVisor sandboxes outlive stasisd by design. Any still in
 	# this server's runsc root after the cleanup above is a leak: remove it.
@@ -178,6 +186,29 @@ for (;;) {
   await new Promise((r) => setTimeout(r, 200))
 }
 ' "$STASIS_URL" "$SERVER_PID" "$SUITE" || exit 1
+}
+
+# suite_start_cluster starts a 3-node cluster instead (scripts/cluster.sh:
+# PostgreSQL, versitygw and three stasisd, each with the suite's flags) and
+# points the suite at node 1: every call goes through one node's URL, and
+# sandboxes land on all three.
+suite_start_cluster() {
+	local base i
+	for i in $(seq 1 20); do # cluster.sh needs base+1..3, +50 and +51 free
+		base=$((20000 + RANDOM % 20000))
+		(exec 3<>"/dev/tcp/127.0.0.1/$((base + 1))") 2>/dev/null || break
+	done
+	STASIS_URL="http://127.0.0.1:$((base + 1))"
+	echo "==> starting a 3-node cluster, node 1 on $STASIS_URL (log $LOG)"
+	CLUSTER_BASE_PORT="$base" CLUSTER_ENV_FILE="$DATA/cluster.env" CLUSTER_NODE_ARGS="$*" \
+		IMAGES_DIR="$IMAGES_DIR" STASIS_RUNSC="$RUNSC" setsid "$ROOT/scripts/cluster.sh" >"$LOG" 2>&1 &
+	CLUSTER_PID=$!
+	for i in $(seq 1 1800); do
+		[ -f "$DATA/cluster.env" ] && return 0
+		kill -0 "$CLUSTER_PID" 2>/dev/null || { tail -n 60 "$LOG" >&2; die "the cluster exited during startup"; }
+		sleep 0.1
+	done
+	die "the cluster did not come up within 180s (log $LOG)"
 }
 
 # suite_run runs the test files given (default tests/*.test.mjs) with node's
