@@ -200,7 +200,10 @@ suite_start_cluster() {
 	done
 	STASIS_URL="http://127.0.0.1:$((base + 1))"
 	echo "==> starting a 3-node cluster, node 1 on $STASIS_URL (log $LOG)"
-	CLUSTER_BASE_PORT="$base" CLUSTER_ENV_FILE="$DATA/cluster.env" CLUSTER_NODE_ARGS="$*" \
+	# A lease well above the heartbeat's worst delay on a loaded 2-core
+	# machine: a node taken for lost fails its active sandboxes.
+	CLUSTER_NODE_LEASE="${CLUSTER_NODE_LEASE:-30s}" \
+		CLUSTER_BASE_PORT="$base" CLUSTER_ENV_FILE="$DATA/cluster.env" CLUSTER_NODE_ARGS="$*" \
 		IMAGES_DIR="$IMAGES_DIR" STASIS_RUNSC="$RUNSC" setsid "$ROOT/scripts/cluster.sh" >"$LOG" 2>&1 &
 	CLUSTER_PID=$!
 	for i in $(seq 1 1800); do
