@@ -28,6 +28,7 @@ var suite = []struct {
 	{"TryLeaseOneHolder", testTryLeaseOneHolder},
 	{"NodesHeartbeatAndLost", testNodesHeartbeatAndLost},
 	{"FailUnfinishedBuildsSparesOtherNodes", testFailUnfinishedBuildsSparesOtherNodes},
+	{"ListBuildsAllOrSome", testListBuildsAllOrSome},
 }
 
 // engines open a fresh, empty database of each kind for one test.
@@ -352,4 +353,27 @@ func testFailUnfinishedBuildsSparesOtherNodes(t *testing.T, s Store) {
 	}
 	// a's own lease is gone: b can build "mine" now.
 	lease("mine", "b", time.Minute)
+}
+
+// Limit 0 lists every build (SQLite's LIMIT -1 was refused by PostgreSQL).
+func testListBuildsAllOrSome(t *testing.T, s Store) {
+	ctx := context.Background()
+	if err := s.EnsureTeam(ctx, "t1", "default"); err != nil {
+		t.Fatal(err)
+	}
+	tpl := &Template{ID: NewID(), TeamID: "t1", Name: "lb", Spec: "{}", SpecHash: "h", Status: BuildBuilding}
+	if err := s.InsertTemplate(ctx, tpl); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := s.InsertBuild(ctx, &Build{ID: NewID(), TemplateID: tpl.ID, Status: BuildBuilding, SpecHash: "h"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for limit, want := range map[int]int{0: 3, 2: 2} {
+		bs, err := s.ListBuilds(ctx, tpl.ID, limit)
+		if err != nil || len(bs) != want {
+			t.Errorf("ListBuilds(limit %d) = %d builds, %v; want %d", limit, len(bs), err, want)
+		}
+	}
 }

@@ -190,7 +190,7 @@ func (s *sqlStore) GetBuild(ctx context.Context, templateID, buildID string) (*B
 // ListBuilds returns a template's builds, newest first (limit <= 0: all).
 func (s *sqlStore) ListBuilds(ctx context.Context, templateID string, limit int) ([]*Build, error) {
 	if limit <= 0 {
-		limit = -1
+		limit = 1 << 31 // all; PostgreSQL refuses SQLite's LIMIT -1
 	}
 	rows, err := s.db.QueryContext(ctx, `SELECT `+buildColumns+` FROM template_builds
 		WHERE template_id = ? ORDER BY created_at DESC LIMIT ?`, templateID, limit)
