@@ -25,6 +25,7 @@ OUT="$ROOT/.cache/sim"
 die() { echo "sim: $*" >&2; exit 1; }
 [ -n "$PGBIN" ] && [ -x "$PGBIN/initdb" ] || die "PostgreSQL's initdb is missing; run \`make setup\`"
 id postgres >/dev/null 2>&1 || die "no postgres user; run \`make setup\`"
+[ "$NODES" -le 99 ] || die "at most 99 nodes (netns prefixes stsm1..stsm99)"
 for p in $PG_PORT $(seq $((BASE + 1)) $((BASE + NODES))); do
 	if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 		die "port $p on 127.0.0.1 is taken; set SIM_BASE_PORT"
@@ -51,7 +52,8 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Each node's store opens at most 16 connections.
+# Netns prefixes stsm1.. (at most 6 characters: they are also the interface
+# prefixes, which a sim node locks but never uses). Each node's store opens at most 16 connections.
 MAXCONN=$((NODES * 16 + 20))
 mkdir -p "$WORK/pg" "$WORK/pgrun"
 chown postgres "$WORK/pg" "$WORK/pgrun"
@@ -72,7 +74,7 @@ for i in $(seq 1 "$NODES"); do
 	STASIS_API_KEY="$KEY" setsid "$OUT/stasisd-sim" serve --runtime sim \
 		--database-url "$DATABASE_URL" --node-name "sim$i" --advertise-url "$url" --node-lease "$LEASE" \
 		--listen "127.0.0.1:$((BASE + i))" --e2b-listen "" --data-dir "$WORK/node$i" \
-		--netns-prefix "stsim$i" --images-dir "$IMAGES_DIR" --max-sandboxes-per-team 0 \
+		--netns-prefix "stsm$i" --images-dir "$IMAGES_DIR" --max-sandboxes-per-team 0 \
 		--node-key-file "$WORK/node.key" --log-level warn >"$WORK/node$i.log" 2>&1 &
 	PIDS+=($!)
 	# Nodes join one at a time: the first migrates the schema.

@@ -55,7 +55,7 @@ func run() error {
 	flag.IntVar(&c.conc, "concurrency", 32, "requests in flight")
 	flag.StringVar(&c.template, "template", "stasis/minimal", "template of the sandboxes")
 	flag.StringVar(&dbURL, "database-url", "", "the cluster's PostgreSQL, to count its queries")
-	flag.DurationVar(&c.idle, "idle", 20*time.Second, "how long to measure the idle cluster's query rate (heartbeats, timers), with every sandbox paused")
+	flag.DurationVar(&c.idle, "idle", 20*time.Second, "how long to measure the idle cluster's query rate (heartbeats, timers, checks), once with every sandbox active and once with every one paused")
 	flag.IntVar(&c.top, "top", 8, "statements to list per phase")
 	flag.Parse()
 	c.nodes = strings.Split(nodes, ",")
@@ -88,8 +88,9 @@ func run() error {
 			ids[i] = sb.ID
 			return err
 		}},
+		{"idle, all active", nil},
 		{"pause", func(i int) error { return cl.do(i, "POST", "/sandboxes/"+ids[i]+"/pause", nil, 200, nil) }},
-		{"idle", nil},
+		{"idle, all paused", nil},
 		{"resume", func(i int) error { return cl.do(i, "POST", "/sandboxes/"+ids[i]+"/resume", nil, 200, nil) }},
 		{"delete", func(i int) error { return cl.do(i, "DELETE", "/sandboxes/"+ids[i], nil, 204, nil) }},
 	}
