@@ -91,4 +91,5 @@ echo "sim: $NODES nodes up; RSS of node 1: $(ps -o rss= -p "${PIDS[0]}") KiB"
 "$OUT/stasis-sim" --nodes "$(IFS=,; echo "${URLS[*]}")" --api-key "$KEY" --database-url "$DATABASE_URL" \
 	--sandboxes "$SANDBOXES" --concurrency "$CONC" --idle "$IDLE"
 echo "sim: RSS of node 1 at the end: $(ps -o rss= -p "${PIDS[0]}") KiB; PostgreSQL backends: $(su postgres -s /bin/sh -c "'$PGBIN/psql' -tAh 127.0.0.1 -p $PG_PORT -d stasis -c 'SELECT count(*) FROM pg_stat_activity'")"
-grep -h "level=ERROR" "$WORK"/node*.log | head -5 || true
+echo "sim: warnings and errors of all nodes, by message:"
+grep -ho 'level=\(WARN\|ERROR\) msg="[^"]*"' "$WORK"/node*.log | sort | uniq -c | sort -rn | head -12 || true

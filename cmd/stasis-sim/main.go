@@ -267,6 +267,10 @@ func report(name string, c config, wall time.Duration, lat []time.Duration, errs
 	sort.Slice(top, func(i, j int) bool { return top[i].n > top[j].n })
 	for _, s := range top[:min(len(top), c.top)] {
 		q := strings.Join(strings.Fields(s.q), " ")
-		fmt.Printf("   %10s  %.140s\n", per(s.n), q)
+		if len(q) > 150 {
+			// The columns are long and alike; the end (WHERE) tells queries apart.
+			q = q[:50] + " … " + q[len(q)-95:]
+		}
+		fmt.Printf("   %10s  %s\n", per(s.n), q)
 	}
 }
