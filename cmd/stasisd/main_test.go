@@ -33,3 +33,24 @@ func TestHelpExitsZero(t *testing.T) {
 		t.Errorf("serve --no-such-flag: %v", err)
 	}
 }
+
+// TestNoSimRuntimeInProductionBuild: the simulated runtime (no sandboxes)
+// cannot be selected in a normal build; only -tags stasis_sim has --runtime.
+func TestNoSimRuntimeInProductionBuild(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "stasisd")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	out, err := exec.Command(bin, "serve", "--runtime", "sim", "--data-dir", t.TempDir()).CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() == 0 {
+		t.Fatalf("serve --runtime sim in a production build: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "flag provided but not defined: -runtime") {
+		t.Errorf("serve --runtime sim printed:\n%s", out)
+	}
+	help, _ := exec.Command(bin, "serve", "--help").CombinedOutput()
+	if strings.Contains(string(help), "-runtime") {
+		t.Errorf("a production build's help lists --runtime:\n%s", help)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -49,6 +50,7 @@ type serveFlags struct {
 	net                                                                                          netFlags
 	cluster                                                                                      clusterFlags
 	snap                                                                                         snapshotFlags
+	runtime                                                                                      string // set only in stasis_sim builds (runtime_sim.go)
 }
 
 func runServe(args []string) error {
@@ -78,6 +80,7 @@ func runServe(args []string) error {
 	f.net.register(fs)
 	f.cluster.register(fs)
 	f.snap.register(fs)
+	registerSimFlags(fs, &f)
 	err := fs.Parse(args)
 	if err != nil {
 		return err
@@ -168,6 +171,7 @@ type node struct {
 	eg      *egressRun
 	uploads *objstore.Uploader  // nil without --snapshot-url
 	member  *cluster.Membership // nil on a single node
+	sim     io.Closer           // the simulated runtime (stasis_sim builds only); then driver, pool, fw and eg are nil
 }
 
 // close releases the host resources of a clean stop. Running sandboxes
@@ -180,6 +184,14 @@ func (n *node) close(log *slog.Logger) {
 	// Paused sandboxes still frozen in RAM have durable snapshots by now:
 	// stop them rather than leave them to the next start.
 	n.svc.DropWarm(ctx)
+	if n.sim != nil {
+		n.sim.Close()
+		if n.uploads != nil {
+			n.uploads.Close()
+		}
+		n.store.Close()
+		return
+	}
 	if running, err := n.driver.List(ctx); err != nil {
 		log.Warn("cannot tell which sandboxes still run; keeping their links and firewall", "err", err)
 	} else if len(running) > 0 {
@@ -207,6 +219,9 @@ func (n *node) close(log *slog.Logger) {
 // left by a previous run. The caller holds the data dir and the network
 // names (see claim).
 func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err error) {
+	if n, err := setupSim(ctx, f, log); n != nil || err != nil {
+		return n, err // stasis_sim builds with --runtime sim only
+	}
 	dataDir := f.dataDir
 	if f.imagesDir == "" {
 		f.imagesDir = filepath.Join(dataDir, "images")
