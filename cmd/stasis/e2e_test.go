@@ -439,10 +439,12 @@ func TestCLIE2E(t *testing.T) {
 
 		io.WriteString(ptmx, "echo $((6*7))\r")
 		out.waitFor(t, ctx, "42")
-		// The remote terminal follows the local window: wait (remotely)
-		// for the new size, then print a marker.
-		io.WriteString(ptmx, `while [ "$(stty size)" != "30 100" ]; do sleep 0.1; done; echo resized-$((1+1))`+"\r")
+		// The remote terminal follows the local window: resize, then wait
+		// (remotely) for the new size and print a marker. (Resizing while
+		// the command line was still being typed made readline redraw it
+		// mid-line on a loaded machine, and the line was lost.)
 		pty.Setsize(ptmx, &pty.Winsize{Rows: 30, Cols: 100}) // the kernel sends SIGWINCH
+		io.WriteString(ptmx, `while [ "$(stty size)" != "30 100" ]; do sleep 0.1; done; echo resized-$((1+1))`+"\r")
 		out.waitFor(t, ctx, "resized-2")
 		io.WriteString(ptmx, "\x04") // Ctrl-D
 		if err := cmd.Wait(); err != nil {
