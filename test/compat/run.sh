@@ -23,8 +23,7 @@ if [ "${STASIS_COMPAT_CLUSTER:-}" = 1 ]; then
 	export SUPERSERVE_BASE_URL="$STASIS_URL"
 	echo "==> running the @superserve/sdk compatibility suite against the cluster"
 	suite_run --import ./preload.mjs -- "$@"
-	# The doc check reads the single-server run's results.
-	suite_check 0 "docs/COMPATIBILITY.md against the suite's results"
+	echo "==> docs/COMPATIBILITY.md is checked against the single-server run (npm test), not this one"
 else
 	suite_start_server --e2b-listen "" --preview-domain sandbox.superserve.ai
 	echo "==> running the @superserve/sdk compatibility suite"
