@@ -67,6 +67,12 @@ cleanup() {
 	for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
 	for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
 	for i in $(seq 1 "$NODES"); do
+		# Safety net: a sandbox whose create was still in flight when the
+		# deletes ran outlives its node (by design); remove it and its link.
+		for id in $("$RUNSC" --root "$WORK/node$i/runsc" list -quiet 2>/dev/null); do
+			"$RUNSC" --root "$WORK/node$i/runsc" delete -force "$id" >/dev/null 2>&1 || true
+			ip netns del "$(prefix "$i")-$id" 2>/dev/null || true
+		done
 		for _ in 1 2 3 4 5 6 7 8; do
 			umount -l "$WORK/node$i/runsc/null-netns" 2>/dev/null || break
 		done
