@@ -25,7 +25,6 @@ import (
 	"github.com/stasis-sandbox/stasis/internal/netpool"
 	"github.com/stasis-sandbox/stasis/internal/runtime/sim"
 	"github.com/stasis-sandbox/stasis/internal/sandbox"
-	"github.com/stasis-sandbox/stasis/internal/store"
 )
 
 func registerSimFlags(fs *flag.FlagSet, f *serveFlags) {
@@ -54,18 +53,7 @@ func setupSim(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err
 	if err != nil {
 		return nil, err
 	}
-	if f.cluster.nodeKeyFile == "" {
-		f.cluster.nodeKeyFile = filepath.Join(dataDir, "node.key")
-	}
-	nodeKey, err := loadOrCreateKey(f.cluster.nodeKeyFile)
-	if err != nil {
-		return nil, err
-	}
-	dbURL := f.databaseURL
-	if dbURL == "" {
-		dbURL = filepath.Join(dataDir, "stasis.db")
-	}
-	st, err := store.Open(ctx, dbURL)
+	nodeKey, st, err := openState(ctx, &f, dataDir)
 	if err != nil {
 		return nil, err
 	}
@@ -98,7 +86,7 @@ func setupSim(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err
 	}
 	reg := metrics.New()
 	nodeName := ""
-	if clustered(dbURL) {
+	if clustered(f.databaseURL) {
 		nodeName = f.cluster.nodeName
 	}
 	svc, err := sandbox.New(sandbox.Config{

@@ -244,18 +244,7 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 	if err != nil {
 		return nil, err
 	}
-	if f.cluster.nodeKeyFile == "" {
-		f.cluster.nodeKeyFile = filepath.Join(dataDir, "node.key")
-	}
-	nodeKey, err := loadOrCreateKey(f.cluster.nodeKeyFile)
-	if err != nil {
-		return nil, err
-	}
-	dbURL := f.databaseURL
-	if dbURL == "" {
-		dbURL = filepath.Join(dataDir, "stasis.db")
-	}
-	st, err := store.Open(ctx, dbURL)
+	nodeKey, st, err := openState(ctx, &f, dataDir)
 	if err != nil {
 		return nil, err
 	}
@@ -327,7 +316,7 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 	}()
 	reg := metrics.New()
 	nodeName := "" // a single node owns every sandbox
-	if clustered(dbURL) {
+	if clustered(f.databaseURL) {
 		nodeName = f.cluster.nodeName
 	}
 	svc, err = sandbox.New(sandbox.Config{
@@ -384,6 +373,24 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 		}
 	}
 	return &node{svc: svc, api: router, e2b: e2b.New(svc, st, log), store: st, driver: driver, pool: pool, fw: fw, eg: eg, uploads: uploads, member: member}, nil
+}
+
+// openState loads (or creates) the node key and opens the store named by
+// --database-url (default: SQLite in the data dir).
+func openState(ctx context.Context, f *serveFlags, dataDir string) ([]byte, store.Store, error) {
+	if f.cluster.nodeKeyFile == "" {
+		f.cluster.nodeKeyFile = filepath.Join(dataDir, "node.key")
+	}
+	nodeKey, err := loadOrCreateKey(f.cluster.nodeKeyFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	dbURL := f.databaseURL
+	if dbURL == "" {
+		dbURL = filepath.Join(dataDir, "stasis.db")
+	}
+	st, err := store.Open(ctx, dbURL)
+	return nodeKey, st, err
 }
 
 // ifPrefix derives the (at most 6 character) veth name prefix from the netns prefix.

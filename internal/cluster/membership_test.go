@@ -39,18 +39,18 @@ func TestJoinRefusesADuplicateNameAndAnotherCPUPin(t *testing.T) {
 	ctx := context.Background()
 	st := openStore(t)
 	h := &recordingHooks{}
-	if err := member(st, h, "a", "http://10.0.0.1:8080", "avx2").Join(ctx); err != nil {
+	if err := member(st, h, "a", "http://198.51.100.1:8080", "avx2").Join(ctx); err != nil {
 		t.Fatal(err)
 	}
-	err := member(st, h, "a", "http://10.0.0.2:8080", "avx2").Join(ctx)
+	err := member(st, h, "a", "http://198.51.100.2:8080", "avx2").Join(ctx)
 	if err == nil || !strings.Contains(err.Error(), `node name "a" is in use`) {
 		t.Errorf("a second live node named a: err = %v", err)
 	}
 	// The same node restarting (same URL) rejoins.
-	if err := member(st, h, "a", "http://10.0.0.1:8080", "avx2").Join(ctx); err != nil {
+	if err := member(st, h, "a", "http://198.51.100.1:8080", "avx2").Join(ctx); err != nil {
 		t.Errorf("restart of node a: %v", err)
 	}
-	err = member(st, h, "b", "http://10.0.0.2:8080", "avx2,avx512f").Join(ctx)
+	err = member(st, h, "b", "http://198.51.100.2:8080", "avx2,avx512f").Join(ctx)
 	if err == nil || !strings.Contains(err.Error(), "differs from live node a") {
 		t.Errorf("node b with another CPU pin: err = %v", err)
 	}
