@@ -45,6 +45,9 @@ type Membership struct {
 	cfg MembershipConfig
 	// The load last measured, sent with each heartbeat.
 	memFree, running atomic.Int64
+	// healthySince is when this node's heartbeats last started to succeed
+	// (zero while they fail). Only beat and Join, before Run, touch it.
+	healthySince time.Time
 }
 
 // NewMembership returns the membership of cfg.Self; Join it before Run.
@@ -90,6 +93,7 @@ func (m *Membership) Join(ctx context.Context) error {
 	if err := m.cfg.Registry.UpsertNode(ctx, self); err != nil {
 		return fmt.Errorf("join cluster: %w", err)
 	}
+	m.healthySince = now
 	m.cfg.Logger.Info("joined the cluster", "node", self.Name, "url", self.URL, "state", state, "lease", m.cfg.Lease)
 	// Nodes lost while no node was up to see it: their running sandboxes
 	// are failed now (a no-op for those already failed).
@@ -135,7 +139,18 @@ func (m *Membership) beat(ctx context.Context) {
 		if ctx.Err() == nil {
 			log.Warn("heartbeat failed", "node", name, "err", err)
 		}
+		m.healthySince = time.Time{}
 		return // the database is away; nothing below can be trusted either
+	}
+	if m.healthySince.IsZero() {
+		m.healthySince = time.Now()
+	}
+	if time.Since(m.healthySince) < m.cfg.Lease {
+		// The database (or this node's link to it) was away: every node
+		// missed its heartbeats, not only the others. Give them a lease to
+		// heartbeat again before declaring anyone lost, or an outage longer
+		// than the lease would fail every other node's sandboxes.
+		return
 	}
 	lost, err := reg.MarkLostNodes(ctx, m.cfg.Lease)
 	if err != nil {

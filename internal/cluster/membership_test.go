@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"strings"
@@ -92,5 +93,59 @@ func TestASilentNodeIsDeclaredLostOnce(t *testing.T) {
 		if n.State != store.NodeActive {
 			t.Errorf("after b's return node %s is %s, want active", n.Name, n.State)
 		}
+	}
+}
+
+// flakyRegistry fails heartbeats while down, as an unreachable database does.
+type flakyRegistry struct {
+	store.Store
+	down bool
+}
+
+func (r *flakyRegistry) HeartbeatNode(ctx context.Context, name string, mem int64, running int) error {
+	if r.down {
+		return errors.New("connection refused")
+	}
+	return r.Store.HeartbeatNode(ctx, name, mem, running)
+}
+
+// A database outage longer than the lease silences every node: the first
+// node back must not declare the others lost (and fail their sandboxes)
+// before they had a lease to heartbeat again.
+func TestAnOutageOfTheStoreLosesNoNode(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t)
+	ha, hb := &recordingHooks{}, &recordingHooks{}
+	ra := &flakyRegistry{Store: st}
+	a := member(st, ha, "a", "http://a", "")
+	a.cfg.Registry = ra
+	b := member(st, hb, "b", "http://b", "")
+	a.cfg.Lease, b.cfg.Lease = 200*time.Millisecond, 200*time.Millisecond
+	for _, m := range []*Membership{a, b} {
+		if err := m.Join(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ra.down = true
+	a.beat(ctx)
+	time.Sleep(300 * time.Millisecond) // the outage outlasts the lease
+	ra.down = false
+	a.beat(ctx) // a is back first: b has not heartbeat for longer than the lease
+	if len(ha.lost) != 0 {
+		t.Fatalf("a declared %v lost right after the outage; want none", ha.lost)
+	}
+	b.beat(ctx)
+	time.Sleep(100 * time.Millisecond)
+	b.beat(ctx)
+	time.Sleep(150 * time.Millisecond) // a has been healthy for a lease now
+	a.beat(ctx)
+	if len(ha.lost) != 0 {
+		t.Fatalf("a declared %v lost although b heartbeats again", ha.lost)
+	}
+	// A node still silent a lease after the outage is lost.
+	time.Sleep(300 * time.Millisecond)
+	a.beat(ctx)
+	if strings.Join(ha.lost, ",") != "b" {
+		t.Errorf("a declared lost: %v; want b, silent since", ha.lost)
 	}
 }
