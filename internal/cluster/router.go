@@ -139,7 +139,9 @@ func (rt *Router) toOwner(ctx context.Context, id string, resume bool) (Decision
 	if owner == rt.cfg.Self && !resume {
 		return Decision{Reason: "owner"}, nil
 	}
-	n, err := rt.node(ctx, owner)
+	// A resume reads the owner's state afresh: one served by an owner that
+	// was drained a moment ago would bring the sandbox back onto it.
+	n, err := rt.node(ctx, owner, resume)
 	if err != nil {
 		return Decision{}, err
 	}
@@ -169,9 +171,14 @@ func (rt *Router) place(ctx context.Context, why string) (Decision, error) {
 	return Decision{To: n, Reason: why}, nil
 }
 
-// node returns the named node, re-reading the list once if it is not known yet.
-func (rt *Router) node(ctx context.Context, name string) (Candidate, error) {
-	for _, fresh := range []bool{false, true} {
+// node returns the named node, re-reading the list once if it is not known
+// yet (or at once, with fresh).
+func (rt *Router) node(ctx context.Context, name string, fresh bool) (Candidate, error) {
+	tries := []bool{false, true}
+	if fresh {
+		tries = tries[1:]
+	}
+	for _, fresh := range tries {
 		nodes, err := rt.list(ctx, fresh)
 		if err != nil {
 			return Candidate{}, err

@@ -300,3 +300,17 @@ func TestUnreachableOwnerIsABadGatewayError(t *testing.T) {
 		t.Fatalf("got %d %+v; want 502 node_unreachable naming the node", resp.StatusCode, e)
 	}
 }
+
+// A resume right after its owner was drained goes elsewhere, although the
+// router's node list (cached for a second) still says the owner is active.
+func TestResumeSeesADrainAtOnce(t *testing.T) {
+	c := newTestCluster(t, "a", "b")
+	c.dir.owners["sb1"] = "b"
+	if _, body := c.do(t, "a", "POST", "/exec", map[string]string{"X-Superserve-Sandbox-Id": "sb1"}); body["node"] != "b" {
+		t.Fatalf("exec served by %q, want the owner b", body["node"]) // a has now cached b as active
+	}
+	c.dir.set("b", StateDraining)
+	if _, body := c.do(t, "a", "POST", "/sandboxes/sb1/resume", nil); body["node"] != "a" {
+		t.Errorf("resume just after b was drained served by %q, want a", body["node"])
+	}
+}
