@@ -58,6 +58,7 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 		sb.DiskMiB = s.cfg.DefaultDiskMiB
 	}
 	if err := s.admit(ctx, teamID, func() error { return s.insertSandbox(ctx, sb) }); err != nil {
+		s.undoCreateLater(ctx, s.box(sb.ID), sb.ID, err) // the insert may have committed
 		return nil, "", err
 	}
 	failpoint.Hit("create.after-record")
@@ -90,14 +91,18 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 		s.log.Error("create failed", "sandbox", sb.ID, "err", err)
 		s.cfg.Driver.Destroy(ctx, sb.ID)
 		b.agent = nil
-		s.setStatus(ctx, sb, store.StatusFailed, "could not start sandbox: "+err.Error())
+		if serr := s.setStatus(ctx, sb, store.StatusFailed, "could not start sandbox: "+err.Error()); serr != nil {
+			s.undoCreateLater(ctx, b, sb.ID, serr)
+		}
 		return nil, "", fmt.Errorf("start sandbox %s: %w", sb.ID, err)
 	}
 	if err := s.setStatus(ctx, sb, store.StatusActive, ""); err != nil {
+		s.undoCreateLater(ctx, b, sb.ID, err)
 		return nil, "", err
 	}
 	tok, err := s.issueToken(ctx, sb)
 	if err != nil {
+		s.undoCreateLater(ctx, b, sb.ID, err)
 		return nil, "", err
 	}
 	s.metrics.Observe("create", time.Since(start))
@@ -209,6 +214,7 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 			time.Duration(*sb.TimeoutSeconds)*time.Second)
 	}
 	if err := s.setStatus(ctx, sb, store.StatusPausing, ""); err != nil {
+		s.settleInterruptedLater(sb.ID, "pause", err) // the update may have committed
 		return err
 	}
 	failpoint.Hit("pause.before-freeze")
@@ -230,6 +236,9 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 	old := sb.SnapshotDir
 	sb.SnapshotDir, sb.SnapshotBytes = dir, snapshot.Size(dir)
 	if err := s.setStatus(ctx, sb, store.StatusPaused, ""); err != nil {
+		// Still frozen, with the checkpoint beside it: settled (thawed,
+		// active) once the store answers again.
+		s.settleInterruptedLater(sb.ID, "pause", err)
 		return err
 	}
 	failpoint.Hit("pause.after-record")
@@ -422,6 +431,7 @@ func (s *Service) resumeLocked(ctx context.Context, b *box, sb *store.Sandbox, r
 	}
 	snap := sb.SnapshotDir
 	if err := s.admit(ctx, sb.TeamID, func() error { return s.setStatus(ctx, sb, store.StatusResuming, "") }); err != nil {
+		s.settleInterruptedLater(sb.ID, "resume", err) // the update may have committed
 		return err
 	}
 	failpoint.Hit("resume.before-restore")
@@ -447,6 +457,9 @@ func (s *Service) resumeLocked(ctx context.Context, b *box, sb *store.Sandbox, r
 	}
 	sb.SnapshotDir, sb.SnapshotBytes = "", 0
 	if err := s.setStatus(ctx, sb, store.StatusActive, ""); err != nil {
+		// Running, and recorded resuming: settled (active) once the store
+		// answers again.
+		s.settleInterruptedLater(sb.ID, "resume", err)
 		return err
 	}
 	failpoint.Hit("resume.after-record")

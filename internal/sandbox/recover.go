@@ -76,6 +76,11 @@ func (s *Service) recoverOne(ctx context.Context, sb *store.Sandbox, inst runtim
 	b := s.box(sb.ID)
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	s.recoverLocked(ctx, b, sb, inst, isRunning)
+}
+
+// recoverLocked is recoverOne with b.mu held.
+func (s *Service) recoverLocked(ctx context.Context, b *box, sb *store.Sandbox, inst runtime.Instance, isRunning bool) {
 	defer s.removeStaleSnapshots(sb)
 	hasSnapshot := sb.SnapshotDir != "" && fileExists(filepath.Join(sb.SnapshotDir, snapshot.ManifestName))
 	if sb.Status == store.StatusPaused && !hasSnapshot && sb.SnapshotDir != "" && isRunning {
