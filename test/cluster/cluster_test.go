@@ -35,6 +35,8 @@ type node struct {
 
 type testCluster struct {
 	nodes []*node
+	pg    *testenv.Postgres // to stop and start it (failure_test.go)
+	s3    *testenv.S3
 }
 
 // startCluster starts PostgreSQL, versitygw and n stasisd nodes sharing
@@ -43,7 +45,7 @@ type testCluster struct {
 func startCluster(t *testing.T, n int) *testCluster {
 	t.Helper()
 	testenv.RequireRoot(t)
-	pg := testenv.StartPostgres(t)
+	pg := testenv.StartPostgresServer(t)
 	s3 := testenv.StartS3(t)
 	keys := t.TempDir()
 	nodeKey, secretsKey := filepath.Join(keys, "node.key"), filepath.Join(keys, "secrets.key")
@@ -55,11 +57,11 @@ func startCluster(t *testing.T, n int) *testCluster {
 		}
 	}
 	prefix := fmt.Sprintf("cluster-%d", time.Now().UnixNano())
-	tc := &testCluster{}
+	tc := &testCluster{pg: pg, s3: s3}
 	for i := range n {
 		name := string(rune('a' + i))
 		srv := testenv.StartServer(t,
-			testenv.WithArgs("--database-url", pg, "--snapshot-url", s3.URL(prefix),
+			testenv.WithArgs("--database-url", pg.URL, "--snapshot-url", s3.URL(prefix),
 				"--node-name", name, "--node-lease", lease.String(),
 				"--node-key-file", nodeKey, "--secrets-key-file", secretsKey),
 			testenv.WithEnv(s3.Env()...),
