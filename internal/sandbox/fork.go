@@ -94,6 +94,7 @@ func (s *Service) createFrom(ctx context.Context, sb *store.Sandbox, o origin) (
 		return Created{}, err
 	}
 	if err := s.admit(ctx, sb.TeamID, func() error { return s.insertSandbox(ctx, sb) }); err != nil {
+		s.undoCreateLater(ctx, s.box(sb.ID), sb.ID, err) // the insert may have committed
 		return Created{}, err
 	}
 	b := s.box(sb.ID)
@@ -117,14 +118,18 @@ func (s *Service) createFrom(ctx context.Context, sb *store.Sandbox, o origin) (
 		s.metrics.Fail("create", "restore")
 		s.cfg.Driver.Destroy(ctx, sb.ID)
 		b.agent = nil
-		s.setStatus(ctx, sb, store.StatusFailed, "could not start from snapshot: "+err.Error())
+		if serr := s.setStatus(ctx, sb, store.StatusFailed, "could not start from snapshot: "+err.Error()); serr != nil {
+			s.undoCreateLater(ctx, b, sb.ID, serr)
+		}
 		return Created{}, fmt.Errorf("start %s from snapshot: %w", sb.ID, err)
 	}
 	if err := s.setStatus(ctx, sb, store.StatusActive, ""); err != nil {
+		s.undoCreateLater(ctx, b, sb.ID, err)
 		return Created{}, err
 	}
 	tok, err := s.issueToken(ctx, sb)
 	if err != nil {
+		s.undoCreateLater(ctx, b, sb.ID, err)
 		return Created{}, err
 	}
 	s.metrics.Observe("create_from_snapshot", time.Since(start))
