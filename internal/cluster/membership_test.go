@@ -120,7 +120,8 @@ func TestAnOutageOfTheStoreLosesNoNode(t *testing.T) {
 	a := member(st, ha, "a", "http://a", "")
 	a.cfg.Registry = ra
 	b := member(st, hb, "b", "http://b", "")
-	a.cfg.Lease, b.cfg.Lease = 200*time.Millisecond, 200*time.Millisecond
+	const lease = 500 * time.Millisecond
+	a.cfg.Lease, b.cfg.Lease = lease, lease
 	for _, m := range []*Membership{a, b} {
 		if err := m.Join(ctx); err != nil {
 			t.Fatal(err)
@@ -128,22 +129,20 @@ func TestAnOutageOfTheStoreLosesNoNode(t *testing.T) {
 	}
 	ra.down = true
 	a.beat(ctx)
-	time.Sleep(300 * time.Millisecond) // the outage outlasts the lease
+	time.Sleep(lease + 100*time.Millisecond) // the outage outlasts the lease
 	ra.down = false
 	a.beat(ctx) // a is back first: b has not heartbeat for longer than the lease
 	if len(ha.lost) != 0 {
 		t.Fatalf("a declared %v lost right after the outage; want none", ha.lost)
 	}
+	time.Sleep(lease + 100*time.Millisecond) // a has been healthy for a lease now
 	b.beat(ctx)
-	time.Sleep(100 * time.Millisecond)
-	b.beat(ctx)
-	time.Sleep(150 * time.Millisecond) // a has been healthy for a lease now
 	a.beat(ctx)
 	if len(ha.lost) != 0 {
 		t.Fatalf("a declared %v lost although b heartbeats again", ha.lost)
 	}
-	// A node still silent a lease after the outage is lost.
-	time.Sleep(300 * time.Millisecond)
+	// A node silent for a lease once a is healthy again is lost.
+	time.Sleep(lease + 100*time.Millisecond)
 	a.beat(ctx)
 	if strings.Join(ha.lost, ",") != "b" {
 		t.Errorf("a declared lost: %v; want b, silent since", ha.lost)
