@@ -21,9 +21,12 @@ func (s *Service) adopt(ctx context.Context, sb *store.Sandbox) error {
 			"sandbox %s is paused on node %s and this node has no object store to fetch it from", sb.ID, sb.Node)
 	}
 	if sb.SnapshotUpload != store.UploadPortable {
-		state := sb.SnapshotUpload
-		if state == "" {
+		state := "upload " + sb.SnapshotUpload
+		switch {
+		case sb.SnapshotUpload == "":
 			state = "not uploaded"
+		case sb.SnapshotUploadDetail != "":
+			state += ": " + sb.SnapshotUploadDetail // e.g. why it failed and when it retries
 		}
 		return newErr(ErrConflict, "snapshot_not_portable",
 			"sandbox %s is paused on node %s and its snapshot is not in the object store yet (%s); resume it on that node, or retry once the upload completes",

@@ -65,7 +65,7 @@ func TestClusterFailures(t *testing.T) {
 		}
 		defer b.c.ActivateNode(context.Background(), "a")
 		err = c.srv.Do("POST", "/sandboxes/"+id+"/resume", nil, nil)
-		wantAPIError(t, "resume elsewhere while not portable", err, 409, "snapshot_not_portable", "not in the object store yet")
+		wantAPIError(t, "resume elsewhere while not portable", err, 409, "snapshot_not_portable", "not in the object store yet (upload failed: attempt")
 		if got := getUpload(t, b, id); got.Status != "paused" || got.Node != "a" {
 			t.Fatalf("after the refused resume: %s; want still paused on a", got)
 		}
