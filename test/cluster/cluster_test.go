@@ -254,6 +254,90 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("a fork whose children land on other nodes continues the process and files", func(t *testing.T) {
+		src, err := a.c.Create(ctx, stasis.CreateOptions{Template: "stasis/minimal"})
+		if err != nil {
+			t.Fatalf("create via a: %v", err)
+		}
+		defer a.srv.Do("DELETE", "/sandboxes/"+src.ID, nil, nil)
+		owner := tc.node(get(t, a, src.ID).Node)
+		via := a // a node other than the source's
+		if owner == a {
+			via = b
+		}
+		if err := src.Files.Write(ctx, "/tmp/note.txt", []byte("written before the fork")); err != nil {
+			t.Fatalf("write file: %v", err)
+		}
+		// The count lives in the shell's memory; the file only shows it.
+		run(t, src, `sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done' >/dev/null 2>&1 & echo $! > /tmp/counter.pid`)
+		waitFor(t, "the counter to count", func() (bool, string) {
+			n, _ := strconv.Atoi(run(t, src, "cat /tmp/count"))
+			return n >= 3, strconv.Itoa(n)
+		})
+		pid := run(t, src, "cat /tmp/counter.pid")
+		if err := via.srv.Do("POST", "/sandboxes/"+src.ID+"/pause", nil, nil); err != nil {
+			t.Fatalf("pause via %s: %v", via.name, err)
+		}
+		waitFor(t, "the snapshot to be portable", func() (bool, string) {
+			got := get(t, via, src.ID)
+			return got.Pause != nil && got.Pause.Portable, fmt.Sprintf("%+v", got.Pause)
+		})
+		// The source's node takes no new sandboxes: every child must be
+		// made on another node, from the snapshot in the object store.
+		if _, err := via.c.DrainNode(ctx, owner.name); err != nil {
+			t.Fatalf("drain %s: %v", owner.name, err)
+		}
+		defer via.c.ActivateNode(context.Background(), owner.name)
+		forks, err := via.c.ForkByID(ctx, src.ID, 2)
+		for _, f := range forks {
+			defer f.Kill(context.Background())
+		}
+		if err != nil || len(forks) != 2 {
+			t.Fatalf("fork via %s: %d sandboxes, %v", via.name, len(forks), err)
+		}
+		if got := get(t, via, src.ID); got.Status != "paused" || got.Node != owner.name {
+			t.Errorf("source after the fork: %s on %q, want paused on %s", got.Status, got.Node, owner.name)
+		}
+		for i, f := range forks {
+			got := get(t, a, f.ID)
+			if got.Status != "active" || got.Node == owner.name || got.Node == "" {
+				t.Fatalf("fork %d: %s on node %q, want active on a node other than the drained %s", i, got.Status, got.Node, owner.name)
+			}
+			if !contains(runningOn(t, tc.node(got.Node)), f.ID) {
+				t.Errorf("fork %d does not run on its node %s", i, got.Node)
+			}
+			if got := run(t, f, "cat /tmp/note.txt"); got != "written before the fork" {
+				t.Errorf("fork %d: /tmp/note.txt = %q", i, got)
+			}
+			// The same counter process goes on from where it was paused.
+			if got := run(t, f, "cat /tmp/counter.pid"); got != pid {
+				t.Errorf("fork %d: counter pid %q, want %q", i, got, pid)
+			}
+			if got := run(t, f, "kill -0 "+pid+" && echo alive"); got != "alive" {
+				t.Errorf("fork %d: the counter process %s is not running: %q", i, pid, got)
+			}
+			first, _ := strconv.Atoi(run(t, f, "cat /tmp/count"))
+			if first < 3 {
+				t.Errorf("fork %d: count %d, want it to go on from at least 3 (the memory of the paused process)", i, first)
+			}
+			waitFor(t, fmt.Sprintf("fork %d's counter to go on", i), func() (bool, string) {
+				n, _ := strconv.Atoi(run(t, f, "cat /tmp/count"))
+				return n > first, fmt.Sprintf("%d (was %d)", n, first)
+			})
+		}
+		// Independent: what one writes, the other does not see.
+		for i, f := range forks {
+			if err := f.Files.Write(ctx, "/tmp/mine.txt", []byte("fork "+strconv.Itoa(i))); err != nil {
+				t.Fatalf("write in fork %d: %v", i, err)
+			}
+		}
+		for i, f := range forks {
+			if got, err := f.Files.ReadText(ctx, "/tmp/mine.txt"); err != nil || got != "fork "+strconv.Itoa(i) {
+				t.Errorf("fork %d reads /tmp/mine.txt = %q, %v; want its own write", i, got, err)
+			}
+		}
+	})
+
 	t.Run("pause on A, kill -9 A, two resumes via B and C: restored once, processes continue, A's copy stays stopped", func(t *testing.T) {
 		id := tc.createOn(t, ctx, "a", b)
 		defer b.srv.Do("DELETE", "/sandboxes/"+id, nil, nil)
