@@ -41,7 +41,7 @@ func (s *Service) Fork(ctx context.Context, teamID, id string, count int) ([]Cre
 }
 
 // ForkPeers reaches the other nodes of a cluster on behalf of one fork
-// request (as its client: their answers count against its team).
+// request, as its client: they check its credentials and team themselves.
 type ForkPeers interface {
 	// Place picks a node, by name, for each of count new sandboxes of
 	// memMiB, as placement does for creates.
@@ -144,12 +144,16 @@ func (s *Service) fork(ctx context.Context, teamID, id string, children []ForkCh
 		}
 		return out, newErr(e.Kind, e.Code, "%d of the %d forks were placed on other nodes and not made: %s", countChildren(elsewhere), len(children), e.Message)
 	}
+	var failed []string // one node failing does not stop the others
 	for _, node := range slices.Sorted(maps.Keys(elsewhere)) {
 		made, err := s.forkOn(ctx, peers, node, src, elsewhere[node])
 		out = append(out, made...)
 		if err != nil {
-			return inOrder(out, children), err
+			failed = append(failed, err.Error())
 		}
+	}
+	if len(failed) > 0 {
+		return inOrder(out, children), newErr(ErrUnavailable, "fork_incomplete", "%s", strings.Join(failed, "; "))
 	}
 	return inOrder(out, children), nil
 }
@@ -251,8 +255,9 @@ func (s *Service) awaitPortable(ctx context.Context, src *store.Sandbox) error {
 // records them. When the answer is lost, the children it may have made are
 // deleted: none of an unknown fate stays behind.
 func (s *Service) forkOn(ctx context.Context, peers ForkPeers, node string, src *store.Sandbox, children []ForkChild) ([]Created, error) {
-	// Like a create here, making them goes on if the client goes away.
-	ctx, cancel := lifecycleCtx(ctx)
+	// Like a create here, making them goes on if the client goes away;
+	// node restores them one after another.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(len(children)+4)*time.Minute)
 	defer cancel()
 	tokens, err := peers.Fork(ctx, node, src.ID, children)
 	var out []Created
@@ -273,8 +278,7 @@ func (s *Service) forkOn(ctx context.Context, peers ForkPeers, node string, src 
 		out = append(out, Created{Sandbox: sb, Token: tok})
 	}
 	if err != nil {
-		return out, newErr(ErrUnavailable, "fork_incomplete", "%d of the %d forks placed on node %s were not made: %v",
-			len(children)-len(out), len(children), node, err)
+		return out, fmt.Errorf("%d of the %d forks placed on node %s were not made: %w", len(children)-len(out), len(children), node, err)
 	}
 	return out, nil
 }
