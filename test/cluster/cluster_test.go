@@ -20,6 +20,7 @@ import (
 	"time"
 
 	stasis "github.com/stasis-sandbox/stasis"
+	"github.com/stasis-sandbox/stasis/internal/runtime/faultinject"
 	"github.com/stasis-sandbox/stasis/internal/testenv"
 )
 
@@ -58,7 +59,7 @@ func startCluster(t *testing.T, n int) *testCluster {
 	tc := &testCluster{}
 	for i := range n {
 		name := string(rune('a' + i))
-		srv := testenv.StartServer(t,
+		srv := testenv.StartServer(t, testenv.WithFaults(),
 			testenv.WithArgs("--database-url", pg, "--snapshot-url", s3.URL(prefix),
 				"--node-name", name, "--node-lease", lease.String(),
 				"--node-key-file", nodeKey, "--secrets-key-file", secretsKey),
@@ -85,6 +86,7 @@ func (tc *testCluster) node(name string) *node {
 // sandboxJSON is the part of GET /sandboxes/{id} these tests read.
 type sandboxJSON struct {
 	ID     string `json:"id"`
+	Name   string `json:"name"`
 	Status string `json:"status"`
 	Node   string `json:"node"`
 	Error  string `json:"error"`
@@ -335,6 +337,80 @@ func TestCluster(t *testing.T) {
 			if got, err := f.Files.ReadText(ctx, "/tmp/mine.txt"); err != nil || got != "fork "+strconv.Itoa(i) {
 				t.Errorf("fork %d reads /tmp/mine.txt = %q, %v; want its own write", i, got, err)
 			}
+		}
+	})
+
+	t.Run("a fork whose children's nodes cannot restore them says so and runs none of them", func(t *testing.T) {
+		src, err := b.c.Create(ctx, stasis.CreateOptions{Name: "fork-fails", Template: "stasis/minimal"})
+		if err != nil {
+			t.Fatalf("create via b: %v", err)
+		}
+		defer b.srv.Do("DELETE", "/sandboxes/"+src.ID, nil, nil)
+		owner := tc.node(get(t, b, src.ID).Node)
+		if err := b.srv.Do("POST", "/sandboxes/"+src.ID+"/pause", nil, nil); err != nil {
+			t.Fatalf("pause: %v", err)
+		}
+		waitFor(t, "the snapshot to be portable", func() (bool, string) {
+			got := get(t, b, src.ID)
+			return got.Pause != nil && got.Pause.Portable, fmt.Sprintf("%+v", got.Pause)
+		})
+		if _, err := b.c.DrainNode(ctx, owner.name); err != nil {
+			t.Fatalf("drain %s: %v", owner.name, err)
+		}
+		defer b.c.ActivateNode(context.Background(), owner.name)
+		var others []*node
+		for _, n := range tc.nodes {
+			if n != owner {
+				n.srv.ArmFaults(faultinject.Rule{Op: faultinject.OpRestore, Action: faultinject.Fail})
+				defer n.srv.ArmFaults()
+				others = append(others, n)
+			}
+		}
+		err = others[0].srv.Do("POST", "/sandboxes/"+src.ID+"/fork", map[string]int{"count": 2}, nil)
+		var he *testenv.HTTPError
+		if !errors.As(err, &he) || he.Status != 503 || !strings.Contains(he.Body, "fork_incomplete") ||
+			!strings.Contains(he.Body, "were not made") || !strings.Contains(he.Body, "injected fault") {
+			t.Fatalf("fork with every other node failing restores: %v; want 503 fork_incomplete naming the nodes' error", err)
+		}
+		// The children the nodes tried are failed records, like a create
+		// that failed, and run nowhere.
+		var list []sandboxJSON
+		if err := a.srv.Do("GET", "/sandboxes", nil, &list); err != nil {
+			t.Fatal(err)
+		}
+		tried := 0
+		for _, sb := range list {
+			if !strings.HasPrefix(sb.Name, "fork-fails-fork-") {
+				continue
+			}
+			full := get(t, a, sb.ID)
+			tried++
+			if full.Status != "failed" || full.Node == owner.name {
+				t.Errorf("child %s: %s on %s, want failed on a node other than %s", sb.ID, full.Status, full.Node, owner.name)
+			}
+			for _, n := range tc.nodes {
+				if contains(runningOn(t, n), sb.ID) {
+					t.Errorf("failed child %s runs on node %s", sb.ID, n.name)
+				}
+			}
+			b.srv.Do("DELETE", "/sandboxes/"+sb.ID, nil, nil)
+		}
+		if tried == 0 {
+			t.Errorf("no child of the failed fork was recorded: the fault cannot have been what failed it")
+		}
+		// Disarmed, the same source forks onto another node.
+		for _, n := range others {
+			n.srv.ArmFaults()
+		}
+		forks, err := others[0].c.ForkByID(ctx, src.ID, 1)
+		for _, f := range forks {
+			defer f.Kill(context.Background())
+		}
+		if err != nil || len(forks) != 1 {
+			t.Fatalf("fork after the faults were cleared: %d, %v", len(forks), err)
+		}
+		if got := get(t, a, forks[0].ID); got.Status != "active" || got.Node == owner.name {
+			t.Errorf("fork after the faults: %s on %s", got.Status, got.Node)
 		}
 	})
 
