@@ -111,6 +111,12 @@ func (s *Service) fork(ctx context.Context, teamID, id string, children []ForkCh
 		return nil, newErr(ErrConflict, "invalid_state", "sandbox %s is %s; pause it first, forks start from its snapshot", id, src.Status)
 	}
 	here, elsewhere := s.placeForks(ctx, src, children, peers)
+	var notPortable error // why the children placed elsewhere cannot be made
+	if len(elsewhere) > 0 {
+		if src, notPortable = s.awaitPortable(ctx, b, src); src == nil {
+			return nil, notPortable
+		}
+	}
 	var out []Created
 	if len(here) > 0 {
 		o, done, err := s.forkOrigin(ctx, b, src)
@@ -137,10 +143,10 @@ func (s *Service) fork(ctx context.Context, teamID, id string, children []ForkCh
 	if len(elsewhere) == 0 {
 		return out, nil
 	}
-	if err := s.awaitPortable(ctx, src); err != nil {
-		e, _ := AsError(err)
+	if notPortable != nil {
+		e, _ := AsError(notPortable)
 		if e == nil {
-			return out, err
+			return out, notPortable
 		}
 		return out, newErr(e.Kind, e.Code, "%d of the %d forks were placed on other nodes and not made: %s", countChildren(elsewhere), len(children), e.Message)
 	}
@@ -223,8 +229,30 @@ func (s *Service) forkOrigin(ctx context.Context, b *box, src *store.Sandbox) (o
 
 // awaitPortable waits until paused src's snapshot is in the object store,
 // so that other nodes can restore it: a pause a moment ago may still be
-// uploading.
-func (s *Service) awaitPortable(ctx context.Context, src *store.Sandbox) error {
+// sealing or uploading. Called with b.mu held, it lets go of it meanwhile
+// (the sealer takes it to start the upload), then reads src again: it
+// returns src as it is now, with an error if the snapshot did not become
+// portable; nil if src is no longer paused on the same snapshot.
+func (s *Service) awaitPortable(ctx context.Context, b *box, src *store.Sandbox) (*store.Sandbox, error) {
+	if p := s.Portability(src); p != nil && p.Portable {
+		return src, nil
+	}
+	b.mu.Unlock()
+	waitErr := s.pollPortable(ctx, src)
+	b.mu.Lock()
+	cur, err := s.Get(ctx, src.TeamID, src.ID)
+	if err != nil {
+		return nil, err
+	}
+	if cur.Status != store.StatusPaused || cur.SnapshotDir != src.SnapshotDir || cur.Node != src.Node {
+		return nil, newErr(ErrConflict, "invalid_state", "sandbox %s was %s while its fork waited for the snapshot's upload; pause it and fork again", src.ID, cur.Status)
+	}
+	return cur, waitErr
+}
+
+// pollPortable polls src's upload state until it is portable, for up to 2
+// minutes.
+func (s *Service) pollPortable(ctx context.Context, src *store.Sandbox) error {
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		cur, err := s.Get(ctx, src.TeamID, src.ID)

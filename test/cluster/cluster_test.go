@@ -327,6 +327,16 @@ func TestCluster(t *testing.T) {
 				return n > first, fmt.Sprintf("%d (was %d)", n, first)
 			})
 		}
+		// The copy of the snapshot a node downloaded to make its children
+		// is gone once they run (the object store keeps it).
+		for _, n := range tc.nodes {
+			if n == owner {
+				continue
+			}
+			if left, _ := filepath.Glob(filepath.Join(n.srv.DataDir(), "snapshots", src.ID, "*")); len(left) > 0 {
+				t.Errorf("node %s keeps the source's snapshot after the fork: %v", n.name, left)
+			}
+		}
 		// Independent: what one writes, the other does not see.
 		for i, f := range forks {
 			if err := f.Files.Write(ctx, "/tmp/mine.txt", []byte("fork "+strconv.Itoa(i))); err != nil {
@@ -338,6 +348,41 @@ func TestCluster(t *testing.T) {
 				t.Errorf("fork %d reads /tmp/mine.txt = %q, %v; want its own write", i, got, err)
 			}
 		}
+	})
+
+	t.Run("a fork with every node active: each child runs where GET says, from here or from the object store", func(t *testing.T) {
+		src, err := c.c.Create(ctx, stasis.CreateOptions{Template: "stasis/minimal"})
+		if err != nil {
+			t.Fatalf("create via c: %v", err)
+		}
+		defer c.srv.Do("DELETE", "/sandboxes/"+src.ID, nil, nil)
+		if err := src.Files.Write(ctx, "/tmp/note.txt", []byte("spread")); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.srv.Do("POST", "/sandboxes/"+src.ID+"/pause", nil, nil); err != nil {
+			t.Fatalf("pause: %v", err)
+		}
+		// Not waiting for the upload: children placed on other nodes wait
+		// for it inside the fork.
+		forks, err := c.c.ForkByID(ctx, src.ID, 4)
+		for _, f := range forks {
+			defer f.Kill(context.Background())
+		}
+		if err != nil || len(forks) != 4 {
+			t.Fatalf("fork: %d sandboxes, %v", len(forks), err)
+		}
+		where := map[string]int{}
+		for i, f := range forks {
+			got := get(t, c, f.ID)
+			where[got.Node]++
+			if got.Status != "active" || !contains(runningOn(t, tc.node(got.Node)), f.ID) {
+				t.Errorf("fork %d: %s, on node %q but not running there", i, got.Status, got.Node)
+			}
+			if got := run(t, f, "cat /tmp/note.txt"); got != "spread" {
+				t.Errorf("fork %d on %s: /tmp/note.txt = %q", i, get(t, c, f.ID).Node, got)
+			}
+		}
+		t.Logf("4 children placed on %v (source on %s)", where, get(t, c, src.ID).Node)
 	})
 
 	t.Run("a fork whose children's nodes cannot restore them says so and runs none of them", func(t *testing.T) {
