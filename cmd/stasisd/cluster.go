@@ -107,8 +107,9 @@ func (h *nodeHooks) Reconcile(ctx context.Context, self store.Node) {
 }
 
 // joinCluster registers this node in the shared store and puts the router
-// in front of its API, so any node answers any request.
-func joinCluster(ctx context.Context, f clusterFlags, st store.Store, svc *sandbox.Service, local *preview.Router, log *slog.Logger) (http.Handler, *cluster.Membership, error) {
+// in front of its API, so any node answers any request; forks through
+// apiSrv place their children over the nodes.
+func joinCluster(ctx context.Context, f clusterFlags, st store.Store, svc *sandbox.Service, apiSrv *api.Server, local *preview.Router, log *slog.Logger) (http.Handler, *cluster.Membership, error) {
 	m := cluster.NewMembership(cluster.MembershipConfig{
 		Registry: st,
 		Hooks:    &nodeHooks{svc: svc, lease: f.lease, log: log},
@@ -120,9 +121,11 @@ func joinCluster(ctx context.Context, f clusterFlags, st store.Store, svc *sandb
 	if err := m.Join(ctx); err != nil {
 		return nil, nil, err
 	}
+	dir := cluster.StoreDirectory{Store: st}
+	apiSrv.UsePeers(cluster.NewPeers(f.nodeName, dir, f.lease))
 	rt := cluster.NewRouter(cluster.RouterConfig{
 		Self:      f.nodeName,
-		Directory: cluster.StoreDirectory{Store: st},
+		Directory: dir,
 		Forwarder: cluster.NewForwarder(f.nodeName, log),
 		Local:     local,
 		Lease:     f.lease,

@@ -368,7 +368,7 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 	var router http.Handler = previews
 	var member *cluster.Membership
 	if nodeName != "" {
-		if router, member, err = joinCluster(ctx, f.cluster, st, svc, previews, log); err != nil {
+		if router, member, err = joinCluster(ctx, f.cluster, st, svc, handler, previews, log); err != nil {
 			return nil, err
 		}
 	}

@@ -280,7 +280,8 @@ func (s *Server) teamUsage(w http.ResponseWriter, r *http.Request, teamID string
 }
 
 // forkSandbox serves POST /sandboxes/{id}/fork {count} (a stasis extension):
-// new sandboxes that continue from the paused sandbox's snapshot.
+// new sandboxes that continue from the paused sandbox's snapshot. In a
+// cluster each is placed as a create is.
 func (s *Server) forkSandbox(w http.ResponseWriter, r *http.Request, teamID string) {
 	var req struct {
 		Count *int `json:"count"`
@@ -293,22 +294,13 @@ func (s *Server) forkSandbox(w http.ResponseWriter, r *http.Request, teamID stri
 	if req.Count != nil {
 		count = *req.Count
 	}
-	created, err := s.svc.Fork(r.Context(), teamID, r.PathValue("id"), count)
-	if err != nil && len(created) == 0 {
-		s.fail(w, err)
-		return
+	var peers sandbox.ForkPeers // nil: every child here
+	if s.peers != nil {
+		// Children placed on other nodes are made there as this client.
+		peers = forkPeers{p: s.peers, auth: http.Header{"X-Api-Key": r.Header.Values("X-API-Key")}}
 	}
-	out := struct {
-		Sandboxes []sandboxJSON `json:"sandboxes"`
-		Error     string        `json:"error,omitempty"` // set when only some forks could be made
-	}{Sandboxes: []sandboxJSON{}}
-	for _, c := range created {
-		out.Sandboxes = append(out.Sandboxes, s.toJSON(r, c.Sandbox, c.Token))
-	}
-	if err != nil {
-		out.Error = err.Error()
-	}
-	writeJSON(w, http.StatusCreated, out)
+	created, err := s.svc.ForkAcross(r.Context(), teamID, r.PathValue("id"), count, peers)
+	s.writeForks(w, r, created, err)
 }
 
 // snapshotJSON is a saved snapshot on the wire (a stasis extension).

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/stasis-sandbox/stasis/internal/cluster"
 	"github.com/stasis-sandbox/stasis/internal/health"
 	"github.com/stasis-sandbox/stasis/internal/httpguard"
 	"github.com/stasis-sandbox/stasis/internal/metrics"
@@ -37,6 +38,7 @@ type Server struct {
 	checks  *health.Checker  // nil: /health only says the server answers
 	preview PreviewLinker    // nil: no preview links
 	secrets *secrets.Service // nil: secrets are refused
+	peers   *cluster.Peers   // nil: a single node, forks stay here
 }
 
 // UseHealth makes GET /health report c's checks (store, runtime, disk),
@@ -89,6 +91,7 @@ func (s *Server) routes() {
 	m.HandleFunc("POST /sandboxes/{id}/resume", s.withTeam(s.resumeSandbox(false)))
 	m.HandleFunc("POST /sandboxes/{id}/activate", s.withTeam(s.resumeSandbox(true)))
 	m.HandleFunc("POST /sandboxes/{id}/fork", s.withTeam(s.forkSandbox))
+	m.HandleFunc("POST /sandboxes/{id}"+cluster.ForkHerePath, s.withTeam(s.forkHere))
 	m.HandleFunc("POST /sandboxes/{id}/snapshots", s.withTeam(s.saveSnapshot))
 	m.HandleFunc("GET /sandboxes/{id}/network", s.withTeam(s.networkLog))
 	m.HandleFunc("POST /sandboxes/{id}/preview-link", s.withTeam(s.previewLink))

@@ -55,17 +55,33 @@ func better(a, b Candidate) bool {
 // spread concurrent placements made from stale heartbeats, where always
 // taking the least loaded node would send them all to the same one.
 func Place(nodes []Candidate, now time.Time, lease time.Duration, memMiB int64, rnd *rand.Rand) (Candidate, error) {
+	ok, err := eligible(nodes, now, lease, memMiB)
+	if err != nil {
+		return Candidate{}, err
+	}
+	return ok[pick(ok, rnd)], nil
+}
+
+// eligible returns the nodes that may take a new sandbox of memMiB, or
+// ErrNoNode.
+func eligible(nodes []Candidate, now time.Time, lease time.Duration, memMiB int64) ([]Candidate, error) {
 	var ok []Candidate
 	for _, n := range nodes {
 		if n.Eligible(now, lease, memMiB) {
 			ok = append(ok, n)
 		}
 	}
-	switch len(ok) {
-	case 0:
-		return Candidate{}, fmt.Errorf("%w (%d known, none active with %d MiB free)", ErrNoNode, len(nodes), memMiB)
-	case 1:
-		return ok[0], nil
+	if len(ok) == 0 {
+		return nil, fmt.Errorf("%w (%d known, none active with %d MiB free)", ErrNoNode, len(nodes), memMiB)
+	}
+	return ok, nil
+}
+
+// pick returns the index of the less loaded of two distinct nodes of ok
+// (not empty) drawn at random.
+func pick(ok []Candidate, rnd *rand.Rand) int {
+	if len(ok) == 1 {
+		return 0
 	}
 	i := rnd.IntN(len(ok))
 	j := rnd.IntN(len(ok) - 1)
@@ -73,7 +89,28 @@ func Place(nodes []Candidate, now time.Time, lease time.Duration, memMiB int64, 
 		j++
 	}
 	if better(ok[j], ok[i]) {
-		return ok[j], nil
+		return j
 	}
-	return ok[i], nil
+	return i
+}
+
+// PlaceEach places count new sandboxes of memMiB each by the power of two
+// choices among the nodes eligible for one, counting each sandbox placed
+// against its node (one more running, its memory taken) before placing
+// the next: the children of a fork spread over the nodes as that many
+// creates would, instead of all landing on the node that looked least
+// loaded at the start. It fails, placing none, if no node is eligible.
+func PlaceEach(nodes []Candidate, now time.Time, lease time.Duration, memMiB int64, count int, rnd *rand.Rand) ([]Candidate, error) {
+	load, err := eligible(nodes, now, lease, memMiB) // a copy: the caller's list stays as read
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Candidate, 0, count)
+	for range count {
+		i := pick(load, rnd)
+		out = append(out, load[i])
+		load[i].Running++
+		load[i].MemFreeMiB -= memMiB
+	}
+	return out, nil
 }

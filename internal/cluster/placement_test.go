@@ -76,3 +76,62 @@ func TestBetterWeighsMemoryPerRunningSandbox(t *testing.T) {
 		t.Errorf("equal memory per slot: fewer running should win")
 	}
 }
+
+// Many children of one fork spread like that many creates: each placed
+// child counts against its node before the next is placed.
+func TestPlaceEachSpreadsManyChildren(t *testing.T) {
+	now := time.Now()
+	nodes := []Candidate{
+		{Name: "a", State: StateActive, MemFreeMiB: 8192, HeartbeatAt: now},
+		{Name: "b", State: StateActive, MemFreeMiB: 8192, HeartbeatAt: now},
+		{Name: "c", State: StateActive, MemFreeMiB: 8192, HeartbeatAt: now},
+	}
+	got, err := PlaceEach(nodes, now, time.Minute, 256, 30, rand.New(rand.NewPCG(3, 4)))
+	if err != nil || len(got) != 30 {
+		t.Fatalf("PlaceEach = %d nodes, %v; want 30", len(got), err)
+	}
+	counts := map[string]int{}
+	for _, n := range got {
+		counts[n.Name]++
+	}
+	// Equal nodes, each child counted: no node gets far more than its share
+	// (two choices keep the gap to a few), and every node gets some.
+	for _, n := range nodes {
+		if counts[n.Name] < 7 || counts[n.Name] > 13 {
+			t.Errorf("node %s got %d of 30 children: %v", n.Name, counts[n.Name], counts)
+		}
+	}
+	if nodes[0].Running != 0 || nodes[0].MemFreeMiB != 8192 {
+		t.Errorf("PlaceEach changed the caller's list: %+v", nodes[0])
+	}
+}
+
+// A draining node (the fork's source's, say) gets none of the children,
+// and a single eligible node gets them all.
+func TestPlaceEachSkipsIneligibleNodes(t *testing.T) {
+	now := time.Now()
+	nodes := []Candidate{
+		{Name: "src", State: StateDraining, MemFreeMiB: 1 << 20, HeartbeatAt: now},
+		{Name: "b", State: StateActive, MemFreeMiB: 4096, Running: 3, HeartbeatAt: now},
+		{Name: "c", State: StateActive, MemFreeMiB: 4096, Running: 3, HeartbeatAt: now},
+		{Name: "lost", State: StateLost, MemFreeMiB: 1 << 20, HeartbeatAt: now},
+	}
+	got, err := PlaceEach(nodes, now, time.Minute, 512, 4, rand.New(rand.NewPCG(5, 6)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := map[string]int{}
+	for _, n := range got {
+		counts[n.Name]++
+	}
+	if counts["b"] != 2 || counts["c"] != 2 {
+		t.Errorf("4 children over two equal nodes = %v; want 2 each (each placed one counts)", counts)
+	}
+	got, err = PlaceEach(nodes[:2], now, time.Minute, 512, 3, rand.New(rand.NewPCG(5, 6)))
+	if err != nil || len(got) != 3 || got[0].Name != "b" || got[2].Name != "b" {
+		t.Errorf("PlaceEach over one eligible node = %v, %v; want b three times", got, err)
+	}
+	if _, err := PlaceEach(nodes[:1], now, time.Minute, 512, 2, rand.New(rand.NewPCG(5, 6))); !errors.Is(err, ErrNoNode) {
+		t.Errorf("PlaceEach over a draining node only: %v, want ErrNoNode", err)
+	}
+}

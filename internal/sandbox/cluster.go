@@ -47,15 +47,23 @@ func (s *Service) adopt(ctx context.Context, sb *store.Sandbox) error {
 	if sb.SnapshotDir != "" {
 		sb.SnapshotDir = filepath.Join(s.snaps.SandboxDir(sb.ID), filepath.Base(sb.SnapshotDir))
 	}
-	if sb.AgentPath != "" {
-		local := filepath.Join(s.cfg.AgentDir, filepath.Base(filepath.Dir(sb.AgentPath)), "stasis-agent")
-		if !fileExists(local) {
-			local = s.agentPath
-		}
-		sb.AgentPath = local
-	}
+	sb.AgentPath = s.localAgentPath(sb.AgentPath)
 	s.log.Info("took over a sandbox from another node", "sandbox", sb.ID, "from", from, "epoch", epoch)
 	return nil
+}
+
+// localAgentPath is this node's copy of the agent binary that another node
+// recorded at p (agents are kept by version), or this node's own agent
+// when it has no such copy. "" stays "".
+func (s *Service) localAgentPath(p string) string {
+	if p == "" {
+		return p
+	}
+	local := filepath.Join(s.cfg.AgentDir, filepath.Base(filepath.Dir(p)), "stasis-agent")
+	if !fileExists(local) {
+		local = s.agentPath
+	}
+	return local
 }
 
 // Load is this node's free memory and how many sandboxes it runs, for

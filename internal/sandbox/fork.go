@@ -3,11 +3,16 @@ package sandbox
 import (
 	"context"
 	"fmt"
-	"github.com/stasis-sandbox/stasis/internal/objstore"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
+	"github.com/stasis-sandbox/stasis/internal/objstore"
 	"github.com/stasis-sandbox/stasis/internal/snapshot"
 	"github.com/stasis-sandbox/stasis/internal/store"
 )
@@ -28,13 +33,67 @@ type origin struct {
 	agentToken string // the agent secret inside the snapshot's memory
 }
 
-// Fork creates count independent sandboxes from a paused sandbox's snapshot.
-// Each continues the same process state with its own ID, network link,
-// tokens and writable filesystem; from then on they diverge.
+// Fork creates count independent sandboxes from a paused sandbox's snapshot,
+// all on this node. Each continues the same process state with its own ID,
+// network link, tokens and writable filesystem; from then on they diverge.
 func (s *Service) Fork(ctx context.Context, teamID, id string, count int) ([]Created, error) {
+	return s.ForkAcross(ctx, teamID, id, count, nil)
+}
+
+// ForkPeers reaches the other nodes of a cluster on behalf of one fork
+// request, as its client: they check its credentials and team themselves.
+type ForkPeers interface {
+	// Place picks a node, by name, for each of count new sandboxes of
+	// memMiB, as placement does for creates.
+	Place(ctx context.Context, memMiB int64, count int) ([]string, error)
+	// Fork asks node to make children of paused sandbox id there, from its
+	// snapshot in the object store, and returns the access tokens of those
+	// it made by ID, with an error if it did not make them all. The tokens
+	// are nil when node's answer was lost (it may have made some).
+	Fork(ctx context.Context, node, id string, children []ForkChild) (map[string]string, error)
+	// Delete deletes sandbox id through node (one whose Fork answer was
+	// lost, so that no child of an unknown fate stays behind).
+	Delete(ctx context.Context, node, id string) error
+}
+
+// ForkChild is a child of a fork that another node is asked to make: the
+// node that places it chooses its ID, so it can find it again, and its
+// position, which names it.
+type ForkChild struct {
+	ID    string `json:"id"`
+	Index int    `json:"index"`
+}
+
+// ForkAcross is Fork with each child placed by peers, as creates are
+// (nil: all here). Children placed here restore the source's snapshot
+// locally; the others are made by their nodes from its portable copy in
+// the object store. Without an object store every child is made here.
+func (s *Service) ForkAcross(ctx context.Context, teamID, id string, count int, peers ForkPeers) ([]Created, error) {
 	if count < 1 || count > MaxForks {
 		return nil, invalid("count must be between 1 and %d", MaxForks)
 	}
+	children := make([]ForkChild, count)
+	for i := range children {
+		children[i] = ForkChild{ID: store.NewID(), Index: i + 1}
+	}
+	return s.fork(ctx, teamID, id, children, peers)
+}
+
+// ForkHere makes the given children of paused sandbox id on this node: a
+// fork request's share that another node placed here.
+func (s *Service) ForkHere(ctx context.Context, teamID, id string, children []ForkChild) ([]Created, error) {
+	if len(children) < 1 || len(children) > MaxForks {
+		return nil, invalid("children: between 1 and %d", MaxForks)
+	}
+	for _, c := range children {
+		if !store.IsID(c.ID) || c.Index < 1 || c.Index > MaxForks {
+			return nil, invalid("children: bad child %q (index %d)", Shorten(c.ID), c.Index)
+		}
+	}
+	return s.fork(ctx, teamID, id, children, nil)
+}
+
+func (s *Service) fork(ctx context.Context, teamID, id string, children []ForkChild, peers ForkPeers) ([]Created, error) {
 	if err := s.checkRoom(); err != nil {
 		return nil, err
 	}
@@ -51,23 +110,215 @@ func (s *Service) Fork(ctx context.Context, teamID, id string, count int) ([]Cre
 	if src.Status != store.StatusPaused {
 		return nil, newErr(ErrConflict, "invalid_state", "sandbox %s is %s; pause it first, forks start from its snapshot", id, src.Status)
 	}
-	b.awaitSeal()
-	if err := snapshot.Verify(src.SnapshotDir); err != nil {
-		return nil, newErr(ErrConflict, "snapshot_corrupt", "cannot fork %s: %v", id, err)
+	here, elsewhere := s.placeForks(ctx, src, children, peers)
+	var notPortable error // why the children placed elsewhere cannot be made
+	if len(elsewhere) > 0 {
+		if src, notPortable = s.awaitPortable(ctx, b, src); src == nil {
+			return nil, notPortable
+		}
 	}
-	o := origin{dir: src.SnapshotDir, agentToken: s.agentToken(src.ID)}
 	var out []Created
-	for i := range count {
-		c, err := s.createFrom(ctx, like(src, src.Name+"-fork-"+strconv.Itoa(i+1)), o)
+	if len(here) > 0 {
+		o, done, err := s.forkOrigin(ctx, b, src)
 		if err != nil {
-			return out, err
+			return nil, err
 		}
-		if err := s.inheritSecrets(ctx, src.ID, c.Sandbox.ID); err != nil {
-			return out, fmt.Errorf("fork %s: secret bindings: %w", c.Sandbox.ID, err)
+		defer done()
+		for _, child := range here {
+			sb := like(src, forkName(src, child.Index))
+			sb.ID = child.ID
+			if !s.owns(src) { // the agent path is the owner's
+				sb.AgentPath = s.localAgentPath(sb.AgentPath)
+			}
+			c, err := s.createFrom(ctx, sb, o)
+			if err != nil {
+				return out, err
+			}
+			if err := s.inheritSecrets(ctx, src.ID, c.Sandbox.ID); err != nil {
+				return out, fmt.Errorf("fork %s: secret bindings: %w", c.Sandbox.ID, err)
+			}
+			out = append(out, c)
 		}
-		out = append(out, c)
+	}
+	if len(elsewhere) == 0 {
+		return out, nil
+	}
+	if notPortable != nil {
+		e, _ := AsError(notPortable)
+		if e == nil {
+			return out, notPortable
+		}
+		return out, newErr(e.Kind, e.Code, "%d of the %d forks were placed on other nodes and not made: %s", countChildren(elsewhere), len(children), e.Message)
+	}
+	var failed []string // one node failing does not stop the others
+	for _, node := range slices.Sorted(maps.Keys(elsewhere)) {
+		made, err := s.forkOn(ctx, peers, node, src, elsewhere[node])
+		out = append(out, made...)
+		if err != nil {
+			failed = append(failed, err.Error())
+		}
+	}
+	if len(failed) > 0 {
+		return inOrder(out, children), newErr(ErrUnavailable, "fork_incomplete", "%s", strings.Join(failed, "; "))
+	}
+	return inOrder(out, children), nil
+}
+
+// inOrder sorts made children in the order of the request's (their names').
+func inOrder(made []Created, children []ForkChild) []Created {
+	pos := make(map[string]int, len(children))
+	for i, c := range children {
+		pos[c.ID] = i
+	}
+	slices.SortStableFunc(made, func(a, b Created) int { return pos[a.Sandbox.ID] - pos[b.Sandbox.ID] })
+	return made
+}
+
+// placeForks splits children between this node and the others, by
+// placement. Without peers or an object store, or when placement finds no
+// node, they are all made here, as on a single node.
+func (s *Service) placeForks(ctx context.Context, src *store.Sandbox, children []ForkChild, peers ForkPeers) (here []ForkChild, elsewhere map[string][]ForkChild) {
+	if peers == nil || s.cfg.Uploads == nil || s.cfg.SnapshotCache == nil {
+		return children, nil
+	}
+	nodes, err := peers.Place(ctx, int64(src.MemoryMiB), len(children))
+	if err != nil || len(nodes) != len(children) {
+		s.log.Warn("fork placement failed; making the forks here", "sandbox", src.ID, "err", err)
+		return children, nil
+	}
+	elsewhere = map[string][]ForkChild{}
+	for i, node := range nodes {
+		if node == s.cfg.NodeName {
+			here = append(here, children[i])
+		} else {
+			elsewhere[node] = append(elsewhere[node], children[i])
+		}
+	}
+	return here, elsewhere
+}
+
+// forkOrigin is the source's snapshot as a local origin: its own sealed
+// copy on the node that owns it, else (a node that the owner placed
+// children on, or any node when the owner is lost) a download of its
+// portable copy, removed by done once the children are restored.
+func (s *Service) forkOrigin(ctx context.Context, b *box, src *store.Sandbox) (o origin, done func(), err error) {
+	o = origin{dir: src.SnapshotDir, agentToken: s.agentToken(src.ID)}
+	if s.owns(src) {
+		b.awaitSeal()
+		if err := snapshot.Verify(src.SnapshotDir); err != nil {
+			return origin{}, nil, newErr(ErrConflict, "snapshot_corrupt", "cannot fork %s: %v", src.ID, err)
+		}
+		return o, func() {}, nil
+	}
+	if s.cfg.SnapshotCache == nil || src.SnapshotUpload != store.UploadPortable {
+		return origin{}, nil, newErr(ErrConflict, "snapshot_not_portable",
+			"cannot fork %s here: it is paused on node %s and its snapshot is not in the object store", src.ID, src.Node)
+	}
+	dir, err := s.FetchSnapshot(ctx, objstore.KindSandbox, src.ID, filepath.Base(src.SnapshotDir))
+	if err != nil {
+		return origin{}, nil, fmt.Errorf("fork %s: fetch its snapshot: %w", src.ID, err)
+	}
+	o.dir = dir
+	// Restored children no longer read the snapshot (a resume removes its
+	// own at once); the object store and the download cache keep it.
+	return o, func() {
+		os.RemoveAll(dir)
+		os.Remove(filepath.Dir(dir)) // the source's dir here, unless in use
+	}, nil
+}
+
+// awaitPortable waits until paused src's snapshot is in the object store,
+// so that other nodes can restore it: a pause a moment ago may still be
+// sealing or uploading. Called with b.mu held, it lets go of it meanwhile
+// (the sealer takes it to start the upload), then reads src again: it
+// returns src as it is now, with an error if the snapshot did not become
+// portable; nil if src is no longer paused on the same snapshot.
+func (s *Service) awaitPortable(ctx context.Context, b *box, src *store.Sandbox) (*store.Sandbox, error) {
+	if p := s.Portability(src); p != nil && p.Portable {
+		return src, nil
+	}
+	b.mu.Unlock()
+	waitErr := s.pollPortable(ctx, src)
+	b.mu.Lock()
+	cur, err := s.Get(ctx, src.TeamID, src.ID)
+	if err != nil {
+		return nil, err
+	}
+	if cur.Status != store.StatusPaused || cur.SnapshotDir != src.SnapshotDir || cur.Node != src.Node {
+		return nil, newErr(ErrConflict, "invalid_state", "sandbox %s was %s while its fork waited for the snapshot's upload; pause it and fork again", src.ID, cur.Status)
+	}
+	return cur, waitErr
+}
+
+// pollPortable polls src's upload state until it is portable, for up to 2
+// minutes.
+func (s *Service) pollPortable(ctx context.Context, src *store.Sandbox) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		cur, err := s.Get(ctx, src.TeamID, src.ID)
+		if err != nil {
+			return err
+		}
+		p := s.Portability(cur)
+		if p != nil && p.Portable {
+			return nil
+		}
+		if p == nil || time.Now().After(deadline) {
+			state := "not uploaded"
+			if p != nil && p.State != "" {
+				state = p.State + " " + p.Detail
+			}
+			return newErr(ErrConflict, "snapshot_not_portable",
+				"the snapshot of %s is not in the object store yet (%s); retry once its upload completes", src.ID, strings.TrimSpace(state))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// forkOn has node make children of src and returns them as the store
+// records them. When the answer is lost, the children it may have made are
+// deleted: none of an unknown fate stays behind.
+func (s *Service) forkOn(ctx context.Context, peers ForkPeers, node string, src *store.Sandbox, children []ForkChild) ([]Created, error) {
+	// Like a create here, making them goes on if the client goes away;
+	// node restores them one after another.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(len(children)+4)*time.Minute)
+	defer cancel()
+	tokens, err := peers.Fork(ctx, node, src.ID, children)
+	var out []Created
+	for _, child := range children {
+		tok, ok := tokens[child.ID]
+		if !ok {
+			if tokens == nil { // no answer: whether node made it is unknown
+				if derr := peers.Delete(ctx, node, child.ID); derr != nil {
+					s.log.Warn("fork: could not delete a child whose node did not answer", "sandbox", child.ID, "node", node, "err", derr)
+				}
+			}
+			continue
+		}
+		sb, gerr := s.Get(ctx, src.TeamID, child.ID)
+		if gerr != nil {
+			return out, fmt.Errorf("fork %s on node %s: %w", child.ID, node, gerr)
+		}
+		out = append(out, Created{Sandbox: sb, Token: tok})
+	}
+	if err != nil {
+		return out, fmt.Errorf("%d of the %d forks placed on node %s were not made: %w", len(children)-len(out), len(children), node, err)
 	}
 	return out, nil
+}
+
+func forkName(src *store.Sandbox, index int) string { return src.Name + "-fork-" + strconv.Itoa(index) }
+
+func countChildren(m map[string][]ForkChild) int {
+	n := 0
+	for _, c := range m {
+		n += len(c)
+	}
+	return n
 }
 
 // like returns a new sandbox record configured as src.

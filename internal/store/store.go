@@ -164,6 +164,25 @@ func NewID() string {
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
 }
 
+// IsID reports whether id has NewID's form (lowercase hex, dashed as a
+// UUID), as an ID chosen by another node must.
+func IsID(id string) bool {
+	if len(id) != 36 {
+		return false
+	}
+	for i, c := range id {
+		switch {
+		case i == 8 || i == 13 || i == 18 || i == 23:
+			if c != '-' {
+				return false
+			}
+		case (c < '0' || c > '9') && (c < 'a' || c > 'f'):
+			return false
+		}
+	}
+	return true
+}
+
 const timeFormat = time.RFC3339Nano
 
 func now() string { return time.Now().UTC().Format(timeFormat) }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	stasis "github.com/stasis-sandbox/stasis"
+	"github.com/stasis-sandbox/stasis/internal/runtime/faultinject"
 	"github.com/stasis-sandbox/stasis/internal/testenv"
 )
 
@@ -60,7 +61,7 @@ func startCluster(t *testing.T, n int) *testCluster {
 	tc := &testCluster{pg: pg, s3: s3}
 	for i := range n {
 		name := string(rune('a' + i))
-		srv := testenv.StartServer(t,
+		srv := testenv.StartServer(t, testenv.WithFaults(),
 			testenv.WithArgs("--database-url", pg.URL, "--snapshot-url", s3.URL(prefix),
 				"--node-name", name, "--node-lease", lease.String(),
 				"--node-key-file", nodeKey, "--secrets-key-file", secretsKey),
@@ -87,6 +88,7 @@ func (tc *testCluster) node(name string) *node {
 // sandboxJSON is the part of GET /sandboxes/{id} these tests read.
 type sandboxJSON struct {
 	ID     string `json:"id"`
+	Name   string `json:"name"`
 	Status string `json:"status"`
 	Node   string `json:"node"`
 	Error  string `json:"error"`
@@ -253,6 +255,209 @@ func TestCluster(t *testing.T) {
 		}
 		if _, err := a.c.DrainNode(ctx, "nope"); err == nil || !strings.Contains(err.Error(), "not found") {
 			t.Errorf("draining an unknown node: %v, want not found", err)
+		}
+	})
+
+	t.Run("a fork whose children land on other nodes continues the process and files", func(t *testing.T) {
+		src, err := a.c.Create(ctx, stasis.CreateOptions{Template: "stasis/minimal"})
+		if err != nil {
+			t.Fatalf("create via a: %v", err)
+		}
+		defer a.srv.Do("DELETE", "/sandboxes/"+src.ID, nil, nil)
+		owner := tc.node(get(t, a, src.ID).Node)
+		via := a // a node other than the source's
+		if owner == a {
+			via = b
+		}
+		if err := src.Files.Write(ctx, "/tmp/note.txt", []byte("written before the fork")); err != nil {
+			t.Fatalf("write file: %v", err)
+		}
+		// The count lives in the shell's memory; the file only shows it.
+		run(t, src, `sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done' >/dev/null 2>&1 & echo $! > /tmp/counter.pid`)
+		waitFor(t, "the counter to count", func() (bool, string) {
+			n, _ := strconv.Atoi(run(t, src, "cat /tmp/count"))
+			return n >= 3, strconv.Itoa(n)
+		})
+		pid := run(t, src, "cat /tmp/counter.pid")
+		if err := via.srv.Do("POST", "/sandboxes/"+src.ID+"/pause", nil, nil); err != nil {
+			t.Fatalf("pause via %s: %v", via.name, err)
+		}
+		waitFor(t, "the snapshot to be portable", func() (bool, string) {
+			got := get(t, via, src.ID)
+			return got.Pause != nil && got.Pause.Portable, fmt.Sprintf("%+v", got.Pause)
+		})
+		// The source's node takes no new sandboxes: every child must be
+		// made on another node, from the snapshot in the object store.
+		if _, err := via.c.DrainNode(ctx, owner.name); err != nil {
+			t.Fatalf("drain %s: %v", owner.name, err)
+		}
+		defer via.c.ActivateNode(context.Background(), owner.name)
+		forks, err := via.c.ForkByID(ctx, src.ID, 2)
+		for _, f := range forks {
+			defer f.Kill(context.Background())
+		}
+		if err != nil || len(forks) != 2 {
+			t.Fatalf("fork via %s: %d sandboxes, %v", via.name, len(forks), err)
+		}
+		if got := get(t, via, src.ID); got.Status != "paused" || got.Node != owner.name {
+			t.Errorf("source after the fork: %s on %q, want paused on %s", got.Status, got.Node, owner.name)
+		}
+		for i, f := range forks {
+			got := get(t, a, f.ID)
+			if got.Status != "active" || got.Node == owner.name || got.Node == "" {
+				t.Fatalf("fork %d: %s on node %q, want active on a node other than the drained %s", i, got.Status, got.Node, owner.name)
+			}
+			if !contains(runningOn(t, tc.node(got.Node)), f.ID) {
+				t.Errorf("fork %d does not run on its node %s", i, got.Node)
+			}
+			if got := run(t, f, "cat /tmp/note.txt"); got != "written before the fork" {
+				t.Errorf("fork %d: /tmp/note.txt = %q", i, got)
+			}
+			// The same counter process goes on from where it was paused.
+			if got := run(t, f, "cat /tmp/counter.pid"); got != pid {
+				t.Errorf("fork %d: counter pid %q, want %q", i, got, pid)
+			}
+			if got := run(t, f, "kill -0 "+pid+" && echo alive"); got != "alive" {
+				t.Errorf("fork %d: the counter process %s is not running: %q", i, pid, got)
+			}
+			first, _ := strconv.Atoi(run(t, f, "cat /tmp/count"))
+			if first < 3 {
+				t.Errorf("fork %d: count %d, want it to go on from at least 3 (the memory of the paused process)", i, first)
+			}
+			waitFor(t, fmt.Sprintf("fork %d's counter to go on", i), func() (bool, string) {
+				n, _ := strconv.Atoi(run(t, f, "cat /tmp/count"))
+				return n > first, fmt.Sprintf("%d (was %d)", n, first)
+			})
+		}
+		// The copy of the snapshot a node downloaded to make its children
+		// is gone once they run (the object store keeps it).
+		for _, n := range tc.nodes {
+			if n == owner {
+				continue
+			}
+			if left, _ := filepath.Glob(filepath.Join(n.srv.DataDir(), "snapshots", src.ID, "*")); len(left) > 0 {
+				t.Errorf("node %s keeps the source's snapshot after the fork: %v", n.name, left)
+			}
+		}
+		// Independent: what one writes, the other does not see.
+		for i, f := range forks {
+			if err := f.Files.Write(ctx, "/tmp/mine.txt", []byte("fork "+strconv.Itoa(i))); err != nil {
+				t.Fatalf("write in fork %d: %v", i, err)
+			}
+		}
+		for i, f := range forks {
+			if got, err := f.Files.ReadText(ctx, "/tmp/mine.txt"); err != nil || got != "fork "+strconv.Itoa(i) {
+				t.Errorf("fork %d reads /tmp/mine.txt = %q, %v; want its own write", i, got, err)
+			}
+		}
+	})
+
+	t.Run("a fork with every node active: each child runs where GET says, from here or from the object store", func(t *testing.T) {
+		src, err := c.c.Create(ctx, stasis.CreateOptions{Template: "stasis/minimal"})
+		if err != nil {
+			t.Fatalf("create via c: %v", err)
+		}
+		defer c.srv.Do("DELETE", "/sandboxes/"+src.ID, nil, nil)
+		if err := src.Files.Write(ctx, "/tmp/note.txt", []byte("spread")); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.srv.Do("POST", "/sandboxes/"+src.ID+"/pause", nil, nil); err != nil {
+			t.Fatalf("pause: %v", err)
+		}
+		// Not waiting for the upload: children placed on other nodes wait
+		// for it inside the fork.
+		forks, err := c.c.ForkByID(ctx, src.ID, 4)
+		for _, f := range forks {
+			defer f.Kill(context.Background())
+		}
+		if err != nil || len(forks) != 4 {
+			t.Fatalf("fork: %d sandboxes, %v", len(forks), err)
+		}
+		where := map[string]int{}
+		for i, f := range forks {
+			got := get(t, c, f.ID)
+			where[got.Node]++
+			if got.Status != "active" || !contains(runningOn(t, tc.node(got.Node)), f.ID) {
+				t.Errorf("fork %d: %s, on node %q but not running there", i, got.Status, got.Node)
+			}
+			if got := run(t, f, "cat /tmp/note.txt"); got != "spread" {
+				t.Errorf("fork %d on %s: /tmp/note.txt = %q", i, get(t, c, f.ID).Node, got)
+			}
+		}
+		t.Logf("4 children placed on %v (source on %s)", where, get(t, c, src.ID).Node)
+	})
+
+	t.Run("a fork whose children's nodes cannot restore them says so and runs none of them", func(t *testing.T) {
+		src, err := b.c.Create(ctx, stasis.CreateOptions{Name: "fork-fails", Template: "stasis/minimal"})
+		if err != nil {
+			t.Fatalf("create via b: %v", err)
+		}
+		defer b.srv.Do("DELETE", "/sandboxes/"+src.ID, nil, nil)
+		owner := tc.node(get(t, b, src.ID).Node)
+		if err := b.srv.Do("POST", "/sandboxes/"+src.ID+"/pause", nil, nil); err != nil {
+			t.Fatalf("pause: %v", err)
+		}
+		waitFor(t, "the snapshot to be portable", func() (bool, string) {
+			got := get(t, b, src.ID)
+			return got.Pause != nil && got.Pause.Portable, fmt.Sprintf("%+v", got.Pause)
+		})
+		if _, err := b.c.DrainNode(ctx, owner.name); err != nil {
+			t.Fatalf("drain %s: %v", owner.name, err)
+		}
+		defer b.c.ActivateNode(context.Background(), owner.name)
+		var others []*node
+		for _, n := range tc.nodes {
+			if n != owner {
+				n.srv.ArmFaults(faultinject.Rule{Op: faultinject.OpRestore, Action: faultinject.Fail})
+				defer n.srv.ArmFaults()
+				others = append(others, n)
+			}
+		}
+		err = others[0].srv.Do("POST", "/sandboxes/"+src.ID+"/fork", map[string]int{"count": 2}, nil)
+		var he *testenv.HTTPError
+		if !errors.As(err, &he) || he.Status != 503 || !strings.Contains(he.Body, "fork_incomplete") ||
+			!strings.Contains(he.Body, "were not made") || !strings.Contains(he.Body, "injected fault") {
+			t.Fatalf("fork with every other node failing restores: %v; want 503 fork_incomplete naming the nodes' error", err)
+		}
+		// The children the nodes tried are failed records, like a create
+		// that failed, and run nowhere.
+		var list []sandboxJSON
+		if err := a.srv.Do("GET", "/sandboxes", nil, &list); err != nil {
+			t.Fatal(err)
+		}
+		tried := 0
+		for _, sb := range list {
+			if !strings.HasPrefix(sb.Name, "fork-fails-fork-") {
+				continue
+			}
+			full := get(t, a, sb.ID)
+			tried++
+			if full.Status != "failed" || full.Node == owner.name {
+				t.Errorf("child %s: %s on %s, want failed on a node other than %s", sb.ID, full.Status, full.Node, owner.name)
+			}
+			for _, n := range tc.nodes {
+				if contains(runningOn(t, n), sb.ID) {
+					t.Errorf("failed child %s runs on node %s", sb.ID, n.name)
+				}
+			}
+			b.srv.Do("DELETE", "/sandboxes/"+sb.ID, nil, nil)
+		}
+		if tried == 0 {
+			t.Errorf("no child of the failed fork was recorded: the fault cannot have been what failed it")
+		}
+		// Disarmed, the same source forks onto another node.
+		for _, n := range others {
+			n.srv.ArmFaults()
+		}
+		forks, err := others[0].c.ForkByID(ctx, src.ID, 1)
+		for _, f := range forks {
+			defer f.Kill(context.Background())
+		}
+		if err != nil || len(forks) != 1 {
+			t.Fatalf("fork after the faults were cleared: %d, %v", len(forks), err)
+		}
+		if got := get(t, a, forks[0].ID); got.Status != "active" || got.Node == owner.name {
+			t.Errorf("fork after the faults: %s on %s", got.Status, got.Node)
 		}
 	})
 
