@@ -197,6 +197,10 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("E2B: create via A, envd and files via B and C, pause via C, connect via B", func(t *testing.T) {
+		testE2BAcrossNodes(t, tc)
+	})
+
 	t.Run("a template built through A creates sandboxes on the other nodes", func(t *testing.T) {
 		tmpl, err := a.c.CreateTemplate(ctx, stasis.TemplateSpec{
 			Name: "cluster-tmpl", From: "stasis/minimal",
