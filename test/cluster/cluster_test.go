@@ -357,6 +357,10 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("a lost node's paused sandbox is auto-deleted on time, once, by another node", func(t *testing.T) {
+		testLostNodesAutoDelete(t, tc)
+	})
+
 	t.Run("kill -9 the owner: its active sandbox fails with a reason", func(t *testing.T) {
 		victim := tc.createOn(t, ctx, "c", a)
 		defer a.srv.Do("DELETE", "/sandboxes/"+victim, nil, nil)
