@@ -103,22 +103,16 @@ func (e envdVia) sh(t *testing.T, owner, cmd string) string {
 func (e envdVia) files(t *testing.T, method, query, host string, body []byte) (int, []byte) {
 	t.Helper()
 	req, _ := http.NewRequest(method, e.n.srv.E2BURL()+"/files?"+query, bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/octet-stream")
+	client := &http.Client{Transport: e}
 	if host != "" {
 		req.Host = host
 		req.Header.Set("X-Access-Token", e.sb.EnvdAccessToken)
-		req.Header.Set("Content-Type", "application/octet-stream")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatalf("/files via %s (host %s): %v", e.n.name, host, err)
-		}
-		defer resp.Body.Close()
-		data, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, data
+		client = http.DefaultClient
 	}
-	req.Header.Set("Content-Type", "application/octet-stream")
-	resp, err := (&http.Client{Transport: e}).Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
-		t.Fatalf("/files via %s: %v", e.n.name, err)
+		t.Fatalf("/files via %s (host %q): %v", e.n.name, host, err)
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)
