@@ -2,8 +2,9 @@
 # Brings up a throwaway 3-node stasis cluster on this machine (`make cluster`):
 # a PostgreSQL cluster (Debian's initdb + pg_ctl in a temp dir, loopback
 # port), a versitygw S3 server over a temp dir, and three stasisd nodes, each
-# with its own port, data dir, netns prefix and subnet. It prints the node
-# URLs and the API key and writes them to .cache/cluster/env. Ctrl-C or
+# with its own ports (API and E2B listener), data dir, netns prefix and
+# subnet. It prints the node URLs and the API key and writes them to
+# .cache/cluster/env. Ctrl-C or
 # SIGTERM deletes every sandbox, stops everything and removes what it made.
 set -euo pipefail
 
@@ -11,7 +12,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 NODES="${CLUSTER_NODES:-3}"
-# Ports: nodes on BASE+1..BASE+N, PostgreSQL and S3 beside them.
+# Ports: nodes' APIs on BASE+1..BASE+N, their E2B listeners on
+# BASE+21..BASE+20+N, PostgreSQL and S3 beside them.
 BASE="${CLUSTER_BASE_PORT:-8180}"
 PG_PORT="${CLUSTER_PG_PORT:-$((BASE + 50))}"
 S3_PORT="${CLUSTER_S3_PORT:-$((BASE + 51))}"
@@ -31,7 +33,8 @@ done
 [ -x "$VERSITYGW" ] || die "$VERSITYGW is missing; run \`make setup\` (it installs versitygw)"
 [ -n "$PGBIN" ] && [ -x "$PGBIN/initdb" ] || die "PostgreSQL's initdb is missing; run \`make setup\` (it installs postgresql)"
 id postgres >/dev/null 2>&1 || die "no postgres user: PostgreSQL refuses to run as root; run \`make setup\`"
-for p in $PG_PORT $S3_PORT $(seq $((BASE + 1)) $((BASE + NODES))); do
+[ "$NODES" -le 20 ] || die "at most 20 nodes (CLUSTER_NODES=$NODES)"
+for p in $PG_PORT $S3_PORT $(seq $((BASE + 1)) $((BASE + NODES))) $(seq $((BASE + 21)) $((BASE + 20 + NODES))); do
 	if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 		die "port $p on 127.0.0.1 is taken (is another cluster running?); set CLUSTER_BASE_PORT"
 	fi
@@ -50,6 +53,7 @@ S3_PID=""
 subnet() { echo "169.254.$((220 + 4 * $1)).0/22"; }
 prefix() { echo "stcl$1"; }
 url() { echo "http://127.0.0.1:$((BASE + $1))"; }
+e2b_addr() { echo "127.0.0.1:$((BASE + 20 + $1))"; }
 
 cleanup() {
 	trap - EXIT INT TERM
@@ -119,9 +123,12 @@ chmod 600 "$WORK/keys/"*
 KEY="${STASIS_API_KEY:-stasis_$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')}"
 export STASIS_API_KEY="$KEY"
 URLS=""
+E2B_URLS=""
 for i in $(seq 1 "$NODES"); do
 	mkdir -p "$WORK/node$i"
-	setsid bin/stasisd serve --listen "127.0.0.1:$((BASE + i))" --e2b-listen "" \
+	# Each node advertises its E2B listener (http://E2B_LISTEN) so the
+	# others forward E2B traffic for its sandboxes there.
+	setsid bin/stasisd serve --listen "127.0.0.1:$((BASE + i))" --e2b-listen "$(e2b_addr "$i")" \
 		--data-dir "$WORK/node$i" --images-dir "$IMAGES_DIR" --runsc "$RUNSC" --agent "$ROOT/bin/stasis-agent" \
 		--subnet "$(subnet "$i")" --netns-prefix "$(prefix "$i")" \
 		--database-url "$DATABASE_URL" --snapshot-url "s3://stasis/cluster" \
@@ -130,6 +137,7 @@ for i in $(seq 1 "$NODES"); do
 		${CLUSTER_NODE_ARGS:-} >"$WORK/node$i.log" 2>&1 &
 	PIDS+=($!)
 	URLS="$URLS${URLS:+ }$(url "$i")"
+	E2B_URLS="$E2B_URLS${E2B_URLS:+ }http://$(e2b_addr "$i")"
 done
 for i in $(seq 1 "$NODES"); do
 	for _ in $(seq 1 600); do
@@ -145,15 +153,20 @@ mkdir -p "$(dirname "$ENV_FILE")"
 (
 	umask 077
 	printf 'STASIS_URL=%s\nSTASIS_NODE_URLS="%s"\nSTASIS_API_KEY=%s\n' "$(url 1)" "$URLS" "$KEY" >"$ENV_FILE"
+	# E2B's SDKs through node 1's E2B listener (any node's works).
+	printf 'STASIS_E2B_URL=%s\nSTASIS_E2B_NODE_URLS="%s"\n' "http://$(e2b_addr 1)" "$E2B_URLS" >>"$ENV_FILE"
+	printf 'E2B_API_URL=%s\nE2B_SANDBOX_URL=%s\nE2B_API_KEY=%s\n' "http://$(e2b_addr 1)" "http://$(e2b_addr 1)" "$KEY" >>"$ENV_FILE"
 )
 cat <<BANNER
 
   stasis cluster of $NODES nodes is up (logs in $WORK/node*.log)
-$(for i in $(seq 1 "$NODES"); do echo "    node$i  $(url "$i")"; done)
+$(for i in $(seq 1 "$NODES"); do echo "    node$i  $(url "$i")   E2B: http://$(e2b_addr "$i")"; done)
   API key:    $KEY
   PostgreSQL: $DATABASE_URL
   S3:         $AWS_ENDPOINT_URL_S3 (bucket stasis)
-  Written to $ENV_FILE:  . $ENV_FILE && bin/stasis node ls
+  E2B SDKs:   E2B_API_URL=http://$(e2b_addr 1) E2B_SANDBOX_URL=http://$(e2b_addr 1) E2B_API_KEY=$KEY
+  Written to $ENV_FILE (STASIS_URL, STASIS_NODE_URLS, STASIS_API_KEY, STASIS_E2B_URL,
+  STASIS_E2B_NODE_URLS and E2B's three):  . $ENV_FILE && bin/stasis node ls
 
   Ctrl-C stops everything and removes it.
 

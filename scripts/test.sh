@@ -42,6 +42,8 @@ if [ -f test/compat-e2b/package.json ]; then
 	echo "==> E2B SDK compatibility tests (test/compat-e2b)"
 	command -v npm >/dev/null || { echo "test: npm not found (Node 20 is needed for test/compat-e2b)" >&2; exit 1; }
 	(cd test/compat-e2b && npm ci --no-audit --no-fund && npm test)
+	echo "==> E2B SDK compatibility tests through node 1's E2B listener of a 3-node cluster (test/compat-e2b)"
+	(cd test/compat-e2b && npm run test:cluster)
 fi
 
 echo "==> all tests passed"

@@ -22,6 +22,7 @@ func TestRefusesBadClusterFlags(t *testing.T) {
 	}{
 		{[]string{"--cpu-features", "sse2,no_such_cpu_flag"}, "CPU lacks no_such_cpu_flag"},
 		{[]string{"--advertise-url", "node-a:8080"}, "want http(s)://HOST:PORT"},
+		{[]string{"--advertise-e2b-url", "node-a:3000"}, "--advertise-e2b-url \"node-a:3000\": want http(s)://HOST:PORT"},
 		{[]string{"--node-lease", "10ms"}, "at least 1s"},
 	} {
 		dataDir := filepath.Join(t.TempDir(), "data")

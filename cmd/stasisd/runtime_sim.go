@@ -116,7 +116,7 @@ func setupSim(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err
 	previews := previewRouter(f.net, svc, pool, nodeKey, handler, log)
 	n := &node{svc: svc, api: previews, e2b: e2b.New(svc, st, log), store: st, uploads: uploads, sim: drv}
 	if nodeName != "" {
-		if n.api, n.member, err = joinCluster(ctx, f.cluster, st, svc, handler, previews, log); err != nil {
+		if n.api, n.e2b, n.member, err = joinCluster(ctx, f.cluster, st, svc, handler, previews, n.e2b, log); err != nil {
 			return nil, err
 		}
 	}

@@ -85,7 +85,7 @@ func runServe(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := f.cluster.resolve(f.listen); err != nil {
+	if err := f.cluster.resolve(f.listen, f.e2bListen); err != nil {
 		return err
 	}
 	var level slog.Level
@@ -365,14 +365,14 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 	handler.UseHealth(checks)
 	handler.UseSecrets(sec)
 	previews := previewRouter(f.net, svc, pool, nodeKey, handler, log)
-	var router http.Handler = previews
+	var router, e2bRouter http.Handler = previews, e2b.New(svc, st, log)
 	var member *cluster.Membership
 	if nodeName != "" {
-		if router, member, err = joinCluster(ctx, f.cluster, st, svc, handler, previews, log); err != nil {
+		if router, e2bRouter, member, err = joinCluster(ctx, f.cluster, st, svc, handler, previews, e2bRouter, log); err != nil {
 			return nil, err
 		}
 	}
-	return &node{svc: svc, api: router, e2b: e2b.New(svc, st, log), store: st, driver: driver, pool: pool, fw: fw, eg: eg, uploads: uploads, member: member}, nil
+	return &node{svc: svc, api: router, e2b: e2bRouter, store: st, driver: driver, pool: pool, fw: fw, eg: eg, uploads: uploads, member: member}, nil
 }
 
 // openState loads (or creates) the node key and opens the store named by

@@ -30,7 +30,7 @@ func (d StoreDirectory) Nodes(ctx context.Context) ([]Candidate, error) {
 	}
 	out := make([]Candidate, len(nodes))
 	for i, n := range nodes {
-		out[i] = Candidate{Name: n.Name, URL: n.URL, State: n.State, MemFreeMiB: n.MemFreeMiB,
+		out[i] = Candidate{Name: n.Name, URL: n.URL, E2BURL: n.E2BURL, State: n.State, MemFreeMiB: n.MemFreeMiB,
 			Running: n.Running, HeartbeatAt: n.HeartbeatAt}
 	}
 	return out, nil

@@ -33,6 +33,13 @@ type Forwarder struct {
 
 type targetKey struct{}
 
+// target is where a forwarded request goes, and how a failure to get there
+// is answered.
+type target struct {
+	base *url.URL
+	fail ErrorWriter
+}
+
 // NewForwarder returns a forwarder for the node named self.
 func NewForwarder(self string, log *slog.Logger) *Forwarder {
 	f := &Forwarder{self: self, log: log}
@@ -45,8 +52,7 @@ func NewForwarder(self string, log *slog.Logger) *Forwarder {
 	}
 	f.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			target := pr.In.Context().Value(targetKey{}).(*url.URL)
-			pr.SetURL(target)
+			pr.SetURL(pr.In.Context().Value(targetKey{}).(target).base)
 			// The owner routes data-plane requests by host (boxd-{id}.…)
 			// as well as by header: keep the client's host.
 			pr.Out.Host = pr.In.Host
@@ -63,7 +69,12 @@ func NewForwarder(self string, log *slog.Logger) *Forwarder {
 
 // Forward serves r by proxying it to the node at base (its advertise URL).
 func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, base *url.URL) {
-	ctx := context.WithValue(r.Context(), targetKey{}, base)
+	f.forward(w, r, base, writeError)
+}
+
+// forward proxies r to base; fail answers when base cannot be reached.
+func (f *Forwarder) forward(w http.ResponseWriter, r *http.Request, base *url.URL, fail ErrorWriter) {
+	ctx := context.WithValue(r.Context(), targetKey{}, target{base: base, fail: fail})
 	f.proxy.ServeHTTP(w, r.WithContext(ctx))
 }
 
@@ -73,9 +84,9 @@ func (f *Forwarder) unreachable(w http.ResponseWriter, r *http.Request, err erro
 	if errors.Is(err, context.Canceled) {
 		return // the client went away
 	}
-	target := r.Context().Value(targetKey{}).(*url.URL)
+	to := r.Context().Value(targetKey{}).(target)
 	// Never log the query: it can carry a token.
-	f.log.Warn("forwarding to node failed", "node", target.Host, "path", r.URL.Path, "err", err)
-	writeError(w, http.StatusBadGateway, "node_unreachable",
-		fmt.Sprintf("the node running this sandbox (%s) did not answer; retry, or resume the sandbox elsewhere once that node is declared lost", target.Host))
+	f.log.Warn("forwarding to node failed", "node", to.base.Host, "path", r.URL.Path, "err", err)
+	to.fail(w, http.StatusBadGateway, "node_unreachable",
+		fmt.Sprintf("the node running this sandbox (%s) did not answer; retry, or resume the sandbox elsewhere once that node is declared lost", to.base.Host))
 }

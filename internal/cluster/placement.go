@@ -22,6 +22,7 @@ var ErrNoNode = errors.New("cluster: no node can take a new sandbox")
 // Candidate is what placement knows of a node.
 type Candidate struct {
 	Name, URL   string
+	E2BURL      string // where the node serves E2B's protocol ("" none)
 	State       string
 	MemFreeMiB  int64
 	Running     int

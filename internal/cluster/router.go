@@ -36,7 +36,34 @@ type RouterConfig struct {
 	// HostSandboxID is the sandbox a request's Host names (a preview URL),
 	// "" for none; nil when the node serves no previews.
 	HostSandboxID func(*http.Request) string
-	Logger        *slog.Logger
+	// Classify says what a request is for another protocol's listener
+	// (E2B's); nil: the Superserve API's routes (SandboxID, HostSandboxID).
+	Classify func(*http.Request) Route
+	// Address is where a node serves this listener's protocol ("" none);
+	// nil: its advertise URL.
+	Address func(Candidate) string
+	// WriteError writes this protocol's error body; nil: Superserve's.
+	WriteError ErrorWriter
+	Logger     *slog.Logger
+}
+
+// ErrorWriter writes an error answer in a protocol's own body format.
+type ErrorWriter func(w http.ResponseWriter, status int, code, msg string)
+
+// RouteKind says how a request is routed.
+type RouteKind int
+
+const (
+	RouteLocal  RouteKind = iota // served by this node
+	RoutePlace                   // a create: served by the node placement picks
+	RouteOwner                   // about Sandbox: served by its owner
+	RouteResume                  // resumes Sandbox: its owner, or a placed node when the owner is lost or draining
+)
+
+// Route is what a request is, as far as routing cares.
+type Route struct {
+	Kind    RouteKind
+	Sandbox string
 }
 
 // Router sends each request to the node that should serve it: requests
@@ -78,12 +105,20 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rt.cfg.Local.ServeHTTP(w, r)
 		return
 	}
-	base, err := url.Parse(d.To.URL)
+	fail := rt.cfg.WriteError
+	if fail == nil {
+		fail = writeError
+	}
+	addr := d.To.URL
+	if rt.cfg.Address != nil {
+		addr = rt.cfg.Address(d.To)
+	}
+	base, err := url.Parse(addr)
 	if err != nil || base.Host == "" {
-		writeError(w, http.StatusBadGateway, "node_unreachable", "node "+d.To.Name+" has no usable advertise URL")
+		fail(w, http.StatusBadGateway, "node_unreachable", "node "+d.To.Name+" does not advertise an address for this protocol (is its listener on?)")
 		return
 	}
-	rt.cfg.Forwarder.Forward(w, r, base)
+	rt.cfg.Forwarder.forward(w, r, base, fail)
 }
 
 // dataPlanePaths are served by the node that runs the sandbox.
@@ -97,31 +132,46 @@ func (rt *Router) Decide(r *http.Request) (Decision, error) {
 	if r.Header.Get(ForwardedHeader) != "" {
 		return Decision{Reason: "forwarded"}, nil
 	}
+	classify := rt.cfg.Classify
+	if classify == nil {
+		classify = rt.superserveRoute
+	}
 	ctx := r.Context()
+	switch route := classify(r); route.Kind {
+	case RoutePlace:
+		return rt.place(ctx, "create")
+	case RouteOwner, RouteResume:
+		if route.Sandbox != "" {
+			return rt.toOwner(ctx, route.Sandbox, route.Kind == RouteResume)
+		}
+	}
+	return Decision{Reason: "local"}, nil
+}
+
+// superserveRoute classifies a request to the Superserve API.
+func (rt *Router) superserveRoute(r *http.Request) Route {
 	if rt.cfg.HostSandboxID != nil {
 		if id := rt.cfg.HostSandboxID(r); id != "" {
 			// A preview: only the sandbox's own node reaches its ports.
-			return rt.toOwner(ctx, id, false)
+			return Route{Kind: RouteOwner, Sandbox: id}
 		}
 	}
 	p := r.URL.Path
 	switch {
 	case r.Method == http.MethodPost && p == "/sandboxes":
-		return rt.place(ctx, "create")
+		return Route{Kind: RoutePlace}
 	case strings.HasPrefix(p, "/sandboxes/"):
 		id, action, _ := strings.Cut(strings.TrimPrefix(p, "/sandboxes/"), "/")
-		if id == "" {
-			return Decision{Reason: "local"}, nil
-		}
 		// Reads go to the owner too: only it knows whether a pause is
 		// durable or still in memory.
-		return rt.toOwner(ctx, id, action == "resume" || action == "activate")
-	case dataPlanePaths[p] && rt.cfg.SandboxID != nil:
-		if id := rt.cfg.SandboxID(r); id != "" {
-			return rt.toOwner(ctx, id, false)
+		if action == "resume" || action == "activate" {
+			return Route{Kind: RouteResume, Sandbox: id}
 		}
+		return Route{Kind: RouteOwner, Sandbox: id}
+	case dataPlanePaths[p] && rt.cfg.SandboxID != nil:
+		return Route{Kind: RouteOwner, Sandbox: rt.cfg.SandboxID(r)}
 	}
-	return Decision{Reason: "local"}, nil
+	return Route{Kind: RouteLocal}
 }
 
 // toOwner routes a request about sandbox id to its owner while that node

@@ -314,3 +314,80 @@ func TestResumeSeesADrainAtOnce(t *testing.T) {
 		t.Errorf("resume just after b was drained served by %q, want a", body["node"])
 	}
 }
+
+// TestSecondProtocolGoesToTheOwnersOwnListener: a second listener (E2B's)
+// classifies its own requests, forwards them to the address the owner
+// advertises for that protocol, and answers in that protocol's error format
+// when the owner has none.
+func TestSecondProtocolGoesToTheOwnersOwnListener(t *testing.T) {
+	c := newTestCluster(t, "a", "b", "c")
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	other := map[string]string{}
+	for _, name := range []string{"a", "b", "c"} {
+		local := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			json.NewEncoder(w).Encode(map[string]string{"node": name, "listener": "other", "path": r.URL.Path,
+				"host": r.Host, "forwarded_by": r.Header.Get(ForwardedHeader)})
+		})
+		srv := httptest.NewServer(NewRouter(RouterConfig{
+			Self: name, Directory: c.dir, Forwarder: NewForwarder(name, log), Local: local, Lease: time.Minute,
+			Classify: func(r *http.Request) Route {
+				if id := r.Header.Get("Other-Sandbox-Id"); id != "" {
+					return Route{Kind: RouteOwner, Sandbox: id}
+				}
+				if r.Method == http.MethodPost && r.URL.Path == "/v2/sandboxes" {
+					return Route{Kind: RoutePlace}
+				}
+				return Route{Kind: RouteLocal}
+			},
+			Address: func(n Candidate) string { return n.E2BURL },
+			WriteError: func(w http.ResponseWriter, status int, code, msg string) {
+				w.WriteHeader(status)
+				json.NewEncoder(w).Encode(map[string]any{"code": status, "message": msg})
+			},
+			Logger: log,
+		}))
+		t.Cleanup(srv.Close)
+		other[name] = srv.URL
+	}
+	c.dir.mu.Lock()
+	c.dir.nodes["b"].E2BURL = other["b"]
+	c.dir.nodes["c"].E2BURL = "" // c serves no second listener
+	c.dir.mu.Unlock()
+	c.dir.set("a", StateDraining)
+	c.dir.set("c", StateDraining) // still serves its own sandboxes
+	c.dir.owners["sb1"], c.dir.owners["sb2"] = "b", "c"
+
+	do := func(method, path string, hdr http.Header) (int, map[string]any) {
+		t.Helper()
+		req, _ := http.NewRequest(method, other["a"]+path, nil)
+		req.Header = hdr
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body map[string]any
+		json.NewDecoder(resp.Body).Decode(&body)
+		return resp.StatusCode, body
+	}
+	_, body := do("GET", "/files", http.Header{"Other-Sandbox-Id": {"sb1"}})
+	if body["node"] != "b" || body["listener"] != "other" || body["forwarded_by"] != "a" {
+		t.Errorf("second-protocol request for b's sandbox via a: %v; want b's own listener, forwarded by a", body)
+	}
+	// a and c drain: a create goes to b, on b's second listener.
+	for range 5 {
+		if status, body := do("POST", "/v2/sandboxes", nil); status != http.StatusOK || body["node"] != "b" || body["listener"] != "other" {
+			t.Fatalf("create via a: %d %v; want b's second listener", status, body)
+		}
+	}
+	// c owns sb2 but has no second listener: an error in this protocol's
+	// format, never a request to c's other listener.
+	status, body := do("GET", "/files", http.Header{"Other-Sandbox-Id": {"sb2"}})
+	if status != http.StatusBadGateway || body["code"] != float64(http.StatusBadGateway) ||
+		!strings.Contains(body["message"].(string), "node c does not advertise an address") {
+		t.Errorf("request for c's sandbox (c has no second listener): %d %v; want 502 in the protocol's format naming c", status, body)
+	}
+	if _, body := do("GET", "/v2/sandboxes", nil); body["node"] != "a" {
+		t.Errorf("a list via a served by %v, want a", body["node"])
+	}
+}

@@ -66,6 +66,45 @@ func (s *Service) localAgentPath(p string) string {
 	return local
 }
 
+// takeOverFromLost makes this node the owner of sandbox sb, which another
+// node owns, so that it may delete it: allowed only when that node is lost
+// (a live owner deletes its own sandboxes). The claim is fenced by the
+// epoch: of two nodes deleting or resuming it at once, one wins and the
+// other is told, so a lost node's sandbox is deleted exactly once.
+func (s *Service) takeOverFromLost(ctx context.Context, sb *store.Sandbox) error {
+	if !s.lostNodes(ctx)[sb.Node] {
+		s.stopMovedOn(ctx, sb)
+		return fmt.Errorf("delete sandbox %s owned by node %s: %w", sb.ID, sb.Node, store.ErrFenced)
+	}
+	epoch, err := s.cfg.Store.ClaimSandbox(ctx, sb.ID, sb.Epoch, s.cfg.NodeName)
+	if errors.Is(err, store.ErrFenced) {
+		return newErr(ErrConflict, "resumed_elsewhere",
+			"sandbox %s was just taken over by another node; retry and the request goes there", sb.ID)
+	}
+	if err != nil {
+		return fmt.Errorf("claim sandbox %s of lost node %s: %w", sb.ID, sb.Node, err)
+	}
+	s.log.Info("took over a lost node's sandbox to delete it", "sandbox", sb.ID, "from", sb.Node, "epoch", epoch)
+	return nil
+}
+
+// lostNodes returns the nodes declared lost (none when the store cannot
+// say: then nothing of theirs is touched).
+func (s *Service) lostNodes(ctx context.Context) map[string]bool {
+	nodes, err := s.cfg.Store.ListNodes(ctx)
+	if err != nil {
+		s.log.Warn("listing nodes", "err", err)
+		return map[string]bool{}
+	}
+	lost := map[string]bool{}
+	for _, n := range nodes {
+		if n.State == store.NodeLost {
+			lost[n.Name] = true
+		}
+	}
+	return lost
+}
+
 // Load is this node's free memory and how many sandboxes it runs, for
 // placement.
 func (s *Service) Load(ctx context.Context) (memFreeMiB int64, running int) {

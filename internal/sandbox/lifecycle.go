@@ -556,8 +556,9 @@ func (s *Service) Delete(ctx context.Context, teamID, id string) error {
 // files) is an orphan that the next start cleans up.
 func (s *Service) deleteLocked(ctx context.Context, b *box, id string) error {
 	if sb, err := s.cfg.Store.GetSandbox(ctx, "", id); err == nil && !s.owns(sb) {
-		s.stopMovedOn(ctx, sb)
-		return fmt.Errorf("delete sandbox %s owned by node %s: %w", id, sb.Node, store.ErrFenced)
+		if err := s.takeOverFromLost(ctx, sb); err != nil {
+			return err
+		}
 	}
 	if err := s.cfg.Store.DeleteSandbox(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err

@@ -38,9 +38,17 @@ func (s *Service) RunTimers(ctx context.Context) {
 			s.log.Error("timers", "err", err)
 			continue
 		}
+		var lost map[string]bool // read once per tick, and only when needed
 		for _, sb := range due {
 			if !s.owns(sb) {
-				continue // its owner's timers fire it
+				if lost == nil {
+					lost = s.lostNodes(ctx)
+				}
+				if !lost[sb.Node] {
+					continue // its owner's timers fire it
+				}
+				// The owner is lost: any node may fire the timer; the
+				// timer lease and the epoch-fenced claim let one do it.
 			}
 			s.fireTimer(ctx, sb.ID)
 		}
@@ -64,6 +72,12 @@ func (s *Service) fireTimer(ctx context.Context, id string) {
 		return // deleted meanwhile
 	}
 	now := time.Now()
+	deleteDue := sb.Status == store.StatusPaused && sb.DeleteAt != nil && !sb.DeleteAt.After(now)
+	if !s.owns(sb) && !deleteDue {
+		// Of a lost node's sandboxes only paused ones have timers left
+		// (its active ones failed); anything else waits for its owner.
+		return
+	}
 	switch {
 	case sb.Status == store.StatusActive && sb.PauseAt != nil && !sb.PauseAt.After(now) && sb.DeleteOnTimeout:
 		s.log.Info("timeout reached: deleting", "sandbox", id)
@@ -75,8 +89,8 @@ func (s *Service) fireTimer(ctx context.Context, id string) {
 		if err := s.pauseLocked(ctx, b, sb); err != nil {
 			s.log.Error("timeout pause failed", "sandbox", id, "err", err)
 		}
-	case sb.Status == store.StatusPaused && sb.DeleteAt != nil && !sb.DeleteAt.After(now):
-		s.log.Info("auto-delete reached: deleting", "sandbox", id)
+	case deleteDue:
+		s.log.Info("auto-delete reached: deleting", "sandbox", id, "owner", sb.Node)
 		if err := s.deleteLocked(ctx, b, id); err != nil {
 			s.log.Error("auto-delete failed", "sandbox", id, "err", err)
 		}

@@ -32,6 +32,7 @@ const (
 // Node is one stasisd of a cluster, as it registered and last heartbeat.
 type Node struct {
 	Name, URL   string
+	E2BURL      string // where other nodes forward E2B traffic; "" when the node serves none
 	State       string // NodeActive, NodeDraining or NodeLost
 	CPUFeatures string
 	Version     string
@@ -59,12 +60,12 @@ func (s *sqlStore) UpsertNode(ctx context.Context, n Node) error {
 	if n.StartedAt.IsZero() {
 		n.StartedAt = t
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO nodes(name, url, state, cpu_features, version, mem_free_mib,
-		running, heartbeat_ms, started_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT(name) DO UPDATE SET url = excluded.url, state = excluded.state,
+	_, err := s.db.ExecContext(ctx, `INSERT INTO nodes(name, url, e2b_url, state, cpu_features, version, mem_free_mib,
+		running, heartbeat_ms, started_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT(name) DO UPDATE SET url = excluded.url, e2b_url = excluded.e2b_url, state = excluded.state,
 		cpu_features = excluded.cpu_features, version = excluded.version, mem_free_mib = excluded.mem_free_mib,
 		running = excluded.running, heartbeat_ms = excluded.heartbeat_ms, started_ms = excluded.started_ms`,
-		n.Name, n.URL, n.State, n.CPUFeatures, n.Version, n.MemFreeMiB, n.Running, unixMs(t), unixMs(n.StartedAt))
+		n.Name, n.URL, n.E2BURL, n.State, n.CPUFeatures, n.Version, n.MemFreeMiB, n.Running, unixMs(t), unixMs(n.StartedAt))
 	if err != nil {
 		return fmt.Errorf("upsert node %s: %w", n.Name, err)
 	}
@@ -87,7 +88,7 @@ func (s *sqlStore) HeartbeatNode(ctx context.Context, name string, memFreeMiB in
 
 // ListNodes returns every node that ever registered, by name.
 func (s *sqlStore) ListNodes(ctx context.Context) ([]Node, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT name, url, state, cpu_features, version, mem_free_mib, running,
+	rows, err := s.db.QueryContext(ctx, `SELECT name, url, e2b_url, state, cpu_features, version, mem_free_mib, running,
 		heartbeat_ms, started_ms FROM nodes ORDER BY name`)
 	if err != nil {
 		return nil, fmt.Errorf("list nodes: %w", err)
@@ -97,7 +98,7 @@ func (s *sqlStore) ListNodes(ctx context.Context) ([]Node, error) {
 	for rows.Next() {
 		var n Node
 		var hb, started int64
-		if err := rows.Scan(&n.Name, &n.URL, &n.State, &n.CPUFeatures, &n.Version, &n.MemFreeMiB, &n.Running,
+		if err := rows.Scan(&n.Name, &n.URL, &n.E2BURL, &n.State, &n.CPUFeatures, &n.Version, &n.MemFreeMiB, &n.Running,
 			&hb, &started); err != nil {
 			return nil, fmt.Errorf("list nodes: %w", err)
 		}

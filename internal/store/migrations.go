@@ -205,6 +205,12 @@ var migrations = []string{
 	);`,
 	// 11: E2B's autoResume {enabled: false}: traffic does not resume it
 	`ALTER TABLE sandboxes ADD COLUMN no_auto_resume INTEGER NOT NULL DEFAULT 0;`,
+	// 12: the URL other nodes forward E2B traffic to ('' when the node
+	// serves no E2B listener), and indexes for the timer query (DueTimers),
+	// which every node runs four times a second
+	`ALTER TABLE nodes ADD COLUMN e2b_url TEXT NOT NULL DEFAULT '';
+	CREATE INDEX sandboxes_pause_at ON sandboxes(status, pause_at);
+	CREATE INDEX sandboxes_delete_at ON sandboxes(status, delete_at);`,
 }
 
 // pgTypes turns the SQLite column types the migrations use into

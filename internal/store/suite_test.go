@@ -259,7 +259,8 @@ func testTryLeaseOneHolder(t *testing.T, s Store) {
 func testNodesHeartbeatAndLost(t *testing.T, s Store) {
 	ctx := context.Background()
 	for _, name := range []string{"b", "a"} {
-		if err := s.UpsertNode(ctx, Node{Name: name, URL: "http://127.0.0.1:1/" + name, CPUFeatures: "sse4_2", Version: "v1"}); err != nil {
+		if err := s.UpsertNode(ctx, Node{Name: name, URL: "http://127.0.0.1:1/" + name, E2BURL: "http://127.0.0.1:3/" + name,
+			CPUFeatures: "sse4_2", Version: "v1"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -274,7 +275,8 @@ func testNodesHeartbeatAndLost(t *testing.T, s Store) {
 		t.Fatal(err)
 	}
 	if len(nodes) != 2 || nodes[0].Name != "a" || nodes[0].State != NodeActive || nodes[0].MemFreeMiB != 2048 ||
-		nodes[0].Running != 3 || nodes[0].URL != "http://127.0.0.1:1/a" || nodes[0].CPUFeatures != "sse4_2" ||
+		nodes[0].Running != 3 || nodes[0].URL != "http://127.0.0.1:1/a" || nodes[0].E2BURL != "http://127.0.0.1:3/a" ||
+		nodes[0].CPUFeatures != "sse4_2" ||
 		time.Since(nodes[0].HeartbeatAt) > time.Minute || nodes[0].StartedAt.IsZero() {
 		t.Fatalf("nodes: %+v", nodes)
 	}
@@ -300,12 +302,12 @@ func testNodesHeartbeatAndLost(t *testing.T, s Store) {
 	if nodes[0].State != NodeDraining || nodes[1].State != NodeLost {
 		t.Fatalf("states: %s %s, want draining lost", nodes[0].State, nodes[1].State)
 	}
-	// b registers again after a restart: active.
+	// b registers again after a restart, now without an E2B listener: active.
 	if err := s.UpsertNode(ctx, Node{Name: "b", URL: "http://127.0.0.1:2/b"}); err != nil {
 		t.Fatal(err)
 	}
 	nodes, _ = s.ListNodes(ctx)
-	if nodes[1].State != NodeActive || nodes[1].URL != "http://127.0.0.1:2/b" {
+	if nodes[1].State != NodeActive || nodes[1].URL != "http://127.0.0.1:2/b" || nodes[1].E2BURL != "" {
 		t.Fatalf("re-registered b: %+v", nodes[1])
 	}
 }

@@ -201,6 +201,10 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("E2B: create via A, envd and files via B and C, pause via C, connect via B", func(t *testing.T) {
+		testE2BAcrossNodes(t, tc)
+	})
+
 	t.Run("a template built through A creates sandboxes on the other nodes", func(t *testing.T) {
 		tmpl, err := a.c.CreateTemplate(ctx, stasis.TemplateSpec{
 			Name: "cluster-tmpl", From: "stasis/minimal",
@@ -558,6 +562,10 @@ func TestCluster(t *testing.T) {
 		if got := run(t, sbA, "kill -0 "+pid+" && echo alive"); got != "alive" {
 			t.Errorf("exec via a after its return: %q", got)
 		}
+	})
+
+	t.Run("a lost node's paused sandbox is auto-deleted on time, once, by another node", func(t *testing.T) {
+		testLostNodesAutoDelete(t, tc)
 	})
 
 	t.Run("kill -9 the owner: its active sandbox fails with a reason", func(t *testing.T) {

@@ -194,7 +194,7 @@ for (;;) {
 # sandboxes land on all three.
 suite_start_cluster() {
 	local base i
-	for i in $(seq 1 20); do # cluster.sh needs base+1..3, +50 and +51 free
+	for i in $(seq 1 20); do # cluster.sh needs base+1..3, +21..23, +50 and +51 free
 		base=$((20000 + RANDOM % 20000))
 		(exec 3<>"/dev/tcp/127.0.0.1/$((base + 1))") 2>/dev/null || break
 	done
