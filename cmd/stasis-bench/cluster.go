@@ -85,10 +85,6 @@ func startBenchCluster(ctx context.Context, cfg *Config) (_ *benchClusterEnv, er
 	if err != nil {
 		return nil, err
 	}
-	// PostgreSQL runs as the postgres user, in a directory under tmp.
-	if err := os.Chmod(tmp, 0o711); err != nil {
-		return nil, err
-	}
 	cl := &benchClusterEnv{tmp: tmp, names: []string{"bench-a", "bench-b"},
 		subnets: cfg.ClusterSubnets[:], prefixes: cfg.ClusterPrefixes[:]}
 	defer func() {
@@ -98,7 +94,9 @@ func startBenchCluster(ctx context.Context, cfg *Config) (_ *benchClusterEnv, er
 	}()
 	// Links an earlier, interrupted run left behind.
 	cl.removeLinks()
-	if cl.pg, err = testenv.LaunchPostgres(tmp); err != nil {
+	// PostgreSQL runs as the postgres user, which must reach its
+	// directory: the system temp dir, not -tmp (whose parents may be 0700).
+	if cl.pg, err = testenv.LaunchPostgres(""); err != nil {
 		return cl, err
 	}
 	if cl.s3, err = testenv.LaunchS3(tmp); err != nil {
