@@ -56,6 +56,22 @@ while True:
 // aliveCmd succeeds only if the memory holder is still running.
 const aliveCmd = `kill -0 "$(cat /tmp/ready)"`
 
+// startHolder starts the memory holder in stasis sandbox bx, as a user
+// would: hold.py written, then started in the background through exec. It
+// returns once the holder has touched its memory.
+func (bx *box) startHolder(ctx context.Context, sizeMiB int) error {
+	if err := bx.writeFile(ctx, "/tmp/hold.py", []byte(holdScript)); err != nil {
+		return err
+	}
+	if _, err := bx.exec(ctx, fmt.Sprintf("python3 /tmp/hold.py %d >/dev/null 2>&1 &", sizeMiB)); err != nil {
+		return err
+	}
+	if err := waitFor(ctx, 2*time.Minute, func() error { _, err := bx.exec(ctx, aliveCmd); return err }); err != nil {
+		return fmt.Errorf("memory holder did not start: %w", err)
+	}
+	return nil
+}
+
 // rawAgentToken is the agent secret of the baseline's agent containers.
 const rawAgentToken = "stasis-bench-raw"
 
@@ -192,6 +208,7 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 		{"e2b", b.benchE2B},
 		{"density", b.benchDensity},
 		{"snapshot-upload", b.benchSnapshotUpload},
+		{"cluster", b.benchCluster},
 	}
 	for _, p := range phases {
 		if cfg.Phases != "" && !slices.Contains(strings.Split(cfg.Phases, ","), p.name) {
@@ -735,14 +752,8 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 		return err
 	}
 	defer bx.delete(bg)
-	if err := bx.writeFile(ctx, "/tmp/hold.py", []byte(holdScript)); err != nil {
-		return err
-	}
-	if _, err := bx.exec(ctx, fmt.Sprintf("python3 /tmp/hold.py %d >/dev/null 2>&1 &", size)); err != nil {
-		return err
-	}
-	if err := waitFor(ctx, 2*time.Minute, func() error { _, err := bx.exec(ctx, aliveCmd); return err }); err != nil {
-		return fmt.Errorf("stasis: memory holder did not start: %w", err)
+	if err := bx.startHolder(ctx, size); err != nil {
+		return fmt.Errorf("stasis: %w", err)
 	}
 	if pid, err := b.srv.sandboxPid(bx.ID); err == nil {
 		pr.sActiveMem, _ = sandboxMem(pid)
@@ -790,14 +801,8 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 			return err
 		}
 		defer wb.delete(bg)
-		if err := wb.writeFile(ctx, "/tmp/hold.py", []byte(holdScript)); err != nil {
-			return err
-		}
-		if _, err := wb.exec(ctx, fmt.Sprintf("python3 /tmp/hold.py %d >/dev/null 2>&1 &", size)); err != nil {
-			return err
-		}
-		if err := waitFor(ctx, 2*time.Minute, func() error { _, err := wb.exec(ctx, aliveCmd); return err }); err != nil {
-			return fmt.Errorf("warm: memory holder did not start: %w", err)
+		if err := wb.startHolder(ctx, size); err != nil {
+			return fmt.Errorf("warm: %w", err)
 		}
 	}
 
@@ -1133,12 +1138,17 @@ func syncTree(dir string) error {
 	})
 }
 
+// touchedLabel names a memory holder's size in row names ("200 MB touched").
+func touchedLabel(sizeMiB int) string {
+	if sizeMiB >= 1024 && sizeMiB%1024 == 0 {
+		return fmt.Sprintf("%d GB touched", sizeMiB/1024)
+	}
+	return fmt.Sprintf("%d MB touched", sizeMiB)
+}
+
 func (b *bench) pairPauseRows(size int) {
 	pr := b.pauseRes(size)
-	label := fmt.Sprintf("%d MB touched", size)
-	if size >= 1024 && size%1024 == 0 {
-		label = fmt.Sprintf("%d GB touched", size/1024)
-	}
+	label := touchedLabel(size)
 	memExtra := map[string]any{
 		"stasis_active_pss_mib":    round(pr.sActiveMem.PssMiB),
 		"stasis_active_cgroup_mib": round(pr.sActiveMem.CgroupMiB),

@@ -81,7 +81,7 @@ func TestQuickHarness(t *testing.T) {
 			t.Errorf("%s: status %q (%s)", r.Name, r.Status, r.Note)
 		}
 	}
-	for _, g := range []string{"create", "exec", "files", "pause", "warm", "network", "secrets", "density", "snapshot-upload"} {
+	for _, g := range []string{"create", "exec", "files", "pause", "warm", "network", "secrets", "density", "snapshot-upload", "cluster"} {
 		if groups[g] == 0 {
 			t.Errorf("no %s results", g)
 		}
@@ -110,7 +110,7 @@ func TestQuickHarness(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Quick mode", "runsc", "exec `true`", "Density", "BenchmarkExecTrue", "Secrets: injection at egress"} {
+	for _, want := range []string{"Quick mode", "runsc", "exec `true`", "Density", "BenchmarkExecTrue", "Secrets: injection at egress", "Cluster targets (issue 14)"} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("BENCHMARKS.md lacks %q", want)
 		}

@@ -48,6 +48,9 @@ type Config struct {
 	WarmPrefix  string
 	RawSubnet   string // the baseline's links
 	RawPrefix   string
+	// The cluster phase's two stasisd nodes: each its own range and prefix.
+	ClusterSubnets  [2]string
+	ClusterPrefixes [2]string
 
 	CreateReps    int
 	ExecReps      int
@@ -152,6 +155,8 @@ func (c *Config) setFull() {
 	def(&c.WarmPrefix, "sbwarm")
 	def(&c.RawSubnet, "169.254.247.0/24")
 	def(&c.RawPrefix, "sbraw")
+	c.ClusterSubnets = [2]string{"169.254.252.0/24", "169.254.253.0/24"}
+	c.ClusterPrefixes = [2]string{"sbcla", "sbclb"}
 	c.CreateReps = 15
 	c.ExecReps = 50
 	c.Exec1MBReps = 20
@@ -184,6 +189,8 @@ func (c *Config) setQuick() {
 	def(&c.WarmPrefix, "sbqwrm")
 	def(&c.RawSubnet, "169.254.251.0/24")
 	def(&c.RawPrefix, "sbqraw")
+	c.ClusterSubnets = [2]string{"169.254.254.0/25", "169.254.254.128/25"}
+	c.ClusterPrefixes = [2]string{"sbqca", "sbqcb"}
 	c.CreateReps = 2
 	c.ExecReps = 3
 	c.Exec1MBReps = 2
@@ -260,7 +267,7 @@ func main() {
 	flag.StringVar(&cfg.WarmPrefix, "warm-netns-prefix", "", "netns prefix for the warm-tier stasisd")
 	flag.StringVar(&cfg.RawSubnet, "raw-subnet", "", "link-local range for the raw runsc baseline (default 169.254.247.0/24; quick 169.254.251.0/24)")
 	flag.StringVar(&cfg.RawPrefix, "raw-netns-prefix", "", "netns prefix for the raw runsc baseline")
-	flag.StringVar(&cfg.Phases, "phases", "", "only these phases, comma-separated (create, exec, files, pause-resume, network, e2b, density, snapshot-upload), for development; writes to a temp dir unless -out is given")
+	flag.StringVar(&cfg.Phases, "phases", "", "only these phases, comma-separated (create, exec, files, pause-resume, network, e2b, density, snapshot-upload, cluster), for development; writes to a temp dir unless -out is given")
 	pauseSizes := flag.String("pause-sizes", "", "pause/resume sizes in MB, comma-separated (default 10,200,1024), for development")
 	flag.BoolVar(&cfg.DensityLarge, "density-large", false, "density phase at scale: up to 300 idle active and 2,000 paused stasis/minimal sandboxes (20-40 minutes more; its stasisd gets -subnet 169.254.232.0/21 unless given)")
 	render := flag.String("render", "", "only rewrite BENCHMARKS.md from this benchmarks.json (no measuring)")

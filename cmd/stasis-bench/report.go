@@ -224,6 +224,7 @@ func markdown(r *Report) string {
 		{"secrets", "Secrets: injection at egress", "From the network phase's stasis sandbox to its test internet's HTTPS site, with a bearer secret bound to the sandbox (`secret.test`): through the injecting proxy, against the same request to the same site under a name no secret names (`bench.test`), whose TLS the proxy passes through unread. Both columns are stasis. Goals (issue 13): at most +2 ms at p50 for small requests on a kept-alive connection (`p50_overhead_ms`), and at least 0.8× pass-through throughput for a large body (`throughput_vs_passthrough`)."},
 		{"density", "Density", ""},
 		{"snapshot-upload", "Snapshot upload to an object store", "A directory shaped like a checkpoint (one memory file of N MB of random bytes, a few small files) uploaded to a real S3 server (versitygw on loopback, same machine). stasis: its snapshot uploader (SHA-256 of every file, then multipart in 16 MiB parts, 4 at a time, manifest last), timed until the snapshot is portable. The \"runsc\" columns here are a bare aws-sdk-go-v2 client sending the same files (PutObject, or multipart with the same part size and concurrency), alternately with stasis; the ratio is what checksums and the manifest add."},
+		{"cluster", "Cluster: resume on another node, and the forwarding hop", clusterIntro},
 	}
 	for _, g := range groups {
 		var rows []Row
@@ -299,6 +300,11 @@ func markdown(r *Report) string {
 	// Where stasis adds the most over runsc.
 	var ranked []Row
 	for _, row := range r.Rows {
+		// In these groups the second column is not runsc (a bare S3
+		// client; stasis on the owner node).
+		if row.Group == "snapshot-upload" || row.Group == "cluster" {
+			continue
+		}
 		if row.Ratio != nil && row.Stasis != nil && row.Stasis.Unit == "ms" {
 			ranked = append(ranked, row)
 		}
@@ -351,7 +357,7 @@ func markdown(r *Report) string {
 	w("make bench-density # make bench with the density phase at scale (300 active, 2,000 paused; 20-40 minutes more)\n```\n\n")
 	w("Both need root and `make setup` (runsc and the images). Phase durations of this run: ")
 	var ph []string
-	for _, k := range []string{"create", "exec", "files", "pause-resume", "network", "density", "snapshot-upload"} {
+	for _, k := range []string{"create", "exec", "files", "pause-resume", "network", "e2b", "density", "snapshot-upload", "cluster"} {
 		if v, ok := r.Phases[k]; ok {
 			ph = append(ph, fmt.Sprintf("%s %.0f s", k, v))
 		}
@@ -453,3 +459,10 @@ func extraText(x map[string]any) string {
 
 // networkBaseline explains the network phase's baselines.
 const networkBaseline = "Network figures have their own baselines. Egress: the same raw runsc container (stasis/base) with its link plainly NATed (iptables MASQUERADE, forwarding enabled on its link and the test internet's only, anything else from its link dropped) to a test internet that the harness builds for itself (a network namespace with documentation-range addresses, a name server and a web server, from internal/testnet; no packet leaves the host); the stasis sandbox reaches the same site through stasisd's egress path (transparent proxy, rules, network log, stasisd's resolver). Both sides time curl inside the sandbox (its `time_total`): a download (100 MB; 8 MB in quick mode), small GETs by IP and by name, each with a new connection, and name lookups alone (python's `socket.gethostbyname` in a loop: stasisd's resolver against the test internet's name server asked through the NAT). The name server answers after 5 ms, as one across a network would, so the by-name rows include what stasisd's resolver cache saves (answers are cached for their TTL, 60 s here). Preview: a python HTTP/1.1 server in the stasis sandbox, fetched from the host through its preview URL on stasisd's API listener and straight at the sandbox's address, alternately, with a new connection per request and over one kept-alive connection; the server writes each response in one write (with python's default of headers and body in two writes on a socket without TCP_NODELAY, the host's delayed ACK adds about 40 ms to most responses on both paths). Waking: the first response byte of a preview request to a sandbox paused to disk, against stasis's own resume + exec of `true` (not raw runsc)."
+
+// clusterIntro explains the cluster phase's rows.
+const clusterIntro = "Two stasisd nodes (`bench-a`, `bench-b`) share a real PostgreSQL (Debian's, `initdb` + `pg_ctl` in a temp dir) and a real S3 server (versitygw serving a temp dir), all on loopback on this one machine, each node with its own port, data dir, netns prefix and subnet, and the same node key. " +
+	"Both columns are stasis: the \"runsc\" columns of this table hold the figure the row is compared with, and the ratio is other node ÷ owner. " +
+	"**Resume on the other node**: a stasis/base sandbox whose python holder touched N MB is paused and waited on until its snapshot is on disk only and in the object store (`pause.portable`); then, alternately in every repetition, it is resumed on the node that paused it (local: restore from its own disk) and, after another pause, resumed through the other node while the owner is drained (`POST /nodes/{name}/drain`, so it cannot take the resume; made active again right after): that node claims the sandbox, downloads the snapshot from S3 into its snapshot cache checking every file's SHA-256, and restores it. Each repetition moves the sandbox, so the two nodes swap roles. Both are timed from the resume call until a command checking the holder (`kill -0`) has answered; `download_ms` is the download and check alone, as the restoring node logs it, and `resume_call_*` the resume call alone. " +
+	"Page cache: nothing is evicted, and both paths read what was written or read a moment before. The local resume restores the snapshot its pause wrote, which the upload has just read again; the other node downloads files the S3 server wrote a moment before, writes them through the page cache and restores from there. `pages_in_page_cache_local` and `pages_in_page_cache_s3_files` are the share of the memory file (the local one, and the S3 server's copy) in the page cache just before each resume (1 = all of it). So these rows compare warm against warm: a cold other-node resume (bucket on another machine, nothing cached) pays the network and the disk on top, and a cold local one the disk (see the cold rows of the pause section). " +
+	"**Forwarding hop**: exec `true` on an idle stasis/minimal sandbox sent to the node that does not run it (which looks the owner up in PostgreSQL and proxies the request) against the same request sent to the owner, alternately, 40 ms apart so that the agent's spare shell is ready each time; `paired_difference_ms` is the per-pair difference. On a loaded host the hop costs more than its own work: each request wakes two more processes (the forwarding node's stasisd twice), and every wake-up waits for a CPU. The in-process Go benchmark `BenchmarkExecHop` (internal/cluster) times the hop alone over loopback HTTP."

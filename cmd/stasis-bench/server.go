@@ -38,6 +38,11 @@ type server struct {
 
 // startServer starts stasisd and waits until /health answers.
 func startServer(ctx context.Context, cfg *Config, subnet, netnsPrefix string, extra ...string) (*server, error) {
+	return startServerEnv(ctx, cfg, nil, subnet, netnsPrefix, extra...)
+}
+
+// startServerEnv is startServer with env added to stasisd's environment.
+func startServerEnv(ctx context.Context, cfg *Config, env []string, subnet, netnsPrefix string, extra ...string) (*server, error) {
 	dataDir, err := os.MkdirTemp(cfg.TempDir, "stasis-bench-data-")
 	if err != nil {
 		return nil, err
@@ -80,7 +85,7 @@ func startServer(ctx context.Context, cfg *Config, subnet, netnsPrefix string, e
 	}
 	args = append(args, extra...)
 	s.cmd = exec.Command(cfg.Stasisd, args...)
-	s.cmd.Env = append(os.Environ(), "STASIS_API_KEY="+s.apiKey)
+	s.cmd.Env = append(append(os.Environ(), "STASIS_API_KEY="+s.apiKey), env...)
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	// Its own process group: a ^C to the harness must not kill stasisd
 	// before the harness has deleted the sandboxes.
@@ -189,13 +194,18 @@ type sandboxJSON struct {
 	Status      string `json:"status"`
 	AccessToken string `json:"access_token"`
 	Error       string `json:"error"`
+	Node        string `json:"node"` // the owner node, in a cluster
 	Usage       struct {
 		SnapshotBytes int64 `json:"snapshot_bytes"`
 	} `json:"usage"`
-	Pause *struct {
-		Durable  bool `json:"durable"`
-		InMemory bool `json:"in_memory"`
-	} `json:"pause"`
+	Pause *pauseJSON `json:"pause"`
+}
+
+// pauseJSON is a paused sandbox's pause state.
+type pauseJSON struct {
+	Durable  bool `json:"durable"`
+	InMemory bool `json:"in_memory"`
+	Portable bool `json:"portable"` // in the object store (a cluster)
 }
 
 // apiError is a non-2xx answer.
@@ -294,7 +304,7 @@ func (b *box) pause(ctx context.Context) error {
 }
 
 // waitPaused polls the paused sandbox until cond holds of its pause state.
-func (b *box) waitPaused(ctx context.Context, what string, cond func(durable, inMemory bool) bool) error {
+func (b *box) waitPaused(ctx context.Context, what string, cond func(pauseJSON) bool) error {
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		sb, err := b.get(ctx)
@@ -304,7 +314,7 @@ func (b *box) waitPaused(ctx context.Context, what string, cond func(durable, in
 		if sb.Status != "paused" || sb.Pause == nil {
 			return fmt.Errorf("%s: waiting until %s: status %q", b.ID, what, sb.Status)
 		}
-		if cond(sb.Pause.Durable, sb.Pause.InMemory) {
+		if cond(*sb.Pause) {
 			return nil
 		}
 		if time.Now().After(deadline) {
@@ -316,13 +326,19 @@ func (b *box) waitPaused(ctx context.Context, what string, cond func(durable, in
 
 // waitDurable waits until the paused sandbox's snapshot is sealed on disk.
 func (b *box) waitDurable(ctx context.Context) error {
-	return b.waitPaused(ctx, "durable", func(durable, _ bool) bool { return durable })
+	return b.waitPaused(ctx, "durable", func(p pauseJSON) bool { return p.Durable })
 }
 
 // waitDiskOnly waits until the paused sandbox is on disk only (no longer
 // frozen in RAM), so that the next resume restores from disk.
 func (b *box) waitDiskOnly(ctx context.Context) error {
-	return b.waitPaused(ctx, "on disk only", func(durable, inMemory bool) bool { return durable && !inMemory })
+	return b.waitPaused(ctx, "on disk only", func(p pauseJSON) bool { return p.Durable && !p.InMemory })
+}
+
+// waitPortable waits until the paused sandbox is on disk only and its
+// snapshot is in the object store.
+func (b *box) waitPortable(ctx context.Context) error {
+	return b.waitPaused(ctx, "portable", func(p pauseJSON) bool { return p.Durable && !p.InMemory && p.Portable })
 }
 
 func (b *box) resume(ctx context.Context) error {

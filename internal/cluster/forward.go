@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"sync"
 	"time"
 )
 
@@ -61,11 +62,24 @@ func NewForwarder(self string, log *slog.Logger) *Forwarder {
 		},
 		Transport:     tr,
 		FlushInterval: -1, // streams (exec output, logs) flush every write
-		ErrorHandler:  f.unreachable,
-		ErrorLog:      slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		// Without a pool every forwarded request allocates (and zeroes)
+		// a fresh 32 KiB copy buffer.
+		BufferPool:   newCopyBuffers(),
+		ErrorHandler: f.unreachable,
+		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	return f
 }
+
+// copyBuffers recycles the proxy's body copy buffers.
+type copyBuffers struct{ pool sync.Pool }
+
+func newCopyBuffers() *copyBuffers {
+	return &copyBuffers{pool: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+}
+
+func (c *copyBuffers) Get() []byte  { return *c.pool.Get().(*[]byte) }
+func (c *copyBuffers) Put(b []byte) { c.pool.Put(&b) }
 
 // Forward serves r by proxying it to the node at base (its advertise URL).
 func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, base *url.URL) {

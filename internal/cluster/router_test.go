@@ -72,7 +72,7 @@ func previewHost(r *http.Request) string {
 	return id
 }
 
-func newTestCluster(t *testing.T, names ...string) *testCluster {
+func newTestCluster(t testing.TB, names ...string) *testCluster {
 	t.Helper()
 	c := &testCluster{
 		dir:  &fakeDirectory{owners: map[string]string{}, nodes: map[string]*Candidate{}},

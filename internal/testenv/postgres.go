@@ -25,9 +25,9 @@ type Postgres struct {
 	// URL is the postgres:// URL of its "postgres" database.
 	URL string
 
-	t    testing.TB
-	bin  string // directory of initdb and pg_ctl
-	dir  string // data directory (also holds the Unix socket and the log)
+	t    testing.TB // nil outside tests (LaunchPostgres)
+	bin  string     // directory of initdb and pg_ctl
+	dir  string     // data directory (also holds the Unix socket and the log)
 	port int
 	cred *syscall.Credential // the postgres user's, when we are root
 	dbs  atomic.Int32
@@ -42,50 +42,85 @@ func StartPostgres(t testing.TB) string { return StartPostgresServer(t).URL }
 // runs as the postgres user.
 func StartPostgresServer(t testing.TB) *Postgres {
 	t.Helper()
+	p, err := LaunchPostgres("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.t = t
+	t.Cleanup(p.Close)
+	return p
+}
+
+// LaunchPostgres starts a throwaway PostgreSQL server in a new directory
+// under dir ("" for the default temp dir); the caller stops and removes it
+// with Close. For programs other than tests (stasis-bench); tests use
+// StartPostgres.
+func LaunchPostgres(dir string) (*Postgres, error) {
 	bin, err := postgresBin()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "stasis-pg-")
+	dir, err = os.MkdirTemp(dir, "stasis-pg-")
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	p := &Postgres{t: t, bin: bin, dir: dir}
-	t.Cleanup(func() {
-		p.pgctl("stop", "-m", "immediate")
-		os.RemoveAll(dir)
-	})
+	p := &Postgres{bin: bin, dir: dir}
+	if err := p.launch(); err != nil {
+		p.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *Postgres) launch() error {
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("postgres")
 		if err != nil {
-			t.Fatalf("PostgreSQL cannot run as root and there is no postgres user (make setup installs postgresql): %v", err)
+			return fmt.Errorf("PostgreSQL cannot run as root and there is no postgres user (make setup installs postgresql): %w", err)
 		}
 		uid, _ := strconv.Atoi(u.Uid)
 		gid, _ := strconv.Atoi(u.Gid)
 		p.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-		if err := os.Chown(dir, uid, gid); err != nil {
-			t.Fatal(err)
+		if err := os.Chown(p.dir, uid, gid); err != nil {
+			return err
 		}
 	}
-	if out, err := p.run("initdb", "-D", filepath.Join(dir, "data"), "-U", "stasis", "--auth=trust",
+	if out, err := p.run("initdb", "-D", filepath.Join(p.dir, "data"), "-U", "stasis", "--auth=trust",
 		"-E", "UTF8", "--no-sync", "--no-instructions"); err != nil {
-		t.Fatalf("initdb: %v\n%s", err, out)
+		return fmt.Errorf("initdb: %v\n%s", err, out)
 	}
-	p.port = freePort(t)
+	addr, err := freeLoopbackAddr()
+	if err != nil {
+		return err
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	p.port, _ = strconv.Atoi(port)
 	p.URL = fmt.Sprintf("postgres://stasis@127.0.0.1:%d/postgres?sslmode=disable", p.port)
-	p.Start()
-	return p
+	return p.start()
+}
+
+// Close stops the server (immediately) and removes its directory.
+func (p *Postgres) Close() {
+	p.pgctl("stop", "-m", "immediate")
+	os.RemoveAll(p.dir)
 }
 
 // Start starts the (stopped) server again, on the same port and data.
 func (p *Postgres) Start() {
 	p.t.Helper()
+	if err := p.start(); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+func (p *Postgres) start() error {
 	opts := fmt.Sprintf("-c listen_addresses=127.0.0.1 -p %d -k %s -c fsync=off -c max_connections=200",
 		p.port, p.dir)
 	if out, err := p.pgctl("start", "-w", "-t", "120", "-l", filepath.Join(p.dir, "log"), "-o", opts); err != nil {
 		log, _ := os.ReadFile(filepath.Join(p.dir, "log"))
-		p.t.Fatalf("pg_ctl start: %v\n%s\n%s", err, out, log)
+		return fmt.Errorf("pg_ctl start: %v\n%s\n%s", err, out, log)
 	}
+	return nil
 }
 
 // Stop stops the server (fast shutdown: connections are cut), keeping its data.
@@ -140,13 +175,4 @@ func postgresBin() (string, error) {
 		return filepath.Dir(path), nil
 	}
 	return "", fmt.Errorf("PostgreSQL's pg_ctl not found (make setup installs Debian's postgresql)")
-}
-
-func freePort(t testing.TB) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }

@@ -379,7 +379,7 @@ func (s *Server) Close() {
 // slots is how many servers may run at once on one host (one /22 each,
 // 169.254.4.0-169.254.195.255). Ranges above belong to other test users:
 // compat 196/22, netpool tests 200/22, gvisor tests 208/22, stasis-bench
-// 244-251.
+// 244-254.
 const slots = 48
 
 // lockSlot takes a free network slot, trying them from a random start.
