@@ -116,7 +116,7 @@ func (c *upgradedConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
-	return nil
+	return c.Conn.Close() // no half-close: as halfClose does
 }
 
 func headerHasToken(h http.Header, name, token string) bool {
