@@ -276,7 +276,6 @@ func (e *execSession) start(req agentproto.StartRequest) (*process, agentproto.E
 		e:      e,
 		stdinQ: make(chan []byte, 16),
 		exitCh: make(chan struct{}),
-		gather: gatherWindow,
 	}
 	if req.TimeoutS > 0 {
 		p.timeout = time.Duration(req.TimeoutS) * time.Second
@@ -483,7 +482,6 @@ type process struct {
 	stdin   *os.File // pipe write end, or the pty master
 	outputs []output // stdout and stderr pipes, or the pty master
 	timeout time.Duration
-	gather  time.Duration // see gatherWindow
 
 	stdinQ chan []byte   // input reader → stdin writer; nil means close stdin
 	exitCh chan struct{} // closed when the shell has been reaped
@@ -617,9 +615,6 @@ func (p *process) pump(o output) {
 			o.f.SetReadDeadline(time.Now().Add(outputGrace))
 		}
 		n, err := o.f.Read(buf)
-		if n > 0 && err == nil && n < len(buf) && p.gather > 0 {
-			n, err = gather(o.f, buf, n, p.gather)
-		}
 		if n > 0 {
 			// On a write error the client is gone; keep draining so the
 			// command does not block until the input side notices and
@@ -630,33 +625,6 @@ func (p *process) pump(o output) {
 			return // EOF; EIO from a pty with no slave left; deadline
 		}
 	}
-}
-
-// gatherWindow is how long a pump goes on reading after the first bytes of
-// a burst of output, before it sends them as one frame. Programs write in
-// small pieces (4 KiB is common), and each frame is a send through gVisor's
-// network stack, which costs more than the wait: a fast command's 1 MiB
-// goes out in a few dozen frames instead of 256. Interactive output is
-// delayed by at most this much, which nobody sees.
-const gatherWindow = 2 * time.Millisecond
-
-// gather reads more into buf, which holds n bytes, until it is full, the
-// window has passed, or the read fails (EOF: the caller sends what came,
-// then stops). It leaves f without a deadline: pump sets its own.
-func gather(f *os.File, buf []byte, n int, window time.Duration) (int, error) {
-	f.SetReadDeadline(time.Now().Add(window))
-	defer f.SetReadDeadline(time.Time{})
-	for n < len(buf) {
-		m, err := f.Read(buf[n:])
-		n += m
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return n, nil
-		}
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
 }
 
 // readInput handles the client's frames until the connection ends. A
