@@ -67,10 +67,10 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	conn.SetDeadline(time.Time{})
-	if _, err := conn.Write([]byte(upgradeResponse)); err != nil {
-		conn.Close()
-		return
-	}
+	// The 101 goes out with the first frame, in one write: every send
+	// through gVisor's network stack costs, and the client does not wait
+	// for the 101 before sending its start frame (see agentproto).
+	conn = &upgradedConn{Conn: conn, pending: []byte(upgradeResponse)}
 	e := &execSession{
 		s:    s,
 		conn: conn,
@@ -79,6 +79,44 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 		fw:   agentproto.NewFrameWriter(conn),
 	}
 	e.run()
+}
+
+// upgradedConn is an exec connection whose 101 response has not been sent
+// yet: the first Write (or CloseWrite) sends it first, in the same write.
+type upgradedConn struct {
+	net.Conn
+	mu      sync.Mutex
+	pending []byte // the 101, until sent
+}
+
+func (c *upgradedConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pending == nil {
+		return c.Conn.Write(b)
+	}
+	buf := append(c.pending, b...)
+	sent := len(c.pending)
+	c.pending = nil
+	n, err := c.Conn.Write(buf)
+	return max(0, n-sent), err
+}
+
+// CloseWrite sends the 101 if nothing else did, then half-closes.
+func (c *upgradedConn) CloseWrite() error {
+	c.mu.Lock()
+	pending := c.pending
+	c.pending = nil
+	c.mu.Unlock()
+	if pending != nil {
+		if _, err := c.Conn.Write(pending); err != nil {
+			return err
+		}
+	}
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close() // no half-close: as halfClose does
 }
 
 func headerHasToken(h http.Header, name, token string) bool {

@@ -107,6 +107,11 @@ type Process struct {
 // which makes the agent kill the command's process group unless it has
 // already exited.
 func (c *Client) Start(ctx context.Context, req ExecRequest) (*Process, error) {
+	return c.start(ctx, req, false)
+}
+
+// start is Start, with stdin closed from the outset if noStdin.
+func (c *Client) start(ctx context.Context, req ExecRequest, noStdin bool) (*Process, error) {
 	start := agentproto.StartRequest{
 		Command:    req.Command,
 		WorkingDir: req.WorkingDir,
@@ -118,7 +123,7 @@ func (c *Client) Start(ctx context.Context, req ExecRequest) (*Process, error) {
 	if req.PTY != nil {
 		start.PTY = &agentproto.PTYSize{Cols: req.PTY.Cols, Rows: req.PTY.Rows}
 	}
-	return c.open(ctx, start)
+	return c.open(ctx, start, noStdin)
 }
 
 // Attach reconnects to a command started with Keep, by pid: the Process
@@ -130,17 +135,18 @@ func (c *Client) Attach(ctx context.Context, pid int) (*Process, error) {
 	if pid <= 0 {
 		return nil, fmt.Errorf("agent exec: attach: invalid pid %d", pid)
 	}
-	return c.open(ctx, agentproto.StartRequest{Attach: pid})
+	return c.open(ctx, agentproto.StartRequest{Attach: pid}, false)
 }
 
-// open sends start on a new exec connection and reads the agent's answer.
-func (c *Client) open(ctx context.Context, start agentproto.StartRequest) (*Process, error) {
+// open sends start on a new exec connection, with a FrameStdinClose right
+// behind it if noStdin, and reads the agent's answer.
+func (c *Client) open(ctx context.Context, start agentproto.StartRequest, noStdin bool) (*Process, error) {
 	payload, err := json.Marshal(start)
 	if err != nil {
 		return nil, err
 	}
 
-	conn, br, err := c.upgradeExec(ctx, payload)
+	conn, br, err := c.upgradeExec(ctx, payload, noStdin)
 	if err != nil {
 		return nil, err
 	}
@@ -185,7 +191,7 @@ func (c *Client) open(ctx context.Context, start agentproto.StartRequest) (*Proc
 // waiting for "101 Switching Protocols" first; the agent finds the frame
 // already buffered after the hijack. It returns the connection and a reader
 // positioned after the 101 response.
-func (c *Client) upgradeExec(ctx context.Context, start []byte) (net.Conn, *bufio.Reader, error) {
+func (c *Client) upgradeExec(ctx context.Context, start []byte, noStdin bool) (net.Conn, *bufio.Reader, error) {
 	addr, token := *c.addr.Load(), *c.token.Load()
 	if strings.ContainsAny(token, "\r\n") {
 		return nil, nil, errors.New("agent exec: invalid token")
@@ -202,7 +208,11 @@ func (c *Client) upgradeExec(ctx context.Context, start []byte) (net.Conn, *bufi
 		fmt.Fprintf(&b, "POST %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"+
 			"Connection: Upgrade\r\nUpgrade: %s\r\nContent-Length: 0\r\n\r\n",
 			agentproto.PathExec, addr, token, agentproto.UpgradeProtocol)
-		agentproto.NewFrameWriter(&b).WriteFrame(agentproto.FrameStart, start)
+		fw := agentproto.NewFrameWriter(&b)
+		fw.WriteFrame(agentproto.FrameStart, start)
+		if noStdin {
+			fw.WriteFrame(agentproto.FrameStdinClose, nil)
+		}
 		if _, err := conn.Write(b.Bytes()); err != nil {
 			return nil, fmt.Errorf("agent exec: send request: %w", err)
 		}
@@ -350,16 +360,13 @@ func (p *Process) Close() error {
 // stderr (nil: discarded) as it arrives, and returns how it ended. A failing
 // writer stops the command and its error is returned.
 func (c *Client) Run(ctx context.Context, req ExecRequest, stdout, stderr io.Writer) (ExitStatus, error) {
-	p, err := c.Start(ctx, req)
+	// Stdin is closed in the request itself: one send into the sandbox
+	// instead of two.
+	p, err := c.start(ctx, req, true)
 	if err != nil {
 		return ExitStatus{}, err
 	}
 	defer p.Close()
-	if p.pending == nil {
-		if err := p.CloseStdin(); err != nil {
-			return ExitStatus{}, err
-		}
-	}
 	for {
 		ev, err := p.Next()
 		if err != nil {

@@ -19,8 +19,11 @@
 // the connection and waits (briefly) for the client to close. The client must
 // keep its side open until FrameExit: end of input from the client means it
 // is gone, and the agent then kills the command's process group. The client
-// may send FrameStart right behind the upgrade request without waiting for
-// the 101.
+// must send FrameStart right behind the upgrade request without waiting for
+// the 101: the agent sends the 101 in the same write as its first frame
+// (agents before this revision sent it first; clients cannot tell). Frames
+// may follow FrameStart at once (a client with no input sends
+// FrameStdinClose with it): the agent applies them once the command started.
 package agentproto
 
 import (
