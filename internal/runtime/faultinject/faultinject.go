@@ -273,6 +273,14 @@ func (d *Driver) Restore(ctx context.Context, spec runtime.Spec, dir string) (in
 	return inst, err
 }
 
+// LazyFiles passes runtime.LazyRestorer through to the real driver.
+func (d *Driver) LazyFiles(dir string) []string {
+	if lr, ok := d.inner.(runtime.LazyRestorer); ok {
+		return lr.LazyFiles(dir)
+	}
+	return nil
+}
+
 func (d *Driver) Destroy(ctx context.Context, id string) error {
 	return d.call(ctx, OpDestroy, id, func() error {
 		err := d.inner.Destroy(ctx, id)
