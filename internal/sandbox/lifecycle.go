@@ -459,11 +459,10 @@ func (s *Service) resumeLocked(ctx context.Context, b *box, sb *store.Sandbox, r
 	// the next start removes it anyway if we crash first. One still being
 	// sealed is removed by its sealer.
 	switch {
-	case b.loading != nil:
-		// Removed once the memory loaded from it is checked (settleLoading).
-		b.sealing = nil
 	case b.sealing != nil:
 		b.sealing = nil
+	case b.loading != nil:
+		// Removed once the memory loaded from it is checked (settleLoading).
 	default:
 		go os.RemoveAll(snap)
 	}
