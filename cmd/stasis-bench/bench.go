@@ -53,6 +53,10 @@ while True:
     time.sleep(3600)
 `
 
+// holderStart bounds the memory holder's start: touching 1 GB from python
+// took over 2 minutes on this host under a load of 50-70.
+const holderStart = 5 * time.Minute
+
 // aliveCmd succeeds only if the memory holder is still running.
 const aliveCmd = `kill -0 "$(cat /tmp/ready)"`
 
@@ -741,7 +745,7 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 	if _, err := bx.exec(ctx, fmt.Sprintf("python3 /tmp/hold.py %d >/dev/null 2>&1 &", size)); err != nil {
 		return err
 	}
-	if err := waitFor(ctx, 2*time.Minute, func() error { _, err := bx.exec(ctx, aliveCmd); return err }); err != nil {
+	if err := waitFor(ctx, holderStart, func() error { _, err := bx.exec(ctx, aliveCmd); return err }); err != nil {
 		return fmt.Errorf("stasis: memory holder did not start: %w", err)
 	}
 	if pid, err := b.srv.sandboxPid(bx.ID); err == nil {
@@ -758,7 +762,7 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 		return err
 	}
 	alive := func() error { return rb.exec(ctx, nil, nil, "/bin/sh", "-c", aliveCmd) }
-	if err := waitFor(ctx, 2*time.Minute, alive); err != nil {
+	if err := waitFor(ctx, holderStart, alive); err != nil {
 		return fmt.Errorf("raw: memory holder did not start: %w", err)
 	}
 	if pid, err := rb.sandboxPid(); err == nil {
@@ -782,7 +786,7 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 			return err
 		}
 		aliveW = func() error { return rbw.exec(ctx, nil, nil, "/bin/sh", "-c", aliveCmd) }
-		if err := waitFor(ctx, 2*time.Minute, aliveW); err != nil {
+		if err := waitFor(ctx, holderStart, aliveW); err != nil {
 			return fmt.Errorf("raw warm: memory holder did not start: %w", err)
 		}
 		wb, err = b.warm.create(ctx, b.name(fmt.Sprintf("warm%d", size)), tmplBase, memFor(size))
@@ -796,7 +800,7 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 		if _, err := wb.exec(ctx, fmt.Sprintf("python3 /tmp/hold.py %d >/dev/null 2>&1 &", size)); err != nil {
 			return err
 		}
-		if err := waitFor(ctx, 2*time.Minute, func() error { _, err := wb.exec(ctx, aliveCmd); return err }); err != nil {
+		if err := waitFor(ctx, holderStart, func() error { _, err := wb.exec(ctx, aliveCmd); return err }); err != nil {
 			return fmt.Errorf("warm: memory holder did not start: %w", err)
 		}
 	}
@@ -817,7 +821,7 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 		return fmt.Errorf("raw, same sandbox: %w", err)
 	}
 	aliveA := func() error { return ra.exec(ctx, nil, nil, "/bin/sh", "-c", aliveCmd) }
-	if err := waitFor(ctx, 2*time.Minute, aliveA); err != nil {
+	if err := waitFor(ctx, holderStart, aliveA); err != nil {
 		return fmt.Errorf("raw, same sandbox: memory holder did not start: %w", err)
 	}
 
