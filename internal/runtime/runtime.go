@@ -84,6 +84,11 @@ type LazyRestorer interface {
 	// that a Restore from dir now would go on reading after it returned;
 	// none if it would read everything first.
 	LazyFiles(dir string) []string
+	// WaitLoaded returns once sandbox id, lazily restored, has read all of
+	// its lazily loaded files (or is gone), or when ctx ends. A check of
+	// those files waits for it rather than compete with the load for the
+	// disk.
+	WaitLoaded(ctx context.Context, id string) error
 }
 
 // ErrLinkGone is returned by LinkChecker.CheckLink when a running sandbox's

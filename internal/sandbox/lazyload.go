@@ -18,6 +18,9 @@ import (
 // sandbox's memory is not trusted: a pause or a saved snapshot waits for
 // it, so that a corrupt load is never sealed into a new, trusted snapshot.
 
+// loadWait bounds the wait for a lazy load to end before its check starts.
+const loadWait = 2 * time.Minute
+
 // loading is the check of a lazily restored sandbox's memory.
 type loading struct {
 	dir  string        // the snapshot it was restored from, garbage once checked
@@ -43,7 +46,15 @@ func (s *Service) checkLoading(b *box, sb *store.Sandbox, files []string) error 
 	}
 	l := &loading{dir: sb.SnapshotDir, done: make(chan struct{})}
 	b.loading = l
+	lr, _ := s.cfg.Driver.(runtime.LazyRestorer)
 	go func() {
+		// Checked once loaded: read alongside, the check would slow the
+		// load the sandbox waits for.
+		wctx, cancel := context.WithTimeout(context.Background(), loadWait)
+		if lr != nil {
+			lr.WaitLoaded(wctx, sb.ID)
+		}
+		cancel()
 		start := time.Now()
 		l.err = p.Run()
 		close(l.done)

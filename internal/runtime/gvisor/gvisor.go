@@ -552,6 +552,40 @@ func (d *Driver) LazyFiles(dir string) []string {
 	return nil
 }
 
+// WaitLoaded implements runtime.LazyRestorer: runsc closes the pages file
+// once it has loaded every page, so this waits until no process of the
+// sandbox holds a pages file open (polled).
+func (d *Driver) WaitLoaded(ctx context.Context, id string) error {
+	for {
+		if !d.holdsPagesFile(id) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// holdsPagesFile reports whether a host process of sandbox id has a
+// checkpoint's pages file open.
+func (d *Driver) holdsPagesFile(id string) bool {
+	for _, pid := range d.Processes(id) {
+		fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		if err != nil {
+			continue
+		}
+		for _, fd := range fds {
+			target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+			if err == nil && strings.HasPrefix(filepath.Base(target), pagesFile) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // directIO reports whether dir's filesystem takes O_DIRECT writes,
 // remembered per filesystem.
 func directIO(dir string) bool {
