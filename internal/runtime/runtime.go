@@ -75,6 +75,22 @@ type Driver interface {
 	List(ctx context.Context) ([]Instance, error)
 }
 
+// LazyRestorer is implemented by drivers whose Restore can return before
+// the checkpoint's memory is loaded: the sandbox runs while the engine goes
+// on reading some of the checkpoint's files (pages loaded in the
+// background, and on demand first where the sandbox touches them).
+type LazyRestorer interface {
+	// LazyFiles names the files of the checkpoint in dir (relative to dir)
+	// that a Restore from dir now would go on reading after it returned;
+	// none if it would read everything first.
+	LazyFiles(dir string) []string
+	// WaitLoaded returns once sandbox id, lazily restored, has read all of
+	// its lazily loaded files (or is gone), or when ctx ends. A check of
+	// those files waits for it rather than compete with the load for the
+	// disk.
+	WaitLoaded(ctx context.Context, id string) error
+}
+
 // ErrLinkGone is returned by LinkChecker.CheckLink when a running sandbox's
 // network link was removed underneath the driver: its agent is unreachable
 // until the sandbox is restored on a new link.

@@ -207,6 +207,10 @@ func (s *Service) Pause(ctx context.Context, teamID, id string) (*store.Sandbox,
 // disk, and a resume meanwhile (or within WarmWindow) is a thaw.
 func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) error {
 	start := time.Now()
+	// Memory that was loaded lazily is checked before it is checkpointed.
+	if err := s.settleLoading(ctx, b, sb.ID); err != nil {
+		return err
+	}
 	why := "the sandbox was paused"
 	if sb.PauseAt != nil && !sb.PauseAt.After(start) && sb.TimeoutSeconds != nil {
 		// Due: this is the timeout's pause (see fireTimer).
@@ -438,7 +442,7 @@ func (s *Service) resumeLocked(ctx context.Context, b *box, sb *store.Sandbox, r
 	how, err := s.bringBack(ctx, b, sb)
 	if err != nil {
 		s.cfg.Driver.Destroy(ctx, sb.ID)
-		b.agent = nil
+		b.agent, b.loading = nil, nil // the snapshot stays sb's
 		b.setWarm(time.Time{})
 		if errors.Is(err, snapshot.ErrCorrupt) {
 			s.metrics.Fail("resume", "snapshot_corrupt")
@@ -467,9 +471,12 @@ func (s *Service) resumeLocked(ctx context.Context, b *box, sb *store.Sandbox, r
 	// The snapshot is garbage now; deleting a large one takes a while, and
 	// the next start removes it anyway if we crash first. One still being
 	// sealed is removed by its sealer.
-	if b.sealing != nil {
+	switch {
+	case b.sealing != nil:
 		b.sealing = nil
-	} else {
+	case b.loading != nil:
+		// Removed once the memory loaded from it is checked (settleLoading).
+	default:
 		go os.RemoveAll(snap)
 	}
 	s.metrics.Observe("resume", time.Since(start))
@@ -494,7 +501,7 @@ func (s *Service) bringBack(ctx context.Context, b *box, sb *store.Sandbox) (str
 		s.cfg.Driver.Destroy(ctx, sb.ID)
 	}
 	b.awaitSeal()
-	inst, err := s.restoreVerified(ctx, sb)
+	inst, err := s.restoreVerified(ctx, b, sb)
 	if err != nil {
 		return "", err
 	}
@@ -507,13 +514,15 @@ func (s *Service) bringBack(ctx context.Context, b *box, sb *store.Sandbox) (str
 // a 200 MB resume. A mismatch stops the restore and is the error (the
 // caller destroys whatever was restored, before anyone is told it runs). In
 // practice the check is done long before the restore: 200 MB take about 40
-// ms to check and 300 ms to restore.
-func (s *Service) restoreVerified(ctx context.Context, sb *store.Sandbox) (*runtime.Instance, error) {
+// ms to check and 300 ms to restore. The files that a lazy restore loads
+// after the sandbox runs are checked after it returns (see checkLoading).
+func (s *Service) restoreVerified(ctx context.Context, b *box, sb *store.Sandbox) (*runtime.Instance, error) {
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	lazy := s.lazyFiles(sb.SnapshotDir)
 	verified := make(chan error, 1)
 	go func() {
-		err := snapshot.Verify(sb.SnapshotDir)
+		err := snapshot.VerifyExcept(sb.SnapshotDir, lazy)
 		if err != nil {
 			cancel()
 		}
@@ -522,6 +531,9 @@ func (s *Service) restoreVerified(ctx context.Context, sb *store.Sandbox) (*runt
 	inst, err := s.restore(rctx, sb)
 	if verr := <-verified; verr != nil {
 		return nil, verr
+	}
+	if err == nil && len(lazy) > 0 {
+		err = s.checkLoading(b, sb, lazy)
 	}
 	return inst, err
 }
@@ -565,7 +577,7 @@ func (s *Service) deleteLocked(ctx context.Context, b *box, id string) error {
 	}
 	failpoint.Hit("delete.after-record")
 	b.endSessions("the sandbox was deleted")
-	b.agent, b.sealing = nil, nil
+	b.agent, b.sealing, b.loading = nil, nil, nil
 	b.setWarm(time.Time{})
 	if err := s.cfg.Driver.Destroy(ctx, id); err != nil {
 		s.log.Error("delete: runtime cleanup failed; the next start retries", "sandbox", id, "err", err)

@@ -47,7 +47,10 @@ func (s *Service) SaveSnapshot(ctx context.Context, teamID, id, name string) (*s
 	}
 	switch sb.Status {
 	case store.StatusActive:
-		err = s.freezeForCheckpoint(ctx, b.agent, id)
+		err = s.settleLoading(ctx, b, id)
+		if err == nil {
+			err = s.freezeForCheckpoint(ctx, b.agent, id)
+		}
 		if err == nil {
 			err = s.cfg.Driver.Checkpoint(ctx, id, tmp)
 			if terr := s.cfg.Driver.Thaw(ctx, id); err == nil {

@@ -109,6 +109,7 @@ type box struct {
 	warmUntil time.Time           // paused but still frozen in RAM until then (zero: not warm); set with setWarm
 	inRAM     atomic.Bool         // !warmUntil.IsZero(), readable without mu
 	sealing   *sealing            // the paused sandbox's checkpoint being sealed, if any
+	loading   *loading            // the check of a lazily restored sandbox's memory, if running
 	sessions  *runEnd             // ends when the sandbox stops: streaming sessions end
 }
 

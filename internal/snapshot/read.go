@@ -37,7 +37,7 @@ func readInto(h hash.Hash, f *os.File) (int64, error) {
 		return 0, err
 	}
 	if fi.Size() >= directMinSize && !fsutil.MostlyCached(f, fi.Size()) {
-		if n, err, ok := readDirect(h, f.Name(), fi.Size()); ok {
+		if n, err, ok := readDirect(h, f, fi.Size()); ok {
 			return n, err
 		}
 		h.Reset() // O_DIRECT refused: read it the usual way
@@ -48,11 +48,13 @@ func readInto(h hash.Hash, f *os.File) (int64, error) {
 	return io.Copy(h, f)
 }
 
-// readDirect reads path (size bytes) with O_DIRECT into h, directInFlight
+// readDirect reads f (size bytes) with O_DIRECT into h, directInFlight
 // reads at a time, hashing them in order. ok is false if the filesystem
-// refuses O_DIRECT before anything was hashed.
-func readDirect(h hash.Hash, path string, size int64) (n int64, err error, ok bool) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+// refuses O_DIRECT before anything was hashed. f is opened anew through
+// /proc, which works after its name was removed.
+func readDirect(h hash.Hash, f *os.File, size int64) (n int64, err error, ok bool) {
+	path := f.Name()
+	fd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return 0, nil, false
 	}

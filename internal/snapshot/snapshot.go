@@ -15,6 +15,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -137,27 +138,114 @@ func Seal(dir string) (int64, error) {
 // Verify checks that dir is a committed snapshot whose files all match the
 // manifest. Any mismatch is reported as ErrCorrupt with the reason.
 func Verify(dir string) error {
+	return verify(dir, func(string) bool { return true })
+}
+
+// VerifyExcept is Verify of every file but those named (relative to dir).
+func VerifyExcept(dir string, names []string) error {
+	return verify(dir, func(rel string) bool { return !slices.Contains(names, rel) })
+}
+
+// Pending is a check of some of a snapshot's files against its manifest,
+// with the files open but not read yet: it can run after the snapshot's
+// directory is removed (a lazily restored sandbox's memory is checked
+// while it loads, and the snapshot is garbage once the sandbox runs).
+type Pending struct {
+	files []pendingFile
+}
+
+type pendingFile struct {
+	rel  string
+	f    *os.File
+	want entry
+}
+
+// OpenCheck opens the named files of the snapshot in dir (relative to
+// dir), each of which its manifest must list, for a check with Run.
+func OpenCheck(dir string, names []string) (*Pending, error) {
+	m, err := readManifest(dir)
+	if err != nil {
+		return nil, err
+	}
+	p := &Pending{}
+	for _, rel := range names {
+		want, ok := m.Files[rel]
+		if !ok {
+			p.Close()
+			return nil, fmt.Errorf("%w: %s: not in the manifest", ErrCorrupt, rel)
+		}
+		f, err := os.Open(filepath.Join(dir, rel))
+		if err != nil {
+			p.Close()
+			return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, rel, err)
+		}
+		p.files = append(p.files, pendingFile{rel, f, want})
+	}
+	return p, nil
+}
+
+// Run reads the files and reports the first that does not match the
+// manifest as ErrCorrupt. It closes them.
+func (p *Pending) Run() error {
+	defer p.Close()
+	for _, pf := range p.files {
+		if err := checkFile(pf.rel, pf.f, pf.want); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close closes the files without checking them.
+func (p *Pending) Close() {
+	for _, pf := range p.files {
+		pf.f.Close()
+	}
+	p.files = nil
+}
+
+func readManifest(dir string) (*manifest, error) {
 	b, err := os.ReadFile(filepath.Join(dir, ManifestName))
 	if err != nil {
-		return fmt.Errorf("%w: %s: no manifest (%v)", ErrCorrupt, dir, err)
+		return nil, fmt.Errorf("%w: %s: no manifest (%v)", ErrCorrupt, dir, err)
 	}
 	var m manifest
 	if err := json.Unmarshal(b, &m); err != nil || len(m.Files) == 0 {
-		return fmt.Errorf("%w: %s: unreadable manifest", ErrCorrupt, dir)
+		return nil, fmt.Errorf("%w: %s: unreadable manifest", ErrCorrupt, dir)
+	}
+	return &m, nil
+}
+
+func checkFile(rel string, f *os.File, want entry) error {
+	h := crc32.New(castagnoli)
+	n, err := readInto(h, f)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrCorrupt, rel, err)
+	}
+	if n != want.Size || hex.EncodeToString(h.Sum(nil)) != want.CRC32C {
+		return fmt.Errorf("%w: %s: checksum mismatch", ErrCorrupt, rel)
+	}
+	return nil
+}
+
+// verify checks the manifest's files for which check is true.
+func verify(dir string, check func(rel string) bool) error {
+	m, err := readManifest(dir)
+	if err != nil {
+		return err
 	}
 	for rel, want := range m.Files {
+		if !check(rel) {
+			continue
+		}
 		f, err := os.Open(filepath.Join(dir, rel))
 		if err != nil {
 			return fmt.Errorf("%w: %s: %v", ErrCorrupt, rel, err)
 		}
-		h := crc32.New(castagnoli)
-		n, err := readInto(h, f)
+		err = checkFile(rel, f, want)
 		f.Close()
 		if err != nil {
-			return fmt.Errorf("%w: %s: %v", ErrCorrupt, rel, err)
-		}
-		if n != want.Size || hex.EncodeToString(h.Sum(nil)) != want.CRC32C {
-			return fmt.Errorf("%w: %s: checksum mismatch", ErrCorrupt, rel)
+			return err
 		}
 	}
 	return nil

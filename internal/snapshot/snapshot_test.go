@@ -75,3 +75,39 @@ func TestUncommittedIsNotTrusted(t *testing.T) {
 		t.Fatalf("uncommitted checkpoint verified: %v", err)
 	}
 }
+
+// A lazy restore checks the files the runtime reads up front before the
+// sandbox runs, and the memory it loads afterwards: together, every file.
+func TestVerifyExceptAndOpenCheckSplitTheFiles(t *testing.T) {
+	_, final := commitSample(t)
+	pages := []string{filepath.Join("sub", "pages.img")}
+	os.Truncate(filepath.Join(final, "sub", "pages.img"), 2)
+	if err := VerifyExcept(final, pages); err != nil {
+		t.Fatalf("VerifyExcept of the intact files: %v", err)
+	}
+	p, err := OpenCheck(final, pages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The check runs on what was opened, even once the snapshot is gone.
+	os.RemoveAll(final + ".gone")
+	if err := os.Rename(final, final+".gone"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Run(); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("check of the damaged pages file = %v, want ErrCorrupt", err)
+	}
+	os.Rename(final+".gone", final)
+	if _, err := OpenCheck(final, []string{"nope.img"}); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("OpenCheck of a file the manifest lacks = %v, want ErrCorrupt", err)
+	}
+	if p, err := OpenCheck(final, []string{"checkpoint.img"}); err != nil || p.Run() != nil {
+		t.Fatalf("check of an intact file: %v", err)
+	}
+	b, _ := os.ReadFile(filepath.Join(final, "checkpoint.img"))
+	b[0] ^= 1
+	os.WriteFile(filepath.Join(final, "checkpoint.img"), b, 0o600)
+	if err := VerifyExcept(final, pages); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("VerifyExcept with a damaged state file = %v, want ErrCorrupt", err)
+	}
+}

@@ -273,6 +273,22 @@ func (d *Driver) Restore(ctx context.Context, spec runtime.Spec, dir string) (in
 	return inst, err
 }
 
+// LazyFiles passes runtime.LazyRestorer through to the real driver.
+func (d *Driver) LazyFiles(dir string) []string {
+	if lr, ok := d.inner.(runtime.LazyRestorer); ok {
+		return lr.LazyFiles(dir)
+	}
+	return nil
+}
+
+// WaitLoaded passes runtime.LazyRestorer through to the real driver.
+func (d *Driver) WaitLoaded(ctx context.Context, id string) error {
+	if lr, ok := d.inner.(runtime.LazyRestorer); ok {
+		return lr.WaitLoaded(ctx, id)
+	}
+	return nil
+}
+
 func (d *Driver) Destroy(ctx context.Context, id string) error {
 	return d.call(ctx, OpDestroy, id, func() error {
 		err := d.inner.Destroy(ctx, id)

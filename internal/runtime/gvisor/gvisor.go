@@ -296,7 +296,7 @@ func (d *Driver) Restore(ctx context.Context, spec runtime.Spec, dir string) (_ 
 	// bundle and restores into it in one go (no separate `runsc create`).
 	args := []string{"restore", "--detach", "--pid-file=" + d.pidPath(spec.ID), "--bundle=" + d.sandboxDir(spec.ID), "--image-path=" + dir}
 	if coldPages(dir) {
-		args = append(args, "--direct")
+		args = append(args, "--background", "--direct")
 	}
 	if err := d.runWithConsole(ctx, spec.ID, flags, append(args, spec.ID)...); err != nil {
 		return nil, err
@@ -517,15 +517,21 @@ func (d *Driver) largeMemory(id string) bool {
 // O_DIRECT when it is not in the page cache.
 const coldPagesMin = 32 << 20
 
+// pagesFile is the checkpoint file of the sandbox's memory pages.
+const pagesFile = "pages.img"
+
 // coldPages reports whether the checkpoint in dir has a large pages file
 // that is mostly not in the page cache (a snapshot paused a while ago, or
-// written with --direct), for runsc restore --direct. Read through the page
-// cache, runsc loaded such a file at 30-170 MB/s here, copying every page
-// twice; with O_DIRECT at 360 MB/s: a cold 1 GB restore took 5.0-8.0 s
-// instead of 22.8 s (loaded host, alternating). A cached file is faster
-// read from the cache.
+// written with --direct), for runsc restore --background --direct. Read
+// through the page cache, runsc loaded such a file at 30-170 MB/s here,
+// copying every page twice; with O_DIRECT at 360 MB/s: a cold 1 GB restore
+// took 5.0-8.0 s instead of 22.8 s (loaded host, alternating). With
+// --background the restore returns once the kernel state is loaded and the
+// pages go on loading while the sandbox runs (pages it touches first); see
+// docs/OPERATIONS.md for what that gives and why it is not constant. A
+// cached file is faster read from the cache, and up front.
 func coldPages(dir string) bool {
-	f, err := os.Open(filepath.Join(dir, "pages.img"))
+	f, err := os.Open(filepath.Join(dir, pagesFile))
 	if err != nil {
 		return false
 	}
@@ -535,6 +541,49 @@ func coldPages(dir string) bool {
 		return false
 	}
 	return !fsutil.MostlyCached(f, fi.Size())
+}
+
+// LazyFiles implements runtime.LazyRestorer: a restore from a cold pages
+// file (see coldPages) loads it in the background, after the sandbox runs.
+func (d *Driver) LazyFiles(dir string) []string {
+	if coldPages(dir) {
+		return []string{pagesFile}
+	}
+	return nil
+}
+
+// WaitLoaded implements runtime.LazyRestorer: runsc closes the pages file
+// once it has loaded every page, so this waits until no process of the
+// sandbox holds a pages file open (polled).
+func (d *Driver) WaitLoaded(ctx context.Context, id string) error {
+	for {
+		if !d.holdsPagesFile(id) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// holdsPagesFile reports whether a host process of sandbox id has a
+// checkpoint's pages file open.
+func (d *Driver) holdsPagesFile(id string) bool {
+	for _, pid := range d.Processes(id) {
+		fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		if err != nil {
+			continue
+		}
+		for _, fd := range fds {
+			target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+			if err == nil && strings.HasPrefix(filepath.Base(target), pagesFile) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // directIO reports whether dir's filesystem takes O_DIRECT writes,
