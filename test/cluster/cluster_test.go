@@ -99,16 +99,29 @@ type sandboxJSON struct {
 
 func get(t *testing.T, via *node, id string) sandboxJSON {
 	t.Helper()
-	var sb sandboxJSON
-	if err := via.srv.Do("GET", "/sandboxes/"+id, nil, &sb); err != nil {
+	return getAs[sandboxJSON](t, via, id)
+}
+
+// getAs is GET /sandboxes/{id} through via, decoded into T.
+func getAs[T any](t *testing.T, via *node, id string) T {
+	t.Helper()
+	var v T
+	if err := via.srv.Do("GET", "/sandboxes/"+id, nil, &v); err != nil {
 		t.Fatalf("GET /sandboxes/%s via %s: %v", id, via.name, err)
 	}
-	return sb
+	return v
 }
 
 // waitFor polls cond until it holds or a generous deadline passes (the
 // machine is shared and slow; nothing here is a timing assertion).
 func waitFor(t *testing.T, what string, cond func() (bool, string)) {
+	t.Helper()
+	pollUntil(t, what, 200*time.Millisecond, cond)
+}
+
+// pollUntil checks cond every interval (0: as fast as it answers) until it
+// holds, for up to two minutes.
+func pollUntil(t *testing.T, what string, interval time.Duration, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	var last string
@@ -117,7 +130,7 @@ func waitFor(t *testing.T, what string, cond func() (bool, string)) {
 		if ok, last = cond(); ok {
 			return
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(interval)
 	}
 	t.Fatalf("timed out waiting for %s (last: %s)", what, last)
 }

@@ -196,26 +196,14 @@ func (u uploadJSON) String() string {
 
 func getUpload(t *testing.T, via *node, id string) uploadJSON {
 	t.Helper()
-	var u uploadJSON
-	if err := via.srv.Do("GET", "/sandboxes/"+id, nil, &u); err != nil {
-		t.Fatalf("GET /sandboxes/%s via %s: %v", id, via.name, err)
-	}
-	return u
+	return getAs[uploadJSON](t, via, id)
 }
 
 // waitForFast is waitFor polling as fast as the API answers, to see a
 // state that lasts a moment.
 func waitForFast(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	var last string
-	for time.Now().Before(deadline) {
-		var ok bool
-		if ok, last = cond(); ok {
-			return
-		}
-	}
-	t.Fatalf("timed out waiting for %s (last: %s)", what, last)
+	pollUntil(t, what, 0, cond)
 }
 
 // wantAPIError fails unless err is an HTTP answer with status, error code
