@@ -233,27 +233,7 @@ func TestLazyResumeFailsCorruptMemory(t *testing.T) {
 	c.writeFile("/tmp/hold.py", []byte(pageHoldScript))
 	c.sh("python3 /tmp/hold.py 96 >/dev/null 2>&1 &")
 	c.sh("for i in $(seq 1200); do [ -s /tmp/pages.before ] && break; sleep 0.1; done; cat /tmp/pages.before")
-	if err := srv.Do("POST", "/sandboxes/"+c.id+"/pause", nil, nil); err != nil {
-		t.Fatal(err)
-	}
-	waitPauseState(t, srv, c.id, true, false)
-	pages, err := filepath.Glob(filepath.Join(srv.DataDir(), "snapshots", c.id, "*", "pages.img"))
-	if err != nil || len(pages) != 1 {
-		t.Fatalf("pages file: %v %v", pages, err)
-	}
-	f, err := os.OpenFile(pages[0], os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fi, _ := f.Stat()
-	b := make([]byte, 1)
-	off := fi.Size() * 3 / 4
-	f.ReadAt(b, off)
-	b[0] ^= 0xff
-	if _, err := f.WriteAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	pauseAndFlipPagesByte(t, srv, c.id, 3, 4)
 	dropSnapshotCache(t, srv, c.id)
 
 	// The files read before the sandbox runs are intact: the resume goes
@@ -280,5 +260,37 @@ func TestLazyResumeFailsCorruptMemory(t *testing.T) {
 	}
 	if pids := hostProcessesMentioning(c.id); len(pids) != 0 {
 		t.Fatalf("processes of the failed sandbox still run: %v", pids)
+	}
+}
+
+// pauseAndFlipPagesByte pauses sandbox id to disk and flips one byte of its
+// snapshot's pages file, num/den of the way in.
+func pauseAndFlipPagesByte(t *testing.T, srv *testenv.Server, id string, num, den int64) {
+	t.Helper()
+	if err := srv.Do("POST", "/sandboxes/"+id+"/pause", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitPauseState(t, srv, id, true, false)
+	pages, err := filepath.Glob(filepath.Join(srv.DataDir(), "snapshots", id, "*", "pages.img"))
+	if err != nil || len(pages) != 1 {
+		t.Fatalf("pages file: %v %v", pages, err)
+	}
+	f, err := os.OpenFile(pages[0], os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	off := fi.Size() * num / den
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -134,29 +132,9 @@ func TestResumeRefusesCorruptSnapshot(t *testing.T) {
 	c, _ := createMinimal(t, srv, "corrupt")
 	startCounter(c)
 	waitCount(t, c, 2)
-	if err := srv.Do("POST", "/sandboxes/"+c.id+"/pause", nil, nil); err != nil {
-		t.Fatal(err)
-	}
-	waitPauseState(t, srv, c.id, true, false)
-	pages, err := filepath.Glob(filepath.Join(srv.DataDir(), "snapshots", c.id, "*", "pages.img"))
-	if err != nil || len(pages) != 1 {
-		t.Fatalf("pages file: %v %v", pages, err)
-	}
-	f, err := os.OpenFile(pages[0], os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fi, _ := f.Stat()
-	b := make([]byte, 1)
-	off := fi.Size() / 2
-	f.ReadAt(b, off)
-	b[0] ^= 0xff
-	if _, err := f.WriteAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	pauseAndFlipPagesByte(t, srv, c.id, 1, 2)
 
-	err = srv.Do("POST", "/sandboxes/"+c.id+"/resume", nil, nil)
+	err := srv.Do("POST", "/sandboxes/"+c.id+"/resume", nil, nil)
 	if err == nil || !strings.Contains(err.Error(), "snapshot_corrupt") {
 		t.Fatalf("resume of a corrupt snapshot: %v, want snapshot_corrupt", err)
 	}
