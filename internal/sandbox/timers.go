@@ -165,8 +165,11 @@ func meminfo() (totalKiB, availKiB int64) {
 }
 
 // deadCheckInterval is how often active sandboxes are checked for having
-// died underneath stasis (e.g. killed by the host's OOM killer).
-const deadCheckInterval = 2 * time.Second
+// died underneath stasis (e.g. killed by the host's OOM killer). Not more
+// often: the check (runsc list) opens two connections to every sandbox's
+// controller, waking each sentry; every 2 s that was most of an idle
+// sandbox's CPU (see docs/BENCHMARKS.md's density section).
+const deadCheckInterval = 10 * time.Second
 
 // markDead marks active sandboxes whose runtime is gone as failed, so the
 // API tells the truth instead of answering "active" for a dead sandbox.
