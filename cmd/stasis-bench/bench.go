@@ -1235,7 +1235,8 @@ func mergeExtra(ms ...map[string]any) map[string]any {
 // ---- density ----
 
 func (b *bench) benchDensity(ctx context.Context) error {
-	d := &Density{ActiveBound: b.cfg.MaxActive, PausedBound: b.cfg.MaxPaused, TimeBudgetSeconds: b.cfg.DensityBudget.Seconds()}
+	d := &Density{ActiveBound: b.cfg.MaxActive, PausedBound: b.cfg.MaxPaused, TimeBudgetSeconds: b.cfg.DensityBudget.Seconds(),
+		MemFloorMiB: float64(b.cfg.MinMemAvailable) / mib}
 	b.rep.Density = d
 	var errs []error
 
@@ -1273,13 +1274,23 @@ func (b *bench) benchDensity(ctx context.Context) error {
 	memAvail0 := meminfo()["MemAvailable"]
 	d.IdleCPUPercentBefore = round(hostCPUPercent(ctx, b.cfg.Settle))
 
-	// Active: create idle sandboxes one after the other up to the bound.
+	// Active: create idle sandboxes one after the other up to the bound,
+	// while creates stay under 2× their first latency (median of the last
+	// 5 against the first 5) and the host keeps MinMemAvailable.
 	var boxes []*box
 	var createD durations
 	activeStart := time.Now()
 	for len(boxes) < b.cfg.MaxActive && ctx.Err() == nil {
 		if time.Since(activeStart) > b.cfg.DensityBudget {
 			d.ActiveStoppedByTime = true
+			break
+		}
+		if memLow(b.cfg.MinMemAvailable) {
+			d.ActiveStoppedByMemory = true
+			break
+		}
+		if n := len(createD); n >= 10 && createD[n-5:].stat().Median > 2*createD[:5].stat().Median {
+			d.ActiveStoppedBySlowdown = true
 			break
 		}
 		var bx *box
@@ -1299,7 +1310,7 @@ func (b *bench) benchDensity(ctx context.Context) error {
 	}()
 	d.ActiveHeld = len(boxes)
 	d.ActiveSeconds = roundSecs(time.Since(activeStart))
-	d.ActiveReachedBound = d.ActiveFailure == "" && !d.ActiveStoppedByTime && len(boxes) == b.cfg.MaxActive
+	d.ActiveReachedBound = d.ActiveFailure == "" && !d.ActiveStoppedByTime && !d.ActiveStoppedByMemory && !d.ActiveStoppedBySlowdown && len(boxes) == b.cfg.MaxActive
 	if n := len(createD); n > 0 {
 		k := min(5, n)
 		d.CreateFirstMs = createD[:k].stat()
@@ -1370,8 +1381,9 @@ func (b *bench) benchDensity(ctx context.Context) error {
 	}
 	listRow(len(boxes))
 
-	// Paused: pause the active ones, then create+pause more up to the bound.
-	var pauseD durations
+	// Paused: pause the active ones, then create and pause more up to the
+	// bound, DensityWorkers at a time (one by one, 2,000 take hours).
+	var pauseD, fillCreateD durations
 	var pausedBoxes []*box
 	var snap []float64
 	var mu sync.Mutex
@@ -1387,31 +1399,14 @@ func (b *bench) benchDensity(ctx context.Context) error {
 		return nil
 	}
 	pausedStart := time.Now()
-	paused := 0
-	for _, bx := range boxes {
-		if paused >= b.cfg.MaxPaused {
-			break
-		}
-		if time.Since(pausedStart) > b.cfg.DensityBudget {
-			d.PausedStoppedByTime = true
-			break
-		}
-		if err := pauseOne(bx); err != nil {
-			d.PausedFailure = err.Error()
-			break
-		}
-		paused++
-	}
-	memAvail2 := meminfo()["MemAvailable"]
-	d.MemAvailableRecoveredMiB = round(float64(memAvail2-memAvail1) / mib)
-	if d.PausedFailure == "" && !d.PausedStoppedByTime {
-		// Two workers: create then pause, until the bound or a failure.
+	var failed atomic.Value
+	var stoppedByTime, stoppedByMemory atomic.Bool
+	// fill runs job(i) for i in [0, n) on DensityWorkers workers until
+	// one fails, the time budget is spent or memory runs low.
+	fill := func(n int, job func(i int) error) {
 		var next atomic.Int64
-		next.Store(int64(paused))
-		var failed atomic.Value
 		var wg sync.WaitGroup
-		var stoppedByTime atomic.Bool
-		for w := 0; w < 2; w++ {
+		for w := 0; w < b.cfg.DensityWorkers; w++ {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -1420,17 +1415,15 @@ func (b *bench) benchDensity(ctx context.Context) error {
 						stoppedByTime.Store(true)
 						return
 					}
-					if next.Add(1) > int64(b.cfg.MaxPaused) {
+					if memLow(b.cfg.MinMemAvailable) {
+						stoppedByMemory.Store(true)
 						return
 					}
-					bx, err := b.srv.create(ctx, b.name("paused"), tmplMinimal, 0)
-					if err == nil {
-						mu.Lock()
-						boxes = append(boxes, bx)
-						mu.Unlock()
-						err = pauseOne(bx)
+					i := int(next.Add(1)) - 1
+					if i >= n {
+						return
 					}
-					if err != nil {
+					if err := job(i); err != nil {
 						failed.CompareAndSwap(nil, err.Error())
 						return
 					}
@@ -1438,11 +1431,29 @@ func (b *bench) benchDensity(ctx context.Context) error {
 			}()
 		}
 		wg.Wait()
-		d.PausedStoppedByTime = d.PausedStoppedByTime || stoppedByTime.Load()
-		if f, ok := failed.Load().(string); ok {
-			d.PausedFailure = f
-		}
 	}
+	active := boxes
+	fill(min(len(active), b.cfg.MaxPaused), func(i int) error { return pauseOne(active[i]) })
+	memAvail2 := meminfo()["MemAvailable"]
+	d.MemAvailableRecoveredMiB = round(float64(memAvail2-memAvail1) / mib)
+	fill(b.cfg.MaxPaused-len(active), func(int) error {
+		var bx *box
+		dt, err := timed(func() (err error) { bx, err = b.srv.create(ctx, b.name("paused"), tmplMinimal, 0); return err })
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		fillCreateD.add(dt)
+		boxes = append(boxes, bx)
+		mu.Unlock()
+		return pauseOne(bx)
+	})
+	d.PausedStoppedByTime = stoppedByTime.Load()
+	d.PausedStoppedByMemory = stoppedByMemory.Load()
+	if f, ok := failed.Load().(string); ok {
+		d.PausedFailure = f
+	}
+	d.FillWorkers = b.cfg.DensityWorkers
 	var list []sandboxJSON
 	if err := b.srv.do(ctx, "GET", "/sandboxes", nil, &list); err != nil {
 		errs = append(errs, err)
@@ -1453,19 +1464,30 @@ func (b *bench) benchDensity(ctx context.Context) error {
 			snap = append(snap, float64(sb.Usage.SnapshotBytes)/mib)
 		}
 	}
-	d.PausedReachedBound = d.PausedFailure == "" && !d.PausedStoppedByTime && d.PausedHeld >= b.cfg.MaxPaused
+	d.PausedReachedBound = d.PausedFailure == "" && !d.PausedStoppedByTime && !d.PausedStoppedByMemory && d.PausedHeld >= b.cfg.MaxPaused
 	d.SnapshotDiskMiB = round(float64(dirSize(filepath.Join(b.srv.dataDir, "snapshots"))) / mib)
 	b.add(Row{Group: "density", Name: "pause an idle stasis/minimal sandbox",
 		Stasis: pauseD.stat(), StasisOp: "POST /sandboxes/{id}/pause, up to " + strconv.Itoa(b.cfg.MaxPaused) + " paused"})
+	if len(fillCreateD) > 0 {
+		b.add(Row{Group: "density", Name: fmt.Sprintf("create while filling up with paused sandboxes, %d at a time", b.cfg.DensityWorkers),
+			Stasis: fillCreateD.stat(), StasisOp: fmt.Sprintf("POST /sandboxes from stasis/minimal, each then paused; %d workers create and pause at once, so each create shares the host with up to %d others' creates or pauses", b.cfg.DensityWorkers, b.cfg.DensityWorkers-1)})
+	}
 	b.add(Row{Group: "density", Name: "disk per paused idle sandbox",
 		Stasis: summarize("MiB", snap), StasisOp: "usage.snapshot_bytes"})
 	listRow(len(list))
 
-	// The crowd still works: resume the first and the last and run a command.
+	// The crowd still works: resume 5 of them, from the first paused to
+	// the last, and run a command in each.
 	d.PausedSeconds = roundSecs(time.Since(pausedStart))
 	if len(pausedBoxes) > 0 {
 		var resD durations
-		for _, bx := range []*box{pausedBoxes[0], pausedBoxes[len(pausedBoxes)-1]} {
+		var sample []*box
+		for i := range 5 {
+			if j := i * (len(pausedBoxes) - 1) / 4; len(sample) == 0 || sample[len(sample)-1] != pausedBoxes[j] {
+				sample = append(sample, pausedBoxes[j])
+			}
+		}
+		for _, bx := range sample {
 			dt, err := timed(func() error {
 				if err := bx.resume(ctx); err != nil {
 					return err
@@ -1480,7 +1502,7 @@ func (b *bench) benchDensity(ctx context.Context) error {
 			resD.add(dt)
 		}
 		b.add(Row{Group: "density", Name: fmt.Sprintf("resume + exec among %d paused", d.PausedHeld),
-			Stasis: resD.stat(), StasisOp: "POST resume + POST /exec"})
+			Stasis: resD.stat(), StasisOp: "POST resume + POST /exec, in up to 5 of them spread from the first paused to the last, one after the other"})
 	}
 
 	// Delete them all (4 at a time) and time it.
@@ -1508,6 +1530,12 @@ func (b *bench) benchDensity(ctx context.Context) error {
 	boxes = nil
 	slices.Sort(snap)
 	return errors.Join(errs...)
+}
+
+// memLow reports whether the host's MemAvailable is under floor bytes.
+func memLow(floor int64) bool {
+	avail, ok := meminfo()["MemAvailable"]
+	return ok && avail < floor
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {

@@ -32,8 +32,9 @@ type Config struct {
 	Quick  bool
 	Phases string // comma-separated phases to run; empty: all
 
-	pauseSizes []int  // -pause-sizes
-	OutDir     string // where BENCHMARKS.md and benchmarks.json go
+	pauseSizes    []int         // -pause-sizes
+	densityBudget time.Duration // -density-budget
+	OutDir        string        // where BENCHMARKS.md and benchmarks.json go
 
 	RepoRoot  string
 	Stasisd   string
@@ -69,6 +70,12 @@ type Config struct {
 	MaxPaused       int
 	RawIdle         int           // raw containers for the idle-memory baseline
 	DensityBudget   time.Duration // max time to fill up with active, and again with paused, sandboxes
+	// DensityWorkers is how many paused sandboxes are created-and-paused at
+	// once while the paused phase fills up.
+	DensityWorkers int
+	// MinMemAvailable: the density phase stops adding sandboxes once the
+	// host's MemAvailable is below it (other work shares the host).
+	MinMemAvailable int64
 	// DensityLarge (opt in: -density-large) raises the density phase's
 	// bounds to 300 active and 2,000 paused sandboxes; it takes 20-40 min.
 	DensityLarge bool
@@ -116,6 +123,16 @@ func (c *Config) defaults() error {
 	if c.DensityLarge {
 		c.MaxActive, c.MaxPaused = 300, 2000
 		c.DensityBudget = 30 * time.Minute
+		c.DensityWorkers = 4
+	}
+	if c.densityBudget > 0 {
+		c.DensityBudget = c.densityBudget
+	}
+	if c.DensityWorkers == 0 {
+		c.DensityWorkers = 2
+	}
+	if c.MinMemAvailable == 0 {
+		c.MinMemAvailable = 3 << 30
 	}
 	if len(c.pauseSizes) > 0 {
 		c.PauseSizesMiB = c.pauseSizes
@@ -269,6 +286,7 @@ func main() {
 	flag.StringVar(&cfg.RawPrefix, "raw-netns-prefix", "", "netns prefix for the raw runsc baseline")
 	flag.StringVar(&cfg.Phases, "phases", "", "only these phases, comma-separated (create, exec, files, pause-resume, network, e2b, density, snapshot-upload, cluster), for development; writes to a temp dir unless -out is given")
 	pauseSizes := flag.String("pause-sizes", "", "pause/resume sizes in MB, comma-separated (default 10,200,1024), for development")
+	flag.DurationVar(&cfg.densityBudget, "density-budget", 0, "time budget of each of the density phase's fills, active and paused (default 150s; 30m with -density-large)")
 	flag.BoolVar(&cfg.DensityLarge, "density-large", false, "density phase at scale: up to 300 idle active and 2,000 paused stasis/minimal sandboxes (20-40 minutes more; its stasisd gets -subnet 169.254.232.0/21 unless given)")
 	render := flag.String("render", "", "only rewrite BENCHMARKS.md from this benchmarks.json (no measuring)")
 	flag.Parse()

@@ -49,12 +49,17 @@ type Density struct {
 	ActiveReachedBound           bool    `json:"active_reached_bound"` // held is a lower bound ("≥")
 	ActiveFailure                string  `json:"active_failure,omitempty"`
 	ActiveStoppedByTime          bool    `json:"active_stopped_by_time_budget,omitempty"`
+	ActiveStoppedByMemory        bool    `json:"active_stopped_by_memory_floor,omitempty"`
+	ActiveStoppedBySlowdown      bool    `json:"active_stopped_by_create_slowdown,omitempty"` // last 5 creates' median over 2× the first 5's
 	ActiveSeconds                float64 `json:"active_fill_seconds"`
 	PausedBound                  int     `json:"paused_bound"`
 	PausedHeld                   int     `json:"paused_held"`
 	PausedReachedBound           bool    `json:"paused_reached_bound"`
 	PausedFailure                string  `json:"paused_failure,omitempty"`
 	PausedStoppedByTime          bool    `json:"paused_stopped_by_time_budget,omitempty"`
+	PausedStoppedByMemory        bool    `json:"paused_stopped_by_memory_floor,omitempty"`
+	FillWorkers                  int     `json:"paused_fill_workers,omitempty"`
+	MemFloorMiB                  float64 `json:"mem_available_floor_mib,omitempty"`
 	PausedSeconds                float64 `json:"paused_fill_seconds"`
 	TimeBudgetSeconds            float64 `json:"time_budget_seconds"`
 	CreateFirstMs                *Stat   `json:"create_first5_ms,omitempty"`
@@ -401,20 +406,24 @@ func writeDensity(b *strings.Builder, d *Density) {
 		return
 	}
 	w := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
-	bound := func(held int, reached, byTime bool, failure string, secs float64) string {
+	bound := func(held int, reached, byTime, byMemory, bySlowdown bool, failure string, secs float64) string {
 		switch {
 		case reached:
 			return fmt.Sprintf("**≥ %d** (the harness's bound; nothing failed; took %.0f s)", held, secs)
 		case failure != "":
 			return fmt.Sprintf("**%d**, then: %s", held, strings.ReplaceAll(failure, "\n", " "))
+		case bySlowdown:
+			return fmt.Sprintf("**%d** while creates stayed under 2× their first latency (the harness stopped there, after %.0f s)", held, secs)
+		case byMemory:
+			return fmt.Sprintf("**≥ %d** (the harness stopped when the host's MemAvailable fell under %.0f MiB, after %.0f s; nothing failed)", held, d.MemFloorMiB, secs)
 		case byTime:
 			return fmt.Sprintf("**≥ %d** (the harness stopped at its %.0f s time budget, nothing failed: filling up is slow)", held, d.TimeBudgetSeconds)
 		}
 		return fmt.Sprintf("**%d**", held)
 	}
-	w("Idle stasis/minimal sandboxes created one after the other, then paused, then more created and paused, up to the harness's bounds (%d active, %d paused; `make bench-density` raises them to 300 and 2,000).\n\n", d.ActiveBound, d.PausedBound)
-	w("- Idle **active** sandboxes held at once: %s.\n", bound(d.ActiveHeld, d.ActiveReachedBound, d.ActiveStoppedByTime, d.ActiveFailure, d.ActiveSeconds))
-	w("- **Paused** sandboxes held at once: %s.\n", bound(d.PausedHeld, d.PausedReachedBound, d.PausedStoppedByTime, d.PausedFailure, d.PausedSeconds))
+	w("Idle stasis/minimal sandboxes created one after the other (until the bound, a failure, the time budget, MemAvailable under a floor, or the last 5 creates' median over 2× the first 5's), then paused, then more created and paused %d at a time, up to the harness's bounds (%d active, %d paused; `make bench-density` raises them to 300 and 2,000).\n\n", max(d.FillWorkers, 1), d.ActiveBound, d.PausedBound)
+	w("- Idle **active** sandboxes held at once: %s.\n", bound(d.ActiveHeld, d.ActiveReachedBound, d.ActiveStoppedByTime, d.ActiveStoppedByMemory, d.ActiveStoppedBySlowdown, d.ActiveFailure, d.ActiveSeconds))
+	w("- **Paused** sandboxes held at once: %s.\n", bound(d.PausedHeld, d.PausedReachedBound, d.PausedStoppedByTime, d.PausedStoppedByMemory, false, d.PausedFailure, d.PausedSeconds))
 	if d.CreateFirstMs != nil && d.CreateLastMs != nil {
 		w("- Create latency, first 5 vs last 5 of the active ones: median %s ms vs %s ms", num(d.CreateFirstMs.Median), num(d.CreateLastMs.Median))
 		if d.CreateFirstMs.Median > 0 {
