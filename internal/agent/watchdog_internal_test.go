@@ -62,3 +62,29 @@ func TestTaskLimit(t *testing.T) {
 		}
 	}
 }
+
+// TestWatchdogIdle: the agent alone, or with only the spare shell that waits
+// for the next command, is idle (not sampled); a command's process, or the
+// former spare once a command took it, is not.
+func TestWatchdogIdle(t *testing.T) {
+	s := &Server{spare: &spareShell{pid: 4242}}
+	w := &watchdog{s: s, self: 1}
+	for _, c := range []struct {
+		pids []int
+		want bool
+	}{
+		{[]int{1}, true},
+		{[]int{1, 4242}, true},
+		{[]int{4242, 1}, true},
+		{[]int{1, 4243}, false},
+		{[]int{1, 4242, 4243}, false},
+	} {
+		if got := w.idle(c.pids); got != c.want {
+			t.Errorf("idle(%v) with spare 4242 = %v, want %v", c.pids, got, c.want)
+		}
+	}
+	s.spare = nil // a command took it: the shell now runs that command
+	if w.idle([]int{1, 4242}) {
+		t.Error("the spare's pid counts as idle after a command took it")
+	}
+}
