@@ -99,6 +99,7 @@ func writeGoals(b *strings.Builder, r *Report) {
 	fmt.Fprintf(b, "## Goals\n\n")
 	fmt.Fprintf(b, "The targets of issue 16 against this run. \"now\" is the goal's figure: a stasis÷runsc ratio (×), a stasis median, or the ratio of two stasis medians; \"vs runsc\" is the ratio of the row it reads.\n\n")
 	writeGoalTable(b, r, goals)
+	writeDensityGoals(b, r.Density)
 	if hasRows(r, "cluster") {
 		fmt.Fprintf(b, "Cluster targets (issue 14), from the cluster section below: both figures are stasis's, through the other node and on the owner, alternately.\n\n")
 		writeGoalTable(b, r, clusterGoals)
@@ -144,4 +145,42 @@ func hasRows(r *Report, group string) bool {
 		}
 	}
 	return false
+}
+
+// Goal 6's targets: idle stasis/minimal sandboxes held at once.
+const (
+	densityActiveGoal = 300
+	densityPausedGoal = 2000
+)
+
+// writeDensityGoals lists goal 6 against the density phase's counts: a run
+// whose bounds are below the targets (plain make bench) cannot meet them.
+func writeDensityGoals(b *strings.Builder, d *Density) {
+	if d == nil {
+		return
+	}
+	fmt.Fprintf(b, "Density (goal 6), from the density section below (`make bench-density` runs it at the targets' scale):\n\n")
+	fmt.Fprintf(b, "| goal | target | now | met |\n| --- | ---: | ---: | :---: |\n")
+	row := func(what string, target, held, bound int, reached, byTime, byMemory bool) {
+		now := fmt.Sprint(held)
+		switch {
+		case reached:
+			now = fmt.Sprintf("≥ %d (the run's bound)", held)
+		case byMemory:
+			now = fmt.Sprintf("≥ %d (stopped at the MemAvailable floor)", held)
+		case byTime:
+			now = fmt.Sprintf("≥ %d (stopped by the time budget)", held)
+		}
+		met := "no"
+		switch {
+		case held >= target:
+			met = "yes"
+		case reached && bound < target:
+			met = "not measured at this scale"
+		}
+		fmt.Fprintf(b, "| %s | ≥ %d | %s | %s |\n", what, target, now, met)
+	}
+	row("idle active stasis/minimal sandboxes at once, creates under 2× their first latency", densityActiveGoal, d.ActiveHeld, d.ActiveBound, d.ActiveReachedBound, d.ActiveStoppedByTime, d.ActiveStoppedByMemory)
+	row("paused stasis/minimal sandboxes at once", densityPausedGoal, d.PausedHeld, d.PausedBound, d.PausedReachedBound, d.PausedStoppedByTime, d.PausedStoppedByMemory)
+	fmt.Fprintf(b, "\n")
 }
