@@ -1266,13 +1266,13 @@ func (b *bench) benchDensity(ctx context.Context) error {
 			}
 		}
 	}
-	rawCPU := idleCPU(ctx, rawPids, b.cfg.Settle)
+	rawCPU := idleCPU(ctx, rawPids, b.cfg.IdleCPUWindow)
 	for _, rb := range rawBoxes {
 		rb.destroy(context.WithoutCancel(ctx))
 	}
 
 	memAvail0 := meminfo()["MemAvailable"]
-	d.IdleCPUPercentBefore = round(hostCPUPercent(ctx, b.cfg.Settle))
+	d.IdleCPUPercentBefore = round(hostCPUPercent(ctx, b.cfg.IdleCPUWindow))
 
 	// Active: create idle sandboxes one after the other up to the bound,
 	// while creates stay under 2× their first latency (median of the last
@@ -1338,8 +1338,8 @@ func (b *bench) benchDensity(ctx context.Context) error {
 	if len(boxes) > 0 {
 		d.MemAvailableDropPerActiveMiB = round(float64(memAvail0-memAvail1) / mib / float64(len(boxes)))
 	}
-	d.IdleCPUPercentActive = round(hostCPUPercent(ctx, b.cfg.Settle))
-	stasisCPU := idleCPU(ctx, pids, b.cfg.Settle)
+	d.IdleCPUPercentActive = round(hostCPUPercent(ctx, b.cfg.IdleCPUWindow))
+	stasisCPU := idleCPU(ctx, pids, b.cfg.IdleCPUWindow)
 	d.StasisdRSSMiB = round(processRSS(b.srv.cmd.Process.Pid))
 	b.add(Row{Group: "density", Name: "host memory per idle active sandbox (PSS)",
 		Stasis: summarize("MiB", pss), StasisOp: fmt.Sprintf("sum of PSS over the sandbox cgroup's processes (sentry, gofer, systrap stubs), %d idle stasis/minimal sandboxes", len(pss)),
@@ -1349,7 +1349,7 @@ func (b *bench) benchDensity(ctx context.Context) error {
 		Stasis: summarize("MiB", cg), StasisOp: "memory cgroup usage (includes page cache charged to it)",
 		Raw: summarize("MiB", rawCg), RawOp: "same"})
 	b.add(Row{Group: "density", Name: "CPU per idle active sandbox (% of one core)",
-		Stasis: summarize("%", stasisCPU), StasisOp: fmt.Sprintf("cpuacct of the sandbox cgroup over %s", b.cfg.Settle),
+		Stasis: summarize("%", stasisCPU), StasisOp: fmt.Sprintf("cpuacct of the sandbox cgroup over %s", b.cfg.IdleCPUWindow),
 		Raw: summarize("%", rawCPU), RawOp: "same"})
 
 	// Health of the crowd: a command in (up to 10 of) them, and a list call.

@@ -80,6 +80,9 @@ type Config struct {
 	// bounds to 300 active and 2,000 paused sandboxes; it takes 20-40 min.
 	DensityLarge bool
 	Settle       time.Duration // idle time before measuring idle memory/CPU
+	// IdleCPUWindow is how long idle CPU is measured: long enough to
+	// cover stasisd's 10 s health and dead-sandbox checks.
+	IdleCPUWindow time.Duration
 	// PauseSettle is how long both sandboxes have run since their last
 	// restore before a cold pause is measured: right after a restore gVisor
 	// checkpoints memory much faster (measured: 1 GB in 0.6 s instead of
@@ -189,6 +192,7 @@ func (c *Config) setFull() {
 	c.MaxPaused = 500
 	c.RawIdle = 5
 	c.Settle = 5 * time.Second
+	c.IdleCPUWindow = 30 * time.Second
 	c.PauseSettle = 10 * time.Second
 	c.DensityBudget = 150 * time.Second
 }
@@ -223,6 +227,7 @@ func (c *Config) setQuick() {
 	c.MaxPaused = 5
 	c.RawIdle = 2
 	c.Settle = 500 * time.Millisecond
+	c.IdleCPUWindow = time.Second
 	c.DensityBudget = 30 * time.Second
 }
 
