@@ -27,6 +27,7 @@ type Client struct {
 	dialer *net.Dialer
 	tr     *http.Transport
 	hc     *http.Client
+	warm   warmConns // for the next exec
 }
 
 // New returns a client for the agent at addr ("ip:port") using token.
@@ -58,6 +59,7 @@ func New(addr, token string) *Client {
 func (c *Client) SetAddr(addr string) {
 	c.addr.Store(&addr)
 	c.tr.CloseIdleConnections()
+	c.warm.drop()
 }
 
 // SetToken changes the token the client presents.
@@ -65,9 +67,11 @@ func (c *Client) SetToken(token string) {
 	c.token.Store(&token)
 }
 
-// CloseIdleConnections closes idle keep-alive connections.
+// CloseIdleConnections closes idle keep-alive connections, and the one
+// dialed ahead for the next exec.
 func (c *Client) CloseIdleConnections() {
 	c.tr.CloseIdleConnections()
+	c.warm.drop()
 }
 
 // Error is an error response from the agent.

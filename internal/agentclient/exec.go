@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/stasis-sandbox/stasis/internal/agentproto"
 )
@@ -88,13 +89,15 @@ var ErrProcessClosed = errors.New("agent exec: process closed")
 // itself must be called from one goroutine at a time.
 type Process struct {
 	ctx  context.Context
+	c    *Client
 	conn io.ReadWriteCloser
 	fr   *agentproto.FrameReader
 	fw   *agentproto.FrameWriter
 	pid  int
 
-	pending *Event // an exit that arrived instead of "started"
-	done    bool   // the exit event has been returned
+	pending *Event      // an exit that arrived instead of "started"
+	done    bool        // the exit event has been returned
+	exited  atomic.Bool // done, for Close from any goroutine
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -152,6 +155,7 @@ func (c *Client) open(ctx context.Context, start agentproto.StartRequest, noStdi
 	}
 	p := &Process{
 		ctx:    ctx,
+		c:      c,
 		conn:   conn,
 		fr:     agentproto.NewFrameReader(br),
 		fw:     agentproto.NewFrameWriter(conn),
@@ -185,8 +189,9 @@ func (c *Client) open(ctx context.Context, start agentproto.StartRequest, noStdi
 	return p, nil
 }
 
-// upgradeExec opens a fresh connection (an upgraded connection is never
-// reused, so the keep-alive pool has nothing to offer) and sends the upgrade
+// upgradeExec takes a fresh connection (an upgraded connection is never
+// reused, so the keep-alive pool has nothing to offer: one dialed ahead, see
+// warmConns, or a new one) and sends the upgrade
 // request with the start frame right behind it, saving the round trip of
 // waiting for "101 Switching Protocols" first; the agent finds the frame
 // already buffered after the hijack. It returns the connection and a reader
@@ -196,9 +201,12 @@ func (c *Client) upgradeExec(ctx context.Context, start []byte, noStdin bool) (n
 	if strings.ContainsAny(token, "\r\n") {
 		return nil, nil, errors.New("agent exec: invalid token")
 	}
-	conn, err := c.dialer.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, nil, fmt.Errorf("agent exec: %w", err)
+	conn := c.warm.take(addr)
+	if conn == nil {
+		var err error
+		if conn, err = c.dialer.DialContext(ctx, "tcp", addr); err != nil {
+			return nil, nil, fmt.Errorf("agent exec: %w", err)
+		}
 	}
 	// Until the upgrade is done, cancelling ctx aborts it.
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
@@ -313,6 +321,7 @@ func (p *Process) Next() (Event, error) {
 		ev := *p.pending
 		p.pending = nil
 		p.done = true
+		p.exited.Store(true)
 		p.Close()
 		return ev, nil
 	}
@@ -335,6 +344,7 @@ func (p *Process) Next() (Event, error) {
 				return Event{}, err
 			}
 			p.done = true
+			p.exited.Store(true)
 			p.Close()
 			return ev, nil
 		}
@@ -352,6 +362,11 @@ func (p *Process) Close() error {
 			p.stopCtx()
 		}
 		err = p.conn.Close()
+		if p.exited.Load() {
+			// The agent answers and the next command is likely
+			// soon: have its connection ready.
+			p.c.warm.fill(p.c.dialer, *p.c.addr.Load())
+		}
 	})
 	return err
 }

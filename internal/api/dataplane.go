@@ -186,7 +186,12 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, t *sandbox.Target)
 		return
 	}
 	s.metrics.Observe("exec", time.Since(start))
-	writeJSON(w, http.StatusOK, execResult(req.OutputEncoding, stdout, stderr, st))
+	resp := execResult(req.OutputEncoding, stdout, stderr, st)
+	body := resp.appendJSON(make([]byte, 0, 64+len(resp.Stdout)+len(resp.Stderr)+len(resp.Error)))
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	w.Write(body)
 }
 
 // execResponse is the body of a buffered POST /exec.

@@ -656,14 +656,16 @@ func (s *Service) Agent(ctx context.Context, id, token string) (*Target, error) 
 	if token == "" {
 		return nil, newErr(ErrUnauthorized, "unauthorized", "missing access token (X-Access-Token header)")
 	}
-	if _, err := s.Get(ctx, "", id); err != nil {
-		return nil, err
-	}
+	// The token is checked first: the sandbox is looked up (for a 404) only
+	// when the check fails, which saves every data-plane request a query.
 	ok, err := s.cfg.Store.CheckAccessToken(ctx, id, token)
 	if err != nil {
 		return nil, err
 	}
 	if !ok {
+		if _, err := s.Get(ctx, "", id); err != nil {
+			return nil, err
+		}
 		return nil, newErr(ErrUnauthorized, "invalid_token", "access token is invalid or was rotated; call POST /sandboxes/%s/activate for a new one", id)
 	}
 	return s.Reach(ctx, id)

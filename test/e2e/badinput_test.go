@@ -98,6 +98,20 @@ func TestBadInput(t *testing.T) {
 			}
 		})
 	}
+	// A token for another sandbox does not hide that this one does not exist.
+	t.Run("data plane unknown sandbox", func(t *testing.T) {
+		req, _ := http.NewRequest("POST", srv.URL+"/exec", strings.NewReader(`{"command": "true"}`))
+		req.Header.Set("X-Superserve-Sandbox-Id", "00000000-0000-4000-8000-000000000000")
+		req.Header.Set("X-Access-Token", c.token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if data, _ := io.ReadAll(resp.Body); resp.StatusCode != http.StatusNotFound || !strings.Contains(string(data), "not found") {
+			t.Fatalf("HTTP %d, want 404 not found: %s", resp.StatusCode, data)
+		}
+	})
 
 	// Nothing changed: still one sandbox, same name and metadata, active, file intact.
 	var list []sandboxInfo
