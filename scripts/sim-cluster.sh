@@ -5,7 +5,8 @@
 # a fake agent per node), then cmd/stasis-sim creates, pauses, resumes and
 # deletes SIM_SANDBOXES sandboxes through the API and reports rates and
 # PostgreSQL's work per operation. Everything it made is removed at exit.
-#   SIM_NODES=50 SIM_SANDBOXES=20000 scripts/sim-cluster.sh
+#   SIM_NODES=50 SIM_SANDBOXES=20000 SIM_CYCLE=2000 scripts/sim-cluster.sh
+# (SIM_CYCLE: pause and resume only that many of the sandboxes, all present.)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,6 +15,7 @@ cd "$ROOT"
 NODES="${SIM_NODES:-50}"
 SANDBOXES="${SIM_SANDBOXES:-20000}"
 CONC="${SIM_CONCURRENCY:-32}"
+CYCLE="${SIM_CYCLE:-0}" # pause and resume only this many of them (0: all)
 IDLE="${SIM_IDLE:-20s}"
 LEASE="${SIM_NODE_LEASE:-15s}"
 BASE="${SIM_BASE_PORT:-8500}"
@@ -89,7 +91,7 @@ for i in $(seq 1 "$NODES"); do
 done
 echo "sim: $NODES nodes up; RSS of node 1: $(ps -o rss= -p "${PIDS[0]}") KiB"
 "$OUT/stasis-sim" --nodes "$(IFS=,; echo "${URLS[*]}")" --api-key "$KEY" --database-url "$DATABASE_URL" \
-	--sandboxes "$SANDBOXES" --concurrency "$CONC" --idle "$IDLE"
+	--sandboxes "$SANDBOXES" --cycle "$CYCLE" --concurrency "$CONC" --idle "$IDLE"
 echo "sim: RSS of node 1 at the end: $(ps -o rss= -p "${PIDS[0]}") KiB; PostgreSQL backends: $(su postgres -s /bin/sh -c "'$PGBIN/psql' -tAh 127.0.0.1 -p $PG_PORT -d stasis -c 'SELECT count(*) FROM pg_stat_activity'")"
 echo "sim: warnings and errors of all nodes, by message:"
 grep -ho 'level=\(WARN\|ERROR\) msg="[^"]*"' "$WORK"/node*.log | sort | uniq -c | sort -rn | head -12 || true

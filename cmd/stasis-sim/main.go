@@ -41,6 +41,7 @@ type config struct {
 	nodes    []string
 	key      string
 	n, conc  int
+	cycle    int // how many of the n are paused and resumed
 	template string
 	idle     time.Duration
 	top      int
@@ -52,6 +53,7 @@ func run() error {
 	flag.StringVar(&nodes, "nodes", "", "comma-separated node URLs; requests go round-robin over them")
 	flag.StringVar(&c.key, "api-key", os.Getenv("STASIS_API_KEY"), "API key")
 	flag.IntVar(&c.n, "sandboxes", 1000, "sandboxes to create, pause, resume and delete")
+	flag.IntVar(&c.cycle, "cycle", 0, "pause and resume only the first N sandboxes (all of them stay present; 0 = all)")
 	flag.IntVar(&c.conc, "concurrency", 32, "requests in flight")
 	flag.StringVar(&c.template, "template", "stasis/minimal", "template of the sandboxes")
 	flag.StringVar(&dbURL, "database-url", "", "the cluster's PostgreSQL, to count its queries")
@@ -71,16 +73,28 @@ func run() error {
 	pg := &pgStats{db: db}
 	pg.statements = db.QueryRow("SELECT 1 FROM pg_stat_statements LIMIT 1").Err() == nil ||
 		db.QueryRow("SELECT count(*) FROM pg_stat_statements").Err() == nil
+	if c.cycle <= 0 || c.cycle > c.n {
+		c.cycle = c.n
+	}
 	fmt.Printf("SIMULATION (no sandboxes run): %d nodes, %d sandboxes, %d in flight, pg_stat_statements=%v\n",
 		len(c.nodes), c.n, c.conc, pg.statements)
+	paused := "all paused"
+	if c.cycle < c.n {
+		// The first sandboxes were created round-robin over the nodes, so
+		// the sample is spread over them like the whole.
+		fmt.Printf("pause and resume: the first %d of the %d sandboxes (--cycle); all %d exist throughout\n", c.cycle, c.n, c.n)
+		paused = fmt.Sprintf("%d paused, %d active", c.cycle, c.n-c.cycle)
+	}
 
 	ids := make([]string, c.n)
 	cl := &client{cfg: c, hc: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: c.conc}, Timeout: 5 * time.Minute}}
 	phases := []struct {
-		name string
-		op   func(i int) error
+		name  string
+		count int // sandboxes it acts on: the first count
+		op    func(i int) error
 	}{
-		{"create", func(i int) error {
+		{"idle, no sandboxes", 0, nil},
+		{"create", c.n, func(i int) error {
 			var sb struct {
 				ID string `json:"id"`
 			}
@@ -88,12 +102,13 @@ func run() error {
 			ids[i] = sb.ID
 			return err
 		}},
-		{"idle, all active", nil},
-		{"pause", func(i int) error { return cl.do(i, "POST", "/sandboxes/"+ids[i]+"/pause", nil, 200, nil) }},
-		{"idle, all paused", nil},
-		{"resume", func(i int) error { return cl.do(i, "POST", "/sandboxes/"+ids[i]+"/resume", nil, 200, nil) }},
-		{"delete", func(i int) error { return cl.do(i, "DELETE", "/sandboxes/"+ids[i], nil, 204, nil) }},
+		{"idle, all active", 0, nil},
+		{"pause", c.cycle, func(i int) error { return cl.do(i, "POST", "/sandboxes/"+ids[i]+"/pause", nil, 200, nil) }},
+		{"idle, " + paused, 0, nil},
+		{"resume", c.cycle, func(i int) error { return cl.do(i, "POST", "/sandboxes/"+ids[i]+"/resume", nil, 200, nil) }},
+		{"delete", c.n, func(i int) error { return cl.do(i, "DELETE", "/sandboxes/"+ids[i], nil, 204, nil) }},
 	}
+	var idleRate float64 // statements/s of the last idle phase: the background
 	for _, ph := range phases {
 		before, err := pg.snapshot()
 		if err != nil {
@@ -105,23 +120,27 @@ func run() error {
 		if ph.op == nil {
 			time.Sleep(c.idle)
 		} else {
-			lat, errs = runPhase(c, ph.op, ids, ph.name)
+			lat, errs = runPhase(c, ph.count, ph.op, ids, ph.name)
 		}
 		wall := time.Since(start)
 		after, err := pg.snapshot()
 		if err != nil {
 			return err
 		}
-		report(ph.name, c, wall, lat, errs, before, after, pg.statements)
+		rate := report(ph.name, c, wall, lat, errs, before, after, pg.statements, idleRate)
+		if ph.op == nil {
+			idleRate = rate
+		}
 	}
 	return nil
 }
 
-// runPhase runs op on every sandbox (those that exist) with c.conc in flight.
-func runPhase(c config, op func(int) error, ids []string, name string) ([]time.Duration, int64) {
+// runPhase runs op on the first count sandboxes (those that exist) with
+// c.conc in flight.
+func runPhase(c config, count int, op func(int) error, ids []string, name string) ([]time.Duration, int64) {
 	var next, errs atomic.Int64
 	var mu sync.Mutex
-	lat := make([]time.Duration, 0, c.n)
+	lat := make([]time.Duration, 0, count)
 	var wg sync.WaitGroup
 	for w := 0; w < c.conc; w++ {
 		wg.Add(1)
@@ -129,7 +148,7 @@ func runPhase(c config, op func(int) error, ids []string, name string) ([]time.D
 			defer wg.Done()
 			for {
 				i := int(next.Add(1) - 1)
-				if i >= c.n {
+				if i >= count {
 					return
 				}
 				if name != "create" && ids[i] == "" {
@@ -226,7 +245,10 @@ func (p *pgStats) snapshot() (*pgSnap, error) {
 	return s, rows.Err()
 }
 
-func report(name string, c config, wall time.Duration, lat []time.Duration, errs int64, a, b *pgSnap, statements bool) {
+// report prints a phase's figures and returns its statements per second.
+// For an operation phase, it also prints how much of the statements per
+// operation the background would be at idleRate (the last idle phase's).
+func report(name string, c config, wall time.Duration, lat []time.Duration, errs int64, a, b *pgSnap, statements bool, idleRate float64) float64 {
 	ops := len(lat)
 	per := func(v int64) string {
 		if ops == 0 {
@@ -262,6 +284,9 @@ func report(name string, c config, wall time.Duration, lat []time.Duration, errs
 		per(b.xact-a.xact), per(b.returned-a.returned), per(b.fetched-a.fetched), per(b.inserted-a.inserted), per(b.updated-a.updated), per(b.deleted-a.deleted))
 	if statements {
 		fmt.Printf(", statements %s (%.0f/s)", per(calls), float64(calls)/wall.Seconds())
+		if ops > 0 && idleRate > 0 {
+			fmt.Printf(", of which ≈ %.1f/op the background at the last idle rate (%.0f/s)", idleRate*wall.Seconds()/float64(ops), idleRate)
+		}
 	}
 	fmt.Println()
 	sort.Slice(top, func(i, j int) bool { return top[i].n > top[j].n })
@@ -273,4 +298,5 @@ func report(name string, c config, wall time.Duration, lat []time.Duration, errs
 		}
 		fmt.Printf("   %10s  %s\n", per(s.n), q)
 	}
+	return float64(calls) / wall.Seconds()
 }

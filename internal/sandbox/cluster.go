@@ -119,20 +119,13 @@ func (s *Service) Load(ctx context.Context) (memFreeMiB int64, running int) {
 // processes died with it (or are cut off, which is the same to users).
 // Its paused sandboxes stay paused, to resume elsewhere.
 func (s *Service) FailLostNode(ctx context.Context, node, reason string) (int, error) {
-	all, err := s.cfg.Store.ListSandboxes(ctx, "", nil)
+	live, err := s.cfg.Store.NodeSandboxes(ctx, []string{node},
+		store.StatusStarting, store.StatusActive, store.StatusPausing, store.StatusResuming)
 	if err != nil {
 		return 0, fmt.Errorf("fail sandboxes of lost node %s: %w", node, err)
 	}
 	n := 0
-	for _, sb := range all {
-		if sb.Node != node {
-			continue
-		}
-		switch sb.Status {
-		case store.StatusStarting, store.StatusActive, store.StatusPausing, store.StatusResuming:
-		default:
-			continue
-		}
+	for _, sb := range live {
 		// Written by a node that does not own it, so straight to the store,
 		// still fenced: if the node came back and changed it, it stays.
 		sb.Status, sb.Error, sb.PauseAt, sb.DeleteAt = store.StatusFailed, reason, nil, nil
@@ -150,16 +143,29 @@ func (s *Service) FailLostNode(ctx context.Context, node, reason string) (int, e
 // failed while it was declared lost: their truth is elsewhere now.
 func (s *Service) StopMovedAway(ctx context.Context) {
 	running, err := s.cfg.Driver.List(ctx)
+	if err != nil || len(running) == 0 {
+		return
+	}
+	// One query for the whole round: what this node owns and has not
+	// failed stays. Its rows were written before its runtime started (the
+	// runtime was listed first), so only the rest can have moved away, and
+	// each of those is read again under its lock before it is stopped.
+	own, err := s.ownSandboxes(ctx)
 	if err != nil {
 		return
 	}
+	stays := make(map[string]bool, len(own))
+	for _, sb := range own {
+		if sb.Status != store.StatusFailed {
+			stays[sb.ID] = true
+		}
+	}
 	for _, inst := range running {
-		sb, err := s.cfg.Store.GetSandbox(ctx, "", inst.ID)
-		if errors.Is(err, store.ErrNotFound) || (err == nil && (!s.owns(sb) || sb.Status == store.StatusFailed)) {
+		if !stays[inst.ID] {
 			b := s.box(inst.ID)
 			b.mu.Lock()
 			// Look again under the lock: a restore here may just have claimed it.
-			sb, err = s.cfg.Store.GetSandbox(ctx, "", inst.ID)
+			sb, err := s.cfg.Store.GetSandbox(ctx, "", inst.ID)
 			if errors.Is(err, store.ErrNotFound) || (err == nil && (!s.owns(sb) || sb.Status == store.StatusFailed)) {
 				s.log.Warn("stopping a sandbox that moved to another node or failed while this node was away", "sandbox", inst.ID)
 				b.endSessions("the sandbox moved to another node")

@@ -37,6 +37,17 @@ func (s *Service) owns(sb *store.Sandbox) bool {
 	return sb.Node == "" || sb.Node == s.cfg.NodeName
 }
 
+// ownSandboxes lists the sandboxes this node owns (as owns has it) in
+// statuses, any when none: one query, for periodic work that must not
+// read the whole cluster's sandboxes on every node.
+func (s *Service) ownSandboxes(ctx context.Context, statuses ...string) ([]*store.Sandbox, error) {
+	nodes := []string{""}
+	if s.cfg.NodeName != "" {
+		nodes = append(nodes, s.cfg.NodeName)
+	}
+	return s.cfg.Store.NodeSandboxes(ctx, nodes, statuses...)
+}
+
 // update writes sb's changes, fenced twice: only the owner node writes,
 // and the store applies the write only if the owner and epoch did not move
 // since sb was read. When the sandbox moved on, this node's copy of it is

@@ -57,19 +57,17 @@ func (s *Service) RunHealthChecks(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case id := <-s.health.soon:
-			s.checkHealth(ctx, id)
+			s.checkHealth(ctx, id, nil)
 		case <-t.C:
-			all, err := s.cfg.Store.ListSandboxes(ctx, "", nil)
+			active, err := s.ownSandboxes(ctx, store.StatusActive)
 			if err != nil {
 				s.log.Error("health checks: listing sandboxes", "err", err)
 				continue
 			}
 			seen := map[string]bool{}
-			for _, sb := range all {
-				if sb.Status == store.StatusActive && s.owns(sb) {
-					seen[sb.ID] = true
-					s.checkHealth(ctx, sb.ID)
-				}
+			for _, sb := range active {
+				seen[sb.ID] = true
+				s.checkHealth(ctx, sb.ID, sb)
 			}
 			for id := range s.health.unanswered {
 				if !seen[id] {
@@ -82,13 +80,18 @@ func (s *Service) RunHealthChecks(ctx context.Context) {
 
 // checkHealth checks one active sandbox: its link (mended in place where
 // the driver can, else the sandbox is moved onto a new one), then whether
-// its agent answers.
-func (s *Service) checkHealth(ctx context.Context, id string) {
+// its agent answers. listed is its row as the round's list read it (nil:
+// read it now). A row that changed since only costs a probe: what acts on
+// a failed check reads the row again under the lock (lockedActive).
+func (s *Service) checkHealth(ctx context.Context, id string, listed *store.Sandbox) {
 	b := s.box(id)
 	if !b.mu.TryLock() {
 		return // an operation is in flight; it sees for itself
 	}
-	sb, err := s.Get(ctx, "", id)
+	sb, err := listed, error(nil)
+	if sb == nil {
+		sb, err = s.Get(ctx, "", id)
+	}
 	agent := b.agent
 	b.mu.Unlock()
 	if err != nil || sb.Status != store.StatusActive || agent == nil {

@@ -752,15 +752,12 @@ func (s *Service) wakeLocked(ctx context.Context, b *box, id string) (*store.San
 
 // PauseAll pauses every active sandbox (used at shutdown when asked to).
 func (s *Service) PauseAll(ctx context.Context) {
-	list, err := s.cfg.Store.ListSandboxes(ctx, "", nil)
+	active, err := s.ownSandboxes(ctx, store.StatusActive)
 	if err != nil {
 		s.log.Error("pause all", "err", err)
 		return
 	}
-	for _, sb := range list {
-		if sb.Status != store.StatusActive || !s.owns(sb) {
-			continue
-		}
+	for _, sb := range active {
 		if _, err := s.Pause(ctx, "", sb.ID); err != nil {
 			s.log.Error("pause at shutdown", "sandbox", sb.ID, "err", err)
 		}

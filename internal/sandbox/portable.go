@@ -82,13 +82,13 @@ func (s *Service) requeueUploads(ctx context.Context) {
 	if s.cfg.Uploads == nil {
 		return
 	}
-	sandboxes, err := s.cfg.Store.ListSandboxes(ctx, "", nil)
+	paused, err := s.ownSandboxes(ctx, store.StatusPaused)
 	if err != nil {
 		s.log.Error("requeue snapshot uploads", "err", err)
 		return
 	}
-	for _, sb := range sandboxes {
-		if sb.Status == store.StatusPaused && s.owns(sb) && sb.SnapshotUpload != store.UploadPortable && sealed(sb.SnapshotDir) {
+	for _, sb := range paused {
+		if sb.SnapshotUpload != store.UploadPortable && sealed(sb.SnapshotDir) {
 			s.uploadSnapshot(objstore.KindSandbox, sb.ID, sb.Epoch, sb.SnapshotDir)
 		}
 	}

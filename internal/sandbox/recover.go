@@ -25,22 +25,15 @@ func (s *Service) Recover(ctx context.Context) error {
 	for _, inst := range running {
 		byID[inst.ID] = inst
 	}
-	all, err := s.cfg.Store.ListSandboxes(ctx, "", nil)
+	// In a cluster, other nodes' sandboxes are theirs to recover; one that
+	// runs here anyway moved on while this node was away, and is stopped
+	// below as an orphan.
+	own, err := s.ownSandboxes(ctx)
 	if err != nil {
 		return fmt.Errorf("recover: list store: %w", err)
 	}
 	known := map[string]bool{}
-	var own []*store.Sandbox
-	for _, sb := range all {
-		// In a cluster, other nodes' sandboxes are theirs to recover; one
-		// that runs here anyway moved on while this node was away, and is
-		// stopped below as an orphan.
-		if s.owns(sb) {
-			own = append(own, sb)
-		}
-	}
-	all = own
-	for _, sb := range all {
+	for _, sb := range own {
 		if sb.TeamID == buildTeam {
 			// A template build interrupted by the restart: its sandbox is
 			// useless now (the build is marked failed below).
@@ -60,7 +53,7 @@ func (s *Service) Recover(ctx context.Context) error {
 	}
 	s.removeOrphanSnapshots(known)
 	s.requeueUploads(ctx)
-	for _, sb := range all {
+	for _, sb := range own {
 		if sb.TeamID == buildTeam {
 			b := s.box(sb.ID)
 			b.mu.Lock()

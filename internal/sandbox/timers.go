@@ -182,12 +182,12 @@ func (s *Service) markDead(ctx context.Context) {
 	for _, inst := range running {
 		live[inst.ID] = true
 	}
-	all, err := s.cfg.Store.ListSandboxes(ctx, "", nil)
+	active, err := s.ownSandboxes(ctx, store.StatusActive)
 	if err != nil {
 		return
 	}
-	for _, sb := range all {
-		if sb.Status != store.StatusActive || live[sb.ID] || !s.owns(sb) {
+	for _, sb := range active {
+		if live[sb.ID] {
 			continue
 		}
 		b := s.box(sb.ID)

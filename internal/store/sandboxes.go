@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -216,6 +217,44 @@ func (s *sqlStore) ListSandboxes(ctx context.Context, teamID string, filter map[
 		}
 	}
 	return out, rows.Err()
+}
+
+// NodeSandboxes returns the sandboxes of nodes in statuses (any when
+// none), in no set order; the index sandboxes_node(node, status) serves it.
+func (s *sqlStore) NodeSandboxes(ctx context.Context, nodes []string, statuses ...string) ([]*Sandbox, error) {
+	if len(nodes) == 0 {
+		return nil, nil
+	}
+	q := `SELECT ` + sandboxColumns + ` FROM sandboxes WHERE node IN (` + placeholders(len(nodes)) + `)`
+	args := make([]any, 0, len(nodes)+len(statuses))
+	for _, n := range nodes {
+		args = append(args, n)
+	}
+	if len(statuses) > 0 {
+		q += ` AND status IN (` + placeholders(len(statuses)) + `)`
+		for _, st := range statuses {
+			args = append(args, st)
+		}
+	}
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list sandboxes of nodes %q: %w", nodes, err)
+	}
+	defer rows.Close()
+	var out []*Sandbox
+	for rows.Next() {
+		sb, err := scanSandbox(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list sandboxes of nodes %q: %w", nodes, err)
+		}
+		out = append(out, sb)
+	}
+	return out, rows.Err()
+}
+
+// placeholders is n comma-separated ? placeholders, for an IN list.
+func placeholders(n int) string {
+	return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")
 }
 
 func matches(meta, filter map[string]string) bool {

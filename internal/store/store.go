@@ -34,6 +34,11 @@ type Store interface {
 	InsertSandbox(ctx context.Context, sb *Sandbox) error
 	GetSandbox(ctx context.Context, teamID, id string) (*Sandbox, error)
 	ListSandboxes(ctx context.Context, teamID string, filter map[string]string) ([]*Sandbox, error)
+	// NodeSandboxes returns the sandboxes owned by one of nodes ("" is the
+	// owner of rows no node claimed) whose status is one of statuses (any
+	// status when none), in no set order: one indexed query for a node's
+	// periodic work, whatever the size of the rest of the cluster.
+	NodeSandboxes(ctx context.Context, nodes []string, statuses ...string) ([]*Sandbox, error)
 	// UpdateSandbox is fenced: it applies only while the row's node and
 	// epoch are still sb.Node and sb.Epoch, else it returns ErrFenced.
 	UpdateSandbox(ctx context.Context, sb *Sandbox) error

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"sort"
 	"sync"
 	"testing"
 	"time"
@@ -24,6 +25,7 @@ var suite = []struct {
 	{"UsageCountsKeptSnapshots", testUsageCountsKeptSnapshots},
 	{"ClaimSandboxFencesStaleOwner", testClaimSandboxFencesStaleOwner},
 	{"ConcurrentClaimsOneWins", testConcurrentClaimsOneWins},
+	{"NodeSandboxesOnlyThatNodes", testNodeSandboxesOnlyThatNodes},
 	{"SnapshotUploadFenced", testSnapshotUploadFenced},
 	{"TryLeaseOneHolder", testTryLeaseOneHolder},
 	{"NodesHeartbeatAndLost", testNodesHeartbeatAndLost},
@@ -378,4 +380,57 @@ func testListBuildsAllOrSome(t *testing.T, s Store) {
 			t.Errorf("ListBuilds(limit %d) = %d builds, %v; want %d", limit, len(bs), err, want)
 		}
 	}
+}
+
+// testNodeSandboxesOnlyThatNodes: a node's periodic work sees exactly the
+// sandboxes it owns in the statuses it asks for, and stops seeing one as
+// soon as another node claims it.
+func testNodeSandboxesOnlyThatNodes(t *testing.T, s Store) {
+	ctx := context.Background()
+	a1 := ownedSandbox(t, s, "a")
+	a2 := ownedSandbox(t, s, "a")
+	aPaused := ownedSandbox(t, s, "a")
+	aPaused.Status = StatusPaused
+	if err := s.UpdateSandbox(ctx, aPaused); err != nil {
+		t.Fatal(err)
+	}
+	b1 := ownedSandbox(t, s, "b")
+	unowned := ownedSandbox(t, s, "")
+	ids := func(nodes []string, statuses ...string) []string {
+		t.Helper()
+		list, err := s.NodeSandboxes(ctx, nodes, statuses...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, sb := range list {
+			out = append(out, sb.ID)
+		}
+		return out
+	}
+	want := func(got []string, want ...*Sandbox) {
+		t.Helper()
+		var w []string
+		for _, sb := range want {
+			w = append(w, sb.ID)
+		}
+		sort.Strings(got)
+		sort.Strings(w)
+		if fmt.Sprint(got) != fmt.Sprint(w) {
+			t.Fatalf("got %v, want %v", got, w)
+		}
+	}
+	want(ids([]string{"a"}, StatusActive), a1, a2)
+	want(ids([]string{"a"}), a1, a2, aPaused)
+	want(ids([]string{"a"}, StatusActive, StatusPaused), a1, a2, aPaused)
+	want(ids([]string{"a", ""}, StatusActive), a1, a2, unowned)
+	want(ids([]string{"b"}, StatusPaused))
+	want(ids([]string{"b"}, StatusActive), b1)
+	want(ids(nil, StatusActive))
+	want(ids([]string{"c"}))
+	if _, err := s.ClaimSandbox(ctx, a2.ID, 0, "b"); err != nil {
+		t.Fatal(err)
+	}
+	want(ids([]string{"a"}, StatusActive), a1)
+	want(ids([]string{"b"}, StatusActive), a2, b1)
 }
