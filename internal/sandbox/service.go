@@ -337,6 +337,10 @@ func (s *Service) spec(sb *store.Sandbox, img *images.Image) runtime.Spec {
 		"STASIS_DEFAULT_WORKDIR="+img.Workdir,
 		"STASIS_NAMESERVER="+egress.ResolverAddr.String(),
 	)
+	if len(s.cfg.EgressCA) > 0 {
+		// A public certificate; the agent installs it before it answers.
+		env = append(env, agentproto.EnvEgressCA+"="+string(s.cfg.EgressCA))
+	}
 	agent := sb.AgentPath
 	if agent == "" {
 		agent = s.agentPath
