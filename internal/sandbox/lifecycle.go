@@ -70,6 +70,7 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 	defer cancel()
 	start := time.Now()
 	steps := createSteps{last: start}
+	token := s.issueTokenAhead(ctx, sb)
 	inst, err := s.cfg.Driver.Create(ctx, s.spec(sb, img))
 	steps.mark(&steps.driver)
 	if err == nil {
@@ -84,6 +85,7 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 	}
 	failpoint.Hit("create.after-start")
 	if err != nil {
+		token() // no token is left being written for a failed sandbox
 		s.metrics.Fail("create", "start")
 		s.log.Error("create failed", "sandbox", sb.ID, "err", err)
 		s.cfg.Driver.Destroy(ctx, sb.ID)
@@ -97,7 +99,7 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 		s.undoCreateLater(ctx, b, sb.ID, err)
 		return nil, "", err
 	}
-	tok, err := s.issueToken(ctx, sb)
+	tok, err := token()
 	if err != nil {
 		s.undoCreateLater(ctx, b, sb.ID, err)
 		return nil, "", err
@@ -122,8 +124,9 @@ func (c *createSteps) mark(d *time.Duration) {
 	*d, c.last = now.Sub(c.last), now
 }
 
-// resumeSteps times a resume's steps: record is the store's work before
-// the restore, setup the driver's link and bundle (part of driver).
+// resumeSteps times the steps of a resume or a create from a snapshot:
+// record is the store's work before the restore, setup the driver's link
+// and bundle (part of driver), ready the wait for the agent.
 type resumeSteps struct {
 	createSteps
 	record, setup time.Duration
