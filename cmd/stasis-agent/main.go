@@ -7,7 +7,8 @@
 // token stasisd presents, never the token itself), STASIS_DEFAULT_USER,
 // STASIS_DEFAULT_WORKDIR, STASIS_AGENT_LISTEN (default :49983),
 // STASIS_MEMORY_LIMIT_MIB and STASIS_VCPU (the sandbox's limits, for the
-// watchdog), STASIS_NAMESERVER (written to /etc/resolv.conf at boot).
+// watchdog), STASIS_NAMESERVER (written to /etc/resolv.conf at boot),
+// STASIS_EGRESS_CA (added to the trust store at boot, agent.InstallTrust).
 //
 // Its credentials are out of reach of the code it runs: it serves only
 // connections from outside the sandbox (agent.HostOnly), and it makes itself
@@ -35,6 +36,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stasis-sandbox/stasis/internal/agent"
+	"github.com/stasis-sandbox/stasis/internal/agentproto"
 )
 
 func main() {
@@ -58,6 +60,7 @@ func run(logger *log.Logger) error {
 		return fmt.Errorf("prctl(PR_SET_DUMPABLE, 0): %w", err)
 	}
 	nameserver := os.Getenv("STASIS_NAMESERVER") // read before ConfigFromEnv scrubs it
+	egressCA := os.Getenv(agentproto.EnvEgressCA)
 	cfg, err := agent.ConfigFromEnv()
 	if err != nil {
 		return err
@@ -65,6 +68,12 @@ func run(logger *log.Logger) error {
 	if os.Getpid() == 1 && nameserver != "" {
 		if err := writeResolvConf(nameserver); err != nil {
 			logger.Printf("writing /etc/resolv.conf: %v", err)
+		}
+	}
+	if os.Getpid() == 1 && egressCA != "" {
+		// Before the listener opens: a sandbox that answers trusts the CA.
+		if err := agent.InstallTrust("/", []byte(egressCA), cfg.DefaultUser); err != nil {
+			return err
 		}
 	}
 	// As PID 1 every orphan in the sandbox becomes our child: reap them all.

@@ -200,3 +200,21 @@ func ParseSignal(name string) (syscall.Signal, error) {
 	}
 	return 0, fmt.Errorf("unknown signal %q", name)
 }
+
+// EnvEgressCA carries stasisd's egress CA (PEM, a public certificate) to a
+// new sandbox's agent, which adds it to the trust store before it answers
+// (agent.InstallTrust): readiness then implies trust, with no round trips.
+const EnvEgressCA = "STASIS_EGRESS_CA"
+
+// Where a sandbox finds the egress CA that secret injection presents
+// certificates from: alone, and added to the system bundle (Debian's
+// path, which SSL_CERT_FILE and friends name whatever the image's own).
+const (
+	EgressCAPath    = "/etc/ssl/certs/stasis-egress-ca.pem"
+	TrustBundlePath = "/etc/ssl/certs/ca-certificates.crt"
+)
+
+// SystemBundles are where images keep their CA bundle, Debian's first.
+func SystemBundles() []string {
+	return []string{TrustBundlePath, "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem", "/etc/ssl/ca-bundle.pem"}
+}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"time"
 )
 
 // AgentPort is the TCP port stasis-agent listens on inside every sandbox.
@@ -43,6 +44,9 @@ type Instance struct {
 	Pid  int        // engine's sandbox process on the host (0 if unknown)
 	// Frozen is true while the sandbox is stopped in memory (see Freeze).
 	Frozen bool
+	// Setup is how long Create or Restore took before the engine started
+	// (network link, bundle), for the caller's step timings.
+	Setup time.Duration
 }
 
 // AgentAddr is the host:port at which the sandbox's agent is reachable.

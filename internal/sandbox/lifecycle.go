@@ -70,15 +70,13 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 	defer cancel()
 	start := time.Now()
 	steps := createSteps{last: start}
+	token := s.issueTokenAhead(ctx, sb)
 	inst, err := s.cfg.Driver.Create(ctx, s.spec(sb, img))
 	steps.mark(&steps.driver)
 	if err == nil {
 		b.agent = agentclient.New(inst.AgentAddr(), s.agentToken(sb.ID))
-		if err = s.waitReady(ctx, b.agent); err == nil {
-			steps.mark(&steps.ready)
-			err = s.installTrust(ctx, b.agent)
-			steps.mark(&steps.trust)
-		}
+		err = s.waitReady(ctx, b.agent)
+		steps.mark(&steps.ready)
 	}
 	if err == nil && img.StartCmd != "" {
 		// The image's service (the code interpreter's server): the sandbox
@@ -87,6 +85,7 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 	}
 	failpoint.Hit("create.after-start")
 	if err != nil {
+		token() // no token is left being written for a failed sandbox
 		s.metrics.Fail("create", "start")
 		s.log.Error("create failed", "sandbox", sb.ID, "err", err)
 		s.cfg.Driver.Destroy(ctx, sb.ID)
@@ -100,28 +99,37 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 		s.undoCreateLater(ctx, b, sb.ID, err)
 		return nil, "", err
 	}
-	tok, err := s.issueToken(ctx, sb)
+	tok, err := token()
 	if err != nil {
 		s.undoCreateLater(ctx, b, sb.ID, err)
 		return nil, "", err
 	}
 	s.metrics.Observe("create", time.Since(start))
 	s.log.Info("sandbox created", "sandbox", sb.ID, "template", sb.Template, "ms", time.Since(start).Milliseconds(),
-		"runtime_ms", ms(steps.driver), "agent_ready_ms", ms(steps.ready), "trust_ms", ms(steps.trust))
+		"link_bundle_ms", ms(inst.Setup), "runsc_ms", ms(steps.driver-inst.Setup), "agent_ready_ms", ms(steps.ready),
+		"record_ms", ms(time.Since(steps.last)))
 	return sb, tok, nil
 }
 
 // createSteps times the steps of a create, for its log line: where the time
 // goes is what to shorten.
 type createSteps struct {
-	last                 time.Time
-	driver, ready, trust time.Duration
+	last          time.Time
+	driver, ready time.Duration
 }
 
 // mark records the time since the previous mark (or the start) in d.
 func (c *createSteps) mark(d *time.Duration) {
 	now := time.Now()
 	*d, c.last = now.Sub(c.last), now
+}
+
+// resumeSteps times the steps of a resume or a create from a snapshot:
+// record is the store's work before the restore, setup the driver's link
+// and bundle (part of driver), ready the wait for the agent.
+type resumeSteps struct {
+	createSteps
+	record, setup time.Duration
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -439,7 +447,9 @@ func (s *Service) resumeLocked(ctx context.Context, b *box, sb *store.Sandbox, r
 		return err
 	}
 	failpoint.Hit("resume.before-restore")
-	how, err := s.bringBack(ctx, b, sb)
+	steps := resumeSteps{createSteps: createSteps{last: start}}
+	steps.mark(&steps.record)
+	how, err := s.bringBack(ctx, b, sb, &steps)
 	if err != nil {
 		s.cfg.Driver.Destroy(ctx, sb.ID)
 		b.agent, b.loading = nil, nil // the snapshot stays sb's
@@ -480,13 +490,15 @@ func (s *Service) resumeLocked(ctx context.Context, b *box, sb *store.Sandbox, r
 		go os.RemoveAll(snap)
 	}
 	s.metrics.Observe("resume", time.Since(start))
-	s.log.Info("sandbox resumed", "sandbox", sb.ID, "from", how, "ms", time.Since(start).Milliseconds())
+	s.log.Info("sandbox resumed", "sandbox", sb.ID, "from", how, "ms", time.Since(start).Milliseconds(),
+		"before_ms", ms(steps.record), "link_bundle_ms", ms(steps.setup), "runsc_ms", ms(steps.driver-steps.setup),
+		"agent_ms", ms(steps.ready), "after_ms", ms(time.Since(steps.last)))
 	return nil
 }
 
 // bringBack makes a paused sandbox run again and waits for its agent: to
 // answer after a thaw, to accept connections after a restore.
-func (s *Service) bringBack(ctx context.Context, b *box, sb *store.Sandbox) (string, error) {
+func (s *Service) bringBack(ctx context.Context, b *box, sb *store.Sandbox, steps *resumeSteps) (string, error) {
 	if !b.warmUntil.IsZero() {
 		b.setWarm(time.Time{})
 		if err := s.cfg.Driver.Thaw(ctx, sb.ID); err == nil {
@@ -494,6 +506,7 @@ func (s *Service) bringBack(ctx context.Context, b *box, sb *store.Sandbox) (str
 				b.agent = s.newAgentClient(ctx, sb.ID)
 			}
 			if b.agent != nil && s.waitReady(ctx, b.agent) == nil {
+				steps.mark(&steps.ready)
 				return "memory", nil
 			}
 		}
@@ -505,8 +518,12 @@ func (s *Service) bringBack(ctx context.Context, b *box, sb *store.Sandbox) (str
 	if err != nil {
 		return "", err
 	}
+	steps.mark(&steps.driver)
+	steps.setup = inst.Setup
 	b.agent = agentclient.New(inst.AgentAddr(), s.agentToken(sb.ID))
-	return "disk", s.waitListening(ctx, b.agent)
+	err = s.waitListening(ctx, b.agent)
+	steps.mark(&steps.ready)
+	return "disk", err
 }
 
 // restoreVerified restores sb from its snapshot while checking the

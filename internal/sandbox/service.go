@@ -337,6 +337,10 @@ func (s *Service) spec(sb *store.Sandbox, img *images.Image) runtime.Spec {
 		"STASIS_DEFAULT_WORKDIR="+img.Workdir,
 		"STASIS_NAMESERVER="+egress.ResolverAddr.String(),
 	)
+	if len(s.cfg.EgressCA) > 0 {
+		// A public certificate; the agent installs it before it answers.
+		env = append(env, agentproto.EnvEgressCA+"="+string(s.cfg.EgressCA))
+	}
 	agent := sb.AgentPath
 	if agent == "" {
 		agent = s.agentPath
@@ -355,11 +359,37 @@ func (s *Service) spec(sb *store.Sandbox, img *images.Image) runtime.Spec {
 
 // issueToken creates a new data-plane token for the sandbox's current generation.
 func (s *Service) issueToken(ctx context.Context, sb *store.Sandbox) (string, error) {
+	return s.addToken(ctx, sb.ID, sb.TokenGeneration)
+}
+
+// addToken stores a new data-plane token of generation gen for sandbox id.
+func (s *Service) addToken(ctx context.Context, id string, gen int) (string, error) {
 	tok := store.NewSecret("sst_")
-	if err := s.cfg.Store.AddAccessToken(ctx, sb.ID, sb.TokenGeneration, tok); err != nil {
+	if err := s.cfg.Store.AddAccessToken(ctx, id, gen, tok); err != nil {
 		return "", err
 	}
 	return tok, nil
+}
+
+// issueTokenAhead starts issuing sb's first token while the sandbox
+// starts, off the path the client waits on; the returned func waits for it.
+// The token is handed out only if the start succeeds: a failed sandbox's
+// token is never known to anyone.
+func (s *Service) issueTokenAhead(ctx context.Context, sb *store.Sandbox) func() (string, error) {
+	id, gen := sb.ID, sb.TokenGeneration
+	type result struct {
+		tok string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		tok, err := s.addToken(ctx, id, gen)
+		done <- result{tok, err}
+	}()
+	return func() (string, error) {
+		r := <-done
+		return r.tok, r.err
+	}
 }
 
 // setStatus persists a status change (and the error message that goes with

@@ -225,12 +225,12 @@ func (d *Driver) prepare(ctx context.Context, spec runtime.Spec) (*netpool.Link,
 
 // started finishes Create and Restore: the sandbox process's PID is in the
 // pid file runsc wrote.
-func (d *Driver) started(id string, link *netpool.Link) (*runtime.Instance, error) {
+func (d *Driver) started(id string, link *netpool.Link, setup time.Duration) (*runtime.Instance, error) {
 	pid, err := d.readPid(id)
 	if err != nil {
 		return nil, err
 	}
-	return &runtime.Instance{ID: id, Addr: link.SandboxAddr, Pid: pid}, nil
+	return &runtime.Instance{ID: id, Addr: link.SandboxAddr, Pid: pid, Setup: setup}, nil
 }
 
 // readPid returns the sandbox process's PID from the pid file runsc wrote.
@@ -265,14 +265,16 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (_ *runtime.Inst
 			err = fmt.Errorf("gvisor: create %s: %w", spec.ID, err)
 		}
 	}()
+	start := time.Now()
 	link, flags, err := d.prepare(ctx, spec)
 	if err != nil {
 		return nil, err
 	}
+	setup := time.Since(start)
 	if err := d.runWithConsole(ctx, spec.ID, flags, "run", "--detach", "--pid-file="+d.pidPath(spec.ID), "--bundle="+d.sandboxDir(spec.ID), spec.ID); err != nil {
 		return nil, err
 	}
-	return d.started(spec.ID, link)
+	return d.started(spec.ID, link, setup)
 }
 
 // Restore starts the sandbox from the checkpoint in dir on a fresh network
@@ -288,10 +290,12 @@ func (d *Driver) Restore(ctx context.Context, spec runtime.Spec, dir string) (_ 
 			err = fmt.Errorf("gvisor: restore %s: %w", spec.ID, err)
 		}
 	}()
+	start := time.Now()
 	link, flags, err := d.prepare(ctx, spec)
 	if err != nil {
 		return nil, err
 	}
+	setup := time.Since(start)
 	// With no container of that ID, `runsc restore` creates it from the
 	// bundle and restores into it in one go (no separate `runsc create`).
 	args := []string{"restore", "--detach", "--pid-file=" + d.pidPath(spec.ID), "--bundle=" + d.sandboxDir(spec.ID), "--image-path=" + dir}
@@ -301,7 +305,7 @@ func (d *Driver) Restore(ctx context.Context, spec runtime.Spec, dir string) (_ 
 	if err := d.runWithConsole(ctx, spec.ID, flags, append(args, spec.ID)...); err != nil {
 		return nil, err
 	}
-	return d.started(spec.ID, link)
+	return d.started(spec.ID, link, setup)
 }
 
 // claimRestore checks the checkpoint in dir and claims spec.ID; it returns

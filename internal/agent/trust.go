@@ -1,0 +1,79 @@
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/stasis-sandbox/stasis/internal/agentproto"
+)
+
+// InstallTrust adds the egress CA (PEM) to the trust store of the file
+// system under root ("/" in a sandbox) before the agent answers its first
+// request: the CA alone at agentproto.EgressCAPath, and appended to the
+// image's system bundle (the first of agentproto.SystemBundles it has),
+// which agentproto.TrustBundlePath then holds too. Files are written as
+// the file API writes them (owned by user). Done in the sandbox, it costs
+// no round trips to stasisd; a sandbox's file system (and every fork,
+// snapshot and template made from it) keeps it.
+func InstallTrust(root string, ca []byte, user string) error {
+	acct, err := lookupAccount(user)
+	if err != nil {
+		return fmt.Errorf("trust: default user: %w", err)
+	}
+	write := func(p string, b []byte) error {
+		if _, err := writeFileAtomic(filepath.Join(root, p), bytes.NewReader(b), acct); err != nil {
+			return fmt.Errorf("installing the egress CA at %s: %w", p, err)
+		}
+		return nil
+	}
+	if err := write(agentproto.EgressCAPath, ca); err != nil {
+		return err
+	}
+	var base []byte
+	for _, p := range agentproto.SystemBundles() {
+		b, err := readRegular(filepath.Join(root, p))
+		if err != nil {
+			return fmt.Errorf("trust: reading %s: %w", p, err)
+		}
+		if len(b) == 0 {
+			continue // absent, or not a file: none there
+		}
+		if !bytes.Contains(b, ca) && p != agentproto.TrustBundlePath {
+			if err := write(p, appendPEM(b, ca)); err != nil {
+				return err
+			}
+		}
+		base = b
+		break
+	}
+	if !bytes.Contains(base, ca) {
+		return write(agentproto.TrustBundlePath, appendPEM(base, ca))
+	}
+	return nil
+}
+
+// readRegular reads p if it is a regular file (after symlinks); anything
+// else, or nothing there, reads as empty.
+func readRegular(p string) ([]byte, error) {
+	fi, err := os.Stat(p)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) || (err == nil && !fi.Mode().IsRegular()) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return os.ReadFile(p)
+}
+
+func appendPEM(bundle, ca []byte) []byte {
+	out := append([]byte(nil), bundle...)
+	if len(out) > 0 && out[len(out)-1] != '\n' {
+		out = append(out, '\n')
+	}
+	return append(out, ca...)
+}

@@ -1,0 +1,101 @@
+package agent_test
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stasis-sandbox/stasis/internal/agent"
+	"github.com/stasis-sandbox/stasis/internal/agentproto"
+)
+
+const testCA = "-----BEGIN CERTIFICATE-----\nTESTCA\n-----END CERTIFICATE-----\n"
+
+func writeAt(t *testing.T, root, p, content string) {
+	t.Helper()
+	full := filepath.Join(root, p)
+	if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(full, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readAt(t *testing.T, root, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(root, p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// An image with no CA bundle at all gets the CA alone, in both places.
+func TestInstallTrustNoBundle(t *testing.T) {
+	root := t.TempDir()
+	if err := agent.InstallTrust(root, []byte(testCA), ""); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAt(t, root, agentproto.EgressCAPath); got != testCA {
+		t.Errorf("CA file = %q", got)
+	}
+	if got := readAt(t, root, agentproto.TrustBundlePath); got != testCA {
+		t.Errorf("bundle = %q, want the CA alone", got)
+	}
+}
+
+// Debian's bundle keeps its certificates and gets the CA once, even when
+// installed twice (a template build's sandbox, then its snapshot's).
+func TestInstallTrustAppendsOnce(t *testing.T) {
+	root := t.TempDir()
+	writeAt(t, root, agentproto.TrustBundlePath, "-----BEGIN CERTIFICATE-----\nDEBIAN\n-----END CERTIFICATE-----") // no final newline
+	for range 2 {
+		if err := agent.InstallTrust(root, []byte(testCA), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := readAt(t, root, agentproto.TrustBundlePath)
+	if !strings.HasPrefix(got, "-----BEGIN CERTIFICATE-----\nDEBIAN\n-----END CERTIFICATE-----\n") || !strings.HasSuffix(got, testCA) || strings.Count(got, "TESTCA") != 1 {
+		t.Errorf("bundle = %q, want Debian's certificate then the CA once", got)
+	}
+}
+
+// An image that keeps its bundle elsewhere (Red Hat's path) gets the CA
+// there, and the Debian path that SSL_CERT_FILE names holds the same.
+func TestInstallTrustOtherBundle(t *testing.T) {
+	root := t.TempDir()
+	const rh = "/etc/pki/tls/certs/ca-bundle.crt"
+	writeAt(t, root, rh, "-----BEGIN CERTIFICATE-----\nREDHAT\n-----END CERTIFICATE-----\n")
+	if err := agent.InstallTrust(root, []byte(testCA), ""); err != nil {
+		t.Fatal(err)
+	}
+	want := "-----BEGIN CERTIFICATE-----\nREDHAT\n-----END CERTIFICATE-----\n" + testCA
+	for _, p := range []string{rh, agentproto.TrustBundlePath} {
+		if got := readAt(t, root, p); got != want {
+			t.Errorf("%s = %q, want %q", p, got, want)
+		}
+	}
+}
+
+// A directory where a bundle would be is not a bundle; a file in the way
+// of the CA's directory is an error, not a silent skip.
+func TestInstallTrustErrors(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "/etc/ssl/cert.pem"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.InstallTrust(root, []byte(testCA), ""); err != nil {
+		t.Fatalf("a directory named like a bundle: %v", err)
+	}
+	blocked := t.TempDir()
+	writeAt(t, blocked, "/etc/ssl/certs", "not a directory")
+	if err := agent.InstallTrust(blocked, []byte(testCA), ""); err == nil {
+		t.Error("no error with /etc/ssl/certs a file")
+	}
+	if got, _ := os.ReadFile(filepath.Join(blocked, "/etc/ssl/certs")); !bytes.Equal(got, []byte("not a directory")) {
+		t.Errorf("/etc/ssl/certs changed to %q", got)
+	}
+}
