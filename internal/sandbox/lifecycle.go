@@ -653,10 +653,23 @@ type Target struct {
 // resuming a paused sandbox first (transparently: the caller's token stays
 // valid).
 func (s *Service) Agent(ctx context.Context, id, token string) (*Target, error) {
+	return s.agent(ctx, id, token, false)
+}
+
+// OwnedAgent is Agent for a request another node forwarded here as to the
+// sandbox's owner: when this node does not own the sandbox (it moved since
+// the forwarding node looked), it refuses with ErrNotOwner before touching
+// the sandbox, so the forwarding node can send the request to the owner.
+func (s *Service) OwnedAgent(ctx context.Context, id, token string) (*Target, error) {
+	return s.agent(ctx, id, token, true)
+}
+
+func (s *Service) agent(ctx context.Context, id, token string, owned bool) (*Target, error) {
 	if token == "" {
 		return nil, newErr(ErrUnauthorized, "unauthorized", "missing access token (X-Access-Token header)")
 	}
-	if _, err := s.Get(ctx, "", id); err != nil {
+	sb, err := s.Get(ctx, "", id)
+	if err != nil {
 		return nil, err
 	}
 	ok, err := s.cfg.Store.CheckAccessToken(ctx, id, token)
@@ -665,6 +678,9 @@ func (s *Service) Agent(ctx context.Context, id, token string) (*Target, error) 
 	}
 	if !ok {
 		return nil, newErr(ErrUnauthorized, "invalid_token", "access token is invalid or was rotated; call POST /sandboxes/%s/activate for a new one", id)
+	}
+	if owned && !s.owns(sb) {
+		return nil, newErr(ErrNotOwner, "not_owner", "sandbox %s moved to node %s; retry", Shorten(id), sb.Node)
 	}
 	return s.Reach(ctx, id)
 }
