@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
+	"github.com/stasis-sandbox/stasis/internal/cluster"
 	"github.com/stasis-sandbox/stasis/internal/httpguard"
 	"github.com/stasis-sandbox/stasis/internal/sandbox"
 	"github.com/stasis-sandbox/stasis/internal/store"
@@ -76,7 +77,19 @@ func (s *Server) agentFor(w http.ResponseWriter, r *http.Request, token string) 
 			"missing sandbox id: send the X-Superserve-Sandbox-Id header")
 		return nil, false
 	}
-	c, err := s.svc.Agent(r.Context(), id, token)
+	agent := s.svc.Agent
+	if r.Header.Get(cluster.ForwardedHeader) != "" {
+		// Sent here as to the owner: refuse if another node owns it now,
+		// so the forwarding node re-reads the owner and retries.
+		agent = s.svc.OwnedAgent
+	}
+	c, err := agent(r.Context(), id, token)
+	if errors.Is(err, sandbox.ErrNotOwner) { // the token was valid
+		httpguard.Authenticated(r.Context())
+		w.Header().Set(cluster.NotOwnerHeader, "1")
+		s.fail(w, err)
+		return nil, false
+	}
 	if err != nil {
 		closeAfter(w) // perhaps not authenticated: see withTeam
 		s.fail(w, err)

@@ -64,6 +64,10 @@ const (
 type Route struct {
 	Kind    RouteKind
 	Sandbox string
+	// OwnerChecked: the owner's handler refuses a forwarded request for a
+	// sandbox it does not own (421 with NotOwnerHeader) before it reads the
+	// body, so the forwarding node may route it by a cached owner.
+	OwnerChecked bool
 }
 
 // Router sends each request to the node that should serve it: requests
@@ -78,11 +82,30 @@ type Router struct {
 	rnd    *rand.Rand
 	nodes  []Candidate
 	listed time.Time
+	owners map[string]cachedOwner // sandbox → another node that owned it
+}
+
+// cachedOwner is a sandbox's owner as read from the store at some time.
+type cachedOwner struct {
+	node string
+	read time.Time
 }
 
 // nodeListTTL bounds how stale the router's node list gets; heartbeats are
 // seconds apart, so re-reading it for every request buys nothing.
 const nodeListTTL = time.Second
+
+// ownerTTL bounds how long a data-plane request is routed by a remembered
+// owner instead of a store read. A stale entry costs one retry, not a
+// wrong answer: the node it names refuses the request (Route.OwnerChecked).
+const ownerTTL = 5 * time.Second
+
+// maxCachedOwners bounds the owner cache; past it, expired entries go.
+const maxCachedOwners = 8192
+
+// maxReplayBody is the largest request body the forwarder keeps a copy of,
+// to send it again when the node it tried no longer owns the sandbox.
+const maxReplayBody = 64 << 10
 
 // NewRouter returns a router.
 func NewRouter(cfg RouterConfig) *Router {
@@ -93,10 +116,19 @@ func NewRouter(cfg RouterConfig) *Router {
 type Decision struct {
 	To     Candidate
 	Reason string
+	// Retry: when To answers that it does not own Sandbox, forget its cached
+	// owner and route the request again from a fresh store read.
+	Retry   bool
+	Sandbox string
 }
 
 func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	d, err := rt.Decide(r)
+	rt.serve(w, r, true)
+}
+
+// serve routes r; cached allows a remembered owner, and with it one retry.
+func (rt *Router) serve(w http.ResponseWriter, r *http.Request, cached bool) {
+	d, err := rt.decide(r, cached)
 	if err != nil {
 		rt.cfg.Logger.Warn("routing failed; serving locally", "path", r.URL.Path, "err", err)
 	}
@@ -118,7 +150,20 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusBadGateway, "node_unreachable", "node "+d.To.Name+" does not advertise an address for this protocol (is its listener on?)")
 		return
 	}
-	rt.cfg.Forwarder.forward(w, r, base, fail)
+	var retry func(http.ResponseWriter, *http.Request)
+	if d.Retry && cached && replayable(r) {
+		retry = func(w http.ResponseWriter, r *http.Request) {
+			rt.forget(d.Sandbox)
+			rt.serve(w, r, false)
+		}
+	}
+	rt.cfg.Forwarder.forward(w, r, base, fail, retry)
+}
+
+// replayable says whether r can be sent twice: it has no body, or one small
+// enough for the forwarder to keep a copy of.
+func replayable(r *http.Request) bool {
+	return r.Body == nil || r.Body == http.NoBody || (r.ContentLength >= 0 && r.ContentLength <= maxReplayBody)
 }
 
 // dataPlanePaths are served by the node that runs the sandbox.
@@ -128,7 +173,11 @@ var dataPlanePaths = map[string]bool{
 
 // Decide picks the node for r. Errors come with a local decision: when the
 // store cannot say, this node serves and reports what it can.
-func (rt *Router) Decide(r *http.Request) (Decision, error) {
+func (rt *Router) Decide(r *http.Request) (Decision, error) { return rt.decide(r, false) }
+
+// decide is Decide; cached lets a data-plane request whose owner checks
+// what it is sent be routed by a remembered owner.
+func (rt *Router) decide(r *http.Request, cached bool) (Decision, error) {
 	if r.Header.Get(ForwardedHeader) != "" {
 		return Decision{Reason: "forwarded"}, nil
 	}
@@ -141,11 +190,40 @@ func (rt *Router) Decide(r *http.Request) (Decision, error) {
 	case RoutePlace:
 		return rt.place(ctx, "create")
 	case RouteOwner, RouteResume:
-		if route.Sandbox != "" {
-			return rt.toOwner(ctx, route.Sandbox, route.Kind == RouteResume)
+		if route.Sandbox == "" {
+			break
 		}
+		resume := route.Kind == RouteResume
+		if !route.OwnerChecked || resume {
+			return rt.toOwner(ctx, route.Sandbox, resume, "")
+		}
+		return rt.toCheckedOwner(r, route.Sandbox, cached)
 	}
 	return Decision{Reason: "local"}, nil
+}
+
+// toCheckedOwner routes a request whose owner checks what it is sent
+// (Route.OwnerChecked). A remembered owner saves the store read; the
+// decision allows one retry from a fresh read if that node refuses.
+func (rt *Router) toCheckedOwner(r *http.Request, id string, cached bool) (Decision, error) {
+	ctx := r.Context()
+	if cached && replayable(r) {
+		if owner, ok := rt.cachedOwner(id); ok {
+			// Only a forward is taken on a remembered owner's word: serving
+			// here (the owner lost, or this node) needs the store's.
+			if d, err := rt.toOwner(ctx, id, false, owner); err == nil && d.To.Name != "" && d.To.Name != rt.cfg.Self {
+				d.Retry, d.Sandbox = true, id
+				return d, nil
+			}
+			rt.forget(id)
+		}
+	}
+	d, err := rt.toOwner(ctx, id, false, "")
+	if err == nil && d.To.Name != "" && d.To.Name != rt.cfg.Self {
+		rt.remember(id, d.To.Name)
+		d.Retry, d.Sandbox = true, id
+	}
+	return d, err
 }
 
 // superserveRoute classifies a request to the Superserve API.
@@ -169,7 +247,8 @@ func (rt *Router) superserveRoute(r *http.Request) Route {
 		}
 		return Route{Kind: RouteOwner, Sandbox: id}
 	case dataPlanePaths[p] && rt.cfg.SandboxID != nil:
-		return Route{Kind: RouteOwner, Sandbox: rt.cfg.SandboxID(r)}
+		// The API checks ownership of these (see NotOwnerHeader).
+		return Route{Kind: RouteOwner, Sandbox: rt.cfg.SandboxID(r), OwnerChecked: true}
 	}
 	return Route{Kind: RouteLocal}
 }
@@ -177,9 +256,12 @@ func (rt *Router) superserveRoute(r *http.Request) Route {
 // toOwner routes a request about sandbox id to its owner while that node
 // lives. When it is lost, this node serves: reads and deletes need only the
 // store, and a resume claims the sandbox here (or, for a draining owner,
-// on a placed node).
-func (rt *Router) toOwner(ctx context.Context, id string, resume bool) (Decision, error) {
-	owner, err := rt.cfg.Directory.Owner(ctx, id)
+// on a placed node). A non-empty owner is what the store said a moment ago.
+func (rt *Router) toOwner(ctx context.Context, id string, resume bool, owner string) (Decision, error) {
+	var err error
+	if owner == "" {
+		owner, err = rt.cfg.Directory.Owner(ctx, id)
+	}
 	if errors.Is(err, ErrUnknownSandbox) || (err == nil && owner == "") {
 		return Decision{Reason: "unowned"}, nil
 	}
@@ -204,6 +286,43 @@ func (rt *Router) toOwner(ctx context.Context, id string, resume bool) (Decision
 		return rt.place(ctx, "resume away from "+n.State+" node "+n.Name)
 	}
 	return Decision{Reason: "owner " + n.State}, nil
+}
+
+// cachedOwner returns the remembered owner of sandbox id, if still fresh.
+func (rt *Router) cachedOwner(id string) (string, bool) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	o, ok := rt.owners[id]
+	if !ok || time.Since(o.read) >= ownerTTL {
+		return "", false
+	}
+	return o.node, true
+}
+
+func (rt *Router) remember(id, node string) {
+	now := time.Now()
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if rt.owners == nil {
+		rt.owners = map[string]cachedOwner{}
+	}
+	if len(rt.owners) >= maxCachedOwners {
+		for k, o := range rt.owners {
+			if now.Sub(o.read) >= ownerTTL {
+				delete(rt.owners, k)
+			}
+		}
+		if len(rt.owners) >= maxCachedOwners {
+			clear(rt.owners) // all fresh: a burst over many sandboxes
+		}
+	}
+	rt.owners[id] = cachedOwner{node: node, read: now}
+}
+
+func (rt *Router) forget(id string) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	delete(rt.owners, id)
 }
 
 func (rt *Router) place(ctx context.Context, why string) (Decision, error) {

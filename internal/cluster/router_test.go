@@ -23,11 +23,13 @@ type fakeDirectory struct {
 	mu     sync.Mutex
 	owners map[string]string
 	nodes  map[string]*Candidate
+	reads  int // Owner calls
 }
 
 func (d *fakeDirectory) Owner(_ context.Context, id string) (string, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.reads++
 	o, ok := d.owners[id]
 	if !ok {
 		return "", ErrUnknownSandbox
@@ -45,6 +47,25 @@ func (d *fakeDirectory) Nodes(context.Context) ([]Candidate, error) {
 	return out, nil
 }
 
+func (d *fakeDirectory) move(id, to string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.owners[id] = to
+}
+
+// ownerOf is Owner without counting: the owner's own check.
+func (d *fakeDirectory) ownerOf(id string) string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.owners[id]
+}
+
+func (d *fakeDirectory) ownerReads() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.reads
+}
+
 func (d *fakeDirectory) set(name, state string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -54,10 +75,13 @@ func (d *fakeDirectory) set(name, state string) {
 // testCluster runs one Router per node over real HTTP. Each node's local
 // API is a stand-in that says which node served and what it was sent.
 type testCluster struct {
-	dir   *fakeDirectory
-	urls  map[string]string
-	hold  chan struct{} // the streaming handler waits on it between chunks
-	sawWS chan string
+	dir *fakeDirectory
+	// refused counts, per node, forwarded requests it answered "not owner".
+	refusedMu sync.Mutex
+	refused   map[string]int
+	urls      map[string]string
+	hold      chan struct{} // the streaming handler waits on it between chunks
+	sawWS     chan string
 }
 
 func sandboxHeader(r *http.Request) string { return r.Header.Get("X-Superserve-Sandbox-Id") }
@@ -77,12 +101,15 @@ func newTestCluster(t testing.TB, names ...string) *testCluster {
 	c := &testCluster{
 		dir:  &fakeDirectory{owners: map[string]string{}, nodes: map[string]*Candidate{}},
 		urls: map[string]string{}, hold: make(chan struct{}), sawWS: make(chan string, 1),
+		refused: map[string]int{},
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for _, name := range names {
 		local := http.NewServeMux()
 		local.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+			body, _ := io.ReadAll(r.Body)
 			json.NewEncoder(w).Encode(map[string]string{
+				"body": string(body),
 				"node": name, "path": r.URL.Path, "query": r.URL.RawQuery, "host": r.Host,
 				"api_key": r.Header.Get("X-API-Key"), "token": r.Header.Get("X-Access-Token"),
 				"forwarded_by": r.Header.Get(ForwardedHeader),
@@ -107,13 +134,28 @@ func newTestCluster(t testing.TB, names ...string) *testCluster {
 			ws.Write(r.Context(), websocket.MessageText, []byte(name+" got "+string(msg)))
 			ws.Close(websocket.StatusNormalClosure, "")
 		})
+		// As the API does: a data-plane request forwarded here for a
+		// sandbox this node does not own is refused before its body is read.
+		checked := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if id := sandboxHeader(r); id != "" && dataPlanePaths[r.URL.Path] && r.Header.Get(ForwardedHeader) != "" {
+				if owner := c.dir.ownerOf(id); owner != name {
+					c.refusedMu.Lock()
+					c.refused[name]++
+					c.refusedMu.Unlock()
+					w.Header().Set(NotOwnerHeader, "1")
+					writeError(w, http.StatusMisdirectedRequest, "not_owner", "moved to "+owner)
+					return
+				}
+			}
+			local.ServeHTTP(w, r)
+		})
 		srv := httptest.NewUnstartedServer(nil)
 		srv.Start()
 		t.Cleanup(srv.Close)
 		c.urls[name] = srv.URL
 		c.dir.nodes[name] = &Candidate{Name: name, URL: srv.URL, State: StateActive, MemFreeMiB: 8192, HeartbeatAt: time.Now()}
 		srv.Config.Handler = NewRouter(RouterConfig{
-			Self: name, Directory: c.dir, Forwarder: NewForwarder(name, log), Local: local,
+			Self: name, Directory: c.dir, Forwarder: NewForwarder(name, log), Local: checked,
 			Lease: time.Minute, SandboxID: sandboxHeader, HostSandboxID: previewHost, Logger: log,
 		})
 	}
@@ -188,10 +230,16 @@ func TestPreviewIsForwardedToTheOwnerWithItsHost(t *testing.T) {
 func TestForwardedRequestIsNeverForwardedAgain(t *testing.T) {
 	c := newTestCluster(t, "a", "b")
 	c.dir.owners["sb1"] = "b"
-	_, body := c.do(t, "a", "POST", "/exec", map[string]string{
-		"X-Superserve-Sandbox-Id": "sb1", ForwardedHeader: "b"})
+	_, body := c.do(t, "a", "GET", "/sandboxes/sb1", map[string]string{ForwardedHeader: "b"})
 	if body["node"] != "a" {
 		t.Fatalf("a request already forwarded was served by %q, want a (no second hop)", body["node"])
+	}
+	// A data-plane request is refused instead (the API checks ownership),
+	// so the node that forwarded it can look again.
+	resp, _ := c.do(t, "a", "POST", "/exec", map[string]string{
+		"X-Superserve-Sandbox-Id": "sb1", ForwardedHeader: "b"})
+	if resp.StatusCode != http.StatusMisdirectedRequest || resp.Header.Get(NodeHeader) != "a" || c.refusals("a") != 1 {
+		t.Fatalf("forwarded exec to a non-owner: status %d from %q, want 421 from a", resp.StatusCode, resp.Header.Get(NodeHeader))
 	}
 }
 
@@ -389,5 +437,98 @@ func TestSecondProtocolGoesToTheOwnersOwnListener(t *testing.T) {
 	}
 	if _, body := do("GET", "/v2/sandboxes", nil); body["node"] != "a" {
 		t.Errorf("a list via a served by %v, want a", body["node"])
+	}
+}
+
+// doBody sends a data-plane request with a body via node via.
+func (c *testCluster) doBody(t *testing.T, via, path, id, body string) map[string]string {
+	t.Helper()
+	req, _ := http.NewRequest("POST", c.urls[via]+path, strings.NewReader(body))
+	req.Header.Set("X-Superserve-Sandbox-Id", id)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("POST %s via %s: %v", path, via, err)
+	}
+	defer resp.Body.Close()
+	var out map[string]string
+	json.NewDecoder(resp.Body).Decode(&out)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST %s via %s: status %d, body %v", path, via, resp.StatusCode, out)
+	}
+	return out
+}
+
+func (c *testCluster) refusals(node string) int {
+	c.refusedMu.Lock()
+	defer c.refusedMu.Unlock()
+	return c.refused[node]
+}
+
+// TestForwardingNodeRemembersTheOwner: data-plane requests through a node
+// that does not run the sandbox read its owner from the store once, not
+// for every request.
+func TestForwardingNodeRemembersTheOwner(t *testing.T) {
+	c := newTestCluster(t, "a", "b")
+	c.dir.owners["sb1"] = "b"
+	for i := range 3 {
+		if got := c.doBody(t, "a", "/exec", "sb1", `{"command":"true"}`); got["node"] != "b" {
+			t.Fatalf("exec %d via a served by %q, want b", i, got["node"])
+		}
+	}
+	if n := c.dir.ownerReads(); n != 1 {
+		t.Errorf("3 execs via a read the owner %d times (the owner's check included), want 1", n)
+	}
+	// Control-plane requests still read the owner every time.
+	c.do(t, "a", "GET", "/sandboxes/sb1", nil)
+	c.do(t, "a", "GET", "/sandboxes/sb1", nil)
+	if n := c.dir.ownerReads(); n != 3 {
+		t.Errorf("after 2 GETs: %d owner reads, want 3", n)
+	}
+}
+
+// TestStaleOwnerStillReachesTheNewOwner: after a sandbox moves, a node that
+// remembers the old owner sends the request there, is refused, reads the
+// new owner and sends it again, body and all; the client sees one answer
+// from the new owner.
+func TestStaleOwnerStillReachesTheNewOwner(t *testing.T) {
+	c := newTestCluster(t, "a", "b", "c")
+	c.dir.owners["sb1"] = "b"
+	if got := c.doBody(t, "a", "/exec", "sb1", `{"command":"true"}`); got["node"] != "b" {
+		t.Fatalf("exec via a served by %q, want b", got["node"])
+	}
+	c.dir.move("sb1", "c")
+	body := `{"command":"echo moved"}` + strings.Repeat(" ", 40<<10) // several transport writes
+	got := c.doBody(t, "a", "/exec", "sb1", body)
+	if got["node"] != "c" || got["body"] != body {
+		t.Fatalf("exec via a after the move: served by %q with a %d-byte body, want c with the %d-byte body", got["node"], len(got["body"]), len(body))
+	}
+	if n := c.refusals("b"); n != 1 {
+		t.Errorf("the old owner refused %d requests, want 1", n)
+	}
+	// Without a body (a file read), and now remembered: straight to c.
+	resp, out := c.do(t, "a", "GET", "/files?path=/x", map[string]string{"X-Superserve-Sandbox-Id": "sb1"})
+	if resp.StatusCode != http.StatusOK || out["node"] != "c" || c.refusals("b") != 1 {
+		t.Errorf("file read via a: status %d served by %q (%d refusals by b), want 200 from c", resp.StatusCode, out["node"], c.refusals("b"))
+	}
+	// Moved to the forwarding node itself: served there.
+	c.dir.move("sb1", "a")
+	if got := c.doBody(t, "a", "/exec", "sb1", `{}`); got["node"] != "a" || got["forwarded_by"] != "" {
+		t.Errorf("exec via a once a owns it: served by %q forwarded by %q, want a directly", got["node"], got["forwarded_by"])
+	}
+}
+
+// TestLargeBodyIsRoutedByAFreshOwner: a body too large to keep a copy of
+// cannot be sent twice, so its owner is read from the store every time.
+func TestLargeBodyIsRoutedByAFreshOwner(t *testing.T) {
+	c := newTestCluster(t, "a", "b", "c")
+	c.dir.owners["sb1"] = "b"
+	c.doBody(t, "a", "/files?path=/f", "sb1", "small")
+	c.dir.move("sb1", "c")
+	big := strings.Repeat("x", maxReplayBody+1)
+	if got := c.doBody(t, "a", "/files?path=/f", "sb1", big); got["node"] != "c" || len(got["body"]) != len(big) {
+		t.Fatalf("large upload via a after the move: served by %q with %d bytes, want c with %d", got["node"], len(got["body"]), len(big))
+	}
+	if n := c.refusals("b"); n != 0 {
+		t.Errorf("the old owner was sent the large upload (%d refusals), want it routed by a fresh read", n)
 	}
 }

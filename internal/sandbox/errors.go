@@ -19,6 +19,7 @@ var (
 	ErrLimit        = errors.New("limit reached")   // 429
 	ErrStorageFull  = errors.New("storage full")    // 507
 	ErrUnavailable  = errors.New("unavailable")     // 503
+	ErrNotOwner     = errors.New("not owner")       // 421: another node owns the sandbox
 )
 
 // Error is a user-facing error with a kind, a stable code and a message.
@@ -48,6 +49,8 @@ func HTTPStatus(kind error) int {
 		return http.StatusInsufficientStorage
 	case ErrUnavailable:
 		return http.StatusServiceUnavailable
+	case ErrNotOwner:
+		return http.StatusMisdirectedRequest
 	}
 	return http.StatusInternalServerError
 }

@@ -670,6 +670,18 @@ type Target struct {
 // resuming a paused sandbox first (transparently: the caller's token stays
 // valid).
 func (s *Service) Agent(ctx context.Context, id, token string) (*Target, error) {
+	return s.agent(ctx, id, token, false)
+}
+
+// OwnedAgent is Agent for a request another node forwarded here as to the
+// sandbox's owner: when this node does not own the sandbox (it moved since
+// the forwarding node looked), it refuses with ErrNotOwner before touching
+// the sandbox, so the forwarding node can send the request to the owner.
+func (s *Service) OwnedAgent(ctx context.Context, id, token string) (*Target, error) {
+	return s.agent(ctx, id, token, true)
+}
+
+func (s *Service) agent(ctx context.Context, id, token string, owned bool) (*Target, error) {
 	if token == "" {
 		return nil, newErr(ErrUnauthorized, "unauthorized", "missing access token (X-Access-Token header)")
 	}
@@ -685,16 +697,22 @@ func (s *Service) Agent(ctx context.Context, id, token string) (*Target, error) 
 		}
 		return nil, newErr(ErrUnauthorized, "invalid_token", "access token is invalid or was rotated; call POST /sandboxes/%s/activate for a new one", id)
 	}
-	return s.Reach(ctx, id)
+	return s.reach(ctx, id, owned)
 }
 
 // Reach returns the agent of sandbox id, resuming it first if it is paused.
 // The caller has authenticated the request for this sandbox.
 func (s *Service) Reach(ctx context.Context, id string) (*Target, error) {
+	return s.reach(ctx, id, false)
+}
+
+// reach is Reach; owned refuses with ErrNotOwner, before anything is done to
+// the sandbox, when another node owns it (see OwnedAgent).
+func (s *Service) reach(ctx context.Context, id string, owned bool) (*Target, error) {
 	b := s.box(id)
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	sb, err := s.wakeLocked(ctx, b, id)
+	sb, err := s.wakeLocked(ctx, b, id, owned)
 	if err != nil {
 		return nil, err
 	}
@@ -741,10 +759,13 @@ func (s *Service) inheritSecrets(ctx context.Context, from, to string) error {
 
 // wakeLocked makes sure sandbox id runs, resuming it (transparently: its
 // tokens stay valid) if it is paused. Called with b.mu held.
-func (s *Service) wakeLocked(ctx context.Context, b *box, id string) (*store.Sandbox, error) {
+func (s *Service) wakeLocked(ctx context.Context, b *box, id string, owned bool) (*store.Sandbox, error) {
 	sb, err := s.Get(ctx, "", id)
 	if err != nil {
 		return nil, err
+	}
+	if owned && !s.owns(sb) {
+		return nil, newErr(ErrNotOwner, "not_owner", "sandbox %s moved to node %s; retry", Shorten(id), sb.Node)
 	}
 	switch sb.Status {
 	case store.StatusActive:

@@ -97,7 +97,7 @@ func (s *Service) Preview(ctx context.Context, id string) (private bool, err err
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	sb, err := s.wakeLocked(ctx, b, id)
+	sb, err := s.wakeLocked(ctx, b, id, false)
 	if err != nil {
 		return false, err
 	}
