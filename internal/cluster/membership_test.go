@@ -30,6 +30,13 @@ func (h *recordingHooks) Load(context.Context) (int64, int)       { return 4096,
 func (h *recordingHooks) NodeLost(_ context.Context, name string) { h.lost = append(h.lost, name) }
 func (h *recordingHooks) Reconcile(context.Context, store.Node)   {}
 
+// beatAndTakeOver is one heartbeat of m, waiting for the lost-node hooks it
+// starts (they run beside the heartbeats).
+func beatAndTakeOver(m *Membership, ctx context.Context) {
+	m.beat(ctx)
+	m.takeovers.Wait()
+}
+
 func member(st store.Store, h Hooks, name, url, cpu string) *Membership {
 	return NewMembership(MembershipConfig{Registry: st, Hooks: h, Lease: time.Minute,
 		Self:   store.Node{Name: name, URL: url, CPUFeatures: cpu},
@@ -74,8 +81,8 @@ func TestASilentNodeIsDeclaredLostOnce(t *testing.T) {
 		}
 	}
 	time.Sleep(300 * time.Millisecond) // b stays silent past the lease
-	a.beat(ctx)
-	a.beat(ctx)
+	beatAndTakeOver(a, ctx)
+	beatAndTakeOver(a, ctx)
 	if strings.Join(ha.lost, ",") != "b" {
 		t.Errorf("a declared lost: %v; want b exactly once", ha.lost)
 	}
@@ -86,7 +93,7 @@ func TestASilentNodeIsDeclaredLostOnce(t *testing.T) {
 		}
 	}
 	// b comes back: it heartbeats, sees itself lost, and rejoins.
-	b.beat(ctx)
+	beatAndTakeOver(b, ctx)
 	b.reconcile(ctx)
 	nodes, _ = st.ListNodes(ctx)
 	for _, n := range nodes {
@@ -128,22 +135,22 @@ func TestAnOutageOfTheStoreLosesNoNode(t *testing.T) {
 		}
 	}
 	ra.down = true
-	a.beat(ctx)
+	beatAndTakeOver(a, ctx)
 	time.Sleep(lease + 100*time.Millisecond) // the outage outlasts the lease
 	ra.down = false
-	a.beat(ctx) // a is back first: b has not heartbeat for longer than the lease
+	beatAndTakeOver(a, ctx) // a is back first: b has not heartbeat for longer than the lease
 	if len(ha.lost) != 0 {
 		t.Fatalf("a declared %v lost right after the outage; want none", ha.lost)
 	}
 	time.Sleep(lease + 100*time.Millisecond) // a has been healthy for a lease now
-	b.beat(ctx)
-	a.beat(ctx)
+	beatAndTakeOver(b, ctx)
+	beatAndTakeOver(a, ctx)
 	if len(ha.lost) != 0 {
 		t.Fatalf("a declared %v lost although b heartbeats again", ha.lost)
 	}
 	// A node silent for a lease once a is healthy again is lost.
 	time.Sleep(lease + 100*time.Millisecond)
-	a.beat(ctx)
+	beatAndTakeOver(a, ctx)
 	if strings.Join(ha.lost, ",") != "b" {
 		t.Errorf("a declared lost: %v; want b, silent since", ha.lost)
 	}
