@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -68,8 +69,11 @@ type Session struct {
 
 	conn   *websocket.Conn
 	parent context.Context // the context given to Spawn
-	ctx    context.Context // lives as long as the session
-	cancel context.CancelFunc
+	// aborted: the command was killed because parent ended (or Close); the
+	// agent's answer to the kill is then not the command's result.
+	aborted atomic.Bool
+	ctx     context.Context // lives as long as the session
+	cancel  context.CancelFunc
 
 	done   chan struct{} // closed when the reader goroutine ends
 	result *Result
@@ -246,6 +250,9 @@ func (s *Session) Wait(ctx context.Context) (*Result, error) {
 }
 
 func (s *Session) outcome() (*Result, error) {
+	if s.aborted.Load() && s.parent.Err() != nil {
+		return nil, ctxError("command session", s.parent.Err(), s.parent, nil)
+	}
 	if s.result != nil {
 		return s.result, nil
 	}
@@ -344,6 +351,7 @@ func (s *Session) abort() {
 			return
 		default:
 		}
+		s.aborted.Store(true)
 		ctx, cancel := context.WithTimeout(s.ctx, 2*time.Second)
 		_ = s.send(ctx, map[string]string{"type": "signal", "name": "SIGKILL"})
 		cancel()
