@@ -196,8 +196,11 @@ func (e *execSession) runKept(req agentproto.StartRequest) {
 	go proc.writeStdin()
 	k.readers.Add(1)
 	go k.readInput(e)
-	k.end(proc.wait())
-	go e.s.refillAfterCommand()
+	exit = proc.wait()
+	sent := make(chan struct{})
+	e.s.refillAfter(sent) // claimed before the exit goes out: see refillAfter
+	k.end(exit)
+	close(sent)
 	time.AfterFunc(keptRetention, func() { e.s.kept.drop(proc.pid, k) })
 	// Input may still arrive until the attached client closes (bounded by
 	// the half-close's deadline); then the stdin queue can close, which

@@ -188,8 +188,10 @@ func (e *execSession) run() {
 		proc.readInput()
 	}()
 	exit = proc.wait()
+	sent := make(chan struct{})
+	e.s.refillAfter(sent) // claimed before the exit goes out: see refillAfter
 	e.sendJSON(agentproto.FrameExit, exit)
-	go e.s.refillAfterCommand() // for the next command; after this one, not competing with it
+	close(sent)
 	e.closeOut(inputDone)
 }
 

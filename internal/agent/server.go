@@ -51,7 +51,6 @@ type Server struct {
 	spare        *spareShell   // ready for the next command; nil if none
 	spareFilling chan struct{} // non-nil while one is started; closed after
 	spareClosed  bool          // shut down: start no more
-	spareHeld    bool          // dropped for a checkpoint: none until the next command
 }
 
 // New returns a Server. Commands are started through reaper, which must

@@ -162,18 +162,41 @@ func (s *Server) startSpare() (*spareShell, error) {
 	return &spareShell{key: spareKey(acct, dir, env), pid: pid, status: status, pipes: stdio}, nil
 }
 
-// refillSpare starts a spare unless there is one, one is being started, or
-// spares are off. It returns once the spare is ready (or failed).
-func (s *Server) refillSpare() {
+// refillAfter claims the start of the next spare now, unless a spare
+// exists, is being started, or spares are off, and starts it once sent is
+// closed (the command's exit has gone out: the spare does not compete with
+// it) or after refillGrace (a client that does not read its exit must not
+// hold up the next command). A command claims it before sending its exit,
+// so that the next command, which cannot come sooner, finds the spare being
+// started and waits for it instead of forking a shell of its own beside it:
+// on the sandbox's one vCPU two forks at once take as long as one after the
+// other, and with the exec connection dialed ahead the next request often
+// arrived before a refill started after the exit.
+func (s *Server) refillAfter(sent <-chan struct{}) {
 	s.spareMu.Lock()
-	if s.cfg.NoSpareShell || s.spareClosed || s.spareHeld || s.spare != nil || s.spareFilling != nil {
+	if s.cfg.NoSpareShell || s.spareClosed || s.spare != nil || s.spareFilling != nil {
 		s.spareMu.Unlock()
 		return
 	}
 	done := make(chan struct{})
 	s.spareFilling = done
 	s.spareMu.Unlock()
+	go func() {
+		select {
+		case <-sent:
+		case <-time.After(refillGrace):
+		}
+		s.fillSpare(done)
+	}()
+}
 
+// refillGrace bounds how long refillAfter waits for a command's exit to be
+// sent.
+const refillGrace = 100 * time.Millisecond
+
+// fillSpare starts the spare claimed by refillAfter and closes done once
+// it is ready (or failed).
+func (s *Server) fillSpare(done chan struct{}) {
 	sp, err := s.startSpare()
 	if err != nil {
 		s.log.Printf("exec: starting a spare shell: %v", err)
@@ -224,7 +247,6 @@ func (s *Server) dropSpare() {
 		<-ch
 		s.spareMu.Lock()
 	}
-	s.spareHeld = true
 	sp := s.spare
 	s.spare = nil
 	s.spareMu.Unlock()
@@ -235,15 +257,6 @@ func (s *Server) dropSpare() {
 		case <-time.After(time.Second):
 		}
 	}
-}
-
-// refillAfterCommand ends a dropSpare's hold, the sandbox being in use
-// again, and starts the next spare.
-func (s *Server) refillAfterCommand() {
-	s.spareMu.Lock()
-	s.spareHeld = false
-	s.spareMu.Unlock()
-	s.refillSpare()
 }
 
 // closeSpare discards the spare and starts no more (server shutdown).

@@ -126,6 +126,22 @@ func TestSpareShellRunsCommandsLikeANewShell(t *testing.T) {
 	}
 }
 
+// Commands sent back to back, each as soon as the previous one's exit
+// arrived (with the exec connection dialed ahead, as stasisd does), all run
+// on spare shells: the next spare is claimed before an exit is sent, so no
+// command forks a shell of its own beside the spare being started.
+func TestBackToBackCommandsRunOnSpares(t *testing.T) {
+	c, _ := startAgent(t, agent.Config{})
+	run(t, c, agentclient.ExecRequest{Command: "true"}) // the first command starts the spare
+	const n = 40
+	for i := 0; i < n; i++ {
+		out, _, st := run(t, c, agentclient.ExecRequest{Command: "cat /proc/$$/cmdline"})
+		if st.ExitCode != 0 || out != spareCmdline {
+			t.Fatalf("command %d of %d ran on %q (exit %+v), not on a spare shell", i+1, n, out, st)
+		}
+	}
+}
+
 // Commands a spare cannot run as `sh -c` would still run, on a new shell,
 // and leave the spare for the next command.
 func TestSpareShellNotUsedWhenItWouldDiffer(t *testing.T) {
