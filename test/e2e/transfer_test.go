@@ -97,3 +97,19 @@ func TestExecBackToBack(t *testing.T) {
 		}
 	}
 }
+
+// Commands sent back to back through the API, each as soon as the previous
+// one answered, all run on the agent's spare shell (started after the
+// previous command): none waits for a shell of its own forked beside the
+// spare being started, which on the sandbox's one vCPU doubles the wait.
+func TestExecBackToBackOnSpareShells(t *testing.T) {
+	srv := testenv.StartServer(t)
+	c, _ := createMinimal(t, srv, "b2b-spares")
+	c.sh("true") // the first command starts the spare
+	const spare = "/bin/sh -c . /proc/self/fd/3"
+	for i := 0; i < 20; i++ {
+		if got := c.sh(`tr '\0' ' ' </proc/$$/cmdline`); got != spare {
+			t.Fatalf("command %d ran on %q, not on a spare shell (%q)", i+1, got, spare)
+		}
+	}
+}
