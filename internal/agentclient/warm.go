@@ -18,6 +18,16 @@ const warmMaxAge = 15 * time.Second
 // warmDialTimeout bounds a dial ahead of need: it is never worth waiting for.
 const warmDialTimeout = 2 * time.Second
 
+// warmDelay is how long after a command the next exec's connection is
+// dialed. As a command ends the agent starts its next spare shell (15-20 ms
+// in gVisor), and a handshake and accept at that moment compete with it on
+// the sandbox's one vCPU: measured with the dial right after the command,
+// commands sent back to back were 10-20% slower against raw runsc than
+// without dialing ahead, while isolated ones were 25-40% faster. A command
+// sent within the delay cancels the dial and dials its own, as it would
+// have to anyway.
+const warmDelay = 30 * time.Millisecond
+
 // warmConns holds at most one connection to the agent dialed ahead of the
 // next exec: an exec connection is upgraded and never reused, so without it
 // every command would first wait for a TCP handshake through the sandbox's
@@ -28,6 +38,7 @@ type warmConns struct {
 	conn    net.Conn
 	addr    string
 	expiry  *time.Timer
+	pending *time.Timer // a dial waiting out warmDelay; nil if none
 	dialing bool
 	gen     uint64 // bumped by drop, so that a dial in flight is discarded
 }
@@ -36,6 +47,7 @@ type warmConns struct {
 // has not closed it, else nil.
 func (w *warmConns) take(addr string) net.Conn {
 	w.mu.Lock()
+	w.cancelPending()
 	conn, connAddr := w.conn, w.addr
 	if conn != nil {
 		w.conn = nil
@@ -52,49 +64,73 @@ func (w *warmConns) take(addr string) net.Conn {
 	return conn
 }
 
-// fill dials addr in the background unless a warm connection exists or is
-// being dialed.
+// fill dials addr in the background after warmDelay unless a warm
+// connection exists, is being dialed or waits to be.
 func (w *warmConns) fill(d *net.Dialer, addr string) {
 	w.mu.Lock()
-	if w.conn != nil || w.dialing {
-		w.mu.Unlock()
+	defer w.mu.Unlock()
+	if w.conn != nil || w.dialing || w.pending != nil {
 		return
 	}
-	w.dialing = true
-	gen := w.gen
-	w.mu.Unlock()
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), warmDialTimeout)
-		conn, err := d.DialContext(ctx, "tcp", addr)
-		cancel()
+	var pending *time.Timer
+	pending = time.AfterFunc(warmDelay, func() {
 		w.mu.Lock()
-		defer w.mu.Unlock()
-		w.dialing = false
-		if err != nil {
-			return
-		}
-		if w.gen != gen || w.conn != nil {
-			conn.Close()
-			return
-		}
-		w.conn, w.addr = conn, addr
-		w.expiry = time.AfterFunc(warmMaxAge, func() {
-			w.mu.Lock()
-			mine := w.conn == conn
-			if mine {
-				w.conn = nil
-			}
+		if w.pending != pending { // cancelled by take or drop
 			w.mu.Unlock()
-			if mine {
-				conn.Close()
-			}
-		})
-	}()
+			return
+		}
+		w.pending = nil
+		w.dialing = true
+		gen := w.gen
+		w.mu.Unlock()
+		w.dial(d, addr, gen)
+	})
+	w.pending = pending
 }
 
-// drop closes the warm connection and discards any being dialed.
+// cancelPending stops a dial waiting out warmDelay. Called with w.mu held.
+func (w *warmConns) cancelPending() {
+	if w.pending != nil {
+		w.pending.Stop()
+		w.pending = nil
+	}
+}
+
+// dial dials addr and keeps the connection as the warm one, unless drop
+// was called since gen was read or one is there already.
+func (w *warmConns) dial(d *net.Dialer, addr string, gen uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), warmDialTimeout)
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	cancel()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.dialing = false
+	if err != nil {
+		return
+	}
+	if w.gen != gen || w.conn != nil {
+		conn.Close()
+		return
+	}
+	w.conn, w.addr = conn, addr
+	w.expiry = time.AfterFunc(warmMaxAge, func() {
+		w.mu.Lock()
+		mine := w.conn == conn
+		if mine {
+			w.conn = nil
+		}
+		w.mu.Unlock()
+		if mine {
+			conn.Close()
+		}
+	})
+}
+
+// drop closes the warm connection and discards any being dialed or
+// waiting to be.
 func (w *warmConns) drop() {
 	w.mu.Lock()
+	w.cancelPending()
 	conn := w.conn
 	w.conn = nil
 	w.gen++
