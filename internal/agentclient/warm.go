@@ -21,11 +21,11 @@ const warmDialTimeout = 2 * time.Second
 // warmDelay is how long after a command the next exec's connection is
 // dialed. As a command ends the agent starts its next spare shell (15-20 ms
 // in gVisor), and a handshake and accept at that moment compete with it on
-// the sandbox's one vCPU: measured with the dial right after the command,
-// commands sent back to back were 10-20% slower against raw runsc than
-// without dialing ahead, while isolated ones were 25-40% faster. A command
-// sent within the delay cancels the dial and dials its own, as it would
-// have to anyway.
+// the sandbox's one vCPU (the agent's spare took longer to start with the
+// dial right after the command, on a host too loaded to tell by how much).
+// A command sent within the delay, as back to back ones are, cancels the
+// dial and dials its own, as it would have to anyway; one sent later finds
+// the connection ready.
 const warmDelay = 30 * time.Millisecond
 
 // warmConns holds at most one connection to the agent dialed ahead of the
