@@ -201,7 +201,7 @@ func (c *Client) upgradeExec(ctx context.Context, start []byte, noStdin bool) (n
 	if strings.ContainsAny(token, "\r\n") {
 		return nil, nil, errors.New("agent exec: invalid token")
 	}
-	conn := c.warm.take(addr)
+	conn := c.warm.take(ctx, addr)
 	if conn == nil {
 		var err error
 		if conn, err = c.dialer.DialContext(ctx, "tcp", addr); err != nil {

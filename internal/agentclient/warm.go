@@ -38,16 +38,25 @@ type warmConns struct {
 	conn    net.Conn
 	addr    string
 	expiry  *time.Timer
-	pending *time.Timer // a dial waiting out warmDelay; nil if none
-	dialing bool
-	gen     uint64 // bumped by drop, so that a dial in flight is discarded
+	pending *time.Timer   // a dial waiting out warmDelay; nil if none
+	dialing chan struct{} // non-nil while a dial is in flight; closed after
+	gen     uint64        // bumped by drop, so that a dial in flight is discarded
 }
 
 // take returns the warm connection to addr if there is one and the agent
-// has not closed it, else nil.
-func (w *warmConns) take(addr string) net.Conn {
+// has not closed it, else nil. A dial in flight is waited for (until ctx
+// ends): it is further along than a new one would be.
+func (w *warmConns) take(ctx context.Context, addr string) net.Conn {
 	w.mu.Lock()
 	w.cancelPending()
+	if ch := w.dialing; ch != nil {
+		w.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+		}
+		w.mu.Lock()
+	}
 	conn, connAddr := w.conn, w.addr
 	if conn != nil {
 		w.conn = nil
@@ -69,7 +78,7 @@ func (w *warmConns) take(addr string) net.Conn {
 func (w *warmConns) fill(d *net.Dialer, addr string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.conn != nil || w.dialing || w.pending != nil {
+	if w.conn != nil || w.dialing != nil || w.pending != nil {
 		return
 	}
 	var pending *time.Timer
@@ -80,10 +89,12 @@ func (w *warmConns) fill(d *net.Dialer, addr string) {
 			return
 		}
 		w.pending = nil
-		w.dialing = true
+		done := make(chan struct{})
+		w.dialing = done
 		gen := w.gen
 		w.mu.Unlock()
 		w.dial(d, addr, gen)
+		close(done)
 	})
 	w.pending = pending
 }
@@ -104,7 +115,7 @@ func (w *warmConns) dial(d *net.Dialer, addr string, gen uint64) {
 	cancel()
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.dialing = false
+	w.dialing = nil
 	if err != nil {
 		return
 	}

@@ -1,6 +1,7 @@
 package agentclient
 
 import (
+	"context"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -37,7 +38,7 @@ func TestWarmDialCancelledByTake(t *testing.T) {
 	var w warmConns
 	t.Cleanup(w.drop)
 	w.fill(&net.Dialer{}, addr)
-	if conn := w.take(addr); conn != nil {
+	if conn := w.take(context.Background(), addr); conn != nil {
 		t.Fatal("take returned a connection before warmDelay had passed")
 	}
 	time.Sleep(5 * warmDelay)
@@ -63,7 +64,7 @@ func TestWarmDialCancelledByTake(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	conn := w.take(addr)
+	conn := w.take(context.Background(), addr)
 	if conn == nil {
 		t.Fatal("take did not return the connection dialed ahead")
 	}
