@@ -326,6 +326,7 @@ func opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 func (b *bench) benchCreate(ctx context.Context) error {
 	for _, tmpl := range []string{tmplMinimal, tmplBase} {
 		var sCreate, sDelete, rCreate, rDelete, rNet durations
+		var sSteps steps
 		for i := 0; i < b.cfg.CreateReps; i++ {
 			if err := ctx.Err(); err != nil {
 				return err
@@ -339,6 +340,7 @@ func (b *bench) benchCreate(ctx context.Context) error {
 				return err
 			}
 			sCreate.add(d)
+			sSteps.add(b.srv.lastSteps("sandbox created", bx.ID))
 			d, err = timed(func() error { return bx.delete(ctx) })
 			if err != nil {
 				return err
@@ -369,8 +371,8 @@ func (b *bench) benchCreate(ctx context.Context) error {
 		b.add(Row{Group: "create", Name: "create (cold) from " + tmpl,
 			Stasis: sCreate.stat(), StasisOp: "POST /sandboxes until 201 (agent answering)",
 			Raw: rCreate.stat(), RawOp: "runsc run --detach (sleep as init)",
-			Extra: map[string]any{"raw_link_and_bundle_ms": rNet.stat()},
-			Note:  "raw excludes building the netns/veth and bundle (extra.raw_link_and_bundle_ms); stasis includes them"})
+			Extra: mergeExtra(map[string]any{"raw_link_and_bundle_ms": rNet.stat()}, sSteps.extra()),
+			Note:  "raw excludes building the netns/veth and bundle (extra.raw_link_and_bundle_ms); stasis includes them; stasis_* are the steps stasisd logs (link and bundle, runsc run, runsc returned until the agent answers, the store's record)"})
 		b.add(Row{Group: "create", Name: "delete (active) " + tmpl,
 			Stasis: sDelete.stat(), StasisOp: "DELETE /sandboxes/{id}",
 			Raw: rDelete.stat(), RawOp: "runsc delete --force + wait for exit + link teardown"})
@@ -443,6 +445,7 @@ func (b *bench) benchCreateFromTemplate(ctx context.Context) error {
 	defer os.RemoveAll(img)
 
 	var sCreate, rRestore durations
+	var sSteps steps
 	for i := 0; i < b.cfg.CreateReps; i++ {
 		var bx *box
 		d, err := timed(func() (err error) { bx, err = b.srv.create(ctx, b.name("fromtmpl"), t.Name, 0); return err })
@@ -450,6 +453,7 @@ func (b *bench) benchCreateFromTemplate(ctx context.Context) error {
 			return err
 		}
 		sCreate.add(d)
+		sSteps.add(b.srv.lastSteps("sandbox created from snapshot", bx.ID))
 		if err := bx.delete(ctx); err != nil {
 			return err
 		}
@@ -470,7 +474,7 @@ func (b *bench) benchCreateFromTemplate(ctx context.Context) error {
 	b.add(Row{Group: "create", Name: rowName,
 		Stasis: sCreate.stat(), StasisOp: "POST /sandboxes {from_template} until 201 (restored, agent answering)",
 		Raw: rRestore.stat(), RawOp: "runsc restore --detach of an idle container's checkpoint into a new container",
-		Extra: map[string]any{"template_build_s": roundSecs(buildTime), "template_snapshot_mib": round(float64(t.SizeBytes) / mib)}})
+		Extra: mergeExtra(map[string]any{"template_build_s": roundSecs(buildTime), "template_snapshot_mib": round(float64(t.SizeBytes) / mib)}, sSteps.extra())})
 	return nil
 }
 
@@ -699,6 +703,7 @@ func (b *bench) benchPause(ctx context.Context) error {
 // pauseResults holds one size's measurements.
 type pauseResults struct {
 	sPause, sDurable, sResume, sFirst, sAuto durations
+	sResumeSteps                             steps // stasisd's steps of sResume
 	rPause, rCkpt, rSync, rRestore, rFirst   durations
 	rCkptDel                                 durations // checkpoint + delete, no fsync
 	rFreeze, rThaw                           durations
@@ -874,6 +879,7 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 			return err
 		}
 		pr.sResume.add(time.Since(t0))
+		pr.sResumeSteps.add(b.srv.lastSteps("sandbox resumed", bx.ID))
 		if _, err := bx.exec(ctx, aliveCmd); err != nil {
 			return fmt.Errorf("stasis after resume: %w", err)
 		}
@@ -1174,7 +1180,8 @@ func (b *bench) pairPauseRows(size int) {
 		Raw: summarize("MiB", pr.rImage), RawOp: "size of --image-path dir"})
 	b.add(Row{Group: "pause", Name: "resume (restore from disk), " + label,
 		Stasis: pr.sResume.stat(), StasisOp: "POST /sandboxes/{id}/resume until 200 (agent accepting connections), once on disk only",
-		Raw: pr.rRestore.stat(), RawOp: "runsc restore --detach"})
+		Raw: pr.rRestore.stat(), RawOp: "runsc restore --detach", Extra: pr.sResumeSteps.extra(),
+		Note: "stasis_* are the steps stasisd logs (the store before the restore, link and bundle, runsc restore, until the agent's socket accepts, the store after)"})
 	b.add(Row{Group: "pause", Name: "resume → first command OK, " + label,
 		Stasis: pr.sFirst.stat(), StasisOp: "resume + POST /exec",
 		Raw: pr.rFirst.stat(), RawOp: "runsc restore --detach + runsc exec"})
