@@ -37,7 +37,7 @@ type Config struct {
 	// -density-active, -density-paused, -density-workers: a scaled-down
 	// density run (to time the phase, or estimate the full one from it).
 	densityActive, densityPaused, densityWorkers int
-	OutDir        string        // where BENCHMARKS.md and benchmarks.json go
+	OutDir                                       string // where BENCHMARKS.md and benchmarks.json go
 
 	RepoRoot  string
 	Stasisd   string
