@@ -34,10 +34,10 @@ type Config struct {
 
 	pauseSizes    []int         // -pause-sizes
 	densityBudget time.Duration // -density-budget
+	OutDir        string        // where BENCHMARKS.md and benchmarks.json go
 	// -density-active, -density-paused, -density-workers: a scaled-down
 	// density run (to time the phase, or estimate the full one from it).
 	densityActive, densityPaused, densityWorkers int
-	OutDir                                       string // where BENCHMARKS.md and benchmarks.json go
 
 	RepoRoot  string
 	Stasisd   string
