@@ -3,7 +3,8 @@
 # Idempotent: a second run checks everything and skips what is done.
 #
 #   1. Debian packages (apt-get only when one is missing)
-#   2. the pinned static runsc in .cache/runsc/bin (or validates $STASIS_RUNSC)
+#   2. the pinned static runsc, with the patches in patches/gvisor applied, in
+#      .cache/runsc/bin (or validates $STASIS_RUNSC)
 #   2b. versitygw (an S3 server process for tests) in .cache/versitygw/bin
 #   3. bin/stasisd and bin/stasis-applets, then the built-in images in $IMAGES_DIR
 #      (a first build downloads Debian twice: stasis/base, and
@@ -11,17 +12,26 @@
 #      which takes the longest)
 #
 # Environment: STASIS_RUNSC (operator-supplied runsc; else $RUNSC, else the
-# pinned build), IMAGES_DIR (default .cache/images).
+# pinned build), STASIS_RUNSC_DIR (where the pinned runsc is built: bin/runsc
+# and src/, its patched source; default .cache/runsc), IMAGES_DIR (default
+# .cache/images).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 # postgresql: the throwaway PostgreSQL servers of tests and `make cluster` (initdb + pg_ctl).
-PACKAGES=(debootstrap busybox-static bash-static iptables iproute2 zip unzip ca-certificates docker-registry postgresql)
-RUNSC_MODULE="gvisor.dev/gvisor/runsc@v0.0.0-20260905035102-160fafc42237"
-RUNSC_VERSION="stasis-20260905-160fafc42237"
-DEFAULT_RUNSC="$ROOT/.cache/runsc/bin/runsc"
+# patch: applies patches/gvisor to the pinned runsc source.
+PACKAGES=(debootstrap busybox-static bash-static iptables iproute2 zip unzip ca-certificates docker-registry postgresql patch)
+RUNSC_MODULE="gvisor.dev/gvisor@v0.0.0-20260905035102-160fafc42237"
+# The pinned commit plus patches/gvisor. -pN counts revisions of the patch
+# set: bump it with every change to patches/gvisor, so that a machine with an
+# older patched build rebuilds (-p1, the reverted first version, could hang a
+# plain restore). runsc refuses to restore a checkpoint taken by a runsc of
+# another version string.
+RUNSC_VERSION="stasis-20260905-160fafc42237-p2"
+RUNSC_DIR="${STASIS_RUNSC_DIR:-$ROOT/.cache/runsc}"
+DEFAULT_RUNSC="$RUNSC_DIR/bin/runsc"
 RUNSC="${STASIS_RUNSC:-${RUNSC:-$DEFAULT_RUNSC}}"
 IMAGES_DIR="${IMAGES_DIR:-$ROOT/.cache/images}"
 
@@ -52,13 +62,40 @@ with_heartbeat() {
 	return "$rc"
 }
 
-# runsc_is_pinned BINARY: does it run and report the pinned version? The output
-# is captured first: piping into `grep -q` lets grep exit at the first line, and
+# runsc_is_pinned BINARY: does it run and report exactly the pinned version
+# (not the unpatched build, whose version is a prefix of it)? The output is
+# captured first: piping into `grep -q` lets grep exit at the first line, and
 # runsc's second write then dies of SIGPIPE, which pipefail reports as failure.
 runsc_is_pinned() {
 	local out
 	out="$("$1" --version 2>&1)" || return 1
-	[[ "$out" == *"$RUNSC_VERSION"* ]]
+	[[ "${out%%$'\n'*}" == "runsc version $RUNSC_VERSION" ]]
+}
+
+# build_runsc: copies the pinned gvisor module out of Go's module cache into
+# $RUNSC_DIR/src, applies patches/gvisor/*.patch (each says why) and builds
+# runsc from it into $DEFAULT_RUNSC. Static on purpose: a cgo build cannot
+# re-exec itself for its umounter. Runs under with_heartbeat, where errexit
+# does not apply: every step checks its own failure.
+build_runsc() {
+	local mod src="$RUNSC_DIR/src/gvisor" p
+	mod="$(cd / && GOFLAGS= GOWORK=off go mod download -json "$RUNSC_MODULE" |
+		sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')" || return 1
+	if [ -z "$mod" ] || [ ! -d "$mod" ]; then
+		echo "setup: go mod download $RUNSC_MODULE gave no source directory" >&2
+		return 1
+	fi
+	rm -rf "$src" && mkdir -p "$(dirname "$src")" "$(dirname "$DEFAULT_RUNSC")" &&
+		cp -r "$mod" "$src" && chmod -R u+w "$src" || return 1
+	for p in "$ROOT"/patches/gvisor/*.patch; do
+		if ! patch -d "$src" -p1 --forward --quiet <"$p"; then
+			echo "setup: patch $p does not apply to $RUNSC_MODULE" >&2
+			return 1
+		fi
+	done
+	(cd "$src" && GOFLAGS= GOWORK=off CGO_ENABLED=0 \
+		go build -o "$DEFAULT_RUNSC.new" -ldflags "-X gvisor.dev/gvisor/runsc/version.version=$RUNSC_VERSION" ./runsc) &&
+		mv "$DEFAULT_RUNSC.new" "$DEFAULT_RUNSC"
 }
 
 # A non-login root shell may lack the sbin dirs and Go's default location.
@@ -98,13 +135,9 @@ if [ "$RUNSC" != "$DEFAULT_RUNSC" ]; then
 elif [ -x "$RUNSC" ] && runsc_is_pinned "$RUNSC"; then
 	step "runsc $RUNSC_VERSION: already built, skipping"
 else
-	step "runsc $RUNSC_VERSION: building $RUNSC_MODULE (static; a cold build takes about 10-12 minutes on 2 cores)"
+	step "runsc $RUNSC_VERSION: building $RUNSC_MODULE with patches/gvisor (static; a cold build takes about 10-12 minutes on 2 cores)"
 	start=$SECONDS
-	mkdir -p "$(dirname "$DEFAULT_RUNSC")"
-	# Static on purpose: a cgo build cannot re-exec itself for its umounter.
-	GOFLAGS= CGO_ENABLED=0 GOBIN="$(dirname "$DEFAULT_RUNSC")" \
-		with_heartbeat "runsc build" \
-		go install -ldflags "-X gvisor.dev/gvisor/runsc/version.version=$RUNSC_VERSION" "$RUNSC_MODULE"
+	with_heartbeat "runsc build" build_runsc || die "runsc build failed"
 	runsc_is_pinned "$RUNSC" ||
 		die "built runsc does not report version $RUNSC_VERSION"
 	echo "    built in $((SECONDS - start))s"

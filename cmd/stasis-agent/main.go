@@ -65,17 +65,11 @@ func run(logger *log.Logger) error {
 	if err != nil {
 		return err
 	}
-	if os.Getpid() == 1 && nameserver != "" {
-		if err := writeResolvConf(nameserver); err != nil {
-			logger.Printf("writing /etc/resolv.conf: %v", err)
-		}
-	}
-	if os.Getpid() == 1 && egressCA != "" {
-		// Before the listener opens: a sandbox that answers trusts the CA.
-		if err := agent.InstallTrust("/", []byte(egressCA), cfg.DefaultUser); err != nil {
-			return err
-		}
-	}
+	// The sandbox's resolver and trust store are set up while the rest of
+	// the start-up runs (their file writes wait on gVisor's gofer, the rest
+	// on the CPU); nothing is served before they are done.
+	setup := make(chan error, 1)
+	go func() { setup <- bootSetup(logger, nameserver, egressCA, cfg.DefaultUser) }()
 	// As PID 1 every orphan in the sandbox becomes our child: reap them all.
 	reaper := agent.NewReaper(os.Getpid() == 1)
 	defer reaper.Close()
@@ -100,7 +94,20 @@ func run(logger *log.Logger) error {
 	if err != nil {
 		return err
 	}
+	// Listening before the set-up is done lets stasisd's first health
+	// check connect and wait in the backlog for its answer instead of
+	// polling; it is answered once the set-up is done (Serve, below).
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return err
+	}
+	ln = agent.HostOnly(ln, logger)
+	if err := <-setup; err != nil {
+		return err
+	}
 	if watchdog {
+		// Nothing runs before the first request: the watchdog's first scan
+		// need not delay it by competing with the start-up.
 		wctx, stop := context.WithCancel(context.Background())
 		defer stop()
 		go srv.RunWatchdog(wctx, agent.WatchdogConfig{
@@ -110,11 +117,6 @@ func run(logger *log.Logger) error {
 			GrowthRate:   uint64(cfg.VCPU) * agent.DefaultGrowthRatePerCPU, // 0: per CPU shown
 		})
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return err
-	}
-	ln = agent.HostOnly(ln, logger)
 	logger.Printf("pid %d listening on %s", os.Getpid(), ln.Addr())
 
 	if os.Getpid() == 1 {
@@ -138,6 +140,25 @@ func run(logger *log.Logger) error {
 		srv.Shutdown(ctx)
 	}()
 	return srv.Serve(ln)
+}
+
+// bootSetup is what PID 1 prepares before it serves: /etc/resolv.conf
+// pointing at stasisd's resolver (best effort, as an image may have it
+// read-only) and the egress CA in the trust store (required: a sandbox that
+// answers trusts it).
+func bootSetup(logger *log.Logger, nameserver, egressCA, user string) error {
+	if os.Getpid() != 1 {
+		return nil
+	}
+	if nameserver != "" {
+		if err := writeResolvConf(nameserver); err != nil {
+			logger.Printf("writing /etc/resolv.conf: %v", err)
+		}
+	}
+	if egressCA != "" {
+		return agent.InstallTrust("/", []byte(egressCA), user)
+	}
+	return nil
 }
 
 // memTotalMiB is MemTotal from /proc/meminfo (0 if unknown).

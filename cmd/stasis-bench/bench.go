@@ -326,6 +326,7 @@ func opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 func (b *bench) benchCreate(ctx context.Context) error {
 	for _, tmpl := range []string{tmplMinimal, tmplBase} {
 		var sCreate, sDelete, rCreate, rDelete, rNet durations
+		var sSteps steps
 		for i := 0; i < b.cfg.CreateReps; i++ {
 			if err := ctx.Err(); err != nil {
 				return err
@@ -339,6 +340,7 @@ func (b *bench) benchCreate(ctx context.Context) error {
 				return err
 			}
 			sCreate.add(d)
+			sSteps.add(b.srv.lastSteps("sandbox created", bx.ID))
 			d, err = timed(func() error { return bx.delete(ctx) })
 			if err != nil {
 				return err
@@ -369,8 +371,8 @@ func (b *bench) benchCreate(ctx context.Context) error {
 		b.add(Row{Group: "create", Name: "create (cold) from " + tmpl,
 			Stasis: sCreate.stat(), StasisOp: "POST /sandboxes until 201 (agent answering)",
 			Raw: rCreate.stat(), RawOp: "runsc run --detach (sleep as init)",
-			Extra: map[string]any{"raw_link_and_bundle_ms": rNet.stat()},
-			Note:  "raw excludes building the netns/veth and bundle (extra.raw_link_and_bundle_ms); stasis includes them"})
+			Extra: mergeExtra(map[string]any{"raw_link_and_bundle_ms": rNet.stat()}, sSteps.extra()),
+			Note:  "raw excludes building the netns/veth and bundle (extra.raw_link_and_bundle_ms); stasis includes them; stasis_* are the steps stasisd logs (link and bundle, runsc run, runsc returned until the agent answers, the store's record)"})
 		b.add(Row{Group: "create", Name: "delete (active) " + tmpl,
 			Stasis: sDelete.stat(), StasisOp: "DELETE /sandboxes/{id}",
 			Raw: rDelete.stat(), RawOp: "runsc delete --force + wait for exit + link teardown"})
@@ -443,6 +445,7 @@ func (b *bench) benchCreateFromTemplate(ctx context.Context) error {
 	defer os.RemoveAll(img)
 
 	var sCreate, rRestore durations
+	var sSteps steps
 	for i := 0; i < b.cfg.CreateReps; i++ {
 		var bx *box
 		d, err := timed(func() (err error) { bx, err = b.srv.create(ctx, b.name("fromtmpl"), t.Name, 0); return err })
@@ -450,6 +453,7 @@ func (b *bench) benchCreateFromTemplate(ctx context.Context) error {
 			return err
 		}
 		sCreate.add(d)
+		sSteps.add(b.srv.lastSteps("sandbox created from snapshot", bx.ID))
 		if err := bx.delete(ctx); err != nil {
 			return err
 		}
@@ -470,7 +474,7 @@ func (b *bench) benchCreateFromTemplate(ctx context.Context) error {
 	b.add(Row{Group: "create", Name: rowName,
 		Stasis: sCreate.stat(), StasisOp: "POST /sandboxes {from_template} until 201 (restored, agent answering)",
 		Raw: rRestore.stat(), RawOp: "runsc restore --detach of an idle container's checkpoint into a new container",
-		Extra: map[string]any{"template_build_s": roundSecs(buildTime), "template_snapshot_mib": round(float64(t.SizeBytes) / mib)}})
+		Extra: mergeExtra(map[string]any{"template_build_s": roundSecs(buildTime), "template_snapshot_mib": round(float64(t.SizeBytes) / mib)}, sSteps.extra())})
 	return nil
 }
 
@@ -699,6 +703,7 @@ func (b *bench) benchPause(ctx context.Context) error {
 // pauseResults holds one size's measurements.
 type pauseResults struct {
 	sPause, sDurable, sResume, sFirst, sAuto durations
+	sResumeSteps                             steps // stasisd's steps of sResume
 	rPause, rCkpt, rSync, rRestore, rFirst   durations
 	rCkptDel                                 durations // checkpoint + delete, no fsync
 	rFreeze, rThaw                           durations
@@ -874,6 +879,7 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 			return err
 		}
 		pr.sResume.add(time.Since(t0))
+		pr.sResumeSteps.add(b.srv.lastSteps("sandbox resumed", bx.ID))
 		if _, err := bx.exec(ctx, aliveCmd); err != nil {
 			return fmt.Errorf("stasis after resume: %w", err)
 		}
@@ -1174,7 +1180,8 @@ func (b *bench) pairPauseRows(size int) {
 		Raw: summarize("MiB", pr.rImage), RawOp: "size of --image-path dir"})
 	b.add(Row{Group: "pause", Name: "resume (restore from disk), " + label,
 		Stasis: pr.sResume.stat(), StasisOp: "POST /sandboxes/{id}/resume until 200 (agent accepting connections), once on disk only",
-		Raw: pr.rRestore.stat(), RawOp: "runsc restore --detach"})
+		Raw: pr.rRestore.stat(), RawOp: "runsc restore --detach", Extra: pr.sResumeSteps.extra(),
+		Note: "stasis_* are the steps stasisd logs (the store before the restore, link and bundle, runsc restore, until the agent's socket accepts, the store after)"})
 	b.add(Row{Group: "pause", Name: "resume → first command OK, " + label,
 		Stasis: pr.sFirst.stat(), StasisOp: "resume + POST /exec",
 		Raw: pr.rFirst.stat(), RawOp: "runsc restore --detach + runsc exec"})
@@ -1339,7 +1346,15 @@ func (b *bench) benchDensity(ctx context.Context) error {
 		d.MemAvailableDropPerActiveMiB = round(float64(memAvail0-memAvail1) / mib / float64(len(boxes)))
 	}
 	d.IdleCPUPercentActive = round(hostCPUPercent(ctx, b.cfg.IdleCPUWindow))
+	// stasisd's own share over the same window as the sandboxes': what a
+	// crowd of idle sandboxes costs in stasisd (health checks, timers)
+	// against what it costs in the sandboxes (sentries, agents).
+	srvCPU0, srvErr := processCPU(b.srv.cmd.Process.Pid)
+	idleStart := time.Now()
 	stasisCPU := idleCPU(ctx, pids, b.cfg.IdleCPUWindow)
+	if srvCPU1, err := processCPU(b.srv.cmd.Process.Pid); err == nil && srvErr == nil {
+		d.StasisdCPUPercentActive = round(float64(srvCPU1-srvCPU0) / float64(time.Since(idleStart)) * 100)
+	}
 	d.StasisdRSSMiB = round(processRSS(b.srv.cmd.Process.Pid))
 	b.add(Row{Group: "density", Name: "host memory per idle active sandbox (PSS)",
 		Stasis: summarize("MiB", pss), StasisOp: fmt.Sprintf("sum of PSS over the sandbox cgroup's processes (sentry, gofer, systrap stubs), %d idle stasis/minimal sandboxes", len(pss)),
@@ -1352,8 +1367,12 @@ func (b *bench) benchDensity(ctx context.Context) error {
 		Stasis: summarize("%", stasisCPU), StasisOp: fmt.Sprintf("cpuacct of the sandbox cgroup over %s", b.cfg.IdleCPUWindow),
 		Raw: summarize("%", rawCPU), RawOp: "same"})
 
-	// Health of the crowd: a command in (up to 10 of) them, and a list call.
-	var execD durations
+	// Health of the crowd: a command in (up to 10 of) them, and a list
+	// call. Each sandbox's first command after idling is timed apart from
+	// a second one right after it: the first pays for waking an idle
+	// sandbox (its agent connection, its spare shell, the sentry's
+	// threads), the second is what the crowd alone costs a command.
+	var execD, execAgainD durations
 	step := max(1, len(boxes)/10)
 	for i := 0; i < len(boxes); i += step {
 		bx := boxes[i]
@@ -1363,9 +1382,17 @@ func (b *bench) benchDensity(ctx context.Context) error {
 			break
 		}
 		execD.add(dt)
+		dt, err = timed(func() error { _, err := bx.exec(ctx, "true"); return err })
+		if err != nil {
+			errs = append(errs, fmt.Errorf("second exec with %d active: %w", len(boxes), err))
+			break
+		}
+		execAgainD.add(dt)
 	}
 	b.add(Row{Group: "density", Name: fmt.Sprintf("exec `true` with %d active sandboxes", len(boxes)),
-		Stasis: execD.stat(), StasisOp: "POST /exec, once in each of up to 10 of them"})
+		Stasis: execD.stat(), StasisOp: "POST /exec, the first command in each of up to 10 of them after they idled"})
+	b.add(Row{Group: "density", Name: fmt.Sprintf("exec `true` with %d active sandboxes, second in a row", len(boxes)),
+		Stasis: execAgainD.stat(), StasisOp: "POST /exec again in the same sandbox right after the first"})
 	listRow := func(n int) {
 		var ld durations
 		for i := 0; i < 5; i++ {

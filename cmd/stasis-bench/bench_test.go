@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/testenv"
 )
@@ -122,4 +123,22 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// statCPU adds utime and stime, whatever the command name holds.
+func TestStatCPU(t *testing.T) {
+	line := "4242 (stasis d) (x) S 1 4242 4242 0 -1 4194560 1234 0 0 0 250 75 0 0 20 0 12 0 100 0 0\n"
+	got, err := statCPU(line)
+	if err != nil || got != 3250*time.Millisecond {
+		t.Fatalf("statCPU = %v, %v; want 3.25s", got, err)
+	}
+	for _, bad := range []string{"", "1 (x) S 1 2", "1 (x) S 1 2 3 4 5 6 7 8 9 10 x 5"} {
+		if _, err := statCPU(bad); err == nil {
+			t.Errorf("statCPU(%q) gave no error", bad)
+		}
+	}
+	// Our own process: the live file parses.
+	if _, err := processCPU(os.Getpid()); err != nil {
+		t.Fatal(err)
+	}
 }

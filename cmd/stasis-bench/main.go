@@ -35,6 +35,9 @@ type Config struct {
 	pauseSizes    []int         // -pause-sizes
 	densityBudget time.Duration // -density-budget
 	OutDir        string        // where BENCHMARKS.md and benchmarks.json go
+	// -density-active, -density-paused, -density-workers: a scaled-down
+	// density run (to time the phase, or estimate the full one from it).
+	densityActive, densityPaused, densityWorkers int
 
 	RepoRoot  string
 	Stasisd   string
@@ -130,6 +133,15 @@ func (c *Config) defaults() error {
 	}
 	if c.densityBudget > 0 {
 		c.DensityBudget = c.densityBudget
+	}
+	if c.densityActive > 0 {
+		c.MaxActive = c.densityActive
+	}
+	if c.densityPaused > 0 {
+		c.MaxPaused = c.densityPaused
+	}
+	if c.densityWorkers > 0 {
+		c.DensityWorkers = c.densityWorkers
 	}
 	if c.DensityWorkers == 0 {
 		c.DensityWorkers = 2
@@ -292,6 +304,9 @@ func main() {
 	flag.StringVar(&cfg.Phases, "phases", "", "only these phases, comma-separated (create, exec, files, pause-resume, network, e2b, density, snapshot-upload, cluster), for development; writes to a temp dir unless -out is given")
 	pauseSizes := flag.String("pause-sizes", "", "pause/resume sizes in MB, comma-separated (default 10,200,1024), for development")
 	flag.DurationVar(&cfg.densityBudget, "density-budget", 0, "time budget of each of the density phase's fills, active and paused (default 150s; 30m with -density-large)")
+	flag.IntVar(&cfg.densityActive, "density-active", 0, "the density phase's bound on idle active sandboxes (default 100; 300 with -density-large)")
+	flag.IntVar(&cfg.densityPaused, "density-paused", 0, "the density phase's bound on paused sandboxes (default 500; 2,000 with -density-large)")
+	flag.IntVar(&cfg.densityWorkers, "density-workers", 0, "how many paused sandboxes the density phase creates and pauses at once (default 2; 4 with -density-large)")
 	flag.BoolVar(&cfg.DensityLarge, "density-large", false, "density phase at scale: up to 300 idle active and 2,000 paused stasis/minimal sandboxes (20-40 minutes more; its stasisd gets -subnet 169.254.232.0/21 unless given)")
 	render := flag.String("render", "", "only rewrite BENCHMARKS.md from this benchmarks.json (no measuring)")
 	flag.Parse()

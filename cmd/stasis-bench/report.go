@@ -69,6 +69,7 @@ type Density struct {
 	IdleCPUPercentBefore         float64 `json:"host_cpu_percent_before"`
 	IdleCPUPercentActive         float64 `json:"host_cpu_percent_with_active_idle"`
 	StasisdRSSMiB                float64 `json:"stasisd_rss_mib"`
+	StasisdCPUPercentActive      float64 `json:"stasisd_cpu_percent_with_active_idle"`
 	SnapshotDiskMiB              float64 `json:"snapshot_dir_mib"`
 	DeleteAllSeconds             float64 `json:"delete_all_seconds"`
 	DeleteAllCount               int     `json:"delete_all_count"`
@@ -433,7 +434,7 @@ func writeDensity(b *strings.Builder, d *Density) {
 	}
 	w("- Host MemAvailable dropped by %s MiB per idle active sandbox; pausing them gave back %s MiB in all (host-wide figures: other work on the host shows up in them).\n", num(d.MemAvailableDropPerActiveMiB), num(d.MemAvailableRecoveredMiB))
 	w("- Host CPU (percent of one core) before creating: %s %%; with %d idle active sandboxes: %s %%.\n", num(d.IdleCPUPercentBefore), d.ActiveHeld, num(d.IdleCPUPercentActive))
-	w("- stasisd RSS with %d active sandboxes: %s MiB. Snapshot dir with %d paused: %s MiB.\n", d.ActiveHeld, num(d.StasisdRSSMiB), d.PausedHeld, num(d.SnapshotDiskMiB))
+	w("- stasisd with %d idle active sandboxes: RSS %s MiB, CPU %s %% of one core. Snapshot dir with %d paused: %s MiB.\n", d.ActiveHeld, num(d.StasisdRSSMiB), num(d.StasisdCPUPercentActive), d.PausedHeld, num(d.SnapshotDiskMiB))
 	w("- Deleting all %d took %.1f s (4 at a time).\n\n", d.DeleteAllCount, d.DeleteAllSeconds)
 }
 

@@ -157,8 +157,9 @@ func lazyChecks(t *testing.T, srv *testenv.Server) int {
 
 // TestLazyResumeKeepsEveryPage: a large sandbox whose snapshot has left the
 // page cache is resumed lazily (it runs while its memory loads): several
-// commands sent at once to the paused sandbox resume it and all run, a
-// second pause right away (while the memory still loads) and a second cold
+// commands sent at once to the paused sandbox resume it and all run (one
+// reading every page of the process's memory while it loads), a second
+// pause right away (while the memory still loads) and a second cold
 // resume work, and every page of the process's memory is then exactly as
 // it was before the first pause.
 func TestLazyResumeKeepsEveryPage(t *testing.T) {
@@ -182,9 +183,20 @@ func TestLazyResumeKeepsEveryPage(t *testing.T) {
 	coldPause()
 
 	// Commands sent at once to the paused sandbox: one resumes it, the
-	// others wait for it and run while the memory loads.
+	// others wait for it and run while the memory loads. The first reads
+	// every page of the holder's memory while the rest of it loads in the
+	// background (page faults ahead of the bulk load).
 	var wg sync.WaitGroup
-	errs := make(chan error, 4)
+	errs := make(chan error, 5)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		status, code, out, err := execStatus(c, pagesNow)
+		if err == nil && (status != http.StatusOK || code != 0 || out != before) {
+			err = fmt.Errorf("memory read while it loads after the cold resume: HTTP %d, exit %d, %q, before the pause %q", status, code, out, before)
+		}
+		errs <- err
+	}()
 	for i := range 4 {
 		wg.Add(1)
 		go func() {

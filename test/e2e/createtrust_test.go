@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/stasis-sandbox/stasis/internal/egress"
 	"github.com/stasis-sandbox/stasis/internal/testenv"
 )
 
@@ -34,6 +35,27 @@ func TestCreateInstallsEgressCA(t *testing.T) {
 		if n := strings.Count(bundle, "BEGIN CERTIFICATE"); n < tc.minCerts || strings.Count(bundle, caText) != 1 {
 			t.Errorf("%s: bundle has %d certificates and the CA %d times; want at least %d, and the CA once",
 				tc.template, n, strings.Count(bundle, caText), tc.minCerts)
+		}
+	}
+}
+
+// The agent prepares the sandbox (resolver, trust store) while it starts
+// listening, and answers only once that is done: the very first command of
+// a new sandbox already finds both in place.
+func TestFirstCommandFindsResolverAndCA(t *testing.T) {
+	srv := testenv.StartServer(t)
+	ca, err := os.ReadFile(filepath.Join(srv.DataDir(), "egress-ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, template := range []string{"stasis/minimal", "stasis/base"} {
+		c, _ := create(t, srv, map[string]any{"name": "first", "from_template": template})
+		out := c.sh("cat /etc/resolv.conf; cat /etc/ssl/certs/stasis-egress-ca.pem")
+		if want := "nameserver " + egress.ResolverAddr.String() + "\n"; !strings.HasPrefix(out, want) {
+			t.Errorf("%s: first command's /etc/resolv.conf + CA:\n%s\nwant it to start with %q", template, out, want)
+		}
+		if !strings.Contains(out, strings.TrimSpace(string(ca))) {
+			t.Errorf("%s: the first command does not find the egress CA installed:\n%s", template, out)
 		}
 	}
 }

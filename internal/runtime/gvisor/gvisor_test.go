@@ -85,9 +85,8 @@ func runscBin(t testing.TB) string {
 		p = abs
 	}
 	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("runsc binary not found at %s (%v): build the pinned static runsc there "+
-			"(CGO_ENABLED=0 go install gvisor.dev/gvisor/runsc@v0.0.0-20260905035102-160fafc42237) "+
-			"or point STASIS_RUNSC at one", p, err)
+		t.Fatalf("runsc binary not found at %s (%v): build the pinned, patched static runsc there "+
+			"(make setup) or point STASIS_RUNSC at one", p, err)
 	}
 	return p
 }
