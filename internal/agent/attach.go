@@ -197,10 +197,7 @@ func (e *execSession) runKept(req agentproto.StartRequest) {
 	k.readers.Add(1)
 	go k.readInput(e)
 	exit = proc.wait()
-	sent := make(chan struct{})
-	e.s.refillAfter(sent) // claimed before the exit goes out: see refillAfter
-	k.end(exit)
-	close(sent)
+	e.s.refillAround(func() { k.end(exit) })
 	time.AfterFunc(keptRetention, func() { e.s.kept.drop(proc.pid, k) })
 	// Input may still arrive until the attached client closes (bounded by
 	// the half-close's deadline); then the stdin queue can close, which

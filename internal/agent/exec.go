@@ -188,10 +188,7 @@ func (e *execSession) run() {
 		proc.readInput()
 	}()
 	exit = proc.wait()
-	sent := make(chan struct{})
-	e.s.refillAfter(sent) // claimed before the exit goes out: see refillAfter
-	e.sendJSON(agentproto.FrameExit, exit)
-	close(sent)
+	e.s.refillAround(func() { e.sendJSON(agentproto.FrameExit, exit) })
 	e.closeOut(inputDone)
 }
 

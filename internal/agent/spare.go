@@ -191,6 +191,15 @@ func (s *Server) refillAfter(sent <-chan struct{}) {
 	}()
 }
 
+// refillAround sends a command's exit (send) with the next spare claimed
+// before it goes out and started after it (refillAfter).
+func (s *Server) refillAround(send func()) {
+	sent := make(chan struct{})
+	s.refillAfter(sent)
+	send()
+	close(sent)
+}
+
 // refillGrace bounds how long refillAfter waits for a command's exit to be
 // sent.
 const refillGrace = 100 * time.Millisecond
