@@ -784,6 +784,9 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 	if pid, err := rb.sandboxPid(); err == nil {
 		pr.rActiveMem, _ = sandboxMem(pid)
 	}
+	if b.cfg.ColdOnly {
+		return b.coldResumes(ctx, pr, size, bx, rb, alive, reps)
+	}
 
 	// warm tier: a sandbox on the second server, and its own baseline
 	// container: a checkpoint --leave-running changes how fast the next
@@ -940,42 +943,8 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 		}
 	}
 
-	// Cold resume: the snapshot on disk and not in the page cache, as after
-	// a long pause on a busy host. Both sides drop their image files from
-	// the page cache (untimed) before the restore.
-	for i := 0; i < reps; i++ {
-		syscall.Sync()
-		if err := bx.pause(ctx); err != nil {
-			return err
-		}
-		if err := bx.waitDiskOnly(ctx); err != nil {
-			return err
-		}
-		if err := dropPageCache(filepath.Join(b.srv.dataDir, "snapshots", bx.ID)); err != nil {
-			return err
-		}
-		t0 := time.Now()
-		if err := bx.resume(ctx); err != nil {
-			return err
-		}
-		if _, err := bx.exec(ctx, aliveCmd); err != nil {
-			return fmt.Errorf("stasis after cold resume: %w", err)
-		}
-		pr.sCold.add(time.Since(t0))
-		bxRestored = time.Now()
-		rt, err := b.rawCycleCold(ctx, rb, alive, i)
-		if err != nil {
-			return fmt.Errorf("raw, cold: %w", err)
-		}
-		pr.rCold.add(rt.first)
-		// runsc's lazy restore, as stasis runs it: memory loads on after
-		// restore returns, with O_DIRECT reads.
-		rt, err = b.rawCycleCold(ctx, rb, alive, i, "--background", "--direct")
-		if err != nil {
-			return fmt.Errorf("raw, cold, --background --direct: %w", err)
-		}
-		pr.rColdBg.add(rt.first)
-		rbRestored = time.Now()
+	if err := b.coldResumes(ctx, pr, size, bx, rb, alive, reps); err != nil {
+		return err
 	}
 
 	// Freeze in RAM (runsc pause/resume): the tier stasis does not have yet.
@@ -994,6 +963,50 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 	if err := alive(); err != nil {
 		return fmt.Errorf("raw after freeze/thaw: %w", err)
 	}
+	return nil
+}
+
+// coldResumes measures resume → first command with the snapshot on disk and
+// not in the page cache, stasis and the baseline alternating.
+func (b *bench) coldResumes(ctx context.Context, pr *pauseResults, size int, bx *box, rb *rawBox, alive func() error, reps int) error {
+	// Cold resume: the snapshot on disk and not in the page cache, as after
+	// a long pause on a busy host. Both sides drop their image files from
+	// the page cache (untimed) before the restore.
+	for i := 0; i < reps; i++ {
+		syscall.Sync()
+		if err := bx.pause(ctx); err != nil {
+			return err
+		}
+		if err := bx.waitDiskOnly(ctx); err != nil {
+			return err
+		}
+		if err := dropPageCache(filepath.Join(b.srv.dataDir, "snapshots", bx.ID)); err != nil {
+			return err
+		}
+		t0 := time.Now()
+		if err := bx.resume(ctx); err != nil {
+			return err
+		}
+		resumed := time.Since(t0)
+		if _, err := bx.exec(ctx, aliveCmd); err != nil {
+			return fmt.Errorf("stasis after cold resume: %w", err)
+		}
+		pr.sCold.add(time.Since(t0))
+		b.logf("cold resume %d MiB #%d: resume %v, first command %v", size, i, resumed.Round(time.Millisecond), (time.Since(t0) - resumed).Round(time.Millisecond))
+		rt, err := b.rawCycleCold(ctx, rb, alive, i)
+		if err != nil {
+			return fmt.Errorf("raw, cold: %w", err)
+		}
+		pr.rCold.add(rt.first)
+		// runsc's lazy restore, as stasis runs it: memory loads on after
+		// restore returns, with O_DIRECT reads.
+		rt, err = b.rawCycleCold(ctx, rb, alive, i, "--background", "--direct")
+		if err != nil {
+			return fmt.Errorf("raw, cold, --background --direct: %w", err)
+		}
+		pr.rColdBg.add(rt.first)
+	}
+
 	return nil
 }
 

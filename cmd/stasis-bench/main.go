@@ -33,6 +33,7 @@ type Config struct {
 	Phases string // comma-separated phases to run; empty: all
 
 	pauseSizes    []int         // -pause-sizes
+	pauseReps     int           // -pause-reps
 	densityBudget time.Duration // -density-budget
 	OutDir        string        // where BENCHMARKS.md and benchmarks.json go
 	// -density-active, -density-paused, -density-workers: a scaled-down
@@ -63,6 +64,9 @@ type Config struct {
 	FileReps      []int
 	PauseSizesMiB []int
 	PauseReps     []int
+	// ColdOnly runs only the cold-resume rows of the pause phase (for
+	// development: the rest of the phase takes most of its time).
+	ColdOnly bool
 	// The network phase: download size and repetitions.
 	NetDownloadMiB  int
 	NetDownloadReps int
@@ -152,6 +156,9 @@ func (c *Config) defaults() error {
 	if len(c.pauseSizes) > 0 {
 		c.PauseSizesMiB = c.pauseSizes
 		reps := c.PauseReps[len(c.PauseReps)-1]
+		if c.pauseReps > 0 {
+			reps = c.pauseReps
+		}
 		c.PauseReps = make([]int, len(c.pauseSizes))
 		for i := range c.PauseReps {
 			c.PauseReps[i] = reps
@@ -302,6 +309,8 @@ func main() {
 	flag.StringVar(&cfg.RawSubnet, "raw-subnet", "", "link-local range for the raw runsc baseline (default 169.254.247.0/24; quick 169.254.251.0/24)")
 	flag.StringVar(&cfg.RawPrefix, "raw-netns-prefix", "", "netns prefix for the raw runsc baseline")
 	flag.StringVar(&cfg.Phases, "phases", "", "only these phases, comma-separated (create, exec, files, pause-resume, network, e2b, density, snapshot-upload, cluster), for development; writes to a temp dir unless -out is given")
+	flag.IntVar(&cfg.pauseReps, "pause-reps", 0, "repetitions of each -pause-sizes size (default: the full run's for 1 GB), for development")
+	flag.BoolVar(&cfg.ColdOnly, "cold-only", false, "pause phase: only the cold resume rows (stasis, raw restore, raw restore --background --direct), for development")
 	pauseSizes := flag.String("pause-sizes", "", "pause/resume sizes in MB, comma-separated (default 10,200,1024), for development")
 	flag.DurationVar(&cfg.densityBudget, "density-budget", 0, "time budget of each of the density phase's fills, active and paused (default 150s; 30m with -density-large)")
 	flag.IntVar(&cfg.densityActive, "density-active", 0, "the density phase's bound on idle active sandboxes (default 100; 300 with -density-large)")
