@@ -993,14 +993,16 @@ func (b *bench) coldResumes(ctx context.Context, pr *pauseResults, size int, bx 
 		}
 		pr.sCold.add(time.Since(t0))
 		b.logf("cold resume %d MiB #%d: resume %v, first command %v", size, i, resumed.Round(time.Millisecond), (time.Since(t0) - resumed).Round(time.Millisecond))
-		rt, err := b.rawCycleCold(ctx, rb, alive, i)
-		if err != nil {
-			return fmt.Errorf("raw, cold: %w", err)
+		if !b.cfg.ColdOnly {
+			rt, err := b.rawCycleCold(ctx, rb, alive, i)
+			if err != nil {
+				return fmt.Errorf("raw, cold: %w", err)
+			}
+			pr.rCold.add(rt.first)
 		}
-		pr.rCold.add(rt.first)
 		// runsc's lazy restore, as stasis runs it: memory loads on after
 		// restore returns, with O_DIRECT reads.
-		rt, err = b.rawCycleCold(ctx, rb, alive, i, "--background", "--direct")
+		rt, err := b.rawCycleCold(ctx, rb, alive, i, "--background", "--direct")
 		if err != nil {
 			return fmt.Errorf("raw, cold, --background --direct: %w", err)
 		}

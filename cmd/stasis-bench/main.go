@@ -64,8 +64,9 @@ type Config struct {
 	FileReps      []int
 	PauseSizesMiB []int
 	PauseReps     []int
-	// ColdOnly runs only the cold-resume rows of the pause phase (for
-	// development: the rest of the phase takes most of its time).
+	// ColdOnly runs only stasis's cold resume and the raw restore
+	// --background --direct of the pause phase (for development: the rest
+	// of the phase, and the plain cold restore, take most of its time).
 	ColdOnly bool
 	// The network phase: download size and repetitions.
 	NetDownloadMiB  int
@@ -310,7 +311,7 @@ func main() {
 	flag.StringVar(&cfg.RawPrefix, "raw-netns-prefix", "", "netns prefix for the raw runsc baseline")
 	flag.StringVar(&cfg.Phases, "phases", "", "only these phases, comma-separated (create, exec, files, pause-resume, network, e2b, density, snapshot-upload, cluster), for development; writes to a temp dir unless -out is given")
 	flag.IntVar(&cfg.pauseReps, "pause-reps", 0, "repetitions of each -pause-sizes size (default: the full run's for 1 GB), for development")
-	flag.BoolVar(&cfg.ColdOnly, "cold-only", false, "pause phase: only the cold resume rows (stasis, raw restore, raw restore --background --direct), for development")
+	flag.BoolVar(&cfg.ColdOnly, "cold-only", false, "pause phase: only stasis's cold resume and raw runsc restore --background --direct (no plain restore), for development")
 	pauseSizes := flag.String("pause-sizes", "", "pause/resume sizes in MB, comma-separated (default 10,200,1024), for development")
 	flag.DurationVar(&cfg.densityBudget, "density-budget", 0, "time budget of each of the density phase's fills, active and paused (default 150s; 30m with -density-large)")
 	flag.IntVar(&cfg.densityActive, "density-active", 0, "the density phase's bound on idle active sandboxes (default 100; 300 with -density-large)")
