@@ -241,7 +241,6 @@ func (c *conn) serve() {
 		}
 		if w.hijacked {
 			hijacked = true
-			c.srv.forget(c)
 			return
 		}
 		if err := w.finish(); err != nil || w.closeAfter || !b.drain(maxDrain) {
@@ -482,6 +481,7 @@ func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, errors.New("minihttp: Hijack after the response was sent")
 	}
 	w.hijacked = true
+	w.conn.srv.forget(w.conn) // Shutdown does not wait for it
 	return w.conn.rwc, bufio.NewReadWriter(w.br, w.bw), nil
 }
 

@@ -293,3 +293,40 @@ func TestShutdown(t *testing.T) {
 		t.Errorf("in-flight request got %q (close %v), want done and Connection: close", b, resp.Close)
 	}
 }
+
+// TestShutdownLeavesHijacked: a hijacked connection (an exec stream) is the
+// handler's; Shutdown does not wait for it.
+func TestShutdownLeavesHijacked(t *testing.T) {
+	hijacked := make(chan net.Conn, 1)
+	release := make(chan struct{})
+	addr, srv := serve(t, func(w minihttp.ResponseWriter, r *minihttp.Request) {
+		conn, _, err := w.(minihttp.Hijacker).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		hijacked <- conn
+		<-release
+	})
+	defer close(release)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "POST / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n")
+	conn := <-hijacked
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown with a hijacked connection: %v", err)
+	}
+	if _, err := io.WriteString(conn, "still mine"); err != nil {
+		t.Fatalf("the hijacked connection was closed by Shutdown: %v", err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b := make([]byte, 10)
+	if _, err := io.ReadFull(c, b); err != nil || string(b) != "still mine" {
+		t.Errorf("client read %q, %v", b, err)
+	}
+}
