@@ -36,7 +36,6 @@ const (
 	StatusForbidden                   = 403
 	StatusNotFound                    = 404
 	StatusMethodNotAllowed            = 405
-	StatusRequestTimeout              = 408
 	StatusRequestEntityTooLarge       = 413
 	StatusUpgradeRequired             = 426
 	StatusRequestHeaderFieldsTooLarge = 431
@@ -55,7 +54,6 @@ var statusText = map[int]string{
 	StatusForbidden:                   "Forbidden",
 	StatusNotFound:                    "Not Found",
 	StatusMethodNotAllowed:            "Method Not Allowed",
-	StatusRequestTimeout:              "Request Timeout",
 	StatusRequestEntityTooLarge:       "Request Entity Too Large",
 	StatusUpgradeRequired:             "Upgrade Required",
 	StatusRequestHeaderFieldsTooLarge: "Request Header Fields Too Large",
