@@ -25,7 +25,8 @@ go test -count=1 -timeout 60m ./...
 
 echo "==> fuzzing request decoding and path handling briefly"
 for target in "FuzzDecodeRequests ./internal/api" "FuzzValidatePath ./internal/api" \
-	"FuzzUTF8Joiner ./internal/api" "FuzzCleanPath ./internal/agent"; do
+	"FuzzUTF8Joiner ./internal/api" "FuzzCleanPath ./internal/agent" \
+	"FuzzReadRequest ./internal/minihttp"; do
 	set -- $target
 	# A count, not a duration: Go 1.26's fuzz coordinator can report a bare
 	# "context deadline exceeded" when a -fuzztime duration runs out

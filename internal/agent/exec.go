@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -21,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stasis-sandbox/stasis/internal/agentproto"
+	http "github.com/stasis-sandbox/stasis/internal/minihttp" // net/http's API, not its weight (see the package)
 )
 
 const (

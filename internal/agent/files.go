@@ -7,7 +7,6 @@ import (
 	"errors"
 	"io"
 	"io/fs"
-	"net/http"
 	"os"
 	"path"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/stasis-sandbox/stasis/internal/agentproto"
+	http "github.com/stasis-sandbox/stasis/internal/minihttp" // net/http's API, not its weight (see the package)
 )
 
 // apiError is an error with its HTTP status and protocol code.

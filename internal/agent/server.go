@@ -14,7 +14,6 @@ import (
 	"io"
 	"log"
 	"net"
-	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -22,6 +21,7 @@ import (
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/agentproto"
+	http "github.com/stasis-sandbox/stasis/internal/minihttp" // net/http's API, not its weight (see the package)
 )
 
 // Server is the agent's HTTP server.
@@ -38,11 +38,7 @@ type Server struct {
 	mu   sync.Mutex
 	srv  *http.Server
 	runs map[*execSession]struct{}
-	// fresh holds the connections that have not sent a request yet: stasisd
-	// dials the next exec's connection ahead of need, and http.Server's
-	// Shutdown would wait 5 s for such a connection before closing it.
-	fresh map[net.Conn]struct{}
-	kept  keptTable // commands that outlive their connection (attach.go)
+	kept keptTable // commands that outlive their connection (attach.go)
 
 	watchdogKick chan struct{} // see kickWatchdog
 
@@ -78,7 +74,6 @@ func New(cfg Config, reaper *Reaper, logger *log.Logger) (*Server, error) {
 		start:  time.Now(),
 		mux:    http.NewServeMux(),
 		runs:   make(map[*execSession]struct{}),
-		fresh:  make(map[net.Conn]struct{}),
 
 		watchdogKick: make(chan struct{}, 1),
 	}
@@ -105,9 +100,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		ReadHeaderTimeout: 30 * time.Second,
 		IdleTimeout:       10 * time.Minute,
 		ErrorLog:          s.log,
-		ConnState:         s.trackFresh,
 	}
-	srv.RegisterOnShutdown(s.closeFresh) // runs once the listeners are closed
 	s.mu.Lock()
 	if s.srv != nil {
 		s.mu.Unlock()
@@ -123,8 +116,9 @@ func (s *Server) Serve(ln net.Listener) error {
 }
 
 // Shutdown stops accepting requests, kills the process groups of running
-// commands (hijacked exec streams are not tracked by http.Server) and waits for
-// in-flight plain requests until ctx is done.
+// commands (hijacked exec streams are not the HTTP server's), closes the
+// connections that have not sent a request (stasisd dials the next exec's
+// ahead of need) and waits for in-flight plain requests until ctx is done.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	srv := s.srv
@@ -141,28 +135,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	return srv.Shutdown(ctx)
-}
-
-// trackFresh keeps s.fresh: a connection is fresh from its accept until its
-// first request.
-func (s *Server) trackFresh(c net.Conn, st http.ConnState) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if st == http.StateNew {
-		s.fresh[c] = struct{}{}
-	} else {
-		delete(s.fresh, c)
-	}
-}
-
-// closeFresh closes the connections that never sent a request, at shutdown.
-func (s *Server) closeFresh() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for c := range s.fresh {
-		c.Close()
-		delete(s.fresh, c)
-	}
 }
 
 // authorized compares the hash of the bearer token with the one the agent
