@@ -427,7 +427,7 @@ func (s *Service) rotateAgent(b *box, id string, c *agentclient.Client) {
 		err = c.RotateToken(ctx, s.agentToken(id))
 	}
 	if err == nil {
-		s.log.Debug("agent secret rotated", "sandbox", id, "ms", ms(time.Since(start)))
+		s.log.Info("agent secret handed over", "sandbox", id, "ms", ms(time.Since(start)))
 		return
 	}
 	s.metrics.Fail("create", "agent_secret")
