@@ -86,15 +86,32 @@ func rawAgentEnv(memMiB int) []string {
 		"STASIS_MEMORY_LIMIT_MIB=" + strconv.Itoa(memMiB), "STASIS_VCPU=1"}
 }
 
+// rawAgent is a client of the agent running as init of baseline container rb.
+func rawAgent(rb *rawBox) *agentclient.Client {
+	return agentclient.New(netip.AddrPortFrom(rb.addr, runtime.AgentPort).String(), rawAgentToken)
+}
+
+// waitReady waits (a minute at most) until agent c answers.
+func waitReady(ctx context.Context, c *agentclient.Client) error {
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	return c.WaitReady(wctx)
+}
+
+// waitRawAgent waits until the agent of baseline container rb answers.
+func waitRawAgent(ctx context.Context, rb *rawBox) error {
+	c := rawAgent(rb)
+	defer c.CloseIdleConnections()
+	return waitReady(ctx, c)
+}
+
 // startHolderViaAgent starts the memory holder in baseline container rb
 // through its agent, as stasis does: hold.py written, then started in the
 // background by a shell of the default user.
 func startHolderViaAgent(ctx context.Context, rb *rawBox, size int) error {
-	c := agentclient.New(netip.AddrPortFrom(rb.addr, runtime.AgentPort).String(), rawAgentToken)
+	c := rawAgent(rb)
 	defer c.CloseIdleConnections()
-	wctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	if err := c.WaitReady(wctx); err != nil {
+	if err := waitReady(ctx, c); err != nil {
 		return err
 	}
 	if err := c.WriteFile(ctx, "/tmp/hold.py", strings.NewReader(holdScript), int64(len(holdScript))); err != nil {
@@ -422,60 +439,109 @@ func (b *bench) benchCreateFromTemplate(ctx context.Context) error {
 	}
 	buildTime := time.Since(t0)
 
-	// Baseline image: an idle container (sleep as init) checkpointed once.
+	// Baseline images, each checkpointed once: an idle container with sleep
+	// as init, and one with what the stasis sandbox runs (the agent as init,
+	// answering).
 	img := filepath.Join(b.raw.dir, "template-image")
-	src, err := b.raw.prepare(ctx, b.rootfs(tmplMinimal), sleepInit, 1024, 1)
-	if err != nil {
-		return err
-	}
-	if err := src.start(ctx); err != nil {
-		src.destroy(ctx)
-		return err
-	}
-	if err := src.checkpoint(ctx, img); err != nil {
-		src.destroy(ctx)
-		return err
-	}
-	if err := syncTree(img); err != nil {
-		return err
-	}
-	if err := src.destroy(ctx); err != nil {
-		return err
+	if err := b.rawTemplateImage(ctx, img, sleepInit, nil, nil); err != nil {
+		return fmt.Errorf("baseline template image: %w", err)
 	}
 	defer os.RemoveAll(img)
+	agentInit, agentEnv := []string{runtime.AgentMountPath}, rawAgentEnv(1024)
+	agentImg := filepath.Join(b.raw.dir, "template-image-agent")
+	if err := b.rawTemplateImage(ctx, agentImg, agentInit, agentEnv, waitRawAgent); err != nil {
+		return fmt.Errorf("baseline template image with the agent: %w", err)
+	}
+	defer os.RemoveAll(agentImg)
 
-	var sCreate, rRestore durations
+	var sCreate, sFirst, rRestore, rFirst, aRestore durations
 	var sSteps steps
 	for i := 0; i < b.cfg.CreateReps; i++ {
 		var bx *box
+		t0 := time.Now()
 		d, err := timed(func() (err error) { bx, err = b.srv.create(ctx, b.name("fromtmpl"), t.Name, 0); return err })
 		if err != nil {
 			return err
 		}
 		sCreate.add(d)
+		if _, err := bx.exec(ctx, "true"); err != nil {
+			return fmt.Errorf("first command in a sandbox from a template: %w", err)
+		}
+		sFirst.add(time.Since(t0))
 		sSteps.add(b.srv.lastSteps("sandbox created from snapshot", bx.ID))
 		if err := bx.delete(ctx); err != nil {
 			return err
 		}
-		rb, err := b.raw.prepare(ctx, b.rootfs(tmplMinimal), sleepInit, 1024, 1)
+		restore, first, err := b.rawFromImage(ctx, img, sleepInit, nil)
 		if err != nil {
-			return err
-		}
-		d, err = timed(func() error { return rb.restore(ctx, img) })
-		if err != nil {
-			rb.destroy(ctx)
 			return fmt.Errorf("raw restore of template image: %w", err)
 		}
-		rRestore.add(d)
-		if err := rb.destroy(ctx); err != nil {
+		rRestore.add(restore)
+		rFirst.add(first)
+		restore, _, err = b.rawFromImage(ctx, agentImg, agentInit, agentEnv)
+		if err != nil {
+			return fmt.Errorf("raw restore of template image with the agent: %w", err)
+		}
+		aRestore.add(restore)
+	}
+	b.add(Row{Group: "create", Name: rowName,
+		Stasis: sCreate.stat(), StasisOp: "POST /sandboxes {from_template} until 201 (restored; the agent gets its own secret right after, and requests wait for that)",
+		Raw: rRestore.stat(), RawOp: "runsc restore --detach of an idle container's checkpoint into a new container",
+		Extra: mergeExtra(map[string]any{"template_build_s": roundSecs(buildTime), "template_snapshot_mib": round(float64(t.SizeBytes) / mib)}, sSteps.extra())})
+	b.add(Row{Group: "create", Name: "create from a template snapshot, against runsc on the same sandbox (stasis/minimal)",
+		Stasis: sCreate.stat(), StasisOp: "POST /sandboxes {from_template} until 201",
+		Raw: aRestore.stat(), RawOp: "runsc restore --detach of a checkpoint of an idle container running what the stasis sandbox runs (stasis-agent as init, answering) into a new container"})
+	b.add(Row{Group: "create", Name: "create from a template snapshot → first command OK (stasis/minimal)",
+		Stasis: sFirst.stat(), StasisOp: "POST /sandboxes {from_template} + POST /exec true",
+		Raw: rFirst.stat(), RawOp: "runsc restore --detach + runsc exec /bin/true"})
+	return nil
+}
+
+// rawTemplateImage checkpoints a new stasis/minimal baseline container
+// whose init is args (env added to its environment) into dir, once ready
+// (if given) says it is ready, and makes the image durable.
+func (b *bench) rawTemplateImage(ctx context.Context, dir string, args, env []string, ready func(context.Context, *rawBox) error) error {
+	src, err := b.raw.prepare(ctx, b.rootfs(tmplMinimal), args, 1024, 1, env...)
+	if err != nil {
+		return err
+	}
+	defer src.destroy(context.WithoutCancel(ctx))
+	if err := src.start(ctx); err != nil {
+		return err
+	}
+	if ready != nil {
+		if err := ready(ctx, src); err != nil {
 			return err
 		}
 	}
-	b.add(Row{Group: "create", Name: rowName,
-		Stasis: sCreate.stat(), StasisOp: "POST /sandboxes {from_template} until 201 (restored, agent answering)",
-		Raw: rRestore.stat(), RawOp: "runsc restore --detach of an idle container's checkpoint into a new container",
-		Extra: mergeExtra(map[string]any{"template_build_s": roundSecs(buildTime), "template_snapshot_mib": round(float64(t.SizeBytes) / mib)}, sSteps.extra())})
-	return nil
+	if err := src.checkpoint(ctx, dir); err != nil {
+		return err
+	}
+	return syncTree(dir)
+}
+
+// rawFromImage restores img (a rawTemplateImage of the same args and env)
+// into a new baseline container and runs /bin/true in it; it returns the
+// time to the restore and to the command's end.
+func (b *bench) rawFromImage(ctx context.Context, img string, args, env []string) (restore, first time.Duration, err error) {
+	rb, err := b.raw.prepare(ctx, b.rootfs(tmplMinimal), args, 1024, 1, env...)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer func() {
+		if derr := rb.destroy(context.WithoutCancel(ctx)); err == nil {
+			err = derr
+		}
+	}()
+	t0 := time.Now()
+	if err := rb.restore(ctx, img); err != nil {
+		return 0, 0, err
+	}
+	restore = time.Since(t0)
+	if err := rb.exec(ctx, nil, nil, "/bin/true"); err != nil {
+		return 0, 0, err
+	}
+	return restore, time.Since(t0), nil
 }
 
 // idlePair starts an idle stasis/minimal sandbox and the equivalent raw

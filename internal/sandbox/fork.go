@@ -335,7 +335,11 @@ func like(src *store.Sandbox, name string) *store.Sandbox {
 }
 
 // createFrom starts the new sandbox sb by restoring origin's snapshot under
-// sb's ID, then gives the restored agent sb's own secret.
+// sb's ID, then gives the restored agent sb's own secret. It returns once runsc
+// has restored it and it is recorded active; the secret is handed over
+// right after (rotateAgent), with the sandbox's lock held until then, so
+// every request to the new sandbox waits for it and none is ever served with
+// the origin's secret.
 func (s *Service) createFrom(ctx context.Context, sb *store.Sandbox, o origin) (Created, error) {
 	ctx, cancel := lifecycleCtx(ctx)
 	defer cancel()
@@ -350,51 +354,91 @@ func (s *Service) createFrom(ctx context.Context, sb *store.Sandbox, o origin) (
 	}
 	b := s.box(sb.ID)
 	b.mu.Lock()
-	defer b.mu.Unlock()
+	handedOver := false // to rotateAgent, which unlocks
+	defer func() {
+		if !handedOver {
+			b.mu.Unlock()
+		}
+	}()
 	spec := s.spec(sb, img)
 	steps := resumeSteps{createSteps: createSteps{last: start}}
 	steps.mark(&steps.record)
 	token := s.issueTokenAhead(ctx, sb)
 	inst, err := s.cfg.Driver.Restore(ctx, spec, o.dir)
 	steps.mark(&steps.driver)
-	if err == nil {
-		steps.setup = inst.Setup
-		// The restored agent still holds the origin's secret: hand it ours.
-		// (The kernel hostname stays the origin's: gVisor refuses
-		// sethostname without CAP_SYS_ADMIN, which sandboxes don't get.)
-		// Its agent answered when the snapshot was taken, so waiting for
-		// its socket is enough before the rotation, its first request.
-		c := agentclient.New(inst.AgentAddr(), o.agentToken)
-		if err = s.waitListening(ctx, c); err == nil {
-			err = c.RotateToken(ctx, s.agentToken(sb.ID))
-		}
-		steps.mark(&steps.ready)
-		b.agent = c
-	}
 	if err != nil {
 		token() // no token is left being written for a failed sandbox
 		s.metrics.Fail("create", "restore")
 		s.cfg.Driver.Destroy(ctx, sb.ID)
-		b.agent = nil
 		if serr := s.setStatus(ctx, sb, store.StatusFailed, "could not start from snapshot: "+err.Error()); serr != nil {
 			s.undoCreateLater(ctx, b, sb.ID, serr)
 		}
 		return Created{}, fmt.Errorf("start %s from snapshot: %w", sb.ID, err)
 	}
+	steps.setup = inst.Setup
+	// The restored agent still holds the origin's secret; rotateAgent hands
+	// it ours.
+	b.agent = agentclient.New(inst.AgentAddr(), o.agentToken)
 	if err := s.setStatus(ctx, sb, store.StatusActive, ""); err != nil {
 		s.undoCreateLater(ctx, b, sb.ID, err)
 		return Created{}, err
 	}
-	tok, err := token()
+	tok, err := s.tokenOrUndo(ctx, b, sb.ID, token)
 	if err != nil {
-		s.undoCreateLater(ctx, b, sb.ID, err)
 		return Created{}, err
 	}
+	handedOver = true
+	s.background.Add(1)
+	go s.rotateAgent(b, sb.ID, b.agent)
 	s.metrics.Observe("create_from_snapshot", time.Since(start))
 	s.log.Info("sandbox created from snapshot", "sandbox", sb.ID, "snapshot", o.dir, "ms", time.Since(start).Milliseconds(),
 		"before_ms", ms(steps.record), "link_bundle_ms", ms(steps.setup), "runsc_ms", ms(steps.driver-steps.setup),
-		"agent_and_rotation_ms", ms(steps.ready), "after_ms", ms(time.Since(steps.last)))
+		"after_ms", ms(time.Since(steps.last)))
 	return Created{Sandbox: sb, Token: tok}, nil
+}
+
+// tokenOrUndo waits for the access token issued ahead; if that failed, the
+// new sandbox is undone.
+func (s *Service) tokenOrUndo(ctx context.Context, b *box, id string, token func() (string, error)) (string, error) {
+	tok, err := token()
+	if err != nil {
+		s.undoCreateLater(ctx, b, id, err)
+	}
+	return tok, err
+}
+
+// rotateAgent gives the agent of sandbox id, restored from another
+// sandbox's snapshot and reached through c (which holds that sandbox's
+// secret), id's own secret, then unlocks b.mu, which the caller handed over
+// locked: until then no request reaches the sandbox. Its agent answered when
+// the snapshot was taken, so waiting for its socket is enough before the
+// rotation, its first request. If the agent cannot take the secret the
+// sandbox is stopped and failed. (The kernel hostname stays the origin's:
+// gVisor refuses sethostname without CAP_SYS_ADMIN, which sandboxes don't
+// get.)
+func (s *Service) rotateAgent(b *box, id string, c *agentclient.Client) {
+	defer s.background.Done()
+	defer b.mu.Unlock()
+	ctx, cancel := lifecycleCtx(context.Background())
+	defer cancel()
+	start := time.Now()
+	err := s.waitListening(ctx, c)
+	if err == nil {
+		err = c.RotateToken(ctx, s.agentToken(id))
+	}
+	if err == nil {
+		s.log.Info("agent secret handed over", "sandbox", id, "ms", ms(time.Since(start)))
+		return
+	}
+	s.metrics.Fail("create", "agent_secret")
+	s.log.Error("sandbox started from a snapshot, but its agent did not take its secret", "sandbox", id, "err", err)
+	s.cfg.Driver.Destroy(ctx, id)
+	b.agent = nil
+	sb, gerr := s.Get(ctx, "", id)
+	if gerr != nil || sb.Status != store.StatusActive {
+		return
+	}
+	s.setStatus(ctx, sb, store.StatusFailed, "could not start from snapshot: agent: "+err.Error())
 }
 
 func copyMap(m map[string]string) map[string]string {

@@ -261,7 +261,7 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 	b.setWarm(time.Now().Add(s.cfg.WarmWindow))
 	sl := &sealing{dir: dir, done: make(chan struct{})}
 	b.sealing = sl
-	s.sealers.Add(1)
+	s.background.Add(1)
 	go s.seal(sb.ID, b, sl)
 	s.metrics.Observe("pause", time.Since(start))
 	s.log.Info("sandbox paused", "sandbox", sb.ID, "bytes", sb.SnapshotBytes, "ms", time.Since(start).Milliseconds())
@@ -297,7 +297,7 @@ type sealing struct {
 // (unless the warm window keeps it). If the sandbox was resumed or deleted
 // meanwhile, the checkpoint is nobody's and is removed.
 func (s *Service) seal(id string, b *box, sl *sealing) {
-	defer s.sealers.Done()
+	defer s.background.Done()
 	start := time.Now()
 	_, sl.err = snapshot.Seal(sl.dir)
 	close(sl.done)
@@ -351,8 +351,9 @@ func (b *box) awaitSeal() {
 	}
 }
 
-// WaitSealed waits for every checkpoint being sealed (graceful shutdown).
-func (s *Service) WaitSealed() { s.sealers.Wait() }
+// WaitSealed waits for every checkpoint being sealed, and every new
+// sandbox's agent secret being handed over (graceful shutdown).
+func (s *Service) WaitSealed() { s.background.Wait() }
 
 // pauseFailed thaws the sandbox back to active if it still answers;
 // otherwise the sandbox is failed.

@@ -90,9 +90,11 @@ type Service struct {
 	mu    sync.Mutex
 	boxes map[string]*box
 
-	tsnaps  *snapshot.Dir  // template snapshots
-	saved   *snapshot.Dir  // saved snapshots
-	sealers sync.WaitGroup // seal goroutines
+	tsnaps *snapshot.Dir // template snapshots
+	saved  *snapshot.Dir // saved snapshots
+	// background is the work that finishes a lifecycle step after its
+	// caller was answered: checkpoint seals, new sandboxes' agent secrets.
+	background sync.WaitGroup
 
 	logsMu sync.Mutex
 	logs   map[string]*buildLog // by build ID, for builds run by this process

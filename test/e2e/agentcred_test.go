@@ -16,6 +16,7 @@ import (
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
 	"github.com/stasis-sandbox/stasis/internal/runtime"
 	"github.com/stasis-sandbox/stasis/internal/sandbox"
+	"github.com/stasis-sandbox/stasis/internal/store"
 	"github.com/stasis-sandbox/stasis/internal/testenv"
 )
 
@@ -246,5 +247,63 @@ func TestLostAgentIsReported(t *testing.T) {
 	}
 	if err := srv.Do("DELETE", "/sandboxes/"+sb.ID, nil, nil); err != nil {
 		t.Fatalf("delete the lost sandbox: %v", err)
+	}
+}
+
+// TestTemplateSandboxTakesItsOwnSecret: a sandbox created from a template
+// starts from the memory of the template's build sandbox, whose agent held
+// that sandbox's secret. stasisd answers the create before it hands the new
+// agent its own secret; a request sent right after the 201 waits for the
+// hand-over and works, and from then on the agent refuses the build
+// sandbox's secret and takes only the new one. Two sandboxes created back to
+// back get different secrets.
+func TestTemplateSandboxTakesItsOwnSecret(t *testing.T) {
+	srv := testenv.StartServer(t)
+	var tpl struct{ ID, Status, Error string }
+	if err := srv.Do("POST", "/templates", map[string]any{"name": "cred", "build_spec": map[string]string{"from": "stasis/minimal"}}, &tpl); err != nil {
+		t.Fatalf("create template: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Minute)
+	for tpl.Status != "ready" {
+		if tpl.Status == "failed" || time.Now().After(deadline) {
+			t.Fatalf("template build: %s %s", tpl.Status, tpl.Error)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if err := srv.Do("GET", "/templates/"+tpl.ID, nil, &tpl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := store.Open(ctx, filepath.Join(srv.DataDir(), "stasis.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := st.GetTemplate(ctx, "", tpl.ID)
+	st.Close()
+	if err != nil || rec.OriginID == "" {
+		t.Fatalf("template record: %+v %v", rec, err)
+	}
+	originSecret := agentSecret(t, srv, rec.OriginID)
+
+	a, _ := create(t, srv, map[string]any{"name": "cred-a", "from_template": "cred"})
+	b, _ := create(t, srv, map[string]any{"name": "cred-b", "from_template": "cred"})
+	// The first requests, right after the 201s.
+	if got := a.sh("echo first-a"); got != "first-a" {
+		t.Fatalf("first exec in a: %q", got)
+	}
+	if got := b.sh("echo first-b"); got != "first-b" {
+		t.Fatalf("first exec in b: %q", got)
+	}
+	for _, c := range []*client{a, b} {
+		if err := hostAgent(t, c, originSecret).Health(ctx); !errors.Is(err, agentclient.ErrUnauthorized) {
+			t.Fatalf("sandbox %s's agent accepts the template build sandbox's secret: %v", c.id, err)
+		}
+		if err := hostAgent(t, c, agentSecret(t, srv, c.id)).Health(ctx); err != nil {
+			t.Fatalf("sandbox %s's agent refuses its own secret: %v", c.id, err)
+		}
+	}
+	if err := hostAgent(t, a, agentSecret(t, srv, b.id)).Health(ctx); !errors.Is(err, agentclient.ErrUnauthorized) {
+		t.Fatalf("sandbox a's agent accepts b's secret: %v", err)
 	}
 }
