@@ -146,6 +146,13 @@ type StartRequest struct {
 	// any connection attached before. An unknown pid is a FrameExit with
 	// ExitCodeStartFailed.
 	Attach int `json:"attach,omitempty"`
+	// HoldStarted tells the agent that the client does not need
+	// FrameStarted before the command's first output or exit (a buffered
+	// run): the agent then sends it in the same write as that frame, one
+	// send through the sandbox's network stack instead of two. The frames
+	// and their order are unchanged. Agents before this field send
+	// FrameStarted at once; clients cannot tell.
+	HoldStarted bool `json:"hold_started,omitempty"`
 }
 
 // KeptOutputMax bounds the output the agent holds for a kept command while
