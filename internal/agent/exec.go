@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -176,7 +177,11 @@ func (e *execSession) run() {
 	}
 
 	// "started" must be the first frame: only now may output flow.
-	e.sendJSON(agentproto.FrameStarted, agentproto.Started{Pid: proc.pid})
+	if req.HoldStarted {
+		e.holdStarted(proc.pid)
+	} else {
+		e.sendJSON(agentproto.FrameStarted, agentproto.Started{Pid: proc.pid})
+	}
 	for _, o := range proc.outputs {
 		proc.outWG.Add(1)
 		go proc.pump(o)
@@ -212,6 +217,16 @@ func (e *execSession) sendJSON(t agentproto.FrameType, v any) error {
 		return err
 	}
 	return e.fw.WriteFrame(t, b)
+}
+
+// holdStarted makes the started frame go out in the same write as the next
+// frame (the command's first output or its exit), for a client that asked
+// for it (HoldStarted).
+func (e *execSession) holdStarted(pid int) {
+	var b bytes.Buffer
+	payload, _ := json.Marshal(agentproto.Started{Pid: pid})
+	agentproto.NewFrameWriter(&b).WriteFrame(agentproto.FrameStarted, payload)
+	e.fw = agentproto.NewFrameWriter(&heldWriter{w: e.conn, held: b.Bytes()})
 }
 
 // abort kills the session's command (server shutdown).

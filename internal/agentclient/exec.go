@@ -113,15 +113,19 @@ func (c *Client) Start(ctx context.Context, req ExecRequest) (*Process, error) {
 	return c.start(ctx, req, false)
 }
 
-// start is Start, with stdin closed from the outset if noStdin.
+// start is Start, with stdin closed from the outset if noStdin. Only Run
+// closes it so; Run needs no pid before the output, so the agent may hold
+// its started frame until the first output or the exit (one send through
+// the sandbox's network stack instead of two).
 func (c *Client) start(ctx context.Context, req ExecRequest, noStdin bool) (*Process, error) {
 	start := agentproto.StartRequest{
-		Command:    req.Command,
-		WorkingDir: req.WorkingDir,
-		Env:        req.Env,
-		TimeoutS:   req.TimeoutS,
-		User:       req.User,
-		Keep:       req.Keep,
+		Command:     req.Command,
+		WorkingDir:  req.WorkingDir,
+		Env:         req.Env,
+		TimeoutS:    req.TimeoutS,
+		User:        req.User,
+		Keep:        req.Keep,
+		HoldStarted: noStdin,
 	}
 	if req.PTY != nil {
 		start.PTY = &agentproto.PTYSize{Cols: req.PTY.Cols, Rows: req.PTY.Rows}

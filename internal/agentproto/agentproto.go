@@ -14,7 +14,8 @@
 // sends POST /v1/exec with "Connection: Upgrade" and "Upgrade: stasis-exec";
 // the agent answers 101 and both sides then exchange frames (see frame.go).
 // The client's first frame is FrameStart; the agent answers FrameStarted (or
-// FrameExit if the command could not be started), then streams FrameStdout /
+// FrameExit if the command could not be started; with HoldStarted it sends
+// FrameStarted in the same write as the next frame), then streams FrameStdout /
 // FrameStderr and ends with exactly one FrameExit, after which it half-closes
 // the connection and waits (briefly) for the client to close. The client must
 // keep its side open until FrameExit: end of input from the client means it
@@ -146,6 +147,13 @@ type StartRequest struct {
 	// any connection attached before. An unknown pid is a FrameExit with
 	// ExitCodeStartFailed.
 	Attach int `json:"attach,omitempty"`
+	// HoldStarted tells the agent that the client does not need
+	// FrameStarted before the command's first output or exit (a buffered
+	// run): the agent then sends it in the same write as that frame, one
+	// send through the sandbox's network stack instead of two. The frames
+	// and their order are unchanged. Agents before this field send
+	// FrameStarted at once; clients cannot tell.
+	HoldStarted bool `json:"hold_started,omitempty"`
 }
 
 // KeptOutputMax bounds the output the agent holds for a kept command while
