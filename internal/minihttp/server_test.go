@@ -2,12 +2,14 @@ package minihttp_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"log"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -328,5 +330,58 @@ func TestShutdownLeavesHijacked(t *testing.T) {
 	b := make([]byte, 10)
 	if _, err := io.ReadFull(c, b); err != nil || string(b) != "still mine" {
 		t.Errorf("client read %q, %v", b, err)
+	}
+}
+
+// TestFileBodyThroughReadFrom: a handler that io.Copy's a file of declared
+// length (as the agent's file download does) hands it to the connection's
+// ReadFrom (sendfile for a file), and the client gets the exact bytes, on a
+// connection it keeps for the next request; a source longer than the
+// declared length sends only the declared bytes.
+func TestFileBodyThroughReadFrom(t *testing.T) {
+	data := make([]byte, 3<<20+123)
+	for i := range data {
+		data[i] = byte(i*7 + i/4096)
+	}
+	path := t.TempDir() + "/f"
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var fast atomic.Bool
+	addr, _ := serve(t, func(w minihttp.ResponseWriter, r *minihttp.Request) {
+		_, ok := w.(io.ReaderFrom)
+		fast.Store(ok)
+		f, err := os.Open(path)
+		if err != nil {
+			minihttp.Error(w, err.Error(), minihttp.StatusInternalServerError)
+			return
+		}
+		defer f.Close()
+		size := int64(len(data))
+		if r.URL.Path == "/short" {
+			size = 1000 // the file has more: only 1000 bytes may go out
+		}
+		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+		if n, err := io.Copy(w, f); n != size {
+			t.Errorf("io.Copy: %d bytes, %v (want %d)", n, err, size)
+		}
+	})
+	client := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 1}}
+	for _, c := range []struct {
+		path string
+		want []byte
+	}{{"/file", data}, {"/short", data[:1000]}, {"/file", data}} {
+		resp, err := client.Get("http://" + addr + c.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || !bytes.Equal(got, c.want) {
+			t.Fatalf("%s: %d bytes (err %v), want %d identical bytes", c.path, len(got), err, len(c.want))
+		}
+	}
+	if !fast.Load() {
+		t.Error("the ResponseWriter is no io.ReaderFrom: io.Copy of a file goes through 32 KiB writes instead of sendfile")
 	}
 }
