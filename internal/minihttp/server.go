@@ -243,7 +243,14 @@ func (c *conn) serve() {
 			hijacked = true
 			return
 		}
-		if err := w.finish(); err != nil || w.closeAfter || !b.drain(maxDrain) {
+		if err := w.finish(); err != nil {
+			return
+		}
+		if !b.drain(maxDrain) {
+			c.closeWriteAndWait()
+			return
+		}
+		if w.closeAfter {
 			return
 		}
 		b.Close()
@@ -251,6 +258,22 @@ func (c *conn) serve() {
 			return
 		}
 	}
+}
+
+// rstAvoidanceDelay is how long a connection whose request body was left
+// unread stays open after its response, as in net/http: closing it at once
+// with the client's bytes unread makes the kernel send a reset, and the
+// client, still writing its body, loses the response (say a 507 for an
+// upload that does not fit) to "connection reset by peer".
+const rstAvoidanceDelay = 500 * time.Millisecond
+
+// closeWriteAndWait sends a FIN after the response and gives the client
+// rstAvoidanceDelay to read it before the connection closes.
+func (c *conn) closeWriteAndWait() {
+	if cw, ok := c.rwc.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	time.Sleep(rstAvoidanceDelay)
 }
 
 // handle runs the handler; false if it panicked (the connection then
@@ -442,7 +465,7 @@ func (w *response) commit() error {
 		h.Del("Content-Length")
 		h.Del("Transfer-Encoding")
 	}
-	if w.req.close || w.conn.srv.shuttingDown() {
+	if w.req.close || w.conn.srv.shuttingDown() || w.leavesBodyUnread() {
 		w.closeAfter = true
 	}
 	if w.closeAfter {
@@ -476,6 +499,20 @@ func (w *response) commit() error {
 		err = w.writeBody(buf)
 	}
 	return err
+}
+
+// leavesBodyUnread reports whether more of the request's body is unread
+// than the server drains after the response (or its length is unknown), so
+// the connection will close after it.
+func (w *response) leavesBodyUnread() bool {
+	b, ok := w.req.Body.(*body)
+	if !ok || b.sawEOF || w.req.ContentLength == 0 {
+		return false
+	}
+	if lr, ok := b.src.(*io.LimitedReader); ok {
+		return lr.N > maxDrain
+	}
+	return true // chunked: its length is unknown
 }
 
 // finish completes the response after the handler returned.

@@ -385,3 +385,26 @@ func TestFileBodyThroughReadFrom(t *testing.T) {
 		t.Error("the ResponseWriter is no io.ReaderFrom: io.Copy of a file goes through 32 KiB writes instead of sendfile")
 	}
 }
+
+// TestEarlyAnswerToLargeUpload: a handler that refuses an upload without
+// reading it (as the agent's 507 for a file that does not fit) gets its
+// answer to Go's client, which is still sending the body, instead of the
+// client seeing "connection reset by peer"; the answer says the connection
+// closes.
+func TestEarlyAnswerToLargeUpload(t *testing.T) {
+	addr, _ := serve(t, func(w minihttp.ResponseWriter, r *minihttp.Request) {
+		minihttp.Error(w, "no space", minihttp.StatusInsufficientStorage)
+	})
+	body := bytes.Repeat([]byte("x"), 64<<20)
+	for i := 0; i < 5; i++ {
+		resp, err := http.Post("http://"+addr+"/upload", "application/octet-stream", bytes.NewReader(body))
+		if err != nil {
+			t.Fatalf("upload %d: %v (want the 507 answer)", i, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != minihttp.StatusInsufficientStorage || !resp.Close {
+			t.Fatalf("upload %d: %d %q, close %v; want 507 with Connection: close", i, resp.StatusCode, b, resp.Close)
+		}
+	}
+}
