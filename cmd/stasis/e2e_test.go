@@ -165,9 +165,17 @@ func (b *syncBuffer) String() string {
 // waitFor blocks until the output contains s.
 func (b *syncBuffer) waitFor(t *testing.T, ctx context.Context, s string) {
 	t.Helper()
+	b.waitForAfter(t, ctx, "", s)
+}
+
+// waitForAfter blocks until s appears after the first marker in the output.
+func (b *syncBuffer) waitForAfter(t *testing.T, ctx context.Context, marker, s string) {
+	t.Helper()
 	for {
 		b.mu.Lock()
-		found, ch := strings.Contains(b.buf.String(), s), b.cond
+		out := b.buf.String()
+		_, rest, ok := strings.Cut(out, marker)
+		found, ch := ok && strings.Contains(rest, s), b.cond
 		b.mu.Unlock()
 		if found {
 			return
@@ -445,7 +453,10 @@ func TestCLIE2E(t *testing.T) {
 		// mid-line on a loaded machine, and the line was lost.)
 		pty.Setsize(ptmx, &pty.Winsize{Rows: 30, Cols: 100}) // the kernel sends SIGWINCH
 		io.WriteString(ptmx, `while [ "$(stty size)" != "30 100" ]; do sleep 0.1; done; echo resized-$((1+1))`+"\r")
-		out.waitFor(t, ctx, "resized-2")
+		// Ctrl-D only ends the shell once readline reads again: typed
+		// while the loop still ran, the remote terminal was in canonical
+		// mode and the ^D was taken as EOF for nobody (CI hung here).
+		out.waitForAfter(t, ctx, "resized-2", "# ")
 		io.WriteString(ptmx, "\x04") // Ctrl-D
 		if err := cmd.Wait(); err != nil {
 			t.Fatalf("shell: %v\noutput: %q", err, out.String())
