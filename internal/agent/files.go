@@ -197,7 +197,7 @@ func (s *Server) readFile(w http.ResponseWriter, r *http.Request, p, format stri
 		// A large pseudo-file: stream it chunked.
 		w.WriteHeader(http.StatusOK)
 		if r.Method != http.MethodHead {
-			copyBig(w, io.MultiReader(bytes.NewReader(buf), f))
+			copyBig(w, io.MultiReader(bytes.NewReader(buf), f), -1)
 		}
 		return
 	}
@@ -316,7 +316,7 @@ func (s *Server) writeFile(w http.ResponseWriter, r *http.Request, p string) {
 		writeError(w, http.StatusInternalServerError, agentproto.CodeInternal, "default user: "+err.Error())
 		return
 	}
-	n, err := writeFileAtomic(p, r.Body, acct)
+	n, err := writeFileAtomic(p, r.Body, r.ContentLength, acct)
 	if err != nil {
 		writeAPIError(w, fsError(err, p, true))
 		return
@@ -324,7 +324,7 @@ func (s *Server) writeFile(w http.ResponseWriter, r *http.Request, p string) {
 	writeJSON(w, http.StatusOK, agentproto.WriteResult{Path: p, Size: n})
 }
 
-func writeFileAtomic(p string, body io.Reader, acct *account) (int64, error) {
+func writeFileAtomic(p string, body io.Reader, size int64, acct *account) (int64, error) {
 	if p == "/" {
 		return 0, &apiError{http.StatusBadRequest, agentproto.CodeIsDirectory, "/ is a directory"}
 	}
@@ -350,7 +350,7 @@ func writeFileAtomic(p string, body io.Reader, acct *account) (int64, error) {
 			os.Remove(tmp.Name())
 		}
 	}()
-	n, err := copyBig(tmp, body)
+	n, err := copyBig(tmp, body, size)
 	if err != nil {
 		var pe *fs.PathError
 		if errors.As(err, &pe) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
@@ -423,7 +423,20 @@ func lchown(p string, acct *account) error {
 // copyBig copies with a 1 MiB buffer, for what sendfile cannot take (uploads,
 // pseudo-files). Inside gVisor every read and write is an intercepted
 // syscall, so io.Copy's 32 KiB chunks make big transfers several times slower.
-func copyBig(dst io.Writer, src io.Reader) (int64, error) {
-	buf := make([]byte, 1<<20)
+// A copy of size bytes (if known, >= 0) takes a buffer of no more than that:
+// each large buffer grows the Go runtime's metadata for good, and every page
+// of it is in each snapshot of the sandbox (a 1 MiB buffer per small upload
+// made a 10 MB sandbox's checkpoint ~0.3 MiB larger; docs/density/NOTES.md).
+func copyBig(dst io.Writer, src io.Reader, size int64) (int64, error) {
+	n := int64(maxCopyBuffer)
+	if size >= 0 && size < n {
+		n = max(size, minCopyBuffer) // a body longer than announced still copies, in more rounds
+	}
+	buf := make([]byte, n)
 	return io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, buf)
 }
+
+const (
+	maxCopyBuffer = 1 << 20
+	minCopyBuffer = 4 << 10
+)

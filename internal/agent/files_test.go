@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -113,6 +114,28 @@ func TestFilesLargeStream(t *testing.T) {
 	m, err := io.Copy(h, rc)
 	if err != nil || m != n || size != n || !bytes.Equal(h.Sum(nil), want) {
 		t.Fatalf("read back %d bytes (size %d), err %v, hash match %v", m, size, err, bytes.Equal(h.Sum(nil), want))
+	}
+}
+
+// The agent sizes its copy buffer from the declared length: files around
+// the buffer's bounds come back whole.
+func TestFilesWriteDeclaredSizes(t *testing.T) {
+	c, _ := startAgent(t, agent.Config{})
+	ctx := testCtx(t)
+	dir := t.TempDir()
+	for _, n := range []int64{0, 1, 4<<10 - 1, 4 << 10, 4<<10 + 1, 300 << 10, 1 << 20, 1<<20 + 1, 3<<20 + 7} {
+		p := filepath.Join(dir, fmt.Sprintf("f%d", n))
+		want, err := io.ReadAll(io.LimitReader(&pattern{i: byte(n)}, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WriteFile(ctx, p, bytes.NewReader(want), n); err != nil {
+			t.Fatalf("%d bytes: %v", n, err)
+		}
+		got, err := os.ReadFile(p)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%d bytes: read back %d bytes, err %v, equal %v", n, len(got), err, bytes.Equal(got, want))
+		}
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -25,8 +26,16 @@ func InstallTrust(root string, ca []byte, user string) error {
 	if err != nil {
 		return fmt.Errorf("trust: default user: %w", err)
 	}
-	write := func(p string, b []byte) error {
-		if _, err := writeFileAtomic(filepath.Join(root, p), bytes.NewReader(b), acct); err != nil {
+	// Each file is written from its parts, not from one joined copy: the
+	// agent's peak heap stays in every snapshot as runtime metadata.
+	write := func(p string, parts ...[]byte) error {
+		rs := make([]io.Reader, len(parts))
+		size := 0
+		for i, b := range parts {
+			rs[i] = bytes.NewReader(b)
+			size += len(b)
+		}
+		if _, err := writeFileAtomic(filepath.Join(root, p), io.MultiReader(rs...), int64(size), acct); err != nil {
 			return fmt.Errorf("installing the egress CA at %s: %w", p, err)
 		}
 		return nil
@@ -44,7 +53,7 @@ func InstallTrust(root string, ca []byte, user string) error {
 			continue // absent, or not a file: none there
 		}
 		if !bytes.Contains(b, ca) && p != agentproto.TrustBundlePath {
-			if err := write(p, appendPEM(b, ca)); err != nil {
+			if err := write(p, withPEM(b, ca)...); err != nil {
 				return err
 			}
 		}
@@ -52,7 +61,7 @@ func InstallTrust(root string, ca []byte, user string) error {
 		break
 	}
 	if !bytes.Contains(base, ca) {
-		return write(agentproto.TrustBundlePath, appendPEM(base, ca))
+		return write(agentproto.TrustBundlePath, withPEM(base, ca)...)
 	}
 	return nil
 }
@@ -70,10 +79,10 @@ func readRegular(p string) ([]byte, error) {
 	return os.ReadFile(p)
 }
 
-func appendPEM(bundle, ca []byte) []byte {
-	out := append([]byte(nil), bundle...)
-	if len(out) > 0 && out[len(out)-1] != '\n' {
-		out = append(out, '\n')
+// withPEM is bundle with ca appended, as parts of a file.
+func withPEM(bundle, ca []byte) [][]byte {
+	if len(bundle) > 0 && bundle[len(bundle)-1] != '\n' {
+		return [][]byte{bundle, {'\n'}, ca}
 	}
-	return append(out, ca...)
+	return [][]byte{bundle, ca}
 }
