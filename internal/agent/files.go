@@ -425,8 +425,8 @@ func lchown(p string, acct *account) error {
 // syscall, so io.Copy's 32 KiB chunks make big transfers several times slower.
 // A copy of size bytes (if known, >= 0) takes a buffer of no more than that:
 // each large buffer grows the Go runtime's metadata for good, and every page
-// of it is in each snapshot of the sandbox (a 1 MiB buffer per small upload
-// made a 10 MB sandbox's checkpoint ~0.3 MiB larger; docs/density/NOTES.md).
+// of it is in each snapshot of the sandbox (with the CA bundle's copies, up
+// to 0.3 MiB of a 10 MB sandbox's checkpoint; docs/density/NOTES.md).
 func copyBig(dst io.Writer, src io.Reader, size int64) (int64, error) {
 	n := int64(maxCopyBuffer)
 	if size >= 0 && size < n {
