@@ -72,8 +72,9 @@ func run(logger *log.Logger) error {
 		return err
 	}
 	ln = agent.HostOnly(ln, logger)
-	// As PID 1 every orphan in the sandbox becomes our child: reap them all.
-	reaper := agent.NewReaper(os.Getpid() == 1)
+	// As PID 1 every orphan in the sandbox becomes our child: reap them all
+	// (from the boot set-up on, below: no child exists before).
+	reaper := agent.NewIdleReaper(os.Getpid() == 1)
 	defer reaper.Close()
 
 	// As init, the agent is the sandbox's OOM killer and task limiter
@@ -98,29 +99,15 @@ func run(logger *log.Logger) error {
 	}
 	// The sandbox's resolver and trust store are set up while the agent
 	// already answers /health: their file writes wait on gVisor's gofer,
-	// and every other request waits for them (Server.Boot).
-	booted := srv.Boot(func() error { return bootSetup(logger, nameserver, egressCA, cfg.DefaultUser) })
-
-	if os.Getpid() == 1 {
-		// Go exits on SIGHUP, SIGUSR1/2 and, for stderr, SIGPIPE; init must
-		// not die of a stray signal. Notify rather than Ignore: ignored
-		// dispositions would be inherited by every command.
-		stray := make(chan os.Signal, 8)
-		signal.Notify(stray, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGPIPE)
-		go func() {
-			for range stray {
-			}
-		}()
-	}
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	go func() {
-		sig := <-sigs
-		logger.Printf("%v: shutting down", sig)
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	}()
+	// and every other request waits for them (Server.Boot). So does what
+	// only commands need: the reaper and the signal handlers, whose first
+	// signal.Notify costs a thread.
+	booted := srv.Boot(func() error {
+		err := bootSetup(logger, nameserver, egressCA, cfg.DefaultUser)
+		reaper.Run()
+		handleSignals(logger, srv)
+		return err
+	})
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	select {
@@ -145,6 +132,31 @@ func run(logger *log.Logger) error {
 	}
 	logger.Printf("pid %d listening on %s", os.Getpid(), ln.Addr())
 	return <-served
+}
+
+// handleSignals shuts srv down on SIGTERM or SIGINT and, as PID 1, keeps
+// stray signals from killing the agent.
+func handleSignals(logger *log.Logger, srv *agent.Server) {
+	if os.Getpid() == 1 {
+		// Go exits on SIGHUP, SIGUSR1/2 and, for stderr, SIGPIPE; init must
+		// not die of a stray signal. Notify rather than Ignore: ignored
+		// dispositions would be inherited by every command.
+		stray := make(chan os.Signal, 8)
+		signal.Notify(stray, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGPIPE)
+		go func() {
+			for range stray {
+			}
+		}()
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		sig := <-sigs
+		logger.Printf("%v: shutting down", sig)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}()
 }
 
 // bootSetup is what PID 1 prepares before the first command: /etc/resolv.conf

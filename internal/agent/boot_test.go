@@ -91,3 +91,15 @@ func TestFailedBootIsEveryRequestsError(t *testing.T) {
 		t.Fatalf("stat after a failed set-up: %v; want a 500 naming the set-up's error", err)
 	}
 }
+
+// An idle reaper (the agent's until its set-up runs) can be closed without
+// ever running, and Run may be called more than once. (That a running one
+// hands statuses to commands is what every exec test shows; this package's
+// tests may start processes only through the agent, see TestMain.)
+func TestIdleReaperCloses(t *testing.T) {
+	agent.NewIdleReaper(false).Close()
+	r := agent.NewIdleReaper(false)
+	r.Run()
+	r.Run()
+	r.Close()
+}
