@@ -65,13 +65,16 @@ func run(logger *log.Logger) error {
 	if err != nil {
 		return err
 	}
-	// The sandbox's resolver and trust store are set up while the rest of
-	// the start-up runs (their file writes wait on gVisor's gofer, the rest
-	// on the CPU); nothing is served before they are done.
-	setup := make(chan error, 1)
-	go func() { setup <- bootSetup(logger, nameserver, egressCA, cfg.DefaultUser) }()
-	// As PID 1 every orphan in the sandbox becomes our child: reap them all.
-	reaper := agent.NewReaper(os.Getpid() == 1)
+	// Listening first lets stasisd's health check connect and wait in the
+	// backlog for its answer instead of being refused and polling again.
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return err
+	}
+	ln = agent.HostOnly(ln, logger)
+	// As PID 1 every orphan in the sandbox becomes our child: reap them all
+	// (from the boot set-up on, below: no child exists before).
+	reaper := agent.NewIdleReaper(os.Getpid() == 1)
 	defer reaper.Close()
 
 	// As init, the agent is the sandbox's OOM killer and task limiter
@@ -94,20 +97,30 @@ func run(logger *log.Logger) error {
 	if err != nil {
 		return err
 	}
-	// Listening before the set-up is done lets stasisd's first health
-	// check connect and wait in the backlog for its answer instead of
-	// polling; it is answered once the set-up is done (Serve, below).
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
+	// The sandbox's resolver and trust store are set up while the agent
+	// already answers /health: their file writes wait on gVisor's gofer,
+	// and every other request waits for them (Server.Boot). So does what
+	// only commands need: the reaper and the signal handlers, whose first
+	// signal.Notify costs a thread.
+	booted := srv.Boot(func() error {
+		err := bootSetup(logger, nameserver, egressCA, cfg.DefaultUser)
+		reaper.Run()
+		handleSignals(logger, srv)
 		return err
-	}
-	ln = agent.HostOnly(ln, logger)
-	if err := <-setup; err != nil {
+	})
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-booted:
+		if err != nil {
+			return err // as PID 1 this ends the sandbox: it cannot be used
+		}
+	case err := <-served:
 		return err
 	}
 	if watchdog {
-		// Nothing runs before the first request: the watchdog's first scan
-		// need not delay it by competing with the start-up.
+		// Started once the set-up is done: its first scan need not compete
+		// with the start-up and the first health check for the CPU.
 		wctx, stop := context.WithCancel(context.Background())
 		defer stop()
 		go srv.RunWatchdog(wctx, agent.WatchdogConfig{
@@ -118,7 +131,12 @@ func run(logger *log.Logger) error {
 		})
 	}
 	logger.Printf("pid %d listening on %s", os.Getpid(), ln.Addr())
+	return <-served
+}
 
+// handleSignals shuts srv down on SIGTERM or SIGINT and, as PID 1, keeps
+// stray signals from killing the agent.
+func handleSignals(logger *log.Logger, srv *agent.Server) {
 	if os.Getpid() == 1 {
 		// Go exits on SIGHUP, SIGUSR1/2 and, for stderr, SIGPIPE; init must
 		// not die of a stray signal. Notify rather than Ignore: ignored
@@ -139,13 +157,12 @@ func run(logger *log.Logger) error {
 		defer cancel()
 		srv.Shutdown(ctx)
 	}()
-	return srv.Serve(ln)
 }
 
-// bootSetup is what PID 1 prepares before it serves: /etc/resolv.conf
+// bootSetup is what PID 1 prepares before the first command: /etc/resolv.conf
 // pointing at stasisd's resolver (best effort, as an image may have it
 // read-only) and the egress CA in the trust store (required: a sandbox that
-// answers trusts it).
+// runs a command trusts it; until then the agent answers /health only).
 func bootSetup(logger *log.Logger, nameserver, egressCA, user string) error {
 	if os.Getpid() != 1 {
 		return nil

@@ -21,7 +21,15 @@ import (
 //
 // Refusals are logged (at most one line a minute: the sandbox could flood).
 func HostOnly(ln net.Listener, logger *log.Logger) net.Listener {
-	return &hostOnlyListener{Listener: ln, log: logger, interfaces: interfaceAddrs}
+	l := &hostOnlyListener{Listener: ln, log: logger, interfaces: interfaceAddrs}
+	// Learn the links now, while the agent starts, rather than on the first
+	// connection: that is stasisd's health check, which would wait for it.
+	go func() {
+		if links, err := l.interfaces(); err == nil {
+			l.links.CompareAndSwap(nil, &links)
+		}
+	}()
+	return l
 }
 
 type hostOnlyListener struct {

@@ -32,15 +32,26 @@ type Reaper struct {
 	mu      sync.Mutex
 	waiters map[int]chan syscall.WaitStatus
 
-	sigs chan os.Signal
-	kick chan struct{}
-	stop chan struct{}
-	done chan struct{}
+	running sync.Once // Run
+	sigs    chan os.Signal
+	kick    chan struct{}
+	stop    chan struct{}
+	done    chan struct{}
 }
 
 // NewReaper starts a reaper. Call Close to stop it.
 func NewReaper(reapAll bool) *Reaper {
-	r := &Reaper{
+	r := NewIdleReaper(reapAll)
+	r.Run()
+	return r
+}
+
+// NewIdleReaper returns a reaper that waits for nothing until Run. A new
+// agent has no children before its first command, and the first
+// signal.Notify of a process costs it a thread (milliseconds in gVisor),
+// which the agent spends after its first health answer rather than before.
+func NewIdleReaper(reapAll bool) *Reaper {
+	return &Reaper{
 		reapAll: reapAll,
 		waiters: make(map[int]chan syscall.WaitStatus),
 		sigs:    make(chan os.Signal, 1),
@@ -48,14 +59,21 @@ func NewReaper(reapAll bool) *Reaper {
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}
-	signal.Notify(r.sigs, syscall.SIGCHLD)
-	go r.loop()
-	r.poke() // reap anything that exited before we started
-	return r
+}
+
+// Run starts the reaper's waiting (once; later calls do nothing). Start it
+// before the first Start.
+func (r *Reaper) Run() {
+	r.running.Do(func() {
+		signal.Notify(r.sigs, syscall.SIGCHLD)
+		go r.loop()
+		r.poke() // reap anything that exited before we started
+	})
 }
 
 // Close stops the reaper. Pending waiters never receive a status.
 func (r *Reaper) Close() {
+	r.running.Do(func() { close(r.done) }) // never ran: nothing to stop
 	signal.Stop(r.sigs)
 	close(r.stop)
 	<-r.done

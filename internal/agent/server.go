@@ -42,6 +42,11 @@ type Server struct {
 
 	watchdogKick chan struct{} // see kickWatchdog
 
+	// booted is closed once the sandbox's set-up (Boot) is done, bootErr
+	// then says whether it failed. Requests other than /health wait for it.
+	booted  chan struct{}
+	bootErr error
+
 	// The spare shell (spare.go).
 	spareMu      sync.Mutex
 	spare        *spareShell   // ready for the next command; nil if none
@@ -76,7 +81,9 @@ func New(cfg Config, reaper *Reaper, logger *log.Logger) (*Server, error) {
 		runs:   make(map[*execSession]struct{}),
 
 		watchdogKick: make(chan struct{}, 1),
+		booted:       make(chan struct{}),
 	}
+	close(s.booted) // nothing to set up unless Boot says otherwise
 	h := cfg.TokenHash
 	s.tokenHash.Store(&h)
 	s.mux.HandleFunc(agentproto.PathHealth, s.handleHealth)
@@ -86,6 +93,26 @@ func New(cfg Config, reaper *Reaper, logger *log.Logger) (*Server, error) {
 	s.mux.HandleFunc(agentproto.PathStat, s.handleStat)
 	s.mux.HandleFunc(agentproto.PathQuiesce, s.handleQuiesce)
 	return s, nil
+}
+
+// Boot runs setup, what the sandbox needs before the first command (its
+// resolver, its trust store), in the background, and returns its result
+// once it is done. Until then every request but /health waits for it, and
+// if it failed they are answered with its error: /health answers at once,
+// so that stasisd learns the agent is up while the set-up's file writes
+// (gVisor's gofer) are still under way, and nothing else can run before
+// they are done. Call it before Serve.
+func (s *Server) Boot(setup func() error) <-chan error {
+	done := make(chan struct{})
+	s.booted = done
+	res := make(chan error, 1)
+	go func() {
+		err := setup()
+		s.bootErr = err
+		close(done)
+		res <- err
+	}()
+	return res
 }
 
 // Handler returns the server's authenticated HTTP handler.
@@ -155,6 +182,13 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if !s.authorized(r) {
 		writeError(w, http.StatusUnauthorized, agentproto.CodeUnauthorized, "missing or invalid token")
 		return
+	}
+	if r.URL.Path != agentproto.PathHealth {
+		<-s.booted
+		if s.bootErr != nil {
+			writeError(w, http.StatusInternalServerError, agentproto.CodeInternal, "sandbox set-up failed: "+s.bootErr.Error())
+			return
+		}
 	}
 	s.mux.ServeHTTP(w, r)
 }

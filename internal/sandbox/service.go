@@ -340,7 +340,7 @@ func (s *Service) spec(sb *store.Sandbox, img *images.Image) runtime.Spec {
 		"STASIS_NAMESERVER="+egress.ResolverAddr.String(),
 	)
 	if len(s.cfg.EgressCA) > 0 {
-		// A public certificate; the agent installs it before it answers.
+		// A public certificate; the agent installs it before the first command.
 		env = append(env, agentproto.EnvEgressCA+"="+string(s.cfg.EgressCA))
 	}
 	agent := sb.AgentPath
