@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -323,6 +324,8 @@ func (c *conn) answerBadRequest(err error) {
 	}
 }
 
+var newlineToSpace = strings.NewReplacer("\n", " ", "\r", " ")
+
 // response is the ResponseWriter of one request.
 type response struct {
 	conn *conn
@@ -508,8 +511,13 @@ func (w *response) commit() error {
 	sort.Strings(keys)
 	for _, k := range keys {
 		for _, v := range h[k] {
+			// A line break in a value (say a file name in
+			// Content-Disposition) becomes a space, as in net/http; any
+			// other control character drops the value: never let a
+			// handler's value split the header.
+			v = strings.TrimSpace(newlineToSpace.Replace(v))
 			if !validHeaderValue(v) || !validHeaderName(k) {
-				continue // never let a handler's value split the header
+				continue
 			}
 			bw.WriteString(k + ": " + v + "\r\n")
 		}
