@@ -7,7 +7,9 @@
 // brings crypto/tls, x509, HTTP/2 and their package initialisation, which
 // cost the agent start-up time and checkpointed memory in every sandbox
 // (docs/density/NOTES.md). It is not a general server: no HTTP/2, no TLS,
-// no content sniffing, no Date header, no request context.
+// no content sniffing, no Date header, no request context, no trailers.
+// compare_test.go runs handlers under both servers and lists the deliberate
+// differences.
 package minihttp
 
 import (
@@ -99,6 +101,12 @@ type ResponseWriter interface {
 // the request's header.
 type Hijacker interface {
 	Hijack() (net.Conn, *bufio.ReadWriter, error)
+}
+
+// Flusher is implemented by the server's ResponseWriter: Flush sends what
+// the handler wrote so far.
+type Flusher interface {
+	Flush()
 }
 
 // Error answers with a plain-text error, as net/http's Error.

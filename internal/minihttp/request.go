@@ -145,7 +145,7 @@ func (r *Request) setBody(br *bufio.Reader) error {
 			return err
 		}
 		r.ContentLength = n
-		r.Body = &body{src: io.LimitReader(br, n)}
+		r.Body = &body{src: &lengthReader{r: br, n: n}}
 	default:
 		r.Body = &body{src: eofReader{}}
 	}
@@ -193,6 +193,31 @@ func validHeaderValue(v string) bool {
 
 type eofReader struct{}
 
+// lengthReader reads a body of declared length: the connection ending
+// before its end is io.ErrUnexpectedEOF, as in net/http, so that a handler
+// never takes a cut upload for a whole one.
+type lengthReader struct {
+	r io.Reader
+	n int64 // left
+}
+
+func (l *lengthReader) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	if err == io.EOF && l.n > 0 {
+		err = io.ErrUnexpectedEOF
+	} else if err == io.EOF {
+		err = nil
+	}
+	return n, err
+}
+
 func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
 
 // body is a request body: reads after Close (or the handler's return)
@@ -224,13 +249,38 @@ func (b *body) Close() error {
 	return nil
 }
 
+// unreadOver reports whether more than limit bytes of the body are unread,
+// or an unknown amount (chunked), or a body the client holds back until a
+// 100 Continue it never got (as net/http, the connection then closes rather
+// than guess whether the body or the next request comes next).
+func (b *body) unreadOver(limit int64) bool {
+	if b.sawEOF {
+		return false
+	}
+	if b.onFirst != nil {
+		return true
+	}
+	switch src := b.src.(type) {
+	case *lengthReader:
+		return src.n > limit
+	case eofReader:
+		return false
+	}
+	return true
+}
+
 // drain reads what is left of the body (up to limit bytes) so that the
 // connection can serve the next request; false if it cannot.
 func (b *body) drain(limit int64) bool {
 	if b.sawEOF {
 		return true
 	}
-	b.onFirst = nil // the client never got a 100: it sent no body to drain
+	if b.onFirst != nil {
+		return false // no 100 went out: the client may not send the body
+	}
+	if lr, ok := b.src.(*lengthReader); ok && lr.n > limit {
+		return false
+	}
 	n, err := io.Copy(io.Discard, io.LimitReader(b.src, limit+1))
 	if err != nil || n > limit {
 		return false

@@ -165,3 +165,19 @@ func FuzzReadRequest(f *testing.F) {
 		}
 	})
 }
+
+// TestCutBodyIsAnError: a body that ends before its Content-Length (the
+// client or stasisd went away mid-upload) reads as io.ErrUnexpectedEOF, not
+// as a whole shorter body: the agent must not store a cut upload as if it
+// were the file.
+func TestCutBodyIsAnError(t *testing.T) {
+	r, err := minihttp.ReadRequest(bufio.NewReader(strings.NewReader(
+		"POST /files HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(r.Body)
+	if string(b) != "abc" || err != io.ErrUnexpectedEOF {
+		t.Errorf("read %q, %v; want \"abc\", io.ErrUnexpectedEOF", b, err)
+	}
+}

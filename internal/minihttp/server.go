@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -197,6 +198,11 @@ type conn struct {
 func (c *conn) serve() {
 	hijacked := false
 	defer func() {
+		// The agent is PID 1: a bug on a connection costs the connection,
+		// never the process (handlers' panics are caught in handle).
+		if v := recover(); v != nil {
+			c.srv.logf("minihttp: panic on connection %s: %v\n%s", c.rwc.RemoteAddr(), v, debug.Stack())
+		}
 		if !hijacked {
 			c.rwc.Close()
 			c.srv.forget(c)
@@ -246,7 +252,7 @@ func (c *conn) serve() {
 		if err := w.finish(); err != nil {
 			return
 		}
-		if !b.drain(maxDrain) {
+		if w.closeAfter && b.unreadOver(maxDrain) || !b.drain(maxDrain) {
 			c.closeWriteAndWait()
 			return
 		}
@@ -311,7 +317,14 @@ func (c *conn) answerBadRequest(err error) {
 	}
 	text := strconv.Itoa(code) + " " + StatusText(code)
 	fmt.Fprintf(c.rwc, "HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n%s", text, text)
+	if code == StatusRequestHeaderFieldsTooLarge {
+		// The client may still be sending its header: let it read the
+		// answer rather than a reset (net/http does the same).
+		c.closeWriteAndWait()
+	}
 }
+
+var newlineToSpace = strings.NewReplacer("\n", " ", "\r", " ")
 
 // response is the ResponseWriter of one request.
 type response struct {
@@ -320,7 +333,8 @@ type response struct {
 	br   *bufio.Reader
 	bw   *bufio.Writer
 
-	header        Header
+	header        Header // the handler's
+	sent          Header // the handler's as it was at WriteHeader: what goes out
 	status        int
 	wroteHeader   bool  // WriteHeader was called (explicitly or by Write)
 	committed     bool  // the status line and header are in bw
@@ -352,12 +366,17 @@ func (w *response) WriteHeader(code int) {
 	}
 	w.wroteHeader = true
 	w.status = code
-	if cl := w.header.Get("Content-Length"); cl != "" {
+	// Changes to the header after this do not count, as in net/http.
+	w.sent = make(Header, len(w.header))
+	for k, v := range w.header {
+		w.sent[k] = append([]string(nil), v...)
+	}
+	if cl := w.sent.Get("Content-Length"); cl != "" {
 		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
 			w.contentLength = n
 		} else {
 			w.conn.srv.logf("minihttp: invalid Content-Length %q", cl)
-			w.header.Del("Content-Length")
+			w.sent.Del("Content-Length")
 		}
 	}
 }
@@ -391,6 +410,9 @@ func (w *response) Write(p []byte) (int, error) {
 	}
 	w.written += int64(len(p))
 	if w.req.Method == MethodHead {
+		if !w.committed && w.contentLength < 0 && w.written > bufferLimit {
+			return len(p), w.commit() // too long to count: no length, as for GET
+		}
 		return len(p), nil
 	}
 	if !w.committed {
@@ -452,7 +474,7 @@ func (w *response) writeBody(p []byte) error {
 // commit writes the status line and header, and what body is buffered.
 func (w *response) commit() error {
 	w.committed = true
-	h := w.header
+	h := w.sent
 	if w.bodyAllowed() && w.contentLength < 0 && w.req.Method != MethodHead {
 		if w.req.ProtoMinor == 1 {
 			w.chunked = true
@@ -465,7 +487,10 @@ func (w *response) commit() error {
 		h.Del("Content-Length")
 		h.Del("Transfer-Encoding")
 	}
-	if w.req.close || w.conn.srv.shuttingDown() || w.leavesBodyUnread() {
+	if w.status == StatusNotModified {
+		h.Del("Content-Type") // as net/http: it describes the body not sent
+	}
+	if w.req.close || w.conn.srv.shuttingDown() || w.req.Body.(*body).unreadOver(maxDrain) {
 		w.closeAfter = true
 	}
 	if w.closeAfter {
@@ -486,8 +511,13 @@ func (w *response) commit() error {
 	sort.Strings(keys)
 	for _, k := range keys {
 		for _, v := range h[k] {
+			// A line break in a value (say a file name in
+			// Content-Disposition) becomes a space, as in net/http; any
+			// other control character drops the value: never let a
+			// handler's value split the header.
+			v = strings.TrimSpace(newlineToSpace.Replace(v))
 			if !validHeaderValue(v) || !validHeaderName(k) {
-				continue // never let a handler's value split the header
+				continue
 			}
 			bw.WriteString(k + ": " + v + "\r\n")
 		}
@@ -501,29 +531,17 @@ func (w *response) commit() error {
 	return err
 }
 
-// leavesBodyUnread reports whether more of the request's body is unread
-// than the server drains after the response (or its length is unknown), so
-// the connection will close after it.
-func (w *response) leavesBodyUnread() bool {
-	b, ok := w.req.Body.(*body)
-	if !ok || b.sawEOF || w.req.ContentLength == 0 {
-		return false
-	}
-	if lr, ok := b.src.(*io.LimitedReader); ok {
-		return lr.N > maxDrain
-	}
-	return true // chunked: its length is unknown
-}
-
 // finish completes the response after the handler returned.
 func (w *response) finish() error {
 	if !w.wroteHeader {
 		w.WriteHeader(StatusOK)
 	}
 	if !w.committed {
-		if w.contentLength < 0 && w.bodyAllowed() && w.req.Method != MethodHead {
-			w.contentLength = int64(len(w.buf))
-			w.header.Set("Content-Length", strconv.Itoa(len(w.buf)))
+		// A body that fit in the buffer gets its length; for HEAD the
+		// length of what the handler wrote, as net/http does.
+		if w.contentLength < 0 && w.bodyAllowed() && (w.req.Method != MethodHead || w.written > 0) {
+			w.contentLength = w.written
+			w.sent.Set("Content-Length", strconv.FormatInt(w.written, 10))
 		}
 		if err := w.commit(); err != nil {
 			return err
@@ -536,6 +554,21 @@ func (w *response) finish() error {
 		w.closeAfter = true // the client waits for bytes that will not come
 	}
 	return w.bw.Flush()
+}
+
+// Flush sends the header and what body is buffered now, as net/http's
+// Flusher (a body without a declared length then goes chunked).
+func (w *response) Flush() {
+	if w.hijacked {
+		return
+	}
+	if !w.wroteHeader {
+		w.WriteHeader(StatusOK)
+	}
+	if !w.committed && w.commit() != nil {
+		return
+	}
+	w.bw.Flush()
 }
 
 // Hijack hands the connection to the handler. The reader holds what the

@@ -58,6 +58,7 @@ func (s *Service) update(ctx context.Context, sb *store.Sandbox) error {
 		return fmt.Errorf("update sandbox %s owned by node %s: %w", sb.ID, sb.Node, store.ErrFenced)
 	}
 	err := s.cfg.Store.UpdateSandbox(ctx, sb)
+	s.timers.kick() // a deadline may have moved (RunTimers)
 	if errors.Is(err, store.ErrFenced) {
 		s.stopMovedOn(ctx, sb)
 	}

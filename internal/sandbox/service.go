@@ -101,6 +101,7 @@ type Service struct {
 
 	health   *healthState // see RunHealthChecks
 	policies policyCache  // compiled egress rules, by sandbox ID
+	timers   timerWake    // wakes RunTimers when a deadline may have changed
 }
 
 // box is the in-memory side of one sandbox. mu serialises lifecycle
@@ -413,7 +414,9 @@ func (s *Service) setStatus(ctx context.Context, sb *store.Sandbox, status, msg 
 // insertSandbox stores a new sandbox owned by this node.
 func (s *Service) insertSandbox(ctx context.Context, sb *store.Sandbox) error {
 	sb.Node = s.cfg.NodeName
-	return s.cfg.Store.InsertSandbox(ctx, sb)
+	err := s.cfg.Store.InsertSandbox(ctx, sb)
+	s.timers.kick() // its deadlines may be the next
+	return err
 }
 
 func deadline(from time.Time, seconds *int) *time.Time {

@@ -5,13 +5,43 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/store"
 )
 
-// TimerInterval is how often the scheduler looks for due timers.
+// TimerInterval is the shortest time between two looks for due timers.
 const TimerInterval = 250 * time.Millisecond
+
+// maxTimerSleep bounds how long the timer loop sleeps when nothing is due,
+// in case a wake-up was missed (say a deadline another node wrote).
+const maxTimerSleep = 30 * time.Second
+
+// warmPoll is how often the loop looks at sandboxes still frozen in RAM:
+// their warm window may end, their seal finish, or the host run low on
+// memory.
+const warmPoll = time.Second
+
+// timerWake wakes RunTimers when a deadline may have changed.
+type timerWake struct {
+	once sync.Once
+	ch   chan struct{}
+}
+
+func (w *timerWake) c() chan struct{} {
+	w.once.Do(func() { w.ch = make(chan struct{}, 1) })
+	return w.ch
+}
+
+// kick wakes the loop (at once, or after TimerInterval since its last
+// look); it never blocks.
+func (w *timerWake) kick() {
+	select {
+	case w.c() <- struct{}{}:
+	default:
+	}
+}
 
 // RunTimers drives every sandbox's timeout (pause after active time) and
 // auto-delete (delete after continuous paused time) until ctx ends.
@@ -19,41 +49,92 @@ const TimerInterval = 250 * time.Millisecond
 // through the same locked lifecycle path as a user's request and re-checks
 // the deadline under the lock, so a timer racing a user's pause, resume or
 // delete acts on the state it finds, or not at all.
+//
+// Between looks it sleeps until the next deadline in the store (the dead
+// check, a warm sandbox or maxTimerSleep may wake it sooner), and this
+// node's writes of a sandbox wake it (see update), so an idle stasisd does
+// not query the store four times a second for nothing.
 func (s *Service) RunTimers(ctx context.Context) {
-	t := time.NewTicker(TimerInterval)
-	defer t.Stop()
-	lastCheck := time.Now()
+	sleep := time.NewTimer(0)
+	defer sleep.Stop()
+	var lastLook time.Time
+	lastDead := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
-		}
-		if time.Since(lastCheck) > deadCheckInterval {
-			lastCheck = time.Now()
-			s.markDead(ctx)
-		}
-		due, err := s.cfg.Store.DueTimers(ctx, time.Now())
-		if err != nil {
-			s.log.Error("timers", "err", err)
-			continue
-		}
-		var lost map[string]bool // read once per tick, and only when needed
-		for _, sb := range due {
-			if !s.owns(sb) {
-				if lost == nil {
-					lost = s.lostNodes(ctx)
-				}
-				if !lost[sb.Node] {
-					continue // its owner's timers fire it
-				}
-				// The owner is lost: any node may fire the timer; the
-				// timer lease and the epoch-fenced claim let one do it.
+		case <-sleep.C:
+		case <-s.timers.c():
+			// Keep at least TimerInterval between looks, as a ticker did.
+			sleep.Reset(time.Until(lastLook.Add(TimerInterval)))
+			select {
+			case <-ctx.Done():
+				return
+			case <-sleep.C:
 			}
-			s.fireTimer(ctx, sb.ID)
 		}
-		s.evictWarm(ctx, memoryLow())
+		lastLook = time.Now()
+		wake := s.timerTick(ctx, lastLook, &lastDead)
+		sleep.Reset(time.Until(wake))
 	}
+}
+
+// timerTick fires the due timers and returns when to look next.
+// lastDead is when markDead last ran.
+func (s *Service) timerTick(ctx context.Context, now time.Time, lastDead *time.Time) time.Time {
+	if now.Sub(*lastDead) >= deadCheckInterval {
+		*lastDead = now
+		s.markDead(ctx)
+	}
+	wake := earliest(now.Add(maxTimerSleep), lastDead.Add(deadCheckInterval))
+	// Read the next deadline before the due ones: one written meanwhile
+	// kicks the loop, one that passes meanwhile is caught by this look or
+	// the next.
+	next, ok, err := s.cfg.Store.NextTimer(ctx)
+	if err != nil {
+		s.log.Error("timers", "err", err)
+		return now.Add(TimerInterval)
+	}
+	if ok {
+		// From the start of its second: the store compares deadlines as
+		// RFC 3339 text, which orders fractions of one second loosely
+		// (".1Z" after ".12Z"), so the earliest may be up to a second
+		// before next; from then on the floor below polls as a ticker did.
+		wake = earliest(wake, next.Truncate(time.Second))
+	}
+	due, err := s.cfg.Store.DueTimers(ctx, time.Now())
+	if err != nil {
+		s.log.Error("timers", "err", err)
+		return now.Add(TimerInterval)
+	}
+	var lost map[string]bool // read once per look, and only when needed
+	for _, sb := range due {
+		if !s.owns(sb) {
+			if lost == nil {
+				lost = s.lostNodes(ctx)
+			}
+			if !lost[sb.Node] {
+				continue // its owner's timers fire it
+			}
+			// The owner is lost: any node may fire the timer; the
+			// timer lease and the epoch-fenced claim let one do it.
+		}
+		s.fireTimer(ctx, sb.ID)
+	}
+	if warm := s.evictWarm(ctx, memoryLow()); warm {
+		wake = earliest(wake, now.Add(warmPoll))
+	}
+	if floor := now.Add(TimerInterval); wake.Before(floor) {
+		return floor // a deadline its owner has yet to act on: as a ticker
+	}
+	return wake
+}
+
+func earliest(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 func (s *Service) fireTimer(ctx context.Context, id string) {
@@ -105,8 +186,8 @@ func (s *Service) DropWarm(ctx context.Context) { s.evictWarm(ctx, true) }
 // evictWarm stops paused sandboxes that are still frozen in RAM once their
 // warm window is over, or all of them when all is set (the host runs low on
 // memory). Their snapshots are already durable, so this only changes how
-// the next resume happens.
-func (s *Service) evictWarm(ctx context.Context, all bool) {
+// the next resume happens. It reports whether any was warm.
+func (s *Service) evictWarm(ctx context.Context, all bool) bool {
 	s.mu.Lock()
 	var ids []string
 	for id, b := range s.boxes {
@@ -133,6 +214,7 @@ func (s *Service) evictWarm(ctx context.Context, all bool) {
 		}
 		b.mu.Unlock()
 	}
+	return len(ids) > 0
 }
 
 // memoryLow reports whether less than 10% of the host's memory is available.

@@ -347,6 +347,26 @@ func (s *sqlStore) DueTimers(ctx context.Context, now time.Time) ([]*Sandbox, er
 	return out, rows.Err()
 }
 
+// NextTimer returns the earliest deadline DueTimers looks at: one row of
+// each of the timer indexes.
+func (s *sqlStore) NextTimer(ctx context.Context) (time.Time, bool, error) {
+	var pause, del sql.NullString
+	err := s.db.QueryRowContext(ctx, `SELECT
+		(SELECT MIN(pause_at) FROM sandboxes WHERE status = ? AND pause_at IS NOT NULL),
+		(SELECT MIN(delete_at) FROM sandboxes WHERE status = ? AND delete_at IS NOT NULL)`,
+		StatusActive, StatusPaused).Scan(&pause, &del)
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("next timer: %w", err)
+	}
+	var next time.Time
+	for _, v := range []sql.NullString{pause, del} {
+		if t := parseTime(v.String); v.Valid && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	return next, !next.IsZero(), nil
+}
+
 // CountLive returns how many of the team's sandboxes hold compute (starting,
 // active, pausing or resuming).
 func (s *sqlStore) CountLive(ctx context.Context, teamID string) (int, error) {

@@ -43,6 +43,9 @@ type Store interface {
 	// epoch are still sb.Node and sb.Epoch, else it returns ErrFenced.
 	UpdateSandbox(ctx context.Context, sb *Sandbox) error
 	DueTimers(ctx context.Context, now time.Time) ([]*Sandbox, error)
+	// NextTimer returns the earliest pause or delete deadline that
+	// DueTimers would return once it has passed (ok false: none is set).
+	NextTimer(ctx context.Context) (at time.Time, ok bool, err error)
 	CountLive(ctx context.Context, teamID string) (int, error)
 	CountByStatus(ctx context.Context) (map[string]int, error)
 	TeamUsage(ctx context.Context, teamID string, now time.Time) (*TeamUsage, error)

@@ -31,6 +31,7 @@ var suite = []struct {
 	{"NodesHeartbeatAndLost", testNodesHeartbeatAndLost},
 	{"FailUnfinishedBuildsSparesOtherNodes", testFailUnfinishedBuildsSparesOtherNodes},
 	{"ListBuildsAllOrSome", testListBuildsAllOrSome},
+	{"NextTimerIsEarliestDeadline", testNextTimerIsEarliestDeadline},
 }
 
 // engines open a fresh, empty database of each kind for one test.
