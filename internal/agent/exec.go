@@ -48,8 +48,8 @@ const (
 	// fills, so an idle one costs nothing more.
 	outputPipeSize = 1 << 20
 	// outputGather is how long, in a buffered run (HoldStarted), the pump
-	// waits after a read that did not fill its buffer before reading again,
-	// unless the shell exits first. The answer goes out only at the exit
+	// waits after a read that found the pipe less than a quarter full
+	// before reading again, unless the shell exits first. The answer goes out only at the exit
 	// anyway; what it saves is the wake-ups: a command printing in small
 	// writes (`yes | head -c 1048576` writes 4 KiB at a time) otherwise
 	// wakes the agent for almost every write, and on the sandbox's one vCPU
@@ -660,7 +660,9 @@ func (p *process) pump(o output) {
 		case n == len(buf) && len(buf) < agentproto.MaxPayload:
 			// More is waiting: read it in fewer, larger frames.
 			buf = make([]byte, min(2*len(buf), agentproto.MaxPayload))
-		case n < len(buf) && p.gather:
+		case n < outputPipeSize/4 && p.gather:
+			// A command printing faster than that is not kept waiting
+			// on a pipe that fills while the pump sleeps.
 			p.waitGather()
 		}
 	}
