@@ -305,7 +305,7 @@ func (e *execSession) start(req agentproto.StartRequest) (*process, agentproto.E
 		e:      e,
 		stdinQ: make(chan []byte, 16),
 		exitCh: make(chan struct{}),
-		gather: req.HoldStarted,
+		gather: req.HoldStarted && !req.Keep, // a kept command may be attached to later: a stream
 	}
 	if req.TimeoutS > 0 {
 		p.timeout = time.Duration(req.TimeoutS) * time.Second
@@ -657,8 +657,10 @@ func (p *process) pump(o output) {
 			return // EOF; EIO from a pty with no slave left; deadline
 		}
 		switch {
-		case n == len(buf) && len(buf) < agentproto.MaxPayload:
-			// More is waiting: read it in fewer, larger frames.
+		case n == len(buf) && len(buf) < agentproto.MaxPayload && p.gather:
+			// More is waiting: read it in fewer, larger frames. (Streams
+			// and kept commands keep 64 KiB frames: a detached kept
+			// command's held output is dropped a frame at a time.)
 			buf = make([]byte, min(2*len(buf), agentproto.MaxPayload))
 		case n < outputPipeSize/4 && p.gather:
 			// A command printing faster than that is not kept waiting
