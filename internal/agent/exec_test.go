@@ -166,6 +166,11 @@ func TestExecBufferedRunGathersOutputWhole(t *testing.T) {
 	if out != "a\nb\nc" || st.ExitCode != 0 {
 		t.Fatalf("trickled output: got %q %+v", out, st)
 	}
+	// After a silence (the pump sleeps longer), more than the pipe holds.
+	out, _, st = run(t, c, agentclient.ExecRequest{Command: "sleep 0.4; head -c 3000000 /dev/zero | tr '\\0' z"})
+	if out != strings.Repeat("z", 3000000) || st.ExitCode != 0 {
+		t.Fatalf("output after a silence: %d bytes %+v, want 3000000 z's", len(out), st)
+	}
 }
 
 func firstDiff(a, b string) int {
