@@ -138,6 +138,50 @@ func TestExecLargeOutput(t *testing.T) {
 	}
 }
 
+// A buffered run (Run) gathers output between reads: output in thousands
+// of small writes on both streams, more than a pipe holds, and output that
+// trickles in slower than the gathering, all arrive whole and in order.
+func TestExecBufferedRunGathersOutputWhole(t *testing.T) {
+	c, _ := startAgent(t, agent.Config{})
+	const lines = 3000
+	var wantOut, wantErr strings.Builder
+	for i := range lines {
+		fmt.Fprintf(&wantOut, "out %d\n", i)
+		fmt.Fprintf(&wantErr, "err %d\n", i)
+	}
+	wantOut.WriteString(strings.Repeat("x", 2500000))
+	out, errOut, st := run(t, c, agentclient.ExecRequest{Command: fmt.Sprintf(
+		"i=0; while [ $i -lt %d ]; do echo out $i; echo err $i >&2; i=$((i+1)); done; head -c 2500000 /dev/zero | tr '\\0' x", lines)})
+	if st.ExitCode != 0 {
+		t.Fatalf("status %+v, stderr %.200q", st, errOut)
+	}
+	if out != wantOut.String() {
+		t.Errorf("stdout: %d bytes, want %d (first difference at %d)", len(out), wantOut.Len(), firstDiff(out, wantOut.String()))
+	}
+	if errOut != wantErr.String() {
+		t.Errorf("stderr: %d bytes, want %d (first difference at %d)", len(errOut), wantErr.Len(), firstDiff(errOut, wantErr.String()))
+	}
+
+	out, _, st = run(t, c, agentclient.ExecRequest{Command: "echo a; sleep 0.05; echo b; sleep 0.05; printf c"})
+	if out != "a\nb\nc" || st.ExitCode != 0 {
+		t.Fatalf("trickled output: got %q %+v", out, st)
+	}
+	// After a silence (the pump sleeps longer), more than the pipe holds.
+	out, _, st = run(t, c, agentclient.ExecRequest{Command: "sleep 0.4; head -c 3000000 /dev/zero | tr '\\0' z"})
+	if out != strings.Repeat("z", 3000000) || st.ExitCode != 0 {
+		t.Fatalf("output after a silence: %d bytes %+v, want 3000000 z's", len(out), st)
+	}
+}
+
+func firstDiff(a, b string) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}
+
 type countWriter struct{ n int }
 
 func (w *countWriter) Write(b []byte) (int, error) { w.n += len(b); return len(b), nil }

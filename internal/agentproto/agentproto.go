@@ -151,8 +151,10 @@ type StartRequest struct {
 	// FrameStarted before the command's first output or exit (a buffered
 	// run): the agent then sends it in the same write as that frame, one
 	// send through the sandbox's network stack instead of two. The frames
-	// and their order are unchanged. Agents before this field send
-	// FrameStarted at once; clients cannot tell.
+	// and their order are unchanged. The agent may also gather the
+	// output of such a run for a few milliseconds between reads (fewer
+	// wake-ups and sends); a stream gets it as it comes. Agents before
+	// this field send FrameStarted at once; clients cannot tell.
 	HoldStarted bool `json:"hold_started,omitempty"`
 }
 

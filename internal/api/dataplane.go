@@ -200,7 +200,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, t *sandbox.Target)
 	}
 	s.metrics.Observe("exec", time.Since(start))
 	resp := execResult(req.OutputEncoding, stdout, stderr, st)
-	body := resp.appendJSON(make([]byte, 0, 64+len(resp.Stdout)+len(resp.Stderr)+len(resp.Error)))
+	body := resp.appendJSON(make([]byte, 0, resp.jsonSizeHint()))
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)
@@ -230,7 +230,7 @@ func execResult(encoding string, stdout, stderr *cappedBuffer, st agentclient.Ex
 			OutputEncoding: encodingBase64, StdoutTruncatedBytes: stdout.dropped, StderrTruncatedBytes: stderr.dropped,
 		}
 	}
-	resp := execResponse{Stdout: stdout.String(), Stderr: stderr.String(), ExitCode: st.ExitCode, Error: st.Error}
+	resp := execResponse{Stdout: stdout.text(), Stderr: stderr.text(), ExitCode: st.ExitCode, Error: st.Error}
 	if st.Error != "" {
 		// The SDK's buffered run has no error field; surface it on stderr as
 		// its streaming run does.

@@ -2,6 +2,7 @@ package api
 
 import (
 	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -59,6 +60,17 @@ func appendJSONString(dst []byte, s string) []byte {
 	}
 	dst = append(dst, s[start:]...)
 	return append(dst, '"')
+}
+
+// jsonSizeHint is about the length of r's JSON, to allocate it at once: a
+// newline, the most common character to escape, takes two bytes (output of
+// many short lines would otherwise make appendJSON copy it all once more).
+func (r *execResponse) jsonSizeHint() int {
+	n := 128
+	for _, s := range []string{r.Stdout, r.Stderr, r.Error} {
+		n += len(s) + strings.Count(s, "\n")
+	}
+	return n
 }
 
 // appendJSON is the JSON of an exec response, as encoding/json writes it

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // cappedBuffer keeps the first limit bytes written to it and counts the
@@ -24,6 +25,18 @@ func (b *cappedBuffer) Write(p []byte) (int, error) {
 	}
 	b.dropped += int64(len(p) - max(room, 0))
 	return len(p), nil
+}
+
+// text is String without a copy of the kept output when nothing was dropped
+// (the usual case): it shares the buffer's memory, so b must not be written
+// to again. The buffered exec answer is built from it once, at the end:
+// one copy of a large output less.
+func (b *cappedBuffer) text() string {
+	if b.dropped != 0 || b.buf.Len() == 0 {
+		return b.String()
+	}
+	kept := b.buf.Bytes()
+	return unsafe.String(unsafe.SliceData(kept), len(kept))
 }
 
 func (b *cappedBuffer) String() string {
