@@ -159,6 +159,7 @@ type watchdog struct {
 
 	mu      sync.Mutex
 	killing map[int]bool // under mu: process groups killGroup is emptying
+	emptied uint64       // under mu: how many groups killGroup has finished with
 
 	// stuck is when memory ran short with nothing to kill, zero when it
 	// did not; stuckLogged whether that has been logged (once an episode,
@@ -214,6 +215,7 @@ func (s *Server) RunWatchdog(ctx context.Context, cfg WatchdogConfig) {
 		// While the agent is the only process nothing can grow: every
 		// process descends from one the agent started, which kicks the
 		// watchdog. So an idle sandbox costs nothing.
+		_, killGen := w.groupKills()
 		pids, listErr := w.processes()
 		n := len(pids)
 		if listErr == nil && w.idle(pids) {
@@ -229,7 +231,7 @@ func (s *Server) RunWatchdog(ctx context.Context, cfg WatchdogConfig) {
 			lastErr = err.Error()
 		}
 		if cfg.MaxProcesses > 0 && listErr == nil {
-			wait = min(wait, w.checkProcesses(pids))
+			wait = min(wait, w.checkProcesses(pids, killGen))
 		}
 		timer.Reset(wait)
 	}
@@ -465,19 +467,19 @@ const newestSample = 64
 
 // checkProcesses kills the process group most of the newest processes
 // belong to if the sandbox holds nearly MaxProcesses processes; pids are
-// its processes. It returns how long to wait for the next check.
-func (w *watchdog) checkProcesses(pids []int) time.Duration {
+// its processes, listed when groupKills returned killGen. It returns how
+// long to wait for the next check.
+func (w *watchdog) checkProcesses(pids []int, killGen uint64) time.Duration {
 	n := len(pids)
-	// At the limit forks fail, and the count hovers just below it while
-	// the processes that could not fork exit and others try; so act within
-	// a sixteenth of it.
-	switch {
-	case n <= w.cfg.MaxProcesses/2:
-		return w.cfg.MaxInterval
-	case n < w.cfg.MaxProcesses-w.cfg.MaxProcesses/16:
-		// Many processes: a bomb would hit the limit within a few tenths
-		// of a second; a busy sandbox should not pay for many wakeups.
-		return max(w.cfg.MaxInterval/10, w.cfg.MinInterval)
+	if d, atLimit := w.procInterval(n); !atLimit {
+		return d
+	}
+	// A group killed before holds processes until they are reaped, and
+	// they were counted: judged by that count, the newest processes, those
+	// of the next command, would be killed in its place. So wait until no
+	// group is being emptied and none was while pids were listed.
+	if busy, gen := w.groupKills(); busy || gen != killGen {
+		return w.cfg.MinInterval
 	}
 	var procs map[int]*procInfo
 	if w.self == 1 {
@@ -489,6 +491,17 @@ func (w *watchdog) checkProcesses(pids []int) time.Duration {
 		var err error
 		if procs, err = w.scan(); err != nil {
 			return w.cfg.MinInterval
+		}
+		// Count again what this scan holds, so the count and the groups
+		// it judges are of the same moment.
+		n = 1 // the agent
+		for _, p := range procs {
+			if w.killable(p, procs) {
+				n++
+			}
+		}
+		if d, atLimit := w.procInterval(n); !atLimit {
+			return d
 		}
 	}
 	groups := make(map[int]int)
@@ -517,6 +530,31 @@ func (w *watchdog) checkProcesses(pids []int) time.Duration {
 	return w.cfg.MinInterval
 }
 
+// procInterval is how long to wait for the next process count with n
+// processes in the sandbox, and whether n is at the limit.
+func (w *watchdog) procInterval(n int) (time.Duration, bool) {
+	// At the limit forks fail, and the count hovers just below it while
+	// the processes that could not fork exit and others try; so act within
+	// a sixteenth of it.
+	switch {
+	case n <= w.cfg.MaxProcesses/2:
+		return w.cfg.MaxInterval, false
+	case n < w.cfg.MaxProcesses-w.cfg.MaxProcesses/16:
+		// Many processes: a bomb would hit the limit within a few tenths
+		// of a second; a busy sandbox should not pay for many wakeups.
+		return max(w.cfg.MaxInterval/10, w.cfg.MinInterval), false
+	}
+	return w.cfg.MinInterval, true
+}
+
+// groupKills reports whether killGroup is emptying a group, and how many
+// groups it has finished with.
+func (w *watchdog) groupKills() (busy bool, emptied uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.killing) > 0, w.emptied
+}
+
 // groupKillTime bounds killGroup.
 const groupKillTime = 5 * time.Second
 
@@ -541,6 +579,7 @@ func (w *watchdog) killGroup(pgid int) {
 		}
 		w.mu.Lock()
 		delete(w.killing, pgid)
+		w.emptied++
 		w.mu.Unlock()
 	}()
 }

@@ -1,6 +1,12 @@
 package agent
 
 import (
+	"bytes"
+	"fmt"
+	"log"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -86,5 +92,73 @@ func TestWatchdogIdle(t *testing.T) {
 	s.spare = nil // a command took it: the shell now runs that command
 	if w.idle([]int{1, 4242}) {
 		t.Error("the spare's pid counts as idle after a command took it")
+	}
+}
+
+// fakeProcs writes /proc/<pid>/stat files of live processes of group pgid
+// under dir, one per pid, and returns the pids.
+func fakeProcs(t *testing.T, dir string, pgid int, pids ...int) []int {
+	t.Helper()
+	for _, pid := range pids {
+		d := filepath.Join(dir, fmt.Sprint(pid))
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		stat := fmt.Sprintf("%d (sleep) S 1 %d %d 0 -1 4194560 1 0 0 0 3 4 0 0 20 0 1 0 5 1303261184 100 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0\n", pid, pgid, pgid)
+		if err := os.WriteFile(filepath.Join(d, "stat"), []byte(stat), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return pids
+}
+
+// A killed fork bomb's processes, counted while they were being reaped, do
+// not get the next command killed in its place: the watchdog judges the
+// process count only once the bomb's group is empty and the count was taken
+// after that. A new bomb is still killed then.
+// (Process groups are above the largest possible pid, so that the kills the
+// watchdog sends reach no real process.)
+func TestWatchdogIgnoresCountsOfAKilledGroup(t *testing.T) {
+	const bomb, innocent, bomb2 = 5_000_001, 5_000_002, 5_000_003
+	dir := t.TempDir()
+	var logs bytes.Buffer
+	w := &watchdog{
+		s:       &Server{log: log.New(&logs, "", 0)},
+		cfg:     WatchdogConfig{MaxProcesses: 32, ProcDir: dir, MinInterval: time.Millisecond, MaxInterval: time.Second},
+		self:    1,
+		killing: make(map[int]bool),
+	}
+	// The listing holds the bomb's 40 processes, which are reaped before
+	// the watchdog reads them, and the next command's 6.
+	listing := []int{1}
+	for pid := 100; pid < 140; pid++ {
+		listing = append(listing, pid)
+	}
+	listing = append(listing, fakeProcs(t, dir, innocent, 200, 201, 202, 203, 204, 205)...)
+
+	// While the bomb's group is being emptied.
+	w.killing[bomb] = true
+	_, gen := w.groupKills()
+	w.checkProcesses(listing, gen)
+	// Once it is empty, with a listing taken before.
+	w.mu.Lock()
+	delete(w.killing, bomb)
+	w.emptied++
+	w.mu.Unlock()
+	w.checkProcesses(listing, gen)
+	if logs.Len() > 0 || len(w.killing) > 0 {
+		t.Fatalf("the next command's group was killed for the bomb's processes: %q", logs.String())
+	}
+
+	// A listing taken now, with a new bomb of 40 processes, gets the new
+	// bomb killed.
+	listing = []int{1, 200, 201, 202, 203, 204, 205}
+	for pid := 300; pid < 340; pid++ {
+		listing = append(listing, fakeProcs(t, dir, bomb2, pid)...)
+	}
+	_, gen = w.groupKills()
+	w.checkProcesses(listing, gen)
+	if want := fmt.Sprintf("killed process group %d", bomb2); !strings.Contains(logs.String(), want) {
+		t.Fatalf("log %q; want %q", logs.String(), want)
 	}
 }
