@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,7 +25,9 @@ import (
 // baseline writes (the driver's), for three inits alternately:
 //
 //	c      a static C program that answers one line
+//	cthreads  the same starting 5 idle threads first (Go starts about as many)
 //	go     a static Go program doing the same with net
+//	gohttp the same linked with net/http and os/user (size, package inits)
 //	agent  the stasis-agent answering /health (stasisd's WaitReady)
 //
 // Development only (benchmarks do not run in `go test`); it ignores b.N and
@@ -55,16 +58,19 @@ func BenchmarkCreateFloor(b *testing.B) {
 	if cfg.Agent == "" {
 		b.Fatal("set STASIS_AGENT to the stasis-agent binary (make build: bin/stasis-agent)")
 	}
-	inits := map[string]string{"agent": cfg.Agent, "c": filepath.Join(tmp, "answer-c"), "go": filepath.Join(tmp, "answer-go")}
+	inits := map[string]string{"agent": cfg.Agent, "c": filepath.Join(tmp, "answer-c"), "cthreads": filepath.Join(tmp, "answer-cthreads"), "go": filepath.Join(tmp, "answer-go"), "gohttp": filepath.Join(tmp, "answer-gohttp")}
 	build := func(cmd *exec.Cmd) {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			b.Fatalf("%v: %v: %s", cmd.Args, err, out)
 		}
 	}
 	build(exec.Command("gcc", "-static", "-O2", "-o", inits["c"], "testdata/floor/answer.c"))
-	gob := exec.Command("go", "build", "-o", inits["go"], "./testdata/floor/answergo")
-	gob.Env = append(os.Environ(), "CGO_ENABLED=0")
-	build(gob)
+	build(exec.Command("gcc", "-static", "-O2", "-DTHREADS=5", "-pthread", "-o", inits["cthreads"], "testdata/floor/answer.c"))
+	for _, k := range []string{"go", "gohttp"} {
+		gob := exec.Command("go", "build", "-trimpath", "-o", inits[k], "./testdata/floor/answer"+k)
+		gob.Env = append(os.Environ(), "CGO_ENABLED=0") // as the agent is built
+		build(gob)
+	}
 
 	e, err := newRawEnv(cfg)
 	if err != nil {
@@ -77,7 +83,11 @@ func BenchmarkCreateFloor(b *testing.B) {
 	}
 	ctx := context.Background()
 	order := []string{"c", "go", "agent"}
+	if s := os.Getenv("STASIS_FLOOR_INITS"); s != "" {
+		order = strings.Split(s, ",") // e.g. go,go+GOMAXPROCS=1: an init with env added
+	}
 	run, ready := map[string]*durations{}, map[string]*durations{}
+	throttled := map[string][]string{}
 	for _, k := range order {
 		run[k], ready[k] = &durations{}, &durations{}
 	}
@@ -85,10 +95,14 @@ func BenchmarkCreateFloor(b *testing.B) {
 	for i := 0; i < reps; i++ {
 		for _, k := range order {
 			// The init is the bind-mounted /.stasis/agent, as for stasisd.
-			e.agent = inits[k]
+			name, extra, _ := strings.Cut(k, "+")
+			e.agent = inits[name]
 			var env []string
-			if k == "agent" {
+			if name == "agent" {
 				env = rawAgentEnv(1024)
+			}
+			if extra != "" {
+				env = append(env, strings.Split(extra, "+")...)
 			}
 			rb, err := e.prepare(ctx, rootfs, []string{runtime.AgentMountPath}, 1024, 1, env...)
 			if err != nil {
@@ -99,7 +113,8 @@ func BenchmarkCreateFloor(b *testing.B) {
 				b.Fatal(err)
 			}
 			t0 := time.Now()
-			if k == "agent" {
+			before := cpuThrottled(rb.ID)
+			if name == "agent" {
 				err = waitRawAgent(ctx, rb)
 			} else {
 				err = waitLine(ctx, netip.AddrPortFrom(rb.addr, runtime.AgentPort).String())
@@ -109,6 +124,7 @@ func BenchmarkCreateFloor(b *testing.B) {
 			}
 			run[k].add(d)
 			ready[k].add(time.Since(t0))
+			throttled[k] = append(throttled[k], before+">"+cpuThrottled(rb.ID))
 			if err := rb.destroy(ctx); err != nil {
 				b.Fatal(err)
 			}
@@ -120,6 +136,7 @@ func BenchmarkCreateFloor(b *testing.B) {
 		b.Logf("%-6s runsc run --detach p50 %6.1f ms   returned -> answered p50 %5.1f ms  (min %5.1f, max %5.1f, n=%d) %v",
 			k, r.Median, a.Median, a.Min, a.Max, a.N, a.Values)
 		b.ReportMetric(a.Median, k+"-ready-ms")
+		b.Logf("%-6s CPU quota throttling of its cgroup, when runsc returned > when answered (periods/ms): %v", k, throttled[k])
 	}
 }
 
@@ -145,4 +162,33 @@ func waitLine(ctx context.Context, addr string) error {
 		case <-time.After(2 * time.Millisecond):
 		}
 	}
+}
+
+// cpuThrottled is how often and how long the CPU quota throttled container
+// id's cgroup so far ("n/ms"; cgroup v1 or v2), or "?" when unknown.
+func cpuThrottled(id string) string {
+	for _, dir := range []string{"/sys/fs/cgroup/cpu", "/sys/fs/cgroup"} {
+		b, err := os.ReadFile(filepath.Join(dir, rawCgroupParent, id, "cpu.stat"))
+		if err != nil {
+			continue
+		}
+		var n, ns float64
+		for _, l := range strings.Split(string(b), "\n") {
+			f := strings.Fields(l)
+			if len(f) != 2 {
+				continue
+			}
+			v, _ := strconv.ParseFloat(f[1], 64)
+			switch f[0] {
+			case "nr_throttled":
+				n = v
+			case "throttled_time": // v1, ns
+				ns = v
+			case "throttled_usec": // v2
+				ns = v * 1000
+			}
+		}
+		return fmt.Sprintf("%.0f/%.0f", n, ns/1e6)
+	}
+	return "?"
 }

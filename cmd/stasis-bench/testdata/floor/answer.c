@@ -1,10 +1,24 @@
 /* The create floor's C init: listens on the agent's port and answers one
-   line to every connection. Built static by floor_test.go. */
+   line to every connection. Built static by floor_test.go; with -DTHREADS=n
+   it first starts n idle threads, as the Go runtime does. */
 #include <netinet/in.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+static void *idle(void *arg) {
+	for (;;)
+		pause();
+	return arg;
+}
+
 int main(void) {
+#ifdef THREADS
+	for (int i = 0; i < THREADS; i++) {
+		pthread_t t;
+		pthread_create(&t, 0, idle, 0);
+	}
+#endif
 	int s = socket(AF_INET, SOCK_STREAM, 0);
 	int one = 1;
 	setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
