@@ -101,10 +101,17 @@ func BenchmarkCreateFloor(b *testing.B) {
 			if name == "agent" {
 				env = rawAgentEnv(1024)
 			}
-			if extra != "" {
-				env = append(env, strings.Split(extra, "+")...)
+			vcpu := 1 // the bench's stasis/minimal sandboxes'
+			for _, kv := range strings.Split(extra, "+") {
+				if v, ok := strings.CutPrefix(kv, "vcpu="); ok {
+					if vcpu, err = strconv.Atoi(v); err != nil {
+						b.Fatal(err)
+					}
+				} else if kv != "" {
+					env = append(env, kv)
+				}
 			}
-			rb, err := e.prepare(ctx, rootfs, []string{runtime.AgentMountPath}, 1024, 1, env...)
+			rb, err := e.prepare(ctx, rootfs, []string{runtime.AgentMountPath}, 1024, vcpu, env...)
 			if err != nil {
 				b.Fatal(err)
 			}
