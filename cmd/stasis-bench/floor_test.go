@@ -30,6 +30,10 @@ import (
 //	gohttp the same linked with net/http and os/user (size, package inits)
 //	agent  the stasis-agent answering /health (stasisd's WaitReady)
 //
+// STASIS_FLOOR_INITS picks the inits, in order; "init+VAR=value" adds to an
+// init's environment and "init+vcpu=n" sets its CPU quota (default 1, the
+// bench's). It also logs the cgroup's CPU throttling around the wait.
+//
 // Development only (benchmarks do not run in `go test`); it ignores b.N and
 // reports medians over STASIS_FLOOR_REPS (default 12) rounds:
 //
