@@ -22,7 +22,8 @@ import (
 // BenchmarkCreateFloor measures the floor under a cold create's "agent
 // ready" step: the time from `runsc run --detach` returning until a TCP
 // request to the sandbox's address is answered, on the bundle the bench's
-// baseline writes (the driver's), for three inits alternately:
+// baseline writes (the driver's), for these inits alternately (c, go and agent
+// unless STASIS_FLOOR_INITS says otherwise):
 //
 //	c      a static C program that answers one line
 //	cthreads  the same starting 5 idle threads first (Go starts about as many)
@@ -30,14 +31,14 @@ import (
 //	gohttp the same linked with net/http and os/user (size, package inits)
 //	agent  the stasis-agent answering /health (stasisd's WaitReady)
 //
-// STASIS_FLOOR_INITS picks the inits, in order; "init+VAR=value" adds to an
+// STASIS_FLOOR_INITS picks the inits, in order (comma-separated); "init+VAR=value" adds to an
 // init's environment and "init+vcpu=n" sets its CPU quota (default 1, the
 // bench's). It also logs the cgroup's CPU throttling around the wait.
 //
 // Development only (benchmarks do not run in `go test`); it ignores b.N and
 // reports medians over STASIS_FLOOR_REPS (default 12) rounds:
 //
-//	STASIS_RUNSC=.cache/runsc/bin/runsc STASIS_IMAGES_DIR=.cache/images STASIS_AGENT=bin/stasis-agent \
+//	STASIS_RUNSC=$PWD/.cache/runsc/bin/runsc STASIS_IMAGES_DIR=$PWD/.cache/images STASIS_AGENT=$PWD/bin/stasis-agent \
 //	  go test ./cmd/stasis-bench -run '^$' -bench CreateFloor -benchtime 1x -v
 func BenchmarkCreateFloor(b *testing.B) {
 	testenv.RequireRoot(b)
