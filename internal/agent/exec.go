@@ -215,6 +215,7 @@ func (e *execSession) run() {
 	}()
 	exit = proc.wait()
 	e.s.refillAround(func() { e.sendJSON(agentproto.FrameExit, exit) })
+	proc.closeGathered()
 	e.closeOut(inputDone)
 }
 
@@ -346,7 +347,7 @@ func (e *execSession) start(req agentproto.StartRequest) (*process, agentproto.E
 		}
 		p.pty = true
 		p.stdin = ptmx
-		p.outputs = []output{{ptmx, agentproto.FrameStdout}}
+		p.outputs = []output{{ptmx, -1, agentproto.FrameStdout}}
 		childFiles = []*os.File{tty, tty, tty}
 		// A new session with the pty as controlling terminal; its process
 		// group is the shell's pid, like Setpgid.
@@ -505,8 +506,9 @@ func (s *Server) childEnv(a *account, extra map[string]string, tty bool) ([]stri
 }
 
 type output struct {
-	f *os.File
-	t agentproto.FrameType
+	f  *os.File // nil: fd is the output
+	fd int      // with f nil: a non-blocking descriptor in no poller (a spare's, see newStdioPipes)
+	t  agentproto.FrameType
 }
 
 // process is a running command of an exec session.
@@ -524,6 +526,11 @@ type process struct {
 	exitCh chan struct{} // closed when the shell has been reaped
 	outWG  sync.WaitGroup
 	exited atomic.Bool // mirrors exitCh for the output pumps
+	// gathered are the descriptors the gathering pumps read (under mu),
+	// closed once the exit has gone out (closeGathered): not before, a
+	// close is one more system call between the shell's exit and the
+	// exit frame.
+	gathered []int
 
 	mu         sync.Mutex
 	reaped     bool // under mu: no more signals to the group from us
@@ -589,7 +596,7 @@ func (p *process) wait() agentproto.Exit {
 	// Output still buffered is delivered; once an output has been idle for
 	// outputGrace the pump stops (see pump).
 	for _, o := range p.outputs {
-		o.f.SetReadDeadline(time.Now().Add(outputGrace))
+		o.f.SetReadDeadline(time.Now().Add(outputGrace)) // nil, closed: an error, no matter
 	}
 	p.outWG.Wait()
 	p.closeParentEnds()
@@ -636,7 +643,15 @@ func shellExited(pid int) bool {
 func (p *process) closeParentEnds() {
 	p.stdin.Close()
 	for _, o := range p.outputs {
-		o.f.Close()
+		o.f.Close() // nil for a gathering pump's descriptor: closeGathered
+	}
+}
+
+// closeGathered closes the descriptors the gathering pumps read, once wait
+// has returned (the pumps are done).
+func (p *process) closeGathered() {
+	for _, fd := range p.gathered {
+		unix.Close(fd)
 	}
 }
 
@@ -648,11 +663,19 @@ func (p *process) closeParentEnds() {
 func (p *process) pump(o output) {
 	defer p.outWG.Done()
 	if p.gather {
-		if fd, err := unpolledDup(o.f); err == nil {
+		fd, err := o.fd, error(nil)
+		if o.f != nil {
 			// The duplicate is not in Go's poller: once the original
 			// is closed, a write to the pipe wakes no thread of the
 			// agent.
-			o.f.Close()
+			if fd, err = unpolledDup(o.f); err == nil {
+				o.f.Close()
+			}
+		}
+		if err == nil {
+			p.mu.Lock()
+			p.gathered = append(p.gathered, fd)
+			p.mu.Unlock()
 			p.gatherPump(fd, o.t)
 			return
 		}
@@ -682,7 +705,6 @@ func (p *process) pump(o output) {
 // wake-ups were the cost: with the pipe in Go's poller each write of the
 // command woke the agent, read or not (measured).
 func (p *process) gatherPump(fd int, t agentproto.FrameType) {
-	defer unix.Close(fd)
 	buf := make([]byte, agentproto.ChunkSize)
 	idle := outputGather
 	for {
@@ -890,10 +912,16 @@ func setWinsize(f *os.File, cols, rows uint16) error {
 // the child's (its fds 0, 1, 2, and 3 for a spare's script).
 type stdioPipes struct {
 	stdin  *os.File // write end
-	stdout *os.File // read end
-	stderr *os.File // read end
+	stdout *os.File // read end; nil if in outFDs
+	stderr *os.File // read end; nil if in outFDs
 	script *os.File // write end; nil unless asked for
 	child  []*os.File
+	// outFDs are a spare's stdout and stderr read ends as non-blocking
+	// descriptors in no poller, ready for a buffered command's gathering
+	// pumps, which the spare mostly serves: made ready ahead, so that
+	// taking the spare costs no system calls for them (-1: in stdout,
+	// stderr).
+	outFDs [2]int
 }
 
 func newStdioPipes(script bool) (*stdioPipes, error) {
@@ -915,11 +943,17 @@ func newStdioPipes(script bool) (*stdioPipes, error) {
 			parent, child = append(parent, r), append(child, w)
 		}
 	}
-	p := &stdioPipes{stdin: parent[0], stdout: parent[1], stderr: parent[2], child: child}
+	p := &stdioPipes{stdin: parent[0], stdout: parent[1], stderr: parent[2], child: child, outFDs: [2]int{-1, -1}}
 	setPipeSize(p.stdout, outputPipeSize)
 	setPipeSize(p.stderr, outputPipeSize)
 	if script {
 		p.script = parent[3]
+		for i, f := range []**os.File{&p.stdout, &p.stderr} {
+			if fd, err := unpolledDup(*f); err == nil {
+				(*f).Close()
+				*f, p.outFDs[i] = nil, fd
+			}
+		}
 	}
 	return p, nil
 }
@@ -935,13 +969,18 @@ func setPipeSize(f *os.File, size int) {
 }
 
 func (p *stdioPipes) outputs() []output {
-	return []output{{p.stdout, agentproto.FrameStdout}, {p.stderr, agentproto.FrameStderr}}
+	return []output{{p.stdout, p.outFDs[0], agentproto.FrameStdout}, {p.stderr, p.outFDs[1], agentproto.FrameStderr}}
 }
 
 func (p *stdioPipes) closeChildEnds() { closeAll(p.child...) }
 
 func (p *stdioPipes) closeParentEnds() {
 	closeAll(p.stdin, p.stdout, p.stderr)
+	for _, fd := range p.outFDs {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
 	if p.script != nil {
 		p.script.Close()
 	}
@@ -959,6 +998,6 @@ func procAttr(dir string, env []string, files []*os.File, sys *syscall.SysProcAt
 
 func closeAll(files ...*os.File) {
 	for _, f := range files {
-		f.Close()
+		f.Close() // a nil *os.File, an output in outFDs, returns an error
 	}
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -304,6 +305,14 @@ func (e *execSession) startOnSpare(p *process, sp *spareShell, script string) (*
 	p.pid, p.status = sp.pid, sp.status
 	p.stdin = sp.pipes.stdin
 	p.outputs = sp.pipes.outputs()
+	if !p.gather {
+		// A stream reads its outputs through Go's poller, with deadlines.
+		for i, o := range p.outputs {
+			if o.f == nil {
+				p.outputs[i].f = os.NewFile(uintptr(o.fd), "pipe")
+			}
+		}
+	}
 	// Registered first, as in start, so that a shutdown kills it.
 	e.mu.Lock()
 	if e.aborted {

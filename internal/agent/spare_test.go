@@ -3,6 +3,7 @@ package agent_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -239,4 +240,33 @@ func TestSpareShellEndsWithServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitGone(t, spare)
+}
+
+// A spare's outputs are made ready ahead for a buffered run (outside Go's
+// poller); a stream that takes the spare reads them through the poller
+// instead. Either way the exec ends although a background job holds them
+// open, and the output written before is delivered.
+func TestSpareShellOutputsWithBackgroundJob(t *testing.T) {
+	c, _ := startAgent(t, agent.Config{})
+	run(t, c, agentclient.ExecRequest{Command: "true"}) // the first command starts the spare
+	req := agentclient.ExecRequest{Command: "echo $$; sleep 100 & echo $!; echo err >&2"}
+	for _, stream := range []bool{true, false} {
+		spare := waitSpare(t)
+		var out, errOut string
+		var st agentclient.ExitStatus
+		if stream {
+			_, out, errOut, st = runPid(t, c, req, "")
+		} else {
+			out, errOut, st = run(t, c, req)
+		}
+		var shell, bg int
+		if _, err := fmt.Sscan(out, &shell, &bg); err != nil || errOut != "err\n" || st.ExitCode != 0 {
+			t.Fatalf("stream %v: got %q %q %+v", stream, out, errOut, st)
+		}
+		syscall.Kill(bg, syscall.SIGKILL)
+		waitGone(t, bg)
+		if shell != spare {
+			t.Errorf("stream %v: ran in shell %d, not on the spare shell %d", stream, shell, spare)
+		}
+	}
 }
