@@ -8,7 +8,8 @@
 // STASIS_DEFAULT_WORKDIR, STASIS_AGENT_LISTEN (default :49983),
 // STASIS_MEMORY_LIMIT_MIB and STASIS_VCPU (the sandbox's limits, for the
 // watchdog), STASIS_NAMESERVER (written to /etc/resolv.conf at boot),
-// STASIS_EGRESS_CA (added to the trust store at boot, agent.InstallTrust).
+// STASIS_EGRESS_CA (added to the trust store at boot, agent.InstallTrust),
+// STASIS_AGENT_GOMAXPROCS (GOMAXPROCS is the agent's alone: scrubbed too).
 //
 // Its credentials are out of reach of the code it runs: it serves only
 // connections from outside the sandbox (agent.HostOnly), and it makes itself

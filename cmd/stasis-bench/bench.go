@@ -83,7 +83,7 @@ const rawAgentToken = "stasis-bench-raw"
 // gVisor driver does for a stasis/base sandbox of memMiB.
 func rawAgentEnv(memMiB int) []string {
 	return []string{agentproto.EnvTokenSHA256 + "=" + agentproto.TokenHashHex(rawAgentToken), "STASIS_DEFAULT_USER=user", "STASIS_DEFAULT_WORKDIR=/home/user",
-		"STASIS_MEMORY_LIMIT_MIB=" + strconv.Itoa(memMiB), "STASIS_VCPU=1"}
+		"STASIS_MEMORY_LIMIT_MIB=" + strconv.Itoa(memMiB), "STASIS_VCPU=1", "GOMAXPROCS=1", "STASIS_AGENT_GOMAXPROCS=1"}
 }
 
 // rawAgent is a client of the agent running as init of baseline container rb.

@@ -35,6 +35,10 @@ const (
 	// EnvVCPU is the sandbox's CPU limit in cores (gVisor shows at least
 	// two CPUs whatever the limit); the watchdog's pace depends on it.
 	EnvVCPU = "STASIS_VCPU"
+	// EnvOwnProcs says GOMAXPROCS was set for the agent alone (one P per
+	// vCPU, which the Go runtime reads before main): it is removed from the
+	// environment too, so commands pick their own.
+	EnvOwnProcs = "STASIS_AGENT_GOMAXPROCS"
 )
 
 // DefaultListen is the agent's listen address unless STASIS_AGENT_LISTEN says
@@ -90,6 +94,9 @@ func ConfigFromEnv() (Config, error) {
 		Listen:         os.Getenv(EnvListen),
 	}
 	memLimit, vcpu := os.Getenv(EnvMemoryLimit), os.Getenv(EnvVCPU)
+	if os.Getenv(EnvOwnProcs) != "" {
+		os.Unsetenv("GOMAXPROCS")
+	}
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
 		if strings.HasPrefix(k, EnvPrefix) {

@@ -400,6 +400,25 @@ func TestConfigFromEnv(t *testing.T) {
 	}
 }
 
+// GOMAXPROCS that stasis set for the agent alone does not reach commands;
+// one the sandbox's own environment set does.
+func TestConfigFromEnvAgentProcs(t *testing.T) {
+	for _, own := range []bool{true, false} {
+		t.Setenv(agent.EnvTokenSHA256, agentproto.TokenHashHex("tok"))
+		t.Setenv("GOMAXPROCS", "1")
+		if own {
+			t.Setenv(agent.EnvOwnProcs, "1")
+		}
+		cfg, err := agent.ConfigFromEnv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := slices.Contains(cfg.Env, "GOMAXPROCS=1"); got == own {
+			t.Errorf("marked as the agent's: %v; GOMAXPROCS in the commands' environment: %v", own, got)
+		}
+	}
+}
+
 func TestNewRejectsUnknownDefaultUser(t *testing.T) {
 	if _, err := agent.New(agent.Config{TokenHash: agentproto.TokenHash("x"), DefaultUser: "no-such-user-xyz"}, reaper, nil); err == nil {
 		t.Fatal("New accepted an unknown default user")

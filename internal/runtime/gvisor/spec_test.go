@@ -48,3 +48,23 @@ func TestSpecMemoryBudgetAndHeadroom(t *testing.T) {
 		t.Errorf("memory limit without MemoryMiB: %+v", s.Linux.Resources.Memory)
 	}
 }
+
+// The agent runs with one P per vCPU (GOMAXPROCS, marked as its own so it
+// hides it from commands), unless the sandbox's environment sets GOMAXPROCS
+// itself: then that value is the commands' and the agent's, as before.
+func TestSpecAgentProcs(t *testing.T) {
+	spec := runtime.Spec{ID: "x", RootFS: "/r", AgentPath: "/a", Env: []string{"A=1"}, MemoryMiB: 256, VCPU: 1}
+	env := ociSpec(spec, "/run/netns/x", "stasis/x").Process.Env
+	if !slices.Contains(env, "GOMAXPROCS=1") || !slices.Contains(env, agentProcsEnv+"=1") {
+		t.Errorf("env %q lacks the agent's GOMAXPROCS", env)
+	}
+	spec.VCPU = 3
+	if env := ociSpec(spec, "/run/netns/x", "stasis/x").Process.Env; !slices.Contains(env, "GOMAXPROCS=3") {
+		t.Errorf("3 vCPUs: env %q", env)
+	}
+	spec.Env = []string{"GOMAXPROCS=8"}
+	env = ociSpec(spec, "/run/netns/x", "stasis/x").Process.Env
+	if slices.Contains(env, "GOMAXPROCS=3") || slices.Contains(env, agentProcsEnv+"=1") || !slices.Contains(env, "GOMAXPROCS=8") {
+		t.Errorf("a sandbox's own GOMAXPROCS: env %q", env)
+	}
+}
