@@ -213,7 +213,7 @@ func (s *Server) RunWatchdog(ctx context.Context, cfg WatchdogConfig) {
 		// agent kicks the watchdog once a command's process exists (a fork,
 		// or the spare taken, which then no longer counts as idle). So an
 		// idle watchdog sleeps until kicked: a 10 s look cost an idle
-		// sandbox ~0.04 % of a core, waking its sentry.
+		// sandbox ~0.03 % of a core, waking its sentry.
 		_, killGen := w.groupKills()
 		pids, listErr := w.processes()
 		n := len(pids)

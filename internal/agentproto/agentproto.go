@@ -213,11 +213,11 @@ func ParseSignal(name string) (syscall.Signal, error) {
 }
 
 // KeepAlive is the TCP keep-alive of connections between stasisd and an
-// agent, on both ends. Go's default probes a connection idle for 15 s, which
-// would wake an idle sandbox's sentry several times between two health
-// probes of its agent: the connection idles longer than those probes are
-// apart (stasisd's health checks) and than stasisd keeps an unused one
-// (agentclient's IdleConnTimeout) before it is probed.
+// agent, on both ends. Go's default probes a connection after 15 s idle,
+// which woke an idle sandbox's sentry several times between two health
+// probes of its agent (40-50 s apart). 75 s is longer than those and than
+// stasisd keeps an unused connection (agentclient's IdleConnTimeout, 60 s),
+// so only a connection whose peer went silent is ever probed.
 func KeepAlive() net.KeepAliveConfig {
 	return net.KeepAliveConfig{Enable: true, Idle: 75 * time.Second, Interval: 15 * time.Second, Count: 9}
 }
