@@ -217,7 +217,7 @@ func ParseSignal(name string) (syscall.Signal, error) {
 // which woke an idle sandbox's sentry several times between two health
 // probes of its agent (40-50 s apart). 75 s is longer than those and than
 // stasisd keeps an unused connection (agentclient's IdleConnTimeout, 60 s),
-// so only a connection whose peer went silent is ever probed.
+// so a pooled connection is never probed (a quiet exec stream still is).
 func KeepAlive() net.KeepAliveConfig {
 	return net.KeepAliveConfig{Enable: true, Idle: 75 * time.Second, Interval: 15 * time.Second, Count: 9}
 }
