@@ -68,7 +68,7 @@ func run(logger *log.Logger) error {
 	}
 	// Listening first lets stasisd's health check connect and wait in the
 	// backlog for its answer instead of being refused and polling again.
-	ln, err := net.Listen("tcp", cfg.Listen)
+	ln, err := agent.Listen(cfg.Listen)
 	if err != nil {
 		return err
 	}

@@ -120,6 +120,14 @@ func (s *Server) Handler() http.Handler {
 	return http.HandlerFunc(s.serveHTTP)
 }
 
+// Listen listens on TCP address addr with agentproto.KeepAlive on the
+// connections it accepts (Go's default would probe an idle one every 15 s,
+// waking the sandbox).
+func Listen(addr string) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAliveConfig: agentproto.KeepAlive()}
+	return lc.Listen(context.Background(), "tcp", addr)
+}
+
 // Serve accepts connections on ln until Shutdown is called.
 func (s *Server) Serve(ln net.Listener) error {
 	srv := &http.Server{

@@ -35,7 +35,7 @@ func New(addr, token string) *Client {
 	c := &Client{}
 	c.addr.Store(&addr)
 	c.token.Store(&token)
-	c.dialer = &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 15 * time.Second}
+	c.dialer = &net.Dialer{Timeout: 10 * time.Second, KeepAliveConfig: agentproto.KeepAlive()}
 	c.tr = &http.Transport{
 		Proxy:               nil, // the agent is never behind a proxy
 		DialContext:         c.dialer.DialContext,

@@ -6,6 +6,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/stasis-sandbox/stasis/internal/agentproto"
 )
 
 // acceptCounter accepts connections on a loopback listener and counts them.
@@ -69,4 +73,27 @@ func TestWarmDialCancelledByTake(t *testing.T) {
 		t.Fatal("take did not return the connection dialed ahead")
 	}
 	conn.Close()
+}
+
+// Connections to the agent, warm ones included, are probed for keep-alive
+// only after agentproto.KeepAlive's idle time: Go's default 15 s woke an
+// idle sandbox between two health probes.
+func TestDialKeepAlive(t *testing.T) {
+	addr, _ := acceptCounter(t)
+	c := New(addr, "token")
+	conn, err := c.dialer.DialContext(context.Background(), "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	raw, err := conn.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var idle int
+	var optErr error
+	raw.Control(func(fd uintptr) { idle, optErr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPIDLE) })
+	if want := int(agentproto.KeepAlive().Idle / time.Second); optErr != nil || idle != want {
+		t.Fatalf("TCP_KEEPIDLE = %d s (%v), want %d s", idle, optErr, want)
+	}
 }

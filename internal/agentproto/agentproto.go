@@ -31,6 +31,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"syscall"
@@ -209,6 +210,16 @@ func ParseSignal(name string) (syscall.Signal, error) {
 		return sig, nil
 	}
 	return 0, fmt.Errorf("unknown signal %q", name)
+}
+
+// KeepAlive is the TCP keep-alive of connections between stasisd and an
+// agent, on both ends. Go's default probes a connection after 15 s idle,
+// which woke an idle sandbox's sentry several times between two health
+// probes of its agent (40-50 s apart). 75 s is longer than those and than
+// stasisd keeps an unused connection (agentclient's IdleConnTimeout, 60 s),
+// so a pooled connection is never probed (a quiet exec stream still is).
+func KeepAlive() net.KeepAliveConfig {
+	return net.KeepAliveConfig{Enable: true, Idle: 75 * time.Second, Interval: 15 * time.Second, Count: 9}
 }
 
 // EnvEgressCA carries stasisd's egress CA (PEM, a public certificate) to a

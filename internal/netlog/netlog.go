@@ -78,20 +78,27 @@ func (w *Writer) enqueue(wr store.NetworkLogWrite) {
 	}
 }
 
-// Run writes queued rows until ctx ends, then writes what is left.
+// Run writes queued rows until ctx ends, then writes what is left. A batch
+// is written flushTick after its first row (or once full); with nothing
+// queued Run sleeps (a ticker woke stasisd 20 times a second for nothing).
 func (w *Writer) Run(ctx context.Context) {
 	defer close(w.done)
-	tick := time.NewTicker(flushTick)
-	defer tick.Stop()
+	flush := time.NewTimer(flushTick)
+	flush.Stop()
+	defer flush.Stop()
 	var batch []store.NetworkLogWrite
 	for {
 		select {
 		case wr := <-w.queue:
+			if len(batch) == 0 {
+				flush.Reset(flushTick)
+			}
 			batch = append(batch, wr)
 			if len(batch) < maxBatch {
 				continue
 			}
-		case <-tick.C:
+			flush.Stop()
+		case <-flush.C:
 		case <-ctx.Done():
 			for {
 				select {

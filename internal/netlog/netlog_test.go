@@ -93,3 +93,33 @@ func TestWriterKeepsNewestAndCounts(t *testing.T) {
 		t.Fatalf("log of a deleted sandbox: %d rows", len(rows))
 	}
 }
+
+// TestWriterWritesWhileRunning: a row is written soon after it is queued,
+// not only when Run ends, and so is one queued after the writer has been
+// idle (Run sleeps while nothing is queued).
+func TestWriterWritesWhileRunning(t *testing.T) {
+	st := newStore(t)
+	w := New(st, slog.Default())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer func() { cancel(); w.Wait() }()
+	go w.Run(ctx)
+	dst := netip.MustParseAddrPort("203.0.113.9:443")
+	for want := 1; want <= 2; want++ {
+		w.Begin(egress.Event{SandboxID: "sb-2", Time: time.Now(), Dst: dst, Verdict: egress.Blocked, Rule: "deny_out:0.0.0.0/0"})
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			rows, _, err := st.ListNetworkLog(context.Background(), store.NetworkLogQuery{SandboxID: "sb-2", Limit: 10})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rows) == want {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d rows written while the writer runs, want %d", len(rows), want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(3 * flushTick) // idle, past the last flush
+	}
+}

@@ -40,6 +40,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -697,16 +698,11 @@ func (p *Pool) Check(ctx context.Context, id string) (repaired bool, err error) 
 	if host.Attrs().Alias != id {
 		return false, fmt.Errorf("netpool: check %s: veth %s now belongs to %q: %w", id, l.HostIf, host.Attrs().Alias, ErrGone)
 	}
-	addrs, err := netlink.AddrList(host, netlink.FAMILY_V4)
+	addrs, err := linkAddrs4(host.Attrs().Index)
 	if err != nil {
 		return false, fmt.Errorf("netpool: check %s: %w", id, err)
 	}
-	hasAddr := false
-	for _, a := range addrs {
-		if pr, ok := toPrefix(a.IPNet); ok && pr.Addr() == l.HostAddr {
-			hasAddr = true
-		}
-	}
+	hasAddr := slices.Contains(addrs, l.HostAddr)
 	if !hasAddr {
 		if err := netlink.AddrReplace(host, &netlink.Addr{IPNet: ipNet(l.HostAddr, l.Subnet.Bits())}); err != nil {
 			return false, fmt.Errorf("netpool: check %s: re-adding %v: %w", id, l.HostAddr, err)

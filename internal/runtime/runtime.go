@@ -100,6 +100,14 @@ type LazyRestorer interface {
 // until the sandbox is restored on a new link.
 var ErrLinkGone = errors.New("runtime: the sandbox's network link is gone")
 
+// LivenessChecker is implemented by drivers that can tell whether a running
+// sandbox's runtime is still alive without disturbing it (List may wake every
+// sandbox). Only a true, nil answer is trusted: anything else is a suspicion
+// for List to settle.
+type LivenessChecker interface {
+	Alive(id string) (bool, error)
+}
+
 // LinkChecker is implemented by drivers that can check a running sandbox's
 // network link and mend what can be mended in place (repaired reports that
 // something was). An error other than ErrLinkGone means it could not tell.

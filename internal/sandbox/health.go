@@ -16,8 +16,16 @@ import (
 // not stay "active" while every call fails. A sandbox whose runtime died is
 // markDead's (timers.go).
 const (
-	// healthInterval is how often every active sandbox is checked.
+	// healthInterval is how often every active sandbox's link is checked
+	// (on the host: the sandbox does not notice).
 	healthInterval = 10 * time.Second
+	// agentProbeInterval is how often an agent that answered its last probe
+	// is probed again; one that did not is probed every healthInterval.
+	// Every probe wakes the sandbox (its sentry and agent), which is what an
+	// idle sandbox costs the host (docs/density/NOTES.md, "Idle CPU"). A
+	// probe comes at the first round after this much time, 40-50 s: below
+	// agentclient's IdleConnTimeout, so that it finds its connection open.
+	agentProbeInterval = 40 * time.Second
 	// agentProbeTimeout bounds one health request to an agent.
 	agentProbeTimeout = 5 * time.Second
 	// unansweredProbes is how many health requests in a row an agent may
@@ -26,15 +34,24 @@ const (
 	unansweredProbes = 3
 )
 
-// healthState is the health checker's: requests for an early check, and
-// each sandbox's count of unanswered probes (only the checker touches it).
+// healthState is the health checker's: requests for an early check, each
+// sandbox's count of unanswered probes, and when its agent last answered
+// one (only the checker touches them).
 type healthState struct {
 	soon       chan string
 	unanswered map[string]int
+	answered   map[string]answer
+}
+
+// answer is when an agent (one client: a resumed sandbox gets a new one)
+// last answered a probe.
+type answer struct {
+	agent *agentclient.Client
+	at    time.Time
 }
 
 func newHealthState() *healthState {
-	return &healthState{soon: make(chan string, 64), unanswered: map[string]int{}}
+	return &healthState{soon: make(chan string, 64), unanswered: map[string]int{}, answered: map[string]answer{}}
 }
 
 // CheckSoon asks for sandbox id to be checked now rather than at the next
@@ -57,7 +74,7 @@ func (s *Service) RunHealthChecks(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case id := <-s.health.soon:
-			s.checkHealth(ctx, id, nil)
+			s.checkHealth(ctx, id, nil, true)
 		case <-t.C:
 			active, err := s.ownSandboxes(ctx, store.StatusActive)
 			if err != nil {
@@ -67,11 +84,16 @@ func (s *Service) RunHealthChecks(ctx context.Context) {
 			seen := map[string]bool{}
 			for _, sb := range active {
 				seen[sb.ID] = true
-				s.checkHealth(ctx, sb.ID, sb)
+				s.checkHealth(ctx, sb.ID, sb, false)
 			}
 			for id := range s.health.unanswered {
 				if !seen[id] {
 					delete(s.health.unanswered, id)
+				}
+			}
+			for id := range s.health.answered {
+				if !seen[id] {
+					delete(s.health.answered, id)
 				}
 			}
 		}
@@ -80,10 +102,11 @@ func (s *Service) RunHealthChecks(ctx context.Context) {
 
 // checkHealth checks one active sandbox: its link (mended in place where
 // the driver can, else the sandbox is moved onto a new one), then whether
-// its agent answers. listed is its row as the round's list read it (nil:
-// read it now). A row that changed since only costs a probe: what acts on
-// a failed check reads the row again under the lock (lockedActive).
-func (s *Service) checkHealth(ctx context.Context, id string, listed *store.Sandbox) {
+// its agent answers, if a probe is due or probe is set. listed is its row
+// as the round's list read it (nil: read it now). A row that changed since
+// only costs a probe: what acts on a failed check reads the row again under
+// the lock (lockedActive).
+func (s *Service) checkHealth(ctx context.Context, id string, listed *store.Sandbox, probe bool) {
 	b := s.box(id)
 	if !b.mu.TryLock() {
 		return // an operation is in flight; it sees for itself
@@ -96,6 +119,7 @@ func (s *Service) checkHealth(ctx context.Context, id string, listed *store.Sand
 	b.mu.Unlock()
 	if err != nil || sb.Status != store.StatusActive || agent == nil {
 		delete(s.health.unanswered, id)
+		delete(s.health.answered, id)
 		return
 	}
 	if lc, ok := s.cfg.Driver.(runtime.LinkChecker); ok {
@@ -111,10 +135,17 @@ func (s *Service) checkHealth(ctx context.Context, id string, listed *store.Sand
 			s.log.Warn("health check: repaired the host end of the sandbox's link (address or state changed outside stasis)", "sandbox", id)
 		}
 	}
-	if err := probeAgent(ctx, agent); err == nil {
-		delete(s.health.unanswered, id)
+	if last := s.health.answered[id]; !probe && last.agent == agent && time.Since(last.at) < agentProbeInterval {
 		return
-	} else if n := s.health.unanswered[id] + 1; n < unansweredProbes {
+	}
+	err = probeAgent(ctx, agent)
+	if err == nil {
+		delete(s.health.unanswered, id)
+		s.health.answered[id] = answer{agent: agent, at: time.Now()}
+		return
+	}
+	delete(s.health.answered, id) // probed every round until it answers
+	if n := s.health.unanswered[id] + 1; n < unansweredProbes {
 		s.health.unanswered[id] = n
 		s.log.Warn("health check: the sandbox's agent did not answer", "sandbox", id, "in_a_row", n, "err", err)
 	} else {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/stasis-sandbox/stasis/internal/runtime"
 	"github.com/stasis-sandbox/stasis/internal/store"
 )
 
@@ -248,28 +249,41 @@ func meminfo() (totalKiB, availKiB int64) {
 
 // deadCheckInterval is how often active sandboxes are checked for having
 // died underneath stasis (e.g. killed by the host's OOM killer). Not more
-// often: the check (runsc list) opens two connections to every sandbox's
-// controller, waking each sentry; every 2 s that was most of an idle
-// sandbox's CPU (see docs/BENCHMARKS.md's density section).
+// often where the driver cannot tell without the runtime's List: runsc list
+// opens two connections to every sandbox's controller, waking each sentry;
+// every 2 s that was most of an idle sandbox's CPU (see docs/BENCHMARKS.md's
+// density section).
 const deadCheckInterval = 10 * time.Second
 
 // markDead marks active sandboxes whose runtime is gone as failed, so the
 // API tells the truth instead of answering "active" for a dead sandbox.
+// A driver that is a runtime.LivenessChecker is asked per sandbox, which
+// leaves live sandboxes undisturbed; only those it does not vouch for are
+// looked up in List.
 func (s *Service) markDead(ctx context.Context) {
-	running, err := s.cfg.Driver.List(ctx)
-	if err != nil {
-		return
-	}
-	live := map[string]bool{}
-	for _, inst := range running {
-		live[inst.ID] = true
+	var alive func(id string) bool
+	if lc, ok := s.cfg.Driver.(runtime.LivenessChecker); ok {
+		alive = func(id string) bool {
+			ok, err := lc.Alive(id)
+			return ok && err == nil
+		}
+	} else {
+		running, err := s.cfg.Driver.List(ctx)
+		if err != nil {
+			return
+		}
+		live := map[string]bool{}
+		for _, inst := range running {
+			live[inst.ID] = true
+		}
+		alive = func(id string) bool { return live[id] }
 	}
 	active, err := s.ownSandboxes(ctx, store.StatusActive)
 	if err != nil {
 		return
 	}
 	for _, sb := range active {
-		if live[sb.ID] {
+		if alive(sb.ID) {
 			continue
 		}
 		b := s.box(sb.ID)

@@ -199,6 +199,10 @@ func TestForkBombFailsInside(t *testing.T) {
 	}{
 		{a, `f(){ f|f& }; f; sleep 100`, true},
 		{a, `f(){ f|f& }; f`, false},
+		// A bomb a finished command's background process starts later,
+		// once the agent has been left with only that process (the
+		// watchdog sleeps only while the agent is alone).
+		{a, `(sleep 2; f(){ f|f& }; f) >/dev/null 2>&1 &`, false},
 		{c, `f(){ f|f& }; f; sleep 100`, true},
 	} {
 		// The agent logs each kill on the sandbox's console.

@@ -2,12 +2,14 @@ package e2e
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -241,4 +243,50 @@ func runOK(name string, args ...string) bool { return exec.Command(name, args...
 func commandOutput(name string, args ...string) (string, error) {
 	b, err := exec.Command(name, args...).Output()
 	return string(b), err
+}
+
+// TestUnansweringAgentIsFailed: a sandbox whose agent stops answering (its
+// sentry stopped, as a hung sandbox would be: the link and the process are
+// intact) is failed by the health checks, though it had answered them
+// before and so was probed less often.
+func TestUnansweringAgentIsFailed(t *testing.T) {
+	srv := testenv.StartServer(t)
+	c, sb := createMinimal(t, srv, "hung")
+	if r := c.exec("true"); r.ExitCode != 0 {
+		t.Fatalf("exec: %+v", r)
+	}
+	b, err := os.ReadFile(filepath.Join(srv.DataDir(), "sandboxes", sb.ID, "pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The sandbox process of a sandbox this test created.
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	cont := func() {
+		if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); bytes.Contains(cmd, []byte(sb.ID)) {
+			syscall.Kill(pid, syscall.SIGCONT)
+		}
+	}
+	defer cont()
+	// Up to agentProbeInterval before the first probe, then unansweredProbes
+	// rounds and a last try, each bounded by agentProbeTimeout.
+	deadline := time.Now().Add(3 * time.Minute)
+	for !strings.Contains(srv.Logs(), "stopped answering; failing it\" sandbox="+sb.ID) {
+		if time.Now().After(deadline) {
+			t.Fatalf("sandbox with a stopped agent is still %q", getInfo(t, srv, sb.ID).Status)
+		}
+		time.Sleep(time.Second)
+	}
+	// Its sentry is stopped too, which runsc delete would wait for: let it
+	// go on, as a sandbox hung only in its agent would.
+	cont()
+	waitStatus(t, srv, sb.ID, "failed")
+	if info := getInfo(t, srv, sb.ID); !strings.Contains(info.Error, "stopped answering") {
+		t.Fatalf("error = %q", info.Error)
+	}
 }

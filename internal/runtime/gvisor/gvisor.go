@@ -486,6 +486,17 @@ func (d *Driver) List(ctx context.Context) ([]runtime.Instance, error) {
 	return out, nil
 }
 
+// Alive reports whether sandbox id's process is alive, from its pid file and
+// /proc alone: List (runsc list) connects to every sandbox's controller,
+// waking each sentry.
+func (d *Driver) Alive(id string) (bool, error) {
+	pid, err := d.readPid(id)
+	if err != nil {
+		return false, err
+	}
+	return sandboxAlive(pid, id), nil
+}
+
 // defaultDirectCheckpointMiB is the sandbox memory use from which
 // checkpoints are written with runsc's --direct (O_DIRECT), where the
 // filesystem allows.

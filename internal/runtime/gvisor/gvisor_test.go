@@ -436,6 +436,10 @@ func TestLifecycle(t *testing.T) {
 	if !found {
 		t.Fatalf("List %+v lacks %+v", list, inst)
 	}
+	// Alive, which markDead asks instead of List, says so too.
+	if ok, err := e.d.Alive(spec.ID); !ok || err != nil {
+		t.Errorf("Alive = %v, %v for a running sandbox", ok, err)
+	}
 
 	// Freeze and thaw.
 	if err := e.d.Freeze(ctx, spec.ID); err != nil {
@@ -470,6 +474,9 @@ func TestLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.assertGone(spec.ID)
+	if ok, _ := e.d.Alive(spec.ID); ok {
+		t.Error("Alive after Destroy")
+	}
 	if _, err := os.Stat(filepath.Join(img, "checkpoint.img")); err != nil {
 		t.Fatalf("checkpoint image: %v", err)
 	}
@@ -487,6 +494,9 @@ func TestLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	post := waitAgent(t, inst2)
+	if ok, err := e.d.Alive(spec.ID); !ok || err != nil {
+		t.Errorf("Alive = %v, %v for a restored sandbox", ok, err)
+	}
 	t.Logf("before checkpoint: %+v at %v; after restore: %+v at %v", pre, inst.Addr, post, inst2.Addr)
 	if post.Boot != pre.Boot || post.BootFile != pre.Boot {
 		t.Errorf("agent restarted: boot %s -> %s", pre.Boot, post.Boot)
