@@ -119,7 +119,8 @@ var rawCapabilities = []string{
 }
 
 // prepare builds the network link and bundle of a new container whose init
-// is args, with env added to its environment; nothing runs yet.
+// is args, with env added to its environment; nothing runs yet. vcpu 0: no
+// CPU quota.
 func (e *rawEnv) prepare(ctx context.Context, rootfs string, args []string, memMiB, vcpu int, env ...string) (*rawBox, error) {
 	e.seq++
 	id := fmt.Sprintf("raw-%d-%s", e.seq, randomHex(4))
@@ -132,8 +133,11 @@ func (e *rawEnv) prepare(ctx context.Context, rootfs string, args []string, memM
 		return nil, err
 	}
 	limit := int64(memMiB) << 20
-	quota := int64(vcpu) * 100000
-	period := uint64(100000)
+	var cpu *specs.LinuxCPU
+	if vcpu > 0 {
+		quota, period := int64(vcpu)*100000, uint64(100000)
+		cpu = &specs.LinuxCPU{Quota: &quota, Period: &period}
+	}
 	caps := append([]string(nil), rawCapabilities...)
 	spec := &specs.Spec{
 		Version: specs.Version,
@@ -162,7 +166,7 @@ func (e *rawEnv) prepare(ctx context.Context, rootfs string, args []string, memM
 			CgroupsPath: rawCgroupParent + "/" + id,
 			Resources: &specs.LinuxResources{
 				Memory: &specs.LinuxMemory{Limit: &limit},
-				CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period},
+				CPU:    cpu,
 			},
 			Namespaces: []specs.LinuxNamespace{
 				{Type: specs.PIDNamespace},

@@ -77,6 +77,13 @@ type Driver interface {
 	// List returns the sandboxes the engine is running now, so the service can
 	// re-adopt them after its own restart.
 	List(ctx context.Context) ([]Instance, error)
+	// LimitCPU applies the sandbox's CPU limit (vcpu cores; 0: none) on the
+	// host. Create starts a sandbox with the limit lifted, so that the
+	// engine's boot is not throttled; the caller applies it once the agent
+	// answers, before serving the sandbox's first command. Restore applies it
+	// itself before it returns. Idempotent: a restarted service applies it
+	// again to the sandboxes it re-adopts.
+	LimitCPU(ctx context.Context, id string, vcpu int) error
 }
 
 // LazyRestorer is implemented by drivers whose Restore can return before

@@ -76,6 +76,11 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 	if err == nil {
 		b.agent = agentclient.New(inst.AgentAddr(), s.agentToken(sb.ID))
 		err = s.waitReady(ctx, b.agent)
+		if err == nil {
+			// The sandbox booted with its CPU limit lifted (runtime.Driver).
+			failpoint.Hit("create.before-cpu-limit")
+			err = s.cfg.Driver.LimitCPU(ctx, sb.ID, sb.VCPU)
+		}
 		steps.mark(&steps.ready)
 	}
 	if err == nil && img.StartCmd != "" {

@@ -107,7 +107,13 @@ func (s *Service) recoverLocked(ctx context.Context, b *box, sb *store.Sandbox, 
 			s.cfg.Driver.Thaw(ctx, sb.ID) // an interrupted pause: carry on running
 		}
 		c := agentclient.New(inst.AgentAddr(), s.agentToken(sb.ID))
-		if err := s.waitReady(ctx, c); err == nil {
+		err := s.waitReady(ctx, c)
+		if err == nil {
+			// A stasisd stopped between a create's boot and its CPU limit
+			// left the sandbox without it.
+			err = s.cfg.Driver.LimitCPU(ctx, sb.ID, sb.VCPU)
+		}
+		if err == nil {
 			b.agent = c
 			old := sb.SnapshotDir
 			sb.SnapshotDir, sb.SnapshotBytes = "", 0
@@ -117,7 +123,7 @@ func (s *Service) recoverLocked(ctx context.Context, b *box, sb *store.Sandbox, 
 			s.log.Info("re-adopted running sandbox", "sandbox", sb.ID)
 			return
 		}
-		s.log.Error("running sandbox does not answer; stopping it", "sandbox", sb.ID)
+		s.log.Error("running sandbox cannot be re-adopted; stopping it", "sandbox", sb.ID, "err", err)
 		s.cfg.Driver.Destroy(ctx, sb.ID)
 	}
 	switch {

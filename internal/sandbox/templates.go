@@ -448,6 +448,9 @@ func (s *Service) build(ctx context.Context, t *store.Template, b *store.Build, 
 	if err := s.waitReady(ctx, agent); err != nil {
 		return nil, failBuild("build_failed", "could not boot the image: %v", err)
 	}
+	if err := s.cfg.Driver.LimitCPU(ctx, sb.ID, sb.VCPU); err != nil {
+		return nil, failBuild("build_failed", "could not boot the image: %v", err)
+	}
 	bx.agent = agent
 	if img.StartCmd != "" {
 		log.system("starting the image's service: %s", img.StartCmd)

@@ -40,6 +40,7 @@ const (
 	OpRestore    = "restore"
 	OpDestroy    = "destroy"
 	OpList       = "list"
+	OpLimitCPU   = "limit-cpu"
 )
 
 // What a Rule does to the calls it matches.
@@ -76,7 +77,7 @@ type Rule struct {
 
 func (r Rule) validate() error {
 	switch r.Op {
-	case OpCreate, OpCheckpoint, OpFreeze, OpThaw, OpRestore, OpDestroy, OpList:
+	case OpCreate, OpCheckpoint, OpFreeze, OpThaw, OpRestore, OpDestroy, OpList, OpLimitCPU:
 	default:
 		return fmt.Errorf("faultinject: unknown op %q", r.Op)
 	}
@@ -271,6 +272,10 @@ func (d *Driver) Restore(ctx context.Context, spec runtime.Spec, dir string) (in
 		return err
 	})
 	return inst, err
+}
+
+func (d *Driver) LimitCPU(ctx context.Context, id string, vcpu int) error {
+	return d.call(ctx, OpLimitCPU, id, func() error { return d.inner.LimitCPU(ctx, id, vcpu) })
 }
 
 // LazyFiles passes runtime.LazyRestorer through to the real driver.

@@ -42,6 +42,10 @@ func (r *recorder) Destroy(_ context.Context, id string) error {
 	r.calls = append(r.calls, "destroy "+id)
 	return nil
 }
+func (r *recorder) LimitCPU(_ context.Context, id string, _ int) error {
+	r.calls = append(r.calls, "limit-cpu "+id)
+	return nil
+}
 func (r *recorder) List(context.Context) ([]runtime.Instance, error) {
 	r.calls = append(r.calls, "list")
 	return []runtime.Instance{{ID: "a"}, {ID: "b"}}, nil

@@ -2,6 +2,8 @@ package gvisor
 
 import (
 	"bufio"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -22,6 +24,35 @@ func (d *Driver) removeCgroups(id string) {
 			}
 		}
 	}
+}
+
+// setCPUQuota limits the cpu cgroup of process pid to quota µs per period
+// µs: cgroup v1 cpu.cfs_period_us and cpu.cfs_quota_us, or v2 cpu.max,
+// whichever hierarchy has the cpu controller.
+func setCPUQuota(pid int, quota, period int64) error {
+	q, p := strconv.FormatInt(quota, 10), strconv.FormatInt(period, 10)
+	for _, h := range cgroupHierarchies(strconv.Itoa(pid)) {
+		writes := [][2]string{{"cpu.cfs_period_us", p}, {"cpu.cfs_quota_us", q}} // file, value
+		if h.v2 {
+			writes = [][2]string{{"cpu.max", q + " " + p}}
+		}
+		for _, m := range h.mounts {
+			if !h.v2 && filepath.Base(m) != "cpu" {
+				continue
+			}
+			dir := filepath.Join(m, h.path)
+			if _, err := os.Stat(filepath.Join(dir, writes[0][0])); err != nil {
+				continue // not this mount, or no cpu controller in this v2 cgroup
+			}
+			for _, w := range writes {
+				if err := os.WriteFile(filepath.Join(dir, w[0]), []byte(w[1]), 0); err != nil {
+					return fmt.Errorf("setting the CPU limit: %w", err)
+				}
+			}
+			return nil
+		}
+	}
+	return errors.New("setting the CPU limit: the sandbox process has no cpu cgroup")
 }
 
 // cgroupMemoryBytes is the memory usage of the memory cgroup of process pid

@@ -20,6 +20,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -305,7 +306,44 @@ func (d *Driver) Restore(ctx context.Context, spec runtime.Spec, dir string) (_ 
 	if err := d.runWithConsole(ctx, spec.ID, flags, append(args, spec.ID)...); err != nil {
 		return nil, err
 	}
-	return d.started(spec.ID, link, setup)
+	inst, err := d.started(spec.ID, link, setup)
+	if err != nil {
+		return nil, err
+	}
+	// Restored with the boot quota (see bootCPUs); the limit applies before
+	// anyone talks to the sandbox.
+	if err := d.limitCPU(inst.Pid, spec.VCPU); err != nil {
+		return nil, err
+	}
+	return inst, nil
+}
+
+// LimitCPU implements runtime.Driver: it writes the sandbox's real CPU quota
+// into its host cgroup, which Create left at the boot quota (bootCPUs).
+func (d *Driver) LimitCPU(ctx context.Context, id string, vcpu int) error {
+	if !validID(id) {
+		return fmt.Errorf("gvisor: limit cpu: invalid sandbox ID %q", id)
+	}
+	pid, err := d.readPid(id)
+	if errors.Is(err, fs.ErrNotExist) || err == nil && !sandboxAlive(pid, id) {
+		err = runtime.ErrNotFound
+	}
+	if err == nil {
+		err = d.limitCPU(pid, vcpu)
+	}
+	if err != nil {
+		return fmt.Errorf("gvisor: limit cpu %s: %w", id, err)
+	}
+	return nil
+}
+
+// limitCPU sets the cpu cgroup of sandbox process pid to vcpu cores. With
+// no limit (vcpu 0) the sandbox booted without a quota: nothing to do.
+func (d *Driver) limitCPU(pid, vcpu int) error {
+	if vcpu <= 0 {
+		return nil
+	}
+	return setCPUQuota(pid, int64(vcpu)*cpuPeriod, cpuPeriod)
 }
 
 // claimRestore checks the checkpoint in dir and claims spec.ID; it returns

@@ -411,8 +411,17 @@ func TestLifecycle(t *testing.T) {
 	if got, want := cgroupFile(t, inst.Pid, "pids", "pids.max", "pids.max"), strconv.FormatInt(hostPidsLimit(256), 10); got != want {
 		t.Errorf("pids limit %s, want %s", got, want)
 	}
-	if got := cgroupFile(t, inst.Pid, "cpu", "cpu.cfs_quota_us", "cpu.max"); got != "100000" && got != "100000 100000" {
-		t.Errorf("cpu quota %q", got)
+	// The CPU limit (1 vCPU) is lifted to the boot quota until LimitCPU.
+	if got := cgroupFile(t, inst.Pid, "cpu", "cpu.cfs_quota_us", "cpu.max"); got != "200000" && got != "200000 100000" {
+		t.Errorf("cpu quota after Create %q, want the boot quota of 2 cores", got)
+	}
+	for range 2 { // idempotent
+		if err := e.d.LimitCPU(ctx, spec.ID, spec.VCPU); err != nil {
+			t.Fatal(err)
+		}
+		if got := cgroupFile(t, inst.Pid, "cpu", "cpu.cfs_quota_us", "cpu.max"); got != "100000" && got != "100000 100000" {
+			t.Errorf("cpu quota after LimitCPU %q", got)
+		}
 	}
 
 	// A second Create or a Restore with the same ID fails and leaves the
@@ -512,6 +521,9 @@ func TestLifecycle(t *testing.T) {
 	}
 	if got, want := cgroupFile(t, inst2.Pid, "memory", "memory.limit_in_bytes", "memory.max"), strconv.FormatInt(hostMemoryLimit(256), 10); got != want {
 		t.Errorf("memory limit after restore %s, want %s", got, want)
+	}
+	if got := cgroupFile(t, inst2.Pid, "cpu", "cpu.cfs_quota_us", "cpu.max"); got != "100000" && got != "100000 100000" {
+		t.Errorf("cpu quota after restore %q", got)
 	}
 	if _, err := e.d.Restore(ctx, spec, img); err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Errorf("Restore over a running sandbox: %v", err)
@@ -746,6 +758,9 @@ func TestDestroyUnknownAndCheckpointed(t *testing.T) {
 	ctx := context.Background()
 	if err := e.d.Destroy(ctx, e.prefix+"never"); err != nil {
 		t.Fatalf("destroy unknown: %v", err)
+	}
+	if err := e.d.LimitCPU(ctx, e.prefix+"never", 1); !errors.Is(err, runtime.ErrNotFound) {
+		t.Errorf("LimitCPU of an unknown sandbox: %v", err)
 	}
 	spec := e.spec("ckd")
 	inst, err := e.d.Create(ctx, spec)

@@ -43,6 +43,17 @@ const (
 	mib       = 1 << 20
 )
 
+// bootCPUs is the CPU quota, in cores, a sandbox boots and restores with when
+// its limit is lower: with 1 core, the sentry (which boots on two) was
+// throttled for 90-260 ms of a 400 ms `runsc run` (docs/density/NOTES.md,
+// "Create floor"). No user code runs before the agent answers, so the
+// limit protects nobody then; Driver.LimitCPU applies it after. runsc
+// derives the number of CPUs the sandbox sees (and the sentry's GOMAXPROCS)
+// from the quota at boot, as max(2, quota) capped at the host's cores, so
+// 2 cores leave that number as the real limit would (and restore ignores
+// the spec's resources).
+const bootCPUs = 2
+
 // memoryLimitEnv tells the agent the sandbox's memory budget
 // (agent.EnvMemoryLimit).
 const memoryLimitEnv = "STASIS_MEMORY_LIMIT_MIB"
@@ -143,7 +154,7 @@ func ociSpec(spec runtime.Spec, netnsPath, cgroupsPath string) *specs.Spec {
 	pids := hostPidsLimit(spec.MemoryMiB)
 	res.Pids = &specs.LinuxPids{Limit: &pids}
 	if spec.VCPU > 0 {
-		quota := int64(spec.VCPU) * cpuPeriod
+		quota := int64(max(spec.VCPU, bootCPUs)) * cpuPeriod
 		period := uint64(cpuPeriod)
 		res.CPU = &specs.LinuxCPU{Quota: &quota, Period: &period}
 	}

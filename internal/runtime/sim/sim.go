@@ -102,6 +102,14 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (*runtime.Instan
 	return d.start(spec)
 }
 
+// LimitCPU checks that the instance exists; there is no CPU to limit.
+func (d *Driver) LimitCPU(ctx context.Context, id string, vcpu int) error {
+	if !d.has(id) {
+		return runtime.ErrNotFound
+	}
+	return nil
+}
+
 // Checkpoint writes a tiny state file naming the sandbox.
 func (d *Driver) Checkpoint(ctx context.Context, id, dir string) error {
 	if !d.has(id) {
