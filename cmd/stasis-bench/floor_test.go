@@ -33,8 +33,9 @@ import (
 //	agentb the same with the agent binary STASIS_AGENT_B (an A/B of two agents)
 //
 // STASIS_FLOOR_INITS picks the inits, in order (comma-separated); "init+VAR=value" adds to an
-// init's environment and "init+vcpu=n" sets its CPU quota (default 1, the
-// bench's). It also logs the cgroup's CPU throttling around the wait.
+// init's environment, "init+vcpu=n" sets its CPU quota (default 1, the
+// bench's) and "init+image=stasis/base" its root filesystem (default
+// stasis/minimal). It also logs the cgroup's CPU throttling around the wait.
 //
 // Development only (benchmarks do not run in `go test`); it ignores b.N and
 // reports medians over STASIS_FLOOR_REPS (default 12) rounds:
@@ -83,10 +84,7 @@ func BenchmarkCreateFloor(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer e.close()
-	rootfs := (&bench{imgs: images.NewManager(cfg.ImagesDir)}).rootfs(tmplMinimal)
-	if rootfs == "" {
-		b.Fatalf("no %s image in %s", tmplMinimal, cfg.ImagesDir)
-	}
+	imgs := &bench{imgs: images.NewManager(cfg.ImagesDir)}
 	ctx := context.Background()
 	order := []string{"c", "go", "agent"}
 	if s := os.Getenv("STASIS_FLOOR_INITS"); s != "" {
@@ -112,14 +110,21 @@ func BenchmarkCreateFloor(b *testing.B) {
 				env = rawAgentEnv(1024)
 			}
 			vcpu := 1 // the bench's stasis/minimal sandboxes'
+			image := tmplMinimal
 			for _, kv := range strings.Split(extra, "+") {
-				if v, ok := strings.CutPrefix(kv, "vcpu="); ok {
+				if v, ok := strings.CutPrefix(kv, "image="); ok {
+					image = v
+				} else if v, ok := strings.CutPrefix(kv, "vcpu="); ok {
 					if vcpu, err = strconv.Atoi(v); err != nil {
 						b.Fatal(err)
 					}
 				} else if kv != "" {
 					env = append(env, kv)
 				}
+			}
+			rootfs := imgs.rootfs(image)
+			if rootfs == "" {
+				b.Fatalf("no %s image in %s", image, cfg.ImagesDir)
 			}
 			rb, err := e.prepare(ctx, rootfs, []string{runtime.AgentMountPath}, 1024, vcpu, env...)
 			if err != nil {
