@@ -98,11 +98,12 @@ func run(logger *log.Logger) error {
 	if err != nil {
 		return err
 	}
-	// The sandbox's resolver and trust store are set up while the agent
-	// already answers /health: their file writes wait on gVisor's gofer,
+	// The sandbox's resolver and trust store are set up once the agent has
+	// answered its first /health: their file writes wait on gVisor's gofer,
 	// and every other request waits for them (Server.Boot). So does what
 	// only commands need: the reaper and the signal handlers, whose first
-	// signal.Notify costs a thread.
+	// signal.Notify costs a thread. Until then the agent runs the Go
+	// runtime's three threads.
 	booted := srv.Boot(func() error {
 		err := bootSetup(logger, nameserver, egressCA, cfg.DefaultUser)
 		reaper.Run()

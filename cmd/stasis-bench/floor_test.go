@@ -30,10 +30,12 @@ import (
 //	go     a static Go program doing the same with net
 //	gohttp the same linked with net/http and os/user (size, package inits)
 //	agent  the stasis-agent answering /health (stasisd's WaitReady)
+//	agentb the same with the agent binary STASIS_AGENT_B (an A/B of two agents)
 //
 // STASIS_FLOOR_INITS picks the inits, in order (comma-separated); "init+VAR=value" adds to an
-// init's environment and "init+vcpu=n" sets its CPU quota (default 1, the
-// bench's). It also logs the cgroup's CPU throttling around the wait.
+// init's environment, "init+vcpu=n" sets its CPU quota (default 1, the
+// bench's) and "init+image=stasis/base" its root filesystem (default
+// stasis/minimal). It also logs the cgroup's CPU throttling around the wait.
 //
 // Development only (benchmarks do not run in `go test`); it ignores b.N and
 // reports medians over STASIS_FLOOR_REPS (default 12) rounds:
@@ -63,7 +65,7 @@ func BenchmarkCreateFloor(b *testing.B) {
 	if cfg.Agent == "" {
 		b.Fatal("set STASIS_AGENT to the stasis-agent binary (make build: bin/stasis-agent)")
 	}
-	inits := map[string]string{"agent": cfg.Agent, "c": filepath.Join(tmp, "answer-c"), "cthreads": filepath.Join(tmp, "answer-cthreads"), "go": filepath.Join(tmp, "answer-go"), "gohttp": filepath.Join(tmp, "answer-gohttp")}
+	inits := map[string]string{"agent": cfg.Agent, "agentb": os.Getenv("STASIS_AGENT_B"), "c": filepath.Join(tmp, "answer-c"), "cthreads": filepath.Join(tmp, "answer-cthreads"), "go": filepath.Join(tmp, "answer-go"), "gohttp": filepath.Join(tmp, "answer-gohttp")}
 	build := func(cmd *exec.Cmd) {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			b.Fatalf("%v: %v: %s", cmd.Args, err, out)
@@ -82,10 +84,7 @@ func BenchmarkCreateFloor(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer e.close()
-	rootfs := (&bench{imgs: images.NewManager(cfg.ImagesDir)}).rootfs(tmplMinimal)
-	if rootfs == "" {
-		b.Fatalf("no %s image in %s", tmplMinimal, cfg.ImagesDir)
-	}
+	imgs := &bench{imgs: images.NewManager(cfg.ImagesDir)}
 	ctx := context.Background()
 	order := []string{"c", "go", "agent"}
 	if s := os.Getenv("STASIS_FLOOR_INITS"); s != "" {
@@ -102,19 +101,30 @@ func BenchmarkCreateFloor(b *testing.B) {
 			// The init is the bind-mounted /.stasis/agent, as for stasisd.
 			name, extra, _ := strings.Cut(k, "+")
 			e.agent = inits[name]
+			if e.agent == "" {
+				b.Fatalf("init %s: no binary (agentb needs STASIS_AGENT_B)", name)
+			}
+			isAgent := name == "agent" || name == "agentb"
 			var env []string
-			if name == "agent" {
+			if isAgent {
 				env = rawAgentEnv(1024)
 			}
 			vcpu := 1 // the bench's stasis/minimal sandboxes'
+			image := tmplMinimal
 			for _, kv := range strings.Split(extra, "+") {
-				if v, ok := strings.CutPrefix(kv, "vcpu="); ok {
+				if v, ok := strings.CutPrefix(kv, "image="); ok {
+					image = v
+				} else if v, ok := strings.CutPrefix(kv, "vcpu="); ok {
 					if vcpu, err = strconv.Atoi(v); err != nil {
 						b.Fatal(err)
 					}
 				} else if kv != "" {
 					env = append(env, kv)
 				}
+			}
+			rootfs := imgs.rootfs(image)
+			if rootfs == "" {
+				b.Fatalf("no %s image in %s", image, cfg.ImagesDir)
 			}
 			rb, err := e.prepare(ctx, rootfs, []string{runtime.AgentMountPath}, 1024, vcpu, env...)
 			if err != nil {
@@ -126,7 +136,7 @@ func BenchmarkCreateFloor(b *testing.B) {
 			}
 			t0 := time.Now()
 			before := cpuThrottled(rb.ID)
-			if name == "agent" {
+			if isAgent {
 				err = waitRawAgent(ctx, rb)
 			} else {
 				err = waitLine(ctx, netip.AddrPortFrom(rb.addr, runtime.AgentPort).String())

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,15 +20,22 @@ import (
 // bootAgent serves an agent whose start-up set-up is setup (Server.Boot).
 func bootAgent(t *testing.T, setup func() error) (*agentclient.Client, <-chan error) {
 	t.Helper()
-	srv, err := agent.New(agent.Config{TokenHash: agentproto.TokenHash(testToken)}, reaper, log.New(testWriter{t}, "agent: ", 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	booted := srv.Boot(setup)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return bootAgentOn(t, agent.Config{}, ln, setup)
+}
+
+// bootAgentOn is bootAgent with cfg, on ln.
+func bootAgentOn(t *testing.T, cfg agent.Config, ln net.Listener, setup func() error) (*agentclient.Client, <-chan error) {
+	t.Helper()
+	cfg.TokenHash = agentproto.TokenHash(testToken)
+	srv, err := agent.New(cfg, reaper, log.New(testWriter{t}, "agent: ", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	booted := srv.Boot(setup)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	t.Cleanup(func() {
@@ -78,18 +86,103 @@ func TestHealthAnswersBeforeBootButRequestsWait(t *testing.T) {
 // cmd/stasis-agent then exits, ending the sandbox).
 func TestFailedBootIsEveryRequestsError(t *testing.T) {
 	c, booted := bootAgent(t, func() error { return errors.New("trust store is read-only") })
-	if err := <-booted; err == nil {
-		t.Fatal("Boot reported no error")
-	}
 	ctx := testCtx(t)
 	if err := c.Health(ctx); err != nil {
 		t.Fatalf("health: %v", err)
+	}
+	if err := <-booted; err == nil {
+		t.Fatal("Boot reported no error")
 	}
 	_, err := c.Stat(ctx, "/")
 	var ae *agentclient.Error
 	if !errors.As(err, &ae) || ae.Status != 500 || !strings.Contains(ae.Message, "trust store is read-only") {
 		t.Fatalf("stat after a failed set-up: %v; want a 500 naming the set-up's error", err)
 	}
+}
+
+// An unknown default user fails the set-up (New no longer looks it up: in
+// gVisor that is a read through the gofer before the first answer).
+func TestBootRejectsUnknownDefaultUser(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := false
+	c, booted := bootAgentOn(t, agent.Config{DefaultUser: "no-such-user-xyz"}, ln, func() error { ran = true; return nil })
+	ctx := testCtx(t)
+	if err := c.Health(ctx); err != nil {
+		t.Fatalf("health: %v", err)
+	}
+	if err := <-booted; err == nil || !strings.Contains(err.Error(), "no-such-user-xyz") {
+		t.Fatalf("Boot with an unknown default user: %v", err)
+	}
+	if ran {
+		t.Error("the set-up ran for an unknown default user")
+	}
+	var ae *agentclient.Error
+	if _, err := c.Stat(ctx, "/"); !errors.As(err, &ae) || ae.Status != 500 || !strings.Contains(ae.Message, "default user") {
+		t.Fatalf("stat: %v; want a 500 naming the default user", err)
+	}
+}
+
+// The set-up starts only once the first /health has been answered (in
+// gVisor it would compete with that answer, which stasisd waits for), and
+// a first request of another kind starts it too.
+func TestBootStartsAfterFirstAnswer(t *testing.T) {
+	for _, first := range []string{"health", "stat"} {
+		t.Run(first, func(t *testing.T) {
+			inner, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ln := &writeCounter{Listener: inner}
+			var answeredBefore int64 = -1
+			c, booted := bootAgentOn(t, agent.Config{}, ln, func() error {
+				answeredBefore = ln.written.Load()
+				return nil
+			})
+			ctx := testCtx(t)
+			if first == "health" {
+				err = c.Health(ctx)
+			} else {
+				_, err = c.Stat(ctx, "/")
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := <-booted; err != nil {
+				t.Fatal(err)
+			}
+			if first == "health" && answeredBefore == 0 {
+				t.Error("the set-up started before the first /health was answered")
+			}
+		})
+	}
+}
+
+// writeCounter counts the bytes written on the connections it accepts.
+type writeCounter struct {
+	net.Listener
+	written atomic.Int64
+}
+
+func (l *writeCounter) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &countedConn{Conn: c, n: &l.written}, nil
+}
+
+type countedConn struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c *countedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 // An idle reaper (the agent's until its set-up runs) can be closed without

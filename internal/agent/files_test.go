@@ -418,9 +418,3 @@ func TestConfigFromEnvAgentProcs(t *testing.T) {
 		}
 	}
 }
-
-func TestNewRejectsUnknownDefaultUser(t *testing.T) {
-	if _, err := agent.New(agent.Config{TokenHash: agentproto.TokenHash("x"), DefaultUser: "no-such-user-xyz"}, reaper, nil); err == nil {
-		t.Fatal("New accepted an unknown default user")
-	}
-}

@@ -44,8 +44,12 @@ type Server struct {
 
 	// booted is closed once the sandbox's set-up (Boot) is done, bootErr
 	// then says whether it failed. Requests other than /health wait for it.
-	booted  chan struct{}
-	bootErr error
+	// bootStart is closed (startBoot) by the first request: the set-up
+	// waits for it.
+	booted    chan struct{}
+	bootErr   error
+	bootStart chan struct{}
+	bootOnce  sync.Once
 
 	// The spare shell (spare.go).
 	spareMu      sync.Mutex
@@ -55,7 +59,8 @@ type Server struct {
 }
 
 // New returns a Server. Commands are started through reaper, which must
-// outlive the server. logger receives errors only (nil: discard).
+// outlive the server. logger receives errors only (nil: discard). Boot
+// checks that the default user exists.
 func New(cfg Config, reaper *Reaper, logger *log.Logger) (*Server, error) {
 	if cfg.TokenHash == ([sha256.Size]byte{}) {
 		return nil, errors.New("agent: no token hash")
@@ -65,9 +70,6 @@ func New(cfg Config, reaper *Reaper, logger *log.Logger) (*Server, error) {
 	}
 	if cfg.DefaultWorkdir != "" && !strings.HasPrefix(cfg.DefaultWorkdir, "/") {
 		return nil, fmt.Errorf("agent: default workdir %q is not absolute", cfg.DefaultWorkdir)
-	}
-	if _, err := lookupAccount(cfg.DefaultUser); err != nil {
-		return nil, fmt.Errorf("agent: default user: %w", err)
 	}
 	if logger == nil {
 		logger = log.New(io.Discard, "", 0)
@@ -82,6 +84,7 @@ func New(cfg Config, reaper *Reaper, logger *log.Logger) (*Server, error) {
 
 		watchdogKick: make(chan struct{}, 1),
 		booted:       make(chan struct{}),
+		bootStart:    make(chan struct{}),
 	}
 	close(s.booted) // nothing to set up unless Boot says otherwise
 	h := cfg.TokenHash
@@ -95,19 +98,27 @@ func New(cfg Config, reaper *Reaper, logger *log.Logger) (*Server, error) {
 	return s, nil
 }
 
-// Boot runs setup, what the sandbox needs before the first command (its
-// resolver, its trust store), in the background, and returns its result
-// once it is done. Until then every request but /health waits for it, and
-// if it failed they are answered with its error: /health answers at once,
-// so that stasisd learns the agent is up while the set-up's file writes
-// (gVisor's gofer) are still under way, and nothing else can run before
-// they are done. Call it before Serve.
+// Boot checks the default user and runs setup, what the sandbox needs
+// before the first command (its resolver, its trust store), in the
+// background, and returns its result once it is done. Until then every
+// request but /health waits for it, and if it failed they are answered with
+// its error. Both start only once the first request arrives, and for a
+// /health once it is answered: stasisd waits for that answer at create,
+// and in gVisor the set-up's reads and writes (the gofer's) and the threads
+// Go starts for them would otherwise compete with it (5-15 ms in
+// docs/density/NOTES.md "Create floor"). Call it before Serve.
 func (s *Server) Boot(setup func() error) <-chan error {
 	done := make(chan struct{})
 	s.booted = done
 	res := make(chan error, 1)
 	go func() {
-		err := setup()
+		<-s.bootStart
+		_, err := lookupAccount(s.cfg.DefaultUser)
+		if err != nil {
+			err = fmt.Errorf("agent: default user: %w", err)
+		} else {
+			err = setup()
+		}
 		s.bootErr = err
 		close(done)
 		res <- err
@@ -191,15 +202,25 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnauthorized, agentproto.CodeUnauthorized, "missing or invalid token")
 		return
 	}
-	if r.URL.Path != agentproto.PathHealth {
-		<-s.booted
-		if s.bootErr != nil {
-			writeError(w, http.StatusInternalServerError, agentproto.CodeInternal, "sandbox set-up failed: "+s.bootErr.Error())
-			return
+	if r.URL.Path == agentproto.PathHealth {
+		s.mux.ServeHTTP(w, r)
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush() // the answer is out before the set-up starts
 		}
+		s.startBoot()
+		return
+	}
+	s.startBoot()
+	<-s.booted
+	if s.bootErr != nil {
+		writeError(w, http.StatusInternalServerError, agentproto.CodeInternal, "sandbox set-up failed: "+s.bootErr.Error())
+		return
 	}
 	s.mux.ServeHTTP(w, r)
 }
+
+// startBoot lets Boot's set-up start.
+func (s *Server) startBoot() { s.bootOnce.Do(func() { close(s.bootStart) }) }
 
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	if !allowMethods(w, r, http.MethodGet, http.MethodHead) {

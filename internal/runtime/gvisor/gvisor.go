@@ -373,7 +373,7 @@ func (d *Driver) cleanupFailed(id string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_, _ = d.run(ctx, id, "delete", "--force", id)
+	_ = d.delete(ctx, id)
 	_ = d.cfg.Net.Teardown(ctx, id)
 	_ = os.Remove(filepath.Join(d.sandboxDir(id), "config.json"))
 	_ = os.Remove(d.pidPath(id))
@@ -485,9 +485,7 @@ func (d *Driver) Destroy(ctx context.Context, id string) error {
 		return fmt.Errorf("gvisor: destroy: invalid sandbox ID %q", id)
 	}
 	var errs []error
-	if _, err := d.run(ctx, id, "delete", "--force", id); err != nil {
-		errs = append(errs, err)
-	} else if err := d.waitGone(ctx, id); err != nil {
+	if err := d.delete(ctx, id); err != nil {
 		errs = append(errs, err)
 	}
 	if err := d.cfg.Net.Teardown(ctx, id); err != nil {
@@ -501,6 +499,44 @@ func (d *Driver) Destroy(ctx context.Context, id string) error {
 		return fmt.Errorf("gvisor: destroy %s: %w", id, err)
 	}
 	return nil
+}
+
+// deleteTimeout bounds one `runsc delete --force`. It asks the sandbox's
+// controller to stop the container, and waits for ever on a sentry that
+// never answers: hung, or stopped by SIGSTOP.
+const deleteTimeout = 10 * time.Second
+
+// delete removes container id and waits until none of its processes is
+// left. If `runsc delete` does not return within deleteTimeout, the
+// sandbox's processes are killed and it is run again: with the sentry dead,
+// it only removes the container's state.
+func (d *Driver) delete(ctx context.Context, id string) error {
+	dctx, cancel := context.WithTimeout(ctx, deleteTimeout)
+	_, err := d.run(dctx, id, "delete", "--force", id)
+	cancel()
+	if err != nil && errors.Is(dctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+		d.kill(id)
+		dctx, cancel := context.WithTimeout(ctx, deleteTimeout)
+		_, err = d.run(dctx, id, "delete", "--force", id)
+		cancel()
+	}
+	if err != nil {
+		return err
+	}
+	return d.waitGone(ctx, id)
+}
+
+// kill sends SIGKILL to every host process of sandbox id: the sandbox
+// process named in its pid file (its sentry: its PID namespace's other
+// processes die with it), its gofer and any runsc command still at it.
+func (d *Driver) kill(id string) {
+	pids := d.Processes(id)
+	if pid, err := d.readPid(id); err == nil && sandboxAlive(pid, id) && !slices.Contains(pids, pid) {
+		pids = append(pids, pid)
+	}
+	for _, pid := range pids {
+		_ = unix.Kill(pid, unix.SIGKILL)
+	}
 }
 
 // List returns the sandboxes runsc runs now (frozen ones included), with
