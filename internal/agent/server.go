@@ -52,7 +52,6 @@ type Server struct {
 	spare        *spareShell   // ready for the next command; nil if none
 	spareFilling chan struct{} // non-nil while one is started; closed after
 	spareClosed  bool          // shut down: start no more
-	quiesced     atomic.Bool   // a quiesce dropped the spare; the next request starts it again
 }
 
 // New returns a Server. Commands are started through reaper, which must
@@ -192,9 +191,6 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnauthorized, agentproto.CodeUnauthorized, "missing or invalid token")
 		return
 	}
-	if r.URL.Path != agentproto.PathQuiesce && s.quiesced.CompareAndSwap(true, false) {
-		s.refillAfter(closedChan) // a command that comes first takes it (takeSpare waits)
-	}
 	if r.URL.Path != agentproto.PathHealth {
 		<-s.booted
 		if s.bootErr != nil {
@@ -217,18 +213,13 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 }
 
 // handleQuiesce readies the sandbox for a checkpoint: what the agent can
-// rebuild later (its spare shell) goes, so the snapshot carries less. The
-// next request of any kind starts the spare again (serveHTTP): after
-// a restore stasisd sends one at once (a health check), so that the spare
-// is being started while the resume's answer travels rather than when the
-// first command has come.
+// rebuild later (its spare shell) goes, so the snapshot carries less.
 func (s *Server) handleQuiesce(w http.ResponseWriter, r *http.Request) {
 	if !allowMethods(w, r, http.MethodPost) {
 		return
 	}
 	s.dropSpare()
 	releaseMemory()
-	s.quiesced.Store(true)
 	w.WriteHeader(http.StatusNoContent)
 }
 

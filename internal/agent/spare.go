@@ -192,14 +192,6 @@ func (s *Server) refillAfter(sent <-chan struct{}) {
 	}()
 }
 
-// closedChan is a closed channel: refillAfter(closedChan) starts the next
-// spare at once.
-var closedChan = func() chan struct{} {
-	c := make(chan struct{})
-	close(c)
-	return c
-}()
-
 // refillAround sends a command's exit (send) with the next spare claimed
 // before it goes out and started after it (refillAfter).
 func (s *Server) refillAround(send func()) {
@@ -255,9 +247,10 @@ func (s *Server) takeSpare(key string) *spareShell {
 }
 
 // dropSpare discards the spare and waits (briefly) until it is gone; none is
-// started again until the next request (see handleQuiesce). Called before a
-// checkpoint: each process costs gVisor a host process and state to restore
-// (about 18 ms of a small sandbox's restore for one idle shell).
+// started again until the next command ran. Called before a checkpoint: each
+// process costs gVisor a host process and state to restore (about 18 ms of
+// a small sandbox's restore for one idle shell), and the next command can
+// start its shell itself.
 func (s *Server) dropSpare() {
 	s.spareMu.Lock()
 	if ch := s.spareFilling; ch != nil {

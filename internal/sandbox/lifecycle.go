@@ -529,20 +529,7 @@ func (s *Service) bringBack(ctx context.Context, b *box, sb *store.Sandbox, step
 	b.agent = agentclient.New(inst.AgentAddr(), s.agentToken(sb.ID))
 	err = s.waitListening(ctx, b.agent)
 	steps.mark(&steps.ready)
-	if err == nil {
-		go wake(b.agent)
-	}
 	return "disk", err
-}
-
-// wake sends a restored agent its first request without waiting for the
-// answer: the agent's first run after a restore (7-15 ms at 10 MB) and the
-// spare shell its quiesce dropped (see agent.handleQuiesce) then start while
-// the resume's answer goes out, instead of when the first command has come.
-func wake(agent *agentclient.Client) {
-	ctx, cancel := context.WithTimeout(context.Background(), thawCheckTimeout)
-	defer cancel()
-	agent.Health(ctx)
 }
 
 // restoreVerified restores sb from its snapshot while checking the
