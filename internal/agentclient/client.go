@@ -281,13 +281,18 @@ func (c *Client) RotateToken(ctx context.Context, newToken string) error {
 }
 
 // Quiesce tells the agent a checkpoint is next, so it drops what it can
-// rebuild later (agentproto.PathQuiesce).
+// rebuild later (agentproto.PathQuiesce). It leaves no idle connection to
+// the agent open, its own included: each is a socket and a goroutine with
+// its buffers in the checkpoint, and after a restore from disk it is dead
+// anyway. Requests and exec streams in progress are not touched.
 func (c *Client) Quiesce(ctx context.Context) error {
+	c.CloseIdleConnections()
 	req, err := c.newRequest(ctx, http.MethodPost, agentproto.PathQuiesce, nil, nil)
 	if err != nil {
 		return err
 	}
 	req.Header["X-Idempotency-Key"] = nil // replayable
+	req.Close = true
 	resp, err := c.do(req)
 	if err != nil {
 		return err

@@ -3,8 +3,10 @@ package agentclient_test
 import (
 	"bytes"
 	"net"
+	"os"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stasis-sandbox/stasis/internal/agent"
 	"github.com/stasis-sandbox/stasis/internal/agentclient"
@@ -91,5 +93,32 @@ func TestExecSkipsConnectionClosedByAgent(t *testing.T) {
 	runEcho(t, c, "two")
 	if n := ln.accepted(); n < 3 {
 		t.Fatalf("the agent accepted %d connections in all; the second command should have dialed a new one", n)
+	}
+}
+
+// Quiesce leaves no connection to the agent open, its own included: each
+// would be a socket and a serving goroutine in the checkpoint that follows.
+func TestQuiesceLeavesNoConnectionOpen(t *testing.T) {
+	c, ln := startCountedAgent(t)
+	if err := c.Health(testCtx(t)); err != nil { // kept alive for the next request
+		t.Fatal(err)
+	}
+	runEcho(t, c, "one")
+	eventually(t, "a connection dialed ahead", func() bool { return ln.accepted() == 3 })
+	if err := c.Quiesce(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	ln.mu.Lock()
+	conns := ln.conns
+	ln.mu.Unlock()
+	if len(conns) != 4 {
+		t.Fatalf("the agent accepted %d connections, want 4 (health, exec, dialed ahead, quiesce)", len(conns))
+	}
+	for i, conn := range conns {
+		// A safety net, not a timing: an open connection never ends.
+		conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+		if _, err := conn.Read(make([]byte, 1)); err == nil || os.IsTimeout(err) {
+			t.Errorf("connection %d still open after Quiesce (read: %v)", i, err)
+		}
 	}
 }
