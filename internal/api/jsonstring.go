@@ -10,57 +10,85 @@ import (
 // appendJSONString appends s to dst as a JSON string, exactly as
 // encoding/json does with HTML escaping off (invalid UTF-8 becomes U+FFFD;
 // U+2028 and U+2029 are escaped). A command's large output is mostly ASCII,
-// often many short lines: it is written a block at a time into room made
-// for the block's worst case, byte by byte with a table lookup, which for
-// output like `y\n` is cheaper than a copy per run of plain bytes
-// (BenchmarkExecResponse1MB).
+// often many short lines: it is written byte by byte with a table lookup
+// into dst's spare capacity (sized by jsonSizeHint), which for output like
+// `y\n` costs a few times less than a copy call per run of plain bytes
+// (BenchmarkExecResponse1MB); dst grows only when its capacity runs out.
 func appendJSONString(dst []byte, s string) []byte {
 	const hex = "0123456789abcdef"
-	const block = 4096
 	dst = append(dst, '"')
+	start := len(dst)
+	out := dst[start:cap(dst)]
+	n := 0
 	for i := 0; i < len(s); {
-		end := min(i+block, len(s))
-		dst = slices.Grow(dst, 6*(end-i)+6)
-		out := dst[len(dst):cap(dst)]
-		n := 0
-		for i < end {
-			b := s[i]
-			if e := jsonEscape[b]; e == 0 {
-				out[n] = b
-				n++
-				i++
-				continue
-			} else if e != 'U' {
-				if e == 'u' {
-					out[n], out[n+1], out[n+2], out[n+3], out[n+4], out[n+5] = '\\', 'u', '0', '0', hex[b>>4], hex[b&0xf]
-					n += 6
-				} else {
-					out[n], out[n+1] = '\\', e
-					n += 2
+		b := s[i]
+		e := jsonEscape[b]
+		if e == 0 && n < len(out) {
+			out[n] = b
+			n++
+			i++
+			continue
+		}
+		if e != 0 && e != 'u' && e != 'U' && n+2 <= len(out) { // a two-byte escape
+			out[n], out[n+1] = '\\', e
+			n += 2
+			i++
+			continue
+		}
+		if e == 'U' {
+			// From a multi-byte character on, the run of bytes that need
+			// no escape is copied whole.
+			j := i
+			for j < len(s) {
+				if c := s[j]; c < utf8.RuneSelf {
+					if jsonEscape[c] != 0 {
+						break
+					}
+					j++
+					continue
 				}
-				i++
+				r, size := utf8.DecodeRuneInString(s[j:])
+				if size == 1 || r == '\u2028' || r == '\u2029' {
+					break
+				}
+				j += size
+			}
+			if j > i && n+(j-i) <= len(out) {
+				n += copy(out[n:], s[i:j])
+				i = j
 				continue
 			}
-			// From 0x80: a UTF-8 sequence, which may reach past end (the
-			// room for a block of 6-byte escapes holds it).
-			r, size := utf8.DecodeRuneInString(s[i:])
+		}
+		// The rest, and any write that needs more room.
+		var esc [6]byte
+		m, size := 0, 1
+		switch e {
+		case 0:
+			esc[0], m = b, 1
+		case 'u':
+			esc, m = [6]byte{'\\', 'u', '0', '0', hex[b>>4], hex[b&0xf]}, 6
+		case 'U':
+			var r rune
+			r, size = utf8.DecodeRuneInString(s[i:])
 			switch {
 			case r == utf8.RuneError && size == 1:
-				n += copy(out[n:], `\ufffd`)
+				m = copy(esc[:], `\ufffd`)
 			case r == '\u2028' || r == '\u2029':
-				out[n], out[n+1], out[n+2], out[n+3], out[n+4], out[n+5] = '\\', 'u', '2', '0', '2', hex[r&0xf]
-				n += 6
+				esc, m = [6]byte{'\\', 'u', '2', '0', '2', hex[r&0xf]}, 6
 			default:
-				for k := range size {
-					out[n+k] = s[i+k]
-				}
-				n += size
+				m = copy(esc[:], s[i:i+size])
 			}
-			i += size
+		default:
+			esc[0], esc[1], m = '\\', e, 2
 		}
-		dst = dst[:len(dst)+n]
+		if n+m > len(out) {
+			dst = slices.Grow(dst[:start+n], m+len(s)-i)
+			out = dst[start:cap(dst)]
+		}
+		n += copy(out[n:], esc[:m])
+		i += size
 	}
-	return append(dst, '"')
+	return append(dst[:start+n], '"')
 }
 
 // jsonEscape[b] is 0 for a byte that goes into a JSON string as it is, the

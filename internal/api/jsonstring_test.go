@@ -72,3 +72,15 @@ func BenchmarkExecResponse1MB(b *testing.B) {
 		}
 	})
 }
+
+// Output whose escapes jsonSizeHint counts (newlines) is built in the
+// buffer allocated at the hinted size, with no second allocation and copy.
+func TestExecResponseJSONFitsItsSizeHint(t *testing.T) {
+	for _, out := range []string{strings.Repeat("y\n", 1<<16), strings.Repeat("héllo wörld ✓\n", 1<<12), "no newline"} {
+		resp := execResponse{Stdout: out, Stderr: "err\n", ExitCode: 1}
+		buf := make([]byte, 0, resp.jsonSizeHint())
+		if allocs := testing.AllocsPerRun(10, func() { resp.appendJSON(buf[:0]) }); allocs != 0 {
+			t.Errorf("%.20q...: %v allocations, want 0", out, allocs)
+		}
+	}
+}
