@@ -47,17 +47,14 @@ const (
 	// finds more to send at each read. A pipe's memory is allocated as it
 	// fills, so an idle one costs nothing more.
 	outputPipeSize = 1 << 20
-	// outputGather is the least time, in a buffered run (HoldStarted), the
-	// pump waits after a read that found the pipe less than a quarter full
-	// before reading again, unless the shell exits first; it waits about
-	// as long as the pipe takes to fill halfway (see gatherPump). The
-	// answer goes out only at the exit anyway; what it saves is the
-	// wake-ups: a command printing in small writes (`yes | head -c
-	// 1048576` writes 4 KiB at a time) otherwise wakes the agent for almost
-	// every write, and on the sandbox's one vCPU each wake-up and each send
-	// through its network stack is taken from the command (measured: ~210
-	// reads and sends per MB became ~20 with a fixed 10 ms; for 1 MB
-	// printed over ~300 ms on the host, 28-32 frames became 7).
+	// outputGather is how long, in a buffered run (HoldStarted), the pump
+	// waits after a read that found the pipe less than a quarter full
+	// before reading again, unless the shell exits first. The answer goes out only at the exit
+	// anyway; what it saves is the wake-ups: a command printing in small
+	// writes (`yes | head -c 1048576` writes 4 KiB at a time) otherwise
+	// wakes the agent for almost every write, and on the sandbox's one vCPU
+	// each wake-up and each send through its network stack is taken from
+	// the command (measured: ~210 reads and sends per MB become ~20).
 	outputGather = 10 * time.Millisecond
 	// outputIdleMax bounds how long the pump of a buffered run sleeps
 	// while the command prints nothing (the sleep doubles from
@@ -703,28 +700,19 @@ func (p *process) pump(o output) {
 
 // gatherPump is pump for a buffered run, on fd, a non-blocking duplicate of
 // the output's pipe that is in no poller: it reads what the pipe holds, and
-// when that was little, sleeps until the pipe is about half full at the rate
-// it filled (outputGather to outputIdleMax; longer while the command is
+// when that was little, sleeps outputGather (longer while the command is
 // silent) or until the shell exits, instead of waking for every write. The
 // wake-ups were the cost: with the pipe in Go's poller each write of the
 // command woke the agent, read or not (measured).
 func (p *process) gatherPump(fd int, t agentproto.FrameType) {
 	buf := make([]byte, agentproto.ChunkSize)
 	idle := outputGather
-	last, got := time.Now(), false // the previous read, and whether it found output
 	for {
 		n, err := unix.Read(fd, buf)
-		now := time.Now()
 		switch {
 		case n > 0:
 			p.e.fw.WriteFrame(t, buf[:n]) // on error keep draining, as pump
-			// Sleep about as long as the pipe takes to fill halfway at
-			// the rate it filled since the last read: a command printing
-			// steadily is read in a few large frames (each frame's send
-			// costs the sandbox far more than its bytes), and one that
-			// prints faster is read more often.
-			idle = min(max(now.Sub(last)*(outputPipeSize/2)/time.Duration(n), outputGather), outputIdleMax)
-			last, got = now, true
+			idle = outputGather
 			if n == len(buf) && len(buf) < agentproto.MaxPayload {
 				// More is waiting: read it in fewer, larger frames.
 				buf = make([]byte, min(2*len(buf), agentproto.MaxPayload))
@@ -737,10 +725,9 @@ func (p *process) gatherPump(fd int, t agentproto.FrameType) {
 		case err == nil, err != unix.EAGAIN && err != unix.EINTR:
 			return // EOF, or the pipe failed
 		default:
-			if !got && !p.exited.Load() {
+			if !p.exited.Load() {
 				idle = min(2*idle, outputIdleMax)
 			}
-			last, got = now, false
 		}
 		if !p.exited.Load() {
 			p.waitGather(idle)
