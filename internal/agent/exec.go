@@ -914,7 +914,10 @@ type stdioPipes struct {
 	stdin  *os.File // write end
 	stdout *os.File // read end; nil if in outFDs
 	stderr *os.File // read end; nil if in outFDs
-	script *os.File // write end; nil unless asked for
+	// script is the write end of a spare's script pipe (-1 unless asked
+	// for): a blocking descriptor in no poller, so that handing over the
+	// script is a write and a close, without a poller deregistration.
+	script int
 	child  []*os.File
 	// outFDs are a spare's stdout and stderr read ends as non-blocking
 	// descriptors in no poller, ready for a buffered command's gathering
@@ -925,29 +928,32 @@ type stdioPipes struct {
 }
 
 func newStdioPipes(script bool) (*stdioPipes, error) {
-	n := 3
-	if script {
-		n = 4
-	}
 	var parent, child []*os.File
-	for i := range n {
+	for i := range 3 {
 		r, w, err := os.Pipe()
 		if err != nil {
 			closeAll(parent...)
 			closeAll(child...)
 			return nil, fmt.Errorf("pipe: %w", err)
 		}
-		if i == 0 || i == 3 { // the child reads
+		if i == 0 { // the child reads
 			parent, child = append(parent, w), append(child, r)
 		} else {
 			parent, child = append(parent, r), append(child, w)
 		}
 	}
-	p := &stdioPipes{stdin: parent[0], stdout: parent[1], stderr: parent[2], child: child, outFDs: [2]int{-1, -1}}
+	p := &stdioPipes{stdin: parent[0], stdout: parent[1], stderr: parent[2], child: child, script: -1, outFDs: [2]int{-1, -1}}
 	setPipeSize(p.stdout, outputPipeSize)
 	setPipeSize(p.stderr, outputPipeSize)
 	if script {
-		p.script = parent[3]
+		var fds [2]int
+		if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
+			p.closeChildEnds()
+			p.closeParentEnds()
+			return nil, fmt.Errorf("pipe: %w", err)
+		}
+		p.child = append(p.child, os.NewFile(uintptr(fds[0]), "script"))
+		p.script = fds[1]
 		for i, f := range []**os.File{&p.stdout, &p.stderr} {
 			if fd, err := unpolledDup(*f); err == nil {
 				(*f).Close()
@@ -981,8 +987,9 @@ func (p *stdioPipes) closeParentEnds() {
 			unix.Close(fd)
 		}
 	}
-	if p.script != nil {
-		p.script.Close()
+	if p.script >= 0 {
+		unix.Close(p.script)
+		p.script = -1
 	}
 }
 

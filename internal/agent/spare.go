@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/stasis-sandbox/stasis/internal/agentproto"
 )
 
@@ -322,11 +324,28 @@ func (e *execSession) startOnSpare(p *process, sp *spareShell, script string) (*
 	}
 	e.proc = p
 	e.mu.Unlock()
-	if _, err := sp.pipes.script.WriteString(script); err != nil {
+	if err := writeAll(sp.pipes.script, script); err != nil {
 		// The shell died since takeSpare looked; wait reports how.
 		e.s.log.Printf("exec: handing a command to spare shell %d: %v", sp.pid, err)
 	}
-	sp.pipes.script.Close()
+	unix.Close(sp.pipes.script)
+	sp.pipes.script = -1
 	e.s.kickWatchdog()
 	return p, agentproto.Exit{}
+}
+
+// writeAll writes s to the blocking descriptor fd.
+func writeAll(fd int, s string) error {
+	b := []byte(s)
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
 }

@@ -28,6 +28,14 @@ func TestExecResponseJSONMatchesEncodingJSON(t *testing.T) {
 		"ctl \x00\x01\x1f\x7f \b\f\r", "<html> & </html>", "héllo wörld ✓ 😀",
 		"bad \xff\xfe utf8 \xc3", "cut rune \xe2\x9c", "line sep \u2028 para sep \u2029",
 	}
+	// Longer than appendJSONString's 4096-byte block, with a multi-byte
+	// rune, a cut one, an escape and a U+2028 across each block boundary.
+	for _, edge := range []string{"✓", "\xe2\x9c", "\n", "\x01", "\u2028", "😀"} {
+		for shift := range 4 {
+			pad := strings.Repeat("a", 4096-shift)
+			texts = append(texts, pad+edge+pad+edge+pad)
+		}
+	}
 	rng := rand.New(rand.NewSource(1))
 	for i := 0; i < 200; i++ {
 		b := make([]byte, rng.Intn(64))
@@ -63,4 +71,16 @@ func BenchmarkExecResponse1MB(b *testing.B) {
 			resp.appendJSON(make([]byte, 0, 64+len(resp.Stdout)))
 		}
 	})
+}
+
+// Output whose escapes jsonSizeHint counts (newlines) is built in the
+// buffer allocated at the hinted size, with no second allocation and copy.
+func TestExecResponseJSONFitsItsSizeHint(t *testing.T) {
+	for _, out := range []string{strings.Repeat("y\n", 1<<16), strings.Repeat("héllo wörld ✓\n", 1<<12), "no newline"} {
+		resp := execResponse{Stdout: out, Stderr: "err\n", ExitCode: 1}
+		buf := make([]byte, 0, resp.jsonSizeHint())
+		if allocs := testing.AllocsPerRun(10, func() { resp.appendJSON(buf[:0]) }); allocs != 0 {
+			t.Errorf("%.20q...: %v allocations, want 0", out, allocs)
+		}
+	}
 }

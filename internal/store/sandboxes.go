@@ -185,7 +185,7 @@ func (s *sqlStore) InsertSandbox(ctx context.Context, sb *Sandbox) error {
 
 // GetSandbox returns the sandbox with id owned by teamID ("" matches any team).
 func (s *sqlStore) GetSandbox(ctx context.Context, teamID, id string) (*Sandbox, error) {
-	row := s.db.QueryRowContext(ctx, `SELECT `+sandboxColumns+` FROM sandboxes
+	row := s.db.queryRowPrepared(ctx, `SELECT `+sandboxColumns+` FROM sandboxes
 		WHERE id = ? AND (? = '' OR team_id = ?)`, id, teamID, teamID)
 	sb, err := scanSandbox(row)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -499,7 +499,7 @@ func (s *sqlStore) AddAccessToken(ctx context.Context, sandboxID string, generat
 // exist and belong to the sandbox's current token generation.
 func (s *sqlStore) CheckAccessToken(ctx context.Context, sandboxID, token string) (bool, error) {
 	var n int
-	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM access_tokens a JOIN sandboxes s ON s.id = a.sandbox_id
+	err := s.db.queryRowPrepared(ctx, `SELECT COUNT(*) FROM access_tokens a JOIN sandboxes s ON s.id = a.sandbox_id
 		WHERE a.hash = ? AND a.sandbox_id = ? AND a.generation = s.token_generation`,
 		HashSecret(token), sandboxID).Scan(&n)
 	if err != nil {

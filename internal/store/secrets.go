@@ -200,7 +200,7 @@ func (s *sqlStore) AddSecretBindings(ctx context.Context, bs []*SecretBinding) e
 // SecretBindings returns a sandbox's bindings (revoked ones included), by
 // env key; detached ones too when withDetached.
 func (s *sqlStore) SecretBindings(ctx context.Context, sandboxID string, withDetached bool) ([]*SecretBinding, error) {
-	rows, err := s.db.QueryContext(ctx, bindingSelect+` WHERE b.sandbox_id = ? AND (? = 1 OR b.detached = 0)
+	rows, err := s.db.queryPrepared(ctx, bindingSelect+` WHERE b.sandbox_id = ? AND (? = 1 OR b.detached = 0)
 		ORDER BY b.env_key, b.id`, sandboxID, withDetached)
 	if err != nil {
 		return nil, fmt.Errorf("secret bindings of %s: %w", sandboxID, err)

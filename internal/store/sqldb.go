@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // dialect is what differs between the SQL engines behind the one store
@@ -22,6 +23,7 @@ const (
 type db struct {
 	sql     *sql.DB
 	dialect dialect
+	stmts   sync.Map // query -> *sql.Stmt, see prepared
 }
 
 // rebind turns ? placeholders (outside string literals) into $1, $2, …
@@ -76,15 +78,67 @@ func (d *db) QueryContext(ctx context.Context, q string, a ...any) (*sql.Rows, e
 }
 
 func (d *db) QueryRowContext(ctx context.Context, q string, a ...any) *row {
-	return &row{d.sql.QueryRowContext(ctx, d.dialect.rebind(q), args(a)...)}
+	return &row{r: d.sql.QueryRowContext(ctx, d.dialect.rebind(q), args(a)...)}
 }
 
-// row is a *sql.Row whose Scan marks connection errors.
-type row struct{ r *sql.Row }
+// prepared returns q prepared once; database/sql prepares it again on each
+// connection it runs on. For the queries of every data-plane request, which
+// SQLite would otherwise parse and plan on each call (pgx caches its own).
+func (d *db) prepared(ctx context.Context, q string) (*sql.Stmt, error) {
+	if st, ok := d.stmts.Load(q); ok {
+		return st.(*sql.Stmt), nil
+	}
+	st, err := d.sql.PrepareContext(ctx, d.dialect.rebind(q))
+	if err != nil {
+		return nil, markUnavailable(err)
+	}
+	if prev, loaded := d.stmts.LoadOrStore(q, st); loaded {
+		st.Close()
+		return prev.(*sql.Stmt), nil
+	}
+	return st, nil
+}
 
-func (r *row) Scan(dest ...any) error { return markUnavailable(r.r.Scan(dest...)) }
+// queryPrepared is QueryContext with q prepared once.
+func (d *db) queryPrepared(ctx context.Context, q string, a ...any) (*sql.Rows, error) {
+	st, err := d.prepared(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := st.QueryContext(ctx, args(a)...)
+	return rows, markUnavailable(err)
+}
 
-func (d *db) Close() error { return d.sql.Close() }
+// queryRowPrepared is QueryRowContext with q prepared once.
+func (d *db) queryRowPrepared(ctx context.Context, q string, a ...any) *row {
+	st, err := d.prepared(ctx, q)
+	if err != nil {
+		return &row{err: err}
+	}
+	return &row{r: st.QueryRowContext(ctx, args(a)...)}
+}
+
+// row is a *sql.Row whose Scan marks connection errors, or the error of
+// preparing its query.
+type row struct {
+	r   *sql.Row
+	err error
+}
+
+func (r *row) Scan(dest ...any) error {
+	if r.err != nil {
+		return r.err
+	}
+	return markUnavailable(r.r.Scan(dest...))
+}
+
+func (d *db) Close() error {
+	d.stmts.Range(func(q, st any) bool {
+		st.(*sql.Stmt).Close()
+		return true
+	})
+	return d.sql.Close()
+}
 
 // txn is a transaction on db, with the same query rewriting.
 type txn struct {
@@ -103,7 +157,7 @@ func (t *txn) QueryContext(ctx context.Context, q string, a ...any) (*sql.Rows, 
 }
 
 func (t *txn) QueryRowContext(ctx context.Context, q string, a ...any) *row {
-	return &row{t.tx.QueryRowContext(ctx, t.dialect.rebind(q), args(a)...)}
+	return &row{r: t.tx.QueryRowContext(ctx, t.dialect.rebind(q), args(a)...)}
 }
 
 // tx runs fn in a transaction, committing if it returns nil.

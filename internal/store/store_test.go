@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -228,5 +229,57 @@ func testUsageCountsKeptSnapshots(t *testing.T, s Store) {
 	}
 	if u.SnapshotBytes != 1230 {
 		t.Fatalf("snapshot_bytes = %d, want 1000 + 200 + 30", u.SnapshotBytes)
+	}
+}
+
+// testDataPlaneLookupsSeeEveryChange: the lookups of every data-plane
+// request (prepared once, run each time) see each change on the very next
+// call: a binding added or detached, a rotated token generation, a deleted
+// sandbox.
+func testDataPlaneLookupsSeeEveryChange(t *testing.T, s Store) {
+	ctx := context.Background()
+	sb := ownedSandbox(t, s, "n1")
+	tok := NewSecret("sst_")
+	s.AddAccessToken(ctx, sb.ID, 0, tok)
+	lookup := func(wantToken bool, wantBindings int) {
+		t.Helper()
+		if ok, err := s.CheckAccessToken(ctx, sb.ID, tok); ok != wantToken || err != nil {
+			t.Fatalf("token check: %v (%v), want %v", ok, err, wantToken)
+		}
+		bs, err := s.SecretBindings(ctx, sb.ID, false)
+		if err != nil || len(bs) != wantBindings {
+			t.Fatalf("bindings: %d (%v), want %d", len(bs), err, wantBindings)
+		}
+	}
+	lookup(true, 0)
+	sc := &Secret{ID: NewID(), TeamID: "t1", Name: "gh", Auth: json.RawMessage(`{}`), Value: []byte{1}}
+	if err := s.InsertSecret(ctx, sc); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddSecretBindings(ctx, []*SecretBinding{{SandboxID: sb.ID, EnvKey: "GH", SecretID: sc.ID, TokenSeed: "s", TokenHash: "h"}}); err != nil {
+		t.Fatal(err)
+	}
+	lookup(true, 1)
+	if err := s.DetachSecretBinding(ctx, sb.ID, "GH"); err != nil {
+		t.Fatal(err)
+	}
+	lookup(true, 0)
+	sb.TokenGeneration++
+	if err := s.UpdateSandbox(ctx, sb); err != nil {
+		t.Fatal(err)
+	}
+	lookup(false, 0)
+	if got, err := s.GetSandbox(ctx, "", sb.ID); err != nil || got.TokenGeneration != sb.TokenGeneration {
+		t.Fatalf("get after rotation: %+v, %v", got, err)
+	}
+	tok = NewSecret("sst_")
+	s.AddAccessToken(ctx, sb.ID, sb.TokenGeneration, tok)
+	lookup(true, 0)
+	if err := s.DeleteSandbox(ctx, sb.ID); err != nil {
+		t.Fatal(err)
+	}
+	lookup(false, 0)
+	if _, err := s.GetSandbox(ctx, "", sb.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("get after delete: %v, want ErrNotFound", err)
 	}
 }

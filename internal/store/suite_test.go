@@ -21,6 +21,7 @@ var suite = []struct {
 }{
 	{"EveryTableRoundTrip", testEveryTableRoundTrip},
 	{"TokenGenerations", testTokenGenerations},
+	{"DataPlaneLookupsSeeEveryChange", testDataPlaneLookupsSeeEveryChange},
 	{"UsageKeepsDeletedSandboxes", testUsageKeepsDeletedSandboxes},
 	{"UsageCountsKeptSnapshots", testUsageCountsKeptSnapshots},
 	{"ClaimSandboxFencesStaleOwner", testClaimSandboxFencesStaleOwner},

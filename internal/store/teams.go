@@ -39,7 +39,7 @@ func (s *sqlStore) AddAPIKey(ctx context.Context, teamID, name, key string) erro
 // its timing reveals nothing about stored keys.
 func (s *sqlStore) TeamForAPIKey(ctx context.Context, key string) (*Team, error) {
 	var t Team
-	err := s.db.QueryRowContext(ctx,
+	err := s.db.queryRowPrepared(ctx,
 		`SELECT t.id, t.name FROM api_keys k JOIN teams t ON t.id = k.team_id WHERE k.hash = ?`,
 		HashSecret(key)).Scan(&t.ID, &t.Name)
 	if errors.Is(err, sql.ErrNoRows) {

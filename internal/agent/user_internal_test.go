@@ -1,0 +1,64 @@
+package agent
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// The account watch reports every kind of change to the account files on
+// the very next check, and nothing when they did not change; so does its
+// stat fallback (used when a file is a symlink).
+func TestAccountWatchSeesEveryChange(t *testing.T) {
+	for _, mode := range []string{"inotify", "stat"} {
+		t.Run(mode, func(t *testing.T) {
+			dir := t.TempDir()
+			passwd, group := filepath.Join(dir, "passwd"), filepath.Join(dir, "group")
+			write := func(p, s string) {
+				t.Helper()
+				if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			write(passwd, "root:x:0:0::/root:/bin/sh\n")
+			write(group, "root:x:0:\n")
+			if mode == "stat" {
+				real := filepath.Join(dir, "group.real")
+				os.Rename(group, real)
+				os.Symlink(real, group)
+			}
+			w := newAccountWatch([]string{passwd, group})
+			if got := w.fd >= 0; got != (mode == "inotify") {
+				t.Fatalf("watching with inotify: %v", got)
+			}
+			t.Cleanup(func() {
+				if w.fd >= 0 {
+					w.fallBack()
+				}
+			})
+			check := func(what string, want bool) {
+				t.Helper()
+				if got := w.changed(); got != want {
+					t.Fatalf("%s: changed %v, want %v", what, got, want)
+				}
+			}
+			check("first check", true)
+			check("no change", false)
+			write(passwd, "root:x:0:0::/root:/bin/sh\nbob:x:1000:1000::/home/bob:/bin/sh\n")
+			check("passwd rewritten in place", true)
+			check("no change since", false)
+			tmp := filepath.Join(dir, "passwd+")
+			write(tmp, "root:x:0:0::/root:/bin/sh\nbob:x:1001:1001::/home/bob:/bin/sh\n")
+			os.Rename(tmp, passwd)
+			check("passwd replaced by a rename", true)
+			check("no change since", false)
+			f, _ := os.OpenFile(group, os.O_APPEND|os.O_WRONLY, 0)
+			f.WriteString("bob:x:1001:\n")
+			f.Close()
+			check("group appended to", true)
+			os.Remove(passwd)
+			check("passwd removed", true)
+			check("no change since", false)
+		})
+	}
+}
