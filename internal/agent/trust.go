@@ -21,6 +21,12 @@ import (
 // the file API writes them (owned by user). Done in the sandbox, it costs
 // no round trips to stasisd; a sandbox's file system (and every fork,
 // snapshot and template made from it) keeps it.
+//
+// In an image with Debian's local CA directory (localCADir) the CA file is
+// kept there and agentproto.EgressCAPath links to it, as
+// update-ca-certificates links the CAs it finds there: so the bundle that
+// update-ca-certificates rebuilds (a template step adding its own CA) still
+// holds the egress CA, and the layout is the one it would leave.
 func InstallTrust(root string, ca []byte, user string) error {
 	acct, err := lookupAccount(user)
 	if err != nil {
@@ -40,7 +46,14 @@ func InstallTrust(root string, ca []byte, user string) error {
 		}
 		return nil
 	}
-	if err := write(agentproto.EgressCAPath, ca); err != nil {
+	if fi, err := os.Stat(filepath.Join(root, localCADir)); err == nil && fi.IsDir() {
+		if err := write(localCAPath, ca); err != nil {
+			return err
+		}
+		if err := symlinkAtomic(filepath.Join(root, agentproto.EgressCAPath), filepath.Join(root, localCAPath), acct); err != nil {
+			return fmt.Errorf("installing the egress CA at %s: %w", agentproto.EgressCAPath, err)
+		}
+	} else if err := write(agentproto.EgressCAPath, ca); err != nil {
 		return err
 	}
 	var base []byte
@@ -62,6 +75,38 @@ func InstallTrust(root string, ca []byte, user string) error {
 	}
 	if !bytes.Contains(base, ca) {
 		return write(agentproto.TrustBundlePath, withPEM(base, ca)...)
+	}
+	return nil
+}
+
+// Debian's directory of local CAs (update-ca-certificates adds every
+// *.crt there to the bundle) and the egress CA's file in it.
+const (
+	localCADir  = "/usr/local/share/ca-certificates"
+	localCAPath = localCADir + "/stasis-egress-ca.crt"
+)
+
+// symlinkAtomic makes p a symlink to target owned by acct, replacing
+// whatever file was there in one rename.
+func symlinkAtomic(p, target string, acct *account) error {
+	if got, err := os.Readlink(p); err == nil && got == target {
+		return nil
+	}
+	if err := mkdirAllOwned(filepath.Dir(p), acct); err != nil {
+		return err
+	}
+	tmp := filepath.Join(filepath.Dir(p), ".stasis-link-"+filepath.Base(p))
+	os.Remove(tmp) // a leftover of a crash
+	if err := os.Symlink(target, tmp); err != nil {
+		return err
+	}
+	if err := lchown(tmp, acct); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		os.Remove(tmp)
+		return err
 	}
 	return nil
 }

@@ -99,3 +99,31 @@ func TestInstallTrustErrors(t *testing.T) {
 		t.Errorf("/etc/ssl/certs changed to %q", got)
 	}
 }
+
+// With Debian's local CA directory the CA file is kept there, where
+// update-ca-certificates finds it when it rebuilds the bundle, and the
+// CA's path links to it (replacing the file an older agent wrote).
+func TestInstallTrustLocalCADir(t *testing.T) {
+	root := t.TempDir()
+	const local = "/usr/local/share/ca-certificates/stasis-egress-ca.crt"
+	writeAt(t, root, "/usr/local/share/ca-certificates/.keep", "")
+	writeAt(t, root, agentproto.TrustBundlePath, "-----BEGIN CERTIFICATE-----\nDEBIAN\n-----END CERTIFICATE-----\n")
+	writeAt(t, root, agentproto.EgressCAPath, "an older agent's copy")
+	for range 2 {
+		if err := agent.InstallTrust(root, []byte(testCA), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := readAt(t, root, local); got != testCA {
+		t.Errorf("%s = %q", local, got)
+	}
+	if target, err := os.Readlink(filepath.Join(root, agentproto.EgressCAPath)); err != nil || target != filepath.Join(root, local) {
+		t.Errorf("%s links to %q (%v), want %s", agentproto.EgressCAPath, target, err, local)
+	}
+	if got := readAt(t, root, agentproto.TrustBundlePath); strings.Count(got, "TESTCA") != 1 || !strings.Contains(got, "DEBIAN") {
+		t.Errorf("bundle = %q, want Debian's certificate and the CA once", got)
+	}
+	if left, _ := filepath.Glob(filepath.Join(root, "/etc/ssl/certs/.stasis-*")); len(left) > 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+}

@@ -59,3 +59,38 @@ func TestFirstCommandFindsResolverAndCA(t *testing.T) {
 		}
 	}
 }
+
+// update-ca-certificates (a template step adding the user's own CA, run as
+// root) rebuilds Debian's bundle from its sources: the egress CA is one of
+// them, so sandboxes made from the template still trust it.
+func TestUpdateCACertificatesKeepsEgressCA(t *testing.T) {
+	srv := testenv.StartServer(t)
+	ca, err := os.ReadFile(filepath.Join(srv.DataDir(), "egress-ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	caText := strings.TrimSpace(string(ca))
+	spec := map[string]any{"name": "own-ca", "build_spec": map[string]any{"from": "stasis/base", "steps": []any{
+		map[string]any{"user": map[string]any{"name": "root"}},
+		map[string]any{"run": "update-ca-certificates"},
+	}}}
+	var created struct {
+		ID      string
+		BuildID string `json:"build_id"`
+	}
+	if err := srv.Do("POST", "/templates", spec, &created); err != nil {
+		t.Fatalf("create template: %v", err)
+	}
+	if b := waitBuild(t, srv, created.ID, created.BuildID); b.Status != "ready" {
+		t.Fatalf("build %s: %s", b.Status, b.ErrorMessage)
+	}
+	c, _ := create(t, srv, map[string]any{"name": "own-ca", "from_template": "own-ca"})
+	bundle := string(c.readFile("/etc/ssl/certs/ca-certificates.crt"))
+	if n := strings.Count(bundle, caText); n != 1 || strings.Count(bundle, "BEGIN CERTIFICATE") < 50 {
+		t.Errorf("after update-ca-certificates the bundle has the egress CA %d times and %d certificates; want once, and Debian's",
+			n, strings.Count(bundle, "BEGIN CERTIFICATE"))
+	}
+	if got := strings.TrimSpace(string(c.readFile("/etc/ssl/certs/stasis-egress-ca.pem"))); got != caText {
+		t.Errorf("stasis-egress-ca.pem after update-ca-certificates:\n%s", got)
+	}
+}
