@@ -60,16 +60,22 @@ func TestFirstCommandFindsResolverAndCA(t *testing.T) {
 	}
 }
 
+// serverCA is the egress CA (PEM, trimmed) of srv.
+func serverCA(t *testing.T, srv *testenv.Server) string {
+	t.Helper()
+	ca, err := os.ReadFile(filepath.Join(srv.DataDir(), "egress-ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(ca))
+}
+
 // update-ca-certificates (a template step adding the user's own CA, run as
 // root) rebuilds Debian's bundle from its sources: the egress CA is one of
 // them, so sandboxes made from the template still trust it.
 func TestUpdateCACertificatesKeepsEgressCA(t *testing.T) {
 	srv := testenv.StartServer(t)
-	ca, err := os.ReadFile(filepath.Join(srv.DataDir(), "egress-ca.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	caText := strings.TrimSpace(string(ca))
+	caText := serverCA(t, srv)
 	spec := map[string]any{"name": "own-ca", "build_spec": map[string]any{"from": "stasis/base", "steps": []any{
 		map[string]any{"user": map[string]any{"name": "root"}},
 		map[string]any{"run": "update-ca-certificates"},
