@@ -1091,6 +1091,7 @@ func (b *bench) coldResumes(ctx context.Context, pr *pauseResults, size int, bx 
 			return fmt.Errorf("raw, cold, --background --direct: %w", err)
 		}
 		pr.rColdBg.add(rt.first)
+		b.logf("raw cold resume %d MiB #%d (--background --direct): restore %v, first command %v", size, i, rt.restore.Round(time.Millisecond), (rt.first - rt.restore).Round(time.Millisecond))
 	}
 
 	return nil
