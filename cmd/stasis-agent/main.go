@@ -20,6 +20,13 @@
 // sandbox within its memory budget and a task limiter against fork bombs.
 //
 // Build it static: CGO_ENABLED=0 go build ./cmd/stasis-agent
+
+// The runtime does not name its memory mappings (a prctl system call per
+// mapping): every system call costs a trap into gVisor, and the agent's
+// start-up, which every cold create waits for, made 23 of them
+// (docs/density/NOTES.md, "Inside runsc run and the Go start").
+//
+//go:debug decoratemappings=0
 package main
 
 import (
