@@ -7,6 +7,7 @@ package runtime
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"time"
 )
@@ -22,6 +23,30 @@ const AgentMountPath = "/.stasis/agent"
 
 // ErrNotFound is returned when the driver has no sandbox with the given ID.
 var ErrNotFound = errors.New("runtime: sandbox not found")
+
+// ErrVersionMismatch is what a Restore fails with (as a *VersionMismatchError)
+// when the snapshot was taken by another version of the engine, which will
+// not restore it: an upgrade of runsc, or a node on another version. The
+// snapshot itself is intact and restores with the version that took it.
+var ErrVersionMismatch = errors.New("runtime: snapshot taken by another engine version")
+
+// VersionMismatchError names the two versions of an ErrVersionMismatch.
+type VersionMismatchError struct {
+	Snapshot, Current string // empty when the engine did not say
+}
+
+func (e *VersionMismatchError) Error() string {
+	return fmt.Sprintf("the snapshot was taken by runsc %s; this server runs %s", orUnknown(e.Snapshot), orUnknown(e.Current))
+}
+
+func (e *VersionMismatchError) Is(target error) bool { return target == ErrVersionMismatch }
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "(version unknown)"
+	}
+	return s
+}
 
 // Spec describes one sandbox to the driver. The same Spec must be passed to
 // Create and to every later Restore of that sandbox: the engine validates that

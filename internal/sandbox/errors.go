@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/stasis-sandbox/stasis/internal/runtime"
 	"github.com/stasis-sandbox/stasis/internal/store"
 )
 
@@ -77,6 +78,18 @@ func (e *Error) Unwrap() error { return e.Kind }
 
 func newErr(kind error, code, format string, args ...any) *Error {
 	return &Error{Kind: kind, Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// versionConflict is the error for a restore that failed because the
+// snapshot was taken by another runsc version (what names the snapshot's
+// owner, e.g. "sandbox abc"), or nil for any other error. The snapshot is
+// intact: a server running that version restores it.
+func versionConflict(err error, what string) *Error {
+	var vm *runtime.VersionMismatchError
+	if !errors.As(err, &vm) {
+		return nil
+	}
+	return newErr(ErrConflict, "runtime_version_mismatch", "%s cannot be restored by this server: %v. Resume it on a server still running that version, or delete it (docs/OPERATIONS.md, Upgrading)", what, vm)
 }
 
 func notFound(id string) *Error {

@@ -373,6 +373,9 @@ func (s *Service) createFrom(ctx context.Context, sb *store.Sandbox, o origin) (
 		if serr := s.setStatus(ctx, sb, store.StatusFailed, "could not start from snapshot: "+err.Error()); serr != nil {
 			s.undoCreateLater(ctx, b, sb.ID, serr)
 		}
+		if verr := versionConflict(err, "the snapshot it starts from"); verr != nil {
+			return Created{}, verr
+		}
 		return Created{}, fmt.Errorf("start %s from snapshot: %w", sb.ID, err)
 	}
 	steps.setup = inst.Setup

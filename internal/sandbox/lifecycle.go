@@ -466,6 +466,11 @@ func (s *Service) resumeLocked(ctx context.Context, b *box, sb *store.Sandbox, r
 			return newErr(ErrConflict, "snapshot_corrupt", "sandbox %s cannot be resumed: %v", sb.ID, err)
 		}
 		// The snapshot is untouched: the sandbox stays paused and can be retried.
+		if verr := versionConflict(err, "sandbox "+Shorten(sb.ID)); verr != nil {
+			s.metrics.Fail("resume", "version")
+			s.setStatus(ctx, sb, store.StatusPaused, "last resume failed: "+verr.Message)
+			return verr
+		}
 		s.metrics.Fail("resume", "restore")
 		s.log.Error("resume failed", "sandbox", sb.ID, "err", err)
 		s.setStatus(ctx, sb, store.StatusPaused, "last resume failed: "+err.Error())

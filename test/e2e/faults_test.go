@@ -267,7 +267,7 @@ func TestSealFailure(t *testing.T) {
 
 // TestRestoreFailureKeepsSandboxPaused: a restore that fails (before or
 // after runsc started the sandbox, through the API or an exec's transparent
-// resume) leaves the sandbox paused with its snapshot intact and nothing
+// resume, or refused as another runsc version's snapshot) leaves the sandbox paused with its snapshot intact and nothing
 // running; the next resume succeeds and the processes continue.
 func TestRestoreFailureKeepsSandboxPaused(t *testing.T) {
 	srv := testenv.StartServer(t, testenv.WithFaults())
@@ -281,6 +281,7 @@ func TestRestoreFailureKeepsSandboxPaused(t *testing.T) {
 		{"restore fails", faultinject.Fail, false},
 		{"restore fails after starting the sandbox", faultinject.FailAfter, false},
 		{"restore fails under an exec", faultinject.Fail, true},
+		{"snapshot of another runsc version", faultinject.OtherVersion, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cc := c2(t, srv, c.id, c.token)
@@ -299,7 +300,12 @@ func TestRestoreFailureKeepsSandboxPaused(t *testing.T) {
 				}
 			} else {
 				err := srv.Do("POST", "/sandboxes/"+c.id+"/resume", nil, nil)
-				if statusOf(err) != http.StatusInternalServerError {
+				if tc.action == faultinject.OtherVersion {
+					// A clear conflict naming the versions, not an internal error.
+					if statusOf(err) != http.StatusConflict || !strings.Contains(err.Error(), "runtime_version_mismatch") || !strings.Contains(err.Error(), "stasis-faultinject-other") {
+						t.Fatalf("resume of another version's snapshot: %v, want 409 runtime_version_mismatch naming the version", err)
+					}
+				} else if statusOf(err) != http.StatusInternalServerError {
 					t.Fatalf("resume with a failing restore: %v, want 500", err)
 				}
 			}

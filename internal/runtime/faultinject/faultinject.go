@@ -62,13 +62,16 @@ const (
 	// puts a directory where the snapshot's manifest is to be written, so
 	// sealing the snapshot fails as it would on a disk error.
 	Unsealable = "unsealable"
+	// OtherVersion (OpRestore only) fails the restore as runsc does for a
+	// snapshot taken by another runsc version, without calling the driver.
+	OtherVersion = "other-version"
 )
 
 // Rule is one fault.
 type Rule struct {
 	Op     string `json:"op"`              // one of the Op constants
 	ID     string `json:"id,omitempty"`    // sandbox ID; empty matches every sandbox
-	Action string `json:"action"`          // Fail, FailAfter, Delay, Hang or Unsealable
+	Action string `json:"action"`          // Fail, FailAfter, Delay, Hang, Unsealable or OtherVersion
 	Delay  string `json:"delay,omitempty"` // for Delay: a time.ParseDuration string
 	// Times is how many matching calls the rule affects before it is
 	// removed from the file; 0 means every call, for as long as it is there.
@@ -90,6 +93,10 @@ func (r Rule) validate() error {
 	case Unsealable:
 		if r.Op != OpCheckpoint {
 			return fmt.Errorf("faultinject: %s applies to %s only", Unsealable, OpCheckpoint)
+		}
+	case OtherVersion:
+		if r.Op != OpRestore {
+			return fmt.Errorf("faultinject: %s applies to %s only", OtherVersion, OpRestore)
 		}
 	default:
 		return fmt.Errorf("faultinject: unknown action %q", r.Action)
@@ -198,6 +205,8 @@ func (d *Driver) apply(ctx context.Context, r Rule, ok bool, op, id string, do f
 	switch r.Action {
 	case Fail:
 		return injected
+	case OtherVersion:
+		return fmt.Errorf("%w: %w", &runtime.VersionMismatchError{Snapshot: "stasis-faultinject-other"}, injected)
 	case Delay:
 		delay, _ := time.ParseDuration(r.Delay)
 		select {

@@ -315,7 +315,7 @@ func (d *Driver) Restore(ctx context.Context, spec runtime.Spec, dir string) (_ 
 		args = append(args, "--background", "--direct")
 	}
 	if err := d.runWithConsole(ctx, spec.ID, flags, append(args, spec.ID)...); err != nil {
-		return nil, err
+		return nil, versionMismatch(err)
 	}
 	inst, err := d.started(spec.ID, link, setup)
 	if err != nil {

@@ -9,9 +9,12 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/stasis-sandbox/stasis/internal/runtime"
 )
 
 // errNoContainer is returned by state when runsc knows no such container.
@@ -36,6 +39,26 @@ func (e *runscError) Error() string {
 }
 
 func (e *runscError) Unwrap() error { return e.err }
+
+// runscVersionMismatch is how runsc restore says a checkpoint was taken by
+// another runsc version: "runsc version does not match across checkpoint
+// restore, checkpoint: X current: Y".
+var runscVersionMismatch = regexp.MustCompile(`runsc version does not match across checkpoint restore, checkpoint: (\S*) current: (\S*)`)
+
+// versionMismatch turns a failed runsc restore that refused the checkpoint's
+// version into a *runtime.VersionMismatchError (wrapping err), and returns
+// any other error as it is.
+func versionMismatch(err error) error {
+	var re *runscError
+	if !errors.As(err, &re) {
+		return err
+	}
+	m := runscVersionMismatch.FindStringSubmatch(re.stderr)
+	if m == nil {
+		return err
+	}
+	return fmt.Errorf("%w: %w", &runtime.VersionMismatchError{Snapshot: m[1], Current: m[2]}, err)
+}
 
 // tail returns the last n non-empty lines of b, joined by " | ".
 func tail(b []byte, n int) string {
