@@ -221,19 +221,8 @@ func (d *Driver) prepare(ctx context.Context, spec runtime.Spec) (*netpool.Link,
 	_ = os.Remove(d.pidPath(spec.ID))
 	_ = os.Remove(d.frozenMarker(spec.ID)) // a new sandbox runs
 	flags := []string{"--network=sandbox", d.overlayFlag(spec)}
-	if spec.VCPU == 1 && d.cfg.Platform == "systrap" {
-		flags = append(flags, noSpinFlag)
-	}
 	return link, flags, nil
 }
-
-// noSpinFlag turns off systrap's fast path, in which the sandbox's stub
-// threads and a sentry thread spin waiting for each other instead of
-// sleeping. systrap never spins with one CPU, but runsc shows a sandbox at
-// least two, so a sandbox with a 1-core quota spun on its own quota: the
-// spinning took the CPU its command needed and got it throttled (a 1 MB
-// print through POST /exec, docs/density/NOTES.md).
-const noSpinFlag = "--systrap-disable-fast-path"
 
 // started finishes Create and Restore: the sandbox process's PID is in the
 // pid file runsc wrote.
