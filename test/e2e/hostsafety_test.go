@@ -254,11 +254,7 @@ func commandOutput(name string, args ...string) (string, error) {
 // its sentry never answers runsc, and leaves nothing of it on the host.
 func TestUnansweringAgentIsFailed(t *testing.T) {
 	srv := testenv.StartServer(t)
-	c, sb := createMinimal(t, srv, "hung")
-	if r := c.exec("true"); r.ExitCode != 0 {
-		t.Fatalf("exec: %+v", r)
-	}
-	stopSentry(t, srv, sb.ID)
+	sb := createStopped(t, srv, "hung")
 	// Up to agentProbeInterval before the first probe, then unansweredProbes
 	// rounds and a last try, each bounded by agentProbeTimeout; then the
 	// Destroy, whose runsc delete waits on the stopped sentry until the
@@ -281,15 +277,23 @@ func TestUnansweringAgentIsFailed(t *testing.T) {
 // the host.
 func TestDeleteStoppedSandbox(t *testing.T) {
 	srv := testenv.StartServer(t)
-	c, sb := createMinimal(t, srv, "stopped")
-	if r := c.exec("true"); r.ExitCode != 0 {
-		t.Fatalf("exec: %+v", r)
-	}
-	stopSentry(t, srv, sb.ID)
+	sb := createStopped(t, srv, "stopped")
 	if err := srv.Do("DELETE", "/sandboxes/"+sb.ID, nil, nil); err != nil {
 		t.Fatalf("delete: %v", err)
 	}
 	requireNothingLeft(t, srv, sb.ID)
+}
+
+// createStopped creates a stasis/minimal sandbox, checks that it runs a
+// command, and stops its sentry (stopSentry).
+func createStopped(t *testing.T, srv *testenv.Server, name string) sandboxInfo {
+	t.Helper()
+	c, sb := createMinimal(t, srv, name)
+	if r := c.exec("true"); r.ExitCode != 0 {
+		t.Fatalf("exec: %+v", r)
+	}
+	stopSentry(t, srv, sb.ID)
+	return sb
 }
 
 // stopSentry SIGSTOPs the sandbox process of sandbox id (created by the

@@ -511,14 +511,16 @@ const deleteTimeout = 10 * time.Second
 // sandbox's processes are killed and it is run again: with the sentry dead,
 // it only removes the container's state.
 func (d *Driver) delete(ctx context.Context, id string) error {
-	dctx, cancel := context.WithTimeout(ctx, deleteTimeout)
-	_, err := d.run(dctx, id, "delete", "--force", id)
-	cancel()
-	if err != nil && errors.Is(dctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
-		d.kill(id)
+	try := func() (timedOut bool, err error) {
 		dctx, cancel := context.WithTimeout(ctx, deleteTimeout)
+		defer cancel()
 		_, err = d.run(dctx, id, "delete", "--force", id)
-		cancel()
+		return errors.Is(dctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil, err
+	}
+	timedOut, err := try()
+	if err != nil && timedOut {
+		d.kill(id)
+		_, err = try()
 	}
 	if err != nil {
 		return err
