@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"text/tabwriter"
 
 	stasis "github.com/stasis-sandbox/stasis"
 )
@@ -142,20 +141,9 @@ func (a *app) snapshotLsCmd() *command {
 				if err != nil {
 					return a.failSnapshots(err, "")
 				}
-				if *jsonOut {
-					return a.printJSON(list)
-				}
-				if len(list) == 0 {
-					fmt.Fprintln(a.stderr, "no snapshots")
-					return 0
-				}
-				tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
-				fmt.Fprintln(tw, "ID\tNAME\tSANDBOX\tSIZE\tCREATED")
-				for _, s := range list {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.ID, dash(s.Name), s.SandboxID, humanBytes(s.SizeBytes), ago(s.CreatedAt))
-				}
-				tw.Flush()
-				return 0
+				return printList(a, list, *jsonOut, "no snapshots", "ID\tNAME\tSANDBOX\tSIZE\tCREATED", func(s stasis.SnapshotInfo) string {
+					return fmt.Sprintf("%s\t%s\t%s\t%s\t%s", s.ID, dash(s.Name), s.SandboxID, humanBytes(s.SizeBytes), ago(s.CreatedAt))
+				})
 			}
 		},
 	}

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	stasis "github.com/stasis-sandbox/stasis"
@@ -351,6 +352,26 @@ func (a *app) printJSON(v any) int {
 		fmt.Fprintf(a.stderr, "stasis: %v\n", err)
 		return 1
 	}
+	return 0
+}
+
+// printList prints what a list command got: JSON, or a table of header and
+// one row of tab-separated cells per item. With nothing to list, a non-empty
+// `empty` goes to stderr instead of the table.
+func printList[T any](a *app, list []T, jsonOut bool, empty, header string, row func(T) string) int {
+	if jsonOut {
+		return a.printJSON(list)
+	}
+	if len(list) == 0 && empty != "" {
+		fmt.Fprintln(a.stderr, empty)
+		return 0
+	}
+	tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, header)
+	for _, v := range list {
+		fmt.Fprintln(tw, row(v))
+	}
+	tw.Flush()
 	return 0
 }
 

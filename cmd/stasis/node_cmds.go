@@ -4,7 +4,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"text/tabwriter"
 	"time"
 
 	stasis "github.com/stasis-sandbox/stasis"
@@ -35,17 +34,10 @@ func (a *app) nodeLsCmd() *command {
 				if err != nil {
 					return a.fail(err, "")
 				}
-				if *jsonOut {
-					return a.printJSON(list)
-				}
-				tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "NAME\tSTATE\tURL\tRUNNING\tMEM FREE\tLAST HEARTBEAT\tVERSION")
-				for _, n := range list {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d MiB\t%s ago\t%s\n", n.Name, n.State, n.URL, n.Running,
+				return printList(a, list, *jsonOut, "", "NAME\tSTATE\tURL\tRUNNING\tMEM FREE\tLAST HEARTBEAT\tVERSION", func(n stasis.NodeInfo) string {
+					return fmt.Sprintf("%s\t%s\t%s\t%d\t%d MiB\t%s ago\t%s", n.Name, n.State, n.URL, n.Running,
 						n.MemFreeMiB, time.Since(n.HeartbeatAt).Round(time.Second), dash(n.Version))
-				}
-				tw.Flush()
-				return 0
+				})
 			}
 		},
 	}

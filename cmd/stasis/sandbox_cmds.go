@@ -90,21 +90,10 @@ func (a *app) lsCmd() *command {
 					return a.fail(err, "")
 				}
 				sort.SliceStable(list, func(i, j int) bool { return list[i].CreatedAt.Before(list[j].CreatedAt) })
-				if *jsonOut {
-					return a.printJSON(list)
-				}
-				if len(list) == 0 {
-					fmt.Fprintln(a.stderr, "no sandboxes")
-					return 0
-				}
-				tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
-				fmt.Fprintln(tw, "ID\tNAME\tSTATUS\tTEMPLATE\tCREATED\tMETADATA")
-				for _, s := range list {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, dash(s.Name), s.Status, dash(s.Template),
+				return printList(a, list, *jsonOut, "no sandboxes", "ID\tNAME\tSTATUS\tTEMPLATE\tCREATED\tMETADATA", func(s stasis.SandboxInfo) string {
+					return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s", s.ID, dash(s.Name), s.Status, dash(s.Template),
 						ago(s.CreatedAt), dash(kvFlag(s.Metadata).String()))
-				}
-				tw.Flush()
-				return 0
+				})
 			}
 		},
 	}

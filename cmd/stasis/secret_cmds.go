@@ -8,7 +8,6 @@ import (
 	"io"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 
 	stasis "github.com/stasis-sandbox/stasis"
 )
@@ -100,20 +99,13 @@ func (a *app) secretLsCmd() *command {
 				if err != nil {
 					return a.fail(err, "")
 				}
-				if *jsonOut {
-					return a.printJSON(list)
-				}
-				tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "NAME\tAUTH\tPROVIDER\tHOSTS\tLAST USED")
-				for _, s := range list {
+				return printList(a, list, *jsonOut, "", "NAME\tAUTH\tPROVIDER\tHOSTS\tLAST USED", func(s stasis.SecretInfo) string {
 					used := "-"
 					if s.LastUsedAt != nil {
 						used = s.LastUsedAt.Local().Format("2006-01-02 15:04:05")
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Name, s.AuthType, dash(s.ProviderShortcut), strings.Join(s.Hosts, ","), used)
-				}
-				tw.Flush()
-				return 0
+					return fmt.Sprintf("%s\t%s\t%s\t%s\t%s", s.Name, s.AuthType, dash(s.ProviderShortcut), strings.Join(s.Hosts, ","), used)
+				})
 			}
 		},
 	}
@@ -188,12 +180,7 @@ func (a *app) secretAuditCmd() *command {
 				if err != nil {
 					return a.fail(err, "")
 				}
-				if *jsonOut {
-					return a.printJSON(evs)
-				}
-				tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "ID\tTIME\tSANDBOX\tREQUEST\tSTATUS\tUPSTREAM\tMS\tERROR")
-				for _, e := range evs {
+				return printList(a, evs, *jsonOut, "", "ID\tTIME\tSANDBOX\tREQUEST\tSTATUS\tUPSTREAM\tMS\tERROR", func(e stasis.AuditEvent) string {
 					up, ms, code := "-", "-", "-"
 					if e.UpstreamStatus != nil {
 						up = strconv.Itoa(*e.UpstreamStatus)
@@ -204,11 +191,9 @@ func (a *app) secretAuditCmd() *command {
 					if e.ErrorCode != nil {
 						code = *e.ErrorCode
 					}
-					fmt.Fprintf(tw, "%d\t%s\t%s\t%s https://%s%s\t%d\t%s\t%s\t%s\n", e.ID, e.Time.Local().Format("2006-01-02 15:04:05"),
+					return fmt.Sprintf("%d\t%s\t%s\t%s https://%s%s\t%d\t%s\t%s\t%s", e.ID, e.Time.Local().Format("2006-01-02 15:04:05"),
 						e.SandboxID, e.Method, e.Host, e.Path, e.Status, up, ms, code)
-				}
-				tw.Flush()
-				return 0
+				})
 			}
 		},
 	}

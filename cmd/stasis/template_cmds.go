@@ -249,24 +249,13 @@ func (a *app) templateLsCmd() *command {
 				if err != nil {
 					return a.fail(err, "")
 				}
-				if *jsonOut {
-					return a.printJSON(list)
-				}
-				if len(list) == 0 {
-					fmt.Fprintln(a.stderr, "no templates (built-ins such as stasis/minimal are always there)")
-					return 0
-				}
-				tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
-				fmt.Fprintln(tw, "NAME\tID\tSTATUS\tVCPU\tMEMORY\tSIZE\tBUILT")
-				for _, t := range list {
+				return printList(a, list, *jsonOut, "no templates (built-ins such as stasis/minimal are always there)", "NAME\tID\tSTATUS\tVCPU\tMEMORY\tSIZE\tBUILT", func(t *stasis.Template) string {
 					size := "-"
 					if t.SizeBytes > 0 {
 						size = humanBytes(t.SizeBytes)
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d MiB\t%s\t%s\n", t.Name, t.ID, t.Status, t.VCPU, t.MemoryMiB, size, ago(t.BuiltAt))
-				}
-				tw.Flush()
-				return 0
+					return fmt.Sprintf("%s\t%s\t%s\t%d\t%d MiB\t%s\t%s", t.Name, t.ID, t.Status, t.VCPU, t.MemoryMiB, size, ago(t.BuiltAt))
+				})
 			}
 		},
 	}
