@@ -200,23 +200,18 @@ func (s *sqlStore) GetSandbox(ctx context.Context, teamID, id string) (*Sandbox,
 // ListSandboxes returns the team's sandboxes ("" = all teams), oldest first,
 // keeping only those whose metadata contains every pair in filter.
 func (s *sqlStore) ListSandboxes(ctx context.Context, teamID string, filter map[string]string) ([]*Sandbox, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+sandboxColumns+` FROM sandboxes
+	all, err := queryAll(ctx, s.db, scanSandbox, `SELECT `+sandboxColumns+` FROM sandboxes
 		WHERE (? = '' OR team_id = ?) ORDER BY created_at, id`, teamID, teamID)
 	if err != nil {
 		return nil, fmt.Errorf("list sandboxes: %w", err)
 	}
-	defer rows.Close()
 	var out []*Sandbox
-	for rows.Next() {
-		sb, err := scanSandbox(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list sandboxes: %w", err)
-		}
+	for _, sb := range all {
 		if matches(sb.Metadata, filter) {
 			out = append(out, sb)
 		}
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // NodeSandboxes returns the sandboxes of nodes in statuses (any when
@@ -236,20 +231,11 @@ func (s *sqlStore) NodeSandboxes(ctx context.Context, nodes []string, statuses .
 			args = append(args, st)
 		}
 	}
-	rows, err := s.db.QueryContext(ctx, q, args...)
+	out, err := queryAll(ctx, s.db, scanSandbox, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list sandboxes of nodes %q: %w", nodes, err)
 	}
-	defer rows.Close()
-	var out []*Sandbox
-	for rows.Next() {
-		sb, err := scanSandbox(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list sandboxes of nodes %q: %w", nodes, err)
-		}
-		out = append(out, sb)
-	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // placeholders is n comma-separated ? placeholders, for an IN list.

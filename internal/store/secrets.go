@@ -92,21 +92,12 @@ func (s *sqlStore) GetSecretByID(ctx context.Context, id string) (*Secret, error
 
 // ListSecrets returns the team's live secrets, oldest first.
 func (s *sqlStore) ListSecrets(ctx context.Context, teamID string) ([]*Secret, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+secretColumns+` FROM secrets
+	out, err := queryAll(ctx, s.db, scanSecret, `SELECT `+secretColumns+` FROM secrets
 		WHERE team_id = ? AND deleted_at IS NULL ORDER BY created_at, id`, teamID)
 	if err != nil {
 		return nil, fmt.Errorf("list secrets: %w", err)
 	}
-	defer rows.Close()
-	var out []*Secret
-	for rows.Next() {
-		sc, err := scanSecret(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list secrets: %w", err)
-		}
-		out = append(out, sc)
-	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // SetSecretValue replaces a live secret's sealed value.

@@ -59,20 +59,7 @@ func (s *sqlStore) GetSavedSnapshot(ctx context.Context, teamID, id string) (*Sa
 
 // ListSavedSnapshots returns the team's saved snapshots, oldest first.
 func (s *sqlStore) ListSavedSnapshots(ctx context.Context, teamID string) ([]*SavedSnapshot, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+savedColumns+` FROM snapshots WHERE team_id = ? ORDER BY created_at`, teamID)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []*SavedSnapshot
-	for rows.Next() {
-		snap, err := scanSaved(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, snap)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s.db, scanSaved, `SELECT `+savedColumns+` FROM snapshots WHERE team_id = ? ORDER BY created_at`, teamID)
 }
 
 // DeleteSavedSnapshot removes a saved snapshot's record.

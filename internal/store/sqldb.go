@@ -77,6 +77,24 @@ func (d *db) QueryContext(ctx context.Context, q string, a ...any) (*sql.Rows, e
 	return rows, markUnavailable(err)
 }
 
+// queryAll runs a query and scans each row of its answer with scan.
+func queryAll[T any](ctx context.Context, d *db, scan func(scanner) (T, error), q string, a ...any) ([]T, error) {
+	rows, err := d.QueryContext(ctx, q, a...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
 func (d *db) QueryRowContext(ctx context.Context, q string, a ...any) *row {
 	return &row{r: d.sql.QueryRowContext(ctx, d.dialect.rebind(q), args(a)...)}
 }

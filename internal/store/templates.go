@@ -117,21 +117,8 @@ func (s *sqlStore) GetTemplate(ctx context.Context, teamID, idOrName string) (*T
 
 // ListTemplates returns the team's templates whose name starts with prefix.
 func (s *sqlStore) ListTemplates(ctx context.Context, teamID, prefix string) ([]*Template, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+templateColumns+` FROM templates
+	return queryAll(ctx, s.db, scanTemplate, `SELECT `+templateColumns+` FROM templates
 		WHERE team_id = ? AND substr(name, 1, ?) = ? ORDER BY created_at`, teamID, len(prefix), prefix)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []*Template
-	for rows.Next() {
-		t, err := scanTemplate(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, t)
-	}
-	return out, rows.Err()
 }
 
 // DeleteTemplate removes a template and its builds.
@@ -192,21 +179,8 @@ func (s *sqlStore) ListBuilds(ctx context.Context, templateID string, limit int)
 	if limit <= 0 {
 		limit = 1 << 31 // all; PostgreSQL refuses SQLite's LIMIT -1
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT `+buildColumns+` FROM template_builds
+	return queryAll(ctx, s.db, scanBuild, `SELECT `+buildColumns+` FROM template_builds
 		WHERE template_id = ? ORDER BY created_at DESC LIMIT ?`, templateID, limit)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []*Build
-	for rows.Next() {
-		b, err := scanBuild(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, b)
-	}
-	return out, rows.Err()
 }
 
 // FailUnfinishedBuilds marks every build still pending, building or
