@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -254,12 +255,9 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request, teamID string) {
 			states[st] = true
 		}
 	}
-	limit := 100
-	if v := q.Get("limit"); v != "" {
-		if limit, err = strconv.Atoi(v); err != nil || limit < 1 || limit > 1000 {
-			writeError(w, http.StatusBadRequest, "limit must be between 1 and 1000")
-			return
-		}
+	limit, ok := pageLimit(w, q)
+	if !ok {
+		return
 	}
 	all, err := s.svc.List(r.Context(), teamID, filter)
 	if err != nil {
@@ -277,28 +275,50 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request, teamID string) {
 		}
 		return c
 	})
-	// The cursor is the ID of the first sandbox of the next page.
+	page(w, q, limit, all, func(sb *store.Sandbox) string { return sb.ID }, func(sb *store.Sandbox) bool {
+		if sb.Status == store.StatusFailed || (len(states) > 0 && !states[state(sb)]) {
+			return false
+		}
+		t := q.Get("template")
+		return t == "" || e2bTemplate(sb.Template) == t || sb.Template == t
+	}, listed)
+}
+
+// pageLimit reads a list's limit parameter (default 100), or answers 400.
+func pageLimit(w http.ResponseWriter, q url.Values) (int, bool) {
+	v := q.Get("limit")
+	if v == "" {
+		return 100, true
+	}
+	limit, err := strconv.Atoi(v)
+	if err != nil || limit < 1 || limit > 1000 {
+		writeError(w, http.StatusBadRequest, "limit must be between 1 and 1000")
+		return 0, false
+	}
+	return limit, true
+}
+
+// page answers one page of a list: the items keep accepts, from the one
+// whose ID is the nextToken cursor on, at most limit of them; when more
+// follow, X-Next-Token is the ID of the next page's first.
+func page[T, J any](w http.ResponseWriter, q url.Values, limit int, all []T, id func(T) string, keep func(T) bool, toJSON func(T) J) {
 	next := q.Get("nextToken")
-	out := []listedJSON{}
+	out := []J{}
 	started := next == ""
-	for _, sb := range all {
+	for _, v := range all {
 		if !started {
-			started = sb.ID == next
-			if !started {
+			if started = id(v) == next; !started {
 				continue
 			}
 		}
-		if sb.Status == store.StatusFailed || (len(states) > 0 && !states[state(sb)]) {
-			continue
-		}
-		if t := q.Get("template"); t != "" && e2bTemplate(sb.Template) != t && sb.Template != t {
+		if !keep(v) {
 			continue
 		}
 		if len(out) == limit {
-			w.Header().Set("X-Next-Token", sb.ID)
+			w.Header().Set("X-Next-Token", id(v))
 			break
 		}
-		out = append(out, listed(sb))
+		out = append(out, toJSON(v))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -407,35 +427,17 @@ func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request, teamID st
 		s.fail(w, err)
 		return
 	}
-	limit := 100
-	if v := q.Get("limit"); v != "" {
-		if limit, err = strconv.Atoi(v); err != nil || limit < 1 || limit > 1000 {
-			writeError(w, http.StatusBadRequest, "limit must be between 1 and 1000")
-			return
-		}
+	limit, ok := pageLimit(w, q)
+	if !ok {
+		return
 	}
-	next := q.Get("nextToken")
-	out := []snapshotJSON{}
-	started := next == ""
-	for _, sn := range all {
-		if !started {
-			if started = sn.ID == next; !started {
-				continue
-			}
-		}
+	page(w, q, limit, all, func(sn *store.SavedSnapshot) string { return sn.ID }, func(sn *store.SavedSnapshot) bool {
 		if v := q.Get("sandboxID"); v != "" && sn.SandboxID != v {
-			continue
+			return false
 		}
-		if v := q.Get("name"); v != "" && sn.Name != v && sn.ID != v {
-			continue
-		}
-		if len(out) == limit {
-			w.Header().Set("X-Next-Token", sn.ID)
-			break
-		}
-		out = append(out, snapshotInfo(sn))
-	}
-	writeJSON(w, http.StatusOK, out)
+		v := q.Get("name")
+		return v == "" || sn.Name == v || sn.ID == v
+	}, snapshotInfo)
 }
 
 // deleteSnapshot serves DELETE /templates/{id}, which the SDK uses to delete
