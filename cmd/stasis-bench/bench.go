@@ -57,6 +57,10 @@ while True:
 // took over 2 minutes on this host under a load of 50-70.
 const holderStart = 5 * time.Minute
 
+// loadSettle bounds the wait for a lazy restore's memory load (and stasis's
+// check of it) to end after the first command.
+const loadSettle = 2 * time.Minute
+
 // aliveCmd succeeds only if the memory holder is still running.
 const aliveCmd = `kill -0 "$(cat /tmp/ready)"`
 
@@ -286,7 +290,7 @@ func roundSecs(d time.Duration) float64 {
 }
 
 func (b *bench) logf(format string, args ...any) {
-	fmt.Fprintf(b.cfg.Log, "%s %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+	fmt.Fprintf(b.cfg.Log, "%s %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
 }
 
 func (b *bench) problem(format string, args ...any) {
@@ -1051,7 +1055,10 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 }
 
 // coldResumes measures resume → first command with the snapshot on disk and
-// not in the page cache, stasis and the baseline alternating.
+// not in the page cache, stasis and the baseline alternating. A lazy
+// restore goes on loading memory after the first command; each sample waits
+// (untimed) until that is over, so no sample pays for the one before it, as
+// a resume on an otherwise idle host would not.
 func (b *bench) coldResumes(ctx context.Context, pr *pauseResults, size int, bx *box, rb *rawBox, alive func() error, reps int) error {
 	// Cold resume: the snapshot on disk and not in the page cache, as after
 	// a long pause on a busy host. Both sides drop their image files from
@@ -1077,6 +1084,13 @@ func (b *bench) coldResumes(ctx context.Context, pr *pauseResults, size int, bx 
 		}
 		pr.sCold.add(time.Since(t0))
 		b.logf("cold resume %d MiB #%d: resume %v, first command %v", size, i, resumed.Round(time.Millisecond), (time.Since(t0) - resumed).Round(time.Millisecond))
+		// The restore's background work (the memory load, then its
+		// checksum) must not run during the other side's timed restore.
+		waited, err := timed(func() error { return waitFor(ctx, loadSettle, bx.snapshotGone) })
+		if err != nil {
+			return fmt.Errorf("stasis after cold resume: memory load and check: %w", err)
+		}
+		b.logf("cold resume %d MiB #%d: memory loaded and checked %v after the first command", size, i, waited.Round(time.Millisecond))
 		if !b.cfg.ColdOnly {
 			rt, err := b.rawCycleCold(ctx, rb, alive, i)
 			if err != nil {
@@ -1092,6 +1106,11 @@ func (b *bench) coldResumes(ctx context.Context, pr *pauseResults, size int, bx 
 		}
 		pr.rColdBg.add(rt.first)
 		b.logf("raw cold resume %d MiB #%d (--background --direct): restore %v, first command %v", size, i, rt.restore.Round(time.Millisecond), (rt.first - rt.restore).Round(time.Millisecond))
+		waited, err = timed(func() error { return waitFor(ctx, loadSettle, rb.pagesLoaded) })
+		if err != nil {
+			return fmt.Errorf("raw after cold resume: memory load: %w", err)
+		}
+		b.logf("raw cold resume %d MiB #%d: memory loaded %v after the first command", size, i, waited.Round(time.Millisecond))
 	}
 
 	return nil

@@ -304,6 +304,33 @@ func (b *rawBox) sandboxPid() (int, error) {
 	return 0, fmt.Errorf("no runsc-sandbox process for %s", b.ID)
 }
 
+// pagesLoaded fails while the container's sandbox process still holds a
+// checkpoint's pages file open: a runsc restore --background loads memory
+// after it returns, and closes the file once every page is in.
+func (b *rawBox) pagesLoaded() error {
+	pid, err := b.sandboxPid()
+	if err != nil {
+		return err
+	}
+	if holdsPagesFile(pid) {
+		return fmt.Errorf("raw %s: runsc-sandbox still loading its pages file", b.ID)
+	}
+	return nil
+}
+
+// holdsPagesFile reports whether process pid has a checkpoint's pages file
+// (pages.img) open.
+func holdsPagesFile(pid int) bool {
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, fd := range fds {
+		target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if err == nil && strings.HasPrefix(filepath.Base(target), "pages.img") {
+			return true
+		}
+	}
+	return false
+}
+
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	if len(lines) > n {

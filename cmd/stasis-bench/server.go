@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
@@ -339,6 +340,20 @@ func (b *box) waitDiskOnly(ctx context.Context) error {
 // snapshot is in the object store.
 func (b *box) waitPortable(ctx context.Context) error {
 	return b.waitPaused(ctx, "portable", func(p pauseJSON) bool { return p.Durable && !p.InMemory && p.Portable })
+}
+
+// snapshotGone fails while the snapshot the sandbox was last resumed from
+// is still on disk: stasisd removes it once the resume no longer reads it,
+// after a lazy restore once the memory is loaded and checked.
+func (b *box) snapshotGone() error {
+	ents, err := os.ReadDir(filepath.Join(b.s.dataDir, "snapshots", b.ID))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if len(ents) > 0 {
+		return fmt.Errorf("sandbox %s: snapshot %s still on disk", b.ID, ents[0].Name())
+	}
+	return nil
 }
 
 func (b *box) resume(ctx context.Context) error {
