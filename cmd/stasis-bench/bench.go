@@ -976,6 +976,11 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 		}
 		pr.sFirst.add(time.Since(t0))
 		bxRestored = time.Now()
+		// A large snapshot restores lazily: its memory load and check must
+		// not run during the baseline's timed checkpoint and restore.
+		if err := waitFor(ctx, loadSettle, bx.snapshotGone); err != nil {
+			return fmt.Errorf("stasis after resume: memory load and check: %w", err)
+		}
 
 		// baseline: checkpoint, fsync the image (stasis makes it durable
 		// too), delete the stopped container; restore; first command.
