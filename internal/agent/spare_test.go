@@ -112,6 +112,10 @@ func TestSpareShellRunsCommandsLikeANewShell(t *testing.T) {
 		{cmd: "cat <<EOF\nheredoc $LINENO\nEOF", sameStderr: true},
 		{cmd: "if then fi"}, // a syntax error: status 2 (the message names the script)
 		{cmd: "exit", sameStderr: true},
+		// The spare is started with SHELL (bash then skips its account
+		// lookup); a command sees SHELL as a new shell would have it.
+		{cmd: `echo "${SHELL-unset}"; export -p | grep -c ' SHELL=' || true`, sameStderr: true},
+		{cmd: `echo "${SHELL-unset}"; export -p | grep -c ' SHELL='`, env: map[string]string{"SHELL": "/bin/given"}, sameStderr: true},
 	}
 	for _, tc := range cases {
 		req := agentclient.ExecRequest{Command: tc.cmd, Env: tc.env}
