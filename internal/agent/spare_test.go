@@ -274,3 +274,28 @@ func TestSpareShellOutputsWithBackgroundJob(t *testing.T) {
 		}
 	}
 }
+
+// A command's stdin, stdout and stderr are blocking pipes, on a spare shell
+// and on a new one: only the agent's ends are non-blocking.
+func TestCommandStdioIsBlocking(t *testing.T) {
+	c, _ := startAgent(t, agent.Config{})
+	run(t, c, agentclient.ExecRequest{Command: "true"}) // the first command starts the spare
+	const flags = `for f in 0 1 2; do sed -n 's/^flags:[[:space:]]*//p' /proc/self/fdinfo/$f; done`
+	for _, req := range []agentclient.ExecRequest{
+		{Command: flags}, // on the spare
+		{Command: flags, WorkingDir: t.TempDir()}, // on a new shell
+	} {
+		waitSpare(t)
+		out, _, st := run(t, c, req)
+		lines := strings.Fields(out)
+		if st.ExitCode != 0 || len(lines) != 3 {
+			t.Fatalf("%q: %q %+v", req.Command, out, st)
+		}
+		for fd, l := range lines {
+			v, err := strconv.ParseUint(l, 8, 32)
+			if err != nil || v&syscall.O_NONBLOCK != 0 {
+				t.Errorf("fd %d (dir %q): flags %s, want blocking", fd, req.WorkingDir, l)
+			}
+		}
+	}
+}
