@@ -927,51 +927,54 @@ type stdioPipes struct {
 	outFDs [2]int
 }
 
+// newStdioPipes makes a child's pipes (and a spare's script pipe if script).
+// Each is a pipe2 with only the agent's end made non-blocking, by one fcntl.
+// (os.Pipe made both ends non-blocking and polled, handing the child's ends
+// over made them blocking and unpolled again, and a spare's outputs were
+// dup'd out of the poller: ~25 more system calls a command, each a round
+// trip to gVisor's sentry; docs/density/NOTES.md, "Session 11".)
 func newStdioPipes(script bool) (*stdioPipes, error) {
-	var parent, child []*os.File
-	for i := range 3 {
-		r, w, err := os.Pipe()
-		if err != nil {
-			closeAll(parent...)
-			closeAll(child...)
-			return nil, fmt.Errorf("pipe: %w", err)
+	p := &stdioPipes{script: -1, outFDs: [2]int{-1, -1}}
+	var ours [3]int
+	fail := func(n int, err error) (*stdioPipes, error) {
+		for _, fd := range ours[:n] {
+			unix.Close(fd)
 		}
-		if i == 0 { // the child reads
-			parent, child = append(parent, w), append(child, r)
-		} else {
-			parent, child = append(parent, r), append(child, w)
+		p.closeChildEnds()
+		return nil, fmt.Errorf("pipe: %w", err)
+	}
+	for i := range ours {
+		var fds [2]int
+		if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
+			return fail(i, err)
+		}
+		theirs := fds[0] // the child reads its stdin, writes its outputs
+		ours[i] = fds[1]
+		if i > 0 {
+			theirs, ours[i] = fds[1], fds[0]
+			// Asked on the agent's end; a refusal (a kernel limit) leaves
+			// the pipe as it was, which works, only slower.
+			unix.FcntlInt(uintptr(ours[i]), unix.F_SETPIPE_SZ, outputPipeSize)
+		}
+		p.child = append(p.child, os.NewFile(uintptr(theirs), "pipe")) // blocking: in no poller
+		// A fresh pipe end has none of the other flags F_SETFL sets.
+		if _, err := unix.FcntlInt(uintptr(ours[i]), unix.F_SETFL, unix.O_NONBLOCK); err != nil {
+			return fail(i+1, err)
 		}
 	}
-	p := &stdioPipes{stdin: parent[0], stdout: parent[1], stderr: parent[2], child: child, script: -1, outFDs: [2]int{-1, -1}}
-	setPipeSize(p.stdout, outputPipeSize)
-	setPipeSize(p.stderr, outputPipeSize)
 	if script {
 		var fds [2]int
 		if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
-			p.closeChildEnds()
-			p.closeParentEnds()
-			return nil, fmt.Errorf("pipe: %w", err)
+			return fail(len(ours), err)
 		}
 		p.child = append(p.child, os.NewFile(uintptr(fds[0]), "script"))
 		p.script = fds[1]
-		for i, f := range []**os.File{&p.stdout, &p.stderr} {
-			if fd, err := unpolledDup(*f); err == nil {
-				(*f).Close()
-				*f, p.outFDs[i] = nil, fd
-			}
-		}
+		p.outFDs = [2]int{ours[1], ours[2]}
+	} else {
+		p.stdout, p.stderr = os.NewFile(uintptr(ours[1]), "|0"), os.NewFile(uintptr(ours[2]), "|0")
 	}
+	p.stdin = os.NewFile(uintptr(ours[0]), "|1") // non-blocking: in the poller
 	return p, nil
-}
-
-// setPipeSize asks for a pipe of size bytes. A refusal (a kernel limit) leaves
-// the pipe as it was, which works, only slower.
-func setPipeSize(f *os.File, size int) {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return
-	}
-	rc.Control(func(fd uintptr) { unix.FcntlInt(fd, unix.F_SETPIPE_SZ, size) })
 }
 
 func (p *stdioPipes) outputs() []output {

@@ -24,13 +24,14 @@ import (
 // shell (no pty, the default user and directory, environment variables that
 // `export` can set) takes it instead: the agent writes
 //
-//	exec 3<&-; export K='v'; ...; <command>
+//	exec 3<&-; unset SHELL; case ...; export K='v'; ...; <command>
 //
 // (one line, so that the command's line numbers are those of `sh -c`) and
 // closes the pipe. The shell then runs the command as `sh -c` would and
-// exits with its status; the one visible difference is that the shell keeps
+// exits with its status; the visible differences are that the shell keeps
 // its script open (close-on-exec, on a descriptor of 10 or more, which its
-// children do not inherit). Any other command starts a shell as before. After
+// children do not inherit) and that its initial environment (in
+// /proc/PID/environ) has SHELL. Any other command starts a shell as before. After
 // every command the agent starts the next spare, so it costs the sandbox one
 // idle shell (visible in ps) and a fork's worth of CPU per command, off the
 // command's critical path.
@@ -50,6 +51,7 @@ var shellManaged = map[string]bool{
 
 type spareShell struct {
 	key    string // see spareKey: what the shell was started as
+	prefix string // the start of its script, before the exports (see startSpare)
 	pid    int    // also its process group id
 	status <-chan syscall.WaitStatus
 	pipes  *stdioPipes // the parent's ends, with the script pipe (fd 3)
@@ -70,8 +72,9 @@ func spareKey(a *account, dir string, env []string) string {
 	return b.String()
 }
 
-// spareScript is what a spare runs for command with the extra environment
-// variables, or false if a spare cannot run it like `sh -c` would.
+// spareScript is what a spare runs, after its prefix, for command with the
+// extra environment variables, or false if a spare cannot run it like
+// `sh -c` would.
 func spareScript(command string, extra map[string]string) (string, bool) {
 	keys := make([]string, 0, len(extra))
 	for k := range extra {
@@ -82,7 +85,6 @@ func spareScript(command string, extra map[string]string) (string, bool) {
 	}
 	slices.Sort(keys)
 	var b strings.Builder
-	b.WriteString("exec 3<&-;")
 	for _, k := range keys {
 		b.WriteString(" export " + k + "=" + shellQuote(extra[k]) + ";")
 	}
@@ -154,15 +156,27 @@ func (s *Server) startSpare() (*spareShell, error) {
 			return nil, fmt.Errorf("chown script pipe: %w", err)
 		}
 	}
+	// Started without SHELL, bash (/bin/sh in stasis's images) looks the
+	// user's login shell up in the account database to set it (not
+	// exported): two nscd connects and a read of /etc/passwd, 14 system
+	// calls of a spare's ~100 in gVisor (docs/density/NOTES.md, "Session
+	// 11"). Given SHELL, it skips that; the script then makes SHELL what
+	// the shell would have had: unset, and for bash the login shell again,
+	// unexported.
+	key, prefix, shellEnv := spareKey(acct, dir, env), "exec 3<&-;", env
+	if !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "SHELL=") }) {
+		shellEnv = append(env[:len(env):len(env)], "SHELL="+acct.shell)
+		prefix += " unset SHELL; case ${BASH_VERSION-} in ?*) SHELL=" + shellQuote(acct.shell) + ";; esac;"
+	}
 	pid, status, err := s.reaper.Start(func() (int, error) {
-		return s.forkExec([]string{shell, "-c", spareArg}, procAttr(dir, env, stdio.child, sys))
+		return s.forkExec([]string{shell, "-c", spareArg}, procAttr(dir, shellEnv, stdio.child, sys))
 	})
 	stdio.closeChildEnds()
 	if err != nil {
 		stdio.closeParentEnds()
 		return nil, err
 	}
-	return &spareShell{key: spareKey(acct, dir, env), pid: pid, status: status, pipes: stdio}, nil
+	return &spareShell{key: key, prefix: prefix, pid: pid, status: status, pipes: stdio}, nil
 }
 
 // refillAfter claims the start of the next spare now, unless a spare
@@ -324,7 +338,7 @@ func (e *execSession) startOnSpare(p *process, sp *spareShell, script string) (*
 	}
 	e.proc = p
 	e.mu.Unlock()
-	if err := writeAll(sp.pipes.script, script); err != nil {
+	if err := writeAll(sp.pipes.script, sp.prefix+script); err != nil {
 		// The shell died since takeSpare looked; wait reports how.
 		e.s.log.Printf("exec: handing a command to spare shell %d: %v", sp.pid, err)
 	}

@@ -112,6 +112,10 @@ func TestSpareShellRunsCommandsLikeANewShell(t *testing.T) {
 		{cmd: "cat <<EOF\nheredoc $LINENO\nEOF", sameStderr: true},
 		{cmd: "if then fi"}, // a syntax error: status 2 (the message names the script)
 		{cmd: "exit", sameStderr: true},
+		// The spare is started with SHELL (bash then skips its account
+		// lookup); a command sees SHELL as a new shell would have it.
+		{cmd: `echo "${SHELL-unset}"; export -p | grep -c ' SHELL=' || true`, sameStderr: true},
+		{cmd: `echo "${SHELL-unset}"; export -p | grep -c ' SHELL='`, env: map[string]string{"SHELL": "/bin/given"}, sameStderr: true},
 	}
 	for _, tc := range cases {
 		req := agentclient.ExecRequest{Command: tc.cmd, Env: tc.env}
@@ -267,6 +271,31 @@ func TestSpareShellOutputsWithBackgroundJob(t *testing.T) {
 		waitGone(t, bg)
 		if shell != spare {
 			t.Errorf("stream %v: ran in shell %d, not on the spare shell %d", stream, shell, spare)
+		}
+	}
+}
+
+// A command's stdin, stdout and stderr are blocking pipes, on a spare shell
+// and on a new one: only the agent's ends are non-blocking.
+func TestCommandStdioIsBlocking(t *testing.T) {
+	c, _ := startAgent(t, agent.Config{})
+	run(t, c, agentclient.ExecRequest{Command: "true"}) // the first command starts the spare
+	const flags = `for f in 0 1 2; do sed -n 's/^flags:[[:space:]]*//p' /proc/self/fdinfo/$f; done`
+	for _, req := range []agentclient.ExecRequest{
+		{Command: flags}, // on the spare
+		{Command: flags, WorkingDir: t.TempDir()}, // on a new shell
+	} {
+		waitSpare(t)
+		out, _, st := run(t, c, req)
+		lines := strings.Fields(out)
+		if st.ExitCode != 0 || len(lines) != 3 {
+			t.Fatalf("%q: %q %+v", req.Command, out, st)
+		}
+		for fd, l := range lines {
+			v, err := strconv.ParseUint(l, 8, 32)
+			if err != nil || v&syscall.O_NONBLOCK != 0 {
+				t.Errorf("fd %d (dir %q): flags %s, want blocking", fd, req.WorkingDir, l)
+			}
 		}
 	}
 }

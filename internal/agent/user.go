@@ -21,6 +21,7 @@ type account struct {
 	gid    uint32
 	groups []uint32
 	home   string
+	shell  string // the login shell bash would find for uid (see loginShell)
 }
 
 // The account database, as os/user reads it with CGO_ENABLED=0.
@@ -181,7 +182,7 @@ func readAccount(name string) (*account, error) {
 	if err != nil {
 		if name == "root" {
 			// An image without /etc/passwd still runs as root.
-			return &account{name: "root", home: "/root"}, nil
+			return &account{name: "root", home: "/root", shell: loginShell(0)}, nil
 		}
 		return nil, fmt.Errorf("unknown user %q", name)
 	}
@@ -193,7 +194,7 @@ func readAccount(name string) (*account, error) {
 	if err != nil {
 		return nil, fmt.Errorf("user %q: bad gid %q", name, u.Gid)
 	}
-	a := &account{name: u.Username, uid: uint32(uid), gid: uint32(gid), home: u.HomeDir}
+	a := &account{name: u.Username, uid: uint32(uid), gid: uint32(gid), home: u.HomeDir, shell: loginShell(uint32(uid))}
 	if ids, err := u.GroupIds(); err == nil {
 		for _, s := range ids {
 			if g, err := strconv.ParseUint(s, 10, 32); err == nil && uint32(g) != a.gid {
@@ -202,6 +203,33 @@ func readAccount(name string) (*account, error) {
 		}
 	}
 	return a, nil
+}
+
+// loginShell is the shell bash sets SHELL to when it starts without one:
+// that of the first /etc/passwd entry with uid (getpwuid), or /bin/sh if
+// the entry names none or there is no entry.
+func loginShell(uid uint32) string {
+	b, err := os.ReadFile("/etc/passwd")
+	if err != nil {
+		return "/bin/sh"
+	}
+	return passwdShell(string(b), uid)
+}
+
+// passwdShell is loginShell with passwd the file's contents.
+func passwdShell(passwd string, uid uint32) string {
+	want := strconv.FormatUint(uint64(uid), 10)
+	for _, line := range strings.Split(passwd, "\n") {
+		f := strings.Split(line, ":")
+		if len(f) < 7 || f[2] != want {
+			continue
+		}
+		if f[6] == "" {
+			return "/bin/sh"
+		}
+		return f[6]
+	}
+	return "/bin/sh"
 }
 
 // credential returns the credential to start a child as a, or nil if the

@@ -62,3 +62,18 @@ func TestAccountWatchSeesEveryChange(t *testing.T) {
 		})
 	}
 }
+
+// passwdShell finds the login shell as glibc's getpwuid and bash do: the
+// first entry with the uid, /bin/sh when it names none or there is none.
+func TestPasswdShell(t *testing.T) {
+	const passwd = "root:x:0:0:root:/root:/bin/bash\n" +
+		"toor:x:0:0:second root:/root:/bin/zsh\n" +
+		"broken:x:5\n" +
+		"empty:x:7:7::/home/empty:\n" +
+		"user:x:1000:1000:user:/home/user:/usr/bin/fish"
+	for uid, want := range map[uint32]string{0: "/bin/bash", 7: "/bin/sh", 5: "/bin/sh", 1000: "/usr/bin/fish", 42: "/bin/sh"} {
+		if got := passwdShell(passwd, uid); got != want {
+			t.Errorf("uid %d: %q, want %q", uid, got, want)
+		}
+	}
+}

@@ -113,3 +113,21 @@ func TestExecBackToBackOnSpareShells(t *testing.T) {
 		}
 	}
 }
+
+// The spare shell is started with SHELL set, so that bash skips looking the
+// login shell up in the account database (nscd connects, /etc/passwd) on
+// every spare's start; the command still sees SHELL as a new `sh -c` has it
+// (the login shell, not exported), and a shell it starts looks it up again.
+func TestExecSpareShellHasShellLikeANewShell(t *testing.T) {
+	srv := testenv.StartServer(t)
+	c, _ := createMinimal(t, srv, "spare-shell-var")
+	c.sh("true") // the first command starts the spare
+	got := c.sh(`tr '\0' ' ' </proc/$$/cmdline; echo
+show='echo "${SHELL-unset} $(export -p | grep -c " SHELL=")"'
+eval "$show"; sh -c "$show"
+tr '\0' '\n' </proc/$$/environ | grep '^SHELL='`)
+	want := "/bin/sh -c . /proc/self/fd/3 \n/bin/sh 0\n/bin/sh 0\nSHELL=/bin/sh"
+	if got != want {
+		t.Fatalf("on the spare shell:\n%s\nwant:\n%s", got, want)
+	}
+}
