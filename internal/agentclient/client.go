@@ -295,8 +295,8 @@ func (c *Client) Quiesce(ctx context.Context) error {
 	req.Header["X-Idempotency-Key"] = nil // replayable
 	req.Close = true
 	// The agent closes first after a Connection: close answer, so its end
-	// would wait out TIME_WAIT (60 s of the sandbox's running time) and go
-	// into every checkpoint; a reset once the answer is read ends it.
+	// would sit in TIME_WAIT in the sandbox's network stack and go into the
+	// checkpoint that follows; a reset once the answer is read ends it.
 	req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
 		GotConn: func(info httptrace.GotConnInfo) { resetOnClose(info.Conn) },
 	}))
