@@ -365,6 +365,11 @@ func (p *Process) Close() error {
 		if p.stopCtx != nil {
 			p.stopCtx()
 		}
+		if p.exited.Load() {
+			// The exit frame ends the exchange; the agent has
+			// half-closed or is about to (see resetOnClose).
+			resetOnClose(p.conn)
+		}
 		err = p.conn.Close()
 		if p.exited.Load() {
 			// The agent answers and the next command is likely

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -1015,6 +1016,80 @@ func TestDebugLogs(t *testing.T) {
 	if !strings.Contains(strings.Join(names, " "), "boot") {
 		t.Errorf("debug logs: %v", names)
 	}
+}
+
+// A snapshot does not carry the sandbox's network interfaces (patches/gvisor
+// 0004): Checkpoint leaves the sandbox running, so its NICs are live when the
+// kernel is saved, and the network protocols' per-NIC endpoints used to
+// drag each NIC (link endpoint, receive buffers, GRO, qdisc, neighbor
+// cache) into the state file, for the restore to decode and then replace
+// with the new link's. The restored sandbox answers over its new link. Read
+// from runsc's own count of what the restore decoded (debug log).
+func TestSnapshotLeavesNetworkInterfacesOut(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	logs := t.TempDir()
+	d, err := New(Config{Runsc: e.d.cfg.Runsc, RootDir: testRoot, StateDir: t.TempDir(), Net: e.pool, DebugLogDir: logs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := e.spec("nics")
+	inst, err := d.Create(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Destroy(context.Background(), spec.ID) })
+	waitAgent(t, inst)
+	img := t.TempDir()
+	if err := d.Checkpoint(ctx, spec.ID, img); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Destroy(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	before := bootLogs(t, filepath.Join(logs, spec.ID))
+	inst2, err := d.Restore(ctx, spec, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitAgent(t, inst2)
+	var stats string
+	for _, name := range bootLogs(t, filepath.Join(logs, spec.ID)) {
+		if slices.Contains(before, name) {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(logs, spec.ID, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i := strings.Index(string(b), "Kernel load stats"); i >= 0 {
+			stats = string(b[i:])
+		}
+	}
+	if stats == "" {
+		t.Fatal("no kernel load stats in the restore's boot log")
+	}
+	for _, typ := range []string{"pkg/tcpip/stack.nic\n", "pkg/tcpip/link/fdbased.endpoint\n"} {
+		if strings.Contains(stats, typ) {
+			t.Errorf("the restore decoded %s objects from the snapshot", strings.TrimSpace(typ))
+		}
+	}
+}
+
+// bootLogs lists the runsc boot debug logs in dir.
+func bootLogs(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, en := range ents {
+		if strings.Contains(en.Name(), ".boot.") {
+			names = append(names, en.Name())
+		}
+	}
+	return names
 }
 
 // Checkpoints of sandboxes using much memory are written with O_DIRECT, of
