@@ -37,6 +37,12 @@ func (l *countingListener) accepted() int {
 	return len(l.conns)
 }
 
+func (l *countingListener) all() []net.Conn {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.conns
+}
+
 func (l *countingListener) last() net.Conn {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -110,9 +116,7 @@ func TestQuiesceLeavesNoConnectionOpen(t *testing.T) {
 	if err := c.Quiesce(testCtx(t)); err != nil {
 		t.Fatal(err)
 	}
-	ln.mu.Lock()
-	conns := ln.conns
-	ln.mu.Unlock()
+	conns := ln.all()
 	if len(conns) != 4 {
 		t.Fatalf("the agent accepted %d connections, want 4 (health, exec, dialed ahead, quiesce)", len(conns))
 	}
@@ -141,9 +145,7 @@ func TestAgentConnectionsLeaveNoTimeWait(t *testing.T) {
 	if err := c.Quiesce(testCtx(t)); err != nil {
 		t.Fatal(err)
 	}
-	ln.mu.Lock()
-	conns := ln.conns
-	ln.mu.Unlock()
+	conns := ln.all()
 	if len(conns) != 3 {
 		t.Fatalf("the agent accepted %d connections, want 3 (exec, dialed ahead, quiesce)", len(conns))
 	}

@@ -314,23 +314,14 @@ func (s *sqlStore) UpdateSandbox(ctx context.Context, sb *Sandbox) error {
 // DueTimers returns sandboxes whose pause or delete deadline has passed.
 func (s *sqlStore) DueTimers(ctx context.Context, now time.Time) ([]*Sandbox, error) {
 	t := now.UTC().Format(timeFormat)
-	rows, err := s.db.QueryContext(ctx, `SELECT `+sandboxColumns+` FROM sandboxes
+	out, err := queryAll(ctx, s.db, scanSandbox, `SELECT `+sandboxColumns+` FROM sandboxes
 		WHERE (status = ? AND pause_at IS NOT NULL AND pause_at <= ?)
 		   OR (status = ? AND delete_at IS NOT NULL AND delete_at <= ?)`,
 		StatusActive, t, StatusPaused, t)
 	if err != nil {
 		return nil, fmt.Errorf("due timers: %w", err)
 	}
-	defer rows.Close()
-	var out []*Sandbox
-	for rows.Next() {
-		sb, err := scanSandbox(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, sb)
-	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // NextTimer returns the earliest deadline DueTimers looks at: one row of

@@ -987,15 +987,23 @@ func TestDiskLimit(t *testing.T) {
 	}
 }
 
-// With DebugLogDir set, runsc writes debug logs there, and Destroy keeps them.
-func TestDebugLogs(t *testing.T) {
-	e := newEnv(t)
-	ctx := context.Background()
+// debugDriver is a driver of its own whose runsc writes debug logs into the
+// directory it returns.
+func (e *testEnv) debugDriver(t *testing.T) (*Driver, string) {
+	t.Helper()
 	logs := t.TempDir()
 	d, err := New(Config{Runsc: e.d.cfg.Runsc, RootDir: testRoot, StateDir: t.TempDir(), Net: e.pool, DebugLogDir: logs})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return d, logs
+}
+
+// With DebugLogDir set, runsc writes debug logs there, and Destroy keeps them.
+func TestDebugLogs(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	d, logs := e.debugDriver(t)
 	spec := e.spec("debug")
 	inst, err := d.Create(ctx, spec)
 	if err != nil {
@@ -1028,11 +1036,7 @@ func TestDebugLogs(t *testing.T) {
 func TestSnapshotLeavesNetworkInterfacesOut(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	logs := t.TempDir()
-	d, err := New(Config{Runsc: e.d.cfg.Runsc, RootDir: testRoot, StateDir: t.TempDir(), Net: e.pool, DebugLogDir: logs})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, logs := e.debugDriver(t)
 	spec := e.spec("nics")
 	inst, err := d.Create(ctx, spec)
 	if err != nil {
