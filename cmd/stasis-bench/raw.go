@@ -17,6 +17,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/stasis-sandbox/stasis/internal/netpool"
+	"github.com/stasis-sandbox/stasis/internal/runtime/gvisor"
 )
 
 // rawEnv runs the baseline: the same work done with runsc directly, on
@@ -312,23 +313,10 @@ func (b *rawBox) pagesLoaded() error {
 	if err != nil {
 		return err
 	}
-	if holdsPagesFile(pid) {
+	if gvisor.HoldsPagesFile(pid) {
 		return fmt.Errorf("raw %s: runsc-sandbox still loading its pages file", b.ID)
 	}
 	return nil
-}
-
-// holdsPagesFile reports whether process pid has a checkpoint's pages file
-// (pages.img) open.
-func holdsPagesFile(pid int) bool {
-	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	for _, fd := range fds {
-		target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
-		if err == nil && strings.HasPrefix(filepath.Base(target), "pages.img") {
-			return true
-		}
-	}
-	return false
 }
 
 func lastLines(s string, n int) string {

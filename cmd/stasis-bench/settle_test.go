@@ -4,6 +4,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/stasis-sandbox/stasis/internal/runtime/gvisor"
 )
 
 // The raw side's wait ends when the sandbox process closes the memory file
@@ -15,25 +17,25 @@ func TestHoldsPagesFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer meta.Close()
-	if holdsPagesFile(os.Getpid()) {
+	if gvisor.HoldsPagesFile(os.Getpid()) {
 		t.Fatal("pages_meta.img counted as the pages file")
 	}
 	pages, err := os.Create(filepath.Join(dir, "pages.img"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !holdsPagesFile(os.Getpid()) {
+	if !gvisor.HoldsPagesFile(os.Getpid()) {
 		t.Fatal("open pages.img not seen")
 	}
 	// runsc goes on reading an image that was deleted meanwhile.
 	if err := os.Remove(pages.Name()); err != nil {
 		t.Fatal(err)
 	}
-	if !holdsPagesFile(os.Getpid()) {
+	if !gvisor.HoldsPagesFile(os.Getpid()) {
 		t.Fatal("open, deleted pages.img not seen")
 	}
 	pages.Close()
-	if holdsPagesFile(os.Getpid()) {
+	if gvisor.HoldsPagesFile(os.Getpid()) {
 		t.Fatal("closed pages.img still seen")
 	}
 }

@@ -662,16 +662,18 @@ func (d *Driver) WaitLoaded(ctx context.Context, id string) error {
 // holdsPagesFile reports whether a host process of sandbox id has a
 // checkpoint's pages file open.
 func (d *Driver) holdsPagesFile(id string) bool {
-	for _, pid := range d.Processes(id) {
-		fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-		if err != nil {
-			continue
-		}
-		for _, fd := range fds {
-			target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
-			if err == nil && strings.HasPrefix(filepath.Base(target), pagesFile) {
-				return true
-			}
+	return slices.ContainsFunc(d.Processes(id), HoldsPagesFile)
+}
+
+// HoldsPagesFile reports whether host process pid has a checkpoint's pages
+// file open: runsc restore --background loads memory after it returns and
+// closes the file once every page is in.
+func HoldsPagesFile(pid int) bool {
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, fd := range fds {
+		target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if err == nil && strings.HasPrefix(filepath.Base(target), pagesFile) {
+			return true
 		}
 	}
 	return false
