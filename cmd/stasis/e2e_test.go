@@ -447,12 +447,15 @@ func TestCLIE2E(t *testing.T) {
 
 		io.WriteString(ptmx, "echo $((6*7))\r")
 		out.waitFor(t, ctx, "42")
-		// The remote terminal follows the local window: resize, then wait
-		// (remotely) for the new size and print a marker. (Resizing while
-		// the command line was still being typed made readline redraw it
-		// mid-line on a loaded machine, and the line was lost.)
+		// The remote terminal follows the local window. The resize comes
+		// while a command runs, never while readline edits a line: a
+		// SIGWINCH mid-line made readline redraw it, and on a loaded
+		// machine the line was lost (CI failed here twice). So: start a
+		// loop that waits (remotely) for the new size, see it running,
+		// then resize.
+		io.WriteString(ptmx, `echo waiting-$((2+2)); while [ "$(stty size)" != "30 100" ]; do sleep 0.1; done; echo resized-$((1+1))`+"\r")
+		out.waitFor(t, ctx, "waiting-4")
 		pty.Setsize(ptmx, &pty.Winsize{Rows: 30, Cols: 100}) // the kernel sends SIGWINCH
-		io.WriteString(ptmx, `while [ "$(stty size)" != "30 100" ]; do sleep 0.1; done; echo resized-$((1+1))`+"\r")
 		// Ctrl-D only ends the shell once readline reads again: typed
 		// while the loop still ran, the remote terminal was in canonical
 		// mode and the ^D was taken as EOF for nobody (CI hung here).
