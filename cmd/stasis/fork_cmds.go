@@ -125,28 +125,10 @@ func (a *app) snapshotSaveCmd() *command {
 }
 
 func (a *app) snapshotLsCmd() *command {
-	return &command{
-		name:    "ls",
-		usage:   "[--json]",
-		summary: "list saved snapshots",
-		maxArgs: 0,
-		flags: func(fs *flag.FlagSet) func(context.Context, []string) int {
-			jsonOut := fs.Bool("json", false, "print JSON")
-			return func(ctx context.Context, _ []string) int {
-				c, err := a.client()
-				if err != nil {
-					return a.fail(err, "")
-				}
-				list, err := c.ListSnapshots(ctx)
-				if err != nil {
-					return a.failSnapshots(err, "")
-				}
-				return printList(a, list, *jsonOut, "no snapshots", "ID\tNAME\tSANDBOX\tSIZE\tCREATED", func(s stasis.SnapshotInfo) string {
-					return fmt.Sprintf("%s\t%s\t%s\t%s\t%s", s.ID, dash(s.Name), s.SandboxID, humanBytes(s.SizeBytes), ago(s.CreatedAt))
-				})
-			}
-		},
-	}
+	return jsonListCmd(a, "list saved snapshots", (*stasis.Client).ListSnapshots, a.failSnapshots,
+		"no snapshots", "ID\tNAME\tSANDBOX\tSIZE\tCREATED", func(s stasis.SnapshotInfo) string {
+			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s", s.ID, dash(s.Name), s.SandboxID, humanBytes(s.SizeBytes), ago(s.CreatedAt))
+		})
 }
 
 func (a *app) snapshotRmCmd() *command {

@@ -375,6 +375,32 @@ func printList[T any](a *app, list []T, jsonOut bool, empty, header string, row 
 	return 0
 }
 
+// jsonListCmd is an "ls" command with --json as its only flag: fetch gets
+// the rows, fail reports its error, and printList prints them.
+func jsonListCmd[T any](a *app, summary string, fetch func(*stasis.Client, context.Context) ([]T, error),
+	fail func(error, string) int, empty, header string, row func(T) string) *command {
+	return &command{
+		name:    "ls",
+		usage:   "[--json]",
+		summary: summary,
+		maxArgs: 0,
+		flags: func(fs *flag.FlagSet) func(context.Context, []string) int {
+			jsonOut := fs.Bool("json", false, "print JSON")
+			return func(ctx context.Context, _ []string) int {
+				c, err := a.client()
+				if err != nil {
+					return a.fail(err, "")
+				}
+				list, err := fetch(c, ctx)
+				if err != nil {
+					return fail(err, "")
+				}
+				return printList(a, list, *jsonOut, empty, header, row)
+			}
+		},
+	}
+}
+
 func (a *app) isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
 
 // ---------------------------------------------------------------------------

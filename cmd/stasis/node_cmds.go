@@ -18,29 +18,11 @@ func (a *app) nodeCmd() *command {
 }
 
 func (a *app) nodeLsCmd() *command {
-	return &command{
-		name:    "ls",
-		usage:   "[--json]",
-		summary: "list nodes with their state and load",
-		maxArgs: 0,
-		flags: func(fs *flag.FlagSet) func(context.Context, []string) int {
-			jsonOut := fs.Bool("json", false, "print JSON")
-			return func(ctx context.Context, _ []string) int {
-				c, err := a.client()
-				if err != nil {
-					return a.fail(err, "")
-				}
-				list, err := c.Nodes(ctx)
-				if err != nil {
-					return a.fail(err, "")
-				}
-				return printList(a, list, *jsonOut, "", "NAME\tSTATE\tURL\tRUNNING\tMEM FREE\tLAST HEARTBEAT\tVERSION", func(n stasis.NodeInfo) string {
-					return fmt.Sprintf("%s\t%s\t%s\t%d\t%d MiB\t%s ago\t%s", n.Name, n.State, n.URL, n.Running,
-						n.MemFreeMiB, time.Since(n.HeartbeatAt).Round(time.Second), dash(n.Version))
-				})
-			}
-		},
-	}
+	return jsonListCmd(a, "list nodes with their state and load", (*stasis.Client).Nodes, a.fail,
+		"", "NAME\tSTATE\tURL\tRUNNING\tMEM FREE\tLAST HEARTBEAT\tVERSION", func(n stasis.NodeInfo) string {
+			return fmt.Sprintf("%s\t%s\t%s\t%d\t%d MiB\t%s ago\t%s", n.Name, n.State, n.URL, n.Running,
+				n.MemFreeMiB, time.Since(n.HeartbeatAt).Round(time.Second), dash(n.Version))
+		})
 }
 
 func (a *app) nodeDrainCmd() *command {

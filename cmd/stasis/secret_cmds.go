@@ -83,32 +83,15 @@ func (a *app) secretCreateCmd() *command {
 }
 
 func (a *app) secretLsCmd() *command {
-	return &command{
-		name:    "ls",
-		usage:   "[--json]",
-		summary: "list secrets (never their values)",
-		maxArgs: 0,
-		flags: func(fs *flag.FlagSet) func(context.Context, []string) int {
-			jsonOut := fs.Bool("json", false, "print JSON")
-			return func(ctx context.Context, _ []string) int {
-				c, err := a.client()
-				if err != nil {
-					return a.fail(err, "")
-				}
-				list, err := c.Secrets().List(ctx)
-				if err != nil {
-					return a.fail(err, "")
-				}
-				return printList(a, list, *jsonOut, "", "NAME\tAUTH\tPROVIDER\tHOSTS\tLAST USED", func(s stasis.SecretInfo) string {
-					used := "-"
-					if s.LastUsedAt != nil {
-						used = s.LastUsedAt.Local().Format("2006-01-02 15:04:05")
-					}
-					return fmt.Sprintf("%s\t%s\t%s\t%s\t%s", s.Name, s.AuthType, dash(s.ProviderShortcut), strings.Join(s.Hosts, ","), used)
-				})
+	list := func(c *stasis.Client, ctx context.Context) ([]stasis.SecretInfo, error) { return c.Secrets().List(ctx) }
+	return jsonListCmd(a, "list secrets (never their values)", list, a.fail,
+		"", "NAME\tAUTH\tPROVIDER\tHOSTS\tLAST USED", func(s stasis.SecretInfo) string {
+			used := "-"
+			if s.LastUsedAt != nil {
+				used = s.LastUsedAt.Local().Format("2006-01-02 15:04:05")
 			}
-		},
-	}
+			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s", s.Name, s.AuthType, dash(s.ProviderShortcut), strings.Join(s.Hosts, ","), used)
+		})
 }
 
 func (a *app) secretRmCmd() *command {
