@@ -160,6 +160,8 @@ type execSession struct {
 	fr   *agentproto.FrameReader
 	fw   *agentproto.FrameWriter
 
+	held *heldWriter // a buffered run's (holdStarted); nil for a stream
+
 	mu      sync.Mutex
 	proc    *process
 	aborted bool
@@ -214,6 +216,9 @@ func (e *execSession) run() {
 		proc.readInput()
 	}()
 	exit = proc.wait()
+	if e.held != nil {
+		e.held.hold(false) // what wait held goes out with the exit
+	}
 	e.s.refillAround(func() { e.sendJSON(agentproto.FrameExit, exit) })
 	proc.closeGathered()
 	e.closeOut(inputDone)
@@ -248,7 +253,8 @@ func (e *execSession) holdStarted(pid int) {
 	var b bytes.Buffer
 	payload, _ := json.Marshal(agentproto.Started{Pid: pid})
 	agentproto.NewFrameWriter(&b).WriteFrame(agentproto.FrameStarted, payload)
-	e.fw = agentproto.NewFrameWriter(&heldWriter{w: e.conn, held: b.Bytes()})
+	e.held = &heldWriter{w: e.conn, held: b.Bytes()}
+	e.fw = agentproto.NewFrameWriter(e.held)
 }
 
 // abort kills the session's command (server shutdown).
@@ -583,6 +589,11 @@ func (p *process) wait() agentproto.Exit {
 		})
 	}
 	ws := <-p.status
+	if p.gather && p.e.held != nil {
+		// The answer goes out at the exit anyway: the output still in
+		// the pipes goes with it (see run).
+		p.e.held.hold(true)
+	}
 	p.mu.Lock()
 	p.reaped = true
 	timedOut := p.timedOut

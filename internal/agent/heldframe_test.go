@@ -5,9 +5,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -109,5 +111,53 @@ func TestStartedSentAtOnceByDefault(t *testing.T) {
 	frames := firstSend(t, conn)
 	if len(frames) != 1 || frames[0].t != agentproto.FrameStarted {
 		t.Fatalf("first send had frames %+v; want the started frame alone", frames)
+	}
+}
+
+// A buffered run's output that the agent finds once the shell has exited
+// waits to go out with the exit frame (up to a bound): all of it still
+// comes, before the exit frame, which is the last; small and large.
+func TestOutputAfterTheExitComesBeforeTheExitFrame(t *testing.T) {
+	_, addr := startAgent(t, agent.Config{})
+	for _, n := range []int{3, 100000} {
+		conn := rawExec(t, addr, agentproto.StartRequest{
+			Command:     fmt.Sprintf("head -c %d /dev/zero | tr '\\0' o; echo err >&2; exit 7", n),
+			HoldStarted: true,
+		})
+		agentproto.NewFrameWriter(conn).WriteFrame(agentproto.FrameStdinClose, nil)
+		br := bufio.NewReader(conn)
+		if resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodPost}); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("not a 101: %v", err)
+		}
+		fr := agentproto.NewFrameReader(br)
+		var out, errOut strings.Builder
+		var types []agentproto.FrameType
+		for {
+			ft, data, err := fr.ReadFrame()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("%d bytes: %v after frames %v", n, err, types)
+			}
+			types = append(types, ft)
+			switch ft {
+			case agentproto.FrameStdout:
+				out.Write(data)
+			case agentproto.FrameStderr:
+				errOut.Write(data)
+			case agentproto.FrameExit:
+				var ex agentproto.Exit
+				if json.Unmarshal(data, &ex); ex.ExitCode != 7 {
+					t.Errorf("%d bytes: exit %s; want exit code 7", n, data)
+				}
+			}
+		}
+		if len(types) < 3 || types[0] != agentproto.FrameStarted || types[len(types)-1] != agentproto.FrameExit {
+			t.Errorf("%d bytes: frames %v; want started first and exit last", n, types)
+		}
+		if out.String() != strings.Repeat("o", n) || errOut.String() != "err\n" {
+			t.Errorf("%d bytes: got %d bytes of stdout, stderr %q", n, out.Len(), errOut.String())
+		}
 	}
 }
