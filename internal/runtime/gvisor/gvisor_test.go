@@ -1034,17 +1034,8 @@ func TestDebugLogs(t *testing.T) {
 // with the new link's. The restored sandbox answers over its new link. Read
 // from runsc's own count of what the restore decoded (debug log).
 func TestSnapshotLeavesNetworkInterfacesOut(t *testing.T) {
-	e := newEnv(t)
-	ctx := context.Background()
-	d, logs := e.debugDriver(t)
-	spec := e.spec("nics")
-	inst, err := d.Create(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Destroy(context.Background(), spec.ID) })
-	waitAgent(t, inst)
-	stats, _ := restoreLoadStats(t, d, logs, spec)
+	ds := startDebugSandbox(t, "nics")
+	stats, _ := ds.restoreLoadStats(t)
 	for _, typ := range []string{"pkg/tcpip/stack.nic\n", "pkg/tcpip/link/fdbased.endpoint\n"} {
 		if strings.Contains(stats, typ) {
 			t.Errorf("the restore decoded %s objects from the snapshot", strings.TrimSpace(typ))
@@ -1057,21 +1048,12 @@ func TestSnapshotLeavesNetworkInterfacesOut(t *testing.T) {
 // ~1,900 objects every restore decoded (3,600 of the test agent's 30,100).
 // Looked up again after the restore, it is there as before.
 func TestSnapshotLeavesProcDentriesOut(t *testing.T) {
-	e := newEnv(t)
-	ctx := context.Background()
-	d, logs := e.debugDriver(t)
-	spec := e.spec("procdents")
-	inst, err := d.Create(ctx, spec)
-	if err != nil {
+	ds := startDebugSandbox(t, "procdents")
+	stat := fmt.Sprintf("/stat?path=/proc/%d/stat", ds.agent.Pid)
+	if _, err := get(ds.inst.AgentAddr(), stat); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { d.Destroy(context.Background(), spec.ID) })
-	st := waitAgent(t, inst)
-	stat := fmt.Sprintf("/stat?path=/proc/%d/stat", st.Pid)
-	if _, err := get(inst.AgentAddr(), stat); err != nil {
-		t.Fatal(err)
-	}
-	stats, inst2 := restoreLoadStats(t, d, logs, spec)
+	stats, inst2 := ds.restoreLoadStats(t)
 	// mmFile is a task directory's auxv, environ, maps and smaps: there
 	// only with a whole directory.
 	if strings.Contains(stats, "pkg/sentry/fsimpl/proc.mmFile\n") {
@@ -1082,13 +1064,37 @@ func TestSnapshotLeavesProcDentriesOut(t *testing.T) {
 	}
 }
 
-// restoreLoadStats checkpoints the running sandbox spec of the debug driver
-// d, destroys it, restores it and returns runsc's count of what the restore
-// decoded (the "Kernel load stats" of its boot log in logs) and the restored
-// instance, its agent answering.
-func restoreLoadStats(t *testing.T, d *Driver, logs string, spec runtime.Spec) (string, *runtime.Instance) {
+// debugSandbox is a running sandbox of a debug driver (debugDriver).
+type debugSandbox struct {
+	d     *Driver
+	logs  string
+	spec  runtime.Spec
+	inst  *runtime.Instance
+	agent agentState
+}
+
+// startDebugSandbox creates a sandbox with a debug driver and waits for its
+// agent.
+func startDebugSandbox(t *testing.T, name string) *debugSandbox {
+	t.Helper()
+	e := newEnv(t)
+	d, logs := e.debugDriver(t)
+	spec := e.spec(name)
+	inst, err := d.Create(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Destroy(context.Background(), spec.ID) })
+	return &debugSandbox{d: d, logs: logs, spec: spec, inst: inst, agent: waitAgent(t, inst)}
+}
+
+// restoreLoadStats checkpoints the sandbox, destroys it, restores it and
+// returns runsc's count of what the restore decoded (the "Kernel load
+// stats" of its boot log) and the restored instance, its agent answering.
+func (ds *debugSandbox) restoreLoadStats(t *testing.T) (string, *runtime.Instance) {
 	t.Helper()
 	ctx := context.Background()
+	d, spec, dir := ds.d, ds.spec, filepath.Join(ds.logs, ds.spec.ID)
 	img := t.TempDir()
 	if err := d.Checkpoint(ctx, spec.ID, img); err != nil {
 		t.Fatal(err)
@@ -1096,18 +1102,18 @@ func restoreLoadStats(t *testing.T, d *Driver, logs string, spec runtime.Spec) (
 	if err := d.Destroy(ctx, spec.ID); err != nil {
 		t.Fatal(err)
 	}
-	before := bootLogs(t, filepath.Join(logs, spec.ID))
+	before := bootLogs(t, dir)
 	inst, err := d.Restore(ctx, spec, img)
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitAgent(t, inst)
 	var stats string
-	for _, name := range bootLogs(t, filepath.Join(logs, spec.ID)) {
+	for _, name := range bootLogs(t, dir) {
 		if slices.Contains(before, name) {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(logs, spec.ID, name))
+		b, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
 			t.Fatal(err)
 		}
