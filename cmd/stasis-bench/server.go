@@ -414,7 +414,9 @@ func (b *box) writeFile(ctx context.Context, path string, data []byte) error {
 	return nil
 }
 
-// readFile downloads path and returns how many bytes came.
+// readFile downloads path and returns how many bytes came. It reads as the
+// raw side's pipe is read (os/exec's copy into a countWriter: 32 KiB at a
+// time), not with io.Discard's 8 KiB reads, four times the system calls.
 func (b *box) readFile(ctx context.Context, path string) (int64, error) {
 	req, err := b.dataReq(ctx, "GET", "/files?path="+url.QueryEscape(path), nil)
 	if err != nil {
@@ -429,7 +431,8 @@ func (b *box) readFile(ctx context.Context, path string) (int64, error) {
 		data, _ := io.ReadAll(resp.Body)
 		return 0, &apiError{Status: resp.StatusCode, Body: string(data)}
 	}
-	return io.Copy(io.Discard, resp.Body)
+	var cw countWriter
+	return io.Copy(&cw, resp.Body)
 }
 
 // sandboxPid returns the host PID of the runsc-sandbox process of id.

@@ -430,7 +430,8 @@ func (w *response) Write(p []byte) (int, error) {
 // ReadFrom lets io.Copy hand a body of declared length to the
 // connection's own ReadFrom, as net/http's response does: for a regular
 // file that is sendfile, which gVisor runs inside the sentry without
-// copying through the agent (100 MB: about 5x faster than 32 KiB writes).
+// copying through the agent (100 MB: about 5x faster than 32 KiB writes),
+// on a blocking socket (sendFile).
 func (w *response) ReadFrom(src io.Reader) (int64, error) {
 	if !w.wroteHeader {
 		w.WriteHeader(StatusOK)
@@ -453,7 +454,12 @@ func (w *response) ReadFrom(src io.Reader) (int64, error) {
 	if lr, ok := src.(*io.LimitedReader); !ok || lr.N > left {
 		src = io.LimitReader(src, left)
 	}
-	n, err := rf.ReadFrom(src)
+	n, done, err := sendFile(w.conn.rwc, src)
+	if !done {
+		var m int64
+		m, err = rf.ReadFrom(src)
+		n += m
+	}
 	w.written += n
 	return n, err
 }

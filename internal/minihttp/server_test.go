@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net"
@@ -383,6 +384,99 @@ func TestFileBodyThroughReadFrom(t *testing.T) {
 	}
 	if !fast.Load() {
 		t.Error("the ResponseWriter is no io.ReaderFrom: io.Copy of a file goes through 32 KiB writes instead of sendfile")
+	}
+}
+
+// TestFileBodyToSlowReader: a file sent to a client that reads slowly
+// (the server's sendfile waits for room in the socket, switched to
+// blocking mode meanwhile) arrives byte-exact, and the connection is
+// non-blocking again after it: the idle timeout still ends it. A client
+// that goes away mid-file ends the handler's copy with an error.
+func TestFileBodyToSlowReader(t *testing.T) {
+	data := make([]byte, 8<<20+5)
+	for i := range data {
+		data[i] = byte(i*13 + i/65536)
+	}
+	path := t.TempDir() + "/f"
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	copied := make(chan error, 4)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &minihttp.Server{IdleTimeout: 100 * time.Millisecond, ErrorLog: log.New(io.Discard, "", 0),
+		Handler: minihttp.HandlerFunc(func(w minihttp.ResponseWriter, r *minihttp.Request) {
+			f, err := os.Open(path)
+			if err != nil {
+				minihttp.Error(w, err.Error(), minihttp.StatusInternalServerError)
+				return
+			}
+			defer f.Close()
+			w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+			n, err := io.Copy(w, io.LimitReader(f, int64(len(data)))) // as the agent's file read
+			if err == nil && n != int64(len(data)) {
+				err = fmt.Errorf("copied %d bytes of %d", n, len(data))
+			}
+			copied <- err
+		})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	dial := func() (*net.TCPConn, *bufio.Reader) {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc := c.(*net.TCPConn)
+		tc.SetReadBuffer(16 << 10) // the server's sends fill it at once
+		if _, err := io.WriteString(c, "GET /f HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(20 * time.Second)) // a safety net, not a timing assertion
+		br := bufio.NewReaderSize(c, 4<<10)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != 200 || resp.ContentLength != int64(len(data)) {
+			t.Fatalf("response %+v, %v", resp, err)
+		}
+		return tc, br
+	}
+
+	c, br := dial()
+	got := make([]byte, 0, len(data))
+	buf := make([]byte, 8<<10)
+	for i := 0; len(got) < len(data); i++ {
+		n, err := br.Read(buf[:min(len(buf), len(data)-len(got))])
+		got = append(got, buf[:n]...)
+		if err != nil {
+			t.Fatalf("after %d bytes: %v", len(got), err)
+		}
+		if i%64 == 0 {
+			time.Sleep(time.Millisecond) // let the server's sends run into a full socket
+		}
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("the file arrived changed")
+	}
+	if err := <-copied; err != nil {
+		t.Fatalf("server: %v", err)
+	}
+	// The server waits for the next request with a read deadline, which
+	// a socket left blocking would never honour.
+	if n, err := br.Read(buf); err != io.EOF {
+		t.Fatalf("idle connection: read %d bytes, %v; want the server to close it", n, err)
+	}
+	c.Close()
+
+	// A client that reads a little and goes away.
+	c, br = dial()
+	if _, err := io.ReadFull(br, buf); err != nil {
+		t.Fatal(err)
+	}
+	c.SetLinger(0)
+	c.Close()
+	if err := <-copied; err == nil {
+		t.Fatal("the server's copy to a closed connection succeeded")
 	}
 }
 

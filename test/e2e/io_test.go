@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -343,6 +344,49 @@ func TestFileErrors(t *testing.T) {
 	got, _ = sendRaw(t, srv, c, "GET", "/files?path="+url.QueryEscape(strings.Repeat("r", 5000)), "")
 	if got.Status != http.StatusBadRequest || len(got.Message) > 300 {
 		t.Errorf("relative 5000-byte path: HTTP %d %q", got.Status, got.Message)
+	}
+}
+
+// TestFileReadLarge: a file many times the sandbox's socket buffers (the
+// agent's sendfile waits for room in a blocking socket) reads back
+// byte-exact, from the overlay and from a host file (the agent's binary); a
+// client that goes away mid-file leaves the agent serving: the next read and
+// command work.
+func TestFileReadLarge(t *testing.T) {
+	srv := testenv.StartServer(t)
+	c, _ := createMinimal(t, srv, "bigread")
+	data := make([]byte, 24<<20+3)
+	rand.Read(data)
+	c.writeFile("/home/user/big.bin", data)
+	if got := c.readFile("/home/user/big.bin"); !bytes.Equal(got, data) {
+		t.Fatalf("read back %d bytes, not the %d written", len(got), len(data))
+	}
+	if got, want := len(c.readFile("/.stasis/agent")), c.sh("wc -c < /.stasis/agent"); fmt.Sprint(got) != want {
+		t.Fatalf("the agent's binary: read %d bytes, the sandbox counts %s", got, want)
+	}
+
+	req, err := http.NewRequest("GET", srv.URL+"/files?path="+url.QueryEscape("/home/user/big.bin"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("X-Superserve-Sandbox-Id", c.id)
+	req.Header.Set("X-Access-Token", c.token)
+	tr := &http.Transport{}
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(resp.Body, make([]byte, 64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close() // mid-file: the connection is closed
+	tr.CloseIdleConnections()
+
+	if got := c.readFile("/home/user/big.bin"); !bytes.Equal(got, data) {
+		t.Fatalf("after an aborted read: read back %d bytes, not the %d written", len(got), len(data))
+	}
+	if got := c.sh("echo alive"); got != "alive" {
+		t.Fatalf("agent after an aborted read: %q", got)
 	}
 }
 
