@@ -14,10 +14,10 @@
 // finds the links its predecessor left (New learns them; Cleanup removes the
 // ones nobody claims). A pool may keep a few spare links built ahead under
 // IDs of their own, "spare-<random>", and rename one after the sandbox that
-// needs a link (KeepSpares). Subnets are /30s taken from 169.254.0.0/16 (never from
-// 169.254.0.0/24, 169.254.169.0/24 or 169.254.255.0/24), tracked in memory,
-// and never handed out while any interface in the root namespace still holds
-// an address inside them.
+// needs a link (KeepSpares). Subnets are /30s taken from 169.254.0.0/16
+// (never from 169.254.0.0/24, 169.254.169.0/24 or 169.254.255.0/24), tracked
+// in memory, and never handed out while any interface in the root namespace
+// still holds an address inside them.
 //
 // The host end has IPv4 forwarding off (packets from a sandbox are never
 // routed on to another sandbox, whatever the host's global setting) and
