@@ -25,6 +25,7 @@ type spareState struct {
 	spares   []spare         // ready, newest last
 	spareIDs map[string]bool // IDs of spares ready or being built
 	want     int             // how many spares to keep
+	failed   func(error)     // told of a spare that could not be built
 	wake     chan struct{}   // tells the refiller to look
 	stop     chan struct{}   // closed by Close
 	refiller sync.WaitGroup
@@ -38,9 +39,10 @@ type spare struct {
 const spareIDPrefix = "spare-"
 
 // KeepSpares makes the pool keep n links ready (built in the background)
-// for Setup to hand out. Call it once, after the start-up Cleanup; Close
-// stops it and removes the spares.
-func (p *Pool) KeepSpares(n int) {
+// for Setup to hand out; failed (if not nil) is told of each spare that
+// could not be built. Call it once, after the start-up Cleanup; Close stops
+// it and removes the spares.
+func (p *Pool) KeepSpares(n int, failed func(error)) {
 	if n <= 0 {
 		return
 	}
@@ -49,7 +51,7 @@ func (p *Pool) KeepSpares(n int) {
 	if p.wake != nil {
 		return
 	}
-	p.want = n
+	p.want, p.failed = n, failed
 	p.wake = make(chan struct{}, 1)
 	p.stop = make(chan struct{})
 	p.wake <- struct{}{}
@@ -109,6 +111,9 @@ func (p *Pool) refill() {
 			if err != nil {
 				delete(p.spareIDs, id)
 				p.mu.Unlock()
+				if p.failed != nil {
+					p.failed(err)
+				}
 				break
 			}
 			p.spares = append(p.spares, spare{link: l, hostIndex: index})

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -65,7 +66,7 @@ func gone(t *testing.T, l *Link) {
 func TestSpareTaken(t *testing.T) {
 	p := newTestPool(t)
 	ctx := context.Background()
-	p.KeepSpares(2)
+	p.KeepSpares(2, nil)
 	spares := awaitSpares(t, p, 2)
 	if len(p.List()) != 0 {
 		t.Fatalf("List shows spares: %v", p.List())
@@ -133,7 +134,7 @@ func TestSparesConcurrentSetup(t *testing.T) {
 	p := newTestPool(t)
 	t.Cleanup(func() { p.Close() })
 	ctx := context.Background()
-	p.KeepSpares(3)
+	p.KeepSpares(3, nil)
 	awaitSpares(t, p, 3)
 	const n = 10
 	links := make([]*Link, n)
@@ -190,7 +191,7 @@ func TestSparesAfterCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p1.Cleanup(ctx, nil) })
-	p1.KeepSpares(2)
+	p1.KeepSpares(2, nil)
 	spares := awaitSpares(t, p1, 2)
 	// "Crash": the refiller stops, nothing is removed.
 	close(p1.stop)
@@ -247,5 +248,33 @@ func TestSpareNeverLastSubnet(t *testing.T) {
 	}
 	if id, ok := p.startSpare(); ok {
 		t.Fatalf("spare %s would take the last subnet", id)
+	}
+}
+
+// TestSpareBuildFailure: a spare that cannot be built is reported, not
+// dropped silently.
+func TestSpareBuildFailure(t *testing.T) {
+	testenv.RequireRoot(t)
+	cfg := testConfig(t)
+	cfg.NetnsDir = filepath.Join(t.TempDir(), "not-a-dir")
+	p, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg.NetnsDir, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	failed := make(chan error, 1)
+	p.KeepSpares(1, func(err error) {
+		select {
+		case failed <- err:
+		default:
+		}
+	})
+	if err := <-failed; err == nil || !strings.Contains(err.Error(), "spare-") {
+		t.Errorf("reported %v, want the spare's failed set-up", err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
 	}
 }

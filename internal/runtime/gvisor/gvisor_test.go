@@ -115,7 +115,7 @@ func newEnv(t testing.TB) *testEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool.KeepSpares(2) // as stasisd: sandboxes run on renamed spare links
+	pool.KeepSpares(2, nil) // as stasisd: sandboxes run on renamed spare links
 	state := t.TempDir()
 	d, err := New(Config{Runsc: bin, RootDir: testRoot, StateDir: state, Net: pool})
 	if err != nil {
