@@ -407,7 +407,7 @@ func (b *bench) benchCreate(ctx context.Context) error {
 			Stasis: sCreate.stat(), StasisOp: "POST /sandboxes until 201 (agent answering)",
 			Raw: rCreate.stat(), RawOp: "runsc run --detach (sleep as init)",
 			Extra: mergeExtra(map[string]any{"raw_link_and_bundle_ms": rNet.stat()}, sSteps.extra()),
-			Note:  "raw excludes building the netns/veth and bundle (extra.raw_link_and_bundle_ms); stasis includes them; stasis_* are the steps stasisd logs (link and bundle, runsc run, runsc returned until the agent answers, the store's record)"})
+			Note:  "raw excludes building the netns/veth and bundle (extra.raw_link_and_bundle_ms); stasis includes taking its link (a spare built ahead, renamed) and writing its bundle; stasis_* are the steps stasisd logs (link and bundle, runsc run, runsc returned until the agent answers, the store's record)"})
 		b.add(Row{Group: "create", Name: "create (cold) from " + tmpl + ", against runsc with no CPU quota",
 			Stasis: sCreate.stat(), StasisOp: "the row above's",
 			Raw: rUnlimited.stat(), RawOp: "runsc run --detach (sleep as init) with no CPU quota in the bundle",

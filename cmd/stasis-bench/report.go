@@ -214,7 +214,7 @@ func markdown(r *Report) string {
 	w("(same mounts including the read-only agent bind mount, namespaces, capabilities, rlimits, 1 vCPU quota and memory limit), ")
 	w("but its init is a trivial process (`sleep`, or the python memory holder for pause/resume) instead of stasis-agent, ")
 	w("and nothing sits in between: no HTTP, store, tokens or agent. Building the baseline's netns and bundle is not timed; ")
-	w("stasis's figures include everything a client waits for.\n\n")
+	w("stasis's figures include everything a client waits for (its link is a spare built ahead, renamed after the sandbox: `--link-spares`; its bundle is written on the request).\n\n")
 	w("Pause and resume have a second baseline, marked \"against runsc on the same sandbox\": a runsc container running what the stasis sandbox runs ")
 	w("(stasis-agent as init, the memory holder started through it, so also the agent's spare shell), checkpointed and restored by runsc directly. ")
 	w("Against it, the ratio is what stasis adds around the engine (API, store, network link, checksums, readiness); against the first, it includes what the agent costs.\n\n")

@@ -42,7 +42,7 @@ const defaultTeam = "default"
 type serveFlags struct {
 	databaseURL                                                                                  string
 	listen, e2bListen, dataDir, imagesDir, runsc, agent, template, logLevel, subnet, netnsPrefix string
-	vcpu, memMiB, diskMiB, maxLive, linkMTU                                                      int
+	vcpu, memMiB, diskMiB, maxLive, linkMTU, linkSpares                                          int
 	warmWindow                                                                                   time.Duration
 	pauseOnShutdown                                                                              bool
 	minFreeDiskMiB, maxUnauthenticated                                                           int
@@ -68,6 +68,7 @@ func runServe(args []string) error {
 	fs.IntVar(&f.memMiB, "default-memory-mib", 1024, "memory of a sandbox when the create names none")
 	fs.StringVar(&f.subnet, "subnet", "169.254.0.0/16", "link-local range sandbox links are allocated from")
 	fs.IntVar(&f.linkMTU, "link-mtu", netpool.LinkMTU, "MTU of each sandbox's veth link (0: the kernel's default, 1500)")
+	fs.IntVar(&f.linkSpares, "link-spares", 2, "network links kept built ahead (a netns and veth pair each), so a create or resume renames one instead of building it (0: none)")
 	fs.StringVar(&f.netnsPrefix, "netns-prefix", "stasis", "name prefix of this server's network namespaces (distinct per server on one host)")
 	fs.IntVar(&f.diskMiB, "default-disk-mib", 10240, "writable-layer quota of a sandbox when the create names none (0: unlimited)")
 	fs.IntVar(&f.maxLive, "max-sandboxes-per-team", 50, "running (not paused) sandboxes a team may hold; 0 = unlimited")
@@ -191,6 +192,9 @@ func (n *node) close(log *slog.Logger) {
 		}
 		n.store.Close()
 		return
+	}
+	if err := n.pool.Close(); err != nil {
+		log.Warn("removing spare network links", "err", err)
 	}
 	if running, err := n.driver.List(ctx); err != nil {
 		log.Warn("cannot tell which sandboxes still run; keeping their links and firewall", "err", err)
@@ -372,6 +376,9 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 			return nil, err
 		}
 	}
+	pool.KeepSpares(f.linkSpares, func(err error) {
+		log.Warn("could not build a spare network link (creates and resumes build their own meanwhile)", "err", err)
+	})
 	return &node{svc: svc, api: router, e2b: e2bRouter, store: st, driver: driver, pool: pool, fw: fw, eg: eg, uploads: uploads, member: member}, nil
 }
 

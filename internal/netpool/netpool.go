@@ -12,10 +12,12 @@
 //
 // Names are derived from the ID only, so a pool that starts after a crash
 // finds the links its predecessor left (New learns them; Cleanup removes the
-// ones nobody claims). Subnets are /30s taken from 169.254.0.0/16 (never from
-// 169.254.0.0/24, 169.254.169.0/24 or 169.254.255.0/24), tracked in memory,
-// and never handed out while any interface in the root namespace still holds
-// an address inside them.
+// ones nobody claims). A pool may keep a few spare links built ahead under
+// IDs of their own, "spare-<random>", and rename one after the sandbox that
+// needs a link (KeepSpares). Subnets are /30s taken from 169.254.0.0/16
+// (never from 169.254.0.0/24, 169.254.169.0/24 or 169.254.255.0/24), tracked
+// in memory, and never handed out while any interface in the root namespace
+// still holds an address inside them.
 //
 // The host end has IPv4 forwarding off (packets from a sandbox are never
 // routed on to another sandbox, whatever the host's global setting) and
@@ -128,6 +130,7 @@ type Pool struct {
 	links map[string]*Link          // by ID
 	used  map[netip.Prefix]struct{} // subnets held by links or seen on the host
 	next  int                       // round-robin cursor into subnets
+	spareState
 }
 
 // New returns a pool and learns the links left by earlier pools with the
@@ -164,6 +167,7 @@ func New(cfg Config) (*Pool, error) {
 		links:   make(map[string]*Link),
 		used:    make(map[netip.Prefix]struct{}),
 	}
+	p.spareIDs = make(map[string]bool)
 	if len(p.subnets) == 0 {
 		return nil, fmt.Errorf("netpool: range %v has no usable subnet", cfg.Range)
 	}
@@ -357,19 +361,32 @@ func (p *Pool) release(id string) {
 	}
 }
 
-// Setup builds a link for id: namespace, veth pair, addresses and routes.
-// Leftover kernel objects carrying id's names (from a crash) are removed
-// first. It fails with ErrExists if the pool already holds a link for id.
-func (p *Pool) Setup(ctx context.Context, id string) (_ *Link, err error) {
+// Setup gives id a link: namespace, veth pair, addresses and routes. It
+// hands out a spare (see KeepSpares) renamed after id when there is one,
+// else builds the link. Leftover kernel objects carrying id's names (from a
+// crash) are removed first. It fails with ErrExists if the pool already
+// holds a link for id.
+func (p *Pool) Setup(ctx context.Context, id string) (*Link, error) {
 	if !ValidID(id) {
 		return nil, fmt.Errorf("netpool: invalid sandbox ID %q", id)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	l, err := p.take(id)
+	if l != nil || err != nil {
+		return l, err
+	}
+	l, _, err = p.build(id)
+	return l, err
+}
+
+// build allocates a subnet for id and builds its link; it returns the
+// link and the index of its host end.
+func (p *Pool) build(id string) (_ *Link, hostIndex int, err error) {
 	l, err := p.allocate(id)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer func() {
 		if err != nil {
@@ -379,17 +396,17 @@ func (p *Pool) Setup(ctx context.Context, id string) (_ *Link, err error) {
 		}
 	}()
 	if err := p.destroy(l); err != nil { // leftovers with our names
-		return nil, fmt.Errorf("removing leftovers: %w", err)
+		return nil, 0, fmt.Errorf("removing leftovers: %w", err)
 	}
 	if err := p.ensureNetnsDir(); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if err := createNetns(l.NetnsPath); err != nil {
-		return nil, fmt.Errorf("creating netns %s: %w", l.Netns, err)
+		return nil, 0, fmt.Errorf("creating netns %s: %w", l.Netns, err)
 	}
 	ns, err := netns.GetFromPath(l.NetnsPath)
 	if err != nil {
-		return nil, fmt.Errorf("opening netns: %w", err)
+		return nil, 0, fmt.Errorf("opening netns: %w", err)
 	}
 	defer ns.Close()
 
@@ -403,37 +420,37 @@ func (p *Pool) Setup(ctx context.Context, id string) (_ *Link, err error) {
 		PeerNamespace: netlink.NsFd(int(ns)),
 	}
 	if err := netlink.LinkAdd(veth); err != nil {
-		return nil, fmt.Errorf("adding veth %s: %w", l.HostIf, err)
+		return nil, 0, fmt.Errorf("adding veth %s: %w", l.HostIf, err)
 	}
 	host, err := netlink.LinkByName(l.HostIf)
 	if err != nil {
-		return nil, fmt.Errorf("finding %s: %w", l.HostIf, err)
+		return nil, 0, fmt.Errorf("finding %s: %w", l.HostIf, err)
 	}
 	if host.Attrs().Alias != id { // kernels that ignore IFLA_IFALIAS on create
 		if err := netlink.LinkSetAlias(host, id); err != nil {
-			return nil, fmt.Errorf("setting alias on %s: %w", l.HostIf, err)
+			return nil, 0, fmt.Errorf("setting alias on %s: %w", l.HostIf, err)
 		}
 	}
 	// Packets from the sandbox are never routed on to other links (other
 	// sandboxes) even if the host forwards in general, and the host end has no
 	// IPv6 link-local address the sandbox could reach the host through.
 	if err := sysctl("net/ipv4/conf/"+l.HostIf+"/forwarding", "0"); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if err := sysctl("net/ipv6/conf/"+l.HostIf+"/disable_ipv6", "1"); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, err
+		return nil, 0, err
 	}
 	if err := netlink.AddrAdd(host, &netlink.Addr{IPNet: ipNet(l.HostAddr, l.Subnet.Bits())}); err != nil {
-		return nil, fmt.Errorf("adding %v to %s: %w", l.HostAddr, l.HostIf, err)
+		return nil, 0, fmt.Errorf("adding %v to %s: %w", l.HostAddr, l.HostIf, err)
 	}
 	if err := netlink.LinkSetUp(host); err != nil {
-		return nil, fmt.Errorf("bringing up %s: %w", l.HostIf, err)
+		return nil, 0, fmt.Errorf("bringing up %s: %w", l.HostIf, err)
 	}
 	if err := p.configureSandboxSide(l, ns); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	out := *l
-	return &out, nil
+	return &out, host.Attrs().Index, nil
 }
 
 // Readdress (re)configures the sandbox side of id's link: interface up,
@@ -559,11 +576,14 @@ func (p *Pool) Lookup(id string) (*Link, bool) {
 }
 
 // List returns copies of all links the pool holds, sorted by ID: the ones
-// it built and the ones it found when it started.
+// it built and the ones it found when it started, not its own spares.
 func (p *Pool) List() []*Link {
 	p.mu.Lock()
 	out := make([]*Link, 0, len(p.links))
 	for _, l := range p.links {
+		if p.spareIDs[l.ID] {
+			continue
+		}
 		c := *l
 		out = append(out, &c)
 	}
@@ -573,7 +593,8 @@ func (p *Pool) List() []*Link {
 }
 
 // Cleanup tears down every link whose ID keep rejects (keep == nil: all),
-// including leftovers found in the kernel since the pool started.
+// including leftovers found in the kernel since the pool started (spares
+// of an earlier pool among them); the pool's own spares stay (see Close).
 func (p *Pool) Cleanup(ctx context.Context, keep func(id string) bool) error {
 	if err := p.learn(); err != nil {
 		return err

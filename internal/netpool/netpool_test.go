@@ -122,6 +122,53 @@ func dialRead(addr string) (string, error) {
 	return string(b), err
 }
 
+// checkConnects checks that l carries TCP both ways and that its
+// namespace has the default route via the host end.
+func checkConnects(t *testing.T, l *Link) {
+	t.Helper()
+	// Host to sandbox.
+	srv := serveIn(t, l)
+	if got, err := dialRead(srv.String()); err != nil || got != "hello "+l.ID {
+		t.Fatalf("host -> sandbox: %q, %v", got, err)
+	}
+	// Sandbox to host, through the default route's gateway.
+	hostLn, err := net.Listen("tcp", netip.AddrPortFrom(l.HostAddr, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hostLn.Close()
+	go func() {
+		if c, err := hostLn.Accept(); err == nil {
+			io.WriteString(c, "host")
+			c.Close()
+		}
+	}()
+	var got string
+	err = inNetns(l.NetnsPath, func() (err error) {
+		got, err = dialRead(hostLn.Addr().String())
+		return err
+	})
+	if err != nil || got != "host" {
+		t.Fatalf("sandbox -> host: %q, %v", got, err)
+	}
+	// The default route exists inside the namespace.
+	err = inNetns(l.NetnsPath, func() error {
+		routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+		if err != nil {
+			return err
+		}
+		for _, r := range routes {
+			if (r.Dst == nil || r.Dst.IP.IsUnspecified()) && r.Gw.Equal(net.IP(l.HostAddr.AsSlice())) {
+				return nil
+			}
+		}
+		return fmt.Errorf("no default route via %v in %v", l.HostAddr, routes)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestSubnets(t *testing.T) {
 	all := subnetsIn(linkLocal)
 	if got, want := len(all), (256-3)*64; got != want {
@@ -191,47 +238,7 @@ func TestSetupConnectTeardown(t *testing.T) {
 		t.Errorf("second Setup: %v, want ErrExists", err)
 	}
 
-	// Host to sandbox.
-	srv := serveIn(t, l)
-	if got, err := dialRead(srv.String()); err != nil || got != "hello one" {
-		t.Fatalf("host -> sandbox: %q, %v", got, err)
-	}
-	// Sandbox to host, through the default route's gateway.
-	hostLn, err := net.Listen("tcp", netip.AddrPortFrom(l.HostAddr, 0).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hostLn.Close()
-	go func() {
-		if c, err := hostLn.Accept(); err == nil {
-			io.WriteString(c, "host")
-			c.Close()
-		}
-	}()
-	var got string
-	err = inNetns(l.NetnsPath, func() (err error) {
-		got, err = dialRead(hostLn.Addr().String())
-		return err
-	})
-	if err != nil || got != "host" {
-		t.Fatalf("sandbox -> host: %q, %v", got, err)
-	}
-	// The default route exists inside the namespace.
-	err = inNetns(l.NetnsPath, func() error {
-		routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
-		if err != nil {
-			return err
-		}
-		for _, r := range routes {
-			if (r.Dst == nil || r.Dst.IP.IsUnspecified()) && r.Gw.Equal(net.IP(l.HostAddr.AsSlice())) {
-				return nil
-			}
-		}
-		return fmt.Errorf("no default route via %v in %v", l.HostAddr, routes)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	checkConnects(t, l)
 
 	if err := p.Teardown(ctx, "one"); err != nil {
 		t.Fatal(err)

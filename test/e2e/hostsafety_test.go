@@ -115,6 +115,72 @@ func TestCleanStopLeavesNothing(t *testing.T) {
 	}
 }
 
+// TestSpareLinks: a sandbox gets one of the links the server built ahead
+// (its namespace, renamed after it) and works on it; the spares a killed
+// server left are removed when it starts again, and a clean stop removes
+// the spares it holds.
+func TestSpareLinks(t *testing.T) {
+	srv := testenv.StartServer(t)
+	spares := awaitSpareNetns(t, srv, 2)
+	inos := map[uint64]string{}
+	for _, path := range spares {
+		inos[netnsIno(t, path)] = path
+	}
+	c, sb := createMinimal(t, srv, "on-a-spare")
+	if from := inos[netnsIno(t, "/run/netns/"+srv.Prefix()+"-"+sb.ID)]; from == "" {
+		t.Fatalf("the sandbox's netns is none of the spares %v", spares)
+	}
+	if got := c.sh("echo ok"); got != "ok" {
+		t.Fatalf("sandbox on a spare link: %q", got)
+	}
+
+	left := awaitSpareNetns(t, srv, 2) // the one taken was replaced
+	srv.Kill()
+	srv.Restart()
+	for _, path := range left {
+		if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("spare %s of the killed server still there after the restart: %v", path, err)
+		}
+	}
+	if got := c.sh("echo ok"); got != "ok" {
+		t.Fatalf("re-adopted sandbox: %q", got)
+	}
+	if err := srv.Do("DELETE", "/sandboxes/"+sb.ID, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop()
+	if ns, _ := filepath.Glob("/run/netns/" + srv.Prefix() + "-*"); len(ns) != 0 {
+		t.Errorf("network namespaces left after a clean stop: %v", ns)
+	}
+}
+
+// awaitSpareNetns waits until srv holds n spare links, and returns their
+// namespaces' paths.
+func awaitSpareNetns(t *testing.T, srv *testenv.Server, n int) []string {
+	t.Helper()
+	for {
+		ns, err := filepath.Glob("/run/netns/" + srv.Prefix() + "-spare-*")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ns) == n {
+			return ns
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// netnsIno is the inode of the namespace bind-mounted at path: the same
+// namespace under any name.
+func netnsIno(t *testing.T, path string) uint64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
+}
+
 // TestVanishedLinkIsRepaired: when something outside stasis deletes a
 // running sandbox's link (as a second server's start-up cleanup once did),
 // the health check notices and moves the sandbox, state and all, onto a

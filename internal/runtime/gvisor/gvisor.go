@@ -193,8 +193,9 @@ func (d *Driver) claim(ctx context.Context, spec runtime.Spec) error {
 	}
 }
 
-// prepare does what Create and Restore share after claim: build a fresh
-// network link, write the bundle. It returns the link and the runsc flags
+// prepare does what Create and Restore share after claim: get a fresh
+// network link (a spare the pool built ahead, or a new one), write the
+// bundle. It returns the link and the runsc flags
 // for the sandbox.
 func (d *Driver) prepare(ctx context.Context, spec runtime.Spec) (*netpool.Link, []string, error) {
 	// No container runs under this ID, so any link with its name is a leftover.

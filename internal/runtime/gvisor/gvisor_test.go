@@ -115,6 +115,7 @@ func newEnv(t testing.TB) *testEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
+	pool.KeepSpares(2, nil) // as stasisd: sandboxes run on renamed spare links
 	state := t.TempDir()
 	d, err := New(Config{Runsc: bin, RootDir: testRoot, StateDir: state, Net: pool})
 	if err != nil {
@@ -134,6 +135,9 @@ func newEnv(t testing.TB) *testEnv {
 			if err := d.Destroy(ctx, id); err != nil {
 				t.Errorf("cleanup: %v", err)
 			}
+		}
+		if err := pool.Close(); err != nil {
+			t.Errorf("cleanup: %v", err)
 		}
 		if err := pool.Cleanup(ctx, nil); err != nil {
 			t.Errorf("cleanup: %v", err)
