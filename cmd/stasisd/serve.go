@@ -377,7 +377,7 @@ func setup(ctx context.Context, f serveFlags, log *slog.Logger) (_ *node, err er
 		}
 	}
 	pool.KeepSpares(f.linkSpares, func(err error) {
-		log.Warn("could not build a spare network link (creates and resumes build their own meanwhile)", "err", err)
+		log.Warn("a spare network link failed (creates and resumes build their own meanwhile)", "err", err)
 	})
 	return &node{svc: svc, api: router, e2b: e2bRouter, store: st, driver: driver, pool: pool, fw: fw, eg: eg, uploads: uploads, member: member}, nil
 }

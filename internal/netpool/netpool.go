@@ -363,7 +363,7 @@ func (p *Pool) release(id string) {
 
 // Setup gives id a link: namespace, veth pair, addresses and routes. It
 // hands out a spare (see KeepSpares) renamed after id when there is one,
-// else builds the link. Leftover kernel objects carrying id's names (from a
+// else (or if renaming it fails) builds the link. Leftover kernel objects carrying id's names (from a
 // crash) are removed first. It fails with ErrExists if the pool already
 // holds a link for id.
 func (p *Pool) Setup(ctx context.Context, id string) (*Link, error) {
@@ -374,8 +374,12 @@ func (p *Pool) Setup(ctx context.Context, id string) (*Link, error) {
 		return nil, err
 	}
 	l, err := p.take(id)
-	if l != nil || err != nil {
+	if l != nil || errors.Is(err, ErrExists) {
 		return l, err
+	}
+	if err != nil {
+		// The spare is gone; a sandbox does not fail for it: build.
+		p.reportSpareFailure(err)
 	}
 	l, _, err = p.build(id)
 	return l, err

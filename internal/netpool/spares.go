@@ -25,7 +25,7 @@ type spareState struct {
 	spares   []spare         // ready, newest last
 	spareIDs map[string]bool // IDs of spares ready or being built
 	want     int             // how many spares to keep
-	failed   func(error)     // told of a spare that could not be built
+	failed   func(error)     // told of a spare that could not be built or taken
 	wake     chan struct{}   // tells the refiller to look
 	stop     chan struct{}   // closed by Close
 	refiller sync.WaitGroup
@@ -40,8 +40,9 @@ const spareIDPrefix = "spare-"
 
 // KeepSpares makes the pool keep n links ready (built in the background)
 // for Setup to hand out; failed (if not nil) is told of each spare that
-// could not be built. Call it once, after the start-up Cleanup; Close stops
-// it and removes the spares.
+// could not be built, or taken (Setup then builds the link itself). Call
+// it once, after the start-up Cleanup; Close stops it and removes the
+// spares.
 func (p *Pool) KeepSpares(n int, failed func(error)) {
 	if n <= 0 {
 		return
@@ -57,6 +58,17 @@ func (p *Pool) KeepSpares(n int, failed func(error)) {
 	p.wake <- struct{}{}
 	p.refiller.Add(1)
 	go p.refill()
+}
+
+// reportSpareFailure tells KeepSpares's failed of a spare that could not
+// be built or taken.
+func (p *Pool) reportSpareFailure(err error) {
+	p.mu.Lock()
+	failed := p.failed
+	p.mu.Unlock()
+	if failed != nil {
+		failed(err)
+	}
 }
 
 // Close stops building spares and removes the ones left. Setup keeps
@@ -111,9 +123,7 @@ func (p *Pool) refill() {
 			if err != nil {
 				delete(p.spareIDs, id)
 				p.mu.Unlock()
-				if p.failed != nil {
-					p.failed(err)
-				}
+				p.reportSpareFailure(err)
 				break
 			}
 			p.spares = append(p.spares, spare{link: l, hostIndex: index})

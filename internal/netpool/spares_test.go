@@ -278,3 +278,31 @@ func TestSpareBuildFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSpareTakeFailureBuilds: a spare that cannot be taken (its namespace
+// went away under the pool) is reported, and Setup builds the sandbox's
+// link instead of failing the sandbox.
+func TestSpareTakeFailureBuilds(t *testing.T) {
+	p := newTestPool(t)
+	failed := make(chan error, 4)
+	p.KeepSpares(1, func(err error) { failed <- err })
+	defer p.Close()
+	s := awaitSpares(t, p, 1)[0]
+	if err := deleteNetns(s.link.NetnsPath); err != nil {
+		t.Fatal(err)
+	}
+	l, err := p.Setup(context.Background(), "builder")
+	if err != nil {
+		t.Fatalf("Setup with a broken spare: %v", err)
+	}
+	checkConnects(t, l)
+	select {
+	case err := <-failed:
+		if !strings.Contains(err.Error(), s.link.ID) {
+			t.Errorf("reported %v, want the spare %s", err, s.link.ID)
+		}
+	default:
+		t.Error("the broken spare was not reported")
+	}
+	gone(t, s.link)
+}
