@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/stasis-sandbox/stasis/internal/testenv"
 )
@@ -35,17 +34,6 @@ func awaitSpares(t *testing.T, p *Pool, n int) []spare {
 		p.mu.Unlock()
 		time.Sleep(2 * time.Millisecond)
 	}
-}
-
-// netnsIno is the inode of the namespace bind-mounted at path: the same
-// namespace under any name.
-func netnsIno(t *testing.T, path string) uint64 {
-	t.Helper()
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		t.Fatal(err)
-	}
-	return st.Ino
 }
 
 // gone fails unless neither l's namespace nor its host veth exists.
@@ -73,14 +61,14 @@ func TestSpareTaken(t *testing.T) {
 	}
 	inos := map[uint64]*Link{}
 	for _, s := range spares {
-		inos[netnsIno(t, s.link.NetnsPath)] = s.link
+		inos[testenv.NetnsIno(t, s.link.NetnsPath)] = s.link
 	}
 
 	l, err := p.Setup(ctx, "taker")
 	if err != nil {
 		t.Fatal(err)
 	}
-	from := inos[netnsIno(t, l.NetnsPath)]
+	from := inos[testenv.NetnsIno(t, l.NetnsPath)]
 	if from == nil {
 		t.Fatal("Setup built a new namespace with spares ready")
 	}
@@ -163,7 +151,7 @@ func TestSparesConcurrentSetup(t *testing.T) {
 			t.Errorf("%s and %s share %v", l.ID, other, l.Subnet)
 		}
 		subnets[l.Subnet] = l.ID
-		ino := netnsIno(t, l.NetnsPath)
+		ino := testenv.NetnsIno(t, l.NetnsPath)
 		if other, dup := inos[ino]; dup {
 			t.Errorf("%s and %s share a namespace", l.ID, other)
 		}

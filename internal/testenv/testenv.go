@@ -111,6 +111,17 @@ func RequireRoot(t testing.TB) {
 	}
 }
 
+// NetnsIno is the inode of the network namespace bind-mounted at path: the
+// same namespace under any name.
+func NetnsIno(t testing.TB, path string) uint64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
+}
+
 // StartServer starts stasisd on a free loopback port with a fresh data dir,
 // and stops it (deleting every sandbox it holds) when the test ends.
 func StartServer(t testing.TB, opts ...Option) *Server {

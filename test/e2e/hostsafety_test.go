@@ -124,10 +124,10 @@ func TestSpareLinks(t *testing.T) {
 	spares := awaitSpareNetns(t, srv, 2)
 	inos := map[uint64]string{}
 	for _, path := range spares {
-		inos[netnsIno(t, path)] = path
+		inos[testenv.NetnsIno(t, path)] = path
 	}
 	c, sb := createMinimal(t, srv, "on-a-spare")
-	if from := inos[netnsIno(t, "/run/netns/"+srv.Prefix()+"-"+sb.ID)]; from == "" {
+	if from := inos[testenv.NetnsIno(t, "/run/netns/"+srv.Prefix()+"-"+sb.ID)]; from == "" {
 		t.Fatalf("the sandbox's netns is none of the spares %v", spares)
 	}
 	if got := c.sh("echo ok"); got != "ok" {
@@ -168,17 +168,6 @@ func awaitSpareNetns(t *testing.T, srv *testenv.Server, n int) []string {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-}
-
-// netnsIno is the inode of the namespace bind-mounted at path: the same
-// namespace under any name.
-func netnsIno(t *testing.T, path string) uint64 {
-	t.Helper()
-	var st syscall.Stat_t
-	if err := syscall.Stat(path, &st); err != nil {
-		t.Fatal(err)
-	}
-	return st.Ino
 }
 
 // TestVanishedLinkIsRepaired: when something outside stasis deletes a
