@@ -1024,9 +1024,20 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 		}
 		pr.sAuto.add(d)
 		if wb != nil {
+			// Untimed, as for the warm resume rows: the lazy restore this
+			// exec just made (its memory load and check) and the warm
+			// pause's seal (checksums and fsync of the whole image) would
+			// otherwise run during the timed exec, which the baseline's
+			// thaw after its fsync does not pay.
+			if err := waitFor(ctx, loadSettle, bx.snapshotGone); err != nil {
+				return fmt.Errorf("exec on paused sandbox: memory load and check: %w", err)
+			}
 			syscall.Sync()
 			if err := wb.pause(ctx); err != nil {
 				return err
+			}
+			if err := wb.waitDurable(ctx); err != nil {
+				return fmt.Errorf("warm: %w", err)
 			}
 			d, err := timed(func() error { _, err := wb.exec(ctx, aliveCmd); return err })
 			if err != nil {
