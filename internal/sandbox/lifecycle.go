@@ -425,10 +425,19 @@ func (s *Service) Resume(ctx context.Context, teamID, id string, activate bool) 
 	}
 	ctx, cancel := lifecycleCtx(ctx)
 	defer cancel()
+	// The token of the generation the resume moves to is stored while the
+	// sandbox comes back, as a create's is: off the path the client waits
+	// on, and before the old snapshot's removal (an unlink of up to GBs)
+	// competes with the store's fsync. Valid only once the resume records
+	// that generation; if it fails, nobody ever learns the token.
+	next := *sb
+	next.TokenGeneration++
+	token := s.issueTokenAhead(ctx, &next)
 	if err := s.resumeLocked(ctx, b, sb, true); err != nil {
+		token()
 		return nil, "", err
 	}
-	tok, err := s.issueToken(ctx, sb)
+	tok, err := token()
 	return sb, tok, err
 }
 
