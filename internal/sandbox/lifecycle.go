@@ -265,6 +265,7 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 	}
 	b.setWarm(time.Now().Add(s.cfg.WarmWindow))
 	sl := &sealing{dir: dir, done: make(chan struct{})}
+	sl.ctx, sl.cancel = context.WithCancel(context.Background())
 	b.sealing = sl
 	s.background.Add(1)
 	go s.seal(sb.ID, b, sl)
@@ -293,9 +294,21 @@ func (s *Service) freezeForCheckpoint(ctx context.Context, agent *agentclient.Cl
 
 // sealing is a paused sandbox's checkpoint being sealed in the background.
 type sealing struct {
-	dir  string
-	done chan struct{} // closed when Seal has returned
-	err  error         // Seal's result, set before done is closed
+	dir    string
+	ctx    context.Context // done once the checkpoint is nobody's
+	cancel context.CancelFunc
+	done   chan struct{} // closed when Seal has returned
+	err    error         // Seal's result, set before done is closed
+}
+
+// dropSealing makes the checkpoint being sealed, if any, nobody's: a resume
+// or a delete made it garbage. Its sealer stops writing it back and removes
+// it. Called with b.mu held.
+func (b *box) dropSealing() {
+	if b.sealing != nil {
+		b.sealing.cancel()
+		b.sealing = nil
+	}
 }
 
 // seal seals a paused sandbox's checkpoint, then lets the frozen sandbox go
@@ -303,8 +316,9 @@ type sealing struct {
 // meanwhile, the checkpoint is nobody's and is removed.
 func (s *Service) seal(id string, b *box, sl *sealing) {
 	defer s.background.Done()
+	defer sl.cancel()
 	start := time.Now()
-	_, sl.err = snapshot.Seal(sl.dir)
+	_, sl.err = snapshot.SealContext(sl.ctx, sl.dir)
 	close(sl.done)
 	failpoint.Hit("pause.after-seal")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -312,6 +326,9 @@ func (s *Service) seal(id string, b *box, sl *sealing) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.sealing != sl {
+		if sl.err != nil && sl.ctx.Err() != nil {
+			s.log.Debug("pause: stopped sealing a snapshot that a resume or delete made garbage", "sandbox", id)
+		}
 		os.RemoveAll(sl.dir)
 		return
 	}
@@ -503,7 +520,7 @@ func (s *Service) resumeLocked(ctx context.Context, b *box, sb *store.Sandbox, r
 	// sealed is removed by its sealer.
 	switch {
 	case b.sealing != nil:
-		b.sealing = nil
+		b.dropSealing()
 	case b.loading != nil:
 		// Removed once the memory loaded from it is checked (settleLoading).
 	default:
@@ -614,7 +631,8 @@ func (s *Service) deleteLocked(ctx context.Context, b *box, id string) error {
 	}
 	failpoint.Hit("delete.after-record")
 	b.endSessions("the sandbox was deleted")
-	b.agent, b.sealing, b.loading = nil, nil, nil
+	b.dropSealing()
+	b.agent, b.loading = nil, nil
 	b.setWarm(time.Time{})
 	if err := s.cfg.Driver.Destroy(ctx, id); err != nil {
 		s.log.Error("delete: runtime cleanup failed; the next start retries", "sandbox", id, "err", err)

@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -109,5 +110,29 @@ func TestVerifyExceptAndOpenCheckSplitTheFiles(t *testing.T) {
 	os.WriteFile(filepath.Join(final, "checkpoint.img"), b, 0o600)
 	if err := VerifyExcept(final, pages); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("VerifyExcept with a damaged state file = %v, want ErrCorrupt", err)
+	}
+}
+
+// A seal given up (its checkpoint made garbage by a resume or a delete)
+// reports why and writes no manifest: the directory is never trusted.
+func TestSealContextCanceled(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "checkpoint.img"), []byte(strings.Repeat("memory", 1000)), 0o600)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := SealContext(ctx, dir); !errors.Is(err, context.Canceled) {
+		t.Fatalf("SealContext with a canceled context = %v, want context.Canceled", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, ManifestName)); !os.IsNotExist(err) {
+		t.Fatalf("a canceled seal wrote a manifest (stat: %v)", err)
+	}
+	if err := Verify(dir); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Verify after a canceled seal = %v, want ErrCorrupt", err)
+	}
+	if _, err := SealContext(context.Background(), dir); err != nil {
+		t.Fatalf("sealing the same files afterwards: %v", err)
+	}
+	if err := Verify(dir); err != nil {
+		t.Fatalf("Verify after sealing: %v", err)
 	}
 }
