@@ -34,6 +34,7 @@ import (
 //	gohttp the same linked with net/http and os/user (size, package inits)
 //	agent  the stasis-agent answering /health (stasisd's WaitReady)
 //	agentb the same with the agent binary STASIS_AGENT_B (an A/B of two agents)
+//	agentl the agent, waited for until its socket accepts (WaitListening) instead of its answer
 //
 // STASIS_FLOOR_INITS picks the inits, in order (comma-separated); "init+VAR=value" adds to an
 // init's environment, "init+vcpu=n" sets its CPU quota (default 1, the
@@ -68,7 +69,7 @@ func BenchmarkCreateFloor(b *testing.B) {
 	if cfg.Agent == "" {
 		b.Fatal("set STASIS_AGENT to the stasis-agent binary (make build: bin/stasis-agent)")
 	}
-	inits := map[string]string{"agent": cfg.Agent, "agentb": os.Getenv("STASIS_AGENT_B"), "c": filepath.Join(tmp, "answer-c"), "cthreads": filepath.Join(tmp, "answer-cthreads"), "cthread2": filepath.Join(tmp, "answer-cthread2"), "csig": filepath.Join(tmp, "answer-csig"), "cgolike": filepath.Join(tmp, "answer-cgolike"), "go": filepath.Join(tmp, "answer-go"), "gohttp": filepath.Join(tmp, "answer-gohttp")}
+	inits := map[string]string{"agent": cfg.Agent, "agentb": os.Getenv("STASIS_AGENT_B"), "agentl": cfg.Agent, "c": filepath.Join(tmp, "answer-c"), "cthreads": filepath.Join(tmp, "answer-cthreads"), "cthread2": filepath.Join(tmp, "answer-cthread2"), "csig": filepath.Join(tmp, "answer-csig"), "cgolike": filepath.Join(tmp, "answer-cgolike"), "go": filepath.Join(tmp, "answer-go"), "gohttp": filepath.Join(tmp, "answer-gohttp")}
 	build := func(cmd *exec.Cmd) {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			b.Fatalf("%v: %v: %s", cmd.Args, err, out)
@@ -110,7 +111,7 @@ func BenchmarkCreateFloor(b *testing.B) {
 			if e.agent == "" {
 				b.Fatalf("init %s: no binary (agentb needs STASIS_AGENT_B)", name)
 			}
-			isAgent := name == "agent" || name == "agentb"
+			isAgent := name == "agent" || name == "agentb" || name == "agentl"
 			var env []string
 			if isAgent {
 				env = rawAgentEnv(1024)
@@ -142,7 +143,11 @@ func BenchmarkCreateFloor(b *testing.B) {
 			}
 			t0 := time.Now()
 			before := cpuThrottled(rb.ID)
-			if isAgent {
+			if name == "agentl" {
+				wctx, cancel := context.WithTimeout(ctx, time.Minute)
+				err = rawAgent(rb).WaitListening(wctx)
+				cancel()
+			} else if isAgent {
 				err = waitRawAgent(ctx, rb)
 			} else {
 				err = waitLine(ctx, netip.AddrPortFrom(rb.addr, runtime.AgentPort).String())
