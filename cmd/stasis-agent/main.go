@@ -80,14 +80,15 @@ func run(logger *log.Logger) error {
 		return err
 	}
 	ln = agent.HostOnly(ln, logger)
+	pid1 := os.Getpid() == 1 // asked once: each system call is a trap into gVisor
 	// As PID 1 every orphan in the sandbox becomes our child: reap them all
 	// (from the boot set-up on, below: no child exists before).
-	reaper := agent.NewIdleReaper(os.Getpid() == 1)
+	reaper := agent.NewIdleReaper(pid1)
 	defer reaper.Close()
 
 	// As init, the agent is the sandbox's OOM killer and task limiter
 	// (gVisor has neither); see agent.WatchdogConfig.
-	watchdog := os.Getpid() == 1
+	watchdog := pid1
 	var tasks int
 	if watchdog {
 		budget := cfg.MemoryLimitMiB
@@ -112,9 +113,12 @@ func run(logger *log.Logger) error {
 	// signal.Notify costs a thread. Until then the agent runs the Go
 	// runtime's three threads.
 	booted := srv.Boot(func() error {
-		err := bootSetup(logger, nameserver, egressCA, cfg.DefaultUser)
+		var err error
+		if pid1 {
+			err = bootSetup(logger, nameserver, egressCA, cfg.DefaultUser)
+		}
 		reaper.Run()
-		handleSignals(logger, srv)
+		handleSignals(logger, srv, pid1)
 		return err
 	})
 	served := make(chan error, 1)
@@ -143,10 +147,10 @@ func run(logger *log.Logger) error {
 	return <-served
 }
 
-// handleSignals shuts srv down on SIGTERM or SIGINT and, as PID 1, keeps
-// stray signals from killing the agent.
-func handleSignals(logger *log.Logger, srv *agent.Server) {
-	if os.Getpid() == 1 {
+// handleSignals shuts srv down on SIGTERM or SIGINT and, as PID 1,
+// keeps stray signals from killing the agent.
+func handleSignals(logger *log.Logger, srv *agent.Server, pid1 bool) {
+	if pid1 {
 		// Go exits on SIGHUP, SIGUSR1/2 and, for stderr, SIGPIPE; init must
 		// not die of a stray signal. Notify rather than Ignore: ignored
 		// dispositions would be inherited by every command.
@@ -173,9 +177,6 @@ func handleSignals(logger *log.Logger, srv *agent.Server) {
 // read-only) and the egress CA in the trust store (required: a sandbox that
 // runs a command trusts it; until then the agent answers /health only).
 func bootSetup(logger *log.Logger, nameserver, egressCA, user string) error {
-	if os.Getpid() != 1 {
-		return nil
-	}
 	if nameserver != "" {
 		if err := writeResolvConf(nameserver); err != nil {
 			logger.Printf("writing /etc/resolv.conf: %v", err)

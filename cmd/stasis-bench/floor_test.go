@@ -27,10 +27,14 @@ import (
 //
 //	c      a static C program that answers one line
 //	cthreads  the same starting 5 idle threads first (Go starts about as many)
+//	cthread2  the same starting 2 (the agent's Go runtime starts 2 before it listens)
+//	csig   the C init installing a handler for every signal first, as Go's runtime does
+//	cgolike  csig starting 2 idle threads too: Go's start without Go
 //	go     a static Go program doing the same with net
 //	gohttp the same linked with net/http and os/user (size, package inits)
 //	agent  the stasis-agent answering /health (stasisd's WaitReady)
 //	agentb the same with the agent binary STASIS_AGENT_B (an A/B of two agents)
+//	agentl the agent, waited for until its socket accepts (WaitListening) instead of its answer
 //
 // STASIS_FLOOR_INITS picks the inits, in order (comma-separated); "init+VAR=value" adds to an
 // init's environment, "init+vcpu=n" sets its CPU quota (default 1, the
@@ -65,7 +69,7 @@ func BenchmarkCreateFloor(b *testing.B) {
 	if cfg.Agent == "" {
 		b.Fatal("set STASIS_AGENT to the stasis-agent binary (make build: bin/stasis-agent)")
 	}
-	inits := map[string]string{"agent": cfg.Agent, "agentb": os.Getenv("STASIS_AGENT_B"), "c": filepath.Join(tmp, "answer-c"), "cthreads": filepath.Join(tmp, "answer-cthreads"), "go": filepath.Join(tmp, "answer-go"), "gohttp": filepath.Join(tmp, "answer-gohttp")}
+	inits := map[string]string{"agent": cfg.Agent, "agentb": os.Getenv("STASIS_AGENT_B"), "agentl": cfg.Agent, "c": filepath.Join(tmp, "answer-c"), "cthreads": filepath.Join(tmp, "answer-cthreads"), "cthread2": filepath.Join(tmp, "answer-cthread2"), "csig": filepath.Join(tmp, "answer-csig"), "cgolike": filepath.Join(tmp, "answer-cgolike"), "go": filepath.Join(tmp, "answer-go"), "gohttp": filepath.Join(tmp, "answer-gohttp")}
 	build := func(cmd *exec.Cmd) {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			b.Fatalf("%v: %v: %s", cmd.Args, err, out)
@@ -73,6 +77,9 @@ func BenchmarkCreateFloor(b *testing.B) {
 	}
 	build(exec.Command("gcc", "-static", "-O2", "-o", inits["c"], "testdata/floor/answer.c"))
 	build(exec.Command("gcc", "-static", "-O2", "-DTHREADS=5", "-pthread", "-o", inits["cthreads"], "testdata/floor/answer.c"))
+	build(exec.Command("gcc", "-static", "-O2", "-DTHREADS=2", "-pthread", "-o", inits["cthread2"], "testdata/floor/answer.c"))
+	build(exec.Command("gcc", "-static", "-O2", "-DSIGACTIONS", "-o", inits["csig"], "testdata/floor/answer.c"))
+	build(exec.Command("gcc", "-static", "-O2", "-DSIGACTIONS", "-DTHREADS=2", "-pthread", "-o", inits["cgolike"], "testdata/floor/answer.c"))
 	for _, k := range []string{"go", "gohttp"} {
 		gob := exec.Command("go", "build", "-trimpath", "-o", inits[k], "./testdata/floor/answer"+k)
 		gob.Env = append(os.Environ(), "CGO_ENABLED=0") // as the agent is built
@@ -104,7 +111,7 @@ func BenchmarkCreateFloor(b *testing.B) {
 			if e.agent == "" {
 				b.Fatalf("init %s: no binary (agentb needs STASIS_AGENT_B)", name)
 			}
-			isAgent := name == "agent" || name == "agentb"
+			isAgent := name == "agent" || name == "agentb" || name == "agentl"
 			var env []string
 			if isAgent {
 				env = rawAgentEnv(1024)
@@ -136,7 +143,11 @@ func BenchmarkCreateFloor(b *testing.B) {
 			}
 			t0 := time.Now()
 			before := cpuThrottled(rb.ID)
-			if isAgent {
+			if name == "agentl" {
+				wctx, cancel := context.WithTimeout(ctx, time.Minute)
+				err = rawAgent(rb).WaitListening(wctx)
+				cancel()
+			} else if isAgent {
 				err = waitRawAgent(ctx, rb)
 			} else {
 				err = waitLine(ctx, netip.AddrPortFrom(rb.addr, runtime.AgentPort).String())

@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -30,21 +31,41 @@ func TestListenKeepAlive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	raw, err := conn.(*net.TCPConn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var on, idle int
-	var optErr error
-	raw.Control(func(fd uintptr) {
-		if on, optErr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE); optErr == nil {
-			idle, optErr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
-		}
-	})
-	if optErr != nil {
-		t.Fatal(optErr)
-	}
+	on := sockopt(t, conn.(*net.TCPConn), unix.SOL_SOCKET, unix.SO_KEEPALIVE)
+	idle := sockopt(t, conn.(*net.TCPConn), unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
 	if want := int(agentproto.KeepAlive().Idle / time.Second); on == 0 || idle != want {
 		t.Fatalf("accepted connection: SO_KEEPALIVE %d, TCP_KEEPIDLE %d s; want on, %d s", on, idle, want)
 	}
+}
+
+// The agent's listener is a plain TCP socket: Go would otherwise make it a
+// Multipath TCP one where the kernel has it, and try that first in gVisor,
+// which has not (a system call that every cold create waits for).
+func TestListenPlainTCP(t *testing.T) {
+	ln, err := agent.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if proto := sockopt(t, ln.(*net.TCPListener), unix.SOL_SOCKET, unix.SO_PROTOCOL); proto != unix.IPPROTO_TCP {
+		t.Fatalf("listener protocol %d, want TCP (%d)", proto, unix.IPPROTO_TCP)
+	}
+}
+
+// sockopt is the integer socket option level/opt of c's socket.
+func sockopt(t *testing.T, c syscall.Conn, level, opt int) int {
+	t.Helper()
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v int
+	var optErr error
+	if err := raw.Control(func(fd uintptr) { v, optErr = unix.GetsockoptInt(int(fd), level, opt) }); err != nil {
+		t.Fatal(err)
+	}
+	if optErr != nil {
+		t.Fatal(optErr)
+	}
+	return v
 }

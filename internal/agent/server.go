@@ -30,6 +30,7 @@ type Server struct {
 	reaper *Reaper
 	log    *log.Logger
 	start  time.Time
+	pid    int // /health's, asked once (a system call is a trap into gVisor)
 
 	tokenHash atomic.Pointer[[sha256.Size]byte] // of the token; the agent never keeps the token
 
@@ -79,6 +80,7 @@ func New(cfg Config, reaper *Reaper, logger *log.Logger) (*Server, error) {
 		reaper: reaper,
 		log:    logger,
 		start:  time.Now(),
+		pid:    os.Getpid(),
 		mux:    http.NewServeMux(),
 		runs:   make(map[*execSession]struct{}),
 
@@ -133,10 +135,23 @@ func (s *Server) Handler() http.Handler {
 
 // Listen listens on TCP address addr with agentproto.KeepAlive on the
 // connections it accepts (Go's default would probe an idle one every 15 s,
-// waking the sandbox).
+// waking the sandbox). It listens on plain TCP, and on IPv4 only for an
+// address without a host (the sandbox's link is IPv4): Go would otherwise
+// first try a Multipath TCP socket (gVisor has none) and probe the IPv6
+// stack, 12 system calls that every cold create waits for, each a trap into
+// gVisor (docs/density/NOTES.md, "Session 13").
 func Listen(addr string) (net.Listener, error) {
 	lc := net.ListenConfig{KeepAliveConfig: agentproto.KeepAlive()}
-	return lc.Listen(context.Background(), "tcp", addr)
+	lc.SetMultipathTCP(false)
+	return lc.Listen(context.Background(), listenNetwork(addr), addr)
+}
+
+// listenNetwork is "tcp4" for an address without a host, else "tcp".
+func listenNetwork(addr string) string {
+	if host, _, err := net.SplitHostPort(addr); err == nil && host == "" {
+		return "tcp4"
+	}
+	return "tcp"
 }
 
 // Serve accepts connections on ln until Shutdown is called.
@@ -227,7 +242,7 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, agentproto.Health{
-		Pid:      os.Getpid(),
+		Pid:      s.pid,
 		UptimeMs: time.Since(s.start).Milliseconds(),
 		Version:  agentproto.Version,
 	})
