@@ -48,7 +48,7 @@ type trustRoots struct {
 func (t *trustRoots) root(img *images.Image) (string, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(img.RootFS, &st); err != nil {
-		return "", err
+		return img.RootFS, err // the driver reports it
 	}
 	// The image's identity includes its root directory's inode and mtime,
 	// so an image rebuilt at the same path gets a new tree.

@@ -119,4 +119,8 @@ func TestTrustRootFallsBackToImage(t *testing.T) {
 	if p, err := tr.root(img); err != nil || p != rootfs {
 		t.Errorf("second lookup: %s, %v; want the image, no error", p, err)
 	}
+	gone := &images.Image{Name: "gone", RootFS: filepath.Join(rootfs, "missing")}
+	if p, err := tr.root(gone); err == nil || p != gone.RootFS {
+		t.Errorf("missing image: %s, %v; want its path, for the driver to report, and an error", p, err)
+	}
 }
