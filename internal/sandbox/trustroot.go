@@ -38,7 +38,15 @@ type trustRoots struct {
 	ca  []byte
 
 	mu    sync.Mutex
-	built map[string]string // key -> tree
+	roots map[string]*imageRoot // by key
+}
+
+// imageRoot is the root of one key's sandboxes, settled once per process: a
+// build (seconds for a large image) holds up only that image's sandboxes.
+type imageRoot struct {
+	once sync.Once
+	path string
+	err  error
 }
 
 // root returns the root for img's sandboxes: its tree, built the first
@@ -61,26 +69,34 @@ func (t *trustRoots) root(img *images.Image) (string, error) {
 	key := hex.EncodeToString(h.Sum(nil))[:20]
 
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	if p, ok := t.built[key]; ok {
-		return p, nil
+	r := t.roots[key]
+	if r == nil {
+		if t.roots == nil {
+			t.roots = map[string]*imageRoot{}
+		}
+		r = &imageRoot{}
+		t.roots[key] = r
 	}
-	if t.built == nil {
-		t.built = map[string]string{}
-	}
-	tree := filepath.Join(t.dir, key)
-	_, err := os.Stat(tree)
-	if errors.Is(err, fs.ErrNotExist) {
-		err = t.build(img, tree)
-	}
-	if err != nil {
-		// Not tried again while this process runs: its sandboxes of img
+	t.mu.Unlock()
+	first := false
+	r.once.Do(func() {
+		first = true
+		tree := filepath.Join(t.dir, key)
+		_, err := os.Stat(tree)
+		if errors.Is(err, fs.ErrNotExist) {
+			err = t.build(img, tree)
+		}
+		// On error, the image for the life of the process: its sandboxes
 		// restore under the root they were created with.
-		t.built[key] = img.RootFS
-		return img.RootFS, err
+		r.path, r.err = tree, err
+		if err != nil {
+			r.path = img.RootFS
+		}
+	})
+	if !first {
+		return r.path, nil
 	}
-	t.built[key] = tree
-	return tree, nil
+	return r.path, r.err
 }
 
 // build makes tree: it is complete or absent, also after a crash (made

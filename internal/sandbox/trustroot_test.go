@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -122,5 +123,33 @@ func TestTrustRootFallsBackToImage(t *testing.T) {
 	gone := &images.Image{Name: "gone", RootFS: filepath.Join(rootfs, "missing")}
 	if p, err := tr.root(gone); err == nil || p != gone.RootFS {
 		t.Errorf("missing image: %s, %v; want its path, for the driver to report, and an error", p, err)
+	}
+}
+
+// Sandboxes of one image created at once share one tree, built once.
+func TestTrustRootConcurrentCreates(t *testing.T) {
+	rootfs := filepath.Join(t.TempDir(), "rootfs")
+	makeFiles(t, rootfs, map[string]string{"/etc/passwd": "root:x:0:0:root:/root:/bin/bash\n", "/bin/sh": "a shell"})
+	tr := &trustRoots{dir: filepath.Join(t.TempDir(), "roots"), ca: []byte(testCA)}
+	img := &images.Image{Name: "test", RootFS: rootfs}
+	paths := make([]string, 8)
+	var wg sync.WaitGroup
+	for i := range paths {
+		wg.Go(func() {
+			p, err := tr.root(img)
+			if err != nil {
+				t.Error(err)
+			}
+			paths[i] = p
+		})
+	}
+	wg.Wait()
+	for _, p := range paths {
+		if p != paths[0] || p == rootfs {
+			t.Fatalf("roots %v, want one tree", paths)
+		}
+	}
+	if trees, _ := os.ReadDir(tr.dir); len(trees) != 1 {
+		t.Errorf("%d entries in %s, want one tree", len(trees), tr.dir)
 	}
 }
