@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/stasis-sandbox/stasis/internal/agentproto"
@@ -32,6 +34,51 @@ func InstallTrust(root string, ca []byte, user string) error {
 	if err != nil {
 		return fmt.Errorf("trust: default user: %w", err)
 	}
+	return installTrust(root, ca, acct)
+}
+
+// PrepareTrust is InstallTrust done from outside the sandbox, on a tree
+// that becomes a sandbox's root: user is looked up in root's own
+// /etc/passwd. stasisd uses it to give new sandboxes an image root with the
+// trust store already in place (sandbox.trustRoots), so that the agent finds
+// nothing to write and the 217 KB bundle stays out of the sandbox's
+// writable layer, which is sandbox memory in every snapshot.
+func PrepareTrust(root string, ca []byte, user string) error {
+	// The image's symlinks point into the sandbox's root, not the host's:
+	// followed from outside they could lead anywhere.
+	for _, p := range append(agentproto.SystemBundles(), agentproto.EgressCAPath, localCAPath, "/etc/passwd") {
+		if err := noSymlink(root, p); err != nil {
+			return err
+		}
+	}
+	acct, err := rootAccount(root, user)
+	if err != nil {
+		return fmt.Errorf("trust: default user: %w", err)
+	}
+	return installTrust(root, ca, acct)
+}
+
+// noSymlink fails if p, or a directory on the way to it, is a symlink in
+// root; what does not exist is no symlink.
+func noSymlink(root, p string) error {
+	at := root
+	for _, name := range strings.Split(strings.Trim(p, "/"), "/") {
+		at = filepath.Join(at, name)
+		fi, err := os.Lstat(at)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			return fmt.Errorf("trust: %s is a symlink in the image", strings.TrimPrefix(at, root))
+		}
+	}
+	return nil
+}
+
+func installTrust(root string, ca []byte, acct *account) error {
 	// Each file is written from its parts, not from one joined copy: the
 	// agent's peak heap stays in every snapshot as runtime metadata.
 	write := func(p string, parts ...[]byte) error {
@@ -47,10 +94,12 @@ func InstallTrust(root string, ca []byte, user string) error {
 		return nil
 	}
 	if fi, err := os.Stat(filepath.Join(root, localCADir)); err == nil && fi.IsDir() {
-		if err := write(localCAPath, ca); err != nil {
-			return err
+		if b, err := readRegular(filepath.Join(root, localCAPath)); err != nil || !bytes.Equal(b, ca) {
+			if err := write(localCAPath, ca); err != nil {
+				return err
+			}
 		}
-		if err := symlinkAtomic(filepath.Join(root, agentproto.EgressCAPath), filepath.Join(root, localCAPath), acct); err != nil {
+		if err := symlinkAtomic(filepath.Join(root, agentproto.EgressCAPath), localCAPath, acct); err != nil {
 			return fmt.Errorf("installing the egress CA at %s: %w", agentproto.EgressCAPath, err)
 		}
 	} else if err := write(agentproto.EgressCAPath, ca); err != nil {
@@ -130,4 +179,33 @@ func withPEM(bundle, ca []byte) [][]byte {
 		return [][]byte{bundle, {'\n'}, ca}
 	}
 	return [][]byte{bundle, ca}
+}
+
+// rootAccount resolves name (a user name or numeric uid; empty means root)
+// from root's /etc/passwd, as far as installTrust needs it: the owner of
+// the files it writes. An image without the entry still runs as root.
+func rootAccount(root, name string) (*account, error) {
+	if name == "" {
+		name = "root"
+	}
+	b, err := os.ReadFile(filepath.Join(root, "etc/passwd"))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Split(line, ":")
+		if len(f) < 4 || (f[0] != name && f[2] != name) {
+			continue
+		}
+		uid, err1 := strconv.ParseUint(f[2], 10, 32)
+		gid, err2 := strconv.ParseUint(f[3], 10, 32)
+		if err1 != nil || err2 != nil {
+			return nil, fmt.Errorf("user %q: bad uid or gid in %s", name, line)
+		}
+		return &account{name: f[0], uid: uint32(uid), gid: uint32(gid)}, nil
+	}
+	if name == "root" {
+		return &account{name: "root"}, nil
+	}
+	return nil, fmt.Errorf("unknown user %q", name)
 }

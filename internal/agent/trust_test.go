@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/stasis-sandbox/stasis/internal/agent"
@@ -117,7 +118,7 @@ func TestInstallTrustLocalCADir(t *testing.T) {
 	if got := readAt(t, root, local); got != testCA {
 		t.Errorf("%s = %q", local, got)
 	}
-	if target, err := os.Readlink(filepath.Join(root, agentproto.EgressCAPath)); err != nil || target != filepath.Join(root, local) {
+	if target, err := os.Readlink(filepath.Join(root, agentproto.EgressCAPath)); err != nil || target != local {
 		t.Errorf("%s links to %q (%v), want %s", agentproto.EgressCAPath, target, err, local)
 	}
 	if got := readAt(t, root, agentproto.TrustBundlePath); strings.Count(got, "TESTCA") != 1 || !strings.Contains(got, "DEBIAN") {
@@ -125,5 +126,68 @@ func TestInstallTrustLocalCADir(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(filepath.Join(root, "/etc/ssl/certs/.stasis-*")); len(left) > 0 {
 		t.Errorf("temporary files left: %v", left)
+	}
+}
+
+// stasisd prepares an image root's trust store from outside the sandbox,
+// owned by the image's default user: the agent, finding everything in
+// place, writes nothing, so nothing is copied into the sandbox's writable
+// layer.
+func TestPrepareTrustLeavesAgentNothingToWrite(t *testing.T) {
+	root := t.TempDir()
+	writeAt(t, root, "/etc/passwd", "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1001::/home/user:/bin/bash\n")
+	writeAt(t, root, "/usr/local/share/ca-certificates/.keep", "")
+	writeAt(t, root, agentproto.TrustBundlePath, "-----BEGIN CERTIFICATE-----\nDEBIAN\n-----END CERTIFICATE-----\n")
+	if err := agent.PrepareTrust(root, []byte(testCA), "user"); err != nil {
+		t.Fatal(err)
+	}
+	paths := []string{agentproto.TrustBundlePath, agentproto.EgressCAPath, "/usr/local/share/ca-certificates/stasis-egress-ca.crt"}
+	before := map[string]os.FileInfo{}
+	for _, p := range paths {
+		fi, err := os.Lstat(filepath.Join(root, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := fi.Sys().(*syscall.Stat_t); os.Geteuid() == 0 && (st.Uid != 1000 || st.Gid != 1001) {
+			t.Errorf("%s owned by %d:%d, want the image's user 1000:1001", p, st.Uid, st.Gid)
+		}
+		before[p] = fi
+	}
+	if got := readAt(t, root, agentproto.TrustBundlePath); strings.Count(got, "TESTCA") != 1 || !strings.Contains(got, "DEBIAN") {
+		t.Errorf("bundle = %q", got)
+	}
+	if err := agent.InstallTrust(root, []byte(testCA), ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range paths {
+		fi, err := os.Lstat(filepath.Join(root, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !os.SameFile(fi, before[p]) {
+			t.Errorf("the agent replaced %s", p)
+		}
+	}
+}
+
+// The image's symlinks are the sandbox's: PrepareTrust does not follow one
+// out of the root (the agent installs the CA at boot instead).
+func TestPrepareTrustRefusesSymlinks(t *testing.T) {
+	root, outside := t.TempDir(), t.TempDir()
+	target := filepath.Join(outside, "host-file")
+	if err := os.WriteFile(target, []byte("host\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(root, "etc/ssl/certs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, filepath.Join(root, agentproto.TrustBundlePath)); err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.PrepareTrust(root, []byte(testCA), ""); err == nil {
+		t.Error("PrepareTrust followed a symlink out of the root")
+	}
+	if b, _ := os.ReadFile(target); string(b) != "host\n" {
+		t.Errorf("the file outside the root became %q", b)
 	}
 }

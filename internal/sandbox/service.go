@@ -92,6 +92,7 @@ type Service struct {
 
 	tsnaps *snapshot.Dir // template snapshots
 	saved  *snapshot.Dir // saved snapshots
+	roots  *trustRoots   // nil without an egress CA
 	// background is the work that finishes a lifecycle step after its
 	// caller was answered: checkpoint seals, new sandboxes' agent secrets.
 	background sync.WaitGroup
@@ -187,7 +188,11 @@ func New(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, agentPath: agentPath, log: cfg.Logger, snaps: snaps, tsnaps: tsnaps, saved: saved,
+	var roots *trustRoots
+	if len(cfg.EgressCA) > 0 {
+		roots = &trustRoots{dir: filepath.Join(filepath.Dir(cfg.SnapshotDir), "roots"), ca: cfg.EgressCA}
+	}
+	return &Service{cfg: cfg, agentPath: agentPath, log: cfg.Logger, snaps: snaps, tsnaps: tsnaps, saved: saved, roots: roots,
 		metrics: cfg.Metrics, boxes: map[string]*box{}, logs: map[string]*buildLog{}, health: newHealthState()}, nil
 }
 
@@ -351,7 +356,7 @@ func (s *Service) spec(sb *store.Sandbox, img *images.Image) runtime.Spec {
 	return runtime.Spec{
 		ID:        sb.ID,
 		Hostname:  "sandbox-" + sb.ID[:8],
-		RootFS:    img.RootFS,
+		RootFS:    s.rootFS(img),
 		AgentPath: agent,
 		Env:       env,
 		VCPU:      sb.VCPU,

@@ -2,10 +2,11 @@ package sandbox
 
 import "github.com/stasis-sandbox/stasis/internal/agentproto"
 
-// Where a sandbox finds the egress CA: the new sandbox's agent installs it
-// there before it answers (agent.InstallTrust, given agentproto.EnvEgressCA
-// by spec), so a sandbox that is ready trusts it, and its file system (and
-// every fork, snapshot and template made from it) keeps it.
+// Where a sandbox finds the egress CA: in the image root stasisd gives it
+// (trustRoots), or else installed there by the new sandbox's agent before
+// it answers (agent.InstallTrust, given agentproto.EnvEgressCA by spec), so
+// a sandbox that is ready trusts it, and its file system (and every fork,
+// snapshot and template made from it) keeps it.
 const (
 	EgressCAPath    = agentproto.EgressCAPath
 	TrustBundlePath = agentproto.TrustBundlePath

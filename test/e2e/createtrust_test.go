@@ -3,6 +3,7 @@ package e2e
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -98,5 +99,41 @@ func TestUpdateCACertificatesKeepsEgressCA(t *testing.T) {
 	}
 	if got := strings.TrimSpace(string(c.readFile("/etc/ssl/certs/stasis-egress-ca.pem"))); got != caText {
 		t.Errorf("stasis-egress-ca.pem after update-ca-certificates:\n%s", got)
+	}
+}
+
+// stasisd gives a new sandbox an image root with the CA already in its trust
+// store, so the system bundle (217 KB in stasis/base) is not copied into the
+// sandbox's writable layer, whose pages are in every snapshot; the
+// sandbox still trusts the CA by the bundle (Python reads only that file),
+// after a resume too, and the default user still owns the bundle and can
+// change it.
+func TestTrustBundleStaysInImageLayer(t *testing.T) {
+	srv := testenv.StartServer(t)
+	c, sb := create(t, srv, map[string]any{"name": "lean-trust", "from_template": "stasis/base"})
+	const trusts = `python3 -c "import ssl; print(sum('stasis egress CA' in str(c['subject']) for c in ssl.create_default_context().get_ca_certs()))"`
+	check := func(when string) {
+		t.Helper()
+		used, err := strconv.Atoi(c.sh("df -B1 --output=used / | tail -1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if used >= 64<<10 {
+			t.Errorf("%s: the writable layer holds %d bytes; want the bundle left in the image (< 64 KiB)", when, used)
+		}
+		if got := c.sh(trusts); got != "1" {
+			t.Errorf("%s: Python's default context has the egress CA %s times, want once", when, got)
+		}
+		if owner, user := c.sh("stat -c %U /etc/ssl/certs/ca-certificates.crt"), c.sh("id -un"); owner != user {
+			t.Errorf("%s: the bundle is %s's, want the default user's (%s)", when, owner, user)
+		}
+	}
+	check("after create")
+	pause(t, srv, sb.ID)
+	resume(t, srv, c)
+	check("after resume")
+	c.sh(`printf '\n' >> /etc/ssl/certs/ca-certificates.crt`)
+	if got := c.sh(trusts); got != "1" {
+		t.Errorf("after an append: the egress CA is trusted %s times, want once", got)
 	}
 }
