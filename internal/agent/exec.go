@@ -396,7 +396,7 @@ func (e *execSession) start(req agentproto.StartRequest) (*process, agentproto.E
 	closeAll(childFiles...)
 	if err != nil {
 		p.closeParentEnds()
-		// ForkExec's errors come from the child's chdir (e.g. the user may
+		// spawn's errors come from the child's chdir (e.g. the user may
 		// not enter the directory) or exec.
 		return nil, startFailed("start %s as %s in %s: %v", shell, acct.name, dir, err)
 	}
@@ -433,26 +433,26 @@ const agentTaskReserve = 64
 func (s *Server) forkExec(argv []string, attr *syscall.ProcAttr) (int, error) {
 	n := uint64(s.cfg.MaxProcs)
 	if n == 0 {
-		return syscall.ForkExec(argv[0], argv, attr)
+		return spawn(argv, attr)
 	}
 	var old unix.Rlimit
 	if err := unix.Prlimit(0, unix.RLIMIT_NPROC, nil, &old); err != nil {
 		s.log.Printf("exec: reading RLIMIT_NPROC: %v", err)
-		return syscall.ForkExec(argv[0], argv, attr)
+		return spawn(argv, attr)
 	}
 	tmp := unix.Rlimit{Cur: min(n+agentTaskReserve, old.Max), Max: old.Max}
 	if err := unix.Prlimit(0, unix.RLIMIT_NPROC, &tmp, nil); err != nil {
 		s.log.Printf("exec: lowering RLIMIT_NPROC: %v", err)
-		return syscall.ForkExec(argv[0], argv, attr)
+		return spawn(argv, attr)
 	}
-	pid, err := syscall.ForkExec(argv[0], argv, attr)
+	pid, err := spawn(argv, attr)
 	if rerr := unix.Prlimit(0, unix.RLIMIT_NPROC, &old, nil); rerr != nil {
 		s.log.Printf("exec: restoring RLIMIT_NPROC: %v", rerr)
 	}
 	if errors.Is(err, syscall.EAGAIN) {
 		// Root is over the limit (a bomb the watchdog has not killed yet):
 		// the agent may still start commands.
-		pid, err = syscall.ForkExec(argv[0], argv, attr)
+		pid, err = spawn(argv, attr)
 	}
 	if cred := attr.Sys.Credential; err == nil && (cred == nil || cred.Uid == uint32(os.Getuid())) {
 		lim := unix.Rlimit{Cur: n, Max: n}
