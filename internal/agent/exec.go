@@ -329,7 +329,8 @@ func (e *execSession) start(req agentproto.StartRequest) (*process, agentproto.E
 		}
 	}
 	sys := &syscall.SysProcAttr{Credential: acct.credential()}
-	var childFiles []*os.File
+	var childFDs []int
+	var closeChildEnds func()
 	if req.PTY != nil {
 		ptmx, tty, err := openPTY()
 		if err != nil {
@@ -354,7 +355,8 @@ func (e *execSession) start(req agentproto.StartRequest) (*process, agentproto.E
 		p.pty = true
 		p.stdin = ptmx
 		p.outputs = []output{{ptmx, -1, agentproto.FrameStdout}}
-		childFiles = []*os.File{tty, tty, tty}
+		t := int(tty.Fd()) // blocking, as a child expects
+		childFDs, closeChildEnds = []int{t, t, t}, func() { tty.Close() }
 		// A new session with the pty as controlling terminal; its process
 		// group is the shell's pid, like Setpgid.
 		sys.Setsid = true
@@ -367,10 +369,10 @@ func (e *execSession) start(req agentproto.StartRequest) (*process, agentproto.E
 		}
 		p.stdin = stdio.stdin
 		p.outputs = stdio.outputs()
-		childFiles = stdio.child
+		childFDs, closeChildEnds = stdio.child, stdio.closeChildEnds
 		sys.Setpgid = true
 	}
-	attr := procAttr(dir, env, childFiles, sys)
+	attr := procAttr(dir, env, childFDs, sys)
 	argv := []string{shell, "-c", req.Command}
 
 	// Register with the session first so that a shutdown racing with the
@@ -379,7 +381,7 @@ func (e *execSession) start(req agentproto.StartRequest) (*process, agentproto.E
 	if e.aborted {
 		e.mu.Unlock()
 		p.closeParentEnds()
-		closeAll(childFiles...)
+		closeChildEnds()
 		return nil, startFailed("agent is shutting down")
 	}
 	pid, status, err := e.s.reaper.Start(func() (int, error) {
@@ -393,7 +395,7 @@ func (e *execSession) start(req agentproto.StartRequest) (*process, agentproto.E
 	if err == nil {
 		e.s.kickWatchdog()
 	}
-	closeAll(childFiles...)
+	closeChildEnds()
 	if err != nil {
 		p.closeParentEnds()
 		// spawn's errors come from the child's chdir (e.g. the user may
@@ -929,7 +931,9 @@ type stdioPipes struct {
 	// for): a blocking descriptor in no poller, so that handing over the
 	// script is a write and a close, without a poller deregistration.
 	script int
-	child  []*os.File
+	// child are the child's ends: blocking descriptors in no poller, not
+	// *os.Files (os.NewFile asks each for its flags: a system call).
+	child []int
 	// outFDs are a spare's stdout and stderr read ends as non-blocking
 	// descriptors in no poller, ready for a buffered command's gathering
 	// pumps, which the spare mostly serves: made ready ahead, so that
@@ -967,7 +971,7 @@ func newStdioPipes(script bool) (*stdioPipes, error) {
 			// the pipe as it was, which works, only slower.
 			unix.FcntlInt(uintptr(ours[i]), unix.F_SETPIPE_SZ, outputPipeSize)
 		}
-		p.child = append(p.child, os.NewFile(uintptr(theirs), "pipe")) // blocking: in no poller
+		p.child = append(p.child, theirs)
 		// A fresh pipe end has none of the other flags F_SETFL sets.
 		if _, err := unix.FcntlInt(uintptr(ours[i]), unix.F_SETFL, unix.O_NONBLOCK); err != nil {
 			return fail(i+1, err)
@@ -978,7 +982,7 @@ func newStdioPipes(script bool) (*stdioPipes, error) {
 		if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
 			return fail(len(ours), err)
 		}
-		p.child = append(p.child, os.NewFile(uintptr(fds[0]), "script"))
+		p.child = append(p.child, fds[0])
 		p.script = fds[1]
 		p.outFDs = [2]int{ours[1], ours[2]}
 	} else {
@@ -992,7 +996,12 @@ func (p *stdioPipes) outputs() []output {
 	return []output{{p.stdout, p.outFDs[0], agentproto.FrameStdout}, {p.stderr, p.outFDs[1], agentproto.FrameStderr}}
 }
 
-func (p *stdioPipes) closeChildEnds() { closeAll(p.child...) }
+func (p *stdioPipes) closeChildEnds() {
+	for _, fd := range p.child {
+		unix.Close(fd)
+	}
+	p.child = nil
+}
 
 func (p *stdioPipes) closeParentEnds() {
 	closeAll(p.stdin, p.stdout, p.stderr)
@@ -1007,14 +1016,14 @@ func (p *stdioPipes) closeParentEnds() {
 	}
 }
 
-// procAttr is how to start a child in dir with env and files as its fds 0,
-// 1, ...; File.Fd also puts them in blocking mode, as a child expects.
-func procAttr(dir string, env []string, files []*os.File, sys *syscall.SysProcAttr) *syscall.ProcAttr {
-	fds := make([]uintptr, len(files))
-	for i, f := range files {
-		fds[i] = f.Fd()
+// procAttr is how to start a child in dir with env and the blocking
+// descriptors fds as its fds 0, 1, ...
+func procAttr(dir string, env []string, fds []int, sys *syscall.SysProcAttr) *syscall.ProcAttr {
+	files := make([]uintptr, len(fds))
+	for i, fd := range fds {
+		files[i] = uintptr(fd)
 	}
-	return &syscall.ProcAttr{Dir: dir, Env: env, Files: fds, Sys: sys}
+	return &syscall.ProcAttr{Dir: dir, Env: env, Files: files, Sys: sys}
 }
 
 func closeAll(files ...*os.File) {
