@@ -415,7 +415,15 @@ const agentTaskReserve = 64
 // The agent itself must stay unlimited: gVisor checks the creating task's
 // limit against its user's task count, and a fork bomb holding root's count
 // at the limit must not make the agent's own thread creation fail, which the
-// Go runtime treats as fatal. Go cannot run code between fork and exec, so:
+// Go runtime treats as fatal. So the limit is set in the child, before its
+// exec (spawn): a command of the agent's own user gets exactly MaxProcs,
+// soft and hard; one of another user the soft limit MaxProcs+
+// agentTaskReserve under the agent's hard limit, as it had when the agent
+// could not set it in the child (below; a command can raise its soft limit
+// again, which no fork bomb does by accident).
+//
+// Where spawn cannot run its own child (ForkExec cannot run code between
+// fork and exec):
 //   - The agent lowers its own soft limit around the fork, and the child
 //     inherits it, with no window for a child to start unlimited. That soft
 //     limit is MaxProcs+agentTaskReserve, so that root's count, at most
@@ -428,36 +436,58 @@ const agentTaskReserve = 64
 //     hard, with prlimit. (Its first processes may have forked already with
 //     the inherited limit: measured on a busy host, the shell can run a
 //     command before prlimit lands.) For another user prlimit is not allowed
-//     (no CAP_SYS_RESOURCE): its hard limit stays unlimited, so a command
-//     can raise its soft limit again, which no fork bomb does by accident.
+//     (no CAP_SYS_RESOURCE): its hard limit stays unlimited.
 //
 // The watchdog's process limit backs all this up.
 func (s *Server) forkExec(argv []string, attr *syscall.ProcAttr) (int, error) {
 	n := uint64(s.cfg.MaxProcs)
 	if n == 0 {
-		return spawn(argv, attr)
+		pid, err := spawn(argv, attr, nil)
+		if err == errNoSpawn {
+			return syscall.ForkExec(argv[0], argv, attr)
+		}
+		return pid, err
+	}
+	ownUser := attr.Sys.Credential == nil
+	if cred := attr.Sys.Credential; cred != nil {
+		uid, _ := agentIDs()
+		ownUser = int(cred.Uid) == uid
 	}
 	var old unix.Rlimit
+	if !ownUser {
+		if err := unix.Prlimit(0, unix.RLIMIT_NPROC, nil, &old); err != nil {
+			s.log.Printf("exec: reading RLIMIT_NPROC: %v", err)
+			return syscall.ForkExec(argv[0], argv, attr)
+		}
+	}
+	lim := unix.Rlimit{Cur: n, Max: n}
+	if !ownUser {
+		lim = unix.Rlimit{Cur: min(n+agentTaskReserve, old.Max), Max: old.Max}
+	}
+	pid, err := spawn(argv, attr, &lim)
+	if err != errNoSpawn {
+		return pid, err
+	}
+
 	if err := unix.Prlimit(0, unix.RLIMIT_NPROC, nil, &old); err != nil {
 		s.log.Printf("exec: reading RLIMIT_NPROC: %v", err)
-		return spawn(argv, attr)
+		return syscall.ForkExec(argv[0], argv, attr)
 	}
 	tmp := unix.Rlimit{Cur: min(n+agentTaskReserve, old.Max), Max: old.Max}
 	if err := unix.Prlimit(0, unix.RLIMIT_NPROC, &tmp, nil); err != nil {
 		s.log.Printf("exec: lowering RLIMIT_NPROC: %v", err)
-		return spawn(argv, attr)
+		return syscall.ForkExec(argv[0], argv, attr)
 	}
-	pid, err := spawn(argv, attr)
+	pid, err = syscall.ForkExec(argv[0], argv, attr)
 	if rerr := unix.Prlimit(0, unix.RLIMIT_NPROC, &old, nil); rerr != nil {
 		s.log.Printf("exec: restoring RLIMIT_NPROC: %v", rerr)
 	}
 	if errors.Is(err, syscall.EAGAIN) {
 		// Root is over the limit (a bomb the watchdog has not killed yet):
 		// the agent may still start commands.
-		pid, err = spawn(argv, attr)
+		pid, err = syscall.ForkExec(argv[0], argv, attr)
 	}
-	if cred := attr.Sys.Credential; err == nil && (cred == nil || cred.Uid == uint32(os.Getuid())) {
-		lim := unix.Rlimit{Cur: n, Max: n}
+	if err == nil && ownUser {
 		if perr := unix.Prlimit(pid, unix.RLIMIT_NPROC, &lim, nil); perr != nil {
 			s.log.Printf("exec: limiting the tasks of pid %d: %v", pid, perr)
 		}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -10,7 +11,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// spawn is syscall.ForkExec(argv[0], argv, attr) without Go's fork child.
+// spawn is syscall.ForkExec(argv[0], argv, attr) without Go's fork child,
+// with the child's RLIMIT_NPROC set to nproc (if not nil) before its exec.
 //
 // Go's child resets every signal handler the runtime installed, one
 // rt_sigaction each (~56), before it execs, and reports failures through a
@@ -21,19 +23,19 @@ import (
 // running a list of system calls prepared by the parent (spawn_amd64.s):
 // the same steps as Go's child for the attributes the agent uses, in the
 // same order (setsid/setpgid, signal mask, groups/gid/uid, chdir, the
-// descriptors, the controlling tty, execve). A failing step leaves its
-// errno in the shared memory and exits 253, as Go's child does.
+// descriptors, the controlling tty, then nproc and execve). A failing step
+// leaves its errno in the shared memory and exits 253, as Go's child does.
 //
-// It falls back to syscall.ForkExec where it could differ: other
-// SysProcAttr fields, a kernel without clone3's CLONE_CLEAR_SIGHAND, an
-// architecture without spawn_*.s, and a process whose RLIMIT_NOFILE Go
-// raised at start-up (Go's child restores the original, which only the
-// syscall package knows).
-func spawn(argv []string, attr *syscall.ProcAttr) (int, error) {
+// It returns errNoSpawn where its child could differ from ForkExec's, for
+// the caller to use ForkExec: other SysProcAttr fields, a kernel without
+// clone3's CLONE_CLEAR_SIGHAND, an architecture without spawn_*.s, and a
+// process whose RLIMIT_NOFILE Go raised at start-up (Go's child restores
+// the original, which only the syscall package knows).
+func spawn(argv []string, attr *syscall.ProcAttr, nproc *unix.Rlimit) (int, error) {
 	if !canSpawn(attr.Sys) {
-		return syscall.ForkExec(argv[0], argv, attr)
+		return 0, errNoSpawn
 	}
-	prog, keep, err := spawnProgramFor(argv, attr)
+	prog, keep, err := spawnProgramFor(argv, attr, nproc)
 	if err != nil {
 		return 0, err
 	}
@@ -44,7 +46,7 @@ func spawn(argv []string, attr *syscall.ProcAttr) (int, error) {
 	if errno == uintptr(unix.ENOSYS) || errno == uintptr(unix.EINVAL) {
 		// No clone3, or one without CLONE_CLEAR_SIGHAND (Linux < 5.5).
 		spawnState.ok.Store(false)
-		return syscall.ForkExec(argv[0], argv, attr)
+		return 0, errNoSpawn
 	}
 	if errno != 0 {
 		return 0, syscall.Errno(errno)
@@ -60,6 +62,9 @@ func spawn(argv []string, attr *syscall.ProcAttr) (int, error) {
 	}
 	return int(pid), nil
 }
+
+// errNoSpawn is spawn's answer where ForkExec must start the child.
+var errNoSpawn = errors.New("spawn: not here")
 
 // spawnState records, at the first spawn, whether spawn may run its own
 // child; ok is cleared for good when the kernel refuses clone3.
@@ -97,8 +102,6 @@ func canSpawn(sys *syscall.SysProcAttr) bool {
 // spawn_amd64.s through go_asm.h.
 type spawnProgram struct {
 	clone     cloneArgs
-	allSigs   uint64 // the mask the parent holds while it clones
-	oldSigs   uint64 // the parent's mask before
 	ops       *spawnOp
 	nops      uintptr
 	failErrno uintptr // set by a child whose step failed
@@ -124,7 +127,7 @@ var emptySigset uint64
 
 // spawnProgramFor prepares the child's steps. keep holds the memory they
 // point into, which must stay alive until rawSpawn returns.
-func spawnProgramFor(argv []string, attr *syscall.ProcAttr) (*spawnProgram, []any, error) {
+func spawnProgramFor(argv []string, attr *syscall.ProcAttr, nproc *unix.Rlimit) (*spawnProgram, []any, error) {
 	argv0p, err := syscall.BytePtrFromString(argv[0])
 	if err != nil {
 		return nil, nil, err
@@ -214,6 +217,10 @@ func spawnProgramFor(argv []string, attr *syscall.ProcAttr) (*spawnProgram, []an
 	if sys.Setctty {
 		op(unix.SYS_IOCTL, uintptr(sys.Ctty), unix.TIOCSCTTY, 1)
 	}
+	if nproc != nil {
+		keep = append(keep, nproc)
+		op(unix.SYS_PRLIMIT64, 0, unix.RLIMIT_NPROC, ptr(unsafe.Pointer(nproc)))
+	}
 	op(unix.SYS_EXECVE, ptr(unsafe.Pointer(argv0p)), ptr(unsafe.Pointer(&argvp[0])), ptr(unsafe.Pointer(&envvp[0])))
 	keep = append(keep, ops)
 	prog := &spawnProgram{
@@ -221,9 +228,8 @@ func spawnProgramFor(argv []string, attr *syscall.ProcAttr) (*spawnProgram, []an
 			flags:      unix.CLONE_VM | unix.CLONE_VFORK | unix.CLONE_CLEAR_SIGHAND,
 			exitSignal: uint64(unix.SIGCHLD),
 		},
-		allSigs: ^uint64(0),
-		ops:     &ops[0],
-		nops:    uintptr(len(ops)),
+		ops:  &ops[0],
+		nops: uintptr(len(ops)),
 	}
 	return prog, keep, nil
 }

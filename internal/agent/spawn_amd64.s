@@ -1,22 +1,12 @@
 #include "go_asm.h"
 #include "textflag.h"
 
-#define SYS_rt_sigprocmask 14
 #define SYS_exit 60
 #define SYS_clone3 435
-#define SIG_SETMASK 2
 
 // func rawSpawn(p *spawnProgram) (pid, errno uintptr)
 TEXT ·rawSpawn(SB),NOSPLIT|NOFRAME,$0-24
 	MOVQ	p+0(FP), R12
-	MOVQ	$SYS_rt_sigprocmask, AX
-	MOVQ	$SIG_SETMASK, DI
-	LEAQ	spawnProgram_allSigs(R12), SI
-	LEAQ	spawnProgram_oldSigs(R12), DX
-	MOVQ	$8, R10
-	SYSCALL
-	CMPQ	AX, $0xfffffffffffff001
-	JHI	fail
 	MOVQ	$SYS_clone3, AX
 	LEAQ	spawnProgram_clone(R12), DI
 	MOVQ	$cloneArgs__size, SI
@@ -24,14 +14,6 @@ TEXT ·rawSpawn(SB),NOSPLIT|NOFRAME,$0-24
 	CMPQ	AX, $0
 	JEQ	child
 	// Parent: the child has exec'd or exited (or the clone failed).
-	MOVQ	AX, R13
-	MOVQ	$SYS_rt_sigprocmask, AX
-	MOVQ	$SIG_SETMASK, DI
-	LEAQ	spawnProgram_oldSigs(R12), SI
-	MOVQ	$0, DX
-	MOVQ	$8, R10
-	SYSCALL
-	MOVQ	R13, AX
 	CMPQ	AX, $0xfffffffffffff001
 	JHI	fail
 	MOVQ	AX, pid+8(FP)

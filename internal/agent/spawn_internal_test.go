@@ -1,8 +1,9 @@
 package agent
 
+import "syscall"
+
 // Spawn and OpenPTY let spawn_test.go compare spawn with syscall.ForkExec
 // through the test binary's reaper.
-var (
-	Spawn   = spawn
-	OpenPTY = openPTY
-)
+var OpenPTY = openPTY
+
+func Spawn(argv []string, attr *syscall.ProcAttr) (int, error) { return spawn(argv, attr, nil) }
