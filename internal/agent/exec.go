@@ -329,7 +329,8 @@ func (e *execSession) start(req agentproto.StartRequest) (*process, agentproto.E
 		}
 	}
 	sys := &syscall.SysProcAttr{Credential: acct.credential()}
-	var childFiles []*os.File
+	var childFDs []int
+	var closeChildEnds func()
 	if req.PTY != nil {
 		ptmx, tty, err := openPTY()
 		if err != nil {
@@ -354,7 +355,8 @@ func (e *execSession) start(req agentproto.StartRequest) (*process, agentproto.E
 		p.pty = true
 		p.stdin = ptmx
 		p.outputs = []output{{ptmx, -1, agentproto.FrameStdout}}
-		childFiles = []*os.File{tty, tty, tty}
+		t := int(tty.Fd()) // blocking, as a child expects
+		childFDs, closeChildEnds = []int{t, t, t}, func() { tty.Close() }
 		// A new session with the pty as controlling terminal; its process
 		// group is the shell's pid, like Setpgid.
 		sys.Setsid = true
@@ -367,10 +369,10 @@ func (e *execSession) start(req agentproto.StartRequest) (*process, agentproto.E
 		}
 		p.stdin = stdio.stdin
 		p.outputs = stdio.outputs()
-		childFiles = stdio.child
+		childFDs, closeChildEnds = stdio.child, stdio.closeChildEnds
 		sys.Setpgid = true
 	}
-	attr := procAttr(dir, env, childFiles, sys)
+	attr := procAttr(dir, env, childFDs, sys)
 	argv := []string{shell, "-c", req.Command}
 
 	// Register with the session first so that a shutdown racing with the
@@ -379,7 +381,7 @@ func (e *execSession) start(req agentproto.StartRequest) (*process, agentproto.E
 	if e.aborted {
 		e.mu.Unlock()
 		p.closeParentEnds()
-		closeAll(childFiles...)
+		closeChildEnds()
 		return nil, startFailed("agent is shutting down")
 	}
 	pid, status, err := e.s.reaper.Start(func() (int, error) {
@@ -393,10 +395,10 @@ func (e *execSession) start(req agentproto.StartRequest) (*process, agentproto.E
 	if err == nil {
 		e.s.kickWatchdog()
 	}
-	closeAll(childFiles...)
+	closeChildEnds()
 	if err != nil {
 		p.closeParentEnds()
-		// ForkExec's errors come from the child's chdir (e.g. the user may
+		// spawn's errors come from the child's chdir (e.g. the user may
 		// not enter the directory) or exec.
 		return nil, startFailed("start %s as %s in %s: %v", shell, acct.name, dir, err)
 	}
@@ -413,7 +415,15 @@ const agentTaskReserve = 64
 // The agent itself must stay unlimited: gVisor checks the creating task's
 // limit against its user's task count, and a fork bomb holding root's count
 // at the limit must not make the agent's own thread creation fail, which the
-// Go runtime treats as fatal. Go cannot run code between fork and exec, so:
+// Go runtime treats as fatal. So the limit is set in the child, before its
+// exec (spawn): a command of the agent's own user gets exactly MaxProcs,
+// soft and hard; one of another user the soft limit MaxProcs+
+// agentTaskReserve under the agent's hard limit, as it had when the agent
+// could not set it in the child (below; a command can raise its soft limit
+// again, which no fork bomb does by accident).
+//
+// Where spawn cannot run its own child (ForkExec cannot run code between
+// fork and exec):
 //   - The agent lowers its own soft limit around the fork, and the child
 //     inherits it, with no window for a child to start unlimited. That soft
 //     limit is MaxProcs+agentTaskReserve, so that root's count, at most
@@ -426,16 +436,39 @@ const agentTaskReserve = 64
 //     hard, with prlimit. (Its first processes may have forked already with
 //     the inherited limit: measured on a busy host, the shell can run a
 //     command before prlimit lands.) For another user prlimit is not allowed
-//     (no CAP_SYS_RESOURCE): its hard limit stays unlimited, so a command
-//     can raise its soft limit again, which no fork bomb does by accident.
+//     (no CAP_SYS_RESOURCE): its hard limit stays unlimited.
 //
 // The watchdog's process limit backs all this up.
 func (s *Server) forkExec(argv []string, attr *syscall.ProcAttr) (int, error) {
 	n := uint64(s.cfg.MaxProcs)
 	if n == 0 {
-		return syscall.ForkExec(argv[0], argv, attr)
+		pid, err := spawn(argv, attr, nil)
+		if err == errNoSpawn {
+			return syscall.ForkExec(argv[0], argv, attr)
+		}
+		return pid, err
+	}
+	ownUser := attr.Sys.Credential == nil
+	if cred := attr.Sys.Credential; cred != nil {
+		uid, _ := agentIDs()
+		ownUser = int(cred.Uid) == uid
 	}
 	var old unix.Rlimit
+	if !ownUser {
+		if err := unix.Prlimit(0, unix.RLIMIT_NPROC, nil, &old); err != nil {
+			s.log.Printf("exec: reading RLIMIT_NPROC: %v", err)
+			return syscall.ForkExec(argv[0], argv, attr)
+		}
+	}
+	lim := unix.Rlimit{Cur: n, Max: n}
+	if !ownUser {
+		lim = unix.Rlimit{Cur: min(n+agentTaskReserve, old.Max), Max: old.Max}
+	}
+	pid, err := spawn(argv, attr, &lim)
+	if err != errNoSpawn {
+		return pid, err
+	}
+
 	if err := unix.Prlimit(0, unix.RLIMIT_NPROC, nil, &old); err != nil {
 		s.log.Printf("exec: reading RLIMIT_NPROC: %v", err)
 		return syscall.ForkExec(argv[0], argv, attr)
@@ -445,7 +478,7 @@ func (s *Server) forkExec(argv []string, attr *syscall.ProcAttr) (int, error) {
 		s.log.Printf("exec: lowering RLIMIT_NPROC: %v", err)
 		return syscall.ForkExec(argv[0], argv, attr)
 	}
-	pid, err := syscall.ForkExec(argv[0], argv, attr)
+	pid, err = syscall.ForkExec(argv[0], argv, attr)
 	if rerr := unix.Prlimit(0, unix.RLIMIT_NPROC, &old, nil); rerr != nil {
 		s.log.Printf("exec: restoring RLIMIT_NPROC: %v", rerr)
 	}
@@ -454,8 +487,7 @@ func (s *Server) forkExec(argv []string, attr *syscall.ProcAttr) (int, error) {
 		// the agent may still start commands.
 		pid, err = syscall.ForkExec(argv[0], argv, attr)
 	}
-	if cred := attr.Sys.Credential; err == nil && (cred == nil || cred.Uid == uint32(os.Getuid())) {
-		lim := unix.Rlimit{Cur: n, Max: n}
+	if err == nil && ownUser {
 		if perr := unix.Prlimit(pid, unix.RLIMIT_NPROC, &lim, nil); perr != nil {
 			s.log.Printf("exec: limiting the tasks of pid %d: %v", pid, perr)
 		}
@@ -929,7 +961,9 @@ type stdioPipes struct {
 	// for): a blocking descriptor in no poller, so that handing over the
 	// script is a write and a close, without a poller deregistration.
 	script int
-	child  []*os.File
+	// child are the child's ends: blocking descriptors in no poller, not
+	// *os.Files (os.NewFile asks each for its flags: a system call).
+	child []int
 	// outFDs are a spare's stdout and stderr read ends as non-blocking
 	// descriptors in no poller, ready for a buffered command's gathering
 	// pumps, which the spare mostly serves: made ready ahead, so that
@@ -967,7 +1001,7 @@ func newStdioPipes(script bool) (*stdioPipes, error) {
 			// the pipe as it was, which works, only slower.
 			unix.FcntlInt(uintptr(ours[i]), unix.F_SETPIPE_SZ, outputPipeSize)
 		}
-		p.child = append(p.child, os.NewFile(uintptr(theirs), "pipe")) // blocking: in no poller
+		p.child = append(p.child, theirs)
 		// A fresh pipe end has none of the other flags F_SETFL sets.
 		if _, err := unix.FcntlInt(uintptr(ours[i]), unix.F_SETFL, unix.O_NONBLOCK); err != nil {
 			return fail(i+1, err)
@@ -978,7 +1012,7 @@ func newStdioPipes(script bool) (*stdioPipes, error) {
 		if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
 			return fail(len(ours), err)
 		}
-		p.child = append(p.child, os.NewFile(uintptr(fds[0]), "script"))
+		p.child = append(p.child, fds[0])
 		p.script = fds[1]
 		p.outFDs = [2]int{ours[1], ours[2]}
 	} else {
@@ -992,7 +1026,12 @@ func (p *stdioPipes) outputs() []output {
 	return []output{{p.stdout, p.outFDs[0], agentproto.FrameStdout}, {p.stderr, p.outFDs[1], agentproto.FrameStderr}}
 }
 
-func (p *stdioPipes) closeChildEnds() { closeAll(p.child...) }
+func (p *stdioPipes) closeChildEnds() {
+	for _, fd := range p.child {
+		unix.Close(fd)
+	}
+	p.child = nil
+}
 
 func (p *stdioPipes) closeParentEnds() {
 	closeAll(p.stdin, p.stdout, p.stderr)
@@ -1007,14 +1046,14 @@ func (p *stdioPipes) closeParentEnds() {
 	}
 }
 
-// procAttr is how to start a child in dir with env and files as its fds 0,
-// 1, ...; File.Fd also puts them in blocking mode, as a child expects.
-func procAttr(dir string, env []string, files []*os.File, sys *syscall.SysProcAttr) *syscall.ProcAttr {
-	fds := make([]uintptr, len(files))
-	for i, f := range files {
-		fds[i] = f.Fd()
+// procAttr is how to start a child in dir with env and the blocking
+// descriptors fds as its fds 0, 1, ...
+func procAttr(dir string, env []string, fds []int, sys *syscall.SysProcAttr) *syscall.ProcAttr {
+	files := make([]uintptr, len(fds))
+	for i, fd := range fds {
+		files[i] = uintptr(fd)
 	}
-	return &syscall.ProcAttr{Dir: dir, Env: env, Files: fds, Sys: sys}
+	return &syscall.ProcAttr{Dir: dir, Env: env, Files: files, Sys: sys}
 }
 
 func closeAll(files ...*os.File) {

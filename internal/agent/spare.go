@@ -150,7 +150,7 @@ func (s *Server) startSpare() (*spareShell, error) {
 	if sys.Credential != nil {
 		// The shell opens its script as /proc/self/fd/3, which checks the
 		// pipe's owner and mode (0600, the agent's) against its user.
-		if err := stdio.child[3].Chown(int(acct.uid), int(acct.gid)); err != nil {
+		if err := unix.Fchown(stdio.child[3], int(acct.uid), int(acct.gid)); err != nil {
 			stdio.closeChildEnds()
 			stdio.closeParentEnds()
 			return nil, fmt.Errorf("chown script pipe: %w", err)

@@ -235,11 +235,15 @@ func passwdShell(passwd string, uid uint32) string {
 // credential returns the credential to start a child as a, or nil if the
 // agent already runs as that user.
 func (a *account) credential() *syscall.Credential {
-	if int(a.uid) == os.Getuid() && int(a.gid) == os.Getgid() {
+	if uid, gid := agentIDs(); int(a.uid) == uid && int(a.gid) == gid {
 		return nil
 	}
 	return &syscall.Credential{Uid: a.uid, Gid: a.gid, Groups: a.groups}
 }
+
+// agentIDs are the agent's uid and gid, asked once: they never change, and
+// each is a system call (a round trip in gVisor) on every command's start.
+var agentIDs = sync.OnceValues(func() (int, int) { return os.Getuid(), os.Getgid() })
 
 // workdir is the default working directory for a: dflt if set, else the
 // user's home if it is a directory, else /.

@@ -213,8 +213,17 @@ func maxProcesses(t *testing.T, limits string) (soft, hard string) {
 	return "", ""
 }
 
-// Commands get RLIMIT_NPROC; the agent keeps its own.
+// Commands get RLIMIT_NPROC; the agent keeps its own. Also where the agent
+// starts shells with ForkExec instead of spawn (see forkExec).
 func TestCommandsGetProcessLimit(t *testing.T) {
+	t.Run("spawn", func(t *testing.T) { testCommandsGetProcessLimit(t, false) })
+	t.Run("ForkExec", func(t *testing.T) {
+		defer agent.ForceForkExec()()
+		testCommandsGetProcessLimit(t, true)
+	})
+}
+
+func testCommandsGetProcessLimit(t *testing.T, forkExec bool) {
 	b, err := os.ReadFile("/proc/self/limits")
 	if err != nil {
 		t.Fatal(err)
@@ -247,9 +256,10 @@ func TestCommandsGetProcessLimit(t *testing.T) {
 			t.Errorf("nobody's command: Max processes %s/%s, want 141/%s", soft, hard, myHard)
 		}
 	}
-	// Whatever a command runs inherits its limit at once.
+	// Whatever a command runs inherits its limit at once: spawn's shell has
+	// it before its exec; ForkExec's may fork with the one it inherited.
 	out, _, st := run(t, c, agentclient.ExecRequest{Command: "cat /proc/self/limits", User: "root"})
-	if soft, _ := maxProcesses(t, out); st.ExitCode != 0 || (soft != "77" && soft != "141") {
+	if soft, _ := maxProcesses(t, out); st.ExitCode != 0 || soft != "77" && !(forkExec && soft == "141") {
 		t.Errorf("a root command's child: Max processes %s (%+v)", soft, st)
 	}
 	// The agent lowers its own soft limit only around a fork (see forkExec),
