@@ -644,26 +644,24 @@ func (d *Driver) LazyFiles(dir string) []string {
 	return nil
 }
 
-// WaitLoaded implements runtime.LazyRestorer: runsc closes the pages file
-// once it has loaded every page, so this waits until no process of the
-// sandbox holds a pages file open (polled).
+// WaitLoaded implements runtime.LazyRestorer: runsc's sandbox process
+// closes the pages file once it has loaded every page, so this waits until
+// it no longer holds one open, or is gone (polled). Only that process is
+// looked at: a scan of every host process's command line, at each poll for
+// the whole load, cost CPU beside the sandbox's first commands.
 func (d *Driver) WaitLoaded(ctx context.Context, id string) error {
-	for {
-		if !d.holdsPagesFile(id) {
-			return nil
-		}
+	pid, err := d.readPid(id)
+	if err != nil {
+		return nil // gone
+	}
+	for sandboxAlive(pid, id) && HoldsPagesFile(pid) {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-// holdsPagesFile reports whether a host process of sandbox id has a
-// checkpoint's pages file open.
-func (d *Driver) holdsPagesFile(id string) bool {
-	return slices.ContainsFunc(d.Processes(id), HoldsPagesFile)
+	return nil
 }
 
 // HoldsPagesFile reports whether host process pid has a checkpoint's pages
