@@ -108,6 +108,28 @@ while True:
 // result.
 const pagesNow = `rm -f /tmp/pages.now; kill -USR1 "$(cat /tmp/pid)"; for i in $(seq 1200); do [ -s /tmp/pages.now ] && break; sleep 0.1; done; cat /tmp/pages.now`
 
+// holdPages starts the page holder in c's sandbox with mib MiB and returns
+// its first report.
+func holdPages(t *testing.T, c *client, mib int) string {
+	t.Helper()
+	c.writeFile("/tmp/hold.py", []byte(pageHoldScript))
+	c.sh(fmt.Sprintf("python3 /tmp/hold.py %d >/dev/null 2>&1 &", mib))
+	before := c.sh("for i in $(seq 1200); do [ -s /tmp/pages.before ] && break; sleep 0.1; done; cat /tmp/pages.before")
+	if want := fmt.Sprintf("%d ", mib<<8); !strings.HasPrefix(before, want) || len(before) != len(want)+64 {
+		t.Fatalf("the memory holder did not report: %q", before)
+	}
+	return before
+}
+
+// pauseToDisk pauses sandbox id and waits until it is on disk only.
+func pauseToDisk(t *testing.T, srv *testenv.Server, id string) {
+	t.Helper()
+	if err := srv.Do("POST", "/sandboxes/"+id+"/pause", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitPauseState(t, srv, id, true, false)
+}
+
 // execStatus runs command on c's sandbox without failing the test from a
 // goroutine: it returns the HTTP status, the exit code and stdout.
 func execStatus(c *client, command string) (int, int, string, error) {
@@ -166,18 +188,10 @@ func TestLazyResumeKeepsEveryPage(t *testing.T) {
 	const mib = 384
 	srv := testenv.StartServer(t)
 	c, _ := create(t, srv, map[string]any{"name": "lazy", "from_template": "stasis/base", "memory_mib": 1024})
-	c.writeFile("/tmp/hold.py", []byte(pageHoldScript))
-	c.sh(fmt.Sprintf("python3 /tmp/hold.py %d >/dev/null 2>&1 &", mib))
-	before := c.sh("for i in $(seq 1200); do [ -s /tmp/pages.before ] && break; sleep 0.1; done; cat /tmp/pages.before")
-	if want := fmt.Sprintf("%d ", mib<<8); !strings.HasPrefix(before, want) || len(before) != len(want)+64 {
-		t.Fatalf("the memory holder did not report: %q", before)
-	}
+	before := holdPages(t, c, mib)
 	coldPause := func() {
 		t.Helper()
-		if err := srv.Do("POST", "/sandboxes/"+c.id+"/pause", nil, nil); err != nil {
-			t.Fatal(err)
-		}
-		waitPauseState(t, srv, c.id, true, false)
+		pauseToDisk(t, srv, c.id)
 		dropSnapshotCache(t, srv, c.id)
 	}
 	coldPause()
@@ -242,9 +256,7 @@ func TestLazyResumeKeepsEveryPage(t *testing.T) {
 func TestLazyResumeFailsCorruptMemory(t *testing.T) {
 	srv := testenv.StartServer(t)
 	c, _ := create(t, srv, map[string]any{"name": "lazy-corrupt", "from_template": "stasis/base", "memory_mib": 1024})
-	c.writeFile("/tmp/hold.py", []byte(pageHoldScript))
-	c.sh("python3 /tmp/hold.py 96 >/dev/null 2>&1 &")
-	c.sh("for i in $(seq 1200); do [ -s /tmp/pages.before ] && break; sleep 0.1; done; cat /tmp/pages.before")
+	holdPages(t, c, 96)
 	pauseAndFlipPagesByte(t, srv, c.id, 3, 4)
 	dropSnapshotCache(t, srv, c.id)
 
@@ -279,10 +291,7 @@ func TestLazyResumeFailsCorruptMemory(t *testing.T) {
 // snapshot's pages file, num/den of the way in.
 func pauseAndFlipPagesByte(t *testing.T, srv *testenv.Server, id string, num, den int64) {
 	t.Helper()
-	if err := srv.Do("POST", "/sandboxes/"+id+"/pause", nil, nil); err != nil {
-		t.Fatal(err)
-	}
-	waitPauseState(t, srv, id, true, false)
+	pauseToDisk(t, srv, id)
 	pages, err := filepath.Glob(filepath.Join(srv.DataDir(), "snapshots", id, "*", "pages.img"))
 	if err != nil || len(pages) != 1 {
 		t.Fatalf("pages file: %v %v", pages, err)
@@ -304,5 +313,44 @@ func pauseAndFlipPagesByte(t *testing.T, srv *testenv.Server, id string, num, de
 	b[0] ^= 0xff
 	if _, err := f.WriteAt(b, off); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSmallColdResumeIsLazy: a small sandbox's snapshot that has left the
+// page cache is resumed lazily too (the sandbox runs while its memory
+// loads, which is checked after), a pause right after it waits for that
+// check, and every page of the process's memory is as it was. A resume
+// from a snapshot still in the page cache checks it before the sandbox
+// runs: no check is left for after.
+func TestSmallColdResumeIsLazy(t *testing.T) {
+	srv := testenv.StartServer(t)
+	c, _ := create(t, srv, map[string]any{"name": "small-lazy", "from_template": "stasis/base"})
+	before := holdPages(t, c, 4)
+	pauseToDisk(t, srv, c.id)
+	// The data plane resumes a paused sandbox transparently.
+	if after := c.sh(pagesNow); after != before {
+		t.Fatalf("memory after a resume from the page cache: %q, before the pause %q", after, before)
+	}
+	if n := lazyChecks(t, srv); n != 0 {
+		t.Fatalf("%d lazy checks after a resume from the page cache, want 0", n)
+	}
+	pauseToDisk(t, srv, c.id)
+	dropSnapshotCache(t, srv, c.id)
+	if after := c.sh(pagesNow); after != before {
+		t.Fatalf("memory after a cold resume: %q, before the first pause %q", after, before)
+	}
+	pauseToDisk(t, srv, c.id) // waits for the check of the memory loaded after the resume
+	deadline := time.Now().Add(2 * time.Minute)
+	for lazyChecks(t, srv) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("no lazy check: the cold resume did not restore lazily")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if after := c.sh(pagesNow); after != before {
+		t.Fatalf("memory after a lazy resume and a pause: %q, before the first pause %q", after, before)
+	}
+	if info := getInfo(t, srv, c.id); info.Status != "active" {
+		t.Fatalf("after the lazy resume: status %q (%s)", info.Status, info.Error)
 	}
 }

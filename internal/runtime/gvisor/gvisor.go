@@ -301,9 +301,7 @@ func (d *Driver) Restore(ctx context.Context, spec runtime.Spec, dir string) (_ 
 	// With no container of that ID, `runsc restore` creates it from the
 	// bundle and restores into it in one go (no separate `runsc create`).
 	args := []string{"restore", "--detach", "--pid-file=" + d.pidPath(spec.ID), "--bundle=" + d.sandboxDir(spec.ID), "--image-path=" + dir}
-	if coldPages(dir) {
-		args = append(args, "--background", "--direct")
-	}
+	args = append(args, lazyFlags(dir)...)
 	if err := d.runWithConsole(ctx, spec.ID, flags, append(args, spec.ID)...); err != nil {
 		return nil, versionMismatch(err)
 	}
@@ -584,7 +582,7 @@ func (d *Driver) Alive(id string) (bool, error) {
 // 10 MB and 200 MB pauses took 77 and 166 ms buffered against 95 and 205 ms
 // direct, and the seal's read-back stays in RAM. A direct checkpoint is
 // read back with O_DIRECT too (package snapshot), and restored from the
-// disk with O_DIRECT (coldPages).
+// disk with O_DIRECT (lazyFlags).
 const defaultDirectCheckpointMiB = 512
 
 // largeMemory reports whether sandbox id uses at least DirectCheckpointMiB
@@ -605,65 +603,73 @@ func (d *Driver) largeMemory(id string) bool {
 	return ok && n >= limit<<20
 }
 
-// coldPagesMin is the pages file size from which a restore reads it with
+// directPagesMin is the pages file size from which a restore reads it with
 // O_DIRECT when it is not in the page cache.
-const coldPagesMin = 32 << 20
+const directPagesMin = 32 << 20
 
 // pagesFile is the checkpoint file of the sandbox's memory pages.
 const pagesFile = "pages.img"
 
-// coldPages reports whether the checkpoint in dir has a large pages file
-// that is mostly not in the page cache (a snapshot paused a while ago, or
-// written with --direct), for runsc restore --background --direct. Read
-// through the page cache, runsc loaded such a file at 30-170 MB/s here,
-// copying every page twice; with O_DIRECT at 360 MB/s: a cold 1 GB restore
-// took 5.0-8.0 s instead of 22.8 s (loaded host, alternating). With
-// --background the restore returns once the kernel state is loaded and the
-// pages go on loading while the sandbox runs (pages it touches first); see
-// docs/OPERATIONS.md for what that gives and why it is not constant. A
-// cached file is faster read from the cache, and up front.
-func coldPages(dir string) bool {
+// lazyFlags are runsc restore's flags for the checkpoint in dir: for one
+// whose pages file is mostly not in the page cache (a snapshot paused a
+// while ago, or written with --direct), --background, so that the restore
+// returns once the kernel state is loaded and the pages go on loading while
+// the sandbox runs (pages it touches first); see docs/OPERATIONS.md for
+// what that gives and why it is not constant. A large one is read with
+// --direct too: through the page cache, runsc loaded such a file at 30-170
+// MB/s here, copying every page twice; with O_DIRECT at 360 MB/s a cold
+// 1 GB restore took 5.0-8.0 s instead of 22.8 s (loaded host,
+// alternating), and without O_DIRECT --background was slower than a plain
+// restore. A cached file is restored plainly: runsc copies its pages
+// beside the kernel state's decode, on the other core, where --background
+// would copy them after it.
+func lazyFlags(dir string) []string {
 	f, err := os.Open(filepath.Join(dir, pagesFile))
 	if err != nil {
-		return false
+		return nil
 	}
 	defer f.Close()
 	fi, err := f.Stat()
-	if err != nil || fi.Size() < coldPagesMin || !directIO(filepath.Dir(dir)) {
-		return false
+	switch {
+	case err != nil || fsutil.MostlyCached(f, fi.Size()):
+		return nil
+	case fi.Size() < directPagesMin:
+		return []string{"--background"}
+	case directIO(filepath.Dir(dir)):
+		return []string{"--background", "--direct"}
 	}
-	return !fsutil.MostlyCached(f, fi.Size())
+	return nil
 }
 
-// LazyFiles implements runtime.LazyRestorer: a restore from a cold pages
-// file (see coldPages) loads it in the background, after the sandbox runs.
+// LazyFiles implements runtime.LazyRestorer: a restore with --background
+// (lazyFlags) reads the pages file after the sandbox runs, and it is
+// checked once loaded: read beside the load, the check would take the disk
+// from the reads the sandbox waits for.
 func (d *Driver) LazyFiles(dir string) []string {
-	if coldPages(dir) {
+	if len(lazyFlags(dir)) > 0 {
 		return []string{pagesFile}
 	}
 	return nil
 }
 
-// WaitLoaded implements runtime.LazyRestorer: runsc closes the pages file
-// once it has loaded every page, so this waits until no process of the
-// sandbox holds a pages file open (polled).
+// WaitLoaded implements runtime.LazyRestorer: runsc's sandbox process
+// closes the pages file once it has loaded every page, so this waits until
+// it no longer holds one open, or is gone (polled). Only that process is
+// looked at: a scan of every host process's command line, at each poll for
+// the whole load, cost CPU beside the sandbox's first commands.
 func (d *Driver) WaitLoaded(ctx context.Context, id string) error {
-	for {
-		if !d.holdsPagesFile(id) {
-			return nil
-		}
+	pid, err := d.readPid(id)
+	if err != nil {
+		return nil // gone
+	}
+	for sandboxAlive(pid, id) && HoldsPagesFile(pid) {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-// holdsPagesFile reports whether a host process of sandbox id has a
-// checkpoint's pages file open.
-func (d *Driver) holdsPagesFile(id string) bool {
-	return slices.ContainsFunc(d.Processes(id), HoldsPagesFile)
+	return nil
 }
 
 // HoldsPagesFile reports whether host process pid has a checkpoint's pages

@@ -1188,10 +1188,11 @@ func TestCheckpointDirectAndBuffered(t *testing.T) {
 	}
 }
 
-// A snapshot that has left the page cache is restored with O_DIRECT reads
-// of its pages file (coldPages); the restored sandbox holds exactly the
-// memory it held when it was checkpointed.
-func TestRestoreColdSnapshotKeepsMemory(t *testing.T) {
+// A snapshot in the page cache is restored plainly; one that has left it
+// with runsc restore --background and O_DIRECT reads of its pages file
+// (lazyFlags). Either way the restored sandbox holds exactly the memory it
+// held when it was checkpointed.
+func TestRestoreHotAndColdSnapshotKeepsMemory(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	spec := e.spec("cold")
@@ -1211,8 +1212,26 @@ func TestRestoreColdSnapshotKeepsMemory(t *testing.T) {
 	if err := e.d.Destroy(ctx, spec.ID); err != nil {
 		t.Fatal(err)
 	}
-	if coldPages(img) {
-		t.Fatal("a snapshot just written through the page cache is taken for cold")
+	if got := lazyFlags(img); got != nil {
+		t.Fatalf("restore flags of a snapshot just written through the page cache: %q, want none", got)
+	}
+	restored := func(how string) {
+		t.Helper()
+		inst, err := e.d.Restore(ctx, spec, img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if post := waitAgent(t, inst); post.Boot != pre.Boot {
+			t.Fatalf("after a %s restore: %+v, before %+v", how, post, pre)
+		}
+		got, err := getSlow(inst.AgentAddr(), "/sum")
+		if err != nil || got != want {
+			t.Fatalf("held memory after a %s restore: sha256 %q (%v), before %q", how, got, err, want)
+		}
+	}
+	restored("hot")
+	if err := e.d.Destroy(ctx, spec.ID); err != nil {
+		t.Fatal(err)
 	}
 	for _, name := range []string{"pages.img", "checkpoint.img", "pages_meta.img"} {
 		f, err := os.Open(filepath.Join(img, name))
@@ -1223,18 +1242,8 @@ func TestRestoreColdSnapshotKeepsMemory(t *testing.T) {
 		unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
 		f.Close()
 	}
-	if !coldPages(img) {
-		t.Fatal("a snapshot evicted from the page cache is not taken for cold")
+	if got := lazyFlags(img); !slices.Equal(got, []string{"--background", "--direct"}) {
+		t.Fatalf("restore flags of a cold snapshot: %q, want --background --direct", got)
 	}
-	inst2, err := e.d.Restore(ctx, spec, img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if post := waitAgent(t, inst2); post.Boot != pre.Boot {
-		t.Fatalf("after restore: %+v, before %+v", post, pre)
-	}
-	got, err := getSlow(inst2.AgentAddr(), "/sum")
-	if err != nil || got != want {
-		t.Fatalf("held memory after a cold restore: sha256 %q (%v), before %q", got, err, want)
-	}
+	restored("cold")
 }
