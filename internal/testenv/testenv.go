@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/stasis-sandbox/stasis/internal/firewall"
 	"github.com/stasis-sandbox/stasis/internal/runtime/faultinject"
 )
@@ -113,6 +115,14 @@ func RequireRoot(t testing.TB) {
 
 // NetnsIno is the inode of the network namespace bind-mounted at path: the
 // same namespace under any name.
+// NetnsMounted reports whether path has a network namespace bound to it:
+// a netns file exists (empty) a moment before its namespace is mounted on
+// it, and NetnsIno of it until then is the file's own inode.
+func NetnsMounted(path string) bool {
+	var fs unix.Statfs_t
+	return unix.Statfs(path, &fs) == nil && fs.Type == unix.NSFS_MAGIC
+}
+
 func NetnsIno(t testing.TB, path string) uint64 {
 	t.Helper()
 	var st syscall.Stat_t

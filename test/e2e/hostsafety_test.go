@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -154,8 +155,8 @@ func TestSpareLinks(t *testing.T) {
 	}
 }
 
-// awaitSpareNetns waits until srv holds n spare links, and returns their
-// namespaces' paths.
+// awaitSpareNetns waits until srv holds n spare links with their
+// namespaces mounted, and returns the namespaces' paths.
 func awaitSpareNetns(t *testing.T, srv *testenv.Server, n int) []string {
 	t.Helper()
 	for {
@@ -163,7 +164,7 @@ func awaitSpareNetns(t *testing.T, srv *testenv.Server, n int) []string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(ns) == n {
+		if len(ns) == n && !slices.ContainsFunc(ns, func(p string) bool { return !testenv.NetnsMounted(p) }) {
 			return ns
 		}
 		time.Sleep(5 * time.Millisecond)
