@@ -453,12 +453,18 @@ func (s *Server) forkExec(argv []string, attr *syscall.ProcAttr) (int, error) {
 		uid, _ := agentIDs()
 		ownUser = int(cred.Uid) == uid
 	}
+	// The agent's own limit: another user's command's is derived from it,
+	// and the fallback below lowers and restores it. Read once, when needed.
 	var old unix.Rlimit
-	if !ownUser {
-		if err := unix.Prlimit(0, unix.RLIMIT_NPROC, nil, &old); err != nil {
+	readOld := func() bool {
+		err := unix.Prlimit(0, unix.RLIMIT_NPROC, nil, &old)
+		if err != nil {
 			s.log.Printf("exec: reading RLIMIT_NPROC: %v", err)
-			return syscall.ForkExec(argv[0], argv, attr)
 		}
+		return err == nil
+	}
+	if !ownUser && !readOld() {
+		return syscall.ForkExec(argv[0], argv, attr)
 	}
 	lim := unix.Rlimit{Cur: n, Max: n}
 	if !ownUser {
@@ -469,8 +475,7 @@ func (s *Server) forkExec(argv []string, attr *syscall.ProcAttr) (int, error) {
 		return pid, err
 	}
 
-	if err := unix.Prlimit(0, unix.RLIMIT_NPROC, nil, &old); err != nil {
-		s.log.Printf("exec: reading RLIMIT_NPROC: %v", err)
+	if ownUser && !readOld() { // another user's was read above
 		return syscall.ForkExec(argv[0], argv, attr)
 	}
 	tmp := unix.Rlimit{Cur: min(n+agentTaskReserve, old.Max), Max: old.Max}
