@@ -192,15 +192,11 @@ func rootAccount(root, name string) (*account, error) {
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Split(line, ":")
-		if len(f) < 4 || (f[0] != name && f[2] != name) {
-			continue
-		}
+	if f := passwdEntry(string(b), name, true); f != nil {
 		uid, err1 := strconv.ParseUint(f[2], 10, 32)
 		gid, err2 := strconv.ParseUint(f[3], 10, 32)
 		if err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("user %q: bad uid or gid in %s", name, line)
+			return nil, fmt.Errorf("user %q: bad uid or gid in %s", name, strings.Join(f, ":"))
 		}
 		return &account{name: f[0], uid: uint32(uid), gid: uint32(gid)}, nil
 	}

@@ -218,18 +218,25 @@ func loginShell(uid uint32) string {
 
 // passwdShell is loginShell with passwd the file's contents.
 func passwdShell(passwd string, uid uint32) string {
-	want := strconv.FormatUint(uint64(uid), 10)
-	for _, line := range strings.Split(passwd, "\n") {
-		f := strings.Split(line, ":")
-		if len(f) < 7 || f[2] != want {
-			continue
-		}
-		if f[6] == "" {
-			return "/bin/sh"
-		}
-		return f[6]
+	f := passwdEntry(passwd, strconv.FormatUint(uint64(uid), 10), false)
+	if f == nil || f[6] == "" {
+		return "/bin/sh"
 	}
-	return "/bin/sh"
+	return f[6]
+}
+
+// passwdEntry returns the fields of the first entry in passwd (an
+// /etc/passwd file's contents) whose uid is key, or with byName whose user
+// name or uid is key; nil if there is none. Lines that are not entries
+// (fewer fields) are skipped, as glibc does.
+func passwdEntry(passwd, key string, byName bool) []string {
+	for line := range strings.SplitSeq(passwd, "\n") {
+		f := strings.Split(line, ":")
+		if len(f) >= 7 && (f[2] == key || byName && f[0] == key) {
+			return f
+		}
+	}
+	return nil
 }
 
 // credential returns the credential to start a child as a, or nil if the

@@ -77,3 +77,30 @@ func TestPasswdShell(t *testing.T) {
 		}
 	}
 }
+
+// passwdEntry, which both loginShell and rootAccount read /etc/passwd
+// with, finds the first entry by uid, or by name or uid, and skips lines
+// that are not entries.
+func TestPasswdEntry(t *testing.T) {
+	const passwd = "broken:x:5:5\n" +
+		"root:x:0:0:root:/root:/bin/bash\n" +
+		"toor:x:0:0:second root:/root:/bin/zsh\n" +
+		"5:x:1001:1001::/home/five:/bin/sh\n" +
+		"bob:x:5:6::/home/bob:/bin/sh"
+	for _, c := range []struct {
+		key    string
+		byName bool
+		want   string // the entry's name, "" for none
+	}{
+		{"0", false, "root"}, {"toor", true, "toor"}, {"toor", false, ""}, {"broken", true, ""},
+		{"5", false, "bob"}, {"5", true, "5"}, {"1001", true, "5"}, {"42", true, ""},
+	} {
+		got := ""
+		if f := passwdEntry(passwd, c.key, c.byName); f != nil {
+			got = f[0]
+		}
+		if got != c.want {
+			t.Errorf("passwdEntry(%q, byName %v) = %q, want %q", c.key, c.byName, got, c.want)
+		}
+	}
+}
