@@ -60,6 +60,11 @@ type Spec struct {
 	VCPU      int      // CPU limit in cores (0: no limit)
 	MemoryMiB int      // memory limit (0: no limit)
 	DiskMiB   int      // writable-layer size limit (0: no limit)
+	// LazyFiles, for a Restore by a LazyRestorer, are the checkpoint's
+	// files that the restore loads after it returns, as LazyFiles named
+	// them; none: it loads everything first. Decided once, so that the
+	// caller checks exactly the files the restore loads lazily.
+	LazyFiles []string
 }
 
 // Instance is a running sandbox as the driver sees it.
@@ -116,9 +121,10 @@ type Driver interface {
 // on reading some of the checkpoint's files (pages loaded in the
 // background, and on demand first where the sandbox touches them).
 type LazyRestorer interface {
-	// LazyFiles names the files of the checkpoint in dir (relative to dir)
-	// that a Restore from dir now would go on reading after it returned;
-	// none if it would read everything first.
+	// LazyFiles decides how a Restore from dir loads it: it names the files
+	// of the checkpoint (relative to dir) to go on reading after the
+	// restore returns, none to read everything first. The caller passes
+	// the answer to Restore in Spec.LazyFiles.
 	LazyFiles(dir string) []string
 	// WaitLoaded returns once sandbox id, lazily restored, has read all of
 	// its lazily loaded files (or is gone), or when ctx ends. A check of

@@ -361,6 +361,7 @@ func (s *Service) createFrom(ctx context.Context, sb *store.Sandbox, o origin) (
 		}
 	}()
 	spec := s.spec(sb, img)
+	spec.LazyFiles = s.lazyFiles(o.dir)
 	steps := resumeSteps{createSteps: createSteps{last: start}}
 	steps.mark(&steps.record)
 	token := s.issueTokenAhead(ctx, sb)

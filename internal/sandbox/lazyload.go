@@ -28,8 +28,8 @@ type loading struct {
 	err  error         // its result, set before done is closed
 }
 
-// lazyFiles names the snapshot files that a restore from dir would load
-// after the sandbox runs.
+// lazyFiles decides which snapshot files a restore from dir loads after
+// the sandbox runs (passed to the restore in its spec).
 func (s *Service) lazyFiles(dir string) []string {
 	if lr, ok := s.cfg.Driver.(runtime.LazyRestorer); ok {
 		return lr.LazyFiles(dir)

@@ -582,7 +582,7 @@ func (s *Service) restoreVerified(ctx context.Context, b *box, sb *store.Sandbox
 		}
 		verified <- err
 	}()
-	inst, err := s.restore(rctx, sb)
+	inst, err := s.restore(rctx, sb, lazy)
 	if verr := <-verified; verr != nil {
 		return nil, verr
 	}
@@ -592,13 +592,16 @@ func (s *Service) restoreVerified(ctx context.Context, b *box, sb *store.Sandbox
 	return inst, err
 }
 
-// restore starts sb from its snapshot with its template's image.
-func (s *Service) restore(ctx context.Context, sb *store.Sandbox) (*runtime.Instance, error) {
+// restore starts sb from its snapshot with its template's image, loading
+// the lazy files after it returns.
+func (s *Service) restore(ctx context.Context, sb *store.Sandbox, lazy []string) (*runtime.Instance, error) {
 	img, err := s.image(ctx, baseOf(sb))
 	if err != nil {
 		return nil, err
 	}
-	return s.cfg.Driver.Restore(ctx, s.spec(sb, img), sb.SnapshotDir)
+	spec := s.spec(sb, img)
+	spec.LazyFiles = lazy
+	return s.cfg.Driver.Restore(ctx, spec, sb.SnapshotDir)
 }
 
 // Delete stops the sandbox and removes it with all its files.

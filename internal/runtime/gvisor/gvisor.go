@@ -301,7 +301,7 @@ func (d *Driver) Restore(ctx context.Context, spec runtime.Spec, dir string) (_ 
 	// With no container of that ID, `runsc restore` creates it from the
 	// bundle and restores into it in one go (no separate `runsc create`).
 	args := []string{"restore", "--detach", "--pid-file=" + d.pidPath(spec.ID), "--bundle=" + d.sandboxDir(spec.ID), "--image-path=" + dir}
-	args = append(args, lazyFlags(dir)...)
+	args = append(args, lazyFlags(dir, spec.LazyFiles)...)
 	if err := d.runWithConsole(ctx, spec.ID, flags, append(args, spec.ID)...); err != nil {
 		return nil, versionMismatch(err)
 	}
@@ -582,7 +582,7 @@ func (d *Driver) Alive(id string) (bool, error) {
 // 10 MB and 200 MB pauses took 77 and 166 ms buffered against 95 and 205 ms
 // direct, and the seal's read-back stays in RAM. A direct checkpoint is
 // read back with O_DIRECT too (package snapshot), and restored from the
-// disk with O_DIRECT (lazyFlags).
+// disk with O_DIRECT (LazyFiles).
 const defaultDirectCheckpointMiB = 512
 
 // largeMemory reports whether sandbox id uses at least DirectCheckpointMiB
@@ -610,46 +610,45 @@ const directPagesMin = 32 << 20
 // pagesFile is the checkpoint file of the sandbox's memory pages.
 const pagesFile = "pages.img"
 
-// lazyFlags are runsc restore's flags for the checkpoint in dir: for one
-// whose pages file is mostly not in the page cache (a snapshot paused a
-// while ago, or written with --direct), --background, so that the restore
-// returns once the kernel state is loaded and the pages go on loading while
-// the sandbox runs (pages it touches first); see docs/OPERATIONS.md for
-// what that gives and why it is not constant. A large one is read with
-// --direct too: through the page cache, runsc loaded such a file at 30-170
-// MB/s here, copying every page twice; with O_DIRECT at 360 MB/s a cold
-// 1 GB restore took 5.0-8.0 s instead of 22.8 s (loaded host,
+// LazyFiles implements runtime.LazyRestorer: the pages file of a
+// checkpoint mostly not in the page cache (a snapshot paused a while ago,
+// or written with --direct) is loaded after the restore returns (runsc
+// restore --background): it returns once the kernel state is loaded, and
+// the pages go on loading while the sandbox runs (pages it touches first);
+// see docs/OPERATIONS.md for what that gives and why it is not constant. A
+// large one is read with --direct too (lazyFlags), so only where the file
+// system allows O_DIRECT: through the page cache, runsc loaded such a file
+// at 30-170 MB/s here, copying every page twice; with O_DIRECT at 360 MB/s
+// a cold 1 GB restore took 5.0-8.0 s instead of 22.8 s (loaded host,
 // alternating), and without O_DIRECT --background was slower than a plain
 // restore. A cached file is restored plainly: runsc copies its pages
 // beside the kernel state's decode, on the other core, where --background
 // would copy them after it.
-func lazyFlags(dir string) []string {
+func (d *Driver) LazyFiles(dir string) []string {
 	f, err := os.Open(filepath.Join(dir, pagesFile))
 	if err != nil {
 		return nil
 	}
 	defer f.Close()
 	fi, err := f.Stat()
-	switch {
-	case err != nil || fsutil.MostlyCached(f, fi.Size()):
+	if err != nil || fsutil.MostlyCached(f, fi.Size()) ||
+		fi.Size() >= directPagesMin && !directIO(filepath.Dir(dir)) {
 		return nil
-	case fi.Size() < directPagesMin:
-		return []string{"--background"}
-	case directIO(filepath.Dir(dir)):
-		return []string{"--background", "--direct"}
 	}
-	return nil
+	return []string{pagesFile}
 }
 
-// LazyFiles implements runtime.LazyRestorer: a restore with --background
-// (lazyFlags) reads the pages file after the sandbox runs, and it is
-// checked once loaded: read beside the load, the check would take the disk
-// from the reads the sandbox waits for.
-func (d *Driver) LazyFiles(dir string) []string {
-	if len(lazyFlags(dir)) > 0 {
-		return []string{pagesFile}
+// lazyFlags are runsc restore's flags for the checkpoint in dir whose
+// files lazy load after the restore returns (LazyFiles decided it): the
+// pages file with --background, read with O_DIRECT if it is large.
+func lazyFlags(dir string, lazy []string) []string {
+	if !slices.Contains(lazy, pagesFile) {
+		return nil
 	}
-	return nil
+	if fi, err := os.Stat(filepath.Join(dir, pagesFile)); err == nil && fi.Size() >= directPagesMin {
+		return []string{"--background", "--direct"}
+	}
+	return []string{"--background"}
 }
 
 // WaitLoaded implements runtime.LazyRestorer: runsc's sandbox process

@@ -1190,8 +1190,10 @@ func TestCheckpointDirectAndBuffered(t *testing.T) {
 
 // A snapshot in the page cache is restored plainly; one that has left it
 // with runsc restore --background and O_DIRECT reads of its pages file
-// (lazyFlags). Either way the restored sandbox holds exactly the memory it
-// held when it was checkpointed.
+// (LazyFiles). Restore follows the caller's copy of that decision, not the
+// page cache it finds: the files the caller checks after the load are
+// exactly the ones loaded lazily. Either way the restored sandbox holds
+// exactly the memory it held when it was checkpointed.
 func TestRestoreHotAndColdSnapshotKeepsMemory(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
@@ -1212,11 +1214,12 @@ func TestRestoreHotAndColdSnapshotKeepsMemory(t *testing.T) {
 	if err := e.d.Destroy(ctx, spec.ID); err != nil {
 		t.Fatal(err)
 	}
-	if got := lazyFlags(img); got != nil {
-		t.Fatalf("restore flags of a snapshot just written through the page cache: %q, want none", got)
+	if got := e.d.LazyFiles(img); got != nil {
+		t.Fatalf("lazy files of a snapshot just written through the page cache: %q, want none", got)
 	}
-	restored := func(how string) {
+	restored := func(how string, lazy []string) {
 		t.Helper()
+		spec.LazyFiles = lazy
 		inst, err := e.d.Restore(ctx, spec, img)
 		if err != nil {
 			t.Fatal(err)
@@ -1228,22 +1231,49 @@ func TestRestoreHotAndColdSnapshotKeepsMemory(t *testing.T) {
 		if err != nil || got != want {
 			t.Fatalf("held memory after a %s restore: sha256 %q (%v), before %q", how, got, err, want)
 		}
+		if err := e.d.Destroy(ctx, spec.ID); err != nil {
+			t.Fatal(err)
+		}
 	}
-	restored("hot")
+	restored("hot", nil)
+	evict := func() {
+		for _, name := range []string{"pages.img", "checkpoint.img", "pages_meta.img"} {
+			f, err := os.Open(filepath.Join(img, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.Sync()
+			unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+			f.Close()
+		}
+	}
+	evict()
+	lazy := e.d.LazyFiles(img)
+	if !slices.Equal(lazy, []string{pagesFile}) {
+		t.Fatalf("lazy files of a cold snapshot: %q, want %s", lazy, pagesFile)
+	}
+	if got := lazyFlags(img, lazy); !slices.Equal(got, []string{"--background", "--direct"}) {
+		t.Fatalf("restore flags of a cold 48 MB snapshot: %q, want --background --direct", got)
+	}
+	restored("cold", lazy)
+	// Decided plain, a restore of a cold snapshot loads every page before
+	// it returns: nothing is left loading unchecked.
+	evict()
+	spec.LazyFiles = nil
+	inst, err = e.d.Restore(ctx, spec, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if HoldsPagesFile(inst.Pid) {
+		t.Fatal("a restore decided plain still loads the pages file after it returned")
+	}
 	if err := e.d.Destroy(ctx, spec.ID); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"pages.img", "checkpoint.img", "pages_meta.img"} {
-		f, err := os.Open(filepath.Join(img, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.Sync()
-		unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
-		f.Close()
+	// Decided lazy, a restore of a snapshot back in the page cache loads
+	// it lazily all the same, and keeps its memory.
+	if got := e.d.LazyFiles(img); got != nil {
+		t.Fatalf("lazy files of a snapshot read back into the page cache: %q, want none", got)
 	}
-	if got := lazyFlags(img); !slices.Equal(got, []string{"--background", "--direct"}) {
-		t.Fatalf("restore flags of a cold snapshot: %q, want --background --direct", got)
-	}
-	restored("cold")
+	restored("hot, decided lazy", lazy)
 }
