@@ -77,6 +77,9 @@ type Instance struct {
 	// Setup is how long Create or Restore took before the engine started
 	// (network link, bundle), for the caller's step timings.
 	Setup time.Duration
+	// RootFS is the image root it runs on, as List reports it ("" if the
+	// driver cannot tell).
+	RootFS string
 }
 
 // AgentAddr is the host:port at which the sandbox's agent is reachable.

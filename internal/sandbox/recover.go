@@ -52,6 +52,7 @@ func (s *Service) Recover(ctx context.Context) error {
 		}
 	}
 	s.removeOrphanSnapshots(known)
+	s.pruneRoots(running)
 	s.requeueUploads(ctx)
 	for _, sb := range own {
 		if sb.TeamID == buildTeam {

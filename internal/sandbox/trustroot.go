@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -17,6 +18,7 @@ import (
 
 	"github.com/stasis-sandbox/stasis/internal/agent"
 	"github.com/stasis-sandbox/stasis/internal/images"
+	"github.com/stasis-sandbox/stasis/internal/runtime"
 )
 
 // trustRoots gives sandboxes an image root with the egress CA already in
@@ -54,20 +56,10 @@ type imageRoot struct {
 // dir cannot be hard-linked) it returns the image itself and the error, once.
 // The agent then installs the CA at boot, as it always did.
 func (t *trustRoots) root(img *images.Image) (string, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(img.RootFS, &st); err != nil {
+	key, err := t.key(img)
+	if err != nil {
 		return img.RootFS, err // the driver reports it
 	}
-	// The image's identity includes its root directory's inode and mtime,
-	// so an image rebuilt at the same path gets a new tree.
-	h := sha256.New()
-	for _, s := range []string{img.RootFS, strconv.FormatUint(st.Dev, 10), strconv.FormatUint(st.Ino, 10),
-		strconv.FormatInt(st.Mtim.Nano(), 10), img.User, string(t.ca)} {
-		h.Write([]byte(s))
-		h.Write([]byte{0})
-	}
-	key := hex.EncodeToString(h.Sum(nil))[:20]
-
 	t.mu.Lock()
 	r := t.roots[key]
 	if r == nil {
@@ -97,6 +89,71 @@ func (t *trustRoots) root(img *images.Image) (string, error) {
 		return r.path, nil
 	}
 	return r.path, r.err
+}
+
+// key names img's tree. The image's identity includes its root
+// directory's inode and mtime, so an image rebuilt at the same path gets a
+// new tree.
+func (t *trustRoots) key(img *images.Image) (string, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(img.RootFS, &st); err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	for _, s := range []string{img.RootFS, strconv.FormatUint(st.Dev, 10), strconv.FormatUint(st.Ino, 10),
+		strconv.FormatInt(st.Mtim.Nano(), 10), img.User, string(t.ca)} {
+		h.Write([]byte(s))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil))[:20], nil
+}
+
+// goneSuffix marks a tree being removed (prune).
+const goneSuffix = ".gone"
+
+// prune removes the trees that root has not handed out in this process and
+// that keep (by key) does not claim: trees of images replaced or removed,
+// or of an egress CA no longer used, which would keep the old image's
+// files on disk through their links. A tree is first renamed away, under
+// t.mu: root never hands out a tree being removed (it builds the tree
+// anew), and one a crash left half-removed is never used, and is removed
+// by the next prune. A build's leftover (.tmp) goes the same way. It
+// returns the names of the trees removed.
+func (t *trustRoots) prune(keep func(key string) bool) ([]string, error) {
+	entries, err := os.ReadDir(t.dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	// A crash's leftovers first, so that the renames below find their
+	// names free.
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), goneSuffix) {
+			errs = append(errs, os.RemoveAll(filepath.Join(t.dir, e.Name())))
+		}
+	}
+	var gone []string
+	t.mu.Lock()
+	for _, e := range entries {
+		name := e.Name()
+		key := strings.TrimSuffix(name, ".tmp")
+		if strings.HasSuffix(name, goneSuffix) || t.roots[key] != nil || keep(key) {
+			continue
+		}
+		if err := os.Rename(filepath.Join(t.dir, name), filepath.Join(t.dir, name+goneSuffix)); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		gone = append(gone, name)
+	}
+	t.mu.Unlock()
+	for _, name := range gone {
+		errs = append(errs, os.RemoveAll(filepath.Join(t.dir, name+goneSuffix)))
+	}
+	return gone, errors.Join(errs...)
 }
 
 // build makes tree: it is complete or absent, also after a crash (made
@@ -188,4 +245,37 @@ func (s *Service) rootFS(img *images.Image) string {
 		s.log.Warn("sandboxes of this image get the egress CA from their agent, in their writable layer", "image", img.Name, "err", err)
 	}
 	return p
+}
+
+// pruneRoots removes the image roots (trustRoots.prune) that neither a
+// sandbox in running (from the driver's List) nor a built-in image as now
+// built uses. A paused sandbox needs none: a restore runs on its image's
+// current tree, built anew if it is gone.
+func (s *Service) pruneRoots(running []runtime.Instance) {
+	if s.roots == nil {
+		return
+	}
+	keep := map[string]bool{}
+	for _, inst := range running {
+		if inst.RootFS == "" {
+			s.log.Warn("image roots not pruned: the runtime does not tell which root a sandbox runs on", "sandbox", inst.ID)
+			return
+		}
+		// By name only: the data dir's path may have changed since.
+		keep[filepath.Base(inst.RootFS)] = true
+	}
+	for _, name := range images.Builtins() {
+		if img, err := s.cfg.Images.Get(name); err == nil {
+			if key, err := s.roots.key(img); err == nil {
+				keep[key] = true
+			}
+		}
+	}
+	removed, err := s.roots.prune(func(key string) bool { return keep[key] })
+	for _, name := range removed {
+		s.log.Info("removed an image root no sandbox uses", "root", filepath.Join(s.roots.dir, name))
+	}
+	if err != nil {
+		s.log.Warn("pruning image roots", "dir", s.roots.dir, "err", err)
+	}
 }

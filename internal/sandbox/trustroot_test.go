@@ -3,8 +3,10 @@ package sandbox
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -151,5 +153,67 @@ func TestTrustRootConcurrentCreates(t *testing.T) {
 	}
 	if trees, _ := os.ReadDir(tr.dir); len(trees) != 1 {
 		t.Errorf("%d entries in %s, want one tree", len(trees), tr.dir)
+	}
+}
+
+// prune removes the trees of images no longer in use, which keep the
+// image's files alive through their links, and a crash's leftovers; it
+// keeps the trees handed out by this process and those keep claims (a
+// running sandbox's). A pruned tree is built anew when its image is used
+// again.
+func TestTrustRootPrune(t *testing.T) {
+	base := t.TempDir()
+	dir := filepath.Join(base, "roots")
+	image := func(name string) *images.Image {
+		rootfs := filepath.Join(base, name, "rootfs")
+		makeFiles(t, rootfs, map[string]string{"/etc/passwd": "root:x:0:0:root:/root:/bin/bash\n", "/bin/sh": name})
+		return &images.Image{Name: name, RootFS: rootfs}
+	}
+	inUse, running, replaced := image("in-use"), image("running"), image("replaced")
+	// Trees of the process before a restart.
+	before := &trustRoots{dir: dir, ca: []byte(testCA)}
+	for _, img := range []*images.Image{running, replaced} {
+		if _, err := before.root(img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runningKey, _ := before.key(running)
+	replacedKey, _ := before.key(replaced)
+	// A crash's leftovers: a half-removed tree of the same name the prune
+	// renames replaced's to, and a half-built one.
+	makeFiles(t, dir, map[string]string{replacedKey + goneSuffix + "/bin/sh": "half removed", "0123456789abcdef0123.tmp/bin/sh": "half built"})
+
+	tr := &trustRoots{dir: dir, ca: []byte(testCA)}
+	inUseTree, err := tr.root(inUse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	removed, err := tr.prune(func(key string) bool { return key == runningKey })
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(removed)
+	if want := []string{"0123456789abcdef0123.tmp", replacedKey}; !slices.Equal(removed, want) {
+		t.Errorf("removed %v, want %v", removed, want)
+	}
+	var left []string
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		left = append(left, e.Name())
+	}
+	if want := []string{filepath.Base(inUseTree), runningKey}; !slices.Equal(left, slices.Sorted(slices.Values(want))) {
+		t.Errorf("left %v, want %v", left, want)
+	}
+	// The replaced image's files are linked from nowhere else now.
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(replaced.RootFS, "bin/sh"), &st); err != nil || st.Nlink != 1 {
+		t.Errorf("replaced image's file: %d links (%v), want 1", st.Nlink, err)
+	}
+	tree, err := tr.root(replaced)
+	if err != nil || tree != filepath.Join(dir, replacedKey) {
+		t.Fatalf("root of the pruned image: %s, %v", tree, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(tree, "bin/sh")); err != nil || string(b) != "replaced" {
+		t.Errorf("rebuilt tree's /bin/sh: %q, %v", b, err)
 	}
 }

@@ -556,6 +556,9 @@ func (d *Driver) List(ctx context.Context) ([]runtime.Instance, error) {
 		if l, ok := d.cfg.Net.Lookup(c.ID); ok {
 			inst.Addr = l.SandboxAddr
 		}
+		if b, err := d.readBundle(c.ID); err == nil {
+			inst.RootFS = b.Root.Path
+		}
 		out = append(out, inst)
 	}
 	return out, nil

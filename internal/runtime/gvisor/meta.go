@@ -40,20 +40,35 @@ func writeMeta(dir string, agent checkpointMeta) error {
 	return nil
 }
 
-// bundleAgent digests the agent binary named in id's current bundle.
-func (d *Driver) bundleAgent(id string) (checkpointMeta, error) {
+// bundle is what the driver reads back from a sandbox's config.json.
+type bundle struct {
+	Root struct {
+		Path string `json:"path"`
+	} `json:"root"`
+	Mounts []struct {
+		Destination string `json:"destination"`
+		Source      string `json:"source"`
+	} `json:"mounts"`
+}
+
+// readBundle reads id's current bundle.
+func (d *Driver) readBundle(id string) (*bundle, error) {
 	b, err := os.ReadFile(filepath.Join(d.sandboxDir(id), "config.json"))
 	if err != nil {
-		return checkpointMeta{}, fmt.Errorf("reading bundle: %w", err)
+		return nil, fmt.Errorf("reading bundle: %w", err)
 	}
-	var spec struct {
-		Mounts []struct {
-			Destination string `json:"destination"`
-			Source      string `json:"source"`
-		} `json:"mounts"`
-	}
+	var spec bundle
 	if err := json.Unmarshal(b, &spec); err != nil {
-		return checkpointMeta{}, fmt.Errorf("parsing bundle: %w", err)
+		return nil, fmt.Errorf("parsing bundle: %w", err)
+	}
+	return &spec, nil
+}
+
+// bundleAgent digests the agent binary named in id's current bundle.
+func (d *Driver) bundleAgent(id string) (checkpointMeta, error) {
+	spec, err := d.readBundle(id)
+	if err != nil {
+		return checkpointMeta{}, err
 	}
 	for _, m := range spec.Mounts {
 		if m.Destination == runtime.AgentMountPath {

@@ -28,6 +28,7 @@ const StateFile = "sim-state"
 type instance struct {
 	tokenHash string // hex SHA-256 of the agent token it accepts
 	frozen    bool
+	rootFS    string
 }
 
 // Driver is the simulated runtime. Every instance has the driver's one
@@ -92,7 +93,7 @@ func (d *Driver) start(spec runtime.Spec) (*runtime.Instance, error) {
 	if old, ok := d.insts[spec.ID]; ok {
 		delete(d.byTok, old.tokenHash)
 	}
-	d.insts[spec.ID] = &instance{tokenHash: h}
+	d.insts[spec.ID] = &instance{tokenHash: h, rootFS: spec.RootFS}
 	d.byTok[h] = spec.ID
 	return &runtime.Instance{ID: spec.ID, Addr: d.addr}, nil
 }
@@ -164,7 +165,7 @@ func (d *Driver) List(ctx context.Context) ([]runtime.Instance, error) {
 	defer d.mu.Unlock()
 	out := make([]runtime.Instance, 0, len(d.insts))
 	for id, in := range d.insts {
-		out = append(out, runtime.Instance{ID: id, Addr: d.addr, Frozen: in.frozen})
+		out = append(out, runtime.Instance{ID: id, Addr: d.addr, Frozen: in.frozen, RootFS: in.rootFS})
 	}
 	return out, nil
 }
