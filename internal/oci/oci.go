@@ -339,6 +339,23 @@ func refDesc(r name.Reference) string {
 	return r.String()
 }
 
+// Cached returns the images in the cache, complete ones only, without a
+// reference (Ref is empty).
+func (p *Puller) Cached() []*Image {
+	entries, _ := os.ReadDir(p.dir)
+	var out []*Image
+	for _, e := range entries {
+		algo, hex, ok := strings.Cut(e.Name(), "-") // slug
+		if !ok {
+			continue
+		}
+		if img, err := p.load(algo+":"+hex, ""); err == nil {
+			out = append(out, img)
+		}
+	}
+	return out
+}
+
 // errNotCached is returned by load for an image that is not (completely) in
 // the cache.
 var errNotCached = errors.New("image not cached")

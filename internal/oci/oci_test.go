@@ -353,6 +353,9 @@ func TestPullCached(t *testing.T) {
 	if blobs, _ := reg.counts(); img3.RootFS != img.RootFS || len(blobs) != 0 {
 		t.Errorf("same image, other tag: %s, blobs %v", img3.RootFS, blobs)
 	}
+	if cached := NewPuller(cache).Cached(); len(cached) != 1 || cached[0].RootFS != img.RootFS || cached[0].Digest != digest || cached[0].User != img.User {
+		t.Errorf("cached images %+v, want the one pulled", cached)
+	}
 }
 
 // TestPullConcurrent pulls one image from many goroutines, each with its own

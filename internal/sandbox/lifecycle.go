@@ -12,6 +12,7 @@ import (
 	"github.com/stasis-sandbox/stasis/internal/failpoint"
 	"github.com/stasis-sandbox/stasis/internal/images"
 	"github.com/stasis-sandbox/stasis/internal/objstore"
+	"github.com/stasis-sandbox/stasis/internal/oci"
 	"github.com/stasis-sandbox/stasis/internal/runtime"
 	"github.com/stasis-sandbox/stasis/internal/snapshot"
 	"github.com/stasis-sandbox/stasis/internal/store"
@@ -150,7 +151,7 @@ func (s *Service) image(ctx context.Context, name string) (*images.Image, error)
 		if err != nil {
 			return nil, err
 		}
-		return &images.Image{Name: name, RootFS: oi.RootFS, User: oi.User, Workdir: oi.Workdir, Env: oi.Env}, nil
+		return ociImage(name, oi), nil
 	}
 	img, err := s.cfg.Images.Get(name)
 	if errors.Is(err, images.ErrUnknown) {
@@ -164,6 +165,11 @@ func (s *Service) image(ctx context.Context, name string) (*images.Image, error)
 		return nil, fmt.Errorf("template %s: %w", name, err)
 	}
 	return img, nil
+}
+
+// ociImage is the image the sandboxes of the pulled OCI image oi run on.
+func ociImage(name string, oi *oci.Image) *images.Image {
+	return &images.Image{Name: name, RootFS: oi.RootFS, User: oi.User, Workdir: oi.Workdir, Env: oi.Env}
 }
 
 func (s *Service) waitReady(ctx context.Context, c *agentclient.Client) error {

@@ -248,9 +248,10 @@ func (s *Service) rootFS(img *images.Image) string {
 }
 
 // pruneRoots removes the image roots (trustRoots.prune) that neither a
-// sandbox in running (from the driver's List) nor a built-in image as now
-// built uses. A paused sandbox needs none: a restore runs on its image's
-// current tree, built anew if it is gone.
+// sandbox in running (from the driver's List) nor an image on disk now (a
+// built-in one as now built, a pulled OCI one) uses. A paused sandbox
+// needs none: a restore runs on its image's current tree, built anew if it
+// is gone.
 func (s *Service) pruneRoots(running []runtime.Instance) {
 	if s.roots == nil {
 		return
@@ -264,11 +265,20 @@ func (s *Service) pruneRoots(running []runtime.Instance) {
 		// By name only: the data dir's path may have changed since.
 		keep[filepath.Base(inst.RootFS)] = true
 	}
+	var imgs []*images.Image
 	for _, name := range images.Builtins() {
 		if img, err := s.cfg.Images.Get(name); err == nil {
-			if key, err := s.roots.key(img); err == nil {
-				keep[key] = true
-			}
+			imgs = append(imgs, img)
+		}
+	}
+	if s.cfg.OCI != nil {
+		for _, oi := range s.cfg.OCI.Cached() {
+			imgs = append(imgs, ociImage("", oi))
+		}
+	}
+	for _, img := range imgs {
+		if key, err := s.roots.key(img); err == nil {
+			keep[key] = true
 		}
 	}
 	removed, err := s.roots.prune(func(key string) bool { return keep[key] })

@@ -71,3 +71,32 @@ func TestRestartPrunesUnusedImageRoots(t *testing.T) {
 		t.Fatalf("roots after a restart with only the new CA's sandbox: %v, want its tree, not %s", got, old[0])
 	}
 }
+
+// TestRestartKeepsPulledImageRoots: the tree of an OCI image still in the
+// pull cache is kept across a restart with no sandbox on it, so that the
+// next sandbox of a template built from it does not wait for it again.
+func TestRestartKeepsPulledImageRoots(t *testing.T) {
+	host, _ := testenv.StartRegistry(t)
+	ref := pushBusyboxImage(t, host)
+	srv := testenv.StartServer(t)
+	var created struct {
+		ID      string
+		BuildID string `json:"build_id"`
+	}
+	if err := srv.Do("POST", "/templates", map[string]any{"name": "pulled", "build_spec": map[string]any{"from": ref}}, &created); err != nil {
+		t.Fatalf("create template: %v", err)
+	}
+	if b := waitBuild(t, srv, created.ID, created.BuildID); b.Status != "ready" {
+		t.Fatalf("build %s: %s", b.Status, b.ErrorMessage)
+	}
+	roots := filepath.Join(srv.DataDir(), "roots")
+	before, err := os.ReadDir(roots)
+	if err != nil || len(before) != 1 {
+		t.Fatalf("roots after the build: %v (%v), want the pulled image's tree", before, err)
+	}
+	srv.Restart()
+	after, err := os.ReadDir(roots)
+	if err != nil || len(after) != 1 || after[0].Name() != before[0].Name() {
+		t.Fatalf("roots after a restart: %v (%v), want %s kept", after, err, before[0].Name())
+	}
+}
