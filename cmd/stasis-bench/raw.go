@@ -260,7 +260,7 @@ func (b *rawBox) deleteStopped(ctx context.Context) error {
 		return err
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for len(runscProcs(b.env.root, b.ID)) > 0 {
+	for len(gvisor.RunscProcesses(b.env.root, b.ID)) > 0 {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("runsc processes of %s still alive", b.ID)
 		}
@@ -297,7 +297,7 @@ func (b *rawBox) destroy(ctx context.Context) error {
 
 // sandboxPid is the host PID of the container's runsc-sandbox process.
 func (b *rawBox) sandboxPid() (int, error) {
-	for _, p := range runscProcs(b.env.root, b.ID) {
+	for _, p := range gvisor.RunscProcesses(b.env.root, b.ID) {
 		if strings.HasPrefix(procCmdline(p), "runsc-sandbox") {
 			return p, nil
 		}

@@ -21,6 +21,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/stasis-sandbox/stasis/internal/runtime/gvisor"
 )
 
 // server is a stasisd the harness started for itself: free loopback port,
@@ -437,7 +439,7 @@ func (b *box) readFile(ctx context.Context, path string) (int64, error) {
 
 // sandboxPid returns the host PID of the runsc-sandbox process of id.
 func (s *server) sandboxPid(id string) (int, error) {
-	pids := runscProcs(filepath.Join(s.dataDir, "runsc"), id)
+	pids := gvisor.RunscProcesses(filepath.Join(s.dataDir, "runsc"), id)
 	for _, p := range pids {
 		if strings.HasPrefix(procCmdline(p), "runsc-sandbox") {
 			return p, nil

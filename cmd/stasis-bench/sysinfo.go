@@ -195,34 +195,6 @@ func procCmdline(pid int) string {
 	return strings.ReplaceAll(strings.TrimRight(string(b), "\x00"), "\x00", " ")
 }
 
-// runscProcs returns the PIDs of runsc processes run with --root=root whose
-// last argument is id (the sandbox, its gofer, runsc commands), as the
-// gVisor driver finds them.
-func runscProcs(root, id string) []int {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	rootFlag := "--root=" + root
-	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err != nil || len(b) == 0 {
-			continue
-		}
-		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		if args[len(args)-1] != id || !slices.Contains(args, rootFlag) {
-			continue
-		}
-		pids = append(pids, pid)
-	}
-	return pids
-}
-
 // SandboxMem is the host memory one sandbox holds.
 type SandboxMem struct {
 	PssMiB    float64 // sum of PSS of every process in the sandbox's cgroup

@@ -450,14 +450,18 @@ func (d *Driver) waitGone(ctx context.Context, id string) error {
 }
 
 // Processes returns the PIDs of live host processes that belong to sandbox
-// id: every runsc process (sandbox, gofer, command) run with this driver's
-// root dir whose last argument is id. Zombies are not counted.
-func (d *Driver) Processes(id string) []int {
+// id (RunscProcesses with this driver's root dir).
+func (d *Driver) Processes(id string) []int { return RunscProcesses(d.cfg.RootDir, id) }
+
+// RunscProcesses returns the PIDs of live host processes that belong to
+// sandbox id: every runsc process (sandbox, gofer, command) run with
+// --root=root whose last argument is id. Zombies are not counted.
+func RunscProcesses(root, id string) []int {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil
 	}
-	rootFlag := "--root=" + d.cfg.RootDir
+	rootFlag := "--root=" + root
 	var pids []int
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
