@@ -1191,14 +1191,16 @@ func TestCheckpointDirectAndBuffered(t *testing.T) {
 // A snapshot in the page cache is restored plainly; one that has left it
 // with runsc restore --background and O_DIRECT reads of its pages file
 // (LazyFiles). Restore follows the caller's copy of that decision, not the
-// page cache it finds: the files the caller checks after the load are
-// exactly the ones loaded lazily. Either way the restored sandbox holds
-// exactly the memory it held when it was checkpointed.
+// page cache it finds then (runsc's flags, from its debug log): the files
+// the caller checks after the load are exactly the ones loaded lazily.
+// Either way the restored sandbox holds exactly the memory it held when it
+// was checkpointed.
 func TestRestoreHotAndColdSnapshotKeepsMemory(t *testing.T) {
 	e := newEnv(t)
+	d, logs := e.debugDriver(t)
 	ctx := context.Background()
 	spec := e.spec("cold")
-	inst, err := e.d.Create(ctx, spec)
+	inst, err := d.Create(ctx, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1208,19 +1210,20 @@ func TestRestoreHotAndColdSnapshotKeepsMemory(t *testing.T) {
 		t.Fatalf("hold: %q, %v", want, err)
 	}
 	img := t.TempDir()
-	if err := e.d.Checkpoint(ctx, spec.ID, img); err != nil {
+	if err := d.Checkpoint(ctx, spec.ID, img); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.d.Destroy(ctx, spec.ID); err != nil {
+	if err := d.Destroy(ctx, spec.ID); err != nil {
 		t.Fatal(err)
 	}
-	if got := e.d.LazyFiles(img); got != nil {
+	if got := d.LazyFiles(img); got != nil {
 		t.Fatalf("lazy files of a snapshot just written through the page cache: %q, want none", got)
 	}
-	restored := func(how string, lazy []string) {
+	restored := func(how string, lazy []string, wantFlags ...string) {
 		t.Helper()
+		before := restoreLogs(t, filepath.Join(logs, spec.ID))
 		spec.LazyFiles = lazy
-		inst, err := e.d.Restore(ctx, spec, img)
+		inst, err := d.Restore(ctx, spec, img)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1231,8 +1234,27 @@ func TestRestoreHotAndColdSnapshotKeepsMemory(t *testing.T) {
 		if err != nil || got != want {
 			t.Fatalf("held memory after a %s restore: sha256 %q (%v), before %q", how, got, err, want)
 		}
-		if err := e.d.Destroy(ctx, spec.ID); err != nil {
+		if err := d.Destroy(ctx, spec.ID); err != nil {
 			t.Fatal(err)
+		}
+		after := restoreLogs(t, filepath.Join(logs, spec.ID))
+		if len(after) != len(before)+1 {
+			t.Fatalf("runsc restore logs %v, then %v: want one more", before, after)
+		}
+		b, err := os.ReadFile(filepath.Join(logs, spec.ID, after[len(after)-1]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, args, _ := strings.Cut(string(b), "] Args: [")
+		args, _, _ = strings.Cut(args, "]\n")
+		var flags []string
+		for _, f := range []string{"--background", "--direct"} {
+			if slices.Contains(strings.Fields(args), f) {
+				flags = append(flags, f)
+			}
+		}
+		if !slices.Equal(flags, wantFlags) {
+			t.Fatalf("a %s restore ran runsc restore with %q, want %q", how, flags, wantFlags)
 		}
 	}
 	restored("hot", nil)
@@ -1248,32 +1270,32 @@ func TestRestoreHotAndColdSnapshotKeepsMemory(t *testing.T) {
 		}
 	}
 	evict()
-	lazy := e.d.LazyFiles(img)
+	lazy := d.LazyFiles(img)
 	if !slices.Equal(lazy, []string{pagesFile}) {
 		t.Fatalf("lazy files of a cold snapshot: %q, want %s", lazy, pagesFile)
 	}
-	if got := lazyFlags(img, lazy); !slices.Equal(got, []string{"--background", "--direct"}) {
-		t.Fatalf("restore flags of a cold 48 MB snapshot: %q, want --background --direct", got)
-	}
-	restored("cold", lazy)
-	// Decided plain, a restore of a cold snapshot loads every page before
-	// it returns: nothing is left loading unchecked.
+	restored("cold", lazy, "--background", "--direct")
 	evict()
-	spec.LazyFiles = nil
-	inst, err = e.d.Restore(ctx, spec, img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if HoldsPagesFile(inst.Pid) {
-		t.Fatal("a restore decided plain still loads the pages file after it returned")
-	}
-	if err := e.d.Destroy(ctx, spec.ID); err != nil {
-		t.Fatal(err)
-	}
-	// Decided lazy, a restore of a snapshot back in the page cache loads
-	// it lazily all the same, and keeps its memory.
-	if got := e.d.LazyFiles(img); got != nil {
+	restored("cold, decided plain", nil)
+	if got := d.LazyFiles(img); got != nil {
 		t.Fatalf("lazy files of a snapshot read back into the page cache: %q, want none", got)
 	}
-	restored("hot, decided lazy", lazy)
+	restored("hot, decided lazy", lazy, "--background", "--direct")
+}
+
+// restoreLogs names the debug logs of runsc restore commands in dir.
+func restoreLogs(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, en := range ents {
+		if strings.Contains(en.Name(), ".restore.") {
+			names = append(names, en.Name())
+		}
+	}
+	slices.Sort(names)
+	return names
 }
