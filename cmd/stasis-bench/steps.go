@@ -32,6 +32,16 @@ func (s *server) lastSteps(msg, id string) map[string]time.Duration {
 	return nil
 }
 
+// stepsTotal is the sum of the step timings m (stasisd's total, up to
+// rounding).
+func stepsTotal(m map[string]time.Duration) time.Duration {
+	var t time.Duration
+	for _, d := range m {
+		t += d
+	}
+	return t
+}
+
 // steps gathers the step timings of one measurement, so that its row says
 // where stasis's time went (the create and resume log lines' breakdown).
 type steps map[string]*durations

@@ -221,14 +221,19 @@ func (c *Client) WaitReady(ctx context.Context) error {
 // runs, its network is back, and so is the agent's listening socket (it
 // closes with the agent). Health would also wait for the restored agent's
 // first run inside gVisor, 7-15 ms more than later answers, which the first
-// real request waits for anyway.
+// real request waits for anyway. The connection that proved it is kept for
+// the next exec (see warmConns): closing it cost the restored agent an
+// accept, a read and a close in its first run, and the first command a
+// handshake of its own.
 func (c *Client) WaitListening(ctx context.Context) error {
 	return poll(ctx, func(ctx context.Context) error {
-		conn, err := c.dialer.DialContext(ctx, "tcp", *c.addr.Load())
+		addr := *c.addr.Load()
+		conn, err := c.dialer.DialContext(ctx, "tcp", addr)
 		if err != nil {
-			return fmt.Errorf("agent %s: %w", *c.addr.Load(), err)
+			return fmt.Errorf("agent %s: %w", addr, err)
 		}
-		return conn.Close()
+		c.warm.keep(conn, addr)
+		return nil
 	})
 }
 

@@ -123,6 +123,25 @@ func (w *warmConns) dial(d *net.Dialer, addr string, gen uint64) {
 		conn.Close()
 		return
 	}
+	w.hold(conn, addr)
+}
+
+// keep makes conn, dialed to addr for another purpose and not used, the
+// warm connection, unless there is one already or one is being dialed.
+func (w *warmConns) keep(conn net.Conn, addr string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.conn != nil || w.dialing != nil {
+		conn.Close()
+		return
+	}
+	w.cancelPending()
+	w.hold(conn, addr)
+}
+
+// hold makes conn the warm connection until warmMaxAge. Called with w.mu
+// held and no warm connection.
+func (w *warmConns) hold(conn net.Conn, addr string) {
 	w.conn, w.addr = conn, addr
 	w.expiry = time.AfterFunc(warmMaxAge, func() {
 		w.mu.Lock()

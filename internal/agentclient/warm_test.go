@@ -91,6 +91,20 @@ func TestExecUsesConnectionDialedAhead(t *testing.T) {
 	}
 }
 
+// The connection that proved a restored agent listening is the first
+// command's: the agent accepts one connection for both, not two.
+func TestExecUsesConnectionOfWaitListening(t *testing.T) {
+	c, ln := startCountedAgent(t)
+	if err := c.WaitListening(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the probe accepted", func() bool { return ln.accepted() == 1 })
+	runEcho(t, c, "one")
+	if n := ln.accepted(); n != 1 {
+		t.Fatalf("WaitListening and the first command made the agent accept %d connections, want 1 (the command should use the probe's)", n)
+	}
+}
+
 // A connection dialed ahead that the agent has closed meanwhile (its header
 // timeout, a restart) is not used: the command dials a new one.
 func TestExecSkipsConnectionClosedByAgent(t *testing.T) {
