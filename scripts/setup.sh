@@ -27,9 +27,9 @@ RUNSC_MODULE="gvisor.dev/gvisor@v0.0.0-20260905035102-160fafc42237"
 # The pinned commit plus patches/gvisor. -pN counts revisions of the patch
 # set: bump it with every change to patches/gvisor, so that a machine with an
 # older patched build rebuilds (-p1, the reverted first version, could hang a
-# plain restore; -p3 adds 0002, -p4 0003, -p5 0004, -p6 0005 and 0006). runsc refuses to restore a checkpoint taken
+# plain restore; -p3 adds 0002, -p4 0003, -p5 0004, -p6 0005 and 0006, -p7 0007). runsc refuses to restore a checkpoint taken
 # by a runsc of another version string.
-RUNSC_VERSION="stasis-20260905-160fafc42237-p6"
+RUNSC_VERSION="stasis-20260905-160fafc42237-p7"
 RUNSC_DIR="${STASIS_RUNSC_DIR:-$ROOT/.cache/runsc}"
 DEFAULT_RUNSC="$RUNSC_DIR/bin/runsc"
 RUNSC="${STASIS_RUNSC:-${RUNSC:-$DEFAULT_RUNSC}}"
