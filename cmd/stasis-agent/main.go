@@ -153,15 +153,11 @@ func run(logger *log.Logger) error {
 // keeps stray signals from killing the agent.
 func handleSignals(logger *log.Logger, srv *agent.Server, pid1 bool) {
 	if pid1 {
-		// Init must not die of a stray signal. The agent's runtime
-		// (patches/go) leaves all but the signals it needs itself at the
-		// kernel's default until notified, which for these is to end the
-		// process (Go's own handler exits on SIGHUP, and on SIGPIPE for
-		// stderr). Notify rather than Ignore: ignored dispositions would
-		// be inherited by every command.
+		// Go exits on SIGHUP, SIGUSR1/2 and, for stderr, SIGPIPE; init must
+		// not die of a stray signal. Notify rather than Ignore: ignored
+		// dispositions would be inherited by every command.
 		stray := make(chan os.Signal, 8)
-		signal.Notify(stray, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGPIPE,
-			syscall.SIGALRM, syscall.SIGIO, syscall.SIGPWR, syscall.SIGXCPU, syscall.SIGXFSZ, syscall.SIGVTALRM)
+		signal.Notify(stray, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGPIPE)
 		go func() {
 			for range stray {
 			}

@@ -9,12 +9,12 @@ import (
 	"github.com/stasis-sandbox/stasis/internal/testenv"
 )
 
-// The agent's runtime installs Go's signal handlers at start only for the
-// signals it needs itself (patches/go, checked in cmd/stasis-agent's
-// TestRuntimeSignalsAtStart); the agent takes the rest with signal.Notify
-// before its first command runs. From then on a stray signal from a
-// command does not end PID 1, and its reaper (SIGCHLD) reaps orphans.
-// gVisor's /proc shows no SigCgt, so this checks what the signals do.
+// A stray signal from a command does not end PID 1 (the agent notifies
+// itself of the ones Go would exit on; its runtime, patches/go, leaves only
+// the real-time signals, SIGPROF and SIGWINCH at their defaults), and its
+// reaper (SIGCHLD) reaps orphans. gVisor's /proc shows no SigCgt, hence
+// what the signals do; cmd/stasis-agent's TestRuntimeSignalsAtStart checks
+// the handlers on the host.
 func TestAgentSignals(t *testing.T) {
 	srv := testenv.StartServer(t)
 	c, _ := createMinimal(t, srv, "agent-signals")
