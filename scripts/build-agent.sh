@@ -19,7 +19,7 @@ trap 'rm -rf "$work"' EXIT
 
 overlay=() replace="" why=""
 for p in "$ROOT"/patches/go/*.patch; do
-	read -r want file sum < <(sed -n 's/^Applies to: \([^ ]*\) \([^ ]*\) sha256 \([0-9a-f]*\)$/\1 \2 \3/p' "$p")
+	read -r want file sum < <(sed -n 's/^Applies to: \([^ ]*\) \([^ ]*\) sha256 \([0-9a-f]*\)$/\1 \2 \3/p' "$p") || true # no such line: "for ", below
 	if [ "$version" != "$want" ]; then
 		why="$(basename "$p") is for $want, this is $version"
 		break
