@@ -27,7 +27,7 @@ setup:
 build:
 	$(GOBUILD) -o bin/stasisd ./cmd/stasisd
 	$(GOBUILD) -o bin/stasis ./cmd/stasis
-	$(GOBUILD) -o bin/stasis-agent ./cmd/stasis-agent
+	GO=$(GO) scripts/build-agent.sh bin/stasis-agent
 	$(GOBUILD) -o bin/stasis-applets ./cmd/stasis-applets
 
 test: setup build

@@ -284,6 +284,9 @@ func buildBinaries(ctx context.Context, cfg *Config) (dir string, err error) {
 	}
 	for _, name := range []string{"stasisd", "stasis-agent"} {
 		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", filepath.Join(dir, name), "./cmd/"+name)
+		if name == "stasis-agent" { // its runtime patched, as make build does
+			cmd = exec.CommandContext(ctx, "scripts/build-agent.sh", filepath.Join(dir, name))
+		}
 		cmd.Dir = cfg.RepoRoot
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
