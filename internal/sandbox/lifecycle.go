@@ -226,10 +226,13 @@ func (s *Service) Pause(ctx context.Context, teamID, id string) (*store.Sandbox,
 // disk, and a resume meanwhile (or within WarmWindow) is a thaw.
 func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) error {
 	start := time.Now()
+	var st pauseSteps
+	st.last = start
 	// Memory that was loaded lazily is checked before it is checkpointed.
 	if err := s.settleLoading(ctx, b, sb.ID); err != nil {
 		return err
 	}
+	st.settle = st.lap()
 	why := "the sandbox was paused"
 	if sb.PauseAt != nil && !sb.PauseAt.After(start) && sb.TimeoutSeconds != nil {
 		// Due: this is the timeout's pause (see fireTimer).
@@ -240,8 +243,9 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 		s.settleInterruptedLater(sb.ID, "pause", err) // the update may have committed
 		return err
 	}
+	st.before = st.lap()
 	failpoint.Hit("pause.before-freeze")
-	if err := s.freezeForCheckpoint(ctx, b.agent, sb.ID); err != nil {
+	if err := s.freezeForCheckpoint(ctx, b.agent, sb.ID, &st); err != nil {
 		return s.pauseFailed(ctx, b, sb, "freeze", err)
 	}
 	dir, err := s.snaps.BeginInPlace(sb.ID)
@@ -255,6 +259,7 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 		os.RemoveAll(dir)
 		return s.pauseFailed(ctx, b, sb, "checkpoint", err)
 	}
+	st.checkpoint = st.lap()
 	failpoint.Hit("pause.after-checkpoint")
 	old := sb.SnapshotDir
 	sb.SnapshotDir, sb.SnapshotBytes = dir, snapshot.Size(dir)
@@ -264,6 +269,7 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 		s.settleInterruptedLater(sb.ID, "pause", err)
 		return err
 	}
+	st.record = st.lap()
 	failpoint.Hit("pause.after-record")
 	b.endSessions(why)
 	if old != "" && old != dir {
@@ -276,8 +282,24 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 	s.background.Add(1)
 	go s.seal(sb.ID, b, sl)
 	s.metrics.Observe("pause", time.Since(start))
-	s.log.Info("sandbox paused", "sandbox", sb.ID, "bytes", sb.SnapshotBytes, "ms", time.Since(start).Milliseconds())
+	s.log.Info("sandbox paused", "sandbox", sb.ID, "bytes", sb.SnapshotBytes, "ms", time.Since(start).Milliseconds(),
+		"settle_ms", ms(st.settle), "before_ms", ms(st.before), "quiesce_ms", ms(st.quiesce), "freeze_ms", ms(st.freeze),
+		"checkpoint_ms", ms(st.checkpoint), "record_ms", ms(st.record), "after_ms", ms(time.Since(st.last)))
 	return nil
+}
+
+// pauseSteps times a pause's steps for its log line (the bench reads it).
+type pauseSteps struct {
+	last                                                time.Time
+	settle, before, quiesce, freeze, checkpoint, record time.Duration
+}
+
+// lap returns the time since the last lap (or the start) and starts the next.
+func (st *pauseSteps) lap() time.Duration {
+	now := time.Now()
+	d := now.Sub(st.last)
+	st.last = now
+	return d
 }
 
 // quiesceTimeout bounds the agent's tidying before a checkpoint; it is
@@ -287,7 +309,8 @@ const quiesceTimeout = 2 * time.Second
 // freezeForCheckpoint freezes sandbox id for a checkpoint, after its agent
 // (if it has one) dropped what it can rebuild: each process is a host
 // process to recreate and state to load at every restore of the snapshot.
-func (s *Service) freezeForCheckpoint(ctx context.Context, agent *agentclient.Client, id string) error {
+// st, if not nil, gets the two steps' times.
+func (s *Service) freezeForCheckpoint(ctx context.Context, agent *agentclient.Client, id string, st *pauseSteps) error {
 	if agent != nil {
 		qctx, cancel := context.WithTimeout(ctx, quiesceTimeout)
 		if err := agent.Quiesce(qctx); err != nil {
@@ -295,7 +318,14 @@ func (s *Service) freezeForCheckpoint(ctx context.Context, agent *agentclient.Cl
 		}
 		cancel()
 	}
-	return s.cfg.Driver.Freeze(ctx, id)
+	if st != nil {
+		st.quiesce = st.lap()
+	}
+	err := s.cfg.Driver.Freeze(ctx, id)
+	if st != nil {
+		st.freeze = st.lap()
+	}
+	return err
 }
 
 // sealing is a paused sandbox's checkpoint being sealed in the background.
