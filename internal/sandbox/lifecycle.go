@@ -239,15 +239,24 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 		why = fmt.Sprintf("the sandbox reached its timeout (%s of active time) and was paused",
 			time.Duration(*sb.TimeoutSeconds)*time.Second)
 	}
-	if err := s.setStatus(ctx, sb, store.StatusPausing, ""); err != nil {
-		s.settleInterruptedLater(sb.ID, "pause", err) // the update may have committed
+	// The pausing record's commit (an fsync) and the agent's tidying up
+	// overlap; both are done before the freeze. If the record fails, the
+	// agent merely dropped what it rebuilds at its next command.
+	id := sb.ID
+	recorded := make(chan error, 1)
+	go func() { recorded <- s.setStatus(ctx, sb, store.StatusPausing, "") }()
+	s.quiesce(ctx, b.agent, id)
+	st.quiesce = st.lap()
+	if err := <-recorded; err != nil {
+		s.settleInterruptedLater(id, "pause", err) // the update may have committed
 		return err
 	}
 	st.before = st.lap()
 	failpoint.Hit("pause.before-freeze")
-	if err := s.freezeForCheckpoint(ctx, b.agent, sb.ID, &st); err != nil {
+	if err := s.cfg.Driver.Freeze(ctx, id); err != nil {
 		return s.pauseFailed(ctx, b, sb, "freeze", err)
 	}
+	st.freeze = st.lap()
 	dir, err := s.snaps.BeginInPlace(sb.ID)
 	if err != nil {
 		return s.pauseFailed(ctx, b, sb, "snapshot_dir", err)
@@ -283,12 +292,13 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 	go s.seal(sb.ID, b, sl)
 	s.metrics.Observe("pause", time.Since(start))
 	s.log.Info("sandbox paused", "sandbox", sb.ID, "bytes", sb.SnapshotBytes, "ms", time.Since(start).Milliseconds(),
-		"settle_ms", ms(st.settle), "before_ms", ms(st.before), "quiesce_ms", ms(st.quiesce), "freeze_ms", ms(st.freeze),
+		"settle_ms", ms(st.settle), "quiesce_ms", ms(st.quiesce), "before_ms", ms(st.before), "freeze_ms", ms(st.freeze),
 		"checkpoint_ms", ms(st.checkpoint), "record_ms", ms(st.record), "after_ms", ms(time.Since(st.last)))
 	return nil
 }
 
-// pauseSteps times a pause's steps for its log line (the bench reads it).
+// pauseSteps times a pause's steps for its log line (the bench reads it);
+// before is the wait for the pausing record beyond the quiesce.
 type pauseSteps struct {
 	last                                                time.Time
 	settle, before, quiesce, freeze, checkpoint, record time.Duration
@@ -307,25 +317,24 @@ func (st *pauseSteps) lap() time.Duration {
 const quiesceTimeout = 2 * time.Second
 
 // freezeForCheckpoint freezes sandbox id for a checkpoint, after its agent
-// (if it has one) dropped what it can rebuild: each process is a host
-// process to recreate and state to load at every restore of the snapshot.
-// st, if not nil, gets the two steps' times.
-func (s *Service) freezeForCheckpoint(ctx context.Context, agent *agentclient.Client, id string, st *pauseSteps) error {
-	if agent != nil {
-		qctx, cancel := context.WithTimeout(ctx, quiesceTimeout)
-		if err := agent.Quiesce(qctx); err != nil {
-			s.log.Warn("agent could not tidy up before the checkpoint", "sandbox", id, "err", err)
-		}
-		cancel()
+// (if it has one) dropped what it can rebuild (quiesce).
+func (s *Service) freezeForCheckpoint(ctx context.Context, agent *agentclient.Client, id string) error {
+	s.quiesce(ctx, agent, id)
+	return s.cfg.Driver.Freeze(ctx, id)
+}
+
+// quiesce has sandbox id's agent (if it has one) drop what it can rebuild:
+// each process is a host process to recreate and state to load at every
+// restore of the snapshot.
+func (s *Service) quiesce(ctx context.Context, agent *agentclient.Client, id string) {
+	if agent == nil {
+		return
 	}
-	if st != nil {
-		st.quiesce = st.lap()
+	qctx, cancel := context.WithTimeout(ctx, quiesceTimeout)
+	defer cancel()
+	if err := agent.Quiesce(qctx); err != nil {
+		s.log.Warn("agent could not tidy up before the checkpoint", "sandbox", id, "err", err)
 	}
-	err := s.cfg.Driver.Freeze(ctx, id)
-	if st != nil {
-		st.freeze = st.lap()
-	}
-	return err
 }
 
 // sealing is a paused sandbox's checkpoint being sealed in the background.

@@ -49,7 +49,7 @@ func (s *Service) SaveSnapshot(ctx context.Context, teamID, id, name string) (*s
 	case store.StatusActive:
 		err = s.settleLoading(ctx, b, id)
 		if err == nil {
-			err = s.freezeForCheckpoint(ctx, b.agent, id, nil)
+			err = s.freezeForCheckpoint(ctx, b.agent, id)
 		}
 		if err == nil {
 			err = s.cfg.Driver.Checkpoint(ctx, id, tmp)

@@ -521,7 +521,7 @@ func (s *Service) build(ctx context.Context, t *store.Template, b *store.Build, 
 	b.Status = store.BuildSnapshotting
 	s.cfg.Store.UpdateBuild(ctx, b)
 	log.system("snapshotting")
-	if err := s.freezeForCheckpoint(ctx, agent, sb.ID, nil); err != nil {
+	if err := s.freezeForCheckpoint(ctx, agent, sb.ID); err != nil {
 		return nil, failBuild("snapshot_failed", "%v", err)
 	}
 	tmp, err := s.tsnaps.Begin(t.ID)
