@@ -791,7 +791,8 @@ func (b *bench) benchPause(ctx context.Context) error {
 // pauseResults holds one size's measurements.
 type pauseResults struct {
 	sPause, sDurable, sResume, sFirst, sAuto durations
-	sResumeSteps                             steps // stasisd's steps of sResume
+	sPauseSteps, sResumeSteps                steps // stasisd's steps of sPause, sResume
+	wPauseSteps                              steps // stasisd's steps of wPause
 	rPause, rCkpt, rSync, rRestore, rFirst   durations
 	rCkptDel                                 durations // checkpoint + delete, no fsync
 	rFreeze, rThaw                           durations
@@ -962,6 +963,7 @@ func (b *bench) pauseSize(ctx context.Context, size, reps int) error {
 			return err
 		}
 		pr.sPause.add(time.Since(t0))
+		pr.sPauseSteps.add(b.srv.lastSteps("sandbox paused", bx.ID))
 		if err := bx.waitDurable(ctx); err != nil {
 			return err
 		}
@@ -1217,6 +1219,7 @@ func (b *bench) warmRep(ctx context.Context, pr *pauseResults, wb *box, rb *rawB
 		return fmt.Errorf("warm: %w", err)
 	}
 	pr.wPause.add(d)
+	pr.wPauseSteps.add(b.warm.lastSteps("sandbox paused", wb.ID))
 	if sb, err := wb.get(ctx); err == nil {
 		pr.wImage = append(pr.wImage, float64(sb.Usage.SnapshotBytes)/mib)
 	}
@@ -1325,8 +1328,8 @@ func (b *bench) pairPauseRows(size int) {
 	b.add(Row{Group: "pause", Name: "pause (checkpointed; sealed on disk in the background), " + label,
 		Stasis: pr.sPause.stat(), StasisOp: "POST /sandboxes/{id}/pause (returns once checkpointed, frozen in RAM meanwhile)",
 		Raw: pr.rCkptDel.stat(), RawOp: "runsc checkpoint + runsc delete --force (no fsync: runsc does not sync its image)",
-		Extra: mergeExtra(memExtra, map[string]any{"raw_checkpoint_only_ms": pr.rCkpt.stat()}),
-		Note:  "host dirty pages are written back (untimed) before every pause, stasis and runsc alike"})
+		Extra: mergeExtra(memExtra, map[string]any{"raw_checkpoint_only_ms": pr.rCkpt.stat()}, pr.sPauseSteps.extra()),
+		Note:  "host dirty pages are written back (untimed) before every pause, stasis and runsc alike; " + pauseStepsNote})
 	b.add(Row{Group: "pause", Name: "pause until durable on disk, " + label,
 		Stasis: pr.sDurable.stat(), StasisOp: "POST pause, then GET /sandboxes/{id} every 2 ms until pause.durable",
 		Raw: pr.rPause.stat(), RawOp: "runsc checkpoint + fsync of the image files + runsc delete --force",
@@ -1369,7 +1372,8 @@ func (b *bench) pairPauseRows(size int) {
 		b.add(Row{Group: "warm", Name: "warm pause (checkpointed, kept frozen in RAM), " + label,
 			Stasis: pr.wPause.stat(), StasisOp: "POST /sandboxes/{id}/pause on a stasisd with --warm-pause-window",
 			Raw: pr.rwPause.stat(), RawOp: "runsc pause + runsc checkpoint --leave-running",
-			Extra: map[string]any{"raw_fsync_after_ms": pr.rwSync.stat()}})
+			Extra: mergeExtra(map[string]any{"raw_fsync_after_ms": pr.rwSync.stat()}, pr.wPauseSteps.extra()),
+			Note:  pauseStepsNote})
 		b.add(Row{Group: "warm", Name: "warm resume (thaw), " + label,
 			Stasis: pr.wResume.stat(), StasisOp: "POST /sandboxes/{id}/resume within the warm window",
 			Raw: pr.rwResume.stat(), RawOp: "runsc resume"})
@@ -1392,6 +1396,9 @@ func (b *bench) pairPauseRows(size int) {
 // commandNote explains the stasis_command_ms of the rows that end with a
 // first command after a resume.
 const commandNote = "stasis_command_ms is the command's part: after POST resume returned, or, for the transparent resume, the exec less the resume's steps stasisd logs (stasis_*_ms, as in the resume row)"
+
+// pauseStepsNote says what a pause row's stasis_* fields are.
+const pauseStepsNote = "stasis_* are the steps stasisd logs (settle a lazy load, the store's pausing record, the agent's quiesce, the freeze, runsc checkpoint, the store's paused record, after)"
 
 func mergeExtra(ms ...map[string]any) map[string]any {
 	out := map[string]any{}

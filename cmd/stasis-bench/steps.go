@@ -7,9 +7,9 @@ import (
 	"time"
 )
 
-// stepRE matches the step timings stasisd logs with a create or a resume
-// ("link_bundle_ms=5.1 runsc_ms=420.3 agent_ready_ms=96.4 ..."); the bare
-// "ms=" is the total.
+// stepRE matches the step timings stasisd logs with a create, a resume or a
+// pause ("link_bundle_ms=5.1 runsc_ms=420.3 agent_ready_ms=96.4 ..."); the
+// bare "ms=" is the total.
 var stepRE = regexp.MustCompile(` ([a-z_]+_ms)=([0-9.]+)`)
 
 // lastSteps returns the step timings of the last log line of msg about
@@ -43,7 +43,7 @@ func stepsTotal(m map[string]time.Duration) time.Duration {
 }
 
 // steps gathers the step timings of one measurement, so that its row says
-// where stasis's time went (the create and resume log lines' breakdown).
+// where stasis's time went (the create, resume and pause log lines' breakdown).
 type steps map[string]*durations
 
 func (st *steps) add(m map[string]time.Duration) {

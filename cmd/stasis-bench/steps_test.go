@@ -14,6 +14,7 @@ func TestLastSteps(t *testing.T) {
 	lines := `time=T level=INFO msg="sandbox created" sandbox=a template=stasis/minimal ms=600 link_bundle_ms=5.5 runsc_ms=400 agent_ready_ms=90.25 record_ms=4
 time=T level=INFO msg="sandbox created" sandbox=ab template=stasis/minimal ms=700 link_bundle_ms=9 runsc_ms=500 agent_ready_ms=99 record_ms=9
 time=T level=INFO msg="sandbox resumed" sandbox=a from=disk ms=500 before_ms=2 link_bundle_ms=6 runsc_ms=480 agent_ms=3 after_ms=2
+time=T level=INFO msg="sandbox paused" sandbox=a bytes=15488795 ms=96 settle_ms=0 before_ms=1.5 quiesce_ms=20.25 freeze_ms=1 checkpoint_ms=62 record_ms=5 after_ms=0.02
 `
 	if err := os.WriteFile(log, []byte(lines), 0o600); err != nil {
 		t.Fatal(err)
@@ -32,6 +33,9 @@ time=T level=INFO msg="sandbox resumed" sandbox=a from=disk ms=500 before_ms=2 l
 	}
 	if r := s.lastSteps("sandbox resumed", "a"); r["runsc_ms"] != 480*time.Millisecond || r["before_ms"] != 2*time.Millisecond {
 		t.Errorf("resume steps %v", r)
+	}
+	if r := s.lastSteps("sandbox paused", "a"); len(r) != 7 || r["quiesce_ms"] != 20250*time.Microsecond || r["checkpoint_ms"] != 62*time.Millisecond {
+		t.Errorf("pause steps %v", r)
 	}
 	if r := s.lastSteps("sandbox resumed", "ab"); r != nil {
 		t.Errorf("steps of a sandbox that never resumed: %v", r)

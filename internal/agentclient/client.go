@@ -4,6 +4,7 @@
 package agentclient
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -292,13 +293,36 @@ func (c *Client) RotateToken(ctx context.Context, newToken string) error {
 // its buffers in the checkpoint, and after a restore from disk it is dead
 // anyway. Requests and exec streams in progress are not touched.
 func (c *Client) Quiesce(ctx context.Context) error {
+	warm := c.warm.take(ctx, *c.addr.Load())
 	c.CloseIdleConnections()
-	req, err := c.newRequest(ctx, http.MethodPost, agentproto.PathQuiesce, nil, nil)
+	newReq := func() (*http.Request, error) {
+		req, err := c.newRequest(ctx, http.MethodPost, agentproto.PathQuiesce, nil, nil)
+		if err != nil {
+			return nil, err
+		}
+		req.Header["X-Idempotency-Key"] = nil // replayable
+		req.Close = true
+		return req, nil
+	}
+	if warm != nil {
+		// The connection dialed ahead for the next exec carries it: the
+		// agent has accepted that one already, so the pause does not wait
+		// for a handshake through the sandbox's network stack. If the
+		// agent closed it meanwhile, a new connection does (quiesce can be
+		// repeated).
+		req, err := newReq()
+		if err != nil {
+			warm.Close()
+			return err
+		}
+		if err := quiesceOn(ctx, warm, req); err == nil || ctx.Err() != nil {
+			return err
+		}
+	}
+	req, err := newReq()
 	if err != nil {
 		return err
 	}
-	req.Header["X-Idempotency-Key"] = nil // replayable
-	req.Close = true
 	// The agent closes first after a Connection: close answer, so its end
 	// would sit in TIME_WAIT in the sandbox's network stack and go into the
 	// checkpoint that follows; a reset once the answer is read ends it.
@@ -310,6 +334,28 @@ func (c *Client) Quiesce(ctx context.Context) error {
 		return err
 	}
 	discard(resp)
+	return nil
+}
+
+// quiesceOn sends the quiesce request req on conn, reads the answer and
+// closes conn with a reset (see Quiesce).
+func quiesceOn(ctx context.Context, conn net.Conn, req *http.Request) error {
+	defer conn.Close()
+	resetOnClose(conn)
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if err := req.Write(conn); err != nil {
+		return fmt.Errorf("agent %s %s: %w", req.Method, req.URL.Path, err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), req)
+	if err != nil {
+		return fmt.Errorf("agent %s %s: %w", req.Method, req.URL.Path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return decodeError(resp)
+	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	return nil
 }
 

@@ -131,8 +131,8 @@ func TestQuiesceLeavesNoConnectionOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	conns := ln.all()
-	if len(conns) != 4 {
-		t.Fatalf("the agent accepted %d connections, want 4 (health, exec, dialed ahead, quiesce)", len(conns))
+	if len(conns) != 3 {
+		t.Fatalf("the agent accepted %d connections, want 3 (health, exec, dialed ahead and used by quiesce)", len(conns))
 	}
 	for i, conn := range conns {
 		// A safety net, not a timing: an open connection never ends.
@@ -140,6 +140,31 @@ func TestQuiesceLeavesNoConnectionOpen(t *testing.T) {
 		if _, err := conn.Read(make([]byte, 1)); err == nil || os.IsTimeout(err) {
 			t.Errorf("connection %d still open after Quiesce (read: %v)", i, err)
 		}
+	}
+}
+
+// Quiesce sends its request on the connection dialed ahead for the next
+// exec, which the agent has already accepted, instead of dialing: the pause
+// waits for no handshake. One the agent has closed meanwhile is not used.
+func TestQuiesceUsesConnectionDialedAhead(t *testing.T) {
+	c, ln := startCountedAgent(t)
+	runEcho(t, c, "one")
+	eventually(t, "a connection dialed ahead", func() bool { return ln.accepted() == 2 })
+	if err := c.Quiesce(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if n := ln.accepted(); n != 2 {
+		t.Fatalf("quiesce made the agent accept %d connections in all, want 2 (it should use the one dialed ahead)", n)
+	}
+
+	runEcho(t, c, "two")
+	eventually(t, "the next connection dialed ahead", func() bool { return ln.accepted() == 4 })
+	ln.last().Close()
+	if err := c.Quiesce(testCtx(t)); err != nil {
+		t.Fatalf("quiesce with the connection dialed ahead closed by the agent: %v", err)
+	}
+	if n := ln.accepted(); n != 5 {
+		t.Fatalf("the agent accepted %d connections in all, want 5 (quiesce dialing a new one)", n)
 	}
 }
 
@@ -160,11 +185,10 @@ func TestAgentConnectionsLeaveNoTimeWait(t *testing.T) {
 		t.Fatal(err)
 	}
 	conns := ln.all()
-	if len(conns) != 3 {
-		t.Fatalf("the agent accepted %d connections, want 3 (exec, dialed ahead, quiesce)", len(conns))
+	if len(conns) != 2 {
+		t.Fatalf("the agent accepted %d connections, want 2 (exec, dialed ahead and used by quiesce)", len(conns))
 	}
-	// The one dialed ahead is closed idle by the client: a FIN, as it should.
-	checked := []net.Conn{conns[0], conns[2]}
+	checked := conns
 	states := func() []string {
 		var all []string
 		for _, conn := range checked {

@@ -226,24 +226,37 @@ func (s *Service) Pause(ctx context.Context, teamID, id string) (*store.Sandbox,
 // disk, and a resume meanwhile (or within WarmWindow) is a thaw.
 func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) error {
 	start := time.Now()
+	var st pauseSteps
+	st.last = start
 	// Memory that was loaded lazily is checked before it is checkpointed.
 	if err := s.settleLoading(ctx, b, sb.ID); err != nil {
 		return err
 	}
+	st.settle = st.lap()
 	why := "the sandbox was paused"
 	if sb.PauseAt != nil && !sb.PauseAt.After(start) && sb.TimeoutSeconds != nil {
 		// Due: this is the timeout's pause (see fireTimer).
 		why = fmt.Sprintf("the sandbox reached its timeout (%s of active time) and was paused",
 			time.Duration(*sb.TimeoutSeconds)*time.Second)
 	}
-	if err := s.setStatus(ctx, sb, store.StatusPausing, ""); err != nil {
-		s.settleInterruptedLater(sb.ID, "pause", err) // the update may have committed
+	// The pausing record's commit (an fsync) and the agent's tidying up
+	// overlap; both are done before the freeze. If the record fails, the
+	// agent merely dropped what it rebuilds at its next command.
+	id := sb.ID
+	recorded := make(chan error, 1)
+	go func() { recorded <- s.setStatus(ctx, sb, store.StatusPausing, "") }()
+	s.quiesce(ctx, b.agent, id)
+	st.quiesce = st.lap()
+	if err := <-recorded; err != nil {
+		s.settleInterruptedLater(id, "pause", err) // the update may have committed
 		return err
 	}
+	st.before = st.lap()
 	failpoint.Hit("pause.before-freeze")
-	if err := s.freezeForCheckpoint(ctx, b.agent, sb.ID); err != nil {
+	if err := s.cfg.Driver.Freeze(ctx, id); err != nil {
 		return s.pauseFailed(ctx, b, sb, "freeze", err)
 	}
+	st.freeze = st.lap()
 	dir, err := s.snaps.BeginInPlace(sb.ID)
 	if err != nil {
 		return s.pauseFailed(ctx, b, sb, "snapshot_dir", err)
@@ -255,6 +268,7 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 		os.RemoveAll(dir)
 		return s.pauseFailed(ctx, b, sb, "checkpoint", err)
 	}
+	st.checkpoint = st.lap()
 	failpoint.Hit("pause.after-checkpoint")
 	old := sb.SnapshotDir
 	sb.SnapshotDir, sb.SnapshotBytes = dir, snapshot.Size(dir)
@@ -264,6 +278,7 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 		s.settleInterruptedLater(sb.ID, "pause", err)
 		return err
 	}
+	st.record = st.lap()
 	failpoint.Hit("pause.after-record")
 	b.endSessions(why)
 	if old != "" && old != dir {
@@ -276,8 +291,25 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 	s.background.Add(1)
 	go s.seal(sb.ID, b, sl)
 	s.metrics.Observe("pause", time.Since(start))
-	s.log.Info("sandbox paused", "sandbox", sb.ID, "bytes", sb.SnapshotBytes, "ms", time.Since(start).Milliseconds())
+	s.log.Info("sandbox paused", "sandbox", sb.ID, "bytes", sb.SnapshotBytes, "ms", time.Since(start).Milliseconds(),
+		"settle_ms", ms(st.settle), "quiesce_ms", ms(st.quiesce), "before_ms", ms(st.before), "freeze_ms", ms(st.freeze),
+		"checkpoint_ms", ms(st.checkpoint), "record_ms", ms(st.record), "after_ms", ms(time.Since(st.last)))
 	return nil
+}
+
+// pauseSteps times a pause's steps for its log line (the bench reads it);
+// before is the wait for the pausing record beyond the quiesce.
+type pauseSteps struct {
+	last                                                time.Time
+	settle, before, quiesce, freeze, checkpoint, record time.Duration
+}
+
+// lap returns the time since the last lap (or the start) and starts the next.
+func (st *pauseSteps) lap() time.Duration {
+	now := time.Now()
+	d := now.Sub(st.last)
+	st.last = now
+	return d
 }
 
 // quiesceTimeout bounds the agent's tidying before a checkpoint; it is
@@ -285,17 +317,24 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 const quiesceTimeout = 2 * time.Second
 
 // freezeForCheckpoint freezes sandbox id for a checkpoint, after its agent
-// (if it has one) dropped what it can rebuild: each process is a host
-// process to recreate and state to load at every restore of the snapshot.
+// (if it has one) dropped what it can rebuild (quiesce).
 func (s *Service) freezeForCheckpoint(ctx context.Context, agent *agentclient.Client, id string) error {
-	if agent != nil {
-		qctx, cancel := context.WithTimeout(ctx, quiesceTimeout)
-		if err := agent.Quiesce(qctx); err != nil {
-			s.log.Warn("agent could not tidy up before the checkpoint", "sandbox", id, "err", err)
-		}
-		cancel()
-	}
+	s.quiesce(ctx, agent, id)
 	return s.cfg.Driver.Freeze(ctx, id)
+}
+
+// quiesce has sandbox id's agent (if it has one) drop what it can rebuild:
+// each process is a host process to recreate and state to load at every
+// restore of the snapshot.
+func (s *Service) quiesce(ctx context.Context, agent *agentclient.Client, id string) {
+	if agent == nil {
+		return
+	}
+	qctx, cancel := context.WithTimeout(ctx, quiesceTimeout)
+	defer cancel()
+	if err := agent.Quiesce(qctx); err != nil {
+		s.log.Warn("agent could not tidy up before the checkpoint", "sandbox", id, "err", err)
+	}
 }
 
 // sealing is a paused sandbox's checkpoint being sealed in the background.
