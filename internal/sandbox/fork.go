@@ -362,7 +362,8 @@ func (s *Service) createFrom(ctx context.Context, sb *store.Sandbox, o origin) (
 	}()
 	spec := s.spec(sb, img)
 	spec.LazyFiles = s.lazyFiles(o.dir)
-	steps := resumeSteps{createSteps: createSteps{last: start}}
+	var steps resumeSteps
+	steps.last = start
 	steps.mark(&steps.record)
 	token := s.issueTokenAhead(ctx, sb)
 	inst, err := s.cfg.Driver.Restore(ctx, spec, o.dir)

@@ -70,7 +70,8 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 	ctx, cancel := lifecycleCtx(ctx)
 	defer cancel()
 	start := time.Now()
-	steps := createSteps{last: start}
+	var steps createSteps
+	steps.last = start
 	token := s.issueTokenAhead(ctx, sb)
 	inst, err := s.cfg.Driver.Create(ctx, s.spec(sb, img))
 	steps.mark(&steps.driver)
@@ -117,17 +118,22 @@ func (s *Service) Create(ctx context.Context, teamID string, p CreateParams) (*s
 	return sb, tok, nil
 }
 
-// createSteps times the steps of a create, for its log line: where the time
-// goes is what to shorten.
-type createSteps struct {
-	last          time.Time
-	driver, ready time.Duration
+// stepClock times the steps of an operation, for its log line: where the
+// time goes is what to shorten.
+type stepClock struct {
+	last time.Time // the start, or the previous mark
 }
 
 // mark records the time since the previous mark (or the start) in d.
-func (c *createSteps) mark(d *time.Duration) {
+func (c *stepClock) mark(d *time.Duration) {
 	now := time.Now()
 	*d, c.last = now.Sub(c.last), now
+}
+
+// createSteps times the steps of a create.
+type createSteps struct {
+	stepClock
+	driver, ready time.Duration
 }
 
 // resumeSteps times the steps of a resume or a create from a snapshot:
@@ -232,7 +238,7 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 	if err := s.settleLoading(ctx, b, sb.ID); err != nil {
 		return err
 	}
-	st.settle = st.lap()
+	st.mark(&st.settle)
 	why := "the sandbox was paused"
 	if sb.PauseAt != nil && !sb.PauseAt.After(start) && sb.TimeoutSeconds != nil {
 		// Due: this is the timeout's pause (see fireTimer).
@@ -246,17 +252,17 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 	recorded := make(chan error, 1)
 	go func() { recorded <- s.setStatus(ctx, sb, store.StatusPausing, "") }()
 	s.quiesce(ctx, b.agent, id)
-	st.quiesce = st.lap()
+	st.mark(&st.quiesce)
 	if err := <-recorded; err != nil {
 		s.settleInterruptedLater(id, "pause", err) // the update may have committed
 		return err
 	}
-	st.before = st.lap()
+	st.mark(&st.before)
 	failpoint.Hit("pause.before-freeze")
 	if err := s.cfg.Driver.Freeze(ctx, id); err != nil {
 		return s.pauseFailed(ctx, b, sb, "freeze", err)
 	}
-	st.freeze = st.lap()
+	st.mark(&st.freeze)
 	dir, err := s.snaps.BeginInPlace(sb.ID)
 	if err != nil {
 		return s.pauseFailed(ctx, b, sb, "snapshot_dir", err)
@@ -268,7 +274,7 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 		os.RemoveAll(dir)
 		return s.pauseFailed(ctx, b, sb, "checkpoint", err)
 	}
-	st.checkpoint = st.lap()
+	st.mark(&st.checkpoint)
 	failpoint.Hit("pause.after-checkpoint")
 	old := sb.SnapshotDir
 	sb.SnapshotDir, sb.SnapshotBytes = dir, snapshot.Size(dir)
@@ -278,7 +284,7 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 		s.settleInterruptedLater(sb.ID, "pause", err)
 		return err
 	}
-	st.record = st.lap()
+	st.mark(&st.record)
 	failpoint.Hit("pause.after-record")
 	b.endSessions(why)
 	if old != "" && old != dir {
@@ -300,16 +306,8 @@ func (s *Service) pauseLocked(ctx context.Context, b *box, sb *store.Sandbox) er
 // pauseSteps times a pause's steps for its log line (the bench reads it);
 // before is the wait for the pausing record beyond the quiesce.
 type pauseSteps struct {
-	last                                                time.Time
+	stepClock
 	settle, before, quiesce, freeze, checkpoint, record time.Duration
-}
-
-// lap returns the time since the last lap (or the start) and starts the next.
-func (st *pauseSteps) lap() time.Duration {
-	now := time.Now()
-	d := now.Sub(st.last)
-	st.last = now
-	return d
 }
 
 // quiesceTimeout bounds the agent's tidying before a checkpoint; it is
@@ -524,7 +522,8 @@ func (s *Service) resumeLocked(ctx context.Context, b *box, sb *store.Sandbox, r
 		return err
 	}
 	failpoint.Hit("resume.before-restore")
-	steps := resumeSteps{createSteps: createSteps{last: start}}
+	var steps resumeSteps
+	steps.last = start
 	steps.mark(&steps.record)
 	how, err := s.bringBack(ctx, b, sb, &steps)
 	if err != nil {

@@ -116,8 +116,6 @@ func RequireRoot(t testing.TB) {
 	}
 }
 
-// NetnsIno is the inode of the network namespace bind-mounted at path: the
-// same namespace under any name.
 // NetnsMounted reports whether path has a network namespace bound to it:
 // a netns file exists (empty) a moment before its namespace is mounted on
 // it, and NetnsIno of it until then is the file's own inode.
@@ -126,6 +124,8 @@ func NetnsMounted(path string) bool {
 	return unix.Statfs(path, &fs) == nil && fs.Type == unix.NSFS_MAGIC
 }
 
+// NetnsIno is the inode of the network namespace bind-mounted at path: the
+// same namespace under any name.
 func NetnsIno(t testing.TB, path string) uint64 {
 	t.Helper()
 	var st syscall.Stat_t
