@@ -622,7 +622,12 @@ func TestCluster(t *testing.T) {
 // (placement is random among the least loaded), deleting the others.
 func (tc *testCluster) createOn(t *testing.T, ctx context.Context, want string, via *node) string {
 	t.Helper()
-	for range 20 {
+	// Placement is by load as the nodes last reported it (heartbeats), so
+	// a node can lose every draw until its next heartbeat: try for a while,
+	// not a fixed number of times.
+	start := time.Now()
+	tries := 0
+	for ; tries < 20 || time.Since(start) < time.Minute; tries++ {
 		sb, err := via.c.Create(ctx, stasis.CreateOptions{Template: "stasis/minimal"})
 		if err != nil {
 			t.Fatalf("create via %s: %v", via.name, err)
@@ -632,7 +637,9 @@ func (tc *testCluster) createOn(t *testing.T, ctx context.Context, want string, 
 		}
 		sb.Kill(ctx)
 	}
-	t.Fatalf("no create landed on node %s in 20 tries", want)
+	var nodes any
+	via.srv.Do("GET", "/nodes", nil, &nodes)
+	t.Fatalf("no create landed on node %s in %d tries (%s); the nodes: %v", want, tries, time.Since(start).Round(time.Second), nodes)
 	return ""
 }
 
